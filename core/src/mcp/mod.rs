@@ -1,0 +1,14 @@
+//! MCP session facts: session ids, protocol versions, the JSON-RPC envelope sniffer,
+//! the SSE event parser and the JSON-RPC error bodies the router answers with.
+
+mod jsonrpc;
+mod session;
+mod sniff;
+mod sse;
+
+pub use jsonrpc::{write_error_body, ErrorCode};
+pub use session::{
+    is_stateless_version, query_session_id, valid_session_id, SessionKey, MAX_SESSION_ID_LEN,
+};
+pub use sniff::Sniffer;
+pub use sse::{write_event, SseEvent, SseParser};
