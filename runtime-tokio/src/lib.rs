@@ -1,0 +1,1 @@
+//! tokio frontend (in progress)
