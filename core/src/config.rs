@@ -1,0 +1,306 @@
+//! Router configuration: backends, limits and timeouts. Pure data; the frontends fill it
+//! from CLI flags, a TOML file and `MCP_ROUTER_*` environment variables.
+
+use crate::http::HttpLimits;
+use std::fmt;
+use std::time::Duration;
+
+/// One backend replica: where to connect and what to send as `Host`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Stable name of the backend (used in logs, and by the shared store to name the
+    /// backend a session belongs to). Defaults to `host:port`.
+    pub name: String,
+    /// Host name or IP literal to connect to (without brackets for IPv6).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Value sent as `Host` (`host:port`, IPv6 in brackets).
+    pub authority: String,
+    /// Base path prepended to every forwarded request target, without a trailing slash
+    /// (empty for none).
+    pub base_path: String,
+}
+
+/// A configuration value that cannot be used. The text names the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Backend {
+    /// Parse a backend URL `http://host[:port][/base/path]`. `name` defaults to
+    /// `host:port`. Only `http` is accepted: TLS to backends is not implemented, and a
+    /// URL that asks for it is refused rather than silently downgraded.
+    pub fn parse(url: &str, name: Option<&str>) -> Result<Backend, ConfigError> {
+        let err = |why: &str| ConfigError(format!("backend URL {url:?}: {why}"));
+        let rest = if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else if url.starts_with("https://") {
+            return Err(err("https backends are not supported (use http://)"));
+        } else {
+            return Err(err("must start with http://"));
+        };
+        let (hostport, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if path.contains(['?', '#']) {
+            return Err(err("must not carry a query or fragment"));
+        }
+        if hostport.contains('@') {
+            return Err(err("must not carry user info"));
+        }
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let end = v6.find(']').ok_or_else(|| err("unclosed IPv6 bracket"))?;
+            let host = &v6[..end];
+            let after = &v6[end + 1..];
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(err("garbage after IPv6 address")),
+            };
+            (host, port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(err("missing host"));
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+        {
+            return Err(err("invalid host"));
+        }
+        let port: u16 = match port {
+            None => 80,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err("invalid port"))?,
+        };
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let base_path = path.trim_end_matches('/').to_string();
+        if base_path.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+            return Err(err("invalid path"));
+        }
+        Ok(Backend {
+            name: name.map(str::to_string).unwrap_or_else(|| authority.clone()),
+            host: host.to_string(),
+            port,
+            authority,
+            base_path,
+        })
+    }
+}
+
+/// Timeouts the core enforces (it reads no clock: they are compared with the `now`
+/// the driver passes in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A client has this long to send a complete request head once it sent its first
+    /// byte (slowloris guard); past it the router answers 408 and closes.
+    pub header: Duration,
+    /// A keep-alive client connection with no request in flight is closed after this.
+    pub client_idle: Duration,
+    /// Connecting to a backend; past it the backend counts as failed.
+    pub connect: Duration,
+    /// From the end of the forwarded request to the backend's response head; past it
+    /// the client gets 504.
+    pub response: Duration,
+    /// Longest silence inside a request or non-streaming response body before the
+    /// exchange is aborted. SSE responses (`text/event-stream`) are exempt: they may be
+    /// silent for hours.
+    pub body_idle: Duration,
+    /// An idle pooled backend connection is closed after this (keep it below the
+    /// backends' own keep-alive timeout: Node.js defaults to 5 s).
+    pub pool_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header: Duration::from_secs(10),
+            client_idle: Duration::from_secs(75),
+            connect: Duration::from_secs(3),
+            response: Duration::from_secs(300),
+            body_idle: Duration::from_secs(60),
+            pool_idle: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Everything the core needs to decide.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The backend replicas, in order; a [`crate::BackendId`] indexes this list.
+    pub backends: Vec<Backend>,
+    /// Idle lifetime of a session record; every request of the session slides it.
+    pub session_ttl: Duration,
+    /// Head size limits.
+    pub http: HttpLimits,
+    /// Longest session id accepted.
+    pub max_session_id_len: usize,
+    /// Most request-body bytes the router holds while it still needs to read them to
+    /// decide (the JSON-RPC `method` of a request without a session). Past it: 413.
+    pub max_inspect_body: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// First backoff after a backend fails; doubles per consecutive failure.
+    pub backoff_initial: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// Period of the active health check (a TCP connect to each backend); `None`: off.
+    pub health_check_interval: Option<Duration>,
+    /// Records examined per expiry tick of the embedded store (bounded work per tick).
+    pub expiry_batch: usize,
+    /// Period of the embedded store's expiry tick.
+    pub expiry_interval: Duration,
+    /// Most idle pooled connections kept per backend.
+    pub pool_max_idle: usize,
+    /// Backend choices tried for one request that has no session yet (new sessions,
+    /// stateless requests) when connecting fails.
+    pub connect_attempts: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backends: Vec::new(),
+            session_ttl: Duration::from_secs(2 * 3600),
+            http: HttpLimits::default(),
+            max_session_id_len: crate::mcp::MAX_SESSION_ID_LEN,
+            max_inspect_body: 1024 * 1024,
+            timeouts: Timeouts::default(),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            health_check_interval: None,
+            expiry_batch: 4096,
+            expiry_interval: Duration::from_secs(1),
+            pool_max_idle: 64,
+            connect_attempts: 3,
+        }
+    }
+}
+
+impl Config {
+    /// Check the values make sense together; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |f: &str, why: &str| Err(ConfigError(format!("{f}: {why}")));
+        if self.backends.is_empty() {
+            return bad("backends", "at least one backend is required");
+        }
+        if self.backends.len() > u16::MAX as usize {
+            return bad("backends", "too many backends");
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if self.backends[..i].iter().any(|o| o.name == b.name) {
+                return bad("backends", &format!("duplicate backend name {:?}", b.name));
+            }
+        }
+        if self.session_ttl.is_zero() {
+            return bad("session_ttl", "must be > 0");
+        }
+        if self.http.max_head < 1024 {
+            return bad("max_head", "must be at least 1024 bytes");
+        }
+        if self.http.max_headers == 0 {
+            return bad("max_headers", "must be > 0");
+        }
+        if !(1..=4096).contains(&self.max_session_id_len) {
+            return bad("max_session_id_len", "must be 1..=4096");
+        }
+        if self.max_inspect_body < 1024 {
+            return bad("max_inspect_body", "must be at least 1024 bytes");
+        }
+        let t = &self.timeouts;
+        for (f, d) in [
+            ("header_timeout", t.header),
+            ("client_idle_timeout", t.client_idle),
+            ("connect_timeout", t.connect),
+            ("response_timeout", t.response),
+            ("body_idle_timeout", t.body_idle),
+            ("pool_idle_timeout", t.pool_idle),
+        ] {
+            if d.is_zero() {
+                return bad(f, "must be > 0");
+            }
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            return bad("backoff", "need 0 < backoff_initial <= backoff_max");
+        }
+        if self.expiry_batch == 0 || self.expiry_interval.is_zero() {
+            return bad("expiry", "expiry_batch and expiry_interval must be > 0");
+        }
+        if self.connect_attempts == 0 {
+            return bad("connect_attempts", "must be > 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_backend_urls() {
+        let b = Backend::parse("http://127.0.0.1:8080", None).unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.port, b.authority.as_str(), b.base_path.as_str()),
+            ("127.0.0.1", 8080, "127.0.0.1:8080", "")
+        );
+        assert_eq!(b.name, "127.0.0.1:8080");
+        let b = Backend::parse("http://mcp-0.mcp:80/api/", Some("pod0")).unwrap();
+        assert_eq!((b.base_path.as_str(), b.name.as_str()), ("/api", "pod0"));
+        let b = Backend::parse("http://[::1]:9000/x", None).unwrap();
+        assert_eq!((b.host.as_str(), b.authority.as_str()), ("::1", "[::1]:9000"));
+        assert_eq!(Backend::parse("http://example", None).unwrap().port, 80);
+    }
+
+    #[test]
+    fn refuses_bad_backend_urls() {
+        for u in [
+            "https://a:1",
+            "ftp://a",
+            "a:1",
+            "http://:80",
+            "http://a:0",
+            "http://a:70000",
+            "http://a:1/p?q",
+            "http://u@a:1",
+            "http://a b:1",
+        ] {
+            let e = Backend::parse(u, None).unwrap_err();
+            assert!(e.0.contains(u), "{e}");
+        }
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let mut c = Config::default();
+        assert!(c.validate().unwrap_err().0.starts_with("backends"));
+        c.backends.push(Backend::parse("http://a:1", None).unwrap());
+        c.validate().unwrap();
+        c.backends.push(Backend::parse("http://a:1", None).unwrap());
+        assert!(c.validate().unwrap_err().0.contains("duplicate"));
+        c.backends.pop();
+        c.timeouts.connect = std::time::Duration::ZERO;
+        assert!(c.validate().unwrap_err().0.starts_with("connect_timeout"));
+    }
+}

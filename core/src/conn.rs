@@ -1,0 +1,1421 @@
+//! One client connection: the HTTP/1.1 proxy state machine.
+//!
+//! A [`Conn`] reads requests from one client connection, decides where each goes,
+//! forwards it over one upstream connection at a time and relays the response. It owns
+//! no socket: the driver owns the read buffers ([`Buffers`]), reads into them, calls
+//! [`Conn::handle_io`], and carries out the [`Output`]s. See the crate docs for the loop.
+
+use crate::config::Config;
+use crate::http::{
+    parse_request, parse_response, write_request_head, write_response_head,
+    write_simple_response, BodyDecoder, BodyKind, Forward, Method, RequestHead, ResponseHead,
+    Version,
+};
+use crate::mcp::{
+    endpoint_session_id, is_stateless_version, query_session_id, write_error_body, ErrorCode,
+    SessionKey, Sniffer, SseParser,
+};
+use crate::router::{BackendId, Health, PickKind, Router};
+use crate::store::{Era, Record, StoreOp, StoreReply};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest chunk-size line or trailer section accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Largest SSE event the legacy `endpoint` watcher keeps.
+const MAX_WATCH_EVENT: usize = 8 * 1024;
+/// How far into a legacy SSE stream the router looks for the `endpoint` event.
+const MAX_WATCH_BYTES: usize = 64 * 1024;
+/// Largest request kept whole to resend it once when a pooled connection turns out to
+/// have been closed by the backend.
+const MAX_RETAINED: usize = 64 * 1024;
+/// Most unconsumed bytes the driver should hold for the upstream side.
+const UPSTREAM_READ_CAP: usize = 64 * 1024;
+
+/// The driver-owned read buffers of one connection. The driver appends what it reads;
+/// [`Conn::handle_io`] consumes from the front what the current state allows.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    /// Bytes read from the client, not yet consumed.
+    pub client: BytesMut,
+    /// Bytes read from the current upstream connection, not yet consumed. The driver
+    /// clears it when it carries out [`Output::ReleaseUpstream`].
+    pub upstream: BytesMut,
+}
+
+/// Why a session record was removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndCause {
+    /// The client's DELETE was answered 2xx or 404.
+    Deleted,
+    /// The backend answered 404 to a request of the session: it no longer holds it.
+    BackendNotFound,
+    /// The backend refused connections or timed out: its sessions are gone.
+    BackendDown,
+    /// The legacy SSE stream that carried the session closed.
+    StreamClosed,
+    /// The idle TTL ran out.
+    Expired,
+    /// The record named a backend that is not configured.
+    UnknownBackend,
+}
+
+impl EndCause {
+    /// Lower-case name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndCause::Deleted => "delete",
+            EndCause::BackendNotFound => "backend_404",
+            EndCause::BackendDown => "backend_down",
+            EndCause::StreamClosed => "stream_closed",
+            EndCause::Expired => "idle_expiry",
+            EndCause::UnknownBackend => "unknown_backend",
+        }
+    }
+}
+
+/// Something worth logging or counting. Carrying it out is optional.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A session was recorded.
+    SessionStarted {
+        /// The session.
+        session: SessionKey,
+        /// Its backend.
+        backend: BackendId,
+        /// Its transport era.
+        era: Era,
+    },
+    /// A session record was removed.
+    SessionEnded {
+        /// The session.
+        session: SessionKey,
+        /// Its backend.
+        backend: BackendId,
+        /// Why.
+        cause: EndCause,
+    },
+    /// A backend minted a session id that is already recorded; the first record wins.
+    DuplicateSession {
+        /// The session.
+        session: SessionKey,
+        /// The backend that minted it again.
+        backend: BackendId,
+    },
+    /// The router answered a request itself with an error status.
+    Rejected {
+        /// HTTP status sent.
+        status: u16,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A backend's health changed.
+    BackendHealth {
+        /// The backend.
+        backend: BackendId,
+        /// The change.
+        health: Health,
+    },
+    /// The session store did not answer.
+    StoreUnavailable,
+}
+
+/// What the driver must do next. Carry outputs out in order.
+#[derive(Debug)]
+#[must_use]
+pub enum Output {
+    /// Write these bytes to the client.
+    ToClient(Bytes),
+    /// Write these bytes to the current upstream connection.
+    ToUpstream(Bytes),
+    /// Get a connection to this backend: an idle pooled one (unless `fresh`) or a new
+    /// one. Answer with [`Conn::handle_upstream_connected`] or
+    /// [`Conn::handle_upstream_failed`].
+    Connect {
+        /// Which backend.
+        backend: BackendId,
+        /// Do not take a pooled connection: the last one was stale.
+        fresh: bool,
+    },
+    /// The current upstream connection is no longer needed: put it back in the pool if
+    /// `reuse`, otherwise close it. Clear [`Buffers::upstream`] either way.
+    ReleaseUpstream {
+        /// The connection is clean and may carry another request.
+        reuse: bool,
+    },
+    /// Run this against the session store and feed the reply to
+    /// [`Conn::handle_store_reply`] (replies in the order the ops were emitted).
+    Store(StoreOp),
+    /// Close the client connection once everything written before is flushed.
+    CloseClient,
+    /// Log or count this.
+    Event(Event),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request head.
+    Idle,
+    /// A request is in flight.
+    Exchange,
+    /// `CloseClient` was emitted.
+    Closed,
+}
+
+/// How the request in flight is being routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Route {
+    /// No session: reading the body until the JSON-RPC method is known.
+    #[default]
+    Sniffing,
+    /// Waiting for the store to say which backend owns the session.
+    Lookup,
+    /// Going to (or at) a backend.
+    Forward,
+    /// The router answers itself once it knows the request id (read from the body).
+    Answer {
+        status: u16,
+        code: ErrorCode,
+        msg: &'static str,
+    },
+    /// Answered; nothing more to read but the rest of the request body, discarded.
+    Done,
+}
+
+/// What the request is, for routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Kind {
+    /// No session and not a session opener.
+    #[default]
+    Stateless,
+    /// Opens a session (`initialize`, or a legacy SSE `GET`).
+    NewSession,
+    /// Belongs to a recorded session.
+    Pinned,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum Upstream {
+    #[default]
+    None,
+    Connecting {
+        deadline: Instant,
+    },
+    Ready {
+        reused: bool,
+    },
+}
+
+/// What the router is waiting for before it forwards more of the response.
+#[derive(Debug, Default)]
+enum Hold {
+    #[default]
+    No,
+    /// A new session's record is being inserted; the response head waits.
+    Head,
+    /// A legacy session's record is being inserted; these body bytes wait.
+    Body(Bytes),
+}
+
+#[derive(Debug)]
+enum Waiting {
+    Lookup,
+    Insert(SessionKey, BackendId, Era),
+    Delete(SessionKey, EndCause),
+    Touch,
+}
+
+/// Per-request state, reset for every request of a keep-alive connection.
+#[derive(Debug)]
+struct Exchange {
+    route: Route,
+    kind: Kind,
+    session: Option<SessionKey>,
+    backend: Option<BackendId>,
+    tried: Vec<BackendId>,
+    req_body: BodyDecoder,
+    req_done: bool,
+    /// Feed request body bytes to the sniffer.
+    sniff: bool,
+    sniffer: Sniffer,
+    /// Request body bytes read before the upstream connection was ready.
+    pending: VecDeque<Bytes>,
+    pending_len: usize,
+    /// Body bytes read while draining for the request id.
+    drained: usize,
+    upstream: Upstream,
+    /// Copy of everything sent upstream, to resend once on a fresh connection.
+    retained: Option<BytesMut>,
+    retried: bool,
+    upstream_eof: bool,
+    /// Any response byte arrived.
+    resp_seen: bool,
+    /// The final response head was parsed.
+    resp_head: bool,
+    resp_body: BodyDecoder,
+    /// Re-frame a chunked response body for an HTTP/1.0 client.
+    dechunk: bool,
+    client_keep_alive: bool,
+    /// Response bytes were written to the client.
+    client_started: bool,
+    streaming: bool,
+    hold: Hold,
+    /// Watching a legacy SSE stream for its `endpoint` event.
+    watch: Option<SseParser>,
+    watched: usize,
+    /// The legacy session carried by this stream: its record ends with the stream.
+    legacy: Option<SessionKey>,
+    response_deadline: Option<Instant>,
+    idle_deadline: Option<Instant>,
+    touch_at: Option<Instant>,
+}
+
+impl Exchange {
+    fn new() -> Exchange {
+        Exchange {
+            route: Route::Sniffing,
+            kind: Kind::Stateless,
+            session: None,
+            backend: None,
+            tried: Vec::new(),
+            req_body: BodyDecoder::new(BodyKind::Empty, MAX_CHUNK_LINE),
+            req_done: true,
+            sniff: false,
+            sniffer: Sniffer::new(),
+            pending: VecDeque::new(),
+            pending_len: 0,
+            drained: 0,
+            upstream: Upstream::None,
+            retained: None,
+            retried: false,
+            upstream_eof: false,
+            resp_seen: false,
+            resp_head: false,
+            resp_body: BodyDecoder::new(BodyKind::Empty, MAX_CHUNK_LINE),
+            dechunk: false,
+            client_keep_alive: false,
+            client_started: false,
+            streaming: false,
+            hold: Hold::No,
+            watch: None,
+            watched: 0,
+            legacy: None,
+            response_deadline: None,
+            idle_deadline: None,
+            touch_at: None,
+        }
+    }
+
+    /// Reset for the next request, keeping allocations.
+    fn reset(&mut self) {
+        let mut tried = std::mem::take(&mut self.tried);
+        tried.clear();
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.clear();
+        let mut sniffer = std::mem::take(&mut self.sniffer);
+        sniffer.reset();
+        *self = Exchange {
+            tried,
+            pending,
+            sniffer,
+            ..Exchange::new()
+        };
+    }
+}
+
+/// The proxy state machine of one client connection. See the crate docs.
+#[derive(Debug)]
+pub struct Conn {
+    router: Arc<Router>,
+    cfg: Arc<Config>,
+    peer: Option<IpAddr>,
+    proto: &'static str,
+    out: VecDeque<Output>,
+    waiting: VecDeque<Waiting>,
+    req: RequestHead,
+    resp: ResponseHead,
+    x: Exchange,
+    phase: Phase,
+    scratch: BytesMut,
+    client_eof: bool,
+    shutting_down: bool,
+    /// Idle: close the connection at this time (keep-alive timeout).
+    idle_deadline: Instant,
+    /// Idle with a partial head: answer 408 at this time.
+    head_deadline: Option<Instant>,
+}
+
+impl Conn {
+    /// A new client connection from `peer` (for `X-Forwarded-For`), reached over
+    /// `proto` (`"http"` or `"https"`, for `X-Forwarded-Proto`).
+    pub fn new(router: Arc<Router>, peer: Option<IpAddr>, proto: &'static str, now: Instant) -> Conn {
+        let cfg = router.config().clone();
+        let idle_deadline = now + cfg.timeouts.client_idle;
+        Conn {
+            router,
+            cfg,
+            peer,
+            proto,
+            out: VecDeque::new(),
+            waiting: VecDeque::new(),
+            req: RequestHead::default(),
+            resp: ResponseHead::default(),
+            x: Exchange::new(),
+            phase: Phase::Idle,
+            scratch: BytesMut::new(),
+            client_eof: false,
+            shutting_down: false,
+            idle_deadline,
+            head_deadline: None,
+        }
+    }
+
+    // ----- getters -----------------------------------------------------------------
+
+    /// The connection is finished: `CloseClient` was emitted. Drain outputs, then drop.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether the driver should read more from the client now.
+    pub fn wants_client_read(&self, bufs: &Buffers) -> bool {
+        self.phase != Phase::Closed
+            && !self.client_eof
+            && bufs.client.len() < self.cfg.http.max_head.max(UPSTREAM_READ_CAP)
+    }
+
+    /// Whether the driver should read more from the upstream connection now.
+    pub fn wants_upstream_read(&self, bufs: &Buffers) -> bool {
+        self.phase == Phase::Exchange
+            && matches!(self.x.upstream, Upstream::Ready { .. })
+            && !self.x.upstream_eof
+            && matches!(self.x.hold, Hold::No)
+            && bufs.upstream.len() < UPSTREAM_READ_CAP
+    }
+
+    /// The earliest time [`Conn::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Closed => None,
+            Phase::Idle => Some(match self.head_deadline {
+                Some(h) => h.min(self.idle_deadline),
+                None => self.idle_deadline,
+            }),
+            Phase::Exchange => {
+                let x = &self.x;
+                let connect = match x.upstream {
+                    Upstream::Connecting { deadline } => Some(deadline),
+                    _ => None,
+                };
+                [connect, x.response_deadline, x.idle_deadline, x.touch_at]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+        }
+    }
+
+    /// The next output to carry out. Drain until `None` after every `handle_*` call.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    // ----- inputs ------------------------------------------------------------------
+
+    /// Consume whatever the buffers hold that the current state can take. Call it after
+    /// reading into the buffers and after every other `handle_*` call (a reply may
+    /// unblock buffered bytes).
+    pub fn handle_io(&mut self, bufs: &mut Buffers, now: Instant) {
+        for _ in 0..64 {
+            let progressed = match self.phase {
+                Phase::Closed => return,
+                Phase::Idle => self.read_head(bufs, now),
+                Phase::Exchange => {
+                    let a = self.pump_request(bufs, now);
+                    let b = self.pump_response(bufs, now);
+                    a || b
+                }
+            };
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// The client closed its side (read returned 0) or the connection broke.
+    pub fn handle_client_eof(&mut self, now: Instant) {
+        self.client_eof = true;
+        match self.phase {
+            Phase::Closed => {}
+            // A complete buffered request is still served by handle_io; a partial one
+            // is dropped there.
+            Phase::Idle => {}
+            Phase::Exchange => {
+                if self.x.client_started || self.x.upstream != Upstream::None || !self.x.req_done {
+                    // The client is gone (typically an SSE consumer hanging up): stop
+                    // the upstream side too.
+                    self.abort(now);
+                }
+            }
+        }
+    }
+
+    /// The upstream connection asked for with [`Output::Connect`] is ready. `reused`:
+    /// it came from the pool.
+    pub fn handle_upstream_connected(&mut self, reused: bool, now: Instant) {
+        let Upstream::Connecting { .. } = self.x.upstream else {
+            return;
+        };
+        let Some(b) = self.x.backend else { return };
+        if !reused {
+            self.health(b, self.router.connect_ok(b));
+        }
+        self.x.upstream = Upstream::Ready { reused };
+        if self.x.retried {
+            if let Some(r) = &self.x.retained {
+                self.out.push_back(Output::ToUpstream(r.clone().freeze()));
+            }
+            self.x.retained = None;
+        } else {
+            self.send_request_head(b, reused);
+            while let Some(chunk) = self.x.pending.pop_front() {
+                self.retain(&chunk);
+                self.out.push_back(Output::ToUpstream(chunk));
+            }
+            self.x.pending_len = 0;
+        }
+        if self.x.req_done {
+            self.x.response_deadline = Some(now + self.cfg.timeouts.response);
+        } else {
+            self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+        }
+    }
+
+    /// Connecting to the backend failed (refused, unreachable, timed out in the driver).
+    pub fn handle_upstream_failed(&mut self, now: Instant) {
+        if !matches!(self.x.upstream, Upstream::Connecting { .. }) {
+            return;
+        }
+        self.connect_failed(now);
+    }
+
+    /// The upstream connection reached EOF or broke. Call [`Conn::handle_io`] first so
+    /// that buffered bytes are consumed.
+    pub fn handle_upstream_eof(&mut self, now: Instant) {
+        if let Upstream::Ready { .. } = self.x.upstream {
+            self.x.upstream_eof = true;
+            self.on_upstream_eof(now);
+        } else if let Upstream::Connecting { .. } = self.x.upstream {
+            self.connect_failed(now);
+        }
+    }
+
+    /// The reply to the oldest outstanding [`Output::Store`] op.
+    pub fn handle_store_reply(&mut self, reply: StoreReply, now: Instant) {
+        let Some(w) = self.waiting.pop_front() else {
+            return;
+        };
+        if reply == StoreReply::Unavailable {
+            self.event(Event::StoreUnavailable);
+        }
+        match w {
+            Waiting::Lookup => self.on_lookup(reply, now),
+            Waiting::Insert(key, b, era) => self.on_insert(reply, key, b, era, now),
+            Waiting::Delete(key, cause) => {
+                if let StoreReply::Deleted(Some(rec)) = reply {
+                    self.router.session_ended(rec.backend);
+                    self.event(Event::SessionEnded {
+                        session: key,
+                        backend: rec.backend,
+                        cause,
+                    });
+                }
+            }
+            Waiting::Touch => {}
+        }
+    }
+
+    /// Time passed: act on any deadline that has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Closed => {}
+            Phase::Idle => {
+                if self.head_deadline.is_some_and(|d| now >= d) {
+                    self.reject_head(408, "request head timeout");
+                } else if now >= self.idle_deadline {
+                    self.close();
+                }
+            }
+            Phase::Exchange => {
+                if let Upstream::Connecting { deadline } = self.x.upstream {
+                    if now >= deadline {
+                        self.connect_failed(now);
+                        return;
+                    }
+                }
+                if self.x.response_deadline.is_some_and(|d| now >= d) {
+                    self.x.response_deadline = None;
+                    self.release_upstream(false);
+                    self.gateway_error(504, "Gateway timeout: the backend did not answer in time", now);
+                    return;
+                }
+                if self.x.idle_deadline.is_some_and(|d| now >= d) {
+                    self.event(Event::Rejected {
+                        status: 0,
+                        reason: "body idle timeout",
+                    });
+                    self.abort(now);
+                    return;
+                }
+                if let (Some(t), Some(k)) = (self.x.touch_at, &self.x.session) {
+                    if now >= t {
+                        let k = k.clone();
+                        self.store(StoreOp::Touch(k), Waiting::Touch);
+                        self.x.touch_at = Some(now + self.touch_period());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Graceful shutdown: finish the exchange in flight (if any), then close; an idle
+    /// connection closes at once.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        if self.phase == Phase::Idle {
+            self.close();
+        }
+    }
+
+    // ----- request side ------------------------------------------------------------
+
+    fn read_head(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
+        if bufs.client.is_empty() {
+            if self.client_eof {
+                self.close();
+            }
+            return false;
+        }
+        if self.head_deadline.is_none() {
+            self.head_deadline = Some(now + self.cfg.timeouts.header);
+        }
+        match parse_request(&mut bufs.client, &self.cfg.http, &mut self.req) {
+            Ok(false) => {
+                if self.client_eof {
+                    self.close();
+                }
+                false
+            }
+            Err(e) => {
+                self.reject_head(e.status(), e.reason());
+                false
+            }
+            Ok(true) => {
+                self.head_deadline = None;
+                self.phase = Phase::Exchange;
+                self.start_exchange(now);
+                true
+            }
+        }
+    }
+
+    fn start_exchange(&mut self, now: Instant) {
+        self.x.reset();
+        self.x.req_body = BodyDecoder::new(self.req.body, MAX_CHUNK_LINE);
+        self.x.req_done = self.x.req_body.is_done();
+        if !self.x.req_done {
+            self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+        }
+        let req = &self.req;
+        // "The stateless era has no sessions": any session header is ignored.
+        let stateless = req
+            .header("mcp-protocol-version")
+            .is_some_and(is_stateless_version);
+        let raw = if stateless {
+            None
+        } else if let Some(v) = req.header("mcp-session-id") {
+            Some(std::borrow::Cow::Borrowed(v))
+        } else if req.method == Method::Post {
+            req.query().and_then(query_session_id)
+        } else {
+            None
+        };
+        let session = raw.map(|r| SessionKey::new(&r, self.cfg.max_session_id_len));
+        let opens_stream = req.method == Method::Get
+            && req
+                .header("accept")
+                .is_some_and(|a| contains_ignore_case(a, b"text/event-stream"));
+        let post = req.method == Method::Post;
+        if req.expect_continue && !self.x.req_done && req.version == Version::Http11 {
+            // The router reads the body itself (it may need the request id), so it
+            // answers the expectation instead of the backend.
+            self.out
+                .push_back(Output::ToClient(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n")));
+        }
+        match session {
+            // "The session ID MUST only contain visible ASCII characters (ranging from
+            // 0x21 to 0x7E)."
+            Some(None) => {
+                self.x.sniff = post;
+                self.answer(400, ErrorCode::InvalidRequest, "Invalid session id", now);
+            }
+            Some(Some(key)) => {
+                self.x.kind = Kind::Pinned;
+                self.x.session = Some(key.clone());
+                self.x.route = Route::Lookup;
+                self.store(StoreOp::Get(key), Waiting::Lookup);
+            }
+            None => {
+                if post && !stateless {
+                    self.x.sniff = true;
+                    self.x.route = Route::Sniffing;
+                    self.try_route(now);
+                } else {
+                    self.x.kind = if opens_stream && !stateless {
+                        Kind::NewSession
+                    } else {
+                        Kind::Stateless
+                    };
+                    self.pick_and_connect(now);
+                }
+            }
+        }
+    }
+
+    /// Move request body bytes from the client buffer to where the state says.
+    fn pump_request(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
+        if self.x.req_done || bufs.client.is_empty() {
+            return false;
+        }
+        let x = &mut self.x;
+        let to_upstream = matches!(x.upstream, Upstream::Ready { .. });
+        match x.route {
+            // The body waits until the store has answered (it may not be needed).
+            Route::Lookup => return false,
+            // Hold at most `max_inspect_body` while connecting (backpressure).
+            Route::Forward if !to_upstream && x.pending_len >= self.cfg.max_inspect_body => {
+                return false
+            }
+            _ => {}
+        }
+        let sniff = x.sniff;
+        let sniffer = &mut x.sniffer;
+        let n = match x.req_body.decode(&bufs.client, &mut |d| {
+            if sniff {
+                sniffer.feed(d)
+            }
+        }) {
+            Ok(n) => n,
+            Err(e) => {
+                let reason = e.reason();
+                if x.client_started || to_upstream {
+                    self.event(Event::Rejected { status: 400, reason });
+                    self.abort(now);
+                } else {
+                    self.x.sniff = false;
+                    self.x.req_done = true;
+                    self.respond_local(400, ErrorCode::InvalidRequest, reason, false);
+                }
+                return false;
+            }
+        };
+        if n == 0 {
+            return false;
+        }
+        let raw = bufs.client.split_to(n).freeze();
+        x.req_done = x.req_body.is_done();
+        x.idle_deadline = if x.req_done {
+            None
+        } else {
+            Some(now + self.cfg.timeouts.body_idle)
+        };
+        match x.route {
+            Route::Sniffing => {
+                x.pending_len += raw.len();
+                x.pending.push_back(raw);
+                if x.pending_len > self.cfg.max_inspect_body && !x.sniffer.method_settled() {
+                    x.sniff = false;
+                    self.respond_local(
+                        413,
+                        ErrorCode::InvalidRequest,
+                        "Request body too large to inspect",
+                        false,
+                    );
+                    return false;
+                }
+                self.try_route(now);
+            }
+            Route::Forward => {
+                if to_upstream {
+                    self.retain(&raw);
+                    self.out.push_back(Output::ToUpstream(raw));
+                    if self.x.req_done {
+                        self.x.response_deadline = Some(now + self.cfg.timeouts.response);
+                    }
+                } else {
+                    x.pending_len += raw.len();
+                    x.pending.push_back(raw);
+                }
+            }
+            Route::Answer { .. } => {
+                x.drained += raw.len();
+                self.try_answer();
+            }
+            Route::Done | Route::Lookup => {}
+        }
+        true
+    }
+
+    /// Sniffing: decide once the method is known (or cannot become known).
+    fn try_route(&mut self, now: Instant) {
+        if self.x.route != Route::Sniffing {
+            return;
+        }
+        if !(self.x.sniffer.method_settled() || self.x.req_done) {
+            return;
+        }
+        self.x.kind = if self.x.sniffer.is_initialize() {
+            Kind::NewSession
+        } else {
+            Kind::Stateless
+        };
+        self.x.sniff = false;
+        self.pick_and_connect(now);
+    }
+
+    fn pick_and_connect(&mut self, now: Instant) {
+        let kind = match self.x.kind {
+            Kind::NewSession => PickKind::NewSession,
+            _ => PickKind::Stateless,
+        };
+        match self.router.pick(kind, &self.x.tried, now) {
+            Some(b) => self.connect(b, false, now),
+            None => {
+                self.sniff_pending();
+                self.answer(503, ErrorCode::Server, "No backend available", now);
+            }
+        }
+    }
+
+    fn connect(&mut self, b: BackendId, fresh: bool, now: Instant) {
+        self.x.backend = Some(b);
+        self.x.route = Route::Forward;
+        self.x.upstream = Upstream::Connecting {
+            deadline: now + self.cfg.timeouts.connect,
+        };
+        self.out.push_back(Output::Connect { backend: b, fresh });
+    }
+
+    fn on_lookup(&mut self, reply: StoreReply, now: Instant) {
+        if self.x.route != Route::Lookup {
+            return;
+        }
+        let Some(key) = self.x.session.clone() else {
+            return;
+        };
+        match reply {
+            StoreReply::Found(Some(rec)) if !self.router.is_configured(rec.backend) => {
+                self.end_session(key, EndCause::UnknownBackend);
+                self.not_found(now);
+            }
+            StoreReply::Found(Some(rec)) => {
+                if !self.router.is_up(rec.backend, now) {
+                    // "its sessions are gone, as when a pod restarts"
+                    self.end_session(key, EndCause::BackendDown);
+                    self.not_found(now);
+                } else {
+                    if self.req.method == Method::Get {
+                        // a GET stream of the session keeps its record alive
+                        self.x.touch_at = Some(now + self.touch_period());
+                    }
+                    self.connect(rec.backend, false, now);
+                }
+            }
+            StoreReply::Found(None) => self.not_found(now),
+            _ => {
+                // The session may well be alive: not 404, so the client does not drop it.
+                self.x.sniff = self.req.method == Method::Post;
+                self.answer(503, ErrorCode::Server, "Session store unavailable", now);
+            }
+        }
+    }
+
+    /// "The server MAY terminate the session at any time, after which it MUST respond
+    /// to requests containing that session ID with HTTP 404 Not Found." The router
+    /// answers for a session it has no record of, so the request never reaches a
+    /// backend and the client starts a new session: "When a client receives HTTP 404
+    /// in response to a request containing an Mcp-Session-Id, it MUST start a new
+    /// session by sending a new InitializeRequest without a session ID attached."
+    fn not_found(&mut self, now: Instant) {
+        self.x.sniff = self.req.method == Method::Post;
+        self.answer(404, ErrorCode::SessionNotFound, "Session not found", now);
+    }
+
+    /// Answer locally once the request id is known (drained from the body) or cannot be.
+    fn answer(&mut self, status: u16, code: ErrorCode, msg: &'static str, _now: Instant) {
+        self.x.route = Route::Answer { status, code, msg };
+        self.x.pending.clear();
+        self.x.pending_len = 0;
+        self.try_answer();
+    }
+
+    fn try_answer(&mut self) {
+        let Route::Answer { status, code, msg } = self.x.route else {
+            return;
+        };
+        let x = &self.x;
+        let ready = !x.sniff
+            || x.req_done
+            || x.sniffer.id_settled()
+            || x.drained >= self.cfg.max_inspect_body;
+        if ready {
+            self.respond_local(status, code, msg, true);
+        }
+    }
+
+    /// Feed the request body held so far to the sniffer, from its start (used when a
+    /// request that was going to be forwarded must be answered locally after all).
+    fn sniff_pending(&mut self) {
+        if self.x.sniff || self.x.pending.is_empty() {
+            self.x.sniff = self.req.method == Method::Post && !self.x.req_done;
+            return;
+        }
+        let x = &mut self.x;
+        x.sniffer.reset();
+        let mut dec = BodyDecoder::new(self.req.body, MAX_CHUNK_LINE);
+        let sniffer = &mut x.sniffer;
+        for chunk in &x.pending {
+            if dec.decode(chunk, &mut |d| sniffer.feed(d)).is_err() {
+                break;
+            }
+        }
+        x.sniff = self.req.method == Method::Post && !x.req_done;
+    }
+
+    fn connect_failed(&mut self, now: Instant) {
+        let Some(b) = self.x.backend else { return };
+        self.x.upstream = Upstream::None;
+        let h = self.router.connect_failed(b, now);
+        self.health(b, h);
+        if self.x.retried {
+            // The fresh connection of a retry failed too: the request may or may not
+            // have been seen; say so.
+            self.gateway_error(502, "Bad gateway: backend connection failed", now);
+            return;
+        }
+        self.x.tried.push(b);
+        if self.x.kind == Kind::Pinned {
+            if let Some(key) = self.x.session.clone() {
+                self.end_session(key, EndCause::BackendDown);
+            }
+            self.sniff_pending();
+            self.not_found(now);
+        } else if self.x.tried.len() < self.cfg.connect_attempts {
+            self.pick_and_connect(now);
+        } else {
+            self.sniff_pending();
+            self.answer(503, ErrorCode::Server, "No backend available", now);
+        }
+    }
+
+    fn send_request_head(&mut self, b: BackendId, reused: bool) {
+        let backend = self.router.backend(b);
+        let fwd = Forward {
+            host: backend.authority.as_bytes(),
+            path_prefix: backend.base_path.as_bytes(),
+            client_ip: self.peer,
+            proto: self.proto,
+        };
+        write_request_head(&mut self.scratch, &self.req, &fwd);
+        let head = self.scratch.split().freeze();
+        self.x.retained = if reused {
+            Some(BytesMut::from(&head[..]))
+        } else {
+            None
+        };
+        self.out.push_back(Output::ToUpstream(head));
+    }
+
+    fn retain(&mut self, chunk: &Bytes) {
+        if let Some(r) = &mut self.x.retained {
+            if r.len() + chunk.len() > MAX_RETAINED {
+                self.x.retained = None;
+            } else {
+                r.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    // ----- response side -----------------------------------------------------------
+
+    fn pump_response(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
+        if !matches!(self.x.upstream, Upstream::Ready { .. }) || !matches!(self.x.hold, Hold::No)
+        {
+            return false;
+        }
+        if bufs.upstream.is_empty() {
+            if self.x.upstream_eof {
+                return self.on_upstream_eof(now);
+            }
+            return false;
+        }
+        self.x.resp_seen = true;
+        if !self.x.resp_head {
+            loop {
+                match parse_response(&mut bufs.upstream, &self.cfg.http, self.req.method, &mut self.resp) {
+                    Ok(false) => return false,
+                    Err(_) => {
+                        self.release_upstream(false);
+                        self.gateway_error(502, "Bad gateway: invalid response from backend", now);
+                        return false;
+                    }
+                    Ok(true) if self.resp.status == 101 => {
+                        // The router never forwards Upgrade, so a 101 is a broken backend.
+                        self.release_upstream(false);
+                        self.gateway_error(502, "Bad gateway: unexpected protocol switch", now);
+                        return false;
+                    }
+                    Ok(true) if self.resp.is_interim() => {
+                        // 100 Continue was already answered by the router itself.
+                        if self.resp.status != 100 && self.req.version == Version::Http11 {
+                            write_response_head(&mut self.scratch, &self.resp, BodyKind::Empty, Version::Http11, true);
+                            let h = self.scratch.split().freeze();
+                            self.to_client(h);
+                        }
+                    }
+                    Ok(true) => {
+                        self.on_response_head(now);
+                        break;
+                    }
+                }
+            }
+            if !matches!(self.x.hold, Hold::No) {
+                return true;
+            }
+        }
+        self.pump_response_body(bufs, now)
+    }
+
+    fn on_response_head(&mut self, now: Instant) {
+        let x = &mut self.x;
+        x.resp_head = true;
+        x.response_deadline = None;
+        let status = self.resp.status;
+        let ok = (200..300).contains(&status);
+        x.streaming = self.resp.is_event_stream();
+        let b = x.backend.unwrap_or(BackendId(0));
+        match x.kind {
+            Kind::Pinned => {
+                let key = x.session.clone();
+                if let Some(key) = key {
+                    if status == 404 {
+                        // The backend no longer holds the session: drop the record
+                        // and pass the 404 on, so the client initializes again.
+                        self.end_session(key, EndCause::BackendNotFound);
+                    } else if self.req.method == Method::Delete && ok {
+                        self.end_session(key, EndCause::Deleted);
+                    } else if self.x.streaming && self.x.touch_at.is_none() {
+                        self.x.touch_at = Some(now + self.touch_period());
+                    }
+                }
+            }
+            Kind::NewSession | Kind::Stateless if self.req.method == Method::Post => {
+                // "A server using the Streamable HTTP transport MAY assign a session ID
+                // at initialization time, by including it in an Mcp-Session-Id header
+                // on the HTTP response containing the InitializeResult."
+                let minted = self
+                    .resp
+                    .header("mcp-session-id")
+                    .and_then(|v| SessionKey::new(v, self.cfg.max_session_id_len));
+                if let (true, Some(key)) = (ok, minted) {
+                    // The record must exist before the client can use the id, or its
+                    // next request may reach another router replica first.
+                    self.x.session = Some(key.clone());
+                    self.x.hold = Hold::Head;
+                    let rec = Record {
+                        backend: b,
+                        era: Era::Streamable,
+                    };
+                    self.store(StoreOp::Insert(key.clone(), rec), Waiting::Insert(key, b, Era::Streamable));
+                }
+            }
+            Kind::NewSession => {
+                if ok && self.x.streaming {
+                    self.x.watch = Some(SseParser::new(MAX_WATCH_EVENT));
+                }
+            }
+            Kind::Stateless => {}
+        }
+        let x = &mut self.x;
+        let client_11 = self.req.version == Version::Http11;
+        let body = self.resp.body;
+        x.dechunk = body == BodyKind::Chunked && !client_11;
+        let client_framing = if x.dechunk { BodyKind::Close } else { body };
+        x.client_keep_alive = self.req.keep_alive
+            && !self.shutting_down
+            && client_framing != BodyKind::Close
+            && x.req_done;
+        x.resp_body = BodyDecoder::new(body, MAX_CHUNK_LINE);
+        if !x.streaming {
+            x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+        } else {
+            x.idle_deadline = None;
+        }
+        if matches!(self.x.hold, Hold::No) {
+            self.send_response_head();
+        }
+    }
+
+    fn send_response_head(&mut self) {
+        let framing = if self.x.dechunk {
+            BodyKind::Close
+        } else {
+            self.resp.body
+        };
+        write_response_head(
+            &mut self.scratch,
+            &self.resp,
+            framing,
+            self.req.version,
+            self.x.client_keep_alive,
+        );
+        let h = self.scratch.split().freeze();
+        self.to_client(h);
+    }
+
+    fn pump_response_body(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
+        let x = &mut self.x;
+        if x.resp_body.is_done() {
+            self.complete_response(bufs, now);
+            return true;
+        }
+        if bufs.upstream.is_empty() {
+            return false;
+        }
+        let dechunk = x.dechunk;
+        let scratch = &mut self.scratch;
+        let watch = &mut x.watch;
+        let mut endpoint: Option<Option<SessionKey>> = None;
+        let max_sid = self.cfg.max_session_id_len;
+        let n = match x.resp_body.decode(&bufs.upstream, &mut |d| {
+            if dechunk {
+                scratch.extend_from_slice(d);
+            }
+            if let Some(p) = watch.as_mut() {
+                p.feed(d, &mut |ev| {
+                    if endpoint.is_none() && ev.event == Some(b"endpoint") {
+                        endpoint = Some(
+                            endpoint_session_id(ev.data).and_then(|s| SessionKey::new(&s, max_sid)),
+                        );
+                    }
+                });
+            }
+        }) {
+            Ok(n) => n,
+            Err(_) => {
+                self.event(Event::Rejected {
+                    status: 502,
+                    reason: "invalid response body framing",
+                });
+                self.abort(now);
+                return false;
+            }
+        };
+        let raw = bufs.upstream.split_to(n).freeze();
+        let data = if dechunk {
+            self.scratch.split().freeze()
+        } else {
+            raw
+        };
+        let x = &mut self.x;
+        if !x.streaming {
+            x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+        }
+        if x.watch.is_some() {
+            x.watched += n;
+            if endpoint.is_some() || x.watched > MAX_WATCH_BYTES {
+                x.watch = None;
+            }
+        }
+        match endpoint {
+            Some(Some(key)) => {
+                let b = x.backend.unwrap_or(BackendId(0));
+                x.session = Some(key.clone());
+                x.hold = Hold::Body(data);
+                let rec = Record {
+                    backend: b,
+                    era: Era::LegacySse,
+                };
+                self.store(StoreOp::Insert(key.clone(), rec), Waiting::Insert(key, b, Era::LegacySse));
+            }
+            Some(None) => {
+                self.event(Event::Rejected {
+                    status: 0,
+                    reason: "legacy endpoint event without a valid session id",
+                });
+                if !data.is_empty() {
+                    self.to_client(data);
+                }
+            }
+            None => {
+                if !data.is_empty() {
+                    self.to_client(data);
+                }
+            }
+        }
+        if self.x.resp_body.is_done() && matches!(self.x.hold, Hold::No) {
+            self.complete_response(bufs, now);
+        }
+        true
+    }
+
+    fn on_insert(&mut self, reply: StoreReply, key: SessionKey, b: BackendId, era: Era, now: Instant) {
+        match reply {
+            StoreReply::Inserted(true) => {
+                self.router.session_started(b);
+                if era == Era::LegacySse {
+                    self.x.legacy = Some(key.clone());
+                }
+                self.event(Event::SessionStarted {
+                    session: key,
+                    backend: b,
+                    era,
+                });
+            }
+            StoreReply::Inserted(false) => {
+                self.event(Event::DuplicateSession { session: key, backend: b });
+            }
+            _ => {
+                // Without a record the session could not be routed: fail the opener so
+                // the client retries, rather than hand out a session that cannot work.
+                match std::mem::take(&mut self.x.hold) {
+                    Hold::Head => {
+                        self.release_upstream(false);
+                        self.x.session = None;
+                        self.x.resp_head = false;
+                        self.respond_local(503, ErrorCode::Server, "Session store unavailable", true);
+                    }
+                    _ => {
+                        self.event(Event::Rejected {
+                            status: 503,
+                            reason: "session store unavailable for a legacy session",
+                        });
+                        self.abort_quiet();
+                    }
+                }
+                return;
+            }
+        }
+        match std::mem::take(&mut self.x.hold) {
+            Hold::Head => self.send_response_head(),
+            Hold::Body(data) => {
+                if !data.is_empty() {
+                    self.to_client(data);
+                }
+            }
+            Hold::No => {}
+        }
+        // an open legacy stream keeps its session's record alive
+        if era == Era::LegacySse {
+            self.x.touch_at = Some(now + self.touch_period());
+        }
+    }
+
+    fn complete_response(&mut self, bufs: &mut Buffers, now: Instant) {
+        let reuse = self.resp.keep_alive
+            && self.resp.body != BodyKind::Close
+            && self.x.req_done
+            && bufs.upstream.is_empty()
+            && !self.x.upstream_eof;
+        self.release_upstream(reuse);
+        self.end_legacy_stream();
+        if self.x.client_keep_alive && !self.shutting_down {
+            self.phase = Phase::Idle;
+            self.idle_deadline = now + self.cfg.timeouts.client_idle;
+            self.x.reset();
+        } else {
+            self.close();
+        }
+    }
+
+    fn on_upstream_eof(&mut self, now: Instant) -> bool {
+        if !matches!(self.x.hold, Hold::No) {
+            return false;
+        }
+        if !self.x.resp_seen {
+            let stale = matches!(self.x.upstream, Upstream::Ready { reused: true });
+            if stale && self.x.retained.is_some() && !self.x.retried {
+                // A pooled connection the backend had already closed: nothing of the
+                // request was processed, so send it again once on a fresh connection.
+                self.release_upstream(false);
+                self.x.retried = true;
+                let b = self.x.backend.unwrap_or(BackendId(0));
+                self.x.upstream_eof = false;
+                self.connect(b, true, now);
+                return true;
+            }
+            self.release_upstream(false);
+            self.gateway_error(502, "Bad gateway: backend closed the connection", now);
+            return true;
+        }
+        if !self.x.resp_head {
+            self.release_upstream(false);
+            self.gateway_error(502, "Bad gateway: truncated response head", now);
+            return true;
+        }
+        match self.x.resp_body.finish() {
+            Ok(()) => {
+                let mut empty = Buffers::default();
+                self.complete_response(&mut empty, now);
+            }
+            Err(_) => {
+                self.event(Event::Rejected {
+                    status: 502,
+                    reason: "backend closed mid-response",
+                });
+                self.abort(now);
+            }
+        }
+        true
+    }
+
+    // ----- helpers -----------------------------------------------------------------
+
+    fn touch_period(&self) -> Duration {
+        (self.cfg.session_ttl / 2).max(Duration::from_secs(1))
+    }
+
+    fn store(&mut self, op: StoreOp, w: Waiting) {
+        self.waiting.push_back(w);
+        self.out.push_back(Output::Store(op));
+    }
+
+    /// Remove a session's record; its end is reported when the store confirms.
+    fn end_session(&mut self, key: SessionKey, cause: EndCause) {
+        self.store(StoreOp::Delete(key.clone()), Waiting::Delete(key, cause));
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn health(&mut self, backend: BackendId, health: Health) {
+        if health != Health::Same {
+            self.event(Event::BackendHealth { backend, health });
+        }
+    }
+
+    fn to_client(&mut self, b: Bytes) {
+        self.x.client_started = true;
+        self.out.push_back(Output::ToClient(b));
+    }
+
+    fn release_upstream(&mut self, reuse: bool) {
+        if self.x.upstream != Upstream::None {
+            self.x.upstream = Upstream::None;
+            self.out.push_back(Output::ReleaseUpstream { reuse });
+        }
+        self.x.response_deadline = None;
+    }
+
+    fn end_legacy_stream(&mut self) {
+        if let Some(key) = self.x.legacy.take() {
+            self.end_session(key, EndCause::StreamClosed);
+        }
+    }
+
+    /// A gateway error before any response byte reached the client: answer it; after:
+    /// abort.
+    fn gateway_error(&mut self, status: u16, msg: &'static str, now: Instant) {
+        if self.x.client_started {
+            self.event(Event::Rejected { status, reason: msg });
+            self.abort(now);
+        } else {
+            self.respond_local(status, ErrorCode::Server, msg, true);
+        }
+    }
+
+    /// Answer the request in flight with a JSON-RPC error body.
+    fn respond_local(&mut self, status: u16, code: ErrorCode, msg: &'static str, _drained: bool) {
+        self.event(Event::Rejected { status, reason: msg });
+        self.release_upstream(false);
+        let id = if self.x.sniffer.id_settled() {
+            self.x.sniffer.id()
+        } else {
+            None
+        };
+        let mut body = BytesMut::with_capacity(96);
+        write_error_body(&mut body, id, code, msg);
+        // Keep the connection only if the request body was read to its end.
+        let keep = self.req.keep_alive && self.x.req_done && !self.shutting_down;
+        write_simple_response(
+            &mut self.scratch,
+            status,
+            "application/json",
+            &[],
+            &body,
+            self.req.version,
+            keep,
+        );
+        let bytes = self.scratch.split().freeze();
+        self.to_client(bytes);
+        self.end_legacy_stream();
+        self.x.route = Route::Done;
+        if keep {
+            self.phase = Phase::Idle;
+            self.x.reset();
+        } else {
+            self.close();
+        }
+    }
+
+    /// Refuse a request whose head could not be parsed, and close.
+    fn reject_head(&mut self, status: u16, reason: &'static str) {
+        self.event(Event::Rejected { status, reason });
+        let mut body = BytesMut::with_capacity(96);
+        write_error_body(&mut body, None, ErrorCode::InvalidRequest, reason);
+        write_simple_response(
+            &mut self.scratch,
+            status,
+            "application/json",
+            &[],
+            &body,
+            Version::Http11,
+            false,
+        );
+        let bytes = self.scratch.split().freeze();
+        self.out.push_back(Output::ToClient(bytes));
+        self.close();
+    }
+
+    /// Drop the exchange: close upstream and client, end a legacy stream's session.
+    fn abort(&mut self, _now: Instant) {
+        self.release_upstream(false);
+        self.end_legacy_stream();
+        self.close();
+    }
+
+    fn abort_quiet(&mut self) {
+        self.release_upstream(false);
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if self.phase != Phase::Closed {
+            if self.x.upstream != Upstream::None {
+                self.release_upstream(false);
+            }
+            self.phase = Phase::Closed;
+            self.out.push_back(Output::CloseClient);
+        }
+    }
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+

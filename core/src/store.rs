@@ -1,0 +1,291 @@
+//! The session store interface, and the embedded in-memory store.
+//!
+//! The core never touches a store itself. A connection hands its driver a [`StoreOp`];
+//! the driver runs it against whatever store it has (the embedded [`MemStore`] below,
+//! or a remote one such as Redis) and feeds the [`StoreReply`] back, in the order the
+//! ops were emitted. So a remote store fits without any change to routing logic.
+
+use crate::mcp::SessionKey;
+use crate::router::BackendId;
+use indexmap::IndexMap;
+use std::time::{Duration, Instant};
+
+/// Which transport era a session belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Era {
+    /// Streamable HTTP (2025-03-26 to 2025-11-25): `Mcp-Session-Id` header.
+    Streamable,
+    /// Legacy HTTP+SSE (2024-11-05): session id in the message endpoint's query.
+    LegacySse,
+}
+
+/// What the router remembers about a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The backend that minted the session.
+    pub backend: BackendId,
+    /// The session's transport era.
+    pub era: Era,
+}
+
+/// An operation for the driver to run against its session store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Read the record and slide its idle deadline (Redis: `GETEX key EX ttl`).
+    /// Replies [`StoreReply::Found`].
+    Get(SessionKey),
+    /// Create the record unless one exists (Redis: `SET key value NX EX ttl`). Replies
+    /// [`StoreReply::Inserted`].
+    Insert(SessionKey, Record),
+    /// Remove the record. Replies [`StoreReply::Deleted`].
+    Delete(SessionKey),
+    /// Slide the idle deadline of a session whose stream is open but quiet (Redis:
+    /// `EXPIRE key ttl`). Replies [`StoreReply::Touched`].
+    Touch(SessionKey),
+}
+
+/// The outcome of a [`StoreOp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreReply {
+    /// `Get`: the record, or `None` when there is none.
+    Found(Option<Record>),
+    /// `Insert`: `true` if created, `false` if a record already existed (the session
+    /// id was minted twice; the existing record is kept).
+    Inserted(bool),
+    /// `Delete`: the removed record, if there was one.
+    Deleted(Option<Record>),
+    /// `Touch`: whether the record existed.
+    Touched(bool),
+    /// The store could not be reached or did not answer in time.
+    Unavailable,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    record: Record,
+    /// Idle deadline, in whole seconds since the store's epoch (rounded up).
+    deadline: u32,
+}
+
+/// The embedded in-memory session store: a hash map with a sliding idle deadline per
+/// record, expired by a bounded sweep.
+///
+/// Memory per record is the key (a boxed string: 16 bytes plus the id's length on the
+/// heap) plus 8 bytes of record and deadline, plus the map's hash and index (about 16
+/// bytes): around 80 bytes for a 36-byte UUID session id.
+///
+/// Expiry: [`MemStore::expire`] examines at most `batch` records per call, walking the
+/// map with a cursor, so one tick's work is bounded whatever the number of records; a
+/// full pass over `n` records takes `n / batch` ticks, so a record outlives its
+/// deadline by at most that many ticks. A record read after its deadline but before
+/// the sweep reached it is treated as absent (and removed) at once.
+#[derive(Debug)]
+pub struct MemStore {
+    map: IndexMap<SessionKey, Entry>,
+    ttl_secs: u32,
+    epoch: Instant,
+    cursor: usize,
+    batch: usize,
+    /// Records found expired by a lookup before the sweep reached them; handed out by
+    /// the next [`MemStore::expire`] so their end is reported like any expiry.
+    lazily_expired: Vec<(SessionKey, Record)>,
+}
+
+impl MemStore {
+    /// A store whose records live `ttl` past their last use. `epoch` is any instant not
+    /// after the first `now` the store sees; `batch` bounds the work of one expiry tick.
+    pub fn new(ttl: Duration, batch: usize, epoch: Instant) -> MemStore {
+        MemStore {
+            map: IndexMap::new(),
+            ttl_secs: ttl.as_secs().clamp(1, u32::MAX as u64 / 2) as u32,
+            epoch,
+            cursor: 0,
+            batch: batch.max(1),
+            lazily_expired: Vec::new(),
+        }
+    }
+
+    /// Number of records held (including expired ones the sweep has not reached).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn secs(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch)
+            .as_secs()
+            .min(u32::MAX as u64 / 2) as u32
+    }
+
+    /// Run one operation. Never [`StoreReply::Unavailable`].
+    pub fn execute(&mut self, op: &StoreOp, now: Instant) -> StoreReply {
+        let t = self.secs(now);
+        let deadline = t + self.ttl_secs;
+        match op {
+            StoreOp::Get(k) => StoreReply::Found(self.slide(k.as_str(), t, deadline)),
+            StoreOp::Touch(k) => StoreReply::Touched(self.slide(k.as_str(), t, deadline).is_some()),
+            StoreOp::Insert(k, record) => {
+                if self.slide(k.as_str(), t, deadline).is_some() {
+                    return StoreReply::Inserted(false);
+                }
+                self.map.insert(
+                    k.clone(),
+                    Entry {
+                        record: *record,
+                        deadline,
+                    },
+                );
+                StoreReply::Inserted(true)
+            }
+            StoreOp::Delete(k) => {
+                match self.map.swap_remove_entry(k.as_str()) {
+                    Some((_, e)) if e.deadline > t => StoreReply::Deleted(Some(e.record)),
+                    Some((key, e)) => {
+                        self.lazily_expired.push((key, e.record));
+                        StoreReply::Deleted(None)
+                    }
+                    None => StoreReply::Deleted(None),
+                }
+            }
+        }
+    }
+
+    /// Look up a live record and move its deadline; an expired one is removed.
+    fn slide(&mut self, k: &str, t: u32, deadline: u32) -> Option<Record> {
+        let idx = self.map.get_index_of(k)?;
+        let (_, e) = self.map.get_index_mut(idx)?;
+        if e.deadline > t {
+            e.deadline = deadline;
+            return Some(e.record);
+        }
+        // Expired but not yet swept: it is gone now, and its end is reported by the
+        // next `expire` call.
+        let (key, e) = self.map.swap_remove_index(idx)?;
+        self.lazily_expired.push((key, e.record));
+        None
+    }
+
+    /// Expire up to `batch` records whose deadline has passed (examining at most
+    /// `batch` records), appending them to `out`. Also hands over records found expired
+    /// by lookups since the last call. Returns how many were appended.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<(SessionKey, Record)>) -> usize {
+        let before = out.len();
+        out.append(&mut self.lazily_expired);
+        let t = self.secs(now);
+        let mut examined = 0;
+        while examined < self.batch && !self.map.is_empty() {
+            if self.cursor >= self.map.len() {
+                self.cursor = 0;
+            }
+            examined += 1;
+            let expired = match self.map.get_index(self.cursor) {
+                Some((_, e)) => e.deadline <= t,
+                None => break,
+            };
+            if expired {
+                // swap_remove moves the last record into `cursor`: examine it next.
+                if let Some((k, e)) = self.map.swap_remove_index(self.cursor) {
+                    out.push((k, e.record));
+                }
+            } else {
+                self.cursor += 1;
+            }
+        }
+        out.len() - before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> SessionKey {
+        SessionKey::new(s.as_bytes(), 256).unwrap()
+    }
+    const R0: Record = Record {
+        backend: BackendId(0),
+        era: Era::Streamable,
+    };
+    const R1: Record = Record {
+        backend: BackendId(1),
+        era: Era::LegacySse,
+    };
+
+    #[test]
+    fn insert_get_delete() {
+        let t = Instant::now();
+        let mut s = MemStore::new(Duration::from_secs(60), 10, t);
+        assert_eq!(s.execute(&StoreOp::Get(key("a")), t), StoreReply::Found(None));
+        assert_eq!(s.execute(&StoreOp::Insert(key("a"), R0), t), StoreReply::Inserted(true));
+        // minted twice: detected, not overwritten
+        assert_eq!(s.execute(&StoreOp::Insert(key("a"), R1), t), StoreReply::Inserted(false));
+        assert_eq!(s.execute(&StoreOp::Get(key("a")), t), StoreReply::Found(Some(R0)));
+        assert_eq!(s.execute(&StoreOp::Delete(key("a")), t), StoreReply::Deleted(Some(R0)));
+        assert_eq!(s.execute(&StoreOp::Delete(key("a")), t), StoreReply::Deleted(None));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn ttl_slides_on_use() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let mut s = MemStore::new(ttl, 10, t);
+        s.execute(&StoreOp::Insert(key("a"), R0), t);
+        s.execute(&StoreOp::Insert(key("b"), R1), t);
+        let t50 = t + Duration::from_secs(50);
+        assert_eq!(s.execute(&StoreOp::Get(key("a")), t50), StoreReply::Found(Some(R0)));
+        let t100 = t + Duration::from_secs(100);
+        let mut out = Vec::new();
+        assert_eq!(s.expire(t100, &mut out), 1);
+        assert_eq!(out, vec![(key("b"), R1)]);
+        assert_eq!(s.execute(&StoreOp::Touch(key("a")), t100), StoreReply::Touched(true));
+        assert_eq!(s.execute(&StoreOp::Get(key("a")), t + Duration::from_secs(159)), StoreReply::Found(Some(R0)));
+        // read after its deadline but before any sweep: absent, and reported once
+        let late = t + Duration::from_secs(300);
+        assert_eq!(s.execute(&StoreOp::Get(key("a")), late), StoreReply::Found(None));
+        assert!(s.is_empty());
+        out.clear();
+        assert_eq!(s.expire(late, &mut out), 1);
+        assert_eq!(out, vec![(key("a"), R0)]);
+        out.clear();
+        assert_eq!(s.expire(late, &mut out), 0);
+    }
+
+    #[test]
+    fn expiry_work_is_bounded_per_tick() {
+        let t = Instant::now();
+        let mut s = MemStore::new(Duration::from_secs(10), 100, t);
+        for i in 0..1000 {
+            s.execute(&StoreOp::Insert(key(&format!("s{i}")), R0), t);
+        }
+        // one live record that must survive every tick
+        let t5 = t + Duration::from_secs(5);
+        let later = t + Duration::from_secs(11);
+        s.execute(&StoreOp::Get(key("s500")), t5);
+        let mut out = Vec::new();
+        let mut ticks = 0;
+        while s.len() > 1 {
+            let n = s.expire(later, &mut out);
+            assert!(n <= 100, "tick expired {n} > batch");
+            ticks += 1;
+            assert!(ticks < 100, "sweep does not make progress");
+        }
+        assert_eq!(out.len(), 999);
+        assert_eq!(s.execute(&StoreOp::Get(key("s500")), later), StoreReply::Found(Some(R0)));
+    }
+
+    #[test]
+    fn delete_of_expired_record_reports_it_as_expired() {
+        let t = Instant::now();
+        let mut s = MemStore::new(Duration::from_secs(10), 10, t);
+        s.execute(&StoreOp::Insert(key("a"), R0), t);
+        let late = t + Duration::from_secs(20);
+        assert_eq!(s.execute(&StoreOp::Delete(key("a")), late), StoreReply::Deleted(None));
+        let mut out = Vec::new();
+        assert_eq!(s.expire(late, &mut out), 1);
+    }
+}
