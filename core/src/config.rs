@@ -100,7 +100,9 @@ impl Backend {
             return Err(err("invalid path"));
         }
         Ok(Backend {
-            name: name.map(str::to_string).unwrap_or_else(|| authority.clone()),
+            name: name
+                .map(str::to_string)
+                .unwrap_or_else(|| authority.clone()),
             host: host.to_string(),
             port,
             authority,
@@ -262,14 +264,22 @@ mod tests {
     fn parses_backend_urls() {
         let b = Backend::parse("http://127.0.0.1:8080", None).unwrap();
         assert_eq!(
-            (b.host.as_str(), b.port, b.authority.as_str(), b.base_path.as_str()),
+            (
+                b.host.as_str(),
+                b.port,
+                b.authority.as_str(),
+                b.base_path.as_str()
+            ),
             ("127.0.0.1", 8080, "127.0.0.1:8080", "")
         );
         assert_eq!(b.name, "127.0.0.1:8080");
         let b = Backend::parse("http://mcp-0.mcp:80/api/", Some("pod0")).unwrap();
         assert_eq!((b.base_path.as_str(), b.name.as_str()), ("/api", "pod0"));
         let b = Backend::parse("http://[::1]:9000/x", None).unwrap();
-        assert_eq!((b.host.as_str(), b.authority.as_str()), ("::1", "[::1]:9000"));
+        assert_eq!(
+            (b.host.as_str(), b.authority.as_str()),
+            ("::1", "[::1]:9000")
+        );
         assert_eq!(Backend::parse("http://example", None).unwrap().port, 80);
     }
 

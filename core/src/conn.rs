@@ -7,9 +7,8 @@
 
 use crate::config::Config;
 use crate::http::{
-    parse_request, parse_response, write_request_head, write_response_head,
-    write_simple_response, BodyDecoder, BodyKind, Forward, Method, RequestHead, ResponseHead,
-    Version,
+    parse_request, parse_response, write_request_head, write_response_head, write_simple_response,
+    BodyDecoder, BodyKind, Forward, Method, RequestHead, ResponseHead, Version,
 };
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, query_session_id, write_error_body, ErrorCode,
@@ -351,7 +350,12 @@ pub struct Conn {
 impl Conn {
     /// A new client connection from `peer` (for `X-Forwarded-For`), reached over
     /// `proto` (`"http"` or `"https"`, for `X-Forwarded-Proto`).
-    pub fn new(router: Arc<Router>, peer: Option<IpAddr>, proto: &'static str, now: Instant) -> Conn {
+    pub fn new(
+        router: Arc<Router>,
+        peer: Option<IpAddr>,
+        proto: &'static str,
+        now: Instant,
+    ) -> Conn {
         let cfg = router.config().clone();
         let idle_deadline = now + cfg.timeouts.client_idle;
         Conn {
@@ -559,7 +563,11 @@ impl Conn {
                 if self.x.response_deadline.is_some_and(|d| now >= d) {
                     self.x.response_deadline = None;
                     self.release_upstream(false);
-                    self.gateway_error(504, "Gateway timeout: the backend did not answer in time", now);
+                    self.gateway_error(
+                        504,
+                        "Gateway timeout: the backend did not answer in time",
+                        now,
+                    );
                     return;
                 }
                 if self.x.idle_deadline.is_some_and(|d| now >= d) {
@@ -652,8 +660,9 @@ impl Conn {
         if req.expect_continue && !self.x.req_done && req.version == Version::Http11 {
             // The router reads the body itself (it may need the request id), so it
             // answers the expectation instead of the backend.
-            self.out
-                .push_back(Output::ToClient(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n")));
+            self.out.push_back(Output::ToClient(Bytes::from_static(
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+            )));
         }
         match session {
             // "The session ID MUST only contain visible ASCII characters (ranging from
@@ -712,7 +721,10 @@ impl Conn {
             Err(e) => {
                 let reason = e.reason();
                 if x.client_started || to_upstream {
-                    self.event(Event::Rejected { status: 400, reason });
+                    self.event(Event::Rejected {
+                        status: 400,
+                        reason,
+                    });
                     self.abort(now);
                 } else {
                     self.x.sniff = false;
@@ -952,8 +964,7 @@ impl Conn {
     // ----- response side -----------------------------------------------------------
 
     fn pump_response(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
-        if !matches!(self.x.upstream, Upstream::Ready { .. }) || !matches!(self.x.hold, Hold::No)
-        {
+        if !matches!(self.x.upstream, Upstream::Ready { .. }) || !matches!(self.x.hold, Hold::No) {
             return false;
         }
         if bufs.upstream.is_empty() {
@@ -965,7 +976,12 @@ impl Conn {
         self.x.resp_seen = true;
         if !self.x.resp_head {
             loop {
-                match parse_response(&mut bufs.upstream, &self.cfg.http, self.req.method, &mut self.resp) {
+                match parse_response(
+                    &mut bufs.upstream,
+                    &self.cfg.http,
+                    self.req.method,
+                    &mut self.resp,
+                ) {
                     Ok(false) => return false,
                     Err(_) => {
                         self.release_upstream(false);
@@ -981,7 +997,13 @@ impl Conn {
                     Ok(true) if self.resp.is_interim() => {
                         // 100 Continue was already answered by the router itself.
                         if self.resp.status != 100 && self.req.version == Version::Http11 {
-                            write_response_head(&mut self.scratch, &self.resp, BodyKind::Empty, Version::Http11, true);
+                            write_response_head(
+                                &mut self.scratch,
+                                &self.resp,
+                                BodyKind::Empty,
+                                Version::Http11,
+                                true,
+                            );
                             let h = self.scratch.split().freeze();
                             self.to_client(h);
                         }
@@ -1039,7 +1061,10 @@ impl Conn {
                         backend: b,
                         era: Era::Streamable,
                     };
-                    self.store(StoreOp::Insert(key.clone(), rec), Waiting::Insert(key, b, Era::Streamable));
+                    self.store(
+                        StoreOp::Insert(key.clone(), rec),
+                        Waiting::Insert(key, b, Era::Streamable),
+                    );
                 }
             }
             Kind::NewSession => {
@@ -1149,7 +1174,10 @@ impl Conn {
                     backend: b,
                     era: Era::LegacySse,
                 };
-                self.store(StoreOp::Insert(key.clone(), rec), Waiting::Insert(key, b, Era::LegacySse));
+                self.store(
+                    StoreOp::Insert(key.clone(), rec),
+                    Waiting::Insert(key, b, Era::LegacySse),
+                );
             }
             Some(None) => {
                 self.event(Event::Rejected {
@@ -1172,7 +1200,14 @@ impl Conn {
         true
     }
 
-    fn on_insert(&mut self, reply: StoreReply, key: SessionKey, b: BackendId, era: Era, now: Instant) {
+    fn on_insert(
+        &mut self,
+        reply: StoreReply,
+        key: SessionKey,
+        b: BackendId,
+        era: Era,
+        now: Instant,
+    ) {
         match reply {
             StoreReply::Inserted(true) => {
                 self.router.session_started(b);
@@ -1186,7 +1221,10 @@ impl Conn {
                 });
             }
             StoreReply::Inserted(false) => {
-                self.event(Event::DuplicateSession { session: key, backend: b });
+                self.event(Event::DuplicateSession {
+                    session: key,
+                    backend: b,
+                });
             }
             _ => {
                 // Without a record the session could not be routed: fail the opener so
@@ -1196,7 +1234,12 @@ impl Conn {
                         self.release_upstream(false);
                         self.x.session = None;
                         self.x.resp_head = false;
-                        self.respond_local(503, ErrorCode::Server, "Session store unavailable", true);
+                        self.respond_local(
+                            503,
+                            ErrorCode::Server,
+                            "Session store unavailable",
+                            true,
+                        );
                     }
                     _ => {
                         self.event(Event::Rejected {
@@ -1331,7 +1374,10 @@ impl Conn {
     /// abort.
     fn gateway_error(&mut self, status: u16, msg: &'static str, now: Instant) {
         if self.x.client_started {
-            self.event(Event::Rejected { status, reason: msg });
+            self.event(Event::Rejected {
+                status,
+                reason: msg,
+            });
             self.abort(now);
         } else {
             self.respond_local(status, ErrorCode::Server, msg, true);
@@ -1340,7 +1386,10 @@ impl Conn {
 
     /// Answer the request in flight with a JSON-RPC error body.
     fn respond_local(&mut self, status: u16, code: ErrorCode, msg: &'static str, _drained: bool) {
-        self.event(Event::Rejected { status, reason: msg });
+        self.event(Event::Rejected {
+            status,
+            reason: msg,
+        });
         self.release_upstream(false);
         let id = if self.x.sniffer.id_settled() {
             self.x.sniffer.id()
@@ -1418,4 +1467,3 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
-

@@ -117,8 +117,16 @@ impl Router {
     }
 
     /// A router with a custom balancing policy.
-    pub fn with_balancer(config: Arc<Config>, epoch: Instant, balancer: Box<dyn Balancer>) -> Router {
-        let state = config.backends.iter().map(|_| BackendState::default()).collect();
+    pub fn with_balancer(
+        config: Arc<Config>,
+        epoch: Instant,
+        balancer: Box<dyn Balancer>,
+    ) -> Router {
+        let state = config
+            .backends
+            .iter()
+            .map(|_| BackendState::default())
+            .collect();
         Router {
             config,
             epoch,
@@ -176,7 +184,9 @@ impl Router {
 
     /// Sessions this process routes to the backend.
     pub fn active_sessions(&self, id: BackendId) -> u64 {
-        self.state.get(id.index()).map_or(0, |s| s.active.load(Relaxed))
+        self.state
+            .get(id.index())
+            .map_or(0, |s| s.active.load(Relaxed))
     }
 
     /// Choose a backend for a request that has no session (yet), skipping `exclude`.
@@ -201,7 +211,12 @@ impl Router {
             }
             self.balancer.pick(&arr[..self.state.len()], kind)
         } else {
-            let v: Vec<_> = self.state.iter().enumerate().map(|(i, s)| view(i, s)).collect();
+            let v: Vec<_> = self
+                .state
+                .iter()
+                .enumerate()
+                .map(|(i, s)| view(i, s))
+                .collect();
             self.balancer.pick(&v, kind)
         };
         picked
@@ -305,7 +320,10 @@ mod tests {
     #[test]
     fn down_backends_are_avoided_with_backoff() {
         let (r, t) = router(2);
-        assert_eq!(r.connect_failed(BackendId(0), t), Health::Down(Duration::from_secs(1)));
+        assert_eq!(
+            r.connect_failed(BackendId(0), t),
+            Health::Down(Duration::from_secs(1))
+        );
         for _ in 0..4 {
             assert_eq!(r.pick(PickKind::NewSession, &[], t), Some(BackendId(1)));
         }
@@ -313,11 +331,17 @@ mod tests {
         assert!(r.is_up(BackendId(0), t + Duration::from_secs(1)));
         // second consecutive failure doubles the backoff
         let t2 = t + Duration::from_secs(1);
-        assert_eq!(r.connect_failed(BackendId(0), t2), Health::Down(Duration::from_secs(2)));
+        assert_eq!(
+            r.connect_failed(BackendId(0), t2),
+            Health::Down(Duration::from_secs(2))
+        );
         assert!(!r.is_up(BackendId(0), t2 + Duration::from_millis(1999)));
         assert_eq!(r.connect_ok(BackendId(0)), Health::Up);
         assert!(r.is_up(BackendId(0), t2));
-        assert_eq!(r.connect_failed(BackendId(0), t2), Health::Down(Duration::from_secs(1)));
+        assert_eq!(
+            r.connect_failed(BackendId(0), t2),
+            Health::Down(Duration::from_secs(1))
+        );
         // capped
         let mut now = t2;
         for _ in 0..40 {
@@ -330,8 +354,14 @@ mod tests {
     #[test]
     fn exclusion_and_all_down() {
         let (r, t) = router(2);
-        assert_eq!(r.pick(PickKind::Stateless, &[BackendId(0)], t), Some(BackendId(1)));
-        assert_eq!(r.pick(PickKind::Stateless, &[BackendId(0), BackendId(1)], t), None);
+        assert_eq!(
+            r.pick(PickKind::Stateless, &[BackendId(0)], t),
+            Some(BackendId(1))
+        );
+        assert_eq!(
+            r.pick(PickKind::Stateless, &[BackendId(0), BackendId(1)], t),
+            None
+        );
         r.connect_failed(BackendId(0), t);
         r.connect_failed(BackendId(1), t);
         assert_eq!(r.pick(PickKind::NewSession, &[], t), None);

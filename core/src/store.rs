@@ -141,16 +141,14 @@ impl MemStore {
                 );
                 StoreReply::Inserted(true)
             }
-            StoreOp::Delete(k) => {
-                match self.map.swap_remove_entry(k.as_str()) {
-                    Some((_, e)) if e.deadline > t => StoreReply::Deleted(Some(e.record)),
-                    Some((key, e)) => {
-                        self.lazily_expired.push((key, e.record));
-                        StoreReply::Deleted(None)
-                    }
-                    None => StoreReply::Deleted(None),
+            StoreOp::Delete(k) => match self.map.swap_remove_entry(k.as_str()) {
+                Some((_, e)) if e.deadline > t => StoreReply::Deleted(Some(e.record)),
+                Some((key, e)) => {
+                    self.lazily_expired.push((key, e.record));
+                    StoreReply::Deleted(None)
                 }
-            }
+                None => StoreReply::Deleted(None),
+            },
         }
     }
 
@@ -219,13 +217,31 @@ mod tests {
     fn insert_get_delete() {
         let t = Instant::now();
         let mut s = MemStore::new(Duration::from_secs(60), 10, t);
-        assert_eq!(s.execute(&StoreOp::Get(key("a")), t), StoreReply::Found(None));
-        assert_eq!(s.execute(&StoreOp::Insert(key("a"), R0), t), StoreReply::Inserted(true));
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("a")), t),
+            StoreReply::Found(None)
+        );
+        assert_eq!(
+            s.execute(&StoreOp::Insert(key("a"), R0), t),
+            StoreReply::Inserted(true)
+        );
         // minted twice: detected, not overwritten
-        assert_eq!(s.execute(&StoreOp::Insert(key("a"), R1), t), StoreReply::Inserted(false));
-        assert_eq!(s.execute(&StoreOp::Get(key("a")), t), StoreReply::Found(Some(R0)));
-        assert_eq!(s.execute(&StoreOp::Delete(key("a")), t), StoreReply::Deleted(Some(R0)));
-        assert_eq!(s.execute(&StoreOp::Delete(key("a")), t), StoreReply::Deleted(None));
+        assert_eq!(
+            s.execute(&StoreOp::Insert(key("a"), R1), t),
+            StoreReply::Inserted(false)
+        );
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("a")), t),
+            StoreReply::Found(Some(R0))
+        );
+        assert_eq!(
+            s.execute(&StoreOp::Delete(key("a")), t),
+            StoreReply::Deleted(Some(R0))
+        );
+        assert_eq!(
+            s.execute(&StoreOp::Delete(key("a")), t),
+            StoreReply::Deleted(None)
+        );
         assert!(s.is_empty());
     }
 
@@ -237,16 +253,28 @@ mod tests {
         s.execute(&StoreOp::Insert(key("a"), R0), t);
         s.execute(&StoreOp::Insert(key("b"), R1), t);
         let t50 = t + Duration::from_secs(50);
-        assert_eq!(s.execute(&StoreOp::Get(key("a")), t50), StoreReply::Found(Some(R0)));
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("a")), t50),
+            StoreReply::Found(Some(R0))
+        );
         let t100 = t + Duration::from_secs(100);
         let mut out = Vec::new();
         assert_eq!(s.expire(t100, &mut out), 1);
         assert_eq!(out, vec![(key("b"), R1)]);
-        assert_eq!(s.execute(&StoreOp::Touch(key("a")), t100), StoreReply::Touched(true));
-        assert_eq!(s.execute(&StoreOp::Get(key("a")), t + Duration::from_secs(159)), StoreReply::Found(Some(R0)));
+        assert_eq!(
+            s.execute(&StoreOp::Touch(key("a")), t100),
+            StoreReply::Touched(true)
+        );
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("a")), t + Duration::from_secs(159)),
+            StoreReply::Found(Some(R0))
+        );
         // read after its deadline but before any sweep: absent, and reported once
         let late = t + Duration::from_secs(300);
-        assert_eq!(s.execute(&StoreOp::Get(key("a")), late), StoreReply::Found(None));
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("a")), late),
+            StoreReply::Found(None)
+        );
         assert!(s.is_empty());
         out.clear();
         assert_eq!(s.expire(late, &mut out), 1);
@@ -275,7 +303,10 @@ mod tests {
             assert!(ticks < 100, "sweep does not make progress");
         }
         assert_eq!(out.len(), 999);
-        assert_eq!(s.execute(&StoreOp::Get(key("s500")), later), StoreReply::Found(Some(R0)));
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("s500")), later),
+            StoreReply::Found(Some(R0))
+        );
     }
 
     #[test]
@@ -284,7 +315,10 @@ mod tests {
         let mut s = MemStore::new(Duration::from_secs(10), 10, t);
         s.execute(&StoreOp::Insert(key("a"), R0), t);
         let late = t + Duration::from_secs(20);
-        assert_eq!(s.execute(&StoreOp::Delete(key("a")), late), StoreReply::Deleted(None));
+        assert_eq!(
+            s.execute(&StoreOp::Delete(key("a")), late),
+            StoreReply::Deleted(None)
+        );
         let mut out = Vec::new();
         assert_eq!(s.expire(late, &mut out), 1);
     }

@@ -1,1 +1,425 @@
-//! tokio frontend (in progress)
+//! tokio frontend of mcp-router: sockets, timers and the store, around the sans-IO
+//! core. It makes no routing decision of its own: each client connection is a loop
+//! that reads into the core's [`Buffers`], calls [`Conn::handle_io`] and carries out
+//! the [`Output`]s.
+//!
+//! Use it as a library with [`serve`], or run the bundled `mcp-router` binary.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod pool;
+
+use mcp_router_core::{
+    BackendId, Buffers, Conn, EndCause, Event, Health, MemStore, Output, Router, StoreOp,
+    StoreReply,
+};
+use pool::Pool;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub use config::{Cli, Settings};
+
+/// The session store a router process uses.
+#[derive(Debug)]
+pub enum Store {
+    /// The embedded in-memory store (one router replica).
+    Memory(Mutex<MemStore>),
+}
+
+impl Store {
+    /// Run one op.
+    pub async fn execute(&self, op: &StoreOp, now: std::time::Instant) -> StoreReply {
+        match self {
+            Store::Memory(m) => match m.lock() {
+                Ok(mut s) => s.execute(op, now),
+                Err(_) => StoreReply::Unavailable,
+            },
+        }
+    }
+}
+
+/// State shared by every connection of one router process.
+#[derive(Debug)]
+pub struct Shared {
+    /// Backends, health, balancing.
+    pub router: Arc<Router>,
+    /// Session records.
+    pub store: Store,
+    pool: Pool,
+}
+
+impl Shared {
+    /// Shared state for `settings`, with the embedded store.
+    pub fn new(settings: &Settings) -> Arc<Shared> {
+        let cfg = Arc::new(settings.core.clone());
+        let epoch = std::time::Instant::now();
+        let store = MemStore::new(cfg.session_ttl, cfg.expiry_batch, epoch);
+        Arc::new(Shared {
+            pool: Pool::new(
+                cfg.backends.len(),
+                cfg.pool_max_idle,
+                cfg.timeouts.pool_idle,
+            ),
+            router: Arc::new(Router::new(cfg, epoch)),
+            store: Store::Memory(Mutex::new(store)),
+        })
+    }
+}
+
+/// Serve MCP clients on `listener` until `shutdown` turns true, then stop accepting,
+/// let in-flight exchanges finish for up to `grace`, and return.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let tasks = tokio_util_tasks::Tasks::default();
+    tokio::spawn(expiry_loop(shared.clone(), shutdown.clone()));
+    if let Some(every) = shared.router.config().health_check_interval {
+        tokio::spawn(health_loop(shared.clone(), every, shutdown.clone()));
+    }
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let sh = shared.clone();
+                    let sd = shutdown.clone();
+                    tasks.spawn(async move { drive(sh, sock, peer, sd).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    info!(
+        connections = tasks.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining"
+    );
+    if tokio::time::timeout(grace, tasks.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tasks.len(),
+            "grace period over: closing remaining connections"
+        );
+    }
+}
+
+/// A tiny task counter (so shutdown can wait for in-flight connections without
+/// keeping every JoinHandle).
+mod tokio_util_tasks {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    #[derive(Default, Clone)]
+    pub struct Tasks(Arc<(AtomicUsize, Notify)>);
+
+    impl Tasks {
+        pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+            let t = self.0.clone();
+            t.0.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                struct Guard(Arc<(AtomicUsize, Notify)>);
+                impl Drop for Guard {
+                    fn drop(&mut self) {
+                        if self.0 .0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            self.0 .1.notify_waiters();
+                        }
+                    }
+                }
+                let _g = Guard(t);
+                f.await
+            });
+        }
+        pub fn len(&self) -> usize {
+            self.0 .0.load(Ordering::SeqCst)
+        }
+        pub async fn wait_idle(&self) {
+            loop {
+                let n = self.0 .1.notified();
+                if self.len() == 0 {
+                    return;
+                }
+                n.await;
+            }
+        }
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+/// Drive one client connection to its end.
+async fn drive(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let router = &shared.router;
+    let mut conn = Conn::new(
+        router.clone(),
+        Some(peer.ip()),
+        "http",
+        Instant::now().into_std(),
+    );
+    let mut bufs = Buffers::default();
+    let mut up: Option<(BackendId, TcpStream)> = None;
+    let mut connecting: Option<(BackendId, Connecting)> = None;
+    let mut shutting_down = *shutdown.borrow();
+    if shutting_down {
+        conn.shutdown();
+    }
+    let (mut cr, mut cw) = client.split();
+    'outer: loop {
+        // Feed and drain until the core has nothing more to say.
+        loop {
+            let now = std::time::Instant::now();
+            conn.handle_io(&mut bufs, now);
+            let mut any = false;
+            while let Some(o) = conn.poll_output() {
+                any = true;
+                match o {
+                    Output::ToClient(b) => {
+                        if cw.write_all(&b).await.is_err() {
+                            conn.handle_client_eof(std::time::Instant::now());
+                        }
+                    }
+                    Output::ToUpstream(b) => {
+                        if let Some((_, s)) = up.as_mut() {
+                            if s.write_all(&b).await.is_err() {
+                                let now = std::time::Instant::now();
+                                conn.handle_io(&mut bufs, now);
+                                conn.handle_upstream_eof(now);
+                            }
+                        }
+                    }
+                    Output::Connect { backend, fresh } => {
+                        up = None;
+                        connecting = None;
+                        let pooled = if fresh {
+                            None
+                        } else {
+                            shared.pool.checkout(backend)
+                        };
+                        match pooled {
+                            Some(s) => {
+                                up = Some((backend, s));
+                                conn.handle_upstream_connected(true, std::time::Instant::now());
+                            }
+                            None => {
+                                let b = router.backend(backend);
+                                let target = (b.host.clone(), b.port);
+                                connecting = Some((
+                                    backend,
+                                    Box::pin(async move {
+                                        let s = TcpStream::connect(target).await?;
+                                        let _ = s.set_nodelay(true);
+                                        Ok(s)
+                                    }),
+                                ));
+                            }
+                        }
+                    }
+                    Output::ReleaseUpstream { reuse } => {
+                        bufs.upstream.clear();
+                        connecting = None;
+                        if let Some((b, s)) = up.take() {
+                            if reuse {
+                                shared.pool.checkin(b, s);
+                            }
+                        }
+                    }
+                    Output::Store(op) => {
+                        let r = shared.store.execute(&op, std::time::Instant::now()).await;
+                        conn.handle_store_reply(r, std::time::Instant::now());
+                    }
+                    Output::CloseClient => {
+                        let _ = cw.shutdown().await;
+                    }
+                    Output::Event(e) => log_event(router, &e, peer),
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        if conn.is_closed() {
+            break 'outer;
+        }
+        let deadline = conn.poll_timeout().map(Instant::from_std);
+        let want_client = conn.wants_client_read(&bufs);
+        let want_up = up.is_some() && conn.wants_upstream_read(&bufs);
+        let Buffers {
+            client: cbuf,
+            upstream: ubuf,
+        } = &mut bufs;
+        tokio::select! {
+            r = async { (&mut connecting.as_mut().expect("guarded").1).await }, if connecting.is_some() => {
+                let now = std::time::Instant::now();
+                let (b, _) = connecting.take().expect("guarded");
+                match r {
+                    Ok(s) => {
+                        up = Some((b, s));
+                        conn.handle_upstream_connected(false, now);
+                    }
+                    Err(e) => {
+                        debug!(backend = %router.backend(b).name, error = %e, "connect failed");
+                        conn.handle_upstream_failed(now);
+                    }
+                }
+            }
+            r = cr.read_buf(cbuf), if want_client => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    let now = std::time::Instant::now();
+                    conn.handle_io(&mut bufs, now);
+                    conn.handle_client_eof(now);
+                }
+            }
+            r = async { up.as_mut().expect("guarded").1.read_buf(ubuf).await }, if want_up => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    let now = std::time::Instant::now();
+                    conn.handle_io(&mut bufs, now);
+                    conn.handle_upstream_eof(now);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                conn.handle_timeout(std::time::Instant::now());
+            }
+            _ = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                conn.shutdown();
+            }
+        }
+    }
+    // Whatever is left is dropped here: the sockets close.
+}
+
+fn log_event(router: &Router, e: &Event, peer: SocketAddr) {
+    match e {
+        Event::SessionStarted {
+            session,
+            backend,
+            era,
+        } => {
+            info!(session = %session, backend = %router.backend(*backend).name, era = ?era, "session started")
+        }
+        Event::SessionEnded {
+            session,
+            backend,
+            cause,
+        } => {
+            info!(session = %session, backend = %router.backend(*backend).name, cause = cause.as_str(), "session ended")
+        }
+        Event::DuplicateSession { session, backend } => {
+            warn!(session = %session, backend = %router.backend(*backend).name, "backend minted a session id that is already recorded; keeping the first record")
+        }
+        Event::Rejected { status, reason } => {
+            info!(%peer, status, reason, "request rejected")
+        }
+        Event::BackendHealth { backend, health } => match health {
+            Health::Down(d) => {
+                warn!(backend = %router.backend(*backend).name, backoff_ms = d.as_millis() as u64, "backend down")
+            }
+            Health::Up => info!(backend = %router.backend(*backend).name, "backend up"),
+            Health::Same => {}
+        },
+        Event::StoreUnavailable => warn!("session store unavailable"),
+    }
+}
+
+/// Expire idle session records, a bounded batch per tick.
+async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let every = shared.router.config().expiry_interval;
+    let mut expired = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Store::Memory(m) = &shared.store;
+        if let Ok(mut s) = m.lock() {
+            s.expire(std::time::Instant::now(), &mut expired);
+        }
+        for (session, rec) in expired.drain(..) {
+            shared.router.session_ended(rec.backend);
+            if shared.router.is_configured(rec.backend) {
+                info!(session = %session, backend = %shared.router.backend(rec.backend).name, cause = EndCause::Expired.as_str(), "session ended");
+            }
+        }
+        shared.pool.expire();
+    }
+}
+
+/// Active health check: a TCP connect to every backend each period.
+async fn health_loop(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let router = &shared.router;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        for i in 0..router.len() {
+            let id = BackendId(i as u16);
+            let b = router.backend(id);
+            let ok = tokio::time::timeout(
+                router.config().timeouts.connect,
+                TcpStream::connect((b.host.as_str(), b.port)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            let now = std::time::Instant::now();
+            let h = if ok {
+                router.connect_ok(id)
+            } else {
+                router.connect_failed(id, now)
+            };
+            log_event(
+                router,
+                &Event::BackendHealth {
+                    backend: id,
+                    health: h,
+                },
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+            );
+        }
+    }
+}
+
+/// Resolve when SIGTERM or Ctrl-C arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

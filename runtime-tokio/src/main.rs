@@ -1,1 +1,56 @@
-fn main() {}
+//! The `mcp-router` binary: the tokio frontend with CLI/TOML/env configuration.
+
+use clap::Parser;
+use mcp_router_tokio::{serve, shutdown_signal, Cli, Shared};
+use tracing::{error, info, warn};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let settings = match cli.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mcp-router: bad configuration: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(listen = %settings.listen, error = %e, "cannot listen");
+                std::process::exit(1);
+            }
+        };
+        let addr = listener.local_addr().expect("bound listener has an address");
+        if settings.replicas_expected > 1 {
+            warn!(
+                replicas_expected = settings.replicas_expected,
+                "several router replicas expected but the session store is embedded: \
+                 sessions will break when a client's requests reach another replica; \
+                 use a shared store"
+            );
+        }
+        let backends: Vec<_> = settings.core.backends.iter().map(|b| b.name.as_str()).collect();
+        info!(listen = %addr, ?backends, store = "memory", ttl_s = settings.core.session_ttl.as_secs(), "mcp-router listening");
+        let shared = Shared::new(&settings);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("shutdown signal received");
+            let _ = tx.send(true);
+        });
+        serve(listener, shared, rx, settings.shutdown_grace).await;
+        info!("stopped");
+    });
+}

@@ -1,0 +1,436 @@
+//! Configuration of the `mcp-router` binary: CLI flags, `MCP_ROUTER_*` environment
+//! variables and a TOML file, merged in that order of precedence over the defaults.
+
+use clap::Parser;
+use mcp_router_core::{Backend, Config, ConfigError};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Session-sticky reverse proxy for MCP (Model Context Protocol) servers.
+///
+/// Durations take a unit: `150ms`, `30s`, `5m`, `2h` (a bare number means seconds).
+/// Every flag can also be set by its environment variable or in the TOML file given
+/// with --config (same names, with underscores: `session_ttl = "2h"`). Precedence:
+/// flag, then environment, then file, then default.
+#[derive(Parser, Debug, Default)]
+#[command(name = "mcp-router", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "MCP_ROUTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for MCP clients [default: 127.0.0.1:8080].
+    #[arg(long, env = "MCP_ROUTER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// A backend replica: `http://host:port[/base]` or `name=http://host:port[/base]`.
+    /// Repeat for each replica (environment: comma-separated).
+    #[arg(long = "backend", env = "MCP_ROUTER_BACKENDS", value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// Idle lifetime of a session record; each request slides it [default: 2h].
+    #[arg(long, env = "MCP_ROUTER_SESSION_TTL")]
+    pub session_ttl: Option<String>,
+    /// Session store: `memory` (embedded, the default; one router replica only).
+    #[arg(long, env = "MCP_ROUTER_STORE")]
+    pub store: Option<String>,
+    /// Largest request or response head in bytes; larger request heads get 431 [default: 32768].
+    #[arg(long, env = "MCP_ROUTER_MAX_HEAD")]
+    pub max_head: Option<usize>,
+    /// Most header fields in a head [default: 96].
+    #[arg(long, env = "MCP_ROUTER_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+    /// Most request-body bytes read to find the JSON-RPC method of a request without a
+    /// session; past it: 413 [default: 1048576].
+    #[arg(long, env = "MCP_ROUTER_MAX_INSPECT_BODY")]
+    pub max_inspect_body: Option<usize>,
+    /// Longest accepted Mcp-Session-Id [default: 256].
+    #[arg(long, env = "MCP_ROUTER_MAX_SESSION_ID_LEN")]
+    pub max_session_id_len: Option<usize>,
+    /// Time a client has to send a whole request head; then 408 [default: 10s].
+    #[arg(long, env = "MCP_ROUTER_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// Idle keep-alive client connections close after this [default: 75s].
+    #[arg(long, env = "MCP_ROUTER_CLIENT_IDLE_TIMEOUT")]
+    pub client_idle_timeout: Option<String>,
+    /// Connecting to a backend; past it the backend is marked down [default: 3s].
+    #[arg(long, env = "MCP_ROUTER_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+    /// Wait for a backend's response head; then 504 [default: 300s].
+    #[arg(long, env = "MCP_ROUTER_RESPONSE_TIMEOUT")]
+    pub response_timeout: Option<String>,
+    /// Longest silence inside a non-SSE body [default: 60s].
+    #[arg(long, env = "MCP_ROUTER_BODY_IDLE_TIMEOUT")]
+    pub body_idle_timeout: Option<String>,
+    /// Idle pooled backend connections close after this [default: 3s].
+    #[arg(long, env = "MCP_ROUTER_POOL_IDLE_TIMEOUT")]
+    pub pool_idle_timeout: Option<String>,
+    /// Most idle pooled connections per backend [default: 64].
+    #[arg(long, env = "MCP_ROUTER_POOL_MAX_IDLE")]
+    pub pool_max_idle: Option<usize>,
+    /// First backoff after a backend fails, doubled per failure [default: 1s].
+    #[arg(long, env = "MCP_ROUTER_BACKOFF_INITIAL")]
+    pub backoff_initial: Option<String>,
+    /// Longest backoff [default: 30s].
+    #[arg(long, env = "MCP_ROUTER_BACKOFF_MAX")]
+    pub backoff_max: Option<String>,
+    /// Probe every backend with a TCP connect this often (off by default).
+    #[arg(long, env = "MCP_ROUTER_HEALTH_CHECK_INTERVAL")]
+    pub health_check_interval: Option<String>,
+    /// Records examined per expiry tick of the embedded store [default: 4096].
+    #[arg(long, env = "MCP_ROUTER_EXPIRY_BATCH")]
+    pub expiry_batch: Option<usize>,
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may finish [default: 10s].
+    #[arg(long, env = "MCP_ROUTER_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// How many router replicas run side by side; with more than one, the embedded
+    /// store cannot share sessions and the router warns [default: 1].
+    #[arg(long, env = "MCP_ROUTER_REPLICAS_EXPECTED")]
+    pub replicas_expected: Option<u32>,
+}
+
+/// The TOML file: the same fields as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    backends: Option<Vec<FileBackend>>,
+    session_ttl: Option<toml::Value>,
+    store: Option<String>,
+    max_head: Option<usize>,
+    max_headers: Option<usize>,
+    max_inspect_body: Option<usize>,
+    max_session_id_len: Option<usize>,
+    header_timeout: Option<toml::Value>,
+    client_idle_timeout: Option<toml::Value>,
+    connect_timeout: Option<toml::Value>,
+    response_timeout: Option<toml::Value>,
+    body_idle_timeout: Option<toml::Value>,
+    pool_idle_timeout: Option<toml::Value>,
+    pool_max_idle: Option<usize>,
+    backoff_initial: Option<toml::Value>,
+    backoff_max: Option<toml::Value>,
+    health_check_interval: Option<toml::Value>,
+    expiry_batch: Option<usize>,
+    shutdown_grace: Option<toml::Value>,
+    replicas_expected: Option<u32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum FileBackend {
+    Url(String),
+    Named { name: Option<String>, url: String },
+}
+
+/// Everything the binary needs: the core config plus the frontend's own settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The core's configuration.
+    pub core: Config,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Router replicas expected to run side by side.
+    pub replicas_expected: u32,
+}
+
+/// Parse a duration: `150ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
+pub fn parse_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let bad = || {
+        ConfigError(format!(
+            "{field}: invalid duration {s:?} (use e.g. 150ms, 30s, 5m, 2h)"
+        ))
+    };
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn file_duration(field: &str, v: &toml::Value) -> Result<Duration, ConfigError> {
+    match v {
+        toml::Value::Integer(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
+        toml::Value::Float(f) if *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
+        toml::Value::String(s) => parse_duration(field, s),
+        _ => Err(ConfigError(format!(
+            "{field}: expected a duration like \"30s\""
+        ))),
+    }
+}
+
+fn parse_backend(spec: &str) -> Result<Backend, ConfigError> {
+    let spec = spec.trim();
+    match spec.split_once('=') {
+        Some((name, url)) if !name.contains("://") => {
+            if name.is_empty() {
+                return Err(ConfigError(format!("backend {spec:?}: empty name")));
+            }
+            Backend::parse(url, Some(name))
+        }
+        _ => Backend::parse(spec, None),
+    }
+}
+
+impl Cli {
+    /// Merge flags/env with the config file and defaults, and validate.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let file: File = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError(format!("config: cannot read {}: {e}", p.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config {}: {e}", p.display())))?
+            }
+            None => File::default(),
+        };
+        let mut c = Config::default();
+        let dur = |field: &str,
+                   cli: &Option<String>,
+                   file: &Option<toml::Value>,
+                   default: Duration|
+         -> Result<Duration, ConfigError> {
+            match (cli, file) {
+                (Some(s), _) => parse_duration(field, s),
+                (None, Some(v)) => file_duration(field, v),
+                (None, None) => Ok(default),
+            }
+        };
+        let listen = match (&self.listen, &file.listen) {
+            (Some(a), _) => *a,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|_| ConfigError(format!("listen: invalid address {s:?}")))?,
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        c.backends = if !self.backends.is_empty() {
+            self.backends
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| parse_backend(s))
+                .collect::<Result<_, _>>()?
+        } else {
+            file.backends
+                .iter()
+                .flatten()
+                .map(|b| match b {
+                    FileBackend::Url(u) => parse_backend(u),
+                    FileBackend::Named { name, url } => Backend::parse(url, name.as_deref()),
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let store = self
+            .store
+            .clone()
+            .or(file.store)
+            .unwrap_or_else(|| "memory".into());
+        if store != "memory" {
+            return Err(ConfigError(format!(
+                "store: {store:?} is not supported by this build (use \"memory\")"
+            )));
+        }
+        c.session_ttl = dur(
+            "session_ttl",
+            &self.session_ttl,
+            &file.session_ttl,
+            c.session_ttl,
+        )?;
+        c.http.max_head = self.max_head.or(file.max_head).unwrap_or(c.http.max_head);
+        c.http.max_headers = self
+            .max_headers
+            .or(file.max_headers)
+            .unwrap_or(c.http.max_headers);
+        c.max_inspect_body = self
+            .max_inspect_body
+            .or(file.max_inspect_body)
+            .unwrap_or(c.max_inspect_body);
+        c.max_session_id_len = self
+            .max_session_id_len
+            .or(file.max_session_id_len)
+            .unwrap_or(c.max_session_id_len);
+        let t = &mut c.timeouts;
+        t.header = dur(
+            "header_timeout",
+            &self.header_timeout,
+            &file.header_timeout,
+            t.header,
+        )?;
+        t.client_idle = dur(
+            "client_idle_timeout",
+            &self.client_idle_timeout,
+            &file.client_idle_timeout,
+            t.client_idle,
+        )?;
+        t.connect = dur(
+            "connect_timeout",
+            &self.connect_timeout,
+            &file.connect_timeout,
+            t.connect,
+        )?;
+        t.response = dur(
+            "response_timeout",
+            &self.response_timeout,
+            &file.response_timeout,
+            t.response,
+        )?;
+        t.body_idle = dur(
+            "body_idle_timeout",
+            &self.body_idle_timeout,
+            &file.body_idle_timeout,
+            t.body_idle,
+        )?;
+        t.pool_idle = dur(
+            "pool_idle_timeout",
+            &self.pool_idle_timeout,
+            &file.pool_idle_timeout,
+            t.pool_idle,
+        )?;
+        c.pool_max_idle = self
+            .pool_max_idle
+            .or(file.pool_max_idle)
+            .unwrap_or(c.pool_max_idle);
+        c.backoff_initial = dur(
+            "backoff_initial",
+            &self.backoff_initial,
+            &file.backoff_initial,
+            c.backoff_initial,
+        )?;
+        c.backoff_max = dur(
+            "backoff_max",
+            &self.backoff_max,
+            &file.backoff_max,
+            c.backoff_max,
+        )?;
+        c.health_check_interval =
+            match (&self.health_check_interval, &file.health_check_interval) {
+                (Some(s), _) => Some(parse_duration("health_check_interval", s)?),
+                (None, Some(v)) => Some(file_duration("health_check_interval", v)?),
+                (None, None) => None,
+            }
+            .filter(|d| !d.is_zero());
+        c.expiry_batch = self
+            .expiry_batch
+            .or(file.expiry_batch)
+            .unwrap_or(c.expiry_batch);
+        let shutdown_grace = dur(
+            "shutdown_grace",
+            &self.shutdown_grace,
+            &file.shutdown_grace,
+            Duration::from_secs(10),
+        )?;
+        let replicas_expected = self
+            .replicas_expected
+            .or(file.replicas_expected)
+            .unwrap_or(1);
+        c.validate()?;
+        Ok(Settings {
+            listen,
+            core: c,
+            shutdown_grace,
+            replicas_expected,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["mcp-router"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("f", "150ms").unwrap(),
+            Duration::from_millis(150)
+        );
+        assert_eq!(
+            parse_duration("f", "2h").unwrap(),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(parse_duration("f", "45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("session_ttl", "2 weeks")
+            .unwrap_err()
+            .0
+            .starts_with("session_ttl"));
+        assert!(parse_duration("f", "-1s").is_err());
+    }
+
+    #[test]
+    fn flags_build_a_config() {
+        let s = cli(&[
+            "--backend",
+            "http://127.0.0.1:1",
+            "--backend",
+            "b=http://127.0.0.1:2/x",
+            "--session-ttl",
+            "5m",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.core.backends.len(), 2);
+        assert_eq!(s.core.backends[1].name, "b");
+        assert_eq!(s.core.backends[1].base_path, "/x");
+        assert_eq!(s.core.session_ttl, Duration::from_secs(300));
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = cli(&[]).settings().unwrap_err();
+        assert!(e.0.starts_with("backends"), "{e}");
+        let e = cli(&["--backend", "https://x:1"]).settings().unwrap_err();
+        assert!(e.0.contains("https"), "{e}");
+        let e = cli(&["--backend", "http://x:1", "--connect-timeout", "soon"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("connect_timeout"), "{e}");
+        let e = cli(&["--backend", "http://x:1", "--store", "redis://x"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("store"), "{e}");
+    }
+
+    #[test]
+    fn file_is_read_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("mcp-router-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:9999\"\nsession_ttl = \"1h\"\nconnect_timeout = 2\nbackends = [\"http://127.0.0.1:1\", { name = \"two\", url = \"http://127.0.0.1:2\" }]\n",
+        )
+        .unwrap();
+        let s = cli(&["--config", p.to_str().unwrap(), "--session-ttl", "10s"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.listen.port(), 9999);
+        assert_eq!(s.core.session_ttl, Duration::from_secs(10));
+        assert_eq!(s.core.timeouts.connect, Duration::from_secs(2));
+        assert_eq!(s.core.backends[1].name, "two");
+        std::fs::write(&p, "sesion_ttl = \"1h\"\n").unwrap();
+        let e = cli(&["--config", p.to_str().unwrap()])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.contains("sesion_ttl"), "{e}");
+    }
+}
