@@ -1,0 +1,835 @@
+//! Deterministic tests of the connection state machine: virtual time, a scripted client
+//! and scripted backends, the embedded store. Every routing rule and session-end path.
+
+use bytes::BytesMut;
+use mcp_router_core::mcp::SessionKey;
+use mcp_router_core::*;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct H {
+    router: Arc<Router>,
+    store: MemStore,
+    conn: Conn,
+    bufs: Buffers,
+    now: Instant,
+    /// Bytes written to the client so far.
+    client: Vec<u8>,
+    /// Bytes written upstream since the last connect.
+    upstream: Vec<u8>,
+    connects: Vec<(u16, bool)>,
+    connected: bool,
+    released: Vec<bool>,
+    closed: bool,
+    events: Vec<Event>,
+    /// When false, store ops queue up here for a manual reply.
+    auto_store: bool,
+    ops: VecDeque<StoreOp>,
+}
+
+fn key(s: &str) -> SessionKey {
+    SessionKey::new(s.as_bytes(), 256).unwrap()
+}
+
+fn config(n: usize) -> Config {
+    let mut c = Config::default();
+    for i in 0..n {
+        c.backends
+            .push(Backend::parse(&format!("http://10.0.0.{}:80{}", i + 1, i), Some(&format!("b{i}"))).unwrap());
+    }
+    c.session_ttl = Duration::from_secs(600);
+    c
+}
+
+impl H {
+    fn new(n: usize) -> H {
+        Self::with(config(n))
+    }
+    fn with(c: Config) -> H {
+        let now = Instant::now();
+        let store = MemStore::new(c.session_ttl, 100, now);
+        let router = Arc::new(Router::new(Arc::new(c), now));
+        let conn = Conn::new(router.clone(), Some("192.0.2.7".parse().unwrap()), "http", now);
+        H {
+            router,
+            store,
+            conn,
+            bufs: Buffers::default(),
+            now,
+            client: Vec::new(),
+            upstream: Vec::new(),
+            connects: Vec::new(),
+            connected: false,
+            released: Vec::new(),
+            closed: false,
+            events: Vec::new(),
+            auto_store: true,
+            ops: VecDeque::new(),
+        }
+    }
+    /// A fresh client connection sharing router and store.
+    fn reconnect(&mut self) {
+        self.conn = Conn::new(self.router.clone(), None, "http", self.now);
+        self.bufs = Buffers::default();
+        self.client.clear();
+        self.upstream.clear();
+        self.connects.clear();
+        self.released.clear();
+        self.closed = false;
+        self.connected = false;
+    }
+    fn drain(&mut self) {
+        loop {
+            self.conn.handle_io(&mut self.bufs, self.now);
+            let mut any = false;
+            while let Some(o) = self.conn.poll_output() {
+                any = true;
+                match o {
+                    Output::ToClient(b) => self.client.extend_from_slice(&b),
+                    Output::ToUpstream(b) => {
+                        assert!(self.connected, "wrote upstream while not connected");
+                        self.upstream.extend_from_slice(&b)
+                    }
+                    Output::Connect { backend, fresh } => {
+                        self.connects.push((backend.0, fresh));
+                        self.connected = false;
+                    }
+                    Output::ReleaseUpstream { reuse } => {
+                        self.released.push(reuse);
+                        self.connected = false;
+                        self.bufs.upstream.clear();
+                    }
+                    Output::Store(op) => {
+                        if self.auto_store {
+                            let r = self.store.execute(&op, self.now);
+                            self.conn.handle_store_reply(r, self.now);
+                        } else {
+                            self.ops.push_back(op);
+                        }
+                    }
+                    Output::CloseClient => self.closed = true,
+                    Output::Event(e) => self.events.push(e),
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.bufs.client.extend_from_slice(bytes);
+        self.drain();
+    }
+    fn connect_ok(&mut self, reused: bool) {
+        self.connected = true;
+        self.upstream.clear();
+        self.conn.handle_upstream_connected(reused, self.now);
+        self.drain();
+    }
+    fn connect_fail(&mut self) {
+        self.conn.handle_upstream_failed(self.now);
+        self.drain();
+    }
+    fn reply(&mut self, bytes: &[u8]) {
+        self.bufs.upstream.extend_from_slice(bytes);
+        self.drain();
+    }
+    fn upstream_eof(&mut self) {
+        self.drain();
+        self.conn.handle_upstream_eof(self.now);
+        self.drain();
+    }
+    fn client_eof(&mut self) {
+        self.drain();
+        self.conn.handle_client_eof(self.now);
+        self.drain();
+    }
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        if let Some(t) = self.conn.poll_timeout() {
+            if t <= self.now {
+                self.conn.handle_timeout(self.now);
+            }
+        }
+        self.drain();
+    }
+    fn store_reply(&mut self, r: StoreReply) {
+        self.ops.pop_front().expect("an op was pending");
+        self.conn.handle_store_reply(r, self.now);
+        self.drain();
+    }
+    fn take_client(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.client)).unwrap()
+    }
+    fn take_upstream(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.upstream)).unwrap()
+    }
+    fn lookup(&mut self, s: &str) -> Option<Record> {
+        match self.store.execute(&StoreOp::Get(key(s)), self.now) {
+            StoreReply::Found(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn rejected(&self) -> Vec<u16> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rejected { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect()
+    }
+    fn ended(&self) -> Vec<EndCause> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SessionEnded { cause, .. } => Some(*cause),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn post(path: &str, session: Option<&str>, body: &str) -> Vec<u8> {
+    let mut s = format!(
+        "POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(id) = session {
+        s.push_str(&format!("Mcp-Session-Id: {id}\r\n"));
+    }
+    s.push_str("\r\n");
+    s.push_str(body);
+    s.into_bytes()
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+/// Python SDK order: method and params first, id last.
+const CALL: &str = r#"{"method":"tools/call","params":{"name":"echo","arguments":{"x":1}},"jsonrpc":"2.0","id":"req-7"}"#;
+
+fn json_ok(extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn body_json(resp: &str) -> serde_json::Value {
+    let body = resp.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).expect("JSON body")
+}
+
+/// Initialize a session on whichever backend the router picks; returns that backend.
+fn init(h: &mut H, sid: &str) -> u16 {
+    h.send(&post("/mcp", None, INIT));
+    let b = h.connects.last().expect("connect").0;
+    h.connect_ok(false);
+    h.reply(&json_ok(&format!("Mcp-Session-Id: {sid}\r\n"), r#"{"jsonrpc":"2.0","id":1,"result":{}}"#));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(resp.contains(&format!("Mcp-Session-Id: {sid}")), "{resp}");
+    b
+}
+
+#[test]
+fn initialize_records_the_session_and_later_requests_stick() {
+    let mut h = H::new(3);
+    let b = init(&mut h, "sess-A");
+    let up = h.take_upstream();
+    assert!(up.starts_with("POST /mcp HTTP/1.1\r\n"), "{up}");
+    assert!(up.contains(&format!("Host: {}\r\n", h.router.backend(BackendId(b)).authority)), "{up}");
+    assert!(up.contains("X-Forwarded-For: 192.0.2.7"), "{up}");
+    assert_eq!(h.lookup("sess-A"), Some(Record { backend: BackendId(b), era: Era::Streamable }));
+    assert!(matches!(&h.events[0], Event::SessionStarted { backend, .. } if backend.0 == b));
+    assert_eq!(h.router.active_sessions(BackendId(b)), 1);
+    // ten more requests, on the same keep-alive connection and on new ones
+    for i in 0..10 {
+        if i % 2 == 0 {
+            h.reconnect();
+        }
+        h.send(&post("/mcp", Some("sess-A"), CALL));
+        assert_eq!(h.connects.last().unwrap().0, b, "request {i} left its backend");
+        h.connect_ok(i % 2 == 1);
+        assert!(h.take_upstream().contains("Mcp-Session-Id: sess-A"));
+        h.reply(&json_ok("", r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#));
+        assert_eq!(status_of(&h.take_client()), 200);
+    }
+}
+
+#[test]
+fn new_sessions_go_to_the_backend_with_fewest_sessions() {
+    let mut h = H::new(2);
+    let first = init(&mut h, "s1");
+    h.reconnect();
+    let second = init(&mut h, "s2");
+    assert_ne!(first, second);
+    // end s1: its backend is now the emptier one, twice in a row
+    h.reconnect();
+    h.send(b"DELETE /mcp HTTP/1.1\r\nHost: r\r\nMcp-Session-Id: s1\r\n\r\n");
+    h.connect_ok(false);
+    h.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    h.reconnect();
+    assert_eq!(init(&mut h, "s3"), first);
+}
+
+#[test]
+fn unknown_session_gets_404_with_the_request_id_and_never_reaches_a_backend() {
+    let mut h = H::new(2);
+    h.send(&post("/mcp", Some("nope"), CALL));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert!(h.connects.is_empty());
+    let v = body_json(&resp);
+    assert_eq!(v["error"]["code"], -32001);
+    assert_eq!(v["error"]["message"], "Session not found");
+    assert_eq!(v["id"], "req-7");
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert!(!h.closed, "keep-alive survives a local 404");
+    // a GET for an unknown session: id null
+    h.send(b"GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMcp-Session-Id: nope\r\n\r\n");
+    let v = body_json(&h.take_client());
+    assert!(v["id"].is_null());
+    assert_eq!(v["error"]["code"], -32001);
+}
+
+#[test]
+fn unknown_session_with_chunked_body_split_in_pieces_still_echoes_the_id() {
+    let mut h = H::new(1);
+    h.send(b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\nMcp-Session-Id: gone\r\n\r\n");
+    assert!(h.client.is_empty(), "answered before the id was read");
+    let body = CALL.as_bytes();
+    h.send(format!("{:x}\r\n", 30).as_bytes());
+    h.send(&body[..30]);
+    h.send(b"\r\n");
+    assert!(h.client.is_empty());
+    h.send(format!("{:x}\r\n", body.len() - 30).as_bytes());
+    h.send(&body[30..]);
+    h.send(b"\r\n0\r\n\r\n");
+    let v = body_json(&h.take_client());
+    assert_eq!(v["id"], "req-7");
+    assert!(h.connects.is_empty());
+}
+
+#[test]
+fn invalid_session_ids_get_400() {
+    for bad in ["has space", &"x".repeat(257)] {
+        let mut h = H::new(1);
+        h.send(&post("/mcp", Some(bad), CALL));
+        let resp = h.take_client();
+        assert_eq!(status_of(&resp), 400, "{bad:?}: {resp}");
+        assert_eq!(body_json(&resp)["error"]["code"], -32600);
+        assert!(h.connects.is_empty());
+    }
+    // a non-ASCII byte
+    let mut h = H::new(1);
+    let mut req = post("/mcp", Some("abc"), CALL);
+    let pos = req.windows(3).position(|w| w == b"abc").unwrap();
+    req[pos] = 0xC3;
+    h.send(&req);
+    assert_eq!(status_of(&h.take_client()), 400);
+}
+
+#[test]
+fn requests_without_session_are_load_balanced_and_never_rejected() {
+    let mut h = H::new(2);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        h.send(&post("/mcp", None, r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#));
+        seen.push(h.connects.last().unwrap().0);
+        h.connect_ok(false);
+        h.reply(&json_ok("", r#"{"jsonrpc":"2.0","id":5,"result":{}}"#));
+        assert_eq!(status_of(&h.take_client()), 200);
+    }
+    assert_eq!(seen, [0, 1, 0, 1]);
+    assert!(h.store.is_empty());
+}
+
+#[test]
+fn stateless_era_ignores_session_header() {
+    let mut h = H::new(2);
+    let mut req = String::from_utf8(post("/mcp", Some("whatever"), CALL)).unwrap();
+    req = req.replacen("\r\n\r\n", "\r\nMCP-Protocol-Version: 2026-07-28\r\n\r\n", 1);
+    h.auto_store = false;
+    h.send(req.as_bytes());
+    assert!(h.ops.is_empty(), "no store lookup in the stateless era");
+    assert_eq!(h.connects.len(), 1);
+    h.connect_ok(false);
+    assert!(h.take_upstream().contains("Mcp-Session-Id: whatever"), "header is passed on untouched");
+    // an older version still routes by session
+    let mut h = H::new(2);
+    let req = String::from_utf8(post("/mcp", Some("whatever"), CALL))
+        .unwrap()
+        .replacen("\r\n\r\n", "\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n", 1);
+    h.send(req.as_bytes());
+    assert_eq!(status_of(&h.take_client()), 404);
+}
+
+#[test]
+fn delete_2xx_or_404_ends_the_session_5xx_and_transport_errors_keep_it() {
+    for (answer, ends) in [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
+        ("HTTP/1.1 204 No Content\r\n\r\n", true),
+        ("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", true),
+        ("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n", false),
+        ("HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n", false),
+    ] {
+        let mut h = H::new(2);
+        let b = init(&mut h, "s");
+        h.send(b"DELETE /mcp HTTP/1.1\r\nHost: r\r\nMcp-Session-Id: s\r\n\r\n");
+        h.connect_ok(false);
+        h.reply(answer.as_bytes());
+        assert_eq!(status_of(&h.take_client()), status_of(answer));
+        assert_eq!(h.lookup("s").is_none(), ends, "{answer}");
+        assert_eq!(h.router.active_sessions(BackendId(b)), if ends { 0 } else { 1 });
+        if ends {
+            let cause = if answer.contains("404") { EndCause::BackendNotFound } else { EndCause::Deleted };
+            assert_eq!(h.ended(), [cause]);
+        }
+    }
+    // transport error: the backend closes without answering
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    h.send(b"DELETE /mcp HTTP/1.1\r\nHost: r\r\nMcp-Session-Id: s\r\n\r\n");
+    h.connect_ok(false);
+    h.upstream_eof();
+    assert_eq!(status_of(&h.take_client()), 502);
+    assert!(h.lookup("s").is_some());
+}
+
+#[test]
+fn backend_404_on_any_request_drops_the_record_and_passes_the_404_on() {
+    let mut h = H::new(2);
+    let b = init(&mut h, "s");
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.connect_ok(false);
+    let body = r#"{"jsonrpc":"2.0","id":"req-7","error":{"code":-32001,"message":"Session not found"}}"#;
+    h.reply(format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404);
+    assert!(resp.ends_with(body));
+    assert_eq!(h.lookup("s"), None);
+    assert_eq!(h.router.active_sessions(BackendId(b)), 0);
+    assert_eq!(h.ended(), [EndCause::BackendNotFound]);
+    // the next request of that session is answered by the router
+    let n = h.connects.len();
+    h.send(&post("/mcp", Some("s"), CALL));
+    assert_eq!(status_of(&h.take_client()), 404);
+    assert_eq!(h.connects.len(), n);
+}
+
+#[test]
+fn dead_backend_sessions_get_404_and_new_sessions_avoid_it() {
+    let mut h = H::new(2);
+    let b = init(&mut h, "s");
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.connect_fail();
+    let v = body_json(&h.take_client());
+    assert_eq!(v["error"]["code"], -32001);
+    assert_eq!(v["id"], "req-7", "id recovered from the held body");
+    assert_eq!(h.lookup("s"), None);
+    assert_eq!(h.ended(), [EndCause::BackendDown]);
+    assert!(!h.router.is_up(BackendId(b), h.now));
+    // new sessions go to the survivor
+    for i in 0..4 {
+        h.reconnect();
+        assert_ne!(init(&mut h, &format!("n{i}")), b);
+    }
+    // once the backoff has run out the backend is tried again
+    h.now += Duration::from_secs(2);
+    assert!(h.router.is_up(BackendId(b), h.now));
+}
+
+#[test]
+fn a_pinned_session_on_a_backend_marked_down_is_dropped_without_connecting() {
+    let mut h = H::new(2);
+    let b = init(&mut h, "s");
+    h.router.connect_failed(BackendId(b), h.now);
+    let n = h.connects.len();
+    h.send(&post("/mcp", Some("s"), CALL));
+    assert_eq!(status_of(&h.take_client()), 404);
+    assert_eq!(h.connects.len(), n);
+    assert_eq!(h.lookup("s"), None);
+}
+
+#[test]
+fn new_session_connect_failure_retries_another_backend() {
+    let mut h = H::new(3);
+    h.send(&post("/mcp", None, INIT));
+    let first = h.connects[0].0;
+    h.connect_fail();
+    assert_eq!(h.connects.len(), 2);
+    assert_ne!(h.connects[1].0, first);
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert!(up.ends_with(INIT), "the held body is sent on the retry: {up}");
+    // all attempts fail: 503 with a JSON-RPC body
+    let mut h = H::new(2);
+    h.send(&post("/mcp", None, INIT));
+    h.connect_fail();
+    h.connect_fail();
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert_eq!(body_json(&resp)["id"], 1);
+}
+
+#[test]
+fn connect_timeout_counts_as_failure() {
+    let mut h = H::new(2);
+    h.send(&post("/mcp", None, INIT));
+    h.advance(Duration::from_secs(4));
+    assert_eq!(h.connects.len(), 2, "retried after the connect timeout");
+    assert_eq!(h.released, [false], "the abandoned attempt is released");
+}
+
+#[test]
+fn legacy_sse_endpoint_event_records_the_session() {
+    let mut h = H::new(2);
+    h.send(b"GET /sse HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\n\r\n");
+    let b = h.connects[0].0;
+    h.connect_ok(false);
+    h.reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let head = h.take_client();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let ev = "event: endpoint\ndata: /messages/?session_id=abc123\n\n";
+    h.reply(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+    assert!(h.take_client().contains("session_id=abc123"));
+    assert_eq!(h.lookup("abc123"), Some(Record { backend: BackendId(b), era: Era::LegacySse }));
+    // a message POST from another connection goes to the same backend
+    let stream_conn = std::mem::replace(&mut h.conn, Conn::new(h.router.clone(), None, "http", h.now));
+    let stream_bufs = std::mem::take(&mut h.bufs);
+    let connects = h.connects.clone();
+    h.connects.clear();
+    h.connected = false;
+    h.send(&post("/messages/?session_id=abc123", None, CALL));
+    assert_eq!(h.connects, [(b, false)]);
+    h.connect_ok(false);
+    h.reply(b"HTTP/1.1 202 Accepted\r\nContent-Length: 8\r\n\r\nAccepted");
+    assert_eq!(status_of(&h.take_client()), 202);
+    // unknown legacy session: 404
+    h.send(&post("/messages?sessionId=zzz", None, CALL));
+    assert_eq!(status_of(&h.take_client()), 404);
+    // the stream ends: the session ends with it
+    h.conn = stream_conn;
+    h.bufs = stream_bufs;
+    h.connects = connects;
+    h.connected = true;
+    h.reply(b"0\r\n\r\n");
+    assert_eq!(h.lookup("abc123"), None);
+    assert!(h.ended().contains(&EndCause::StreamClosed));
+}
+
+#[test]
+fn legacy_stream_client_disconnect_ends_the_session_and_the_upstream() {
+    let mut h = H::new(1);
+    h.send(b"GET /sse HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\n\r\n");
+    h.connect_ok(false);
+    h.reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nevent: endpoint\r\ndata: /messages?sessionId=s9\r\n\r\n");
+    assert!(h.lookup("s9").is_some());
+    h.client_eof();
+    assert_eq!(h.released, [false]);
+    assert!(h.closed);
+    assert_eq!(h.lookup("s9"), None);
+}
+
+#[test]
+fn sse_responses_stream_event_by_event() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    h.send(b"GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMcp-Session-Id: s\r\n\r\n");
+    h.connect_ok(false);
+    h.reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+    h.take_client();
+    for i in 0..100 {
+        let ev = format!("data: {{\"n\":{i}}}\n\n");
+        h.reply(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+        let got = h.take_client();
+        assert!(got.contains(&ev), "event {i} not forwarded at once: {got:?}");
+        h.advance(Duration::from_secs(120));
+    }
+    // hours of silence are fine for a stream, and the record is kept alive meanwhile
+    h.advance(Duration::from_secs(3 * 3600));
+    assert!(!h.closed);
+    assert!(h.lookup("s").is_some(), "an open stream keeps its session record alive");
+}
+
+#[test]
+fn sse_post_response_carries_the_new_session() {
+    let mut h = H::new(1);
+    h.send(&post("/mcp", None, INIT));
+    h.connect_ok(false);
+    h.reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: sse-s\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(h.lookup("sse-s").is_some());
+    h.reply(b"10\r\ndata: {\"id\":1}\n\n\r\n0\r\n\r\n");
+    let resp = h.take_client();
+    assert!(resp.contains("data: {\"id\":1}"));
+    assert_eq!(h.released, [true]);
+}
+
+#[test]
+fn new_session_response_waits_for_the_store() {
+    let mut h = H::new(1);
+    h.auto_store = false;
+    h.send(&post("/mcp", None, INIT));
+    h.connect_ok(false);
+    h.reply(&json_ok("Mcp-Session-Id: w\r\n", "{}"));
+    assert!(h.client.is_empty(), "head sent before the record exists");
+    assert!(matches!(h.ops.front(), Some(StoreOp::Insert(k, _)) if k.as_str() == "w"));
+    h.store_reply(StoreReply::Inserted(true));
+    assert_eq!(status_of(&h.take_client()), 200);
+    // store down while inserting: the client gets 503 and retries initialize
+    let mut h = H::new(1);
+    h.auto_store = false;
+    h.send(&post("/mcp", None, INIT));
+    h.connect_ok(false);
+    h.reply(&json_ok("Mcp-Session-Id: w\r\n", "{}"));
+    h.store_reply(StoreReply::Unavailable);
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503);
+    assert_eq!(body_json(&resp)["id"], 1);
+}
+
+#[test]
+fn store_unavailable_on_lookup_is_503_not_404() {
+    let mut h = H::new(1);
+    h.auto_store = false;
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.store_reply(StoreReply::Unavailable);
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503);
+    let v = body_json(&resp);
+    assert_eq!(v["error"]["code"], -32000);
+    assert_eq!(v["id"], "req-7");
+    assert!(h.events.contains(&Event::StoreUnavailable));
+}
+
+#[test]
+fn record_naming_an_unconfigured_backend_is_unknown_and_deleted() {
+    let mut h = H::new(1);
+    h.store.execute(&StoreOp::Insert(key("x"), Record { backend: BackendId(9), era: Era::Streamable }), h.now);
+    h.send(&post("/mcp", Some("x"), CALL));
+    assert_eq!(status_of(&h.take_client()), 404);
+    assert!(h.connects.is_empty());
+    assert_eq!(h.lookup("x"), None);
+}
+
+#[test]
+fn duplicate_minted_id_keeps_the_first_record() {
+    let mut h = H::new(2);
+    let b = init(&mut h, "dup");
+    h.reconnect();
+    h.send(&post("/mcp", None, INIT));
+    let other = h.connects[0].0;
+    assert_ne!(other, b);
+    h.connect_ok(false);
+    h.reply(&json_ok("Mcp-Session-Id: dup\r\n", "{}"));
+    assert_eq!(h.lookup("dup").unwrap().backend.0, b);
+    assert!(h.events.iter().any(|e| matches!(e, Event::DuplicateSession { .. })));
+}
+
+#[test]
+fn hostile_framing_is_refused_and_the_connection_closed() {
+    let cases: &[(&[u8], u16)] = &[
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nX-A: a\r\n b\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    ];
+    for (req, status) in cases {
+        let mut h = H::new(1);
+        h.send(req);
+        let resp = h.take_client();
+        assert_eq!(status_of(&resp), *status, "{:?}: {resp}", String::from_utf8_lossy(req));
+        assert!(h.closed, "connection left open after {:?}", String::from_utf8_lossy(req));
+        assert!(h.connects.is_empty());
+        assert!(resp.contains("Connection: close"));
+    }
+}
+
+#[test]
+fn oversized_head_is_431_and_oversized_inspected_body_is_413() {
+    let mut c = config(1);
+    c.http.max_head = 2048;
+    c.max_inspect_body = 4096;
+    let mut h = H::with(c.clone());
+    let mut req = b"GET /mcp HTTP/1.1\r\nHost: r\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 3000));
+    h.send(&req);
+    assert_eq!(status_of(&h.take_client()), 431);
+    assert!(h.closed);
+    // a body whose method comes after 4 KiB of params
+    let mut h = H::with(c);
+    let body = format!(r#"{{"params":{{"pad":"{}"}},"method":"tools/call","id":1}}"#, "p".repeat(5000));
+    h.send(&post("/mcp", None, &body));
+    assert_eq!(status_of(&h.take_client()), 413);
+    assert!(h.connects.is_empty());
+    assert!(h.closed);
+}
+
+#[test]
+fn large_bodies_of_known_sessions_stream_without_inspection_limits() {
+    let mut c = config(1);
+    c.max_inspect_body = 4096;
+    let mut h = H::with(c);
+    init(&mut h, "s");
+    let body = format!(r#"{{"method":"tools/call","params":{{"blob":"{}"}},"jsonrpc":"2.0","id":3}}"#, "z".repeat(200_000));
+    h.send(&post("/mcp", Some("s"), &body));
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert!(up.ends_with(&body), "body forwarded whole");
+}
+
+#[test]
+fn pipelined_requests_are_served_in_order() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    let mut two = post("/mcp", Some("s"), r#"{"jsonrpc":"2.0","id":1,"method":"a"}"#);
+    two.extend(post("/mcp", Some("s"), r#"{"jsonrpc":"2.0","id":2,"method":"b"}"#));
+    h.send(&two);
+    h.connect_ok(true);
+    let up = h.take_upstream();
+    assert!(up.contains("\"method\":\"a\"") && !up.contains("\"method\":\"b\""), "{up}");
+    h.reply(&json_ok("", r#"{"id":1}"#));
+    assert_eq!(h.released, [true, true]);
+    h.connect_ok(true);
+    assert!(h.take_upstream().contains("\"method\":\"b\""));
+    h.reply(&json_ok("", r#"{"id":2}"#));
+    let resp = h.take_client();
+    assert!(resp.find(r#"{"id":1}"#).unwrap() < resp.find(r#"{"id":2}"#).unwrap());
+}
+
+#[test]
+fn http10_client_gets_a_dechunked_close_delimited_response() {
+    let mut h = H::new(1);
+    h.send(b"GET /x HTTP/1.0\r\nHost: r\r\n\r\n");
+    h.connect_ok(false);
+    assert!(h.take_upstream().starts_with("GET /x HTTP/1.1\r\n"));
+    h.reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let resp = h.take_client();
+    assert!(!resp.to_ascii_lowercase().contains("transfer-encoding"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nhello world"), "{resp}");
+    assert!(h.closed);
+}
+
+#[test]
+fn expect_100_continue_is_answered_by_the_router() {
+    let mut h = H::new(1);
+    let req = String::from_utf8(post("/mcp", None, INIT)).unwrap();
+    let (head, body) = req.split_once("\r\n\r\n").unwrap();
+    h.send(format!("{head}\r\nExpect: 100-continue\r\n\r\n").as_bytes());
+    assert_eq!(h.take_client(), "HTTP/1.1 100 Continue\r\n\r\n");
+    h.send(body.as_bytes());
+    h.connect_ok(false);
+    assert!(!h.take_upstream().to_ascii_lowercase().contains("expect:"));
+}
+
+#[test]
+fn slow_heads_get_408_and_idle_connections_close() {
+    let mut h = H::new(1);
+    h.send(b"GET /mcp HTTP/1.1\r\nHo");
+    h.advance(Duration::from_secs(11));
+    assert_eq!(status_of(&h.take_client()), 408);
+    assert!(h.closed);
+    let mut h = H::new(1);
+    h.advance(Duration::from_secs(76));
+    assert!(h.closed);
+    assert!(h.client.is_empty());
+}
+
+#[test]
+fn response_timeout_is_504_and_keeps_the_session() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.connect_ok(false);
+    h.advance(Duration::from_secs(301));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 504);
+    assert_eq!(body_json(&resp)["id"], serde_json::Value::Null);
+    assert!(h.lookup("s").is_some());
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_once_on_a_fresh_one() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.connect_ok(true);
+    let first = h.take_upstream();
+    h.upstream_eof();
+    assert_eq!(h.connects.last(), Some(&(0, true)), "fresh connection asked for");
+    h.connect_ok(false);
+    assert_eq!(h.take_upstream(), first, "the same request is sent again");
+    h.reply(&json_ok("", "{}"));
+    assert_eq!(status_of(&h.take_client()), 200);
+    assert!(h.lookup("s").is_some());
+}
+
+#[test]
+fn garbage_from_the_backend_is_502_and_other_sessions_carry_on() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.connect_ok(false);
+    h.reply(b"\x00\x01garbage\r\n\r\n");
+    assert_eq!(status_of(&h.take_client()), 502);
+    assert_eq!(h.released.last(), Some(&false));
+    // extra bytes after a complete response make the connection unfit for reuse
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.connect_ok(false);
+    let mut r = json_ok("", "{}");
+    r.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    h.reply(&r);
+    assert_eq!(status_of(&h.take_client()), 200);
+    assert_eq!(h.released.last(), Some(&false));
+    assert!(h.lookup("s").is_some());
+}
+
+#[test]
+fn hop_by_hop_headers_are_dropped_both_ways() {
+    let mut h = H::new(1);
+    h.send(b"GET /x HTTP/1.1\r\nHost: r\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
+    h.connect_ok(false);
+    let up = h.take_upstream().to_ascii_lowercase();
+    assert!(!up.contains("x-secret") && !up.contains("keep-alive") && !up.contains("connection:"), "{up}");
+    assert!(up.contains("x-forwarded-for: 1.2.3.4, 192.0.2.7"), "{up}");
+    assert!(up.contains("x-forwarded-proto: http"), "{up}");
+    h.reply(b"HTTP/1.1 200 OK\r\nConnection: X-Up\r\nX-Up: 1\r\nContent-Length: 0\r\n\r\n");
+    let down = h.take_client().to_ascii_lowercase();
+    assert!(!down.contains("x-up"), "{down}");
+}
+
+#[test]
+fn shutdown_finishes_the_exchange_in_flight_then_closes() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    h.send(&post("/mcp", Some("s"), CALL));
+    h.connect_ok(false);
+    h.conn.shutdown();
+    h.drain();
+    assert!(!h.closed);
+    h.reply(&json_ok("", "{}"));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 200);
+    assert!(resp.contains("Connection: close"));
+    assert!(h.closed);
+}
+
+#[test]
+fn client_disconnect_mid_request_releases_the_upstream() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    let req = post("/mcp", Some("s"), CALL);
+    h.send(&req[..req.len() - 10]);
+    h.connect_ok(false);
+    h.client_eof();
+    assert_eq!(h.released.last(), Some(&false));
+    assert!(h.closed);
+    let _ = BytesMut::new();
+}
