@@ -111,6 +111,74 @@ impl Default for BodyKind {
     }
 }
 
+/// Size of the stack array of `httparse` header slots. `limits.max_headers` above this
+/// is capped to it (a head with more fields is refused as too large).
+const HEADER_SLOTS: usize = 128;
+
+/// The bytes of `raw` in `range`, or nothing if the range is out of bounds (it never is
+/// for ranges made by the parser, but a bad range must not panic).
+fn at(raw: &[u8], range: (u32, u32)) -> &[u8] {
+    raw.get(range.0 as usize..range.1 as usize).unwrap_or(&[])
+}
+
+/// The byte range of `part` inside `base`. `part` is always a sub-slice returned by
+/// `httparse` for `base`, except for the empty `""` it may return (e.g. a reason phrase
+/// with obs-text), which is mapped to an empty range. `base` is at most `u32::MAX` long.
+fn range_of(base: &[u8], part: &[u8]) -> (u32, u32) {
+    if part.is_empty() {
+        return (0, 0);
+    }
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= base.len() => (start as u32, end as u32),
+        _ => (0, 0),
+    }
+}
+
+/// Strip leading and trailing optional whitespace (SP / HTAB).
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// The elements of a comma-separated list field value (RFC 9110 section 5.6.1), trimmed
+/// of OWS. Empty elements are yielded too; callers decide what they mean.
+fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(trim_ows)
+}
+
+/// `value` is a comma list containing `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    list_elements(value).any(|e| e.eq_ignore_ascii_case(token))
+}
+
+/// Length of the empty lines (CRLF, or a lone LF as httparse also accepts) at the start
+/// of `buf`.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        match buf.get(i..) {
+            Some([b'\n', ..]) => i += 1,
+            Some([b'\r', b'\n', ..]) => i += 2,
+            _ => return i,
+        }
+    }
+}
+
+fn first_value<'a>(
+    mut fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    name: &str,
+) -> Option<&'a [u8]> {
+    fields
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| trim_ows(v))
+}
+
 impl RequestHead {
     /// The exact bytes of the head as received (request line through CRLFCRLF).
     pub fn raw(&self) -> &Bytes {
@@ -118,28 +186,34 @@ impl RequestHead {
     }
     /// Method token as sent.
     pub fn method_str(&self) -> &[u8] {
-        todo!()
+        at(&self.raw, self.method_range)
     }
     /// Request target as sent (origin-form: path and optional query).
     pub fn target(&self) -> &[u8] {
-        todo!()
+        at(&self.raw, self.target)
     }
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &[u8] {
-        todo!()
+        let t = self.target();
+        match t.iter().position(|&b| b == b'?') {
+            Some(q) => &t[..q],
+            None => t,
+        }
     }
     /// The query part of the target (after `?`), if any.
     pub fn query(&self) -> Option<&[u8]> {
-        todo!()
+        let t = self.target();
+        t.iter().position(|&b| b == b'?').map(|q| &t[q + 1..])
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        let _ = name;
-        todo!()
+        first_value(self.headers(), name)
     }
     /// All fields in order, as (name, value) with names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        std::iter::empty()
+        self.fields
+            .iter()
+            .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
 }
 
@@ -166,24 +240,272 @@ impl ResponseHead {
     }
     /// Reason phrase as sent.
     pub fn reason(&self) -> &[u8] {
-        todo!()
+        at(&self.raw, self.reason)
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        let _ = name;
-        todo!()
+        first_value(self.headers(), name)
     }
     /// All fields in order.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        std::iter::empty()
+        self.fields
+            .iter()
+            .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
     /// `Content-Type` is `text/event-stream` (parameters ignored, case-insensitive).
     pub fn is_event_stream(&self) -> bool {
-        todo!()
+        match self.header("content-type") {
+            Some(v) => {
+                let media = v.split(|&b| b == b';').next().unwrap_or(&[]);
+                trim_ows(media).eq_ignore_ascii_case(b"text/event-stream")
+            }
+            None => false,
+        }
     }
     /// An interim 1xx response (other than 101): another head follows.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// Map an `httparse` error (other than `Version`, handled by [`version_error`]).
+fn map_httparse_error(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooLarge,
+        // A line starting with SP/HTAB (obs-fold) or whitespace before the colon shows
+        // up as an invalid header name.
+        httparse::Error::HeaderName => HeadError::Invalid(
+            "invalid header field name, whitespace before colon, or obsolete line folding",
+        ),
+        httparse::Error::HeaderValue => HeadError::Invalid("invalid byte in header field value"),
+        httparse::Error::NewLine => HeadError::Invalid("invalid line ending"),
+        httparse::Error::Status => HeadError::Invalid("invalid status line"),
+        httparse::Error::Token => HeadError::Invalid("invalid request line"),
+        httparse::Error::Version => HeadError::Invalid("invalid HTTP version"),
+    }
+}
+
+/// `httparse` only accepts `HTTP/1.0` and `HTTP/1.1`. Classify what it refused: a
+/// syntactically valid `HTTP-version` (`"HTTP/" DIGIT "." DIGIT`, RFC 9112 section 2.3)
+/// other than those is `UnsupportedVersion` (505), except the HTTP/2 connection preface
+/// (`PRI * HTTP/2.0`), which is not an HTTP/1 request at all (`Invalid`). Anything else is
+/// `Invalid`. If the version token is still incomplete but may turn out valid, the head
+/// is reported incomplete (`Ok(false)`), subject to the size limit.
+///
+/// `line` starts at the request/status line; `version_at` is the offset of the version
+/// token in it (0 for responses, after the second SP for requests).
+fn version_error(line: &[u8], version_at: usize, over_limit: bool) -> Result<bool, HeadError> {
+    let rest = line.get(version_at..).unwrap_or(&[]);
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
+        .unwrap_or(rest.len());
+    let token = &rest[..end];
+    let complete = end < rest.len();
+    const SHAPE: &[u8] = b"HTTP/0.0";
+    let fits = token.len() <= SHAPE.len()
+        && token.iter().zip(SHAPE).all(|(&b, &s)| {
+            if s == b'0' {
+                b.is_ascii_digit()
+            } else {
+                b == s
+            }
+        });
+    if !fits {
+        return Err(HeadError::Invalid("invalid HTTP version"));
+    }
+    if !complete || token.len() < SHAPE.len() {
+        if complete {
+            return Err(HeadError::Invalid("invalid HTTP version"));
+        }
+        return if over_limit {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(false)
+        };
+    }
+    if line.starts_with(b"PRI * HTTP/2.0") {
+        return Err(HeadError::Invalid("HTTP/2 connection preface"));
+    }
+    Err(HeadError::UnsupportedVersion)
+}
+
+/// Offset of the version token in a request line: after the second SP.
+fn request_version_at(line: &[u8]) -> usize {
+    let mut spaces = line
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b' ')
+        .map(|(i, _)| i);
+    spaces.nth(1).map(|i| i + 1).unwrap_or(line.len())
+}
+
+/// What the framing-relevant fields of a head say.
+#[derive(Default)]
+struct Scan {
+    content_length: Option<u64>,
+    /// A Transfer-Encoding field was present.
+    te_present: bool,
+    /// Number of non-empty transfer codings listed.
+    te_codings: usize,
+    te_chunked: usize,
+    te_last_chunked: bool,
+    close: bool,
+    keep_alive_token: bool,
+    expect_continue: bool,
+    hosts: usize,
+}
+
+impl Scan {
+    /// Look at every field that matters for framing and connection management.
+    ///
+    /// Content-Length enforces RFC 9112 section 6.3 item 5: "If a message is received
+    /// without Transfer-Encoding and with an invalid Content-Length header field, then
+    /// the message framing is invalid and the recipient MUST treat it as an
+    /// unrecoverable error, unless the field value can be successfully parsed as a
+    /// comma-separated list (Section 5.6.1 of [HTTP]), all values in the list are valid,
+    /// and all values in the list are the same". Values are compared numerically; an
+    /// empty element (`5,`), a sign (`+5`), or more than u64 can hold is invalid.
+    fn of<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Scan, HeadError> {
+        let mut s = Scan::default();
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                for element in list_elements(value) {
+                    let n = parse_decimal(element)
+                        .ok_or(HeadError::BadFraming("invalid Content-Length"))?;
+                    match s.content_length {
+                        Some(prev) if prev != n => {
+                            return Err(HeadError::BadFraming("conflicting Content-Length values"))
+                        }
+                        _ => s.content_length = Some(n),
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                s.te_present = true;
+                // RFC 9110 section 5.6.1: "a recipient MUST parse and ignore a
+                // reasonable number of empty list elements".
+                for coding in list_elements(value).filter(|e| !e.is_empty()) {
+                    s.te_codings += 1;
+                    // Exact token only: `xchunked`, `chunked;x=1` or `"chunked"` are
+                    // other codings. (OWS around elements was trimmed; any other
+                    // whitespace or control byte was refused by httparse or makes it
+                    // another coding.)
+                    s.te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    if s.te_last_chunked {
+                        s.te_chunked += 1;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for option in list_elements(value) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        s.close = true;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                        s.keep_alive_token = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
+                    s.expect_continue = true;
+                }
+            } else if name.eq_ignore_ascii_case(b"host") {
+                s.hosts += 1;
+            }
+        }
+        Ok(s)
+    }
+
+    /// The framing the message itself declares: `Some(Chunked)`, `Some(Length(n))`, or
+    /// `None` when it has neither field. Enforces, for requests and responses alike:
+    ///
+    /// - RFC 9112 section 6.1: "A server or client that receives an HTTP/1.0 message
+    ///   containing a Transfer-Encoding header field MUST treat the message as if the
+    ///   framing is faulty, even if a Content-Length is present, and close the
+    ///   connection after processing the message." We refuse it (`BadFraming`).
+    /// - RFC 9112 section 6.2: "A sender MUST NOT send a Content-Length header field in
+    ///   any message that contains a Transfer-Encoding header field." Section 6.3 item 3
+    ///   says such a message "ought to be handled as an error" and "A server MAY reject
+    ///   a request that contains both Content-Length and Transfer-Encoding [...]
+    ///   Regardless, the server MUST close the connection after responding to such a
+    ///   request to avoid the potential attacks." We reject it (`BadFraming`, the
+    ///   connection is closed); for a response the caller answers 502.
+    /// - RFC 9112 section 6.3 item 4: "If a Transfer-Encoding header field is present in
+    ///   a request and the chunked transfer coding is not the final encoding, the
+    ///   message body length cannot be determined reliably; the server MUST respond
+    ///   with the 400 (Bad Request) status code and then close the connection."
+    ///   (`BadFraming`; also for responses, which we do not read until close.) An empty
+    ///   Transfer-Encoding is refused the same way.
+    /// - RFC 9112 section 7.1: "A sender MUST NOT apply the chunked transfer coding more
+    ///   than once to a message body" (`chunked, chunked` is `BadFraming`).
+    /// - RFC 9112 section 6.1: "A server that receives a request message with a transfer
+    ///   coding it does not understand SHOULD respond with 501 (Not Implemented)." We
+    ///   only pass `chunked` through, so `gzip, chunked` is `UnsupportedTransferEncoding`.
+    fn framing(&self, version: Version) -> Result<Option<BodyKind>, HeadError> {
+        if !self.te_present {
+            return Ok(self.content_length.map(BodyKind::Length));
+        }
+        if version == Version::Http10 {
+            return Err(HeadError::BadFraming(
+                "Transfer-Encoding in an HTTP/1.0 message",
+            ));
+        }
+        if self.content_length.is_some() {
+            return Err(HeadError::BadFraming(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if self.te_codings == 0 || !self.te_last_chunked {
+            return Err(HeadError::BadFraming(
+                "Transfer-Encoding does not end with chunked",
+            ));
+        }
+        if self.te_chunked > 1 {
+            return Err(HeadError::BadFraming("chunked applied more than once"));
+        }
+        if self.te_codings > 1 {
+            return Err(HeadError::UnsupportedTransferEncoding);
+        }
+        Ok(Some(BodyKind::Chunked))
+    }
+
+    /// RFC 9112 section 9.3: the connection persists unless the "close" connection
+    /// option is present; for HTTP/1.0 only if the "keep-alive" option is present.
+    fn keep_alive(&self, version: Version) -> bool {
+        if self.close {
+            return false;
+        }
+        match version {
+            Version::Http11 => true,
+            Version::Http10 => self.keep_alive_token,
+        }
+    }
+}
+
+/// A Content-Length element: 1 or more ASCII digits, no sign, no whitespace, fitting u64.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+fn method_of(token: &[u8]) -> Method {
+    // Method names are case-sensitive (RFC 9110 section 9.1).
+    match token {
+        b"GET" => Method::Get,
+        b"POST" => Method::Post,
+        b"DELETE" => Method::Delete,
+        b"HEAD" => Method::Head,
+        b"OPTIONS" => Method::Options,
+        b"PUT" => Method::Put,
+        b"PATCH" => Method::Patch,
+        _ => Method::Other,
     }
 }
 
@@ -202,27 +524,167 @@ impl ResponseHead {
 /// repeated fields allowed only if the final coding is chunked and no other coding is
 /// present); HTTP/1.0 with Transfer-Encoding is refused. Leading empty lines (CRLF)
 /// before the request line are skipped (RFC 9112 section 2.2).
+///
+/// Details of the rules enforced (see also the framing rules on the private `Scan`):
+///
+/// - RFC 9112 section 2.2: "a server that is expecting to receive and parse a
+///   request-line SHOULD ignore at least one empty line (CRLF) received prior to the
+///   request-line." They count against `max_head` and are not part of `raw`.
+/// - RFC 9112 section 5.1: "A server MUST reject, with a response status code of 400
+///   (Bad Request), any received request message that contains whitespace between a
+///   header field name and colon." (`Invalid`)
+/// - RFC 9112 section 5.2: "A server that receives an obs-fold in a request message
+///   [...] MUST either reject the message by sending a 400 (Bad Request) [...] or
+///   replace each received obs-fold with one or more SP octets". We reject (`Invalid`).
+/// - RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request) status code
+///   to any HTTP/1.1 request message [...] that contains more than one Host header
+///   field line". (`Invalid`.) A *missing* Host is tolerated: the router does not
+///   route on it, and always writes its own `Host` upstream.
+/// - Only origin-form targets (starting with `/`) are accepted: the router is a
+///   reverse proxy that prepends a path prefix; absolute-form, authority-form and `*`
+///   are refused as `Invalid`.
+/// - RFC 9110 section 10.1.1: "A server that receives a 100-continue expectation in an
+///   HTTP/1.0 request MUST ignore that expectation." (`expect_continue` is false.)
+/// - More than `limits.max_headers` fields (capped at 128) is `TooLarge`. A bare LF
+///   line ending in the head is accepted (RFC 9112 section 2.2 allows it); the head is
+///   never forwarded as is, only re-serialized with CRLF.
 pub fn parse_request(
     buf: &mut BytesMut,
     limits: &HttpLimits,
     head: &mut RequestHead,
 ) -> Result<bool, HeadError> {
-    let _ = (buf, limits, head);
-    todo!()
+    let over_limit = buf.len() > limits.max_head;
+    let window_len = buf.len().min(limits.max_head).min(u32::MAX as usize);
+    let skip = leading_empty_lines(&buf[..window_len]);
+    let window = &buf[skip..window_len];
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut req = httparse::Request::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
+    let len = match req.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if over_limit {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(false)
+            }
+        }
+        Err(httparse::Error::Version) => {
+            return version_error(window, request_version_at(window), over_limit)
+        }
+        Err(e) => return Err(map_httparse_error(e)),
+    };
+    // A complete parse always sets method, path and version.
+    let method = req.method.unwrap_or("").as_bytes();
+    let target = req.path.unwrap_or("").as_bytes();
+    let version = match req.version {
+        Some(0) => Version::Http10,
+        _ => Version::Http11,
+    };
+    if !target.starts_with(b"/") {
+        return Err(HeadError::Invalid("request target is not in origin-form"));
+    }
+    let scan = Scan::of(req.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
+    let body = scan.framing(version)?.unwrap_or(BodyKind::Empty);
+    if scan.hosts > 1 {
+        return Err(HeadError::Invalid("more than one Host field"));
+    }
+
+    head.fields.clear();
+    head.fields.extend(req.headers.iter().map(|h| Field {
+        name: range_of(window, h.name.as_bytes()),
+        value: range_of(window, h.value),
+    }));
+    head.method_range = range_of(window, method);
+    head.target = range_of(window, target);
+    head.method = method_of(method);
+    head.version = version;
+    head.body = body;
+    head.keep_alive = scan.keep_alive(version);
+    head.expect_continue = scan.expect_continue && version == Version::Http11;
+    bytes::Buf::advance(buf, skip);
+    head.raw = buf.split_to(len).freeze();
+    Ok(true)
 }
 
 /// Try to parse a response head at the start of `buf`; same contract as
 /// [`parse_request`]. `request_method` decides the body framing: a response to HEAD,
 /// and 1xx, 204 and 304 responses, have `BodyKind::Empty`; otherwise chunked, then
 /// Content-Length, then `Close`. Obsolete line folding is refused.
+///
+/// - RFC 9112 section 6.3 item 1: "Any response to a HEAD request and any response
+///   with a 1xx (Informational), 204 (No Content), or 304 (Not Modified) status code is
+///   always terminated by the first empty line after the header fields". Their
+///   Content-Length / Transfer-Encoding are still validated (a bad one is refused).
+/// - RFC 9112 section 6.3 item 5: "If it is in a response message received by a proxy,
+///   the proxy MUST close the connection to the server, discard the received response,
+///   and send a 502 (Bad Gateway) response to the client." Every error here is meant
+///   to be answered 502 by the caller.
+/// - RFC 9112 section 5.2: "A proxy or gateway that receives an obs-fold in a response
+///   message [...] MUST either discard the message and replace it with a 502 (Bad
+///   Gateway) response [...] or replace each received obs-fold with one or more SP
+///   octets". We discard (`Invalid`). Whitespace before a colon is refused too.
+/// - CL + TE and the other framing rules are as for requests (see `parse_request`).
+/// - A `Close`-delimited response, or HTTP/1.0 without `keep-alive`, or any
+///   `Connection: close`, gives `keep_alive == false`.
 pub fn parse_response(
     buf: &mut BytesMut,
     limits: &HttpLimits,
     request_method: Method,
     head: &mut ResponseHead,
 ) -> Result<bool, HeadError> {
-    let _ = (buf, limits, request_method, head);
-    todo!()
+    let over_limit = buf.len() > limits.max_head;
+    let window_len = buf.len().min(limits.max_head).min(u32::MAX as usize);
+    let skip = leading_empty_lines(&buf[..window_len]);
+    let window = &buf[skip..window_len];
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut res = httparse::Response::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
+    let len = match res.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if over_limit {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(false)
+            }
+        }
+        Err(httparse::Error::Version) => return version_error(window, 0, over_limit),
+        Err(e) => return Err(map_httparse_error(e)),
+    };
+    // A complete parse always sets version and code.
+    let version = match res.version {
+        Some(0) => Version::Http10,
+        _ => Version::Http11,
+    };
+    let status = res.code.unwrap_or(0);
+    if status < 100 {
+        return Err(HeadError::Invalid("invalid status code"));
+    }
+    let reason = res.reason.unwrap_or("").as_bytes();
+    let scan = Scan::of(res.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
+    let declared = scan.framing(version)?;
+    let body = if request_method == Method::Head
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
+    {
+        BodyKind::Empty
+    } else {
+        declared.unwrap_or(BodyKind::Close)
+    };
+
+    head.fields.clear();
+    head.fields.extend(res.headers.iter().map(|h| Field {
+        name: range_of(window, h.name.as_bytes()),
+        value: range_of(window, h.value),
+    }));
+    head.reason = range_of(window, reason);
+    head.status = status;
+    head.version = version;
+    head.body = body;
+    head.keep_alive = body != BodyKind::Close && scan.keep_alive(version);
+    bytes::Buf::advance(buf, skip);
+    head.raw = buf.split_to(len).freeze();
+    Ok(true)
 }
 
 /// What a forwarded request head must say that the client's did not.
@@ -239,6 +701,76 @@ pub struct Forward<'a> {
     pub proto: &'a str,
 }
 
+/// Hop-by-hop fields, never forwarded (RFC 9110 section 7.6.1 and the proxy-specific
+/// `Proxy-Connection`; `Expect` is answered by the router itself).
+const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"expect",
+];
+
+/// `name` is hop-by-hop: a fixed one, or named by a `Connection` field of the message.
+///
+/// RFC 9110 section 7.6.1: "Intermediaries MUST parse a received Connection header
+/// field before a message is forwarded and, for each connection-option in this field,
+/// remove any header or trailer field(s) from the message with the same name as the
+/// connection-option, and then remove the Connection header field itself".
+fn is_hop_by_hop<'a>(name: &[u8], mut fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || fields.any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && has_token(v, name))
+}
+
+fn eq_any(name: &[u8], names: &[&[u8]]) -> bool {
+    names.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append `n` in decimal, without allocating.
+fn put_u64(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn put_framing(out: &mut BytesMut, body: BodyKind) {
+    match body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            put_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::Empty | BodyKind::Close => {}
+    }
+}
+
+fn put_connection(out: &mut BytesMut, client_version: Version, keep_alive: bool) {
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
 /// Serialize `head` for the backend into `out`: `METHOD prefix+target HTTP/1.1`, every
 /// field except hop-by-hop ones (`Connection` and the fields it names, `Keep-Alive`,
 /// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Expect`), and
@@ -248,9 +780,126 @@ pub struct Forward<'a> {
 /// and the framing field: `Content-Length: n` or `Transfer-Encoding: chunked` as
 /// `head.body` says (nothing for `Empty`). The upstream connection stays keep-alive
 /// (HTTP/1.1 default), so no `Connection` field is written.
+///
+/// The client's `X-Forwarded-For` fields are merged into the one written (in order,
+/// joined with `, `; none is written if there are none and `client_ip` is `None`). A
+/// client-sent `X-Forwarded-Host` is dropped (it is replaced by the client's `Host`, or
+/// absent), so the backend never sees a spoofed one.
 pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<'_>) {
-    let _ = (out, head, fwd);
-    todo!()
+    out.reserve(head.raw.len() + fwd.host.len() + fwd.path_prefix.len() + 128);
+    out.extend_from_slice(head.method_str());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(fwd.path_prefix);
+    out.extend_from_slice(head.target());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    const REWRITTEN: &[&[u8]] = &[
+        b"host",
+        b"content-length",
+        b"x-forwarded-proto",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+    ];
+    for (name, value) in head.headers() {
+        if eq_any(name, REWRITTEN) || is_hop_by_hop(name, head.headers()) {
+            continue;
+        }
+        put_field(out, name, value);
+    }
+    put_field(out, b"Host", fwd.host);
+
+    let xff_forwarded = !is_hop_by_hop(b"x-forwarded-for", head.headers());
+    let mut wrote_xff = false;
+    for (name, value) in head.headers() {
+        let value = trim_ows(value);
+        if !xff_forwarded || value.is_empty() || !name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            continue;
+        }
+        out.extend_from_slice(if wrote_xff {
+            b", "
+        } else {
+            b"X-Forwarded-For: "
+        });
+        out.extend_from_slice(value);
+        wrote_xff = true;
+    }
+    if let Some(ip) = fwd.client_ip {
+        out.extend_from_slice(if wrote_xff {
+            b", "
+        } else {
+            b"X-Forwarded-For: "
+        });
+        // `BytesMut`'s `fmt::Write` only fails if its length would overflow usize, and
+        // `IpAddr`'s Display writes straight into it (no allocation).
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{ip}"));
+        wrote_xff = true;
+    }
+    if wrote_xff {
+        out.extend_from_slice(b"\r\n");
+    }
+
+    put_field(out, b"X-Forwarded-Proto", fwd.proto.as_bytes());
+    if let Some(host) = head.header("host") {
+        put_field(out, b"X-Forwarded-Host", host);
+    }
+    put_framing(out, head.body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The standard reason phrase for `status`, if it is a common one.
+fn standard_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => return None,
+    })
+}
+
+/// `HTTP/1.1 <status> <reason>\r\n`. The status is written as three digits.
+fn put_status_line(out: &mut BytesMut, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let status = status.min(999);
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Serialize `head` for the client into `out`: `HTTP/1.1 <status> <reason>`, every
@@ -261,6 +910,9 @@ pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<
 /// 304, and not answering HEAD — the caller passes `Length(0)` for those it wants) gets
 /// nothing written either). Finally `Connection: close` when `keep_alive` is false, or
 /// `Connection: keep-alive` when `keep_alive` is true and the client is HTTP/1.0.
+///
+/// The reason phrase is the backend's; if it sent none, the standard phrase for the
+/// status (or none for an uncommon status).
 pub fn write_response_head(
     out: &mut BytesMut,
     head: &ResponseHead,
@@ -268,8 +920,21 @@ pub fn write_response_head(
     client_version: Version,
     keep_alive: bool,
 ) {
-    let _ = (out, head, body, client_version, keep_alive);
-    todo!()
+    out.reserve(head.raw.len() + 64);
+    let reason = match head.reason() {
+        [] => standard_reason(head.status).unwrap_or("").as_bytes(),
+        r => r,
+    };
+    put_status_line(out, head.status, reason);
+    for (name, value) in head.headers() {
+        if name.eq_ignore_ascii_case(b"content-length") || is_hop_by_hop(name, head.headers()) {
+            continue;
+        }
+        put_field(out, name, value);
+    }
+    put_framing(out, body);
+    put_connection(out, client_version, keep_alive);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Serialize a complete response generated by the router itself: status line with the
@@ -277,6 +942,12 @@ pub fn write_response_head(
 /// `Content-Length`, each of `extra` (name, value), `Connection: close` when
 /// `keep_alive` is false (or `Connection: keep-alive` for a keep-alive HTTP/1.0
 /// client), blank line, body.
+///
+/// For 1xx, 204 and 304 no `Content-Length` and no body are written (RFC 9110 section
+/// 8.6: "A server MUST NOT send a Content-Length header field in any response with a
+/// status code of 1xx (Informational) or 204 (No Content)."), and for an interim 1xx no
+/// `Connection` field either (the exchange is not over). Uncommon statuses get the
+/// reason phrase `Unknown`.
 pub fn write_simple_response(
     out: &mut BytesMut,
     status: u16,
@@ -286,14 +957,26 @@ pub fn write_simple_response(
     client_version: Version,
     keep_alive: bool,
 ) {
-    let _ = (
+    let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
+    let body = if bodiless { &[][..] } else { body };
+    out.reserve(128 + content_type.len() + body.len());
+    put_status_line(
         out,
         status,
-        content_type,
-        extra,
-        body,
-        client_version,
-        keep_alive,
+        standard_reason(status).unwrap_or("Unknown").as_bytes(),
     );
-    todo!()
+    if !body.is_empty() {
+        put_field(out, b"Content-Type", content_type.as_bytes());
+    }
+    if !bodiless {
+        put_framing(out, BodyKind::Length(body.len() as u64));
+    }
+    for (name, value) in extra {
+        put_field(out, name.as_bytes(), value);
+    }
+    if !(100..200).contains(&status) {
+        put_connection(out, client_version, keep_alive);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }
