@@ -28,6 +28,27 @@ impl BodyError {
     }
 }
 
+/// Where the decoder is in the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// A `Length` body with this many payload bytes left (done at 0).
+    Length(u64),
+    /// Close-delimited: everything until EOF.
+    Close,
+    /// An `Empty` body, or a chunked body after its trailer section.
+    Done,
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data, this many bytes left (> 0).
+    Data(u64),
+    /// Expecting the CR after chunk data.
+    DataCr,
+    /// Expecting the LF after chunk data.
+    DataLf,
+    /// In the trailer section, after this many bytes of it.
+    Trailers(usize),
+}
+
 /// Incremental decoder for one message body.
 ///
 /// The decoder never consumes bytes past the end of its body (so pipelined requests and
@@ -35,18 +56,152 @@ impl BodyError {
 /// belong to the body (for raw pass-through forwarding, framing included) and hands the
 /// decoded payload slices to a callback (for inspection, or to re-frame for an HTTP/1.0
 /// client).
+///
+/// Chunked framing is parsed strictly (RFC 9112 section 7.1), so that the router and the
+/// backend cannot disagree on where a body ends:
+///
+/// - `chunk-size` is 1 to 16 hex digits (16 cannot overflow u64). RFC 9112 section 7.1:
+///   "Recipients MUST anticipate potentially large hexadecimal numerals and prevent
+///   parsing errors due to integer conversion overflows or precision loss due to
+///   integer representation." No sign, no `0x`, no whitespace: `zz`, `-1`, an empty
+///   size, 17 digits, or `5 ;ext` (BWS before `;` is *rejected*) are `InvalidChunkSize`.
+/// - Chunk extensions (`;` then anything of field-value bytes: HTAB, SP, VCHAR,
+///   obs-text) are accepted and ignored: RFC 9112 section 7.1.1: "A recipient MUST
+///   ignore unrecognized chunk extensions." The whole line, CRLF included, is bounded
+///   by `max_line` ("A server ought to limit the total length of chunk extensions
+///   received in a request").
+/// - Every line ends with CRLF. A bare LF (or a CR not followed by LF) is refused rather
+///   than tolerated: RFC 9112 section 2.2 lets a recipient accept a bare LF, but two
+///   parsers disagreeing on it is the classic smuggling vector.
+/// - Chunk data must be followed by exactly CRLF (`InvalidChunk` otherwise).
+/// - The trailer section is a sequence of `name: value` lines (name a token, value
+///   field-value bytes, no obs-fold) ended by an empty line; in total at most
+///   `max_line` bytes. Trailer bytes are counted as consumed but are not payload.
 #[derive(Clone, Debug)]
 pub struct BodyDecoder {
-    kind: BodyKind,
+    state: State,
     /// Longest chunk-size line, and longest whole trailer section, accepted.
     max_line: usize,
+}
+
+/// A byte allowed in a chunk extension or trailer field value (like a header field
+/// value: HTAB, SP, VCHAR, obs-text).
+fn is_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
+/// A `tchar` (RFC 9110 section 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn hex_value(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+/// Parse a chunk-size line at the start of `rest`: `Ok(Some((line length with CRLF,
+/// size)))`, or `Ok(None)` if the line is incomplete but may still be valid.
+fn parse_size_line(rest: &[u8], max_line: usize) -> Result<Option<(usize, u64)>, BodyError> {
+    // Never look further than a line may be long (plus the byte that proves it is too
+    // long).
+    let window = &rest[..rest.len().min(max_line.saturating_add(1))];
+    let incomplete = || {
+        // The finished line will be at least one byte longer than what we have.
+        if window.len() >= max_line {
+            Err(BodyError::LineTooLong)
+        } else {
+            Ok(None)
+        }
+    };
+    let mut size: u64 = 0;
+    let mut i = 0;
+    while let Some(v) = window.get(i).copied().and_then(hex_value) {
+        if i == 16 {
+            return Err(BodyError::InvalidChunkSize);
+        }
+        size = (size << 4) | v;
+        i += 1;
+    }
+    let Some(&after) = window.get(i) else {
+        return incomplete();
+    };
+    if i == 0 {
+        return Err(BodyError::InvalidChunkSize);
+    }
+    let mut j = i;
+    if after == b';' {
+        j += 1;
+        loop {
+            match window.get(j) {
+                None => return incomplete(),
+                Some(b'\r') => break,
+                Some(&b) if is_value_byte(b) => j += 1,
+                Some(_) => return Err(BodyError::InvalidChunkSize),
+            }
+        }
+    } else if after != b'\r' {
+        return Err(BodyError::InvalidChunkSize);
+    }
+    // window[j] is CR.
+    match window.get(j + 1) {
+        None => incomplete(),
+        Some(b'\n') if j + 2 <= max_line => Ok(Some((j + 2, size))),
+        Some(b'\n') => Err(BodyError::LineTooLong),
+        Some(_) => Err(BodyError::InvalidChunkSize),
+    }
+}
+
+/// Parse one trailer-section line at the start of `rest`, `used` bytes into the
+/// section: `Ok(Some((line length with CRLF, is the final empty line)))`, or `Ok(None)`
+/// if incomplete.
+fn parse_trailer_line(
+    rest: &[u8],
+    used: usize,
+    max_line: usize,
+) -> Result<Option<(usize, bool)>, BodyError> {
+    let avail = max_line.saturating_sub(used);
+    let window = &rest[..rest.len().min(avail)];
+    let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+        // The line needs at least one more byte than we have.
+        return if window.len() >= avail {
+            Err(BodyError::LineTooLong)
+        } else {
+            Ok(None)
+        };
+    };
+    let Some(line) = window[..lf].strip_suffix(b"\r") else {
+        return Err(BodyError::InvalidChunk);
+    };
+    if line.is_empty() {
+        return Ok(Some((lf + 1, true)));
+    }
+    let name_len = line.iter().take_while(|&&b| is_tchar(b)).count();
+    match line.get(name_len) {
+        Some(b':') if name_len > 0 => {}
+        _ => return Err(BodyError::InvalidChunk),
+    }
+    if !line[name_len + 1..].iter().all(|&b| is_value_byte(b)) {
+        return Err(BodyError::InvalidChunk);
+    }
+    Ok(Some((lf + 1, false)))
 }
 
 impl BodyDecoder {
     /// A decoder for a body of `kind`. `max_line` bounds a chunk-size line (with its
     /// extensions) and the whole trailer section; 4096 is a good value.
     pub fn new(kind: BodyKind, max_line: usize) -> Self {
-        BodyDecoder { kind, max_line }
+        let state = match kind {
+            BodyKind::Empty => State::Done,
+            BodyKind::Length(n) => State::Length(n),
+            BodyKind::Chunked => State::Size,
+            BodyKind::Close => State::Close,
+        };
+        BodyDecoder { state, max_line }
     }
 
     /// Consume body bytes from the front of `input`.
@@ -56,29 +211,96 @@ impl BodyDecoder {
     /// chunk-size line or trailer line are not consumed: call again with more input
     /// appended (the returned count only ever covers bytes fully accounted for, except
     /// payload bytes, which are consumed and reported as soon as they are seen).
+    ///
+    /// After an error the decoder's state is unspecified; the connection must be closed.
     pub fn decode(
         &mut self,
         input: &[u8],
         data: &mut dyn FnMut(&[u8]),
     ) -> Result<usize, BodyError> {
-        let _ = (input, data);
-        todo!()
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match self.state {
+                State::Done | State::Length(0) => return Ok(pos),
+                State::Close => {
+                    if !rest.is_empty() {
+                        data(rest);
+                    }
+                    return Ok(input.len());
+                }
+                _ if rest.is_empty() => return Ok(pos),
+                State::Length(left) | State::Data(left) => {
+                    // `take` <= rest.len(), so the cast back to usize is lossless.
+                    let take = left.min(rest.len() as u64);
+                    data(&rest[..take as usize]);
+                    pos += take as usize;
+                    let left = left - take;
+                    self.state = match self.state {
+                        State::Length(_) => State::Length(left),
+                        _ if left == 0 => State::DataCr,
+                        _ => State::Data(left),
+                    };
+                }
+                State::DataCr | State::DataLf => {
+                    let (want, next) = if self.state == State::DataCr {
+                        (b'\r', State::DataLf)
+                    } else {
+                        (b'\n', State::Size)
+                    };
+                    if rest[0] != want {
+                        return Err(BodyError::InvalidChunk);
+                    }
+                    pos += 1;
+                    self.state = next;
+                }
+                State::Size => match parse_size_line(rest, self.max_line)? {
+                    None => return Ok(pos),
+                    Some((len, size)) => {
+                        pos += len;
+                        self.state = if size == 0 {
+                            State::Trailers(0)
+                        } else {
+                            State::Data(size)
+                        };
+                    }
+                },
+                State::Trailers(used) => match parse_trailer_line(rest, used, self.max_line)? {
+                    None => return Ok(pos),
+                    Some((len, last)) => {
+                        pos += len;
+                        self.state = if last {
+                            State::Done
+                        } else {
+                            State::Trailers(used + len)
+                        };
+                    }
+                },
+            }
+        }
     }
 
     /// The whole body, including the last chunk and trailers, has been consumed.
     /// `Empty` and `Length(0)` are done at once; `Close` never is (see [`Self::finish`]).
     pub fn is_done(&self) -> bool {
-        todo!()
+        matches!(self.state, State::Done | State::Length(0))
     }
 
     /// The connection reached EOF: `Ok(())` if that properly ends the body (a `Close`
     /// body, or one already done), `Err(Truncated)` otherwise.
     pub fn finish(&mut self) -> Result<(), BodyError> {
-        todo!()
+        if self.state == State::Close || self.is_done() {
+            Ok(())
+        } else {
+            Err(BodyError::Truncated)
+        }
     }
 
     /// Payload bytes still expected for a `Length` body (None for other kinds).
     pub fn remaining(&self) -> Option<u64> {
-        todo!()
+        match self.state {
+            State::Length(n) => Some(n),
+            _ => None,
+        }
     }
 }
