@@ -304,3 +304,302 @@ impl BodyDecoder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 4096;
+
+    /// Feed `input` in pieces ending at each of `cuts` (then the rest), re-feeding
+    /// unconsumed bytes with the next piece appended, like a connection buffer would.
+    /// Returns (payload, total consumed, error).
+    fn feed(
+        kind: BodyKind,
+        max_line: usize,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<u8>, usize, Option<BodyError>, BodyDecoder) {
+        let mut dec = BodyDecoder::new(kind, max_line);
+        let mut payload = Vec::new();
+        let mut consumed = 0;
+        let ends = cuts.iter().copied().chain(std::iter::once(input.len()));
+        for end in ends {
+            if dec.is_done() {
+                break;
+            }
+            let avail = &input[consumed..end.max(consumed)];
+            match dec.decode(avail, &mut |d| payload.extend_from_slice(d)) {
+                Ok(n) => {
+                    assert!(n <= avail.len());
+                    consumed += n;
+                }
+                Err(e) => return (payload, consumed, Some(e), dec),
+            }
+        }
+        (payload, consumed, None, dec)
+    }
+
+    fn all_at_once(kind: BodyKind, input: &[u8]) -> (Vec<u8>, usize, Option<BodyError>) {
+        let (p, c, e, _) = feed(kind, MAX, input, &[]);
+        (p, c, e)
+    }
+
+    #[test]
+    fn empty_body_is_done_and_consumes_nothing() {
+        let mut d = BodyDecoder::new(BodyKind::Empty, MAX);
+        assert!(d.is_done());
+        assert_eq!(
+            d.decode(b"GET / HTTP/1.1\r\n", &mut |_| panic!("no data")),
+            Ok(0)
+        );
+        assert_eq!(d.finish(), Ok(()));
+        assert_eq!(d.remaining(), None);
+    }
+
+    #[test]
+    fn length_body_stops_at_its_end() {
+        let mut d = BodyDecoder::new(BodyKind::Length(5), MAX);
+        assert_eq!(d.remaining(), Some(5));
+        let mut got = Vec::new();
+        assert_eq!(d.decode(b"hel", &mut |x| got.extend_from_slice(x)), Ok(3));
+        assert_eq!(d.remaining(), Some(2));
+        assert!(!d.is_done());
+        assert_eq!(
+            d.decode(b"loGET / HTTP/1.1", &mut |x| got.extend_from_slice(x)),
+            Ok(2)
+        );
+        assert_eq!(got, b"hello");
+        assert!(d.is_done());
+        assert_eq!(d.remaining(), Some(0));
+        assert_eq!(d.decode(b"more", &mut |_| panic!("no data")), Ok(0));
+        assert_eq!(d.finish(), Ok(()));
+    }
+
+    #[test]
+    fn length_zero_is_done_at_once() {
+        let d = BodyDecoder::new(BodyKind::Length(0), MAX);
+        assert!(d.is_done());
+    }
+
+    #[test]
+    fn truncated_bodies() {
+        let mut d = BodyDecoder::new(BodyKind::Length(10), MAX);
+        assert_eq!(d.decode(b"abc", &mut |_| {}), Ok(3));
+        assert_eq!(d.finish(), Err(BodyError::Truncated));
+
+        for partial in [
+            &b""[..],
+            b"5\r\nab",
+            b"5\r\nabcde\r\n",
+            b"0\r\n",
+            b"0\r\nX: y\r\n",
+        ] {
+            let (_, _, err, mut dec) = feed(BodyKind::Chunked, MAX, partial, &[]);
+            assert_eq!(err, None);
+            assert_eq!(dec.finish(), Err(BodyError::Truncated), "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn close_body_takes_everything_and_ends_at_eof() {
+        let mut d = BodyDecoder::new(BodyKind::Close, MAX);
+        let mut got = Vec::new();
+        assert_eq!(d.decode(b"abc", &mut |x| got.extend_from_slice(x)), Ok(3));
+        assert_eq!(d.decode(b"", &mut |x| got.extend_from_slice(x)), Ok(0));
+        assert_eq!(d.decode(b"de", &mut |x| got.extend_from_slice(x)), Ok(2));
+        assert_eq!(got, b"abcde");
+        assert!(!d.is_done());
+        assert_eq!(d.finish(), Ok(()));
+    }
+
+    #[test]
+    fn chunked_simple() {
+        let body = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+        let (p, c, e) = all_at_once(BodyKind::Chunked, body);
+        assert_eq!(e, None);
+        assert_eq!(p, b"hello, world");
+        assert_eq!(c, body.len());
+    }
+
+    #[test]
+    fn chunked_with_extensions_trailers_and_uppercase_hex() {
+        let body =
+            b"A;name=value;x=\"q s\"\r\n0123456789\r\n1f\r\n0123456789012345678901234567890\r\n\
+                     000;last\r\nExpires: never\r\nX-Sum:\tabc  \r\n\r\n";
+        let (p, c, e) = all_at_once(BodyKind::Chunked, body);
+        assert_eq!(e, None);
+        assert_eq!(p.len(), 10 + 31);
+        assert_eq!(c, body.len());
+    }
+
+    #[test]
+    fn chunked_never_consumes_past_the_end() {
+        let mut input = b"3\r\nabc\r\n0\r\n\r\n".to_vec();
+        let end = input.len();
+        input.extend_from_slice(b"POST /next HTTP/1.1\r\n\r\n");
+        let (p, c, e) = all_at_once(BodyKind::Chunked, &input);
+        assert_eq!((p.as_slice(), c, e), (&b"abc"[..], end, None));
+        let mut d = BodyDecoder::new(BodyKind::Chunked, MAX);
+        assert_eq!(d.decode(&input, &mut |_| {}), Ok(end));
+        assert!(d.is_done());
+        assert_eq!(d.decode(&input[end..], &mut |_| panic!("no data")), Ok(0));
+    }
+
+    #[test]
+    fn incomplete_size_line_is_not_consumed() {
+        let mut d = BodyDecoder::new(BodyKind::Chunked, MAX);
+        assert_eq!(d.decode(b"1", &mut |_| {}), Ok(0));
+        assert_eq!(d.decode(b"10", &mut |_| {}), Ok(0));
+        assert_eq!(d.decode(b"10;ext", &mut |_| {}), Ok(0));
+        assert_eq!(d.decode(b"10;ext\r", &mut |_| {}), Ok(0));
+        assert_eq!(d.decode(b"10;ext\r\nab", &mut |_| {}), Ok(10));
+        assert_eq!(d.remaining(), None);
+    }
+
+    #[test]
+    fn invalid_chunk_sizes() {
+        for body in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"-1\r\n",
+            b"+1\r\n",
+            b"0x5\r\n",
+            b" 5\r\n",
+            b"5 \r\nhello\r\n",
+            b"5 ;x\r\nhello\r\n",
+            b"12345678901234567\r\n", // 17 hex digits
+            b"5\rX",
+            b"5;a\x00b\r\n",
+            b"5;a\rb\r\n",
+        ] {
+            let (_, _, e) = all_at_once(BodyKind::Chunked, body);
+            assert_eq!(e, Some(BodyError::InvalidChunkSize), "{body:?}");
+        }
+        // 16 hex digits is the most accepted, even all f's (u64::MAX).
+        let (_, c, e) = all_at_once(BodyKind::Chunked, b"ffffffffffffffff\r\nab");
+        assert_eq!((c, e), (20, None));
+        let (_, c, e) = all_at_once(BodyKind::Chunked, b"0000000000000001\r\na\r\n0\r\n\r\n");
+        assert_eq!((c, e), (26, None));
+    }
+
+    #[test]
+    fn bare_lf_is_refused_everywhere() {
+        let cases: [(&[u8], BodyError); 4] = [
+            (b"5\nhello\r\n0\r\n\r\n", BodyError::InvalidChunkSize),
+            (b"5\r\nhello\n0\r\n\r\n", BodyError::InvalidChunk),
+            (b"5\r\nhello\r\n0\r\nX: y\n\r\n", BodyError::InvalidChunk),
+            (b"5\r\nhello\r\n0\r\n\n", BodyError::InvalidChunk),
+        ];
+        for (body, err) in cases {
+            assert_eq!(
+                all_at_once(BodyKind::Chunked, body).2,
+                Some(err),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_crlf_after_chunk_data() {
+        for body in [
+            &b"5\r\nhelloX\r\n0\r\n\r\n"[..],
+            b"5\r\nhello0\r\n\r\n",
+            b"3\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\rX",
+        ] {
+            let (_, _, e) = all_at_once(BodyKind::Chunked, body);
+            assert_eq!(e, Some(BodyError::InvalidChunk), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_trailers() {
+        for body in [
+            &b"0\r\nno colon\r\n\r\n"[..],
+            b"0\r\n: empty name\r\n\r\n",
+            b"0\r\nBad Name: x\r\n\r\n",
+            b"0\r\nX: a\r\n folded\r\n\r\n",
+            b"0\r\nX: a\x01b\r\n\r\n",
+        ] {
+            let (_, _, e) = all_at_once(BodyKind::Chunked, body);
+            assert_eq!(e, Some(BodyError::InvalidChunk), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn line_limits() {
+        // A size line of exactly max_line bytes (CRLF included) is fine, one more is not.
+        let max = 16;
+        let ok = b"1;aaaaaaaaaaaa\r\nx\r\n0\r\n\r\n"; // first line 16 bytes
+        assert_eq!(feed(BodyKind::Chunked, max, ok, &[]).2, None);
+        let long = b"1;aaaaaaaaaaaaa\r\nx\r\n0\r\n\r\n";
+        assert_eq!(
+            feed(BodyKind::Chunked, max, long, &[]).2,
+            Some(BodyError::LineTooLong)
+        );
+        // An incomplete line already at the limit is refused without waiting for more.
+        let mut d = BodyDecoder::new(BodyKind::Chunked, max);
+        assert_eq!(d.decode(b"1;aaaaaaaaaaaaa", &mut |_| {}), Ok(0));
+        assert_eq!(
+            d.decode(b"1;aaaaaaaaaaaaaa", &mut |_| {}),
+            Err(BodyError::LineTooLong)
+        );
+        // The trailer section as a whole is bounded.
+        let trailers_ok = b"0\r\nA: 1\r\nB: 2\r\n\r\n"; // section: 6 + 6 + 2 = 14
+        assert_eq!(feed(BodyKind::Chunked, 14, trailers_ok, &[]).2, None);
+        assert_eq!(
+            feed(BodyKind::Chunked, 13, trailers_ok, &[]).2,
+            Some(BodyError::LineTooLong)
+        );
+        let mut d = BodyDecoder::new(BodyKind::Chunked, 14);
+        assert_eq!(d.decode(b"0\r\nA: 1\r\nB: 2\r\n", &mut |_| {}), Ok(15));
+        assert_eq!(d.decode(b"X: 3", &mut |_| {}), Err(BodyError::LineTooLong));
+    }
+
+    /// Feeding the same input split at every possible point (and one byte at a time)
+    /// gives the same payload and consumed count as feeding it at once.
+    #[test]
+    fn split_invariance() {
+        let mut bodies: Vec<(BodyKind, Vec<u8>)> = vec![
+            (BodyKind::Chunked, b"5\r\nhello\r\n0\r\n\r\n".to_vec()),
+            (
+                BodyKind::Chunked,
+                b"3;a=b\r\nabc\r\n10\r\n0123456789abcdef\r\n0;z\r\nT: v\r\nU:\r\n\r\nGET / HTTP/1.1\r\n"
+                    .to_vec(),
+            ),
+            (BodyKind::Chunked, b"1\r\nx\r\n1\r\ny\r\n0\r\n\r\nrest".to_vec()),
+            (BodyKind::Length(7), b"1234567890".to_vec()),
+            (BodyKind::Close, b"anything at all".to_vec()),
+            (BodyKind::Chunked, b"5\r\nhelloX".to_vec()), // error case
+        ];
+        // A longer body with many chunks.
+        let mut long = Vec::new();
+        for i in 1..20u8 {
+            long.extend_from_slice(format!("{i:x}\r\n").as_bytes());
+            long.extend(std::iter::repeat(b'a' + i).take(i as usize));
+            long.extend_from_slice(b"\r\n");
+        }
+        long.extend_from_slice(b"0\r\n\r\n");
+        bodies.push((BodyKind::Chunked, long));
+
+        // On an error the consumed count of the failing call is not reported, so only
+        // payload and error are compared then.
+        let key = |r: &(Vec<u8>, usize, Option<BodyError>, BodyDecoder)| {
+            (r.0.clone(), if r.2.is_some() { 0 } else { r.1 }, r.2)
+        };
+        for (kind, input) in &bodies {
+            let whole = key(&feed(*kind, MAX, input, &[]));
+            for cut in 0..=input.len() {
+                assert_eq!(key(&feed(*kind, MAX, input, &[cut])), whole, "cut {cut}");
+            }
+            for cut2 in 0..=input.len() {
+                for cut in 0..=cut2 {
+                    assert_eq!(key(&feed(*kind, MAX, input, &[cut, cut2])), whole);
+                }
+            }
+            let cuts: Vec<usize> = (0..=input.len()).collect();
+            assert_eq!(key(&feed(*kind, MAX, input, &cuts)), whole);
+        }
+    }
+}
