@@ -577,7 +577,7 @@ mod tests {
         let mut long = Vec::new();
         for i in 1..20u8 {
             long.extend_from_slice(format!("{i:x}\r\n").as_bytes());
-            long.extend(std::iter::repeat(b'a' + i).take(i as usize));
+            long.extend_from_slice(&vec![b'a' + i; i as usize]);
             long.extend_from_slice(b"\r\n");
         }
         long.extend_from_slice(b"0\r\n\r\n");
