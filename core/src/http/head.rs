@@ -105,10 +105,72 @@ pub struct RequestHead {
     pub expect_continue: bool,
 }
 
-impl Default for BodyKind {
-    fn default() -> Self {
-        BodyKind::Empty
+/// Size of the stack array of `httparse` header slots. `limits.max_headers` above this
+/// is capped to it (a head with more fields is refused as too large).
+const HEADER_SLOTS: usize = 128;
+
+/// The bytes of `raw` in `range`, or nothing if the range is out of bounds (it never is
+/// for ranges made by the parser, but a bad range must not panic).
+fn at(raw: &[u8], range: (u32, u32)) -> &[u8] {
+    raw.get(range.0 as usize..range.1 as usize).unwrap_or(&[])
+}
+
+/// The byte range of `part` inside `base`. `part` is always a sub-slice returned by
+/// `httparse` for `base`, except for the empty `""` it may return (e.g. a reason phrase
+/// with obs-text), which is mapped to an empty range. `base` is at most `u32::MAX` long.
+fn range_of(base: &[u8], part: &[u8]) -> (u32, u32) {
+    if part.is_empty() {
+        return (0, 0);
     }
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= base.len() => (start as u32, end as u32),
+        _ => (0, 0),
+    }
+}
+
+/// Strip leading and trailing optional whitespace (SP / HTAB).
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// The elements of a comma-separated list field value (RFC 9110 section 5.6.1), trimmed
+/// of OWS. Empty elements are yielded too; callers decide what they mean.
+fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(trim_ows)
+}
+
+/// `value` is a comma list containing `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    list_elements(value).any(|e| e.eq_ignore_ascii_case(token))
+}
+
+/// Length of the empty lines (CRLF, or a lone LF as httparse also accepts) at the start
+/// of `buf`.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        match buf.get(i..) {
+            Some([b'\n', ..]) => i += 1,
+            Some([b'\r', b'\n', ..]) => i += 2,
+            _ => return i,
+        }
+    }
+}
+
+fn first_value<'a>(
+    mut fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    name: &str,
+) -> Option<&'a [u8]> {
+    fields
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| trim_ows(v))
 }
 
 impl RequestHead {
@@ -118,28 +180,34 @@ impl RequestHead {
     }
     /// Method token as sent.
     pub fn method_str(&self) -> &[u8] {
-        todo!()
+        at(&self.raw, self.method_range)
     }
     /// Request target as sent (origin-form: path and optional query).
     pub fn target(&self) -> &[u8] {
-        todo!()
+        at(&self.raw, self.target)
     }
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &[u8] {
-        todo!()
+        let t = self.target();
+        match t.iter().position(|&b| b == b'?') {
+            Some(q) => &t[..q],
+            None => t,
+        }
     }
     /// The query part of the target (after `?`), if any.
     pub fn query(&self) -> Option<&[u8]> {
-        todo!()
+        let t = self.target();
+        t.iter().position(|&b| b == b'?').map(|q| &t[q + 1..])
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        let _ = name;
-        todo!()
+        first_value(self.headers(), name)
     }
     /// All fields in order, as (name, value) with names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        std::iter::empty()
+        self.fields
+            .iter()
+            .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
 }
 
@@ -166,24 +234,272 @@ impl ResponseHead {
     }
     /// Reason phrase as sent.
     pub fn reason(&self) -> &[u8] {
-        todo!()
+        at(&self.raw, self.reason)
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        let _ = name;
-        todo!()
+        first_value(self.headers(), name)
     }
     /// All fields in order.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        std::iter::empty()
+        self.fields
+            .iter()
+            .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
     /// `Content-Type` is `text/event-stream` (parameters ignored, case-insensitive).
     pub fn is_event_stream(&self) -> bool {
-        todo!()
+        match self.header("content-type") {
+            Some(v) => {
+                let media = v.split(|&b| b == b';').next().unwrap_or(&[]);
+                trim_ows(media).eq_ignore_ascii_case(b"text/event-stream")
+            }
+            None => false,
+        }
     }
     /// An interim 1xx response (other than 101): another head follows.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// Map an `httparse` error (other than `Version`, handled by [`version_error`]).
+fn map_httparse_error(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooLarge,
+        // A line starting with SP/HTAB (obs-fold) or whitespace before the colon shows
+        // up as an invalid header name.
+        httparse::Error::HeaderName => HeadError::Invalid(
+            "invalid header field name, whitespace before colon, or obsolete line folding",
+        ),
+        httparse::Error::HeaderValue => HeadError::Invalid("invalid byte in header field value"),
+        httparse::Error::NewLine => HeadError::Invalid("invalid line ending"),
+        httparse::Error::Status => HeadError::Invalid("invalid status line"),
+        httparse::Error::Token => HeadError::Invalid("invalid request line"),
+        httparse::Error::Version => HeadError::Invalid("invalid HTTP version"),
+    }
+}
+
+/// `httparse` only accepts `HTTP/1.0` and `HTTP/1.1`. Classify what it refused: a
+/// syntactically valid `HTTP-version` (`"HTTP/" DIGIT "." DIGIT`, RFC 9112 section 2.3)
+/// other than those is `UnsupportedVersion` (505), except the HTTP/2 connection preface
+/// (`PRI * HTTP/2.0`), which is not an HTTP/1 request at all (`Invalid`). Anything else is
+/// `Invalid`. If the version token is still incomplete but may turn out valid, the head
+/// is reported incomplete (`Ok(false)`), subject to the size limit.
+///
+/// `line` starts at the request/status line; `version_at` is the offset of the version
+/// token in it (0 for responses, after the second SP for requests).
+fn version_error(line: &[u8], version_at: usize, over_limit: bool) -> Result<bool, HeadError> {
+    let rest = line.get(version_at..).unwrap_or(&[]);
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
+        .unwrap_or(rest.len());
+    let token = &rest[..end];
+    let complete = end < rest.len();
+    const SHAPE: &[u8] = b"HTTP/0.0";
+    let fits = token.len() <= SHAPE.len()
+        && token.iter().zip(SHAPE).all(|(&b, &s)| {
+            if s == b'0' {
+                b.is_ascii_digit()
+            } else {
+                b == s
+            }
+        });
+    if !fits {
+        return Err(HeadError::Invalid("invalid HTTP version"));
+    }
+    if !complete || token.len() < SHAPE.len() {
+        if complete {
+            return Err(HeadError::Invalid("invalid HTTP version"));
+        }
+        return if over_limit {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(false)
+        };
+    }
+    if line.starts_with(b"PRI * HTTP/2.0") {
+        return Err(HeadError::Invalid("HTTP/2 connection preface"));
+    }
+    Err(HeadError::UnsupportedVersion)
+}
+
+/// Offset of the version token in a request line: after the second SP.
+fn request_version_at(line: &[u8]) -> usize {
+    let mut spaces = line
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b' ')
+        .map(|(i, _)| i);
+    spaces.nth(1).map(|i| i + 1).unwrap_or(line.len())
+}
+
+/// What the framing-relevant fields of a head say.
+#[derive(Default)]
+struct Scan {
+    content_length: Option<u64>,
+    /// A Transfer-Encoding field was present.
+    te_present: bool,
+    /// Number of non-empty transfer codings listed.
+    te_codings: usize,
+    te_chunked: usize,
+    te_last_chunked: bool,
+    close: bool,
+    keep_alive_token: bool,
+    expect_continue: bool,
+    hosts: usize,
+}
+
+impl Scan {
+    /// Look at every field that matters for framing and connection management.
+    ///
+    /// Content-Length enforces RFC 9112 section 6.3 item 5: "If a message is received
+    /// without Transfer-Encoding and with an invalid Content-Length header field, then
+    /// the message framing is invalid and the recipient MUST treat it as an
+    /// unrecoverable error, unless the field value can be successfully parsed as a
+    /// comma-separated list (Section 5.6.1 of [HTTP]), all values in the list are valid,
+    /// and all values in the list are the same". Values are compared numerically; an
+    /// empty element (`5,`), a sign (`+5`), or more than u64 can hold is invalid.
+    fn of<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Scan, HeadError> {
+        let mut s = Scan::default();
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                for element in list_elements(value) {
+                    let n = parse_decimal(element)
+                        .ok_or(HeadError::BadFraming("invalid Content-Length"))?;
+                    match s.content_length {
+                        Some(prev) if prev != n => {
+                            return Err(HeadError::BadFraming("conflicting Content-Length values"))
+                        }
+                        _ => s.content_length = Some(n),
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                s.te_present = true;
+                // RFC 9110 section 5.6.1: "a recipient MUST parse and ignore a
+                // reasonable number of empty list elements".
+                for coding in list_elements(value).filter(|e| !e.is_empty()) {
+                    s.te_codings += 1;
+                    // Exact token only: `xchunked`, `chunked;x=1` or `"chunked"` are
+                    // other codings. (OWS around elements was trimmed; any other
+                    // whitespace or control byte was refused by httparse or makes it
+                    // another coding.)
+                    s.te_last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    if s.te_last_chunked {
+                        s.te_chunked += 1;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for option in list_elements(value) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        s.close = true;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                        s.keep_alive_token = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
+                    s.expect_continue = true;
+                }
+            } else if name.eq_ignore_ascii_case(b"host") {
+                s.hosts += 1;
+            }
+        }
+        Ok(s)
+    }
+
+    /// The framing the message itself declares: `Some(Chunked)`, `Some(Length(n))`, or
+    /// `None` when it has neither field. Enforces, for requests and responses alike:
+    ///
+    /// - RFC 9112 section 6.1: "A server or client that receives an HTTP/1.0 message
+    ///   containing a Transfer-Encoding header field MUST treat the message as if the
+    ///   framing is faulty, even if a Content-Length is present, and close the
+    ///   connection after processing the message." We refuse it (`BadFraming`).
+    /// - RFC 9112 section 6.2: "A sender MUST NOT send a Content-Length header field in
+    ///   any message that contains a Transfer-Encoding header field." Section 6.3 item 3
+    ///   says such a message "ought to be handled as an error" and "A server MAY reject
+    ///   a request that contains both Content-Length and Transfer-Encoding [...]
+    ///   Regardless, the server MUST close the connection after responding to such a
+    ///   request to avoid the potential attacks." We reject it (`BadFraming`, the
+    ///   connection is closed); for a response the caller answers 502.
+    /// - RFC 9112 section 6.3 item 4: "If a Transfer-Encoding header field is present in
+    ///   a request and the chunked transfer coding is not the final encoding, the
+    ///   message body length cannot be determined reliably; the server MUST respond
+    ///   with the 400 (Bad Request) status code and then close the connection."
+    ///   (`BadFraming`; also for responses, which we do not read until close.) An empty
+    ///   Transfer-Encoding is refused the same way.
+    /// - RFC 9112 section 7.1: "A sender MUST NOT apply the chunked transfer coding more
+    ///   than once to a message body" (`chunked, chunked` is `BadFraming`).
+    /// - RFC 9112 section 6.1: "A server that receives a request message with a transfer
+    ///   coding it does not understand SHOULD respond with 501 (Not Implemented)." We
+    ///   only pass `chunked` through, so `gzip, chunked` is `UnsupportedTransferEncoding`.
+    fn framing(&self, version: Version) -> Result<Option<BodyKind>, HeadError> {
+        if !self.te_present {
+            return Ok(self.content_length.map(BodyKind::Length));
+        }
+        if version == Version::Http10 {
+            return Err(HeadError::BadFraming(
+                "Transfer-Encoding in an HTTP/1.0 message",
+            ));
+        }
+        if self.content_length.is_some() {
+            return Err(HeadError::BadFraming(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if self.te_codings == 0 || !self.te_last_chunked {
+            return Err(HeadError::BadFraming(
+                "Transfer-Encoding does not end with chunked",
+            ));
+        }
+        if self.te_chunked > 1 {
+            return Err(HeadError::BadFraming("chunked applied more than once"));
+        }
+        if self.te_codings > 1 {
+            return Err(HeadError::UnsupportedTransferEncoding);
+        }
+        Ok(Some(BodyKind::Chunked))
+    }
+
+    /// RFC 9112 section 9.3: the connection persists unless the "close" connection
+    /// option is present; for HTTP/1.0 only if the "keep-alive" option is present.
+    fn keep_alive(&self, version: Version) -> bool {
+        if self.close {
+            return false;
+        }
+        match version {
+            Version::Http11 => true,
+            Version::Http10 => self.keep_alive_token,
+        }
+    }
+}
+
+/// A Content-Length element: 1 or more ASCII digits, no sign, no whitespace, fitting u64.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+fn method_of(token: &[u8]) -> Method {
+    // Method names are case-sensitive (RFC 9110 section 9.1).
+    match token {
+        b"GET" => Method::Get,
+        b"POST" => Method::Post,
+        b"DELETE" => Method::Delete,
+        b"HEAD" => Method::Head,
+        b"OPTIONS" => Method::Options,
+        b"PUT" => Method::Put,
+        b"PATCH" => Method::Patch,
+        _ => Method::Other,
     }
 }
 
@@ -202,27 +518,167 @@ impl ResponseHead {
 /// repeated fields allowed only if the final coding is chunked and no other coding is
 /// present); HTTP/1.0 with Transfer-Encoding is refused. Leading empty lines (CRLF)
 /// before the request line are skipped (RFC 9112 section 2.2).
+///
+/// Details of the rules enforced (see also the framing rules on the private `Scan`):
+///
+/// - RFC 9112 section 2.2: "a server that is expecting to receive and parse a
+///   request-line SHOULD ignore at least one empty line (CRLF) received prior to the
+///   request-line." They count against `max_head` and are not part of `raw`.
+/// - RFC 9112 section 5.1: "A server MUST reject, with a response status code of 400
+///   (Bad Request), any received request message that contains whitespace between a
+///   header field name and colon." (`Invalid`)
+/// - RFC 9112 section 5.2: "A server that receives an obs-fold in a request message
+///   [...] MUST either reject the message by sending a 400 (Bad Request) [...] or
+///   replace each received obs-fold with one or more SP octets". We reject (`Invalid`).
+/// - RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request) status code
+///   to any HTTP/1.1 request message [...] that contains more than one Host header
+///   field line". (`Invalid`.) A *missing* Host is tolerated: the router does not
+///   route on it, and always writes its own `Host` upstream.
+/// - Only origin-form targets (starting with `/`) are accepted: the router is a
+///   reverse proxy that prepends a path prefix; absolute-form, authority-form and `*`
+///   are refused as `Invalid`.
+/// - RFC 9110 section 10.1.1: "A server that receives a 100-continue expectation in an
+///   HTTP/1.0 request MUST ignore that expectation." (`expect_continue` is false.)
+/// - More than `limits.max_headers` fields (capped at 128) is `TooLarge`. A bare LF
+///   line ending in the head is accepted (RFC 9112 section 2.2 allows it); the head is
+///   never forwarded as is, only re-serialized with CRLF.
 pub fn parse_request(
     buf: &mut BytesMut,
     limits: &HttpLimits,
     head: &mut RequestHead,
 ) -> Result<bool, HeadError> {
-    let _ = (buf, limits, head);
-    todo!()
+    let over_limit = buf.len() > limits.max_head;
+    let window_len = buf.len().min(limits.max_head).min(u32::MAX as usize);
+    let skip = leading_empty_lines(&buf[..window_len]);
+    let window = &buf[skip..window_len];
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut req = httparse::Request::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
+    let len = match req.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if over_limit {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(false)
+            }
+        }
+        Err(httparse::Error::Version) => {
+            return version_error(window, request_version_at(window), over_limit)
+        }
+        Err(e) => return Err(map_httparse_error(e)),
+    };
+    // A complete parse always sets method, path and version.
+    let method = req.method.unwrap_or("").as_bytes();
+    let target = req.path.unwrap_or("").as_bytes();
+    let version = match req.version {
+        Some(0) => Version::Http10,
+        _ => Version::Http11,
+    };
+    if !target.starts_with(b"/") {
+        return Err(HeadError::Invalid("request target is not in origin-form"));
+    }
+    let scan = Scan::of(req.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
+    let body = scan.framing(version)?.unwrap_or(BodyKind::Empty);
+    if scan.hosts > 1 {
+        return Err(HeadError::Invalid("more than one Host field"));
+    }
+
+    head.fields.clear();
+    head.fields.extend(req.headers.iter().map(|h| Field {
+        name: range_of(window, h.name.as_bytes()),
+        value: range_of(window, h.value),
+    }));
+    head.method_range = range_of(window, method);
+    head.target = range_of(window, target);
+    head.method = method_of(method);
+    head.version = version;
+    head.body = body;
+    head.keep_alive = scan.keep_alive(version);
+    head.expect_continue = scan.expect_continue && version == Version::Http11;
+    bytes::Buf::advance(buf, skip);
+    head.raw = buf.split_to(len).freeze();
+    Ok(true)
 }
 
 /// Try to parse a response head at the start of `buf`; same contract as
 /// [`parse_request`]. `request_method` decides the body framing: a response to HEAD,
 /// and 1xx, 204 and 304 responses, have `BodyKind::Empty`; otherwise chunked, then
 /// Content-Length, then `Close`. Obsolete line folding is refused.
+///
+/// - RFC 9112 section 6.3 item 1: "Any response to a HEAD request and any response
+///   with a 1xx (Informational), 204 (No Content), or 304 (Not Modified) status code is
+///   always terminated by the first empty line after the header fields". Their
+///   Content-Length / Transfer-Encoding are still validated (a bad one is refused).
+/// - RFC 9112 section 6.3 item 5: "If it is in a response message received by a proxy,
+///   the proxy MUST close the connection to the server, discard the received response,
+///   and send a 502 (Bad Gateway) response to the client." Every error here is meant
+///   to be answered 502 by the caller.
+/// - RFC 9112 section 5.2: "A proxy or gateway that receives an obs-fold in a response
+///   message [...] MUST either discard the message and replace it with a 502 (Bad
+///   Gateway) response [...] or replace each received obs-fold with one or more SP
+///   octets". We discard (`Invalid`). Whitespace before a colon is refused too.
+/// - CL + TE and the other framing rules are as for requests (see `parse_request`).
+/// - A `Close`-delimited response, or HTTP/1.0 without `keep-alive`, or any
+///   `Connection: close`, gives `keep_alive == false`.
 pub fn parse_response(
     buf: &mut BytesMut,
     limits: &HttpLimits,
     request_method: Method,
     head: &mut ResponseHead,
 ) -> Result<bool, HeadError> {
-    let _ = (buf, limits, request_method, head);
-    todo!()
+    let over_limit = buf.len() > limits.max_head;
+    let window_len = buf.len().min(limits.max_head).min(u32::MAX as usize);
+    let skip = leading_empty_lines(&buf[..window_len]);
+    let window = &buf[skip..window_len];
+    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut res = httparse::Response::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
+    let len = match res.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if over_limit {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(false)
+            }
+        }
+        Err(httparse::Error::Version) => return version_error(window, 0, over_limit),
+        Err(e) => return Err(map_httparse_error(e)),
+    };
+    // A complete parse always sets version and code.
+    let version = match res.version {
+        Some(0) => Version::Http10,
+        _ => Version::Http11,
+    };
+    let status = res.code.unwrap_or(0);
+    if status < 100 {
+        return Err(HeadError::Invalid("invalid status code"));
+    }
+    let reason = res.reason.unwrap_or("").as_bytes();
+    let scan = Scan::of(res.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
+    let declared = scan.framing(version)?;
+    let body = if request_method == Method::Head
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
+    {
+        BodyKind::Empty
+    } else {
+        declared.unwrap_or(BodyKind::Close)
+    };
+
+    head.fields.clear();
+    head.fields.extend(res.headers.iter().map(|h| Field {
+        name: range_of(window, h.name.as_bytes()),
+        value: range_of(window, h.value),
+    }));
+    head.reason = range_of(window, reason);
+    head.status = status;
+    head.version = version;
+    head.body = body;
+    head.keep_alive = body != BodyKind::Close && scan.keep_alive(version);
+    bytes::Buf::advance(buf, skip);
+    head.raw = buf.split_to(len).freeze();
+    Ok(true)
 }
 
 /// What a forwarded request head must say that the client's did not.
@@ -239,6 +695,76 @@ pub struct Forward<'a> {
     pub proto: &'a str,
 }
 
+/// Hop-by-hop fields, never forwarded (RFC 9110 section 7.6.1 and the proxy-specific
+/// `Proxy-Connection`; `Expect` is answered by the router itself).
+const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"expect",
+];
+
+/// `name` is hop-by-hop: a fixed one, or named by a `Connection` field of the message.
+///
+/// RFC 9110 section 7.6.1: "Intermediaries MUST parse a received Connection header
+/// field before a message is forwarded and, for each connection-option in this field,
+/// remove any header or trailer field(s) from the message with the same name as the
+/// connection-option, and then remove the Connection header field itself".
+fn is_hop_by_hop<'a>(name: &[u8], mut fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || fields.any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && has_token(v, name))
+}
+
+fn eq_any(name: &[u8], names: &[&[u8]]) -> bool {
+    names.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append `n` in decimal, without allocating.
+fn put_u64(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn put_framing(out: &mut BytesMut, body: BodyKind) {
+    match body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            put_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::Empty | BodyKind::Close => {}
+    }
+}
+
+fn put_connection(out: &mut BytesMut, client_version: Version, keep_alive: bool) {
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
 /// Serialize `head` for the backend into `out`: `METHOD prefix+target HTTP/1.1`, every
 /// field except hop-by-hop ones (`Connection` and the fields it names, `Keep-Alive`,
 /// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Expect`), and
@@ -248,9 +774,126 @@ pub struct Forward<'a> {
 /// and the framing field: `Content-Length: n` or `Transfer-Encoding: chunked` as
 /// `head.body` says (nothing for `Empty`). The upstream connection stays keep-alive
 /// (HTTP/1.1 default), so no `Connection` field is written.
+///
+/// The client's `X-Forwarded-For` fields are merged into the one written (in order,
+/// joined with `, `; none is written if there are none and `client_ip` is `None`). A
+/// client-sent `X-Forwarded-Host` is dropped (it is replaced by the client's `Host`, or
+/// absent), so the backend never sees a spoofed one.
 pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<'_>) {
-    let _ = (out, head, fwd);
-    todo!()
+    out.reserve(head.raw.len() + fwd.host.len() + fwd.path_prefix.len() + 128);
+    out.extend_from_slice(head.method_str());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(fwd.path_prefix);
+    out.extend_from_slice(head.target());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    const REWRITTEN: &[&[u8]] = &[
+        b"host",
+        b"content-length",
+        b"x-forwarded-proto",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+    ];
+    for (name, value) in head.headers() {
+        if eq_any(name, REWRITTEN) || is_hop_by_hop(name, head.headers()) {
+            continue;
+        }
+        put_field(out, name, value);
+    }
+    put_field(out, b"Host", fwd.host);
+
+    let xff_forwarded = !is_hop_by_hop(b"x-forwarded-for", head.headers());
+    let mut wrote_xff = false;
+    for (name, value) in head.headers() {
+        let value = trim_ows(value);
+        if !xff_forwarded || value.is_empty() || !name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            continue;
+        }
+        out.extend_from_slice(if wrote_xff {
+            b", "
+        } else {
+            b"X-Forwarded-For: "
+        });
+        out.extend_from_slice(value);
+        wrote_xff = true;
+    }
+    if let Some(ip) = fwd.client_ip {
+        out.extend_from_slice(if wrote_xff {
+            b", "
+        } else {
+            b"X-Forwarded-For: "
+        });
+        // `BytesMut`'s `fmt::Write` only fails if its length would overflow usize, and
+        // `IpAddr`'s Display writes straight into it (no allocation).
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{ip}"));
+        wrote_xff = true;
+    }
+    if wrote_xff {
+        out.extend_from_slice(b"\r\n");
+    }
+
+    put_field(out, b"X-Forwarded-Proto", fwd.proto.as_bytes());
+    if let Some(host) = head.header("host") {
+        put_field(out, b"X-Forwarded-Host", host);
+    }
+    put_framing(out, head.body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The standard reason phrase for `status`, if it is a common one.
+fn standard_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => return None,
+    })
+}
+
+/// `HTTP/1.1 <status> <reason>\r\n`. The status is written as three digits.
+fn put_status_line(out: &mut BytesMut, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let status = status.min(999);
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Serialize `head` for the client into `out`: `HTTP/1.1 <status> <reason>`, every
@@ -261,6 +904,9 @@ pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<
 /// 304, and not answering HEAD — the caller passes `Length(0)` for those it wants) gets
 /// nothing written either). Finally `Connection: close` when `keep_alive` is false, or
 /// `Connection: keep-alive` when `keep_alive` is true and the client is HTTP/1.0.
+///
+/// The reason phrase is the backend's; if it sent none, the standard phrase for the
+/// status (or none for an uncommon status).
 pub fn write_response_head(
     out: &mut BytesMut,
     head: &ResponseHead,
@@ -268,8 +914,21 @@ pub fn write_response_head(
     client_version: Version,
     keep_alive: bool,
 ) {
-    let _ = (out, head, body, client_version, keep_alive);
-    todo!()
+    out.reserve(head.raw.len() + 64);
+    let reason = match head.reason() {
+        [] => standard_reason(head.status).unwrap_or("").as_bytes(),
+        r => r,
+    };
+    put_status_line(out, head.status, reason);
+    for (name, value) in head.headers() {
+        if name.eq_ignore_ascii_case(b"content-length") || is_hop_by_hop(name, head.headers()) {
+            continue;
+        }
+        put_field(out, name, value);
+    }
+    put_framing(out, body);
+    put_connection(out, client_version, keep_alive);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Serialize a complete response generated by the router itself: status line with the
@@ -277,6 +936,12 @@ pub fn write_response_head(
 /// `Content-Length`, each of `extra` (name, value), `Connection: close` when
 /// `keep_alive` is false (or `Connection: keep-alive` for a keep-alive HTTP/1.0
 /// client), blank line, body.
+///
+/// For 1xx, 204 and 304 no `Content-Length` and no body are written (RFC 9110 section
+/// 8.6: "A server MUST NOT send a Content-Length header field in any response with a
+/// status code of 1xx (Informational) or 204 (No Content)."), and for an interim 1xx no
+/// `Connection` field either (the exchange is not over). Uncommon statuses get the
+/// reason phrase `Unknown`.
 pub fn write_simple_response(
     out: &mut BytesMut,
     status: u16,
@@ -286,14 +951,860 @@ pub fn write_simple_response(
     client_version: Version,
     keep_alive: bool,
 ) {
-    let _ = (
+    let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
+    let body = if bodiless { &[][..] } else { body };
+    out.reserve(128 + content_type.len() + body.len());
+    put_status_line(
         out,
         status,
-        content_type,
-        extra,
-        body,
-        client_version,
-        keep_alive,
+        standard_reason(status).unwrap_or("Unknown").as_bytes(),
     );
-    todo!()
+    if !body.is_empty() {
+        put_field(out, b"Content-Type", content_type.as_bytes());
+    }
+    if !bodiless {
+        put_framing(out, BodyKind::Length(body.len() as u64));
+    }
+    for (name, value) in extra {
+        put_field(out, name.as_bytes(), value);
+    }
+    if !(100..200).contains(&status) {
+        put_connection(out, client_version, keep_alive);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HttpLimits {
+        HttpLimits::default()
+    }
+
+    /// Parse a complete request head; returns the head and what is left in the buffer.
+    fn req(input: &[u8]) -> Result<(RequestHead, BytesMut), HeadError> {
+        let mut buf = BytesMut::from(input);
+        let mut head = RequestHead::default();
+        match parse_request(&mut buf, &limits(), &mut head)? {
+            true => Ok((head, buf)),
+            false => panic!("incomplete: {:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    fn req_err(input: &[u8]) -> HeadError {
+        match req(input) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted: {:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    fn res(input: &[u8], method: Method) -> Result<ResponseHead, HeadError> {
+        let mut buf = BytesMut::from(input);
+        let mut head = ResponseHead::default();
+        match parse_response(&mut buf, &limits(), method, &mut head)? {
+            true => Ok(head),
+            false => panic!("incomplete: {:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    fn text(out: &BytesMut) -> &str {
+        std::str::from_utf8(out).expect("test output is ASCII")
+    }
+
+    #[test]
+    fn simple_request() {
+        let (h, rest) = req(b"POST /mcp?x=1&y HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\nX-Thing:  a b \t\r\n\r\n{}").unwrap();
+        assert_eq!(h.method, Method::Post);
+        assert_eq!(h.method_str(), b"POST");
+        assert_eq!(h.target(), b"/mcp?x=1&y");
+        assert_eq!(h.path(), b"/mcp");
+        assert_eq!(h.query(), Some(&b"x=1&y"[..]));
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.body, BodyKind::Length(2));
+        assert!(h.keep_alive);
+        assert!(!h.expect_continue);
+        assert_eq!(h.header("host"), Some(&b"example.com"[..]));
+        assert_eq!(h.header("x-thing"), Some(&b"a b"[..]));
+        assert_eq!(h.header("missing"), None);
+        assert_eq!(h.headers().count(), 3);
+        assert_eq!(
+            h.headers().next(),
+            Some((&b"Host"[..], &b"example.com"[..]))
+        );
+        assert!(h.raw().starts_with(b"POST") && h.raw().ends_with(b"\r\n\r\n"));
+        assert_eq!(&rest[..], b"{}");
+    }
+
+    #[test]
+    fn header_lookup_is_case_insensitive_and_first_wins() {
+        let (h, _) = req(b"GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n").unwrap();
+        assert_eq!(h.header("x-a"), Some(&b"1"[..]));
+        assert_eq!(h.path(), b"/");
+        assert_eq!(h.query(), None);
+        assert_eq!(h.body, BodyKind::Empty);
+    }
+
+    #[test]
+    fn methods_are_case_sensitive() {
+        for (m, want) in [
+            (&b"GET"[..], Method::Get),
+            (b"POST", Method::Post),
+            (b"DELETE", Method::Delete),
+            (b"HEAD", Method::Head),
+            (b"OPTIONS", Method::Options),
+            (b"PUT", Method::Put),
+            (b"PATCH", Method::Patch),
+            (b"get", Method::Other),
+            (b"Post", Method::Other),
+            (b"PROPFIND", Method::Other),
+        ] {
+            let mut input = m.to_vec();
+            input.extend_from_slice(b" / HTTP/1.1\r\n\r\n");
+            let (h, _) = req(&input).unwrap();
+            assert_eq!(h.method, want);
+            assert_eq!(h.method_str(), m);
+        }
+    }
+
+    #[test]
+    fn incomplete_head_leaves_buffer_untouched() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut head = RequestHead::default();
+        for n in 0..input.len() {
+            let mut buf = BytesMut::from(&input[..n]);
+            assert_eq!(
+                parse_request(&mut buf, &limits(), &mut head),
+                Ok(false),
+                "{n}"
+            );
+            assert_eq!(&buf[..], &input[..n]);
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_parse_one_after_the_other() {
+        let mut buf = BytesMut::from(
+            &b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcDELETE /c HTTP/1.1\r\n\r\n"[..],
+        );
+        let mut h = RequestHead::default();
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
+        assert_eq!((h.method, h.target()), (Method::Get, &b"/a"[..]));
+        assert_eq!(h.header("host"), Some(&b"x"[..]));
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
+        assert_eq!((h.method, h.target()), (Method::Post, &b"/b"[..]));
+        assert_eq!(
+            h.header("host"),
+            None,
+            "fields of the previous request are gone"
+        );
+        assert_eq!(h.body, BodyKind::Length(3));
+        let _ = buf.split_to(3); // the body
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
+        assert_eq!((h.method, h.target()), (Method::Delete, &b"/c"[..]));
+        assert!(buf.is_empty());
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(false));
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped_and_consumed() {
+        let mut buf = BytesMut::from(&b"\r\n\r\nGET / HTTP/1.1\r\n\r\nX"[..]);
+        let mut h = RequestHead::default();
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
+        assert_eq!(&h.raw()[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(h.method_str(), b"GET");
+        assert_eq!(&buf[..], b"X");
+        // Only empty lines so far: incomplete.
+        let mut buf = BytesMut::from(&b"\r\n\r\n"[..]);
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(false));
+        assert_eq!(buf.len(), 4);
+    }
+
+    #[test]
+    fn steady_state_parsing_does_not_grow_fields() {
+        let input = b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n";
+        let mut h = RequestHead::default();
+        let mut buf = BytesMut::from(&input[..]);
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
+        let cap = h.fields.capacity();
+        let ptr = h.fields.as_ptr();
+        for _ in 0..100 {
+            let mut buf = BytesMut::from(&input[..]);
+            assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
+            assert_eq!(h.fields.capacity(), cap);
+            assert_eq!(
+                h.fields.as_ptr(),
+                ptr,
+                "the field vector was not reallocated"
+            );
+        }
+        let mut rh = ResponseHead::default();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: y\r\n\r\n";
+        let mut buf = BytesMut::from(&input[..]);
+        assert_eq!(
+            parse_response(&mut buf, &limits(), Method::Post, &mut rh),
+            Ok(true)
+        );
+        let cap = rh.fields.capacity();
+        for _ in 0..100 {
+            let mut buf = BytesMut::from(&input[..]);
+            assert_eq!(
+                parse_response(&mut buf, &limits(), Method::Post, &mut rh),
+                Ok(true)
+            );
+            assert_eq!(rh.fields.capacity(), cap);
+        }
+    }
+
+    #[test]
+    fn oversized_heads_are_too_large() {
+        let small = HttpLimits {
+            max_head: 64,
+            max_headers: 96,
+        };
+        let mut h = RequestHead::default();
+        // Incomplete and already longer than max_head.
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX: "[..]);
+        buf.extend_from_slice(&[b'a'; 60]);
+        assert_eq!(
+            parse_request(&mut buf, &small, &mut h),
+            Err(HeadError::TooLarge)
+        );
+        // Incomplete but within max_head: wait.
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX: aaaa"[..]);
+        assert_eq!(parse_request(&mut buf, &small, &mut h), Ok(false));
+        // Complete, but longer than max_head.
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX: "[..]);
+        buf.extend_from_slice(&[b'a'; 60]);
+        buf.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse_request(&mut buf, &small, &mut h),
+            Err(HeadError::TooLarge)
+        );
+        // Exactly max_head is fine, and a body after it does not count.
+        let mut exact = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        exact.resize(60, b'a');
+        exact.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(exact.len(), 64);
+        let mut buf = BytesMut::from(&exact[..]);
+        buf.extend_from_slice(&[b'b'; 1000]);
+        assert_eq!(parse_request(&mut buf, &small, &mut h), Ok(true));
+        assert_eq!(buf.len(), 1000);
+        assert_eq!(HeadError::TooLarge.status(), 431);
+        // Responses too.
+        let mut rh = ResponseHead::default();
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX: "[..]);
+        buf.extend_from_slice(&[b'a'; 60]);
+        assert_eq!(
+            parse_response(&mut buf, &small, Method::Get, &mut rh),
+            Err(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let few = HttpLimits {
+            max_head: 32 * 1024,
+            max_headers: 3,
+        };
+        let mut h = RequestHead::default();
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"[..]);
+        assert_eq!(parse_request(&mut buf, &few, &mut h), Ok(true));
+        let mut buf =
+            BytesMut::from(&b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n"[..]);
+        assert_eq!(
+            parse_request(&mut buf, &few, &mut h),
+            Err(HeadError::TooLarge)
+        );
+        // max_headers above the stack array is capped at 128.
+        let many = HttpLimits {
+            max_head: 64 * 1024,
+            max_headers: 1000,
+        };
+        let mut input = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..129 {
+            input.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::from(&input[..]);
+        assert_eq!(
+            parse_request(&mut buf, &many, &mut h),
+            Err(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn smuggling_framing_is_refused() {
+        let bad = |input: &[u8]| {
+            let e = req_err(input);
+            assert!(matches!(e, HeadError::BadFraming(_)), "{e:?} for {input:?}");
+            assert_eq!(e.status(), 400);
+        };
+        // CL.TE and TE.CL.
+        bad(
+            b"POST / HTTP/1.1\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        );
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\nContent-Length: 3\r\n\r\n");
+        // Conflicting or invalid Content-Length.
+        bad(b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length: 5,\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n");
+        // Transfer-Encoding not ending in chunked (RFC 9112 6.3 item 4: 400).
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        bad(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+        );
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked;q=1\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: \"chunked\"\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunk ed\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: ,\r\n\r\n");
+        // chunked twice.
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n");
+        bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // HTTP/1.0 with Transfer-Encoding, with or without Content-Length.
+        bad(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        bad(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
+    }
+
+    #[test]
+    fn unsupported_transfer_codings_are_501() {
+        for input in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let e = req_err(input);
+            assert_eq!(e, HeadError::UnsupportedTransferEncoding);
+            assert_eq!(e.status(), 501);
+        }
+    }
+
+    #[test]
+    fn accepted_framing() {
+        let body = |input: &[u8]| req(input).unwrap().0.body;
+        assert_eq!(
+            body(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            BodyKind::Length(5)
+        );
+        assert_eq!(
+            body(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            BodyKind::Length(5)
+        );
+        assert_eq!(
+            body(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            BodyKind::Length(0)
+        );
+        assert_eq!(
+            body(b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n"),
+            BodyKind::Length(u64::MAX)
+        );
+        for te in [
+            &b"chunked"[..],
+            b"Chunked",
+            b"CHUNKED",
+            b"chunked ",
+            b"chunked\t",
+            b"  chunked",
+            b"chunked,",
+            b", chunked",
+        ] {
+            let mut input = b"POST / HTTP/1.1\r\nTransfer-Encoding: ".to_vec();
+            input.extend_from_slice(te);
+            input.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(body(&input), BodyKind::Chunked, "{te:?}");
+        }
+        assert_eq!(
+            body(b"GET / HTTP/1.1\r\n\r\n"),
+            BodyKind::Empty,
+            "no framing fields: no body"
+        );
+    }
+
+    #[test]
+    fn invalid_syntax_is_refused() {
+        let invalid = |input: &[u8]| {
+            let e = req_err(input);
+            assert!(matches!(e, HeadError::Invalid(_)), "{e:?} for {input:?}");
+            assert_eq!(e.status(), 400);
+        };
+        // Whitespace between field name and colon.
+        invalid(b"POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n");
+        invalid(b"POST / HTTP/1.1\r\nContent-Length\t: 5\r\n\r\n");
+        // Obsolete line folding.
+        invalid(b"GET / HTTP/1.1\r\nX-A: one\r\n two\r\n\r\n");
+        invalid(b"GET / HTTP/1.1\r\nX-A: one\r\n\ttwo\r\n\r\n");
+        // Bad bytes.
+        invalid(b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n");
+        invalid(b"GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n");
+        invalid(b"GET / HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n");
+        invalid(b"GET / HTTP/1.1\r\nX A: b\r\n\r\n");
+        invalid(b"GET / HTTP/1.1\r\n: b\r\n\r\n");
+        invalid(b"G\x01T / HTTP/1.1\r\n\r\n");
+        invalid(b"GET /a b HTTP/1.1\r\n\r\n");
+        invalid(b"GET  / HTTP/1.1\r\n\r\n");
+        invalid(b"GET / http/1.1\r\n\r\n");
+        invalid(b"GET / HTTP/1.1 \r\n\r\n");
+        invalid(b"GET /\r\n\r\n");
+        // The HTTP/2 connection preface.
+        invalid(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        // Not origin-form.
+        invalid(b"GET http://example.com/ HTTP/1.1\r\n\r\n");
+        invalid(b"OPTIONS * HTTP/1.1\r\n\r\n");
+        // Two Host fields.
+        invalid(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    }
+
+    #[test]
+    fn unsupported_versions() {
+        for input in [
+            &b"GET / HTTP/1.2\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"GET / HTTP/3.0\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/0.9\r\n\r\n",
+        ] {
+            let e = req_err(input);
+            assert_eq!(e, HeadError::UnsupportedVersion, "{input:?}");
+            assert_eq!(e.status(), 505);
+        }
+        // A version that may still turn out valid waits for the rest of the line.
+        let mut h = RequestHead::default();
+        let mut buf = BytesMut::from(&b"GET / HTTP/2"[..]);
+        assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(false));
+        let mut buf = BytesMut::from(&b"GET / HTTP/X"[..]);
+        assert!(matches!(
+            parse_request(&mut buf, &limits(), &mut h),
+            Err(HeadError::Invalid(_))
+        ));
+        let mut rh = ResponseHead::default();
+        let mut buf = BytesMut::from(&b"HTTP/2.0 200 OK\r\n\r\n"[..]);
+        assert_eq!(
+            parse_response(&mut buf, &limits(), Method::Get, &mut rh),
+            Err(HeadError::UnsupportedVersion)
+        );
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let ka = |input: &[u8]| req(input).unwrap().0.keep_alive;
+        assert!(ka(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nConnection: Keep-Alive, CLOSE\r\n\r\n"
+        ));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nConnection: foo\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(ka(b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: foo, Keep-Alive\r\n\r\n"));
+        assert!(ka(
+            b"GET / HTTP/1.0\r\nConnection: foo\r\nConnection: keep-alive\r\n\r\n"
+        ));
+        assert!(!ka(
+            b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"
+        ));
+        assert!(!ka(b"GET / HTTP/1.0\r\nKeep-Alive: timeout=5\r\n\r\n"));
+        let (h, _) = req(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!(h.version, Version::Http10);
+    }
+
+    #[test]
+    fn expect_continue() {
+        let ec = |input: &[u8]| req(input).unwrap().0.expect_continue;
+        assert!(ec(
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+        ));
+        assert!(ec(b"POST / HTTP/1.1\r\nexpect: 100-Continue \r\n\r\n"));
+        assert!(!ec(b"POST / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n"));
+        assert!(!ec(b"POST / HTTP/1.1\r\n\r\n"));
+        // Ignored for HTTP/1.0 (RFC 9110 10.1.1).
+        assert!(!ec(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_framing() {
+        let r = |input: &[u8], m: Method| res(input, m).unwrap();
+        let h = r(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
+            Method::Post,
+        );
+        assert_eq!(
+            (h.status, h.body, h.keep_alive),
+            (200, BodyKind::Length(12), true)
+        );
+        assert_eq!(h.reason(), b"OK");
+        let h = r(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Get,
+        );
+        assert_eq!(h.body, BodyKind::Chunked);
+        // Neither: until close, which cannot keep the connection.
+        let h = r(b"HTTP/1.1 200 OK\r\n\r\n", Method::Get);
+        assert_eq!((h.body, h.keep_alive), (BodyKind::Close, false));
+        // HEAD, 1xx, 204 and 304 have no body whatever they say.
+        let h = r(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
+            Method::Head,
+        );
+        assert_eq!((h.body, h.keep_alive), (BodyKind::Empty, true));
+        let h = r(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Head,
+        );
+        assert_eq!(h.body, BodyKind::Empty);
+        for status in [
+            &b"100 Continue"[..],
+            b"102 Processing",
+            b"103 Early Hints",
+            b"204 No Content",
+            b"304 Not Modified",
+        ] {
+            let mut input = b"HTTP/1.1 ".to_vec();
+            input.extend_from_slice(status);
+            input.extend_from_slice(b"\r\nContent-Length: 7\r\n\r\n");
+            let h = r(&input, Method::Get);
+            assert_eq!(
+                (h.body, h.keep_alive),
+                (BodyKind::Empty, true),
+                "{status:?}"
+            );
+        }
+        assert!(r(b"HTTP/1.1 100 Continue\r\n\r\n", Method::Post).is_interim());
+        assert!(!r(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::Get).is_interim());
+        assert!(!r(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Method::Get).is_interim());
+        // Connection: close.
+        let h = r(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            Method::Get,
+        );
+        assert!(!h.keep_alive);
+        // HTTP/1.0 responses.
+        let h = r(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::Get);
+        assert_eq!((h.version, h.keep_alive), (Version::Http10, false));
+        let h = r(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            Method::Get,
+        );
+        assert!(h.keep_alive);
+        // No reason phrase.
+        let h = r(b"HTTP/1.1 204\r\n\r\n", Method::Get);
+        assert_eq!((h.status, h.reason()), (204, &b""[..]));
+    }
+
+    #[test]
+    fn bad_responses_are_refused() {
+        let e = |input: &[u8]| res(input, Method::Get).expect_err("refused");
+        assert!(matches!(
+            e(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+        assert!(matches!(
+            e(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+        assert!(matches!(
+            e(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+        assert_eq!(
+            e(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            HeadError::UnsupportedTransferEncoding
+        );
+        // Obsolete line folding, in the middle and at the start of a value.
+        assert!(matches!(
+            e(b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n"),
+            HeadError::Invalid(_)
+        ));
+        assert!(matches!(
+            e(b"HTTP/1.1 200 OK\r\nX-A:\r\n two\r\n\r\n"),
+            HeadError::Invalid(_)
+        ));
+        // Whitespace before the colon.
+        assert!(matches!(
+            e(b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n"),
+            HeadError::Invalid(_)
+        ));
+        assert!(matches!(
+            e(b"HTTP/1.1 20 OK\r\n\r\n"),
+            HeadError::Invalid(_)
+        ));
+        assert!(matches!(
+            e(b"HTTP/1.1 099 Odd\r\n\r\n"),
+            HeadError::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn event_stream_detection() {
+        let is = |ct: &[u8]| {
+            let mut input = b"HTTP/1.1 200 OK\r\nContent-Type: ".to_vec();
+            input.extend_from_slice(ct);
+            input.extend_from_slice(b"\r\n\r\n");
+            res(&input, Method::Get).unwrap().is_event_stream()
+        };
+        assert!(is(b"text/event-stream"));
+        assert!(is(b"Text/Event-Stream; charset=utf-8"));
+        assert!(is(b"text/event-stream ;charset=utf-8"));
+        assert!(!is(b"application/json"));
+        assert!(!is(b"text/event-streams"));
+        assert!(!res(b"HTTP/1.1 200 OK\r\n\r\n", Method::Get)
+            .unwrap()
+            .is_event_stream());
+    }
+
+    #[test]
+    fn forwarded_request_head() {
+        let (h, _) = req(b"POST /mcp?s=1 HTTP/1.1\r\n\
+            Host: public.example\r\n\
+            Connection: keep-alive, X-Secret\r\n\
+            Keep-Alive: timeout=5\r\n\
+            X-Secret: drop me\r\n\
+            Proxy-Connection: keep-alive\r\n\
+            TE: trailers\r\n\
+            Trailer: X-Sum\r\n\
+            Upgrade: websocket\r\n\
+            Expect: 100-continue\r\n\
+            X-Forwarded-For: 203.0.113.9\r\n\
+            Mcp-Session-Id: abc\r\n\
+            x-forwarded-for: 198.51.100.7, 192.0.2.1\r\n\
+            X-Forwarded-Proto: gopher\r\n\
+            X-Forwarded-Host: spoofed\r\n\
+            Content-Length: 2\r\n\
+            Accept: application/json, text/event-stream\r\n\r\n")
+        .unwrap();
+        let mut out = BytesMut::new();
+        write_request_head(
+            &mut out,
+            &h,
+            &Forward {
+                host: b"10.0.0.5:8080",
+                path_prefix: b"/base",
+                client_ip: Some("192.0.2.44".parse().unwrap()),
+                proto: "https",
+            },
+        );
+        assert_eq!(
+            text(&out),
+            "POST /base/mcp?s=1 HTTP/1.1\r\n\
+             Mcp-Session-Id: abc\r\n\
+             Accept: application/json, text/event-stream\r\n\
+             Host: 10.0.0.5:8080\r\n\
+             X-Forwarded-For: 203.0.113.9, 198.51.100.7, 192.0.2.1, 192.0.2.44\r\n\
+             X-Forwarded-Proto: https\r\n\
+             X-Forwarded-Host: public.example\r\n\
+             Content-Length: 2\r\n\r\n"
+        );
+        // The output parses back.
+        let (back, _) = req(&out).unwrap();
+        assert_eq!(back.body, BodyKind::Length(2));
+        assert!(!back.expect_continue);
+    }
+
+    #[test]
+    fn forwarded_request_head_chunked_ipv6_no_host() {
+        let (h, _) = req(
+            b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer t\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = BytesMut::new();
+        write_request_head(
+            &mut out,
+            &h,
+            &Forward {
+                host: b"backend",
+                path_prefix: b"",
+                client_ip: Some("2001:db8::1".parse().unwrap()),
+                proto: "http",
+            },
+        );
+        assert_eq!(
+            text(&out),
+            "PUT /x HTTP/1.1\r\n\
+             Authorization: Bearer t\r\n\
+             Host: backend\r\n\
+             X-Forwarded-For: 2001:db8::1\r\n\
+             X-Forwarded-Proto: http\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        );
+        // No body, no client ip, no XFF: nothing framing- or XFF-related is written.
+        let (h, _) = req(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut out = BytesMut::new();
+        write_request_head(
+            &mut out,
+            &h,
+            &Forward {
+                host: b"b",
+                path_prefix: b"/p",
+                client_ip: None,
+                proto: "http",
+            },
+        );
+        assert_eq!(
+            text(&out),
+            "GET /p/ HTTP/1.1\r\nHost: b\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    fn response_for(input: &[u8], method: Method) -> ResponseHead {
+        res(input, method).unwrap()
+    }
+
+    #[test]
+    fn forwarded_response_head() {
+        let h = response_for(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nMcp-Session-Id: s1\r\n\r\n",
+            Method::Post,
+        );
+        let mut out = BytesMut::new();
+        write_response_head(&mut out, &h, BodyKind::Chunked, Version::Http11, true);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: s1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        // The same for an HTTP/1.0 client: close-delimited, no chunking.
+        let mut out = BytesMut::new();
+        write_response_head(&mut out, &h, BodyKind::Close, Version::Http10, false);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: s1\r\nConnection: close\r\n\r\n"
+        );
+        // A keep-alive HTTP/1.0 client with a Content-Length body.
+        let h = response_for(
+            b"HTTP/1.1 202 Whatever\r\nContent-Length: 0\r\n\r\n",
+            Method::Post,
+        );
+        let mut out = BytesMut::new();
+        write_response_head(&mut out, &h, BodyKind::Length(0), Version::Http10, true);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 202 Whatever\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+        );
+        // Missing reason phrase: the standard one.
+        let h = response_for(b"HTTP/1.1 404\r\nContent-Length: 3\r\n\r\n", Method::Get);
+        let mut out = BytesMut::new();
+        write_response_head(&mut out, &h, BodyKind::Length(3), Version::Http11, false);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+        );
+        // Empty body (204): nothing about framing.
+        let h = response_for(b"HTTP/1.1 204 No Content\r\n\r\n", Method::Get);
+        let mut out = BytesMut::new();
+        write_response_head(&mut out, &h, BodyKind::Empty, Version::Http11, true);
+        assert_eq!(text(&out), "HTTP/1.1 204 No Content\r\n\r\n");
+    }
+
+    #[test]
+    fn simple_responses() {
+        let mut out = BytesMut::new();
+        write_simple_response(
+            &mut out,
+            502,
+            "application/json",
+            &[("Retry-After", b"1")],
+            b"{\"error\":1}",
+            Version::Http11,
+            false,
+        );
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: 11\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"error\":1}"
+        );
+        let mut out = BytesMut::new();
+        write_simple_response(&mut out, 202, "text/plain", &[], b"", Version::Http10, true);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let mut out = BytesMut::new();
+        write_simple_response(
+            &mut out,
+            599,
+            "text/plain",
+            &[],
+            b"x",
+            Version::Http11,
+            true,
+        );
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 599 Unknown\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx"
+        );
+        let mut out = BytesMut::new();
+        write_simple_response(&mut out, 100, "", &[], b"", Version::Http11, true);
+        assert_eq!(text(&out), "HTTP/1.1 100 Continue\r\n\r\n");
+        let mut out = BytesMut::new();
+        write_simple_response(
+            &mut out,
+            204,
+            "text/plain",
+            &[],
+            b"ignored",
+            Version::Http11,
+            false,
+        );
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+        );
+        for (status, reason) in [
+            (200, "OK"),
+            (400, "Bad Request"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (409, "Conflict"),
+            (413, "Content Too Large"),
+            (415, "Unsupported Media Type"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (503, "Service Unavailable"),
+            (504, "Gateway Timeout"),
+            (505, "HTTP Version Not Supported"),
+        ] {
+            let mut out = BytesMut::new();
+            write_simple_response(&mut out, status, "", &[], b"", Version::Http11, true);
+            assert!(
+                text(&out).starts_with(&format!("HTTP/1.1 {status} {reason}\r\n")),
+                "{status}"
+            );
+            // Every simple response parses back as a valid response.
+            let back = response_for(&out, Method::Get);
+            assert_eq!(back.status, status);
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A cheap deterministic fuzz: every prefix and many one-byte mutations of a
+        // valid head must parse to something without panicking.
+        let base = b"POST /mcp?q HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut h = RequestHead::default();
+        let mut rh = ResponseHead::default();
+        for i in 0..base.len() {
+            for b in [0u8, b'\r', b'\n', b' ', b'\t', b':', b',', 0x80, 0xff, b'H'] {
+                let mut input = base.to_vec();
+                input[i] = b;
+                let mut buf = BytesMut::from(&input[..]);
+                let _ = parse_request(&mut buf, &limits(), &mut h);
+                let mut buf = BytesMut::from(&input[..i]);
+                let _ = parse_request(&mut buf, &limits(), &mut h);
+                let mut buf = BytesMut::from(&input[..]);
+                let _ = parse_response(&mut buf, &limits(), Method::Get, &mut rh);
+            }
+        }
+    }
 }

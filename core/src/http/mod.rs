@@ -14,9 +14,10 @@ pub use head::{
 };
 
 /// How a message body is delimited (RFC 9112 section 6.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BodyKind {
     /// No body at all (GET without Content-Length, HEAD responses, 1xx/204/304, ...).
+    #[default]
     Empty,
     /// Exactly this many bytes follow the head.
     Length(u64),
