@@ -11,6 +11,8 @@
 //! bodies that stream are fed by unbounded channels from small tasks that stop
 //! as soon as the client goes away.
 
+pub mod harness;
+
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::convert::Infallible;

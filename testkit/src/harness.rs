@@ -1,0 +1,375 @@
+//! End-to-end test harness shared by every frontend's suite: real processes on
+//! 127.0.0.1 (fake backends, routers), log capture, and a raw HTTP/1.1 client.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, building it first if it is missing.
+pub fn bin_path(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir")
+        .to_path_buf();
+    let p = dir.join(name);
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !p.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--bin", name]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(st.success(), "building {name} failed");
+    }
+    assert!(p.exists(), "{} missing", p.display());
+    p
+}
+
+type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+/// A child process whose output is captured line by line; killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+    lines: Lines,
+    name: String,
+}
+
+fn capture<R: Read + Send + 'static>(r: R, lines: Lines, tag: String) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if std::env::var_os("E2E_QUIET").is_none() {
+                eprintln!("[{tag}] {line}");
+            }
+            let (m, cv) = &*lines;
+            m.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            cv.notify_all();
+        }
+    });
+}
+
+impl Proc {
+    /// Start a process and wait until a line of its output yields its address through
+    /// `find_addr`.
+    pub fn start(name: &str, mut cmd: Command, find_addr: fn(&str) -> Option<String>) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let lines: Lines = Arc::default();
+        capture(child.stdout.take().expect("stdout"), lines.clone(), name.to_string());
+        capture(child.stderr.take().expect("stderr"), lines.clone(), name.to_string());
+        let mut p = Proc {
+            child,
+            addr: String::new(),
+            lines,
+            name: name.to_string(),
+        };
+        let addr = p.wait_line(Duration::from_secs(30), |l| find_addr(l).is_some());
+        p.addr = addr.and_then(|l| find_addr(&l)).unwrap_or_else(|| {
+            let _ = p.child.kill();
+            panic!("{name} did not report its address; output: {:?}", p.logs())
+        });
+        p
+    }
+
+    /// A `mcp-fake-backend` named `name`.
+    pub fn fake_backend(name: &str) -> Proc {
+        let mut cmd = Command::new(bin_path("mcp-fake-backend"));
+        cmd.args(["--listen", "127.0.0.1:0", "--name", name, "--tick-ms", "20"]);
+        Proc::start(name, cmd, |l| l.strip_prefix("LISTENING ").map(str::to_string))
+    }
+
+    /// A router binary (`mcp-router` or another frontend's) with these arguments; it
+    /// must listen on `127.0.0.1:0` and log `listen=<addr>`.
+    pub fn router(bin: &str, name: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin_path(bin));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.env("NO_COLOR", "1");
+        Proc::start(name, cmd, |l| {
+            let i = l.find("listen=")?;
+            let rest = &l[i + 7..];
+            Some(rest.split_whitespace().next()?.trim_matches('"').to_string())
+        })
+    }
+
+    /// Every line captured so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.lines.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Count captured lines containing `needle`.
+    pub fn count_logs(&self, needle: &str) -> usize {
+        self.logs().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait up to `timeout` for a captured line matching `pred`.
+    pub fn wait_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.lines;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(l) = g.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (e.g. "TERM", "KILL", "STOP") with the `kill` command.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {} ({}) failed", self.pid(), self.name);
+    }
+
+    /// Kill and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait for the process to exit by itself, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A new client connection to it.
+    pub fn conn(&self) -> Conn {
+        Conn::open(&self.addr)
+    }
+
+    /// `GET /stats` of a fake backend.
+    pub fn stats(&self) -> Value {
+        let r = self.conn().request("GET", "/stats", &[], "");
+        assert_eq!(r.status, 200);
+        r.json()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// POST a JSON-RPC message to `path`, with an optional session header.
+pub fn post_json(conn: &mut Conn, path: &str, sid: Option<&str>, body: &Value) -> Response {
+    let mut headers = vec![("Accept", "application/json, text/event-stream")];
+    if let Some(sid) = sid {
+        headers.push(("Mcp-Session-Id", sid));
+    }
+    conn.request("POST", path, &headers, &body.to_string())
+}
+
+/// `initialize` without a session; returns the response and the minted session id.
+pub fn initialize(conn: &mut Conn, id: Value) -> (Response, String) {
+    let r = post_json(
+        conn,
+        "/mcp",
+        None,
+        &json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sid = r.header("mcp-session-id").expect("session header").to_string();
+    (r, sid)
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("bad JSON {e}: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection (a deliberately small raw client: tests see
+/// exactly the bytes on the wire).
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    /// Unconsumed SSE text read from a streaming body.
+    sse_buf: String,
+}
+
+impl Conn {
+    pub fn open(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Conn {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            sse_buf: String::new(),
+        }
+    }
+
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if method == "POST" || !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.writer.write_all(req.as_bytes()).unwrap();
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read line");
+        line.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    /// Reads a status line and headers.
+    pub fn read_head(&mut self) -> Response {
+        let status_line = self.read_line();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.read_line();
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':').expect("header line");
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        Response {
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// Next chunk of a chunked body; `None` at the last chunk.
+    pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        let size_line = self.read_line();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
+        if size == 0 {
+            // Trailer section: just the empty line here.
+            while !self.read_line().is_empty() {}
+            return None;
+        }
+        let mut chunk = vec![0; size];
+        self.reader.read_exact(&mut chunk).unwrap();
+        assert_eq!(self.read_line(), "", "chunk must end in CRLF");
+        Some(chunk)
+    }
+
+    pub fn read_body(&mut self, head: &mut Response) {
+        if head
+            .header("transfer-encoding")
+            .is_some_and(|te| te.contains("chunked"))
+        {
+            while let Some(c) = self.read_chunk() {
+                head.body.extend_from_slice(&c);
+            }
+        } else if let Some(len) = head.header("content-length") {
+            let mut body = vec![0; len.parse().unwrap()];
+            self.reader.read_exact(&mut body).unwrap();
+            head.body = body;
+        } else {
+            self.reader.read_to_end(&mut head.body).unwrap();
+        }
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Response {
+        self.send(method, path, headers, body);
+        let mut r = self.read_head();
+        self.read_body(&mut r);
+        r
+    }
+
+    /// Next SSE event of a chunked streaming body, as (event type, data).
+    /// `None` once the body has ended.
+    pub fn next_event(&mut self) -> Option<(String, String)> {
+        loop {
+            if let Some(end) = self.sse_buf.find("\n\n") {
+                let raw: String = self.sse_buf.drain(..end + 2).collect();
+                let mut event = String::from("message");
+                let mut data = String::new();
+                for line in raw.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                return Some((event, data));
+            }
+            let chunk = self.read_chunk()?;
+            self.sse_buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    pub fn next_json_event(&mut self) -> Value {
+        let (event, data) = self.next_event().expect("stream ended early");
+        assert_eq!(event, "message");
+        serde_json::from_str(&data).unwrap()
+    }
+}
+
