@@ -1180,7 +1180,9 @@ mod tests {
     #[test]
     fn mutations_agree_with_serde_json() {
         let corpus = corpus();
-        let seed = std::env::var("SNIFF_SEED").ok().and_then(|n| n.parse().ok());
+        let seed = std::env::var("SNIFF_SEED")
+            .ok()
+            .and_then(|n| n.parse().ok());
         let mut rng = XorShift(seed.unwrap_or(0x9E37_79B9_7F4A_7C15) | 1);
         let (mut valid, mut total) = (0, 0);
         // More cases on demand: SNIFF_MUTATIONS=1000000 SNIFF_SEED=7 cargo test ...
