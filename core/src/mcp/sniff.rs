@@ -7,7 +7,8 @@
 ///
 /// Only top-level members of a top-level object count; `method`/`id` nested inside
 /// `params` or `result` are ignored. For a batch, `method` and `id` stay `None`.
-/// Duplicate keys: the first occurrence wins. Input that is not JSON sets
+/// Duplicate keys: the first occurrence wins (even when its value is not reported;
+/// `serde_json::Value` keeps the last instead). Input that is not JSON sets
 /// [`Sniffer::failed`]; what was found before the error is kept.
 #[derive(Clone, Debug)]
 pub struct Sniffer {
