@@ -1,5 +1,7 @@
 //! JSON-RPC error bodies answered by the router on the backend's behalf.
 
+use std::fmt::Write as _;
+
 use bytes::BytesMut;
 
 /// Error codes the router uses.
@@ -32,6 +34,112 @@ impl ErrorCode {
 /// string, already validated by the [`super::Sniffer`]), or `None` for `null`.
 /// `message` is escaped as a JSON string.
 pub fn write_error_body(out: &mut BytesMut, id: Option<&[u8]>, code: ErrorCode, message: &str) {
-    let _ = (out, id, code, message);
-    todo!()
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.unwrap_or(b"null"));
+    out.extend_from_slice(b",\"error\":{\"code\":");
+    // Writing to a `BytesMut` grows it and never fails; the result is always `Ok`.
+    let _ = write!(out, "{}", code.code());
+    out.extend_from_slice(b",\"message\":");
+    write_json_string(out, message);
+    out.extend_from_slice(b"}}");
+}
+
+/// Append `s` as a JSON string literal: quotes and backslashes escaped, control
+/// characters (U+0000 to U+001F) as `\uXXXX`, everything else verbatim (UTF-8).
+fn write_json_string(out: &mut BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.extend_from_slice(b"\"");
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut unicode = *b"\\u0000";
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x00..=0x1F => {
+                // Both nibbles are below 16, in bounds of `HEX`.
+                unicode[4] = HEX[usize::from(b >> 4)];
+                unicode[5] = HEX[usize::from(b & 0xF)];
+                &unicode
+            }
+            _ => continue,
+        };
+        // `start <= i < bytes.len()`: both ends are in bounds.
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.extend_from_slice(b"\"");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn body(id: Option<&[u8]>, code: ErrorCode, message: &str) -> Value {
+        let mut out = BytesMut::new();
+        write_error_body(&mut out, id, code, message);
+        serde_json::from_slice(&out).expect("error body is JSON")
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(ErrorCode::SessionNotFound.code(), -32001);
+        assert_eq!(ErrorCode::Server.code(), -32000);
+        assert_eq!(ErrorCode::Parse.code(), -32700);
+        assert_eq!(ErrorCode::InvalidRequest.code(), -32600);
+    }
+
+    #[test]
+    fn exact_bytes() {
+        let mut out = BytesMut::from(&b"prefix:"[..]);
+        write_error_body(
+            &mut out,
+            Some(b"7"),
+            ErrorCode::SessionNotFound,
+            "Session not found",
+        );
+        assert_eq!(
+            &out[..],
+            &br#"prefix:{"jsonrpc":"2.0","id":7,"error":{"code":-32001,"message":"Session not found"}}"#[..]
+        );
+    }
+
+    #[test]
+    fn ids() {
+        let v = body(Some(b"42"), ErrorCode::SessionNotFound, "Session not found");
+        assert_eq!(
+            v,
+            json!({"jsonrpc":"2.0","id":42,"error":{"code":-32001,"message":"Session not found"}})
+        );
+        let v = body(Some(b"-1.5e3"), ErrorCode::Server, "x");
+        assert_eq!(v["id"], json!(-1500.0));
+        let v = body(Some(br#""a\"b\u00e9""#), ErrorCode::Parse, "Parse error");
+        assert_eq!(v["id"], json!("a\"bé"));
+        assert_eq!(v["error"]["code"], json!(-32700));
+        let v = body(None, ErrorCode::InvalidRequest, "Bad Request");
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["error"]["code"], json!(-32600));
+        assert_eq!(v["jsonrpc"], json!("2.0"));
+        assert_eq!(v.as_object().unwrap().len(), 3);
+        assert_eq!(v["error"].as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn message_escaping() {
+        let nasty = "q\"uote\\back/slash\n\r\t\u{0}\u{1f}\u{7f} é € 😀 </script>";
+        let v = body(Some(b"1"), ErrorCode::Server, nasty);
+        assert_eq!(v["error"]["message"], json!(nasty));
+        let mut out = BytesMut::new();
+        write_error_body(&mut out, None, ErrorCode::Server, "\u{1}\n");
+        assert!(out.ends_with(br#""message":"\u0001\u000a"}}"#));
+        let all: String = (0u8..0x80).map(char::from).collect();
+        let v = body(None, ErrorCode::Server, &all);
+        assert_eq!(v["error"]["message"], json!(all));
+        let v = body(None, ErrorCode::Server, "");
+        assert_eq!(v["error"]["message"], json!(""));
+    }
 }

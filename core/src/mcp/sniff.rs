@@ -7,11 +7,187 @@
 ///
 /// Only top-level members of a top-level object count; `method`/`id` nested inside
 /// `params` or `result` are ignored. For a batch, `method` and `id` stay `None`.
-/// Duplicate keys: the first occurrence wins. Input that is not JSON sets
+/// Duplicate keys: the first occurrence wins (even when its value is not reported;
+/// `serde_json::Value` keeps the last instead). Input that is not JSON sets
 /// [`Sniffer::failed`]; what was found before the error is kept.
 #[derive(Clone, Debug)]
 pub struct Sniffer {
-    _private: (),
+    /// Bytes fed since the last reset.
+    fed: u64,
+    /// What the next byte means.
+    mode: Mode,
+    /// Open containers, innermost last: bit `i` of the stack is set when level `i + 1`
+    /// is an object, clear when it is an array.
+    stack: [u64; 2],
+    /// How many containers are open (at most [`MAX_DEPTH`]).
+    depth: u8,
+    /// What the top-level value is.
+    top: Top,
+    /// Inside a string: escape progress.
+    esc: Esc,
+    /// Inside a string: continuation bytes still expected by the current UTF-8 sequence.
+    utf8_need: u8,
+    /// Inside a string: the range the next continuation byte must fall in.
+    utf8_lo: u8,
+    /// See `utf8_lo`.
+    utf8_hi: u8,
+    /// The string being read is an object key.
+    str_key: bool,
+    /// The string being read is a key of the top-level object.
+    top_key: bool,
+    /// The top-level key being read, decoded (first bytes only).
+    key_buf: [u8; KEY_CAP],
+    /// Decoded bytes of the top-level key so far (may exceed `KEY_CAP`; then the key is
+    /// neither `method` nor `id`).
+    key_len: usize,
+    /// The last top-level key read, waiting for its value.
+    key: Key,
+    /// Which member the scalar value being read is captured for.
+    capture: Capture,
+    /// The `method` member.
+    method: Field,
+    /// Decoded `method` bytes (the first `method_len`).
+    method_buf: [u8; Sniffer::MAX_METHOD],
+    /// Length of the decoded `method` in `method_buf`.
+    method_len: usize,
+    /// The method string was longer than [`Sniffer::MAX_METHOD`].
+    method_too_long: bool,
+    /// The `id` member.
+    id: Field,
+    /// Raw `id` token bytes (the first `id_len`).
+    id_buf: [u8; Sniffer::MAX_ID],
+    /// Length of the raw `id` token in `id_buf`.
+    id_len: usize,
+}
+
+/// Most containers open at once. Deeper input fails, which bounds the stack; this is the
+/// limit `serde_json` applies by default (its recursion limit of 128 rejects the 128th
+/// level).
+const MAX_DEPTH: u8 = 127;
+
+/// Decoded bytes kept of a top-level key: enough for `method`.
+const KEY_CAP: usize = 6;
+
+/// What the next byte means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// A value is expected (whitespace skipped). `close`: a `]` may close the enclosing
+    /// array instead (just after `[`).
+    Value { close: bool },
+    /// Inside an object, a key is expected. `close`: `}` may close it (just after `{`).
+    Key { close: bool },
+    /// After a key: the colon.
+    Colon,
+    /// After a value inside a container: a comma or the closing bracket.
+    AfterValue,
+    /// Inside a string (a key or a value).
+    Str,
+    /// Inside a number.
+    Num(Num),
+    /// Inside a literal: `word[..pos]` has been matched.
+    Lit {
+        /// The literal (`true`, `false` or `null`).
+        word: &'static [u8],
+        /// Bytes matched so far.
+        pos: u8,
+    },
+    /// The top-level value is complete: only whitespace may follow.
+    Done,
+    /// Not JSON.
+    Failed,
+}
+
+/// Position inside a number, per the JSON grammar
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Num {
+    /// After the minus sign: a digit must follow.
+    Minus,
+    /// After a leading zero: no digit may follow.
+    Zero,
+    /// In the integer digits.
+    Int,
+    /// After the decimal point: a digit must follow.
+    Dot,
+    /// In the fraction digits.
+    Frac,
+    /// After `e`/`E`: a sign or digit must follow.
+    Exp,
+    /// After the exponent sign: a digit must follow.
+    ExpSign,
+    /// In the exponent digits.
+    ExpInt,
+}
+
+impl Num {
+    /// Whether the number may end here.
+    fn complete(self) -> bool {
+        matches!(self, Num::Zero | Num::Int | Num::Frac | Num::ExpInt)
+    }
+}
+
+/// Escape progress inside a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Esc {
+    /// Not in an escape.
+    None,
+    /// After a backslash.
+    Backslash,
+    /// In the four hex digits of `\u`: `n` read so far, value `acc`; `high` is the
+    /// leading surrogate this escape must complete, if any.
+    Hex { n: u8, acc: u16, high: Option<u16> },
+    /// After a leading surrogate escape: a backslash must follow.
+    LowBackslash { high: u16 },
+    /// After a leading surrogate escape and a backslash: a `u` must follow.
+    LowU { high: u16 },
+}
+
+/// What the top-level value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Top {
+    /// Nothing read yet.
+    Unknown,
+    /// An object: a message.
+    Object,
+    /// An array: a batch.
+    Array,
+    /// A string, number or literal: not a message.
+    Scalar,
+}
+
+/// A top-level key that matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    /// `method`.
+    Method,
+    /// `id`.
+    Id,
+    /// Anything else.
+    Other,
+}
+
+/// Which member the value being read is captured for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Capture {
+    /// Nothing captured.
+    None,
+    /// The `method` string, decoded into `method_buf`.
+    Method,
+    /// The `id` token, raw into `id_buf`.
+    Id,
+}
+
+/// What is known of a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    /// Its key has not been seen.
+    Unseen,
+    /// Its value is being read.
+    Reading,
+    /// Its value was read and is reported.
+    Found,
+    /// Its key was seen but its value is not reported (wrong type, too long).
+    Unusable,
 }
 
 impl Default for Sniffer {
@@ -29,46 +205,118 @@ impl Sniffer {
 
     /// A fresh sniffer.
     pub fn new() -> Self {
-        todo!()
+        Sniffer {
+            fed: 0,
+            mode: Mode::Value { close: false },
+            stack: [0; 2],
+            depth: 0,
+            top: Top::Unknown,
+            esc: Esc::None,
+            utf8_need: 0,
+            utf8_lo: 0x80,
+            utf8_hi: 0xBF,
+            str_key: false,
+            top_key: false,
+            key_buf: [0; KEY_CAP],
+            key_len: 0,
+            key: Key::Other,
+            capture: Capture::None,
+            method: Field::Unseen,
+            method_buf: [0; Sniffer::MAX_METHOD],
+            method_len: 0,
+            method_too_long: false,
+            id: Field::Unseen,
+            id_buf: [0; Sniffer::MAX_ID],
+            id_len: 0,
+        }
     }
     /// Forget everything, ready for the next message.
     pub fn reset(&mut self) {
-        todo!()
+        *self = Sniffer::new();
     }
     /// Feed the next bytes of the body.
     pub fn feed(&mut self, data: &[u8]) {
-        let _ = data;
-        todo!()
+        self.fed = self.fed.saturating_add(data.len() as u64);
+        let mut rest = data;
+        while let Some((&b, tail)) = rest.split_first() {
+            match self.mode {
+                Mode::Failed => return,
+                Mode::Str if self.skippable() => {
+                    // Fast path through the plain ASCII of a string nobody captures.
+                    let n = rest
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))
+                        .unwrap_or(rest.len());
+                    if n > 0 {
+                        // `n <= rest.len()`, so the range is in bounds.
+                        rest = rest.get(n..).unwrap_or_default();
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            self.step(b);
+            rest = tail;
+        }
+    }
+    /// The body is complete: say so, so that a value still open (or no value at all)
+    /// fails, and a top-level number (which only a following byte can end) completes.
+    /// Feeding more afterwards is not meaningful.
+    pub fn end(&mut self) {
+        if let Mode::Num(n) = self.mode {
+            if n.complete() && self.depth == 0 {
+                self.value_done();
+            }
+        }
+        if self.mode != Mode::Done {
+            self.fail();
+        }
     }
     /// Total bytes fed since the last reset.
     pub fn fed(&self) -> u64 {
-        todo!()
+        self.fed
     }
     /// The top-level value is complete (closing brace or bracket seen), or the input
     /// failed to parse: nothing more will be learned.
+    ///
+    /// A top-level scalar (not a message) completes at the first byte after it, or at
+    /// [`Sniffer::end`].
     pub fn finished(&self) -> bool {
-        todo!()
+        matches!(self.mode, Mode::Done | Mode::Failed)
     }
     /// The input is not valid JSON (as far as it was read).
+    ///
+    /// The grammar is checked as `serde_json` checks it: strings must be valid UTF-8
+    /// without raw control characters and with paired surrogate escapes, numbers follow
+    /// the JSON grammar, only whitespace may follow the top-level value, and at most 127
+    /// containers may be open at once. Unlike `serde_json`, numbers too large for an
+    /// `f64` (`1e400`) are accepted: the sniffer checks syntax, not range. Input that
+    /// merely stops early is not failed until [`Sniffer::end`] is called.
     pub fn failed(&self) -> bool {
-        todo!()
+        self.mode == Mode::Failed
     }
     /// The top-level value is an array.
     pub fn is_batch(&self) -> bool {
-        todo!()
+        self.top == Top::Array
     }
     /// The decoded `method` string, once its whole value has been read.
     pub fn method(&self) -> Option<&[u8]> {
-        todo!()
+        match self.method {
+            Field::Found => self.method_buf.get(..self.method_len),
+            _ => None,
+        }
     }
     /// The method was present but longer than [`Self::MAX_METHOD`].
     pub fn method_too_long(&self) -> bool {
-        todo!()
+        self.method_too_long
     }
     /// The raw JSON token of `id` (e.g. `7`, `"abc"`, `null`), once read. Only a string,
     /// a number or null is reported; an object or array id reads as `None`.
     pub fn id(&self) -> Option<&[u8]> {
-        todo!()
+        match self.id {
+            Field::Found => self.id_buf.get(..self.id_len),
+            _ => None,
+        }
     }
     /// `method` is exactly `initialize`.
     pub fn is_initialize(&self) -> bool {
@@ -77,10 +325,1079 @@ impl Sniffer {
     /// Whether the method is known or can no longer become known (finished, failed,
     /// batch, or the top-level value is not an object).
     pub fn method_settled(&self) -> bool {
-        todo!()
+        self.settled(self.method) || self.method_too_long
     }
     /// Whether the id is known or can no longer become known.
     pub fn id_settled(&self) -> bool {
-        todo!()
+        self.settled(self.id)
+    }
+
+    /// Shared by [`Sniffer::method_settled`] and [`Sniffer::id_settled`].
+    fn settled(&self, field: Field) -> bool {
+        matches!(field, Field::Found | Field::Unusable)
+            || self.finished()
+            || matches!(self.top, Top::Array | Top::Scalar)
+    }
+
+    /// Whether the string being read can be skipped without looking at each byte.
+    fn skippable(&self) -> bool {
+        self.esc == Esc::None
+            && self.utf8_need == 0
+            && self.capture == Capture::None
+            && !self.top_key
+    }
+
+    /// The input is not JSON. What was found so far is kept.
+    fn fail(&mut self) {
+        self.mode = Mode::Failed;
+        if self.method == Field::Reading {
+            self.method = Field::Unusable;
+        }
+        if self.id == Field::Reading {
+            self.id = Field::Unusable;
+        }
+        self.capture = Capture::None;
+    }
+
+    /// Whether the innermost open container is an object.
+    fn in_object(&self) -> bool {
+        match self.depth.checked_sub(1) {
+            Some(level) => {
+                let word = self
+                    .stack
+                    .get(usize::from(level / 64))
+                    .copied()
+                    .unwrap_or(0);
+                (word >> (level % 64)) & 1 == 1
+            }
+            None => false,
+        }
+    }
+
+    /// Open a container.
+    fn push(&mut self, object: bool) {
+        if self.depth >= MAX_DEPTH {
+            return self.fail();
+        }
+        if self.depth == 0 {
+            self.top = if object { Top::Object } else { Top::Array };
+        }
+        let level = self.depth;
+        if let Some(word) = self.stack.get_mut(usize::from(level / 64)) {
+            let bit = 1u64 << (level % 64);
+            if object {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+        self.depth += 1;
+        self.mode = if object {
+            Mode::Key { close: true }
+        } else {
+            Mode::Value { close: true }
+        };
+    }
+
+    /// Close the innermost container with `}` (object) or `]`.
+    fn pop(&mut self, object: bool) {
+        if self.depth == 0 || self.in_object() != object {
+            return self.fail();
+        }
+        self.depth -= 1;
+        self.value_done();
+    }
+
+    /// A value just ended: a string's closing quote, a number's last digit, a literal's
+    /// last letter or a container's closing bracket.
+    fn value_done(&mut self) {
+        match self.capture {
+            Capture::None => {}
+            Capture::Method => {
+                self.method = if self.method_too_long {
+                    Field::Unusable
+                } else {
+                    Field::Found
+                };
+            }
+            Capture::Id => {
+                if self.id == Field::Reading {
+                    self.id = Field::Found;
+                }
+            }
+        }
+        self.capture = Capture::None;
+        self.mode = if self.depth == 0 {
+            Mode::Done
+        } else {
+            Mode::AfterValue
+        };
+    }
+
+    /// The first byte of a value.
+    fn start_value(&mut self, b: u8) {
+        let member = self.depth == 1 && self.top == Top::Object;
+        if self.depth == 0 && !matches!(b, b'{' | b'[') {
+            self.top = Top::Scalar;
+        }
+        if member {
+            match std::mem::replace(&mut self.key, Key::Other) {
+                Key::Method if self.method == Field::Unseen => {
+                    if b == b'"' {
+                        self.method = Field::Reading;
+                        self.capture = Capture::Method;
+                    } else {
+                        self.method = Field::Unusable;
+                    }
+                }
+                Key::Id if self.id == Field::Unseen => {
+                    if matches!(b, b'"' | b'-' | b'0'..=b'9' | b'n') {
+                        self.id = Field::Reading;
+                        self.capture = Capture::Id;
+                    } else {
+                        self.id = Field::Unusable;
+                    }
+                }
+                _ => {}
+            }
+        }
+        match b {
+            b'{' => self.push(true),
+            b'[' => self.push(false),
+            b'"' => self.start_string(false),
+            b'-' => self.mode = Mode::Num(Num::Minus),
+            b'0' => self.mode = Mode::Num(Num::Zero),
+            b'1'..=b'9' => self.mode = Mode::Num(Num::Int),
+            b't' => {
+                self.mode = Mode::Lit {
+                    word: b"true",
+                    pos: 1,
+                }
+            }
+            b'f' => {
+                self.mode = Mode::Lit {
+                    word: b"false",
+                    pos: 1,
+                }
+            }
+            b'n' => {
+                self.mode = Mode::Lit {
+                    word: b"null",
+                    pos: 1,
+                }
+            }
+            _ => return self.fail(),
+        }
+        self.raw_id(b);
+    }
+
+    /// Enter a string whose opening quote was just read.
+    fn start_string(&mut self, key: bool) {
+        self.mode = Mode::Str;
+        self.esc = Esc::None;
+        self.utf8_need = 0;
+        self.str_key = key;
+        self.top_key = key && self.depth == 1;
+        if self.top_key {
+            self.key_len = 0;
+        }
+    }
+
+    /// Keep a byte of the raw `id` token, when one is being captured.
+    fn raw_id(&mut self, b: u8) {
+        if self.capture != Capture::Id {
+            return;
+        }
+        match self.id_buf.get_mut(self.id_len) {
+            Some(slot) => {
+                *slot = b;
+                self.id_len += 1;
+            }
+            None => {
+                // Too long to report; the value is still read (and validated).
+                self.id = Field::Unusable;
+                self.capture = Capture::None;
+            }
+        }
+    }
+
+    /// Keep a decoded byte of the string being read, when it is captured.
+    fn decoded(&mut self, b: u8) {
+        if self.top_key {
+            if let Some(slot) = self.key_buf.get_mut(self.key_len) {
+                *slot = b;
+            }
+            self.key_len = self.key_len.saturating_add(1);
+        } else if self.capture == Capture::Method && !self.method_too_long {
+            match self.method_buf.get_mut(self.method_len) {
+                Some(slot) => {
+                    *slot = b;
+                    self.method_len += 1;
+                }
+                None => self.method_too_long = true,
+            }
+        }
+    }
+
+    /// Keep a decoded code point of the string being read.
+    fn decoded_char(&mut self, cp: u32) {
+        match char::from_u32(cp) {
+            Some(c) => {
+                let mut utf8 = [0u8; 4];
+                for &b in c.encode_utf8(&mut utf8).as_bytes() {
+                    self.decoded(b);
+                }
+            }
+            // Surrogates are paired before they get here; anything else is a bug, but
+            // failing is better than panicking.
+            None => self.fail(),
+        }
+    }
+
+    /// A string's closing quote.
+    fn end_string(&mut self) {
+        if self.str_key {
+            if self.top_key {
+                self.top_key = false;
+                self.key = match self.key_buf.get(..self.key_len) {
+                    Some(b"method") => Key::Method,
+                    Some(b"id") => Key::Id,
+                    _ => Key::Other,
+                };
+            }
+            self.mode = Mode::Colon;
+        } else {
+            self.value_done();
+        }
+    }
+
+    /// One byte, outside the fast path.
+    fn step(&mut self, b: u8) {
+        match self.mode {
+            Mode::Failed => {}
+            Mode::Done => {
+                if !is_ws(b) {
+                    self.fail();
+                }
+            }
+            Mode::Value { close } => match b {
+                _ if is_ws(b) => {}
+                b']' if close => self.pop(false),
+                _ => self.start_value(b),
+            },
+            Mode::Key { close } => match b {
+                _ if is_ws(b) => {}
+                b'"' => self.start_string(true),
+                b'}' if close => self.pop(true),
+                _ => self.fail(),
+            },
+            Mode::Colon => match b {
+                _ if is_ws(b) => {}
+                b':' => self.mode = Mode::Value { close: false },
+                _ => self.fail(),
+            },
+            Mode::AfterValue => match b {
+                _ if is_ws(b) => {}
+                b',' if self.in_object() => self.mode = Mode::Key { close: false },
+                b',' => self.mode = Mode::Value { close: false },
+                b'}' => self.pop(true),
+                b']' => self.pop(false),
+                _ => self.fail(),
+            },
+            Mode::Str => self.string_byte(b),
+            Mode::Num(n) => self.number_byte(n, b),
+            Mode::Lit { word, pos } => {
+                if word.get(usize::from(pos)) != Some(&b) {
+                    return self.fail();
+                }
+                self.raw_id(b);
+                let pos = pos + 1;
+                if usize::from(pos) == word.len() {
+                    if word != b"null" && self.capture == Capture::Id {
+                        // Unreachable: only `n` starts an id capture. Kept for safety.
+                        self.id = Field::Unusable;
+                        self.capture = Capture::None;
+                    }
+                    self.value_done();
+                } else {
+                    self.mode = Mode::Lit { word, pos };
+                }
+            }
+        }
+    }
+
+    /// A byte inside a number.
+    fn number_byte(&mut self, n: Num, b: u8) {
+        let next = match (n, b) {
+            (Num::Minus, b'0') => Num::Zero,
+            (Num::Minus | Num::Int, b'1'..=b'9') | (Num::Int, b'0') => Num::Int,
+            (Num::Zero | Num::Int, b'.') => Num::Dot,
+            (Num::Dot | Num::Frac, b'0'..=b'9') => Num::Frac,
+            (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::Exp,
+            (Num::Exp, b'+' | b'-') => Num::ExpSign,
+            (Num::Exp | Num::ExpSign | Num::ExpInt, b'0'..=b'9') => Num::ExpInt,
+            _ if n.complete() && !b.is_ascii_digit() => {
+                // The byte after the number ends it, then is read afresh (the mode is no
+                // longer `Num`, so this recurses once at most).
+                self.value_done();
+                return self.step(b);
+            }
+            _ => return self.fail(),
+        };
+        self.raw_id(b);
+        self.mode = Mode::Num(next);
+    }
+
+    /// A byte inside a string.
+    fn string_byte(&mut self, b: u8) {
+        match self.esc {
+            Esc::None if self.utf8_need > 0 => {
+                if !(self.utf8_lo..=self.utf8_hi).contains(&b) {
+                    return self.fail();
+                }
+                self.utf8_need -= 1;
+                self.utf8_lo = 0x80;
+                self.utf8_hi = 0xBF;
+                self.raw_id(b);
+                self.decoded(b);
+            }
+            Esc::None => match b {
+                b'"' => {
+                    self.raw_id(b);
+                    self.end_string();
+                }
+                b'\\' => {
+                    self.raw_id(b);
+                    self.esc = Esc::Backslash;
+                }
+                0x00..=0x1F => self.fail(),
+                0x20..=0x7F => {
+                    self.raw_id(b);
+                    self.decoded(b);
+                }
+                _ => {
+                    // A UTF-8 lead byte: how many continuation bytes follow, and the
+                    // range of the first (which excludes overlong forms, surrogates and
+                    // code points above U+10FFFF).
+                    let (need, lo, hi) = match b {
+                        0xC2..=0xDF => (1, 0x80, 0xBF),
+                        0xE0 => (2, 0xA0, 0xBF),
+                        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
+                        0xED => (2, 0x80, 0x9F),
+                        0xF0 => (3, 0x90, 0xBF),
+                        0xF1..=0xF3 => (3, 0x80, 0xBF),
+                        0xF4 => (3, 0x80, 0x8F),
+                        _ => return self.fail(),
+                    };
+                    self.utf8_need = need;
+                    self.utf8_lo = lo;
+                    self.utf8_hi = hi;
+                    self.raw_id(b);
+                    self.decoded(b);
+                }
+            },
+            Esc::Backslash => {
+                let c = match b {
+                    b'"' | b'\\' | b'/' => b,
+                    b'b' => 0x08,
+                    b'f' => 0x0C,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'u' => {
+                        self.raw_id(b);
+                        self.esc = Esc::Hex {
+                            n: 0,
+                            acc: 0,
+                            high: None,
+                        };
+                        return;
+                    }
+                    _ => return self.fail(),
+                };
+                self.raw_id(b);
+                self.decoded(c);
+                self.esc = Esc::None;
+            }
+            Esc::Hex { n, acc, high } => {
+                let Some(digit) = hex_digit(b) else {
+                    return self.fail();
+                };
+                self.raw_id(b);
+                // At most three digits were read before: no bits are lost.
+                let acc = (acc << 4) | digit;
+                if n < 3 {
+                    self.esc = Esc::Hex {
+                        n: n + 1,
+                        acc,
+                        high,
+                    };
+                    return;
+                }
+                self.esc = Esc::None;
+                match (high, acc) {
+                    (None, 0xD800..=0xDBFF) => self.esc = Esc::LowBackslash { high: acc },
+                    (None, 0xDC00..=0xDFFF) => self.fail(),
+                    (None, _) => self.decoded_char(u32::from(acc)),
+                    (Some(high), 0xDC00..=0xDFFF) => {
+                        let cp = 0x10000
+                            + ((u32::from(high) - 0xD800) << 10)
+                            + (u32::from(acc) - 0xDC00);
+                        self.decoded_char(cp);
+                    }
+                    (Some(_), _) => self.fail(),
+                }
+            }
+            Esc::LowBackslash { high } => {
+                if b != b'\\' {
+                    return self.fail();
+                }
+                self.raw_id(b);
+                self.esc = Esc::LowU { high };
+            }
+            Esc::LowU { high } => {
+                if b != b'u' {
+                    return self.fail();
+                }
+                self.raw_id(b);
+                self.esc = Esc::Hex {
+                    n: 0,
+                    acc: 0,
+                    high: Some(high),
+                };
+            }
+        }
+    }
+}
+
+/// JSON whitespace.
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The value of a hex digit.
+fn hex_digit(b: u8) -> Option<u16> {
+    match b {
+        b'0'..=b'9' => Some(u16::from(b - b'0')),
+        b'a'..=b'f' => Some(u16::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u16::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    /// Everything a sniffer reports, for comparisons.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Report {
+        failed: bool,
+        finished: bool,
+        batch: bool,
+        method: Option<Vec<u8>>,
+        method_too_long: bool,
+        id: Option<Vec<u8>>,
+        method_settled: bool,
+        id_settled: bool,
+        fed: u64,
+    }
+
+    fn report(s: &Sniffer) -> Report {
+        Report {
+            failed: s.failed(),
+            finished: s.finished(),
+            batch: s.is_batch(),
+            method: s.method().map(<[u8]>::to_vec),
+            method_too_long: s.method_too_long(),
+            id: s.id().map(<[u8]>::to_vec),
+            method_settled: s.method_settled(),
+            id_settled: s.id_settled(),
+            fed: s.fed(),
+        }
+    }
+
+    /// Feed `input` in pieces cut at `cuts` (ascending), then end it.
+    fn sniff_cut(input: &[u8], cuts: &[usize]) -> (Report, Report) {
+        let mut s = Sniffer::new();
+        let mut at = 0;
+        for &cut in cuts {
+            s.feed(&input[at..cut]);
+            at = cut;
+        }
+        s.feed(&input[at..]);
+        let before_end = report(&s);
+        s.end();
+        (before_end, report(&s))
+    }
+
+    fn sniff(input: &[u8]) -> Report {
+        sniff_cut(input, &[]).1
+    }
+
+    /// Feed `input` in every possible way that cuts it once, and byte by byte, and
+    /// check the sniffer reports the same thing every time, before and after `end`.
+    fn assert_split_invariant(input: &[u8]) {
+        let whole = sniff_cut(input, &[]);
+        for cut in 0..=input.len() {
+            assert_eq!(
+                sniff_cut(input, &[cut]),
+                whole,
+                "cut at {cut} of {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let mut s = Sniffer::new();
+        for b in input {
+            s.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(report(&s), whole.0, "byte by byte");
+        s.end();
+        assert_eq!(report(&s), whole.1, "byte by byte, ended");
+    }
+
+    /// The oracle: what `serde_json` makes of a message, keeping the first of duplicate
+    /// top-level keys (our rule) rather than the last (what `serde_json::Value` keeps).
+    #[derive(Debug)]
+    enum Oracle {
+        Object {
+            method: Option<Value>,
+            id: Option<Value>,
+        },
+        Array,
+        Scalar,
+    }
+
+    impl<'de> Deserialize<'de> for Oracle {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Oracle;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("JSON")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Oracle, A::Error> {
+                    let (mut method, mut id) = (None, None);
+                    while let Some(key) = map.next_key::<String>()? {
+                        let value: Value = map.next_value()?;
+                        match key.as_str() {
+                            "method" if method.is_none() => method = Some(value),
+                            "id" if id.is_none() => id = Some(value),
+                            _ => {}
+                        }
+                    }
+                    Ok(Oracle::Object { method, id })
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Oracle, A::Error> {
+                    // `Value`, not `IgnoredAny`: strings must be validated.
+                    while seq.next_element::<Value>()?.is_some() {}
+                    Ok(Oracle::Array)
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Oracle, E> {
+                    Ok(Oracle::Scalar)
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Oracle, E> {
+                    Ok(Oracle::Scalar)
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Oracle, E> {
+                    Ok(Oracle::Scalar)
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Oracle, E> {
+                    Ok(Oracle::Scalar)
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Oracle, E> {
+                    Ok(Oracle::Scalar)
+                }
+                fn visit_unit<E>(self) -> Result<Oracle, E> {
+                    Ok(Oracle::Scalar)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// Check the sniffer against `serde_json` on a complete input. Returns whether the
+    /// input was valid JSON.
+    fn assert_agrees(input: &[u8]) -> bool {
+        let got = sniff(input);
+        let shown = String::from_utf8_lossy(input);
+        let oracle = serde_json::from_slice::<Oracle>(input);
+        assert_eq!(
+            oracle.is_err(),
+            serde_json::from_slice::<Value>(input).is_err(),
+            "oracle sanity on {shown:?}"
+        );
+        let oracle = match oracle {
+            Err(e) if e.to_string().contains("number out of range") => {
+                // Documented difference: the sniffer checks syntax, not range.
+                return false;
+            }
+            Err(e) => {
+                assert!(
+                    got.failed,
+                    "serde_json says {e} but sniffer accepts {shown:?}"
+                );
+                assert!(got.finished && got.method_settled && got.id_settled);
+                return false;
+            }
+            Ok(oracle) => oracle,
+        };
+        assert!(!got.failed, "serde_json accepts {shown:?}, sniffer fails");
+        assert!(
+            got.finished && got.method_settled && got.id_settled,
+            "{shown:?}"
+        );
+        assert_eq!(got.batch, matches!(oracle, Oracle::Array), "{shown:?}");
+        let Oracle::Object { method, id } = oracle else {
+            assert_eq!((got.method, got.id), (None, None), "{shown:?}");
+            assert!(!got.method_too_long);
+            return true;
+        };
+        match &method {
+            Some(Value::String(m)) if m.len() <= Sniffer::MAX_METHOD => {
+                assert_eq!(got.method.as_deref(), Some(m.as_bytes()), "{shown:?}");
+                assert!(!got.method_too_long);
+            }
+            Some(Value::String(_)) => {
+                assert_eq!(got.method, None);
+                assert!(got.method_too_long, "{shown:?}");
+            }
+            _ => {
+                assert_eq!(got.method, None, "{shown:?}");
+                assert!(!got.method_too_long);
+            }
+        }
+        match &id {
+            Some(v @ (Value::String(_) | Value::Number(_) | Value::Null)) => {
+                let token = got.id.unwrap_or_else(|| panic!("no id in {shown:?}"));
+                let parsed: Value = serde_json::from_slice(&token).expect("id token is JSON");
+                assert_eq!(&parsed, v, "{shown:?}");
+                // The token is exactly the raw bytes of the input.
+                assert!(input.windows(token.len()).any(|w| w == token));
+            }
+            _ => assert_eq!(got.id, None, "{shown:?}"),
+        }
+        true
+    }
+
+    /// Hand-written messages; ids in corpus entries are at most a few dozen bytes.
+    fn corpus() -> Vec<Vec<u8>> {
+        let text: &[&str] = &[
+            // TypeScript SDK order.
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"ts","version":"1.0"}}}"#,
+            // Python SDK order: method and params first.
+            r#"{"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{"sampling":{}},"clientInfo":{"name":"mcp","version":"0.1.0"}},"jsonrpc":"2.0","id":0}"#,
+            r#"{"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}},"jsonrpc":"2.0","id":3}"#,
+            r#"{"method":"notifications/initialized","jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"reason":"x"}}"#,
+            // Nested method/id keys are not the message's.
+            r#"{"jsonrpc":"2.0","id":"abc","method":"tools/call","params":{"name":"x","arguments":{"method":"evil","id":99,"nested":[{"method":"deeper","id":"z"}]}}}"#,
+            r#"{"params":{"method":"nope","id":5},"method":"tools/list","id":7,"jsonrpc":"2.0"}"#,
+            r#"{"params":[[[[{"method":"x","id":1}]]]],"method":"deep","id":"d"}"#,
+            r#"{"result":{"id":{"id":[]},"method":"m"},"jsonrpc":"2.0","id":8}"#,
+            // Responses.
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Bad \"request\""}}"#,
+            // Batches.
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/x"}]"#,
+            "[]",
+            "[ ]",
+            "{}",
+            "{ }",
+            // Whitespace everywhere.
+            " \r\n\t{ \"method\" : \"ping\" , \"id\" : 12 }\n\n",
+            "{\"id\"\n:\n-7\n,\"method\"\t:\t\"a\"\r}",
+            // Escapes.
+            r#"{"method":"tools\/call\u0021\n\t\"q\\ \b\f\r","id":1}"#,
+            r#"{"meth\u006fd":"ping","\u0069d":3}"#,
+            r#"{"\u006d\u0065\u0074\u0068\u006f\u0064":"x\u00e9\u20AC","\u0069\u0064":"\u0069"}"#,
+            // Unicode.
+            r#"{"method":"héllo/世界/😀","id":"ünï"}"#,
+            r#"{"method":"\ud83d\ude00 \uD83D\uDE00","id":"\uDBFF\uDFFF"}"#,
+            // Numbers.
+            r#"{"id":1.5e+10,"method":"a"}"#,
+            r#"{"id":-0.0E-2,"method":"b"}"#,
+            r#"{"id":0,"method":"c"}"#,
+            r#"{"id":-0,"method":"c"}"#,
+            r#"{"id":1E5}"#,
+            r#"{"id":123456789012345678901234567890,"method":"x"}"#,
+            r#"{"id":18446744073709551616}"#,
+            r#"{"id":-9223372036854775809}"#,
+            r#"{"id":-42,"method":"m"}"#,
+            r#"{"id":10.25e-3}"#,
+            // String ids with escapes.
+            r#"{"id":"a\"b\\c","method":"m"}"#,
+            r#"{"id":"","method":""}"#,
+            // Method and id of other types.
+            r#"{"method":123,"id":{"x":1}}"#,
+            r#"{"method":null,"id":[1,2]}"#,
+            r#"{"method":["a"],"id":true}"#,
+            r#"{"id":false,"method":{"a":"b"}}"#,
+            // Keys that look like method or id.
+            r#"{"methods":"no","method_":"no","ids":1,"metho":"no","Method":"no","ID":2,"i":3,"method":"yes"}"#,
+            r#"{"methodmethod":"no","idid":1}"#,
+            // Scalars.
+            r#""just a string""#,
+            "42",
+            "-1.5e3",
+            "null",
+            "true",
+            "false",
+            " 0 ",
+            // Valid with trailing whitespace.
+            "{\"method\":\"x\"} \r\n\t",
+            // Invalid.
+            r#"{"method":"x",}"#,
+            r#"{"method" "x"}"#,
+            r#"{"method":"x" "id":1}"#,
+            r#"{"id":01}"#,
+            r#"{"id":1.}"#,
+            r#"{"id":-}"#,
+            r#"{"id":+1}"#,
+            r#"{"id":.5}"#,
+            r#"{"id":1e}"#,
+            r#"{"id":1e+}"#,
+            r#"{"id":1.e5}"#,
+            r#"{"id":0x1}"#,
+            r#"{"id":tru}"#,
+            r#"{"id":nul}"#,
+            r#"{"id":nulll}"#,
+            r#"{"id":True}"#,
+            r#"{"method":"\q"}"#,
+            r#"{"method":"\u12"}"#,
+            r#"{"method":"\u12g4"}"#,
+            r#"{"method":"\ud800"}"#,
+            r#"{"method":"\ud800\n"}"#,
+            r#"{"method":"\ud800\u0041"}"#,
+            r#"{"method":"\ud800\ud800"}"#,
+            r#"{"method":"\udc00\ud800"}"#,
+            r#"{"a":1}}"#,
+            "[1,2",
+            r#"{"a":[1}"#,
+            r#"{"a":{1]}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1}{"b":2}"#,
+            "",
+            "   ",
+            "\u{feff}{}",
+            "{'a':1}",
+            r#"{"a":NaN}"#,
+            "{a:1}",
+            "[1,]",
+            "[,1]",
+            "{,}",
+            r#"{"a"}"#,
+            r#"{"a":}"#,
+            r#"{"method":"x""#,
+            r#""unterminated"#,
+            "]",
+            "}",
+            ":",
+            "\"a\u{1}b\"",
+            "{\"method\":\"a\tb\"}",
+            "{\"method\":\"a\u{7f}b\"}",
+        ];
+        let bytes: &[&[u8]] = &[
+            b"{\"m\":\"\xff\"}",
+            b"{\"m\":\"\xc3\"}",
+            b"{\"m\":\"\xc3(\"}",
+            b"{\"m\":\"\xed\xa0\x80\"}",
+            b"{\"m\":\"\xc0\xaf\"}",
+            b"{\"m\":\"\xe0\x80\xaf\"}",
+            b"{\"m\":\"\xf4\x90\x80\x80\"}",
+            b"{\"m\":\"\xf0\x9f\x98\x80\"}",
+            b"{\"method\":\"\xc3\xa9\",\"id\":\"\xe2\x82\xac\"}",
+            b"{\"m\":\"\xe2\x82\\n\"}",
+            b"{\"m\":\"a\x00\"}",
+            b"{\"method\":\"a\"}\x00",
+            b"\xef\xbb\xbf{\"method\":\"x\"}",
+            b"\xef\xbb{}",
+        ];
+        text.iter()
+            .map(|s| s.as_bytes().to_vec())
+            .chain(bytes.iter().map(|b| b.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn corpus_agrees_with_serde_json() {
+        let mut valid = 0;
+        for input in corpus() {
+            valid += usize::from(assert_agrees(&input));
+        }
+        assert!(valid > 40, "{valid} valid inputs");
+    }
+
+    #[test]
+    fn corpus_split_invariant() {
+        for input in corpus() {
+            assert_split_invariant(&input);
+        }
+    }
+
+    /// A tiny deterministic generator (xorshift64).
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn mutate(rng: &mut XorShift, input: &mut Vec<u8>) {
+        const INTERESTING: &[u8] = b"{}[]\":,\\u0123456789abcdefABCDEF-+.eEntrufls \t\r\n\x00\x1f\x7f\x80\xbf\xc3\xe2\xed\xf0\xff";
+        for _ in 0..=rng.below(3) {
+            let at = rng.below(input.len() + 1);
+            match rng.below(5) {
+                0 if at < input.len() => input[at] ^= 1 << rng.below(8),
+                1 if at < input.len() => input[at] = INTERESTING[rng.below(INTERESTING.len())],
+                2 => input.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+                3 if at < input.len() => {
+                    input.remove(at);
+                }
+                _ => {
+                    // Duplicate a slice somewhere else (makes duplicate keys, deep
+                    // nesting, repeated escapes).
+                    let from = rng.below(input.len() + 1);
+                    let len = rng.below(input.len() - from + 1).min(24);
+                    let piece = input[from..from + len].to_vec();
+                    let to = rng.below(input.len() + 1);
+                    input.splice(to..to, piece);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mutations_agree_with_serde_json() {
+        let corpus = corpus();
+        let seed = std::env::var("SNIFF_SEED")
+            .ok()
+            .and_then(|n| n.parse().ok());
+        let mut rng = XorShift(seed.unwrap_or(0x9E37_79B9_7F4A_7C15) | 1);
+        let (mut valid, mut total) = (0, 0);
+        // More cases on demand: SNIFF_MUTATIONS=1000000 SNIFF_SEED=7 cargo test ...
+        let cases = std::env::var("SNIFF_MUTATIONS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(6000);
+        for _ in 0..cases {
+            let mut input = corpus[rng.below(corpus.len())].clone();
+            mutate(&mut rng, &mut input);
+            valid += usize::from(assert_agrees(&input));
+            total += 1;
+            // And one random split, and one three-way split.
+            let whole = sniff_cut(&input, &[]);
+            let a = rng.below(input.len() + 1);
+            let b = rng.below(input.len() + 1);
+            assert_eq!(sniff_cut(&input, &[a]), whole);
+            assert_eq!(sniff_cut(&input, &[a.min(b), a.max(b)]), whole);
+        }
+        // The mutations must not all be trivially invalid.
+        assert!(valid > total / 10, "{valid} of {total} valid");
+    }
+
+    #[test]
+    fn duplicates_first_wins() {
+        // serde_json's `Value` keeps the last of duplicate keys; we keep the first.
+        let input = br#"{"method":"first","id":1,"method":"second","id":2}"#;
+        let v: Value = serde_json::from_slice(input).unwrap();
+        assert_eq!(v["method"], "second");
+        assert_eq!(v["id"], 2);
+        let r = sniff(input);
+        assert_eq!(r.method.as_deref(), Some(&b"first"[..]));
+        assert_eq!(r.id.as_deref(), Some(&b"1"[..]));
+        // The first occurrence wins even when it is not usable.
+        let r = sniff(br#"{"method":5,"id":{},"method":"m","id":"i"}"#);
+        assert_eq!((r.method, r.id), (None, None));
+        assert!(r.method_settled && r.id_settled && !r.failed);
+        // A spelled-out escape is the same key.
+        let r = sniff(br#"{"meth\u006fd":"a","method":"b","\u0069d":1,"id":2}"#);
+        assert_eq!(r.method.as_deref(), Some(&b"a"[..]));
+        assert_eq!(r.id.as_deref(), Some(&b"1"[..]));
+        assert_agrees(br#"{"method":"first","id":1,"method":"second","id":2}"#);
+    }
+
+    #[test]
+    fn settles_early() {
+        let msg =
+            br#"{"method":"initialize","params":{"capabilities":{}},"jsonrpc":"2.0","id":0 }"#;
+        let mut s = Sniffer::new();
+        let at = msg.iter().position(|&b| b == b',').unwrap();
+        s.feed(&msg[..at - 1]);
+        assert!(!s.method_settled() && s.method().is_none());
+        s.feed(&msg[at - 1..at]);
+        assert!(s.method_settled());
+        assert!(s.is_initialize());
+        assert!(!s.id_settled() && !s.finished());
+        let id_at = msg.len() - 3;
+        s.feed(&msg[at..=id_at]);
+        // A number only ends at the byte after it.
+        assert!(!s.id_settled());
+        s.feed(b" ");
+        assert!(s.id_settled() && !s.finished());
+        assert_eq!(s.id(), Some(&b"0"[..]));
+        s.feed(b"}");
+        assert!(s.finished() && !s.failed());
+        assert_eq!(s.fed(), msg.len() as u64);
+
+        // A string id settles at its closing quote.
+        let mut s = Sniffer::new();
+        s.feed(br#"{"id":"x\"y"#);
+        assert!(!s.id_settled());
+        s.feed(b"\"");
+        assert!(s.id_settled());
+        assert_eq!(s.id(), Some(&br#""x\"y""#[..]));
+        assert!(!s.method_settled());
+
+        // Object and boolean ids settle (as None) at their first byte.
+        let mut s = Sniffer::new();
+        s.feed(br#"{"id":{"#);
+        assert!(s.id_settled() && s.id().is_none());
+        let mut s = Sniffer::new();
+        s.feed(br#"{"id":t"#);
+        assert!(s.id_settled() && s.id().is_none());
+        s.feed(br#"rue,"method":7"#);
+        assert!(s.method_settled() && s.method().is_none() && !s.method_too_long());
+
+        // Batches and scalars settle at once.
+        let mut s = Sniffer::new();
+        s.feed(b" [");
+        assert!(s.is_batch() && s.method_settled() && s.id_settled() && !s.finished());
+        let mut s = Sniffer::new();
+        s.feed(b"4");
+        assert!(s.method_settled() && s.id_settled() && !s.finished());
+        s.end();
+        assert!(s.finished() && !s.failed());
+        // Nothing fed: nothing settled.
+        let s = Sniffer::new();
+        assert!(!s.method_settled() && !s.id_settled() && !s.finished() && !s.failed());
+    }
+
+    #[test]
+    fn bounded_method_and_id() {
+        let exact = "m".repeat(Sniffer::MAX_METHOD);
+        let r = sniff(format!(r#"{{"method":"{exact}"}}"#).as_bytes());
+        assert_eq!(r.method.as_deref(), Some(exact.as_bytes()));
+        assert!(!r.method_too_long);
+        // The limit counts decoded bytes.
+        let escaped = r"\u0041".repeat(Sniffer::MAX_METHOD);
+        let r = sniff(format!(r#"{{"method":"{escaped}"}}"#).as_bytes());
+        assert_eq!(r.method.as_deref(), Some("A".repeat(128).as_bytes()));
+        let long = "m".repeat(Sniffer::MAX_METHOD + 1);
+        let input = format!(r#"{{"method":"{long}","id":1}}"#);
+        let r = sniff(input.as_bytes());
+        assert_eq!(r.method, None);
+        assert!(r.method_too_long && r.method_settled && !r.failed);
+        assert_eq!(r.id.as_deref(), Some(&b"1"[..]));
+        assert_agrees(input.as_bytes());
+        assert_split_invariant(input.as_bytes());
+
+        let id = format!(r#""{}""#, "i".repeat(Sniffer::MAX_ID - 2));
+        let r = sniff(format!(r#"{{"id":{id}}}"#).as_bytes());
+        assert_eq!(r.id.as_deref(), Some(id.as_bytes()));
+        let id = format!(r#""{}""#, "i".repeat(Sniffer::MAX_ID - 1));
+        let r = sniff(format!(r#"{{"id":{id},"method":"m"}}"#).as_bytes());
+        assert_eq!(r.id, None);
+        assert!(r.id_settled && !r.failed);
+        assert_eq!(r.method.as_deref(), Some(&b"m"[..]));
+        let digits = "1".repeat(Sniffer::MAX_ID + 1);
+        let r = sniff(format!(r#"{{"id":{digits}}}"#).as_bytes());
+        assert_eq!(r.id, None);
+        assert!(!r.failed);
+        // An invalid value after a too-long prefix still fails.
+        let r = sniff(format!(r#"{{"id":{digits}x}}"#).as_bytes());
+        assert!(r.failed);
+    }
+
+    #[test]
+    fn depth_limit_matches_serde_json() {
+        for depth in [1, 2, 126, 127, 128, 129, 500] {
+            for open in [b'[', b'{'] {
+                let mut input = Vec::new();
+                for level in 0..depth {
+                    if open == b'{' || level % 2 == 1 {
+                        input.extend_from_slice(br#"{"a":"#);
+                    } else {
+                        input.push(b'[');
+                    }
+                }
+                input.extend_from_slice(b"1");
+                for level in (0..depth).rev() {
+                    if open == b'{' || level % 2 == 1 {
+                        input.push(b'}');
+                    } else {
+                        input.push(b']');
+                    }
+                }
+                assert_agrees(&input);
+                assert_eq!(sniff(&input).failed, depth > 127, "depth {depth}");
+            }
+        }
+    }
+
+    #[test]
+    fn end_matters_only_for_incomplete_input() {
+        let (before, after) = sniff_cut(b"-", &[]);
+        assert!(!before.failed && !before.finished);
+        assert!(after.failed && after.finished);
+        let (before, after) = sniff_cut(b"12", &[]);
+        assert!(!before.finished);
+        assert!(after.finished && !after.failed);
+        let (before, after) = sniff_cut(b"12 ", &[]);
+        assert!(before.finished && after.finished && !after.failed);
+        let (before, after) = sniff_cut(br#"{"id":1"#, &[]);
+        assert!(!before.failed && after.failed);
+        assert_eq!(after.id.as_deref(), None);
+        let (before, after) = sniff_cut(br#"{"id":1,"method":"m""#, &[]);
+        assert_eq!(before.id.as_deref(), Some(&b"1"[..]));
+        // What was found before the error is kept.
+        assert!(after.failed);
+        assert_eq!(after.id.as_deref(), Some(&b"1"[..]));
+        assert_eq!(after.method.as_deref(), Some(&b"m"[..]));
+        let (_, after) = sniff_cut(b"", &[]);
+        assert!(after.failed);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_syntax_only() {
+        // serde_json rejects numbers an f64 cannot hold; the sniffer checks syntax only.
+        assert!(serde_json::from_slice::<Value>(b"1e400").is_err());
+        let r = sniff(br#"{"id":1e400}"#);
+        assert!(!r.failed);
+        assert_eq!(r.id.as_deref(), Some(&b"1e400"[..]));
+    }
+
+    #[test]
+    fn reset_and_garbage_after_failure() {
+        let mut s = Sniffer::new();
+        s.feed(b"{\"method\":\"a\"}}");
+        assert!(s.failed() && s.finished());
+        assert_eq!(s.method(), Some(&b"a"[..]));
+        s.feed(b"more garbage \xff");
+        assert!(s.failed());
+        assert_eq!(s.fed(), 29);
+        s.reset();
+        assert_eq!(report(&s), report(&Sniffer::default()));
+        s.feed(br#"{"method":"b"}"#);
+        assert_eq!(s.method(), Some(&b"b"[..]));
+        assert!(s.finished() && !s.failed() && !s.is_batch());
+    }
+
+    #[test]
+    fn batch_members_are_ignored() {
+        let r = sniff(br#"[{"method":"initialize","id":1}]"#);
+        assert!(r.batch && !r.failed);
+        assert_eq!((r.method, r.id), (None, None));
     }
 }
