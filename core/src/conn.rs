@@ -711,8 +711,17 @@ impl Conn {
             _ => {}
         }
         let sniff = x.sniff;
+        // While the method is unknown, read at most one byte past the inspection limit,
+        // however the bytes arrived, so the 413 decision does not depend on splits.
+        let input = match x.route {
+            Route::Sniffing => {
+                let room = (self.cfg.max_inspect_body + 1).saturating_sub(x.pending_len);
+                &bufs.client[..bufs.client.len().min(room)]
+            }
+            _ => &bufs.client[..],
+        };
         let sniffer = &mut x.sniffer;
-        let n = match x.req_body.decode(&bufs.client, &mut |d| {
+        let n = match x.req_body.decode(input, &mut |d| {
             if sniff {
                 sniffer.feed(d)
             }
@@ -739,6 +748,10 @@ impl Conn {
         }
         let raw = bufs.client.split_to(n).freeze();
         x.req_done = x.req_body.is_done();
+        if x.req_done && x.sniff {
+            // the whole message was seen: settle what is still open
+            x.sniffer.end();
+        }
         x.idle_deadline = if x.req_done {
             None
         } else {
@@ -909,7 +922,8 @@ impl Conn {
 
     fn connect_failed(&mut self, now: Instant) {
         let Some(b) = self.x.backend else { return };
-        self.x.upstream = Upstream::None;
+        // the driver drops the attempt (or the broken connection)
+        self.release_upstream(false);
         let h = self.router.connect_failed(b, now);
         self.health(b, h);
         if self.x.retried {

@@ -35,8 +35,13 @@ fn key(s: &str) -> SessionKey {
 fn config(n: usize) -> Config {
     let mut c = Config::default();
     for i in 0..n {
-        c.backends
-            .push(Backend::parse(&format!("http://10.0.0.{}:80{}", i + 1, i), Some(&format!("b{i}"))).unwrap());
+        c.backends.push(
+            Backend::parse(
+                &format!("http://10.0.0.{}:80{}", i + 1, i),
+                Some(&format!("b{i}")),
+            )
+            .unwrap(),
+        );
     }
     c.session_ttl = Duration::from_secs(600);
     c
@@ -50,7 +55,12 @@ impl H {
         let now = Instant::now();
         let store = MemStore::new(c.session_ttl, 100, now);
         let router = Arc::new(Router::new(Arc::new(c), now));
-        let conn = Conn::new(router.clone(), Some("192.0.2.7".parse().unwrap()), "http", now);
+        let conn = Conn::new(
+            router.clone(),
+            Some("192.0.2.7".parse().unwrap()),
+            "http",
+            now,
+        );
         H {
             router,
             store,
@@ -145,13 +155,19 @@ impl H {
         self.conn.handle_client_eof(self.now);
         self.drain();
     }
+    /// Move the clock forward, firing every deadline on the way at its own time, as a
+    /// driver's timer would.
     fn advance(&mut self, d: Duration) {
-        self.now += d;
-        if let Some(t) = self.conn.poll_timeout() {
-            if t <= self.now {
-                self.conn.handle_timeout(self.now);
+        let end = self.now + d;
+        while let Some(t) = self.conn.poll_timeout() {
+            if t > end {
+                break;
             }
+            self.now = self.now.max(t);
+            self.conn.handle_timeout(self.now);
+            self.drain();
         }
+        self.now = end;
         self.drain();
     }
     fn store_reply(&mut self, r: StoreReply) {
@@ -217,7 +233,10 @@ fn json_ok(extra: &str, body: &str) -> Vec<u8> {
 }
 
 fn status_of(resp: &str) -> u16 {
-    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn body_json(resp: &str) -> serde_json::Value {
@@ -230,7 +249,10 @@ fn init(h: &mut H, sid: &str) -> u16 {
     h.send(&post("/mcp", None, INIT));
     let b = h.connects.last().expect("connect").0;
     h.connect_ok(false);
-    h.reply(&json_ok(&format!("Mcp-Session-Id: {sid}\r\n"), r#"{"jsonrpc":"2.0","id":1,"result":{}}"#));
+    h.reply(&json_ok(
+        &format!("Mcp-Session-Id: {sid}\r\n"),
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
     let resp = h.take_client();
     assert_eq!(status_of(&resp), 200, "{resp}");
     assert!(resp.contains(&format!("Mcp-Session-Id: {sid}")), "{resp}");
@@ -243,9 +265,21 @@ fn initialize_records_the_session_and_later_requests_stick() {
     let b = init(&mut h, "sess-A");
     let up = h.take_upstream();
     assert!(up.starts_with("POST /mcp HTTP/1.1\r\n"), "{up}");
-    assert!(up.contains(&format!("Host: {}\r\n", h.router.backend(BackendId(b)).authority)), "{up}");
+    assert!(
+        up.contains(&format!(
+            "Host: {}\r\n",
+            h.router.backend(BackendId(b)).authority
+        )),
+        "{up}"
+    );
     assert!(up.contains("X-Forwarded-For: 192.0.2.7"), "{up}");
-    assert_eq!(h.lookup("sess-A"), Some(Record { backend: BackendId(b), era: Era::Streamable }));
+    assert_eq!(
+        h.lookup("sess-A"),
+        Some(Record {
+            backend: BackendId(b),
+            era: Era::Streamable
+        })
+    );
     assert!(matches!(&h.events[0], Event::SessionStarted { backend, .. } if backend.0 == b));
     assert_eq!(h.router.active_sessions(BackendId(b)), 1);
     // ten more requests, on the same keep-alive connection and on new ones
@@ -254,10 +288,17 @@ fn initialize_records_the_session_and_later_requests_stick() {
             h.reconnect();
         }
         h.send(&post("/mcp", Some("sess-A"), CALL));
-        assert_eq!(h.connects.last().unwrap().0, b, "request {i} left its backend");
+        assert_eq!(
+            h.connects.last().unwrap().0,
+            b,
+            "request {i} left its backend"
+        );
         h.connect_ok(i % 2 == 1);
         assert!(h.take_upstream().contains("Mcp-Session-Id: sess-A"));
-        h.reply(&json_ok("", r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#));
+        h.reply(&json_ok(
+            "",
+            r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+        ));
         assert_eq!(status_of(&h.take_client()), 200);
     }
 }
@@ -340,7 +381,11 @@ fn requests_without_session_are_load_balanced_and_never_rejected() {
     let mut h = H::new(2);
     let mut seen = Vec::new();
     for _ in 0..4 {
-        h.send(&post("/mcp", None, r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#));
+        h.send(&post(
+            "/mcp",
+            None,
+            r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+        ));
         seen.push(h.connects.last().unwrap().0);
         h.connect_ok(false);
         h.reply(&json_ok("", r#"{"jsonrpc":"2.0","id":5,"result":{}}"#));
@@ -354,18 +399,29 @@ fn requests_without_session_are_load_balanced_and_never_rejected() {
 fn stateless_era_ignores_session_header() {
     let mut h = H::new(2);
     let mut req = String::from_utf8(post("/mcp", Some("whatever"), CALL)).unwrap();
-    req = req.replacen("\r\n\r\n", "\r\nMCP-Protocol-Version: 2026-07-28\r\n\r\n", 1);
+    req = req.replacen(
+        "\r\n\r\n",
+        "\r\nMCP-Protocol-Version: 2026-07-28\r\n\r\n",
+        1,
+    );
     h.auto_store = false;
     h.send(req.as_bytes());
     assert!(h.ops.is_empty(), "no store lookup in the stateless era");
     assert_eq!(h.connects.len(), 1);
     h.connect_ok(false);
-    assert!(h.take_upstream().contains("Mcp-Session-Id: whatever"), "header is passed on untouched");
+    assert!(
+        h.take_upstream().contains("Mcp-Session-Id: whatever"),
+        "header is passed on untouched"
+    );
     // an older version still routes by session
     let mut h = H::new(2);
     let req = String::from_utf8(post("/mcp", Some("whatever"), CALL))
         .unwrap()
-        .replacen("\r\n\r\n", "\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n", 1);
+        .replacen(
+            "\r\n\r\n",
+            "\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n",
+            1,
+        );
     h.send(req.as_bytes());
     assert_eq!(status_of(&h.take_client()), 404);
 }
@@ -376,8 +432,14 @@ fn delete_2xx_or_404_ends_the_session_5xx_and_transport_errors_keep_it() {
         ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
         ("HTTP/1.1 204 No Content\r\n\r\n", true),
         ("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", true),
-        ("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n", false),
-        ("HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n", false),
+        (
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+            false,
+        ),
+        (
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n",
+            false,
+        ),
     ] {
         let mut h = H::new(2);
         let b = init(&mut h, "s");
@@ -386,9 +448,16 @@ fn delete_2xx_or_404_ends_the_session_5xx_and_transport_errors_keep_it() {
         h.reply(answer.as_bytes());
         assert_eq!(status_of(&h.take_client()), status_of(answer));
         assert_eq!(h.lookup("s").is_none(), ends, "{answer}");
-        assert_eq!(h.router.active_sessions(BackendId(b)), if ends { 0 } else { 1 });
+        assert_eq!(
+            h.router.active_sessions(BackendId(b)),
+            if ends { 0 } else { 1 }
+        );
         if ends {
-            let cause = if answer.contains("404") { EndCause::BackendNotFound } else { EndCause::Deleted };
+            let cause = if answer.contains("404") {
+                EndCause::BackendNotFound
+            } else {
+                EndCause::Deleted
+            };
             assert_eq!(h.ended(), [cause]);
         }
     }
@@ -408,7 +477,8 @@ fn backend_404_on_any_request_drops_the_record_and_passes_the_404_on() {
     let b = init(&mut h, "s");
     h.send(&post("/mcp", Some("s"), CALL));
     h.connect_ok(false);
-    let body = r#"{"jsonrpc":"2.0","id":"req-7","error":{"code":-32001,"message":"Session not found"}}"#;
+    let body =
+        r#"{"jsonrpc":"2.0","id":"req-7","error":{"code":-32001,"message":"Session not found"}}"#;
     h.reply(format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
     let resp = h.take_client();
     assert_eq!(status_of(&resp), 404);
@@ -467,7 +537,10 @@ fn new_session_connect_failure_retries_another_backend() {
     assert_ne!(h.connects[1].0, first);
     h.connect_ok(false);
     let up = h.take_upstream();
-    assert!(up.ends_with(INIT), "the held body is sent on the retry: {up}");
+    assert!(
+        up.ends_with(INIT),
+        "the held body is sent on the retry: {up}"
+    );
     // all attempts fail: 503 with a JSON-RPC body
     let mut h = H::new(2);
     h.send(&post("/mcp", None, INIT));
@@ -493,15 +566,26 @@ fn legacy_sse_endpoint_event_records_the_session() {
     h.send(b"GET /sse HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\n\r\n");
     let b = h.connects[0].0;
     h.connect_ok(false);
-    h.reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+    h.reply(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
     let head = h.take_client();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let ev = "event: endpoint\ndata: /messages/?session_id=abc123\n\n";
     h.reply(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
     assert!(h.take_client().contains("session_id=abc123"));
-    assert_eq!(h.lookup("abc123"), Some(Record { backend: BackendId(b), era: Era::LegacySse }));
+    assert_eq!(
+        h.lookup("abc123"),
+        Some(Record {
+            backend: BackendId(b),
+            era: Era::LegacySse
+        })
+    );
     // a message POST from another connection goes to the same backend
-    let stream_conn = std::mem::replace(&mut h.conn, Conn::new(h.router.clone(), None, "http", h.now));
+    let stream_conn = std::mem::replace(
+        &mut h.conn,
+        Conn::new(h.router.clone(), None, "http", h.now),
+    );
     let stream_bufs = std::mem::take(&mut h.bufs);
     let connects = h.connects.clone();
     h.connects.clear();
@@ -541,21 +625,31 @@ fn legacy_stream_client_disconnect_ends_the_session_and_the_upstream() {
 fn sse_responses_stream_event_by_event() {
     let mut h = H::new(1);
     init(&mut h, "s");
-    h.send(b"GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMcp-Session-Id: s\r\n\r\n");
+    h.send(
+        b"GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMcp-Session-Id: s\r\n\r\n",
+    );
     h.connect_ok(false);
-    h.reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+    h.reply(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
     h.take_client();
     for i in 0..100 {
         let ev = format!("data: {{\"n\":{i}}}\n\n");
         h.reply(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
         let got = h.take_client();
-        assert!(got.contains(&ev), "event {i} not forwarded at once: {got:?}");
+        assert!(
+            got.contains(&ev),
+            "event {i} not forwarded at once: {got:?}"
+        );
         h.advance(Duration::from_secs(120));
     }
     // hours of silence are fine for a stream, and the record is kept alive meanwhile
     h.advance(Duration::from_secs(3 * 3600));
     assert!(!h.closed);
-    assert!(h.lookup("s").is_some(), "an open stream keeps its session record alive");
+    assert!(
+        h.lookup("s").is_some(),
+        "an open stream keeps its session record alive"
+    );
 }
 
 #[test]
@@ -611,7 +705,16 @@ fn store_unavailable_on_lookup_is_503_not_404() {
 #[test]
 fn record_naming_an_unconfigured_backend_is_unknown_and_deleted() {
     let mut h = H::new(1);
-    h.store.execute(&StoreOp::Insert(key("x"), Record { backend: BackendId(9), era: Era::Streamable }), h.now);
+    h.store.execute(
+        &StoreOp::Insert(
+            key("x"),
+            Record {
+                backend: BackendId(9),
+                era: Era::Streamable,
+            },
+        ),
+        h.now,
+    );
     h.send(&post("/mcp", Some("x"), CALL));
     assert_eq!(status_of(&h.take_client()), 404);
     assert!(h.connects.is_empty());
@@ -629,7 +732,10 @@ fn duplicate_minted_id_keeps_the_first_record() {
     h.connect_ok(false);
     h.reply(&json_ok("Mcp-Session-Id: dup\r\n", "{}"));
     assert_eq!(h.lookup("dup").unwrap().backend.0, b);
-    assert!(h.events.iter().any(|e| matches!(e, Event::DuplicateSession { .. })));
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::DuplicateSession { .. })));
 }
 
 #[test]
@@ -638,15 +744,29 @@ fn hostile_framing_is_refused_and_the_connection_closed() {
         (b"POST /mcp HTTP/1.1\r\nHost: r\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         (b"POST /mcp HTTP/1.1\r\nHost: r\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400),
         (b"POST /mcp HTTP/1.1\r\nHost: r\r\nX-A: a\r\n b\r\n\r\n", 400),
-        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        // RFC 9112 6.3: chunked not final -> 400; chunked final after another coding -> 501
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n", 400),
+        (b"GET /mcp HTTP/1.1\r\nHost: r\r\nBad Header: x\r\n\r\n", 400),
         (b"POST /mcp HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     ];
     for (req, status) in cases {
         let mut h = H::new(1);
         h.send(req);
         let resp = h.take_client();
-        assert_eq!(status_of(&resp), *status, "{:?}: {resp}", String::from_utf8_lossy(req));
-        assert!(h.closed, "connection left open after {:?}", String::from_utf8_lossy(req));
+        assert_eq!(
+            status_of(&resp),
+            *status,
+            "{:?}: {resp}",
+            String::from_utf8_lossy(req)
+        );
+        assert!(
+            h.closed,
+            "connection left open after {:?}",
+            String::from_utf8_lossy(req)
+        );
         assert!(h.connects.is_empty());
         assert!(resp.contains("Connection: close"));
     }
@@ -665,7 +785,10 @@ fn oversized_head_is_431_and_oversized_inspected_body_is_413() {
     assert!(h.closed);
     // a body whose method comes after 4 KiB of params
     let mut h = H::with(c);
-    let body = format!(r#"{{"params":{{"pad":"{}"}},"method":"tools/call","id":1}}"#, "p".repeat(5000));
+    let body = format!(
+        r#"{{"params":{{"pad":"{}"}},"method":"tools/call","id":1}}"#,
+        "p".repeat(5000)
+    );
     h.send(&post("/mcp", None, &body));
     assert_eq!(status_of(&h.take_client()), 413);
     assert!(h.connects.is_empty());
@@ -678,7 +801,10 @@ fn large_bodies_of_known_sessions_stream_without_inspection_limits() {
     c.max_inspect_body = 4096;
     let mut h = H::with(c);
     init(&mut h, "s");
-    let body = format!(r#"{{"method":"tools/call","params":{{"blob":"{}"}},"jsonrpc":"2.0","id":3}}"#, "z".repeat(200_000));
+    let body = format!(
+        r#"{{"method":"tools/call","params":{{"blob":"{}"}},"jsonrpc":"2.0","id":3}}"#,
+        "z".repeat(200_000)
+    );
     h.send(&post("/mcp", Some("s"), &body));
     h.connect_ok(false);
     let up = h.take_upstream();
@@ -689,12 +815,23 @@ fn large_bodies_of_known_sessions_stream_without_inspection_limits() {
 fn pipelined_requests_are_served_in_order() {
     let mut h = H::new(1);
     init(&mut h, "s");
-    let mut two = post("/mcp", Some("s"), r#"{"jsonrpc":"2.0","id":1,"method":"a"}"#);
-    two.extend(post("/mcp", Some("s"), r#"{"jsonrpc":"2.0","id":2,"method":"b"}"#));
+    let mut two = post(
+        "/mcp",
+        Some("s"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"a"}"#,
+    );
+    two.extend(post(
+        "/mcp",
+        Some("s"),
+        r#"{"jsonrpc":"2.0","id":2,"method":"b"}"#,
+    ));
     h.send(&two);
     h.connect_ok(true);
     let up = h.take_upstream();
-    assert!(up.contains("\"method\":\"a\"") && !up.contains("\"method\":\"b\""), "{up}");
+    assert!(
+        up.contains("\"method\":\"a\"") && !up.contains("\"method\":\"b\""),
+        "{up}"
+    );
     h.reply(&json_ok("", r#"{"id":1}"#));
     assert_eq!(h.released, [true, true]);
     h.connect_ok(true);
@@ -712,7 +849,10 @@ fn http10_client_gets_a_dechunked_close_delimited_response() {
     assert!(h.take_upstream().starts_with("GET /x HTTP/1.1\r\n"));
     h.reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
     let resp = h.take_client();
-    assert!(!resp.to_ascii_lowercase().contains("transfer-encoding"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("transfer-encoding"),
+        "{resp}"
+    );
     assert!(resp.ends_with("\r\n\r\nhello world"), "{resp}");
     assert!(h.closed);
 }
@@ -763,7 +903,11 @@ fn stale_pooled_connection_is_retried_once_on_a_fresh_one() {
     h.connect_ok(true);
     let first = h.take_upstream();
     h.upstream_eof();
-    assert_eq!(h.connects.last(), Some(&(0, true)), "fresh connection asked for");
+    assert_eq!(
+        h.connects.last(),
+        Some(&(0, true)),
+        "fresh connection asked for"
+    );
     h.connect_ok(false);
     assert_eq!(h.take_upstream(), first, "the same request is sent again");
     h.reply(&json_ok("", "{}"));
@@ -797,7 +941,10 @@ fn hop_by_hop_headers_are_dropped_both_ways() {
     h.send(b"GET /x HTTP/1.1\r\nHost: r\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
     h.connect_ok(false);
     let up = h.take_upstream().to_ascii_lowercase();
-    assert!(!up.contains("x-secret") && !up.contains("keep-alive") && !up.contains("connection:"), "{up}");
+    assert!(
+        !up.contains("x-secret") && !up.contains("keep-alive") && !up.contains("connection:"),
+        "{up}"
+    );
     assert!(up.contains("x-forwarded-for: 1.2.3.4, 192.0.2.7"), "{up}");
     assert!(up.contains("x-forwarded-proto: http"), "{up}");
     h.reply(b"HTTP/1.1 200 OK\r\nConnection: X-Up\r\nX-Up: 1\r\nContent-Length: 0\r\n\r\n");

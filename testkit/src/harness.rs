@@ -64,11 +64,21 @@ impl Proc {
     /// Start a process and wait until a line of its output yields its address through
     /// `find_addr`.
     pub fn start(name: &str, mut cmd: Command, find_addr: fn(&str) -> Option<String>) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let lines: Lines = Arc::default();
-        capture(child.stdout.take().expect("stdout"), lines.clone(), name.to_string());
-        capture(child.stderr.take().expect("stderr"), lines.clone(), name.to_string());
+        capture(
+            child.stdout.take().expect("stdout"),
+            lines.clone(),
+            name.to_string(),
+        );
+        capture(
+            child.stderr.take().expect("stderr"),
+            lines.clone(),
+            name.to_string(),
+        );
         let mut p = Proc {
             child,
             addr: String::new(),
@@ -87,7 +97,9 @@ impl Proc {
     pub fn fake_backend(name: &str) -> Proc {
         let mut cmd = Command::new(bin_path("mcp-fake-backend"));
         cmd.args(["--listen", "127.0.0.1:0", "--name", name, "--tick-ms", "20"]);
-        Proc::start(name, cmd, |l| l.strip_prefix("LISTENING ").map(str::to_string))
+        Proc::start(name, cmd, |l| {
+            l.strip_prefix("LISTENING ").map(str::to_string)
+        })
     }
 
     /// A router binary (`mcp-router` or another frontend's) with these arguments; it
@@ -102,13 +114,22 @@ impl Proc {
         Proc::start(name, cmd, |l| {
             let i = l.find("listen=")?;
             let rest = &l[i + 7..];
-            Some(rest.split_whitespace().next()?.trim_matches('"').to_string())
+            Some(
+                rest.split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .to_string(),
+            )
         })
     }
 
     /// Every line captured so far.
     pub fn logs(&self) -> Vec<String> {
-        self.lines.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lines
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Count captured lines containing `needle`.
@@ -129,7 +150,10 @@ impl Proc {
             if now >= deadline {
                 return None;
             }
-            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -144,7 +168,12 @@ impl Proc {
             .args([format!("-{sig}"), self.pid().to_string()])
             .status()
             .expect("run kill");
-        assert!(st.success(), "kill -{sig} {} ({}) failed", self.pid(), self.name);
+        assert!(
+            st.success(),
+            "kill -{sig} {} ({}) failed",
+            self.pid(),
+            self.name
+        );
     }
 
     /// Kill and reap.
@@ -204,7 +233,10 @@ pub fn initialize(conn: &mut Conn, id: Value) -> (Response, String) {
         &json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{}}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let sid = r.header("mcp-session-id").expect("session header").to_string();
+    let sid = r
+        .header("mcp-session-id")
+        .expect("session header")
+        .to_string();
     (r, sid)
 }
 
@@ -372,4 +404,3 @@ impl Conn {
         serde_json::from_str(&data).unwrap()
     }
 }
-

@@ -13,9 +13,3 @@ pub use session::{
 };
 pub use sniff::Sniffer;
 pub use sse::{write_event, SseEvent, SseParser};
-
-/// Placeholder until the mcp module lands.
-pub fn endpoint_session_id(data: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-    let _ = data;
-    todo!()
-}
