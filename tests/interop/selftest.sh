@@ -69,5 +69,5 @@ for mode in streamable sse; do
     fi
   done
 done
-echo "interop selftest: $passed passed, $failed failed"
+echo "interop: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
