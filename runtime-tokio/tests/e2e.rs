@@ -42,18 +42,34 @@ fn sixty_concurrent_sessions_each_stay_on_their_backend() {
             std::thread::spawn(move || {
                 let mut c = Conn::open(&addr);
                 let (resp, sid) = initialize(&mut c, json!(t));
-                let owner = resp.json()["result"]["backend"].as_str().unwrap().to_string();
+                let owner = resp.json()["result"]["backend"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
                 for i in 0..10 {
                     // half the requests on fresh connections
-                    let v = if i % 2 == 0 { call(&mut c, &sid, i) } else { call(&mut Conn::open(&addr), &sid, i) };
-                    assert_eq!(v["result"]["backend"], owner.as_str(), "session {sid} moved");
+                    let v = if i % 2 == 0 {
+                        call(&mut c, &sid, i)
+                    } else {
+                        call(&mut Conn::open(&addr), &sid, i)
+                    };
+                    assert_eq!(
+                        v["result"]["backend"],
+                        owner.as_str(),
+                        "session {sid} moved"
+                    );
                     assert_eq!(v["result"]["session"], sid.as_str());
                     assert_eq!(v["id"], i);
                 }
                 let d = c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
                 assert_eq!(d.status, 200);
                 // and the session is gone, answered by the router
-                let r = post_json(&mut c, "/mcp", Some(&sid), &json!({"jsonrpc":"2.0","id":99,"method":"ping"}));
+                let r = post_json(
+                    &mut c,
+                    "/mcp",
+                    Some(&sid),
+                    &json!({"jsonrpc":"2.0","id":99,"method":"ping"}),
+                );
                 assert_eq!(r.status, 404);
                 assert_eq!(r.json()["error"]["code"], -32001);
                 assert_eq!(r.json()["id"], 99);
@@ -65,13 +81,19 @@ fn sixty_concurrent_sessions_each_stay_on_their_backend() {
     for t in threads {
         *per.entry(t.join().expect("session thread")).or_default() += 1;
     }
-    // least-sessions placement spreads 60 sessions over both replicas
+    // Least-sessions balances live sessions, not totals (a backend whose sessions end
+    // sooner gets more): both replicas take sessions. Exact placement is checked with
+    // sequential sessions in the backend-kill test and in the core's tests.
     assert_eq!(per.values().sum::<usize>(), 60);
-    assert!(per.values().all(|&n| n >= 15), "unbalanced: {per:?}");
+    assert!(per.len() == 2, "one backend took every session: {per:?}");
     // every record was removed by its DELETE
-    assert!(r.wait_line(Duration::from_secs(5), |_| r.count_logs("session ended") >= 60).is_some());
+    assert!(
+        r.wait_count("session ended", 60, Duration::from_secs(5)),
+        "{:?}",
+        r.logs()
+    );
     assert_eq!(r.count_logs("session started"), 60);
-    assert_eq!(r.count_logs("cause=\"delete\"") + r.count_logs("cause=delete"), 60);
+    assert_eq!(r.count_logs("cause=\"delete\""), 60);
     assert_eq!(b0.stats()["sessions"], 0);
     assert_eq!(b1.stats()["sessions"], 0);
 }
@@ -82,14 +104,32 @@ fn unknown_session_is_404_and_never_reaches_a_backend() {
     let r = router(&[&b0], &[]);
     let before = b0.stats()["requests"].as_u64().unwrap();
     let mut c = r.conn();
-    let resp = post_json(&mut c, "/mcp", Some("no-such-session"), &json!({"jsonrpc":"2.0","id":"x1","method":"tools/list"}));
+    let resp = post_json(
+        &mut c,
+        "/mcp",
+        Some("no-such-session"),
+        &json!({"jsonrpc":"2.0","id":"x1","method":"tools/list"}),
+    );
     assert_eq!(resp.status, 404);
-    assert_eq!(resp.json(), json!({"jsonrpc":"2.0","id":"x1","error":{"code":-32001,"message":"Session not found"}}));
-    let g = c.request("GET", "/mcp", &[("Mcp-Session-Id", "nope"), ("Accept", "text/event-stream")], "");
+    assert_eq!(
+        resp.json(),
+        json!({"jsonrpc":"2.0","id":"x1","error":{"code":-32001,"message":"Session not found"}})
+    );
+    let g = c.request(
+        "GET",
+        "/mcp",
+        &[("Mcp-Session-Id", "nope"), ("Accept", "text/event-stream")],
+        "",
+    );
     assert_eq!(g.status, 404);
     assert_eq!(b0.stats()["requests"].as_u64().unwrap(), before);
     // a malformed session id is 400
-    let bad = post_json(&mut c, "/mcp", Some("a\u{7f}b"), &json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
+    let bad = post_json(
+        &mut c,
+        "/mcp",
+        Some("a\u{7f}b"),
+        &json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+    );
     assert_eq!(bad.status, 400);
 }
 
@@ -100,13 +140,24 @@ fn sse_streams_flow_through() {
     let r = router(&[&b0, &b1], &[]);
     let mut c = r.conn();
     let (resp, sid) = initialize(&mut c, json!(1));
-    let owner = resp.json()["result"]["backend"].as_str().unwrap().to_string();
+    let owner = resp.json()["result"]["backend"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // a GET stream: events arrive one by one, from the owner
     let mut g = r.conn();
-    g.send("GET", "/mcp", &[("Mcp-Session-Id", &sid), ("Accept", "text/event-stream")], "");
+    g.send(
+        "GET",
+        "/mcp",
+        &[("Mcp-Session-Id", &sid), ("Accept", "text/event-stream")],
+        "",
+    );
     let head = g.read_head();
     assert_eq!(head.status, 200);
-    assert!(head.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(head
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     for n in 1..=5 {
         let ev = g.next_json_event();
         assert_eq!(ev["params"]["backend"], owner.as_str());
@@ -133,10 +184,17 @@ fn sse_streams_flow_through() {
     assert!(p.next_event().is_none(), "stream ended");
     // an initialize answered over SSE records the session too
     let mut s = r.conn();
-    s.send("POST", "/mcp?sse=1", &[("Accept", "application/json, text/event-stream")],
-        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}).to_string());
+    s.send(
+        "POST",
+        "/mcp?sse=1",
+        &[("Accept", "application/json, text/event-stream")],
+        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}).to_string(),
+    );
     let head = s.read_head();
-    let sid2 = head.header("mcp-session-id").expect("session id on SSE initialize").to_string();
+    let sid2 = head
+        .header("mcp-session-id")
+        .expect("session id on SSE initialize")
+        .to_string();
     let ev = s.next_json_event();
     let owner2 = ev["result"]["backend"].as_str().unwrap().to_string();
     assert!(s.next_event().is_none());
@@ -154,7 +212,12 @@ fn legacy_round_trip(r: &Proc, sse_path: &str) {
     assert_eq!(event, "endpoint");
     for i in 0..6 {
         let mut c = r.conn();
-        let resp = post_json(&mut c, &endpoint, None, &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}));
+        let resp = post_json(
+            &mut c,
+            &endpoint,
+            None,
+            &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
+        );
         assert_eq!(resp.status, 202, "{}", resp.text());
         let ev = stream.next_json_event();
         assert_eq!(ev["id"], i);
@@ -173,9 +236,11 @@ fn legacy_sse_sessions_route_their_posts_to_the_stream_backend() {
         legacy_round_trip(&r, "/sse?style=python");
     }
     // closing the streams ended the sessions in the router
-    assert!(r
-        .wait_line(Duration::from_secs(5), |_| r.count_logs("cause=\"stream_closed\"") + r.count_logs("cause=stream_closed") >= 6)
-        .is_some(), "{:?}", r.logs());
+    assert!(
+        r.wait_count("cause=\"stream_closed\"", 6, Duration::from_secs(5)),
+        "{:?}",
+        r.logs()
+    );
 }
 
 #[test]
@@ -187,20 +252,42 @@ fn killing_a_backend_ends_its_sessions_and_new_sessions_go_to_the_survivor() {
     for i in 0..20 {
         let mut c = r.conn();
         let (resp, sid) = initialize(&mut c, json!(i));
-        sessions.push((sid, resp.json()["result"]["backend"].as_str().unwrap().to_string()));
+        sessions.push((
+            sid,
+            resp.json()["result"]["backend"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ));
     }
+    // fewest live sessions, round-robin among ties: exact alternation
     let on_b0 = sessions.iter().filter(|(_, b)| b == "b0").count();
-    assert!(on_b0 >= 5, "placement: {on_b0} of 20 on b0");
+    assert_eq!(on_b0, 10, "placement: {on_b0} of 20 on b0");
     b0.kill();
     for (i, (sid, owner)) in sessions.iter().enumerate() {
         let mut c = r.conn();
-        let resp = post_json(&mut c, "/mcp", Some(sid), &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}));
+        let resp = post_json(
+            &mut c,
+            "/mcp",
+            Some(sid),
+            &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
+        );
         if owner == "b0" {
-            assert_eq!(resp.status, 404, "session on the dead backend: {}", resp.text());
+            assert_eq!(
+                resp.status,
+                404,
+                "session on the dead backend: {}",
+                resp.text()
+            );
             assert_eq!(resp.json()["error"]["code"], -32001);
             assert_eq!(resp.json()["id"], i);
             // its record is gone: asked again, the router answers without a backend
-            let again = post_json(&mut c, "/mcp", Some(sid), &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}));
+            let again = post_json(
+                &mut c,
+                "/mcp",
+                Some(sid),
+                &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
+            );
             assert_eq!(again.status, 404);
         } else {
             assert_eq!(resp.status, 200);
@@ -224,9 +311,15 @@ fn idle_sessions_expire() {
     let (_, sid) = initialize(&mut c, json!(1));
     assert_eq!(call(&mut c, &sid, 1)["result"]["session"], sid.as_str());
     assert!(r
-        .wait_line(Duration::from_secs(10), |l| l.contains("session ended") && l.contains("idle_expiry"))
+        .wait_line(Duration::from_secs(10), |l| l.contains("session ended")
+            && l.contains("idle_expiry"))
         .is_some());
-    let resp = post_json(&mut c, "/mcp", Some(&sid), &json!({"jsonrpc":"2.0","id":2,"method":"ping"}));
+    let resp = post_json(
+        &mut c,
+        "/mcp",
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":2,"method":"ping"}),
+    );
     assert_eq!(resp.status, 404);
 }
 
@@ -241,11 +334,16 @@ fn stateless_and_sessionless_requests_are_balanced() {
         let resp = c.request(
             "POST",
             "/mcp",
-            &[("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Session-Id", "ignored-in-this-era"), ("Accept", "application/json")],
+            &[
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Session-Id", "ignored-in-this-era"),
+                ("Accept", "application/json"),
+            ],
             &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}).to_string(),
         );
         assert_eq!(resp.status, 200, "{}", resp.text());
-        *per.entry(resp.json()["result"]["backend"].as_str().unwrap().into()).or_default() += 1;
+        *per.entry(resp.json()["result"]["backend"].as_str().unwrap().into())
+            .or_default() += 1;
     }
     assert_eq!(per.get("b0"), Some(&10));
     assert_eq!(per.get("b1"), Some(&10));
@@ -271,12 +369,19 @@ fn hostile_requests_are_refused_and_others_carry_on() {
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out); // the router closes
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{:?} -> {text}", String::from_utf8_lossy(req));
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{:?} -> {text}",
+            String::from_utf8_lossy(req)
+        );
     }
     // oversized head: 431
     let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let big = format!("GET /mcp HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(8000));
+    let big = format!(
+        "GET /mcp HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8000)
+    );
     let _ = s.write_all(big.as_bytes());
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -306,18 +411,27 @@ fn sigterm_drains_and_exits() {
         events += 1;
     }
     assert_eq!(events, 11, "the in-flight stream finished");
-    let st = r.wait_exit(Duration::from_secs(10)).expect("router exits after draining");
+    let st = r
+        .wait_exit(Duration::from_secs(10))
+        .expect("router exits after draining");
     assert!(st.success(), "{st:?}");
 }
 
 #[test]
 fn bad_config_fails_at_start_naming_the_field() {
     let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER))
-        .args(["--backend", "http://127.0.0.1:1", "--connect-timeout", "soon"])
+        .args([
+            "--backend",
+            "http://127.0.0.1:1",
+            "--connect-timeout",
+            "soon",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connect_timeout"));
-    let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER)).output().unwrap();
+    let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER))
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("backends"));
 }

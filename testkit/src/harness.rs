@@ -137,7 +137,28 @@ impl Proc {
         self.logs().iter().filter(|l| l.contains(needle)).count()
     }
 
-    /// Wait up to `timeout` for a captured line matching `pred`.
+    /// Wait up to `timeout` until at least `n` captured lines contain `needle`.
+    pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.lines;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.iter().filter(|l| l.contains(needle)).count() >= n {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Wait up to `timeout` for a captured line matching `pred` (which must not call
+    /// back into this `Proc`).
     pub fn wait_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.lines;

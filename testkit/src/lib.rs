@@ -279,7 +279,18 @@ fn accepts_sse(req: &Request<Incoming>) -> bool {
 
 /// The request's session header: `None` if absent, `Some(None)` if present
 /// but not visible ASCII (which can never name a known session).
+///
+/// In the stateless era (`MCP-Protocol-Version` 2026-07-28 or later) a server "ignores
+/// any `Mcp-Session-Id` it is sent", so the header reads as absent.
 fn session_header(req: &Request<Incoming>) -> Option<Option<String>> {
+    let stateless = req
+        .headers()
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() == 10 && v >= "2026-07-28");
+    if stateless {
+        return None;
+    }
     let v = req.headers().get(SESSION_HEADER)?;
     let ok = !v.is_empty() && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b));
     Some(ok.then(|| String::from_utf8_lossy(v.as_bytes()).into_owned()))
