@@ -1019,7 +1019,7 @@ impl Conn {
                                 true,
                             );
                             let h = self.scratch.split().freeze();
-                            self.to_client(h);
+                            self.send_to_client(h);
                         }
                     }
                     Ok(true) => {
@@ -1122,7 +1122,7 @@ impl Conn {
             self.x.client_keep_alive,
         );
         let h = self.scratch.split().freeze();
-        self.to_client(h);
+        self.send_to_client(h);
     }
 
     fn pump_response_body(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
@@ -1199,12 +1199,12 @@ impl Conn {
                     reason: "legacy endpoint event without a valid session id",
                 });
                 if !data.is_empty() {
-                    self.to_client(data);
+                    self.send_to_client(data);
                 }
             }
             None => {
                 if !data.is_empty() {
-                    self.to_client(data);
+                    self.send_to_client(data);
                 }
             }
         }
@@ -1270,7 +1270,7 @@ impl Conn {
             Hold::Head => self.send_response_head(),
             Hold::Body(data) => {
                 if !data.is_empty() {
-                    self.to_client(data);
+                    self.send_to_client(data);
                 }
             }
             Hold::No => {}
@@ -1365,7 +1365,7 @@ impl Conn {
         }
     }
 
-    fn to_client(&mut self, b: Bytes) {
+    fn send_to_client(&mut self, b: Bytes) {
         self.x.client_started = true;
         self.out.push_back(Output::ToClient(b));
     }
@@ -1424,7 +1424,7 @@ impl Conn {
             keep,
         );
         let bytes = self.scratch.split().freeze();
-        self.to_client(bytes);
+        self.send_to_client(bytes);
         self.end_legacy_stream();
         self.x.route = Route::Done;
         if keep {
