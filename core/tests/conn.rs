@@ -769,7 +769,11 @@ fn hostile_framing_is_refused_and_the_connection_closed() {
         );
         assert!(h.connects.is_empty());
         assert!(resp.contains("Connection: close"));
-        assert_eq!(h.rejected(), [*status], "one rejection event per refused request");
+        assert_eq!(
+            h.rejected(),
+            [*status],
+            "one rejection event per refused request"
+        );
     }
 }
 

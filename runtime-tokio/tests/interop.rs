@@ -14,7 +14,8 @@ use std::process::Command;
 fn interop_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
     assert!(
-        d.join("node_modules/@modelcontextprotocol/server-everything").is_dir()
+        d.join("node_modules/@modelcontextprotocol/server-everything")
+            .is_dir()
             && d.join(".venv/bin/python").exists(),
         "interop dependencies missing: run `bash .ci/install-interop.sh` first"
     );
@@ -22,7 +23,11 @@ fn interop_dir() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn everything(mode: &str, name: &str) -> Proc {
@@ -82,7 +87,12 @@ fn run(mode: &str, end_cause: &str) {
     let r = Proc::router(
         "mcp-router",
         "router",
-        &["--backend", &format!("e0=http://{}", e0.addr), "--backend", &format!("e1=http://{}", e1.addr)],
+        &[
+            "--backend",
+            &format!("e0=http://{}", e0.addr),
+            "--backend",
+            &format!("e1=http://{}", e1.addr),
+        ],
     );
     let base = format!("http://{}", r.addr);
     let mut sessions = 0;
@@ -90,13 +100,25 @@ fn run(mode: &str, end_cause: &str) {
         for sdk in ["ts", "py"] {
             let v = client(sdk, &base, mode);
             assert!(v["tools"].as_u64().unwrap_or(0) > 0, "{v}");
-            assert_eq!(v["echo"].as_str().map(|s| s.contains("hello")), Some(true), "round {round}: {v}");
+            assert_eq!(
+                v["echo"].as_str().map(|s| s.contains("hello")),
+                Some(true),
+                "round {round}: {v}"
+            );
             sessions += 1;
         }
     }
-    assert!(r.wait_count("session started", sessions, std::time::Duration::from_secs(5)));
+    assert!(r.wait_count(
+        "session started",
+        sessions,
+        std::time::Duration::from_secs(5)
+    ));
     // placement used both replicas, and every session's record was removed at its end
-    assert!(r.count_logs("backend=e0") > 0 && r.count_logs("backend=e1") > 0, "{:?}", r.logs());
+    assert!(
+        r.count_logs("backend=e0") > 0 && r.count_logs("backend=e1") > 0,
+        "{:?}",
+        r.logs()
+    );
     assert!(
         r.wait_count(end_cause, sessions, std::time::Duration::from_secs(10)),
         "expected {sessions} sessions ended with {end_cause}: {:?}",
