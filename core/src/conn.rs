@@ -736,8 +736,9 @@ impl Conn {
                     });
                     self.abort(now);
                 } else {
+                    // The body is unfinished, so `respond_local` closes the connection:
+                    // after a framing error nothing more on it can be trusted.
                     self.x.sniff = false;
-                    self.x.req_done = true;
                     self.respond_local(400, ErrorCode::InvalidRequest, reason, false);
                 }
                 return false;

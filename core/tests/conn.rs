@@ -772,7 +772,9 @@ fn hostile_framing_is_refused_and_the_connection_closed() {
         assert_eq!(
             h.rejected(),
             [*status],
-            "one rejection event per refused request"
+            "one rejection event per refused request: {:?} {:?}",
+            String::from_utf8_lossy(req),
+            h.events
         );
     }
 }

@@ -435,3 +435,136 @@ fn bad_config_fails_at_start_naming_the_field() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("backends"));
 }
+
+#[test]
+fn active_health_check_marks_a_dead_backend_down_without_traffic() {
+    let mut b0 = Proc::fake_backend("b0");
+    let b1 = Proc::fake_backend("b1");
+    let r = router(&[&b0, &b1], &["--health-check-interval", "100ms"]);
+    b0.kill();
+    assert!(
+        r.wait_line(Duration::from_secs(5), |l| l.contains("backend down")
+            && l.contains("backend=b0"))
+            .is_some(),
+        "{:?}",
+        r.logs()
+    );
+    // every new session now goes to b1, first try
+    for i in 0..6 {
+        let (resp, _) = initialize(&mut r.conn(), json!(i));
+        assert_eq!(resp.json()["result"]["backend"], "b1");
+    }
+}
+
+#[test]
+fn configuration_from_environment_and_file() {
+    let b0 = Proc::fake_backend("b0");
+    let b1 = Proc::fake_backend("b1");
+    // backends from the environment
+    let mut cmd = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER));
+    cmd.env(
+        "MCP_ROUTER_BACKENDS",
+        format!("envb0=http://{},envb1=http://{}", b0.addr, b1.addr),
+    )
+    .env("MCP_ROUTER_LISTEN", "127.0.0.1:0");
+    let r = Proc::start_router("router-env", cmd);
+    let (resp, sid) = initialize(&mut r.conn(), json!(1));
+    let owner = resp.json()["result"]["backend"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        call(&mut r.conn(), &sid, 2)["result"]["backend"],
+        owner.as_str()
+    );
+    assert!(r.count_logs("envb0") + r.count_logs("envb1") > 0);
+    // and from a TOML file
+    let dir = std::env::temp_dir().join(format!("mcp-router-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("router.toml");
+    std::fs::write(
+        &file,
+        format!("listen = \"127.0.0.1:0\"\nsession_ttl = \"1h\"\nbackends = [{{ name = \"fileb\", url = \"http://{}\" }}]\n", b1.addr),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER));
+    cmd.args(["--config", file.to_str().unwrap()]);
+    let r = Proc::start_router("router-file", cmd);
+    let (resp, _) = initialize(&mut r.conn(), json!(1));
+    assert_eq!(resp.json()["result"]["backend"], "b1");
+    assert!(r.count_logs("ttl_s=3600") == 1, "{:?}", r.logs());
+}
+
+#[test]
+fn large_bodies_stream_both_ways() {
+    let b0 = Proc::fake_backend("b0");
+    let r = router(&[&b0], &["--max-inspect-body", "65536"]);
+    let mut c = r.conn();
+    let (_, sid) = initialize(&mut c, json!(1));
+    // 3 MB response
+    let resp = post_json(
+        &mut c,
+        "/mcp",
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"big","arguments":{"bytes":3_000_000}}}),
+    );
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.len() > 3_000_000, "{}", resp.body.len());
+    assert_eq!(resp.json()["result"]["backend"], "b0");
+    // 2 MB request of a known session: no inspection limit applies
+    let blob = "q".repeat(2_000_000);
+    let v = post_json(&mut c, "/mcp", Some(&sid),
+        &json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"blob":blob}}})).json();
+    assert_eq!(
+        v["result"]["echo"]["blob"].as_str().map(str::len),
+        Some(2_000_000)
+    );
+}
+
+#[test]
+fn chunked_requests_http10_clients_and_pipelining() {
+    use std::io::{Read, Write};
+    let b0 = Proc::fake_backend("b0");
+    let r = router(&[&b0], &[]);
+    let (_, sid) = initialize(&mut r.conn(), json!(1));
+    // a chunked request body, in two chunks
+    let body = json!({"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"echo","arguments":{"k":"v"}}}).to_string();
+    let (a, b) = body.split_at(20);
+    let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: {sid}\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"id\":\"c1\""), "{out}");
+    // an HTTP/1.0 client gets an SSE (chunked upstream) answer de-chunked and closed
+    let init = json!({"jsonrpc":"2.0","id":9,"method":"initialize","params":{}}).to_string();
+    let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "POST /mcp?sse=1 HTTP/1.0\r\nHost: x\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{init}", init.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .expect("router closes the HTTP/1.0 connection");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(body.starts_with("event: message\ndata: {"), "{body:?}");
+    // two pipelined requests, two answers in order
+    let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut both = String::new();
+    for id in [41, 42] {
+        let b = json!({"jsonrpc":"2.0","id":id,"method":"tools/list"}).to_string();
+        both.push_str(&format!("POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: {sid}\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+    }
+    both.push_str("GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(both.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let p41 = out.find("\"id\":41").expect("first answer");
+    let p42 = out.find("\"id\":42").expect("second answer");
+    assert!(p41 < p42);
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+}

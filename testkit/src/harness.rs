@@ -107,6 +107,11 @@ impl Proc {
     pub fn router(bin: &str, name: &str, args: &[&str]) -> Proc {
         let mut cmd = Command::new(bin_path(bin));
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        Proc::start_router(name, cmd)
+    }
+
+    /// Start a router from a prepared command (extra environment, no `--listen` added).
+    pub fn start_router(name: &str, mut cmd: Command) -> Proc {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
