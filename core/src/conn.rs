@@ -1068,18 +1068,7 @@ impl Conn {
                     .header("mcp-session-id")
                     .and_then(|v| SessionKey::new(v, self.cfg.max_session_id_len));
                 if let (true, Some(key)) = (ok, minted) {
-                    // The record must exist before the client can use the id, or its
-                    // next request may reach another router replica first.
-                    self.x.session = Some(key.clone());
-                    self.x.hold = Hold::Head;
-                    let rec = Record {
-                        backend: b,
-                        era: Era::Streamable,
-                    };
-                    self.store(
-                        StoreOp::Insert(key.clone(), rec),
-                        Waiting::Insert(key, b, Era::Streamable),
-                    );
+                    self.record_new_session(key, b, Era::Streamable, Hold::Head);
                 }
             }
             Kind::NewSession => {
@@ -1183,16 +1172,7 @@ impl Conn {
         match endpoint {
             Some(Some(key)) => {
                 let b = x.backend.unwrap_or(BackendId(0));
-                x.session = Some(key.clone());
-                x.hold = Hold::Body(data);
-                let rec = Record {
-                    backend: b,
-                    era: Era::LegacySse,
-                };
-                self.store(
-                    StoreOp::Insert(key.clone(), rec),
-                    Waiting::Insert(key, b, Era::LegacySse),
-                );
+                self.record_new_session(key, b, Era::LegacySse, Hold::Body(data));
             }
             Some(None) => {
                 self.event(Event::Rejected {
@@ -1213,6 +1193,19 @@ impl Conn {
             self.complete_response(bufs, now);
         }
         true
+    }
+
+    /// Record a session a backend just minted. What would reveal the id to the client
+    /// is held until the store confirms: the record must exist before the client can
+    /// use the id, or its next request may reach another router replica first.
+    fn record_new_session(&mut self, key: SessionKey, b: BackendId, era: Era, hold: Hold) {
+        self.x.session = Some(key.clone());
+        self.x.hold = hold;
+        let rec = Record { backend: b, era };
+        self.store(
+            StoreOp::Insert(key.clone(), rec),
+            Waiting::Insert(key, b, era),
+        );
     }
 
     fn on_insert(
