@@ -30,9 +30,20 @@ pub struct Cli {
     /// Idle lifetime of a session record; each request slides it [default: 2h].
     #[arg(long, env = "MCP_ROUTER_SESSION_TTL")]
     pub session_ttl: Option<String>,
-    /// Session store: `memory` (embedded, the default; one router replica only).
+    /// Session store: `memory` (embedded, the default; one router replica only) or a
+    /// Redis URL shared by every replica: `redis://[user[:password]@]host[:port][/db]`,
+    /// `rediss://...` for TLS.
     #[arg(long, env = "MCP_ROUTER_STORE")]
     pub store: Option<String>,
+    /// Redis key prefix for session records [default: mcp-router:session:].
+    #[arg(long, env = "MCP_ROUTER_STORE_KEY_PREFIX")]
+    pub store_key_prefix: Option<String>,
+    /// Longest wait for one store operation; past it the request gets 503 [default: 500ms].
+    #[arg(long, env = "MCP_ROUTER_STORE_TIMEOUT")]
+    pub store_timeout: Option<String>,
+    /// Redis password, overriding the URL's (keeps it off the command line).
+    #[arg(long, env = "MCP_ROUTER_STORE_PASSWORD", hide_env_values = true)]
+    pub store_password: Option<String>,
     /// Largest request or response head in bytes; larger request heads get 431 [default: 32768].
     #[arg(long, env = "MCP_ROUTER_MAX_HEAD")]
     pub max_head: Option<usize>,
@@ -96,6 +107,9 @@ struct File {
     backends: Option<Vec<FileBackend>>,
     session_ttl: Option<toml::Value>,
     store: Option<String>,
+    store_key_prefix: Option<String>,
+    store_timeout: Option<toml::Value>,
+    store_password: Option<String>,
     max_head: Option<usize>,
     max_headers: Option<usize>,
     max_inspect_body: Option<usize>,
@@ -122,11 +136,22 @@ enum FileBackend {
     Named { name: Option<String>, url: String },
 }
 
+/// Which session store to use.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// The embedded in-memory store.
+    Memory,
+    /// Redis, shared by router replicas.
+    Redis(crate::redis_store::RedisSettings),
+}
+
 /// Everything the binary needs: the core config plus the frontend's own settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Session store.
+    pub store: StoreSettings,
     /// The core's configuration.
     pub core: Config,
     /// Grace period for in-flight requests at shutdown.
@@ -234,16 +259,38 @@ impl Cli {
                 })
                 .collect::<Result<_, _>>()?
         };
+        let store_timeout = dur(
+            "store_timeout",
+            &self.store_timeout,
+            &file.store_timeout,
+            Duration::from_millis(500),
+        )?;
+        if store_timeout.is_zero() {
+            return Err(ConfigError("store_timeout: must be > 0".into()));
+        }
         let store = self
             .store
             .clone()
             .or(file.store)
             .unwrap_or_else(|| "memory".into());
-        if store != "memory" {
+        let store = if store == "memory" {
+            StoreSettings::Memory
+        } else if store.starts_with("redis://") || store.starts_with("rediss://") {
+            StoreSettings::Redis(crate::redis_store::RedisSettings {
+                url: store,
+                password: self.store_password.clone().or(file.store_password),
+                key_prefix: self
+                    .store_key_prefix
+                    .clone()
+                    .or(file.store_key_prefix)
+                    .unwrap_or_else(|| crate::redis_store::DEFAULT_PREFIX.into()),
+                timeout: store_timeout,
+            })
+        } else {
             return Err(ConfigError(format!(
-                "store: {store:?} is not supported by this build (use \"memory\")"
+                "store: {store:?}: use \"memory\" or a redis:// / rediss:// URL"
             )));
-        }
+        };
         c.session_ttl = dur(
             "session_ttl",
             &self.session_ttl,
@@ -340,6 +387,7 @@ impl Cli {
         c.validate()?;
         Ok(Settings {
             listen,
+            store,
             core: c,
             shutdown_grace,
             replicas_expected,
@@ -404,10 +452,27 @@ mod tests {
             .settings()
             .unwrap_err();
         assert!(e.0.starts_with("connect_timeout"), "{e}");
-        let e = cli(&["--backend", "http://x:1", "--store", "redis://x"])
+        let e = cli(&["--backend", "http://x:1", "--store", "mongodb://x"])
             .settings()
             .unwrap_err();
         assert!(e.0.starts_with("store"), "{e}");
+        let s = cli(&[
+            "--backend",
+            "http://x:1",
+            "--store",
+            "redis://127.0.0.1:6399/2",
+            "--store-timeout",
+            "50ms",
+        ])
+        .settings()
+        .unwrap();
+        match s.store {
+            StoreSettings::Redis(r) => {
+                assert_eq!(r.key_prefix, "mcp-router:session:");
+                assert_eq!(r.timeout, Duration::from_millis(50));
+            }
+            StoreSettings::Memory => panic!("redis URL ignored"),
+        }
     }
 
     #[test]

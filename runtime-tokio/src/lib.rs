@@ -10,6 +10,7 @@
 
 pub mod config;
 mod pool;
+pub mod redis_store;
 
 use mcp_router_core::{
     BackendId, Buffers, Conn, EndCause, Event, Health, MemStore, Output, Router, StoreOp,
@@ -27,13 +28,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub use config::{Cli, Settings};
+pub use config::{Cli, Settings, StoreSettings};
+use redis_store::RedisStore;
 
 /// The session store a router process uses.
 #[derive(Debug)]
 pub enum Store {
     /// The embedded in-memory store (one router replica).
     Memory(Mutex<MemStore>),
+    /// Redis, shared by every router replica.
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
@@ -44,6 +48,15 @@ impl Store {
                 Ok(mut s) => s.execute(op, now),
                 Err(_) => StoreReply::Unavailable,
             },
+            Store::Redis(r) => r.execute(op).await,
+        }
+    }
+
+    /// `memory` or `redis`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
         }
     }
 }
@@ -59,20 +72,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state for `settings`, with the embedded store.
-    pub fn new(settings: &Settings) -> Arc<Shared> {
+    /// Shared state for `settings`. A Redis store connects lazily: this does not wait
+    /// for Redis (call it inside a tokio runtime).
+    pub fn new(settings: &Settings) -> Result<Arc<Shared>, mcp_router_core::ConfigError> {
         let cfg = Arc::new(settings.core.clone());
         let epoch = std::time::Instant::now();
-        let store = MemStore::new(cfg.session_ttl, cfg.expiry_batch, epoch);
-        Arc::new(Shared {
+        let router = Arc::new(Router::new(cfg.clone(), epoch));
+        let store = match &settings.store {
+            StoreSettings::Memory => Store::Memory(Mutex::new(MemStore::new(
+                cfg.session_ttl,
+                cfg.expiry_batch,
+                epoch,
+            ))),
+            StoreSettings::Redis(r) => Store::Redis(Arc::new(RedisStore::new(r, router.clone())?)),
+        };
+        Ok(Arc::new(Shared {
             pool: Pool::new(
                 cfg.backends.len(),
                 cfg.pool_max_idle,
                 cfg.timeouts.pool_idle,
             ),
-            router: Arc::new(Router::new(cfg, epoch)),
-            store: Store::Memory(Mutex::new(store)),
-        })
+            router,
+            store,
+        }))
     }
 }
 
@@ -86,6 +108,9 @@ pub async fn serve(
 ) {
     let tasks = tokio_util_tasks::Tasks::default();
     tokio::spawn(expiry_loop(shared.clone(), shutdown.clone()));
+    if let Store::Redis(r) = &shared.store {
+        tokio::spawn(r.clone().watch(Duration::from_secs(1), shutdown.clone()));
+    }
     if let Some(every) = shared.router.config().health_check_interval {
         tokio::spawn(health_loop(shared.clone(), every, shutdown.clone()));
     }
@@ -357,9 +382,11 @@ async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        let Store::Memory(m) = &shared.store;
-        if let Ok(mut s) = m.lock() {
-            s.expire(std::time::Instant::now(), &mut expired);
+        // Redis expires its records itself.
+        if let Store::Memory(m) = &shared.store {
+            if let Ok(mut s) = m.lock() {
+                s.expire(std::time::Instant::now(), &mut expired);
+            }
         }
         for (session, rec) in expired.drain(..) {
             shared.router.session_ended(rec.backend);

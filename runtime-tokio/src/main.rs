@@ -33,7 +33,8 @@ fn main() {
             }
         };
         let addr = listener.local_addr().expect("bound listener has an address");
-        if settings.replicas_expected > 1 {
+        let memory = matches!(settings.store, mcp_router_tokio::StoreSettings::Memory);
+        if settings.replicas_expected > 1 && memory {
             warn!(
                 replicas_expected = settings.replicas_expected,
                 "several router replicas expected but the session store is embedded: \
@@ -42,8 +43,14 @@ fn main() {
             );
         }
         let backends: Vec<_> = settings.core.backends.iter().map(|b| b.name.as_str()).collect();
-        info!(listen = %addr, ?backends, store = "memory", ttl_s = settings.core.session_ttl.as_secs(), "mcp-router listening");
-        let shared = Shared::new(&settings);
+        let shared = match Shared::new(&settings) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mcp-router: bad configuration: {e}");
+                std::process::exit(2);
+            }
+        };
+        info!(listen = %addr, ?backends, store = shared.store.kind(), ttl_s = settings.core.session_ttl.as_secs(), "mcp-router listening");
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;

@@ -430,3 +430,98 @@ impl Conn {
         serde_json::from_str(&data).unwrap()
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Start `redis-server` on `port` (no persistence). Panics, loudly, when it cannot
+/// start: tests that need Redis are never skipped.
+pub fn redis_server(port: u16) -> Proc {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("redis-server is not installed (apt-get install -y redis-server; .ci/run does it)");
+    }
+    Proc::start("redis", cmd, |l| {
+        l.contains("Ready to accept connections")
+            .then(|| String::from("redis"))
+    })
+    .with_addr(format!("127.0.0.1:{port}"))
+}
+
+impl Proc {
+    fn with_addr(mut self, addr: String) -> Proc {
+        self.addr = addr;
+        self
+    }
+}
+
+/// Send one command to Redis over a raw RESP connection; returns the reply as text
+/// (`+OK` / `:3` / `$-1` / the bulk string).
+pub fn redis_cmd(addr: &str, args: &[&str]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let line = line.trim_end().to_string();
+    if let Some(n) = line.strip_prefix('$') {
+        let n: i64 = n.parse().unwrap();
+        if n < 0 {
+            return "$-1".into();
+        }
+        let mut buf = vec![0; n as usize + 2];
+        r.read_exact(&mut buf).unwrap();
+        buf.truncate(n as usize);
+        return String::from_utf8_lossy(&buf).into_owned();
+    }
+    if let Some(n) = line.strip_prefix('*') {
+        // array of bulk strings (KEYS): join with newlines
+        let n: i64 = n.parse().unwrap();
+        let mut out = Vec::new();
+        for _ in 0..n.max(0) {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            let len: usize = l.trim_end()[1..].parse().unwrap();
+            let mut buf = vec![0; len + 2];
+            r.read_exact(&mut buf).unwrap();
+            buf.truncate(len);
+            out.push(String::from_utf8_lossy(&buf).into_owned());
+        }
+        return out.join("\n");
+    }
+    line
+}
+
+/// Resident set size of a process, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}

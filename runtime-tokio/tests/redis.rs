@@ -1,0 +1,502 @@
+//! Shared session store on Redis: two `mcp-router` replicas, real backends and a real
+//! `redis-server` started by each test on a free port.
+
+use mcp_router_testkit::harness::{
+    free_port, initialize, post_json, redis_cmd, redis_server, rss_kib, Conn, Proc,
+};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = vec!["--store".into(), format!("redis://127.0.0.1:{redis_port}")];
+    for (i, b) in backends.iter().enumerate() {
+        args.push("--backend".into());
+        args.push(format!("b{i}=http://{}", b.addr));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::router("mcp-router", name, &refs)
+}
+
+fn call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
+    post_json(
+        c,
+        "/mcp",
+        Some(sid),
+        &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"i":id}}}),
+    )
+}
+
+fn owner(r: &mcp_router_testkit::harness::Response) -> String {
+    r.json()["result"]["backend"]
+        .as_str()
+        .expect("backend")
+        .to_string()
+}
+
+#[test]
+fn a_session_started_on_one_replica_continues_on_the_other() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let a = replica("router-a", rp, &[&b0, &b1], &[]);
+    let b = replica("router-b", rp, &[&b0, &b1], &[]);
+    assert!(a.wait_count("session store ready", 1, Duration::from_secs(5)));
+    for round in 0..4 {
+        let (resp, sid) = initialize(&mut a.conn(), json!(round));
+        let home = owner(&resp);
+        // the record: named backend, era, creation time; never a URL
+        let v = redis_cmd(&redis.addr, &["GET", &format!("mcp-router:session:{sid}")]);
+        assert!(
+            v.starts_with("1|s|") && v.ends_with(&format!("|{home}")),
+            "{v}"
+        );
+        assert!(!v.contains("127.0.0.1"), "{v}");
+        // POST through B
+        for i in 0..3 {
+            let r = call(&mut b.conn(), &sid, i);
+            assert_eq!(r.status, 200);
+            assert_eq!(owner(&r), home);
+        }
+        // the GET stream through B
+        let mut g = b.conn();
+        g.send(
+            "GET",
+            "/mcp",
+            &[("Mcp-Session-Id", &sid), ("Accept", "text/event-stream")],
+            "",
+        );
+        assert_eq!(g.read_head().status, 200);
+        assert_eq!(g.next_json_event()["params"]["backend"], home.as_str());
+        drop(g);
+        // DELETE through B ends it for A
+        let d = b
+            .conn()
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+        assert_eq!(d.status, 200);
+        let r = call(&mut a.conn(), &sid, 9);
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["error"]["code"], -32001);
+    }
+    // a legacy SSE session opened on A takes its message POSTs through B
+    let mut stream = a.conn();
+    stream.send("GET", "/sse", &[("Accept", "text/event-stream")], "");
+    assert_eq!(stream.read_head().status, 200);
+    let (event, endpoint) = stream.next_event().expect("endpoint");
+    assert_eq!(event, "endpoint");
+    for i in 0..3 {
+        let r = post_json(
+            &mut b.conn(),
+            &endpoint,
+            None,
+            &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert_eq!(stream.next_json_event()["id"], i);
+    }
+    drop(stream);
+    // its record ends with the stream
+    assert!(a.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
+    assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), ":0");
+}
+
+#[test]
+fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other() {
+    let rp = free_port();
+    let _redis = redis_server(rp);
+    let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let mut a = replica("router-a", rp, &[&b0, &b1], &[]);
+    let b = replica("router-b", rp, &[&b0, &b1], &[]);
+    let sessions: Vec<(String, String)> = (0..10)
+        .map(|i| {
+            let (r, sid) = initialize(&mut a.conn(), json!(i));
+            (sid, owner(&r))
+        })
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = sessions
+        .iter()
+        .cloned()
+        .map(|(sid, home)| {
+            let addr = b.addr.clone();
+            let (stop, done) = (stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(&addr);
+                let mut failures = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = call(&mut c, &sid, i);
+                    if r.status != 200 || owner(&r) != home {
+                        failures.push((r.status, r.text()));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                failures
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill();
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<_> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let n = done.load(Ordering::Relaxed);
+    assert!(n > 100, "only {n} requests ran");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+}
+
+#[test]
+fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
+    let rp = free_port();
+    let mut redis = redis_server(rp);
+    let b0 = Proc::fake_backend("b0");
+    let mut a = replica("router-a", rp, &[&b0], &["--store-timeout", "300ms"]);
+    let mut b = replica("router-b", rp, &[&b0], &["--store-timeout", "300ms"]);
+    let (_, sid) = initialize(&mut a.conn(), json!(1));
+    assert_eq!(call(&mut b.conn(), &sid, 1).status, 200);
+
+    // Redis hangs (stopped, not gone): answers come within the store timeout
+    redis.signal("STOP");
+    let t = Instant::now();
+    let r = call(&mut b.conn(), &sid, 2);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "hung for {:?}",
+        t.elapsed()
+    );
+    assert_eq!(r.json()["error"]["code"], -32000);
+    assert_eq!(r.json()["id"], 2);
+    redis.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&mut b.conn(), &sid, 3).status != 200 {
+        assert!(Instant::now() < deadline, "no recovery after SIGCONT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Redis gone
+    redis.kill();
+    for (i, r) in [&a, &b].into_iter().enumerate() {
+        let resp = call(&mut r.conn(), &sid, 10 + i as u64);
+        assert_eq!(resp.status, 503, "{}", resp.text());
+        let init = post_json(
+            &mut r.conn(),
+            "/mcp",
+            None,
+            &json!({"jsonrpc":"2.0","id":5,"method":"initialize","params":{}}),
+        );
+        assert_eq!(
+            init.status,
+            503,
+            "a session that cannot be recorded is not handed out: {}",
+            init.text()
+        );
+        assert_eq!(init.json()["id"], 5);
+    }
+    assert!(
+        a.wait_count("session store not ready", 1, Duration::from_secs(5)),
+        "{:?}",
+        a.logs()
+    );
+    assert!(
+        a.wait_exit(Duration::from_millis(100)).is_none()
+            && b.wait_exit(Duration::from_millis(100)).is_none(),
+        "a router died"
+    );
+
+    // Redis back (empty: no persistence): new sessions work through both replicas
+    let _redis = redis_server(rp);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post_json(
+            &mut a.conn(),
+            "/mcp",
+            None,
+            &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}),
+        );
+        if r.status == 200 {
+            // each replica reconnects on its own, within its backoff (at most 2 s)
+            let sid = r.header("mcp-session-id").unwrap().to_string();
+            while call(&mut b.conn(), &sid, 1).status != 200 {
+                assert!(Instant::now() < deadline, "replica b did not recover");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after Redis restart");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // the old session's record died with that Redis: 404, so the client re-initializes
+    assert_eq!(call(&mut b.conn(), &sid, 20).status, 404);
+}
+
+#[test]
+fn redis_unreachable_at_start_then_up() {
+    let rp = free_port();
+    let b0 = Proc::fake_backend("b0");
+    let a = replica("router-a", rp, &[&b0], &["--store-timeout", "200ms"]);
+    assert!(
+        a.wait_count("session store not ready", 1, Duration::from_secs(5)),
+        "{:?}",
+        a.logs()
+    );
+    let r = post_json(
+        &mut a.conn(),
+        "/mcp",
+        Some("s1"),
+        &json!({"jsonrpc":"2.0","id":"q","method":"ping"}),
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["id"], "q");
+    let _redis = redis_server(rp);
+    assert!(
+        a.wait_count("session store ready", 1, Duration::from_secs(15)),
+        "{:?}",
+        a.logs()
+    );
+    let (_, sid) = initialize(&mut a.conn(), json!(1));
+    assert_eq!(call(&mut a.conn(), &sid, 1).status, 200);
+}
+
+#[test]
+fn a_killed_backend_ends_its_sessions_on_every_replica() {
+    let rp = free_port();
+    let _redis = redis_server(rp);
+    let mut b0 = Proc::fake_backend("b0");
+    let b1 = Proc::fake_backend("b1");
+    let a = replica("router-a", rp, &[&b0, &b1], &[]);
+    let b = replica("router-b", rp, &[&b0, &b1], &[]);
+    let sessions: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            let r = if i % 2 == 0 { &a } else { &b };
+            let (resp, sid) = initialize(&mut r.conn(), json!(i));
+            (sid, owner(&resp))
+        })
+        .collect();
+    assert!(sessions.iter().any(|(_, h)| h == "b0"));
+    b0.kill();
+    for (i, (sid, home)) in sessions.iter().enumerate() {
+        let r = if i % 2 == 0 { &b } else { &a };
+        let resp = call(&mut r.conn(), sid, i as u64);
+        if home == "b0" {
+            assert_eq!(resp.status, 404, "{}", resp.text());
+            // dropped from the shared store: the other replica answers 404 at once
+            let other = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(call(&mut other.conn(), sid, 1).status, 404);
+        } else {
+            assert_eq!(resp.status, 200);
+        }
+    }
+    for r in [&a, &b] {
+        for i in 0..4 {
+            let (resp, _) = initialize(&mut r.conn(), json!(i));
+            assert_eq!(owner(&resp), "b1");
+        }
+    }
+}
+
+#[test]
+fn churn_across_replicas_leaves_no_records_and_flat_memory() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let a = replica("router-a", rp, &[&b0, &b1], &[]);
+    let b = replica("router-b", rp, &[&b0, &b1], &[]);
+    let base = redis_cmd(&redis.addr, &["DBSIZE"]);
+    let lifecycles = |n: usize| {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (aa, bb) = (a.addr.clone(), b.addr.clone());
+                std::thread::spawn(move || {
+                    let (mut ca, mut cb) = (Conn::open(&aa), Conn::open(&bb));
+                    for i in 0..n / 8 {
+                        // initialize on one replica, DELETE on the other
+                        let (first, second) = if (i + t) % 2 == 0 {
+                            (&mut ca, &mut cb)
+                        } else {
+                            (&mut cb, &mut ca)
+                        };
+                        let (_, sid) = initialize(first, json!(i));
+                        let d = second.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+                        assert_eq!(d.status, 200);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    };
+    lifecycles(4000); // warm up: pools, allocator, buffers
+    let (ra0, rb0) = (rss_kib(a.pid()), rss_kib(b.pid()));
+    let t = Instant::now();
+    lifecycles(20_000);
+    let secs = t.elapsed().as_secs_f64();
+    let (ra1, rb1) = (rss_kib(a.pid()), rss_kib(b.pid()));
+    eprintln!(
+        "20000 lifecycles in {secs:.1}s; RSS router-a {ra0}->{ra1} KiB, router-b {rb0}->{rb1} KiB; DBSIZE {}",
+        redis_cmd(&redis.addr, &["DBSIZE"])
+    );
+    assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), base);
+    assert_eq!(base, ":0");
+    for (before, after) in [(ra0, ra1), (rb0, rb1)] {
+        assert!(
+            after < before + 2048,
+            "router RSS grew {before} -> {after} KiB"
+        );
+    }
+}
+
+/// A TCP load balancer that sends each new connection to the next replica in turn.
+fn round_robin_balancer(replicas: Vec<String>) -> (String, Arc<Vec<AtomicUsize>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let counts: Arc<Vec<AtomicUsize>> =
+        Arc::new(replicas.iter().map(|_| AtomicUsize::new(0)).collect());
+    let c2 = counts.clone();
+    std::thread::spawn(move || {
+        for (n, client) in l.incoming().enumerate() {
+            let Ok(client) = client else { continue };
+            let i = n % replicas.len();
+            c2[i].fetch_add(1, Ordering::Relaxed);
+            let Ok(up) = std::net::TcpStream::connect(&replicas[i]) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, counts)
+}
+
+#[test]
+fn python_sdk_sessions_survive_requests_alternating_between_replicas() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    assert!(
+        dir.join(".venv/bin/python").exists(),
+        "run `bash .ci/install-interop.sh` first"
+    );
+    let rp = free_port();
+    let _redis = redis_server(rp);
+    let everything = |name: &str| {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(dir.join("start-everything.sh"));
+        cmd.args(["streamable", &port.to_string()])
+            .current_dir(&dir);
+        Proc::start(name, cmd, |l| {
+            (l.contains("listening on port") || l.contains("running on port"))
+                .then(|| format!("127.0.0.1:{}", l.trim().rsplit(' ').next().unwrap_or("")))
+        })
+    };
+    let (e0, e1) = (everything("everything-0"), everything("everything-1"));
+    let a = replica("router-a", rp, &[&e0, &e1], &[]);
+    let b = replica("router-b", rp, &[&e0, &e1], &[]);
+    let (lb, counts) = round_robin_balancer(vec![a.addr.clone(), b.addr.clone()]);
+    for _ in 0..3 {
+        let out = std::process::Command::new(dir.join(".venv/bin/python"))
+            .args([
+                "py_client.py",
+                &format!("http://{lb}"),
+                "streamable",
+                "--rounds",
+                "4",
+            ])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(line.lines().last().unwrap_or("")).unwrap_or_default();
+        assert_eq!(
+            v["ok"],
+            true,
+            "{line} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (ca, cb) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
+    assert!(ca >= 5 && cb >= 5, "connections per replica: {ca} / {cb}");
+    // sessions began on one replica and were DELETEd through either
+    let started = a.count_logs("session started") + b.count_logs("session started");
+    let ended = a.count_logs("cause=\"delete\"") + b.count_logs("cause=\"delete\"");
+    assert_eq!(
+        (started, ended),
+        (3, 3),
+        "a: {:?}\nb: {:?}",
+        a.logs(),
+        b.logs()
+    );
+}
+
+fn calls(redis: &str, cmd: &str) -> u64 {
+    let info = redis_cmd(redis, &["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_redis_round_trip_per_request_of_an_established_session() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let b0 = Proc::fake_backend("b0");
+    let a = replica("router-a", rp, &[&b0], &[]);
+    let mut c = a.conn();
+    let (_, sid) = initialize(&mut c, json!(1));
+    for i in 0..100 {
+        assert_eq!(call(&mut c, &sid, i).status, 200);
+    }
+    let d = c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+    assert_eq!(d.status, 200);
+    let counts: Vec<u64> = ["set", "getex", "getdel", "expire", "get", "del"]
+        .iter()
+        .map(|c| calls(&redis.addr, c))
+        .collect();
+    eprintln!("redis commands for initialize + 100 requests + DELETE: set/getex/getdel/expire/get/del = {counts:?}");
+    // initialize: one SET NX; each request: one GETEX; DELETE: GETEX then GETDEL
+    assert_eq!(counts, [1, 101, 1, 0, 0, 0]);
+}
+
+#[test]
+fn several_replicas_on_the_embedded_store_warn_at_start() {
+    let b0 = Proc::fake_backend("b0");
+    let backend = format!("http://{}", b0.addr);
+    let r = Proc::router(
+        "mcp-router",
+        "router",
+        &["--backend", &backend, "--replicas-expected", "3"],
+    );
+    assert_eq!(r.count_logs("sessions will break"), 1, "{:?}", r.logs());
+    let rp = free_port();
+    let _redis = redis_server(rp);
+    let shared = replica("router-redis", rp, &[&b0], &["--replicas-expected", "3"]);
+    assert_eq!(
+        shared.count_logs("sessions will break"),
+        0,
+        "{:?}",
+        shared.logs()
+    );
+}
