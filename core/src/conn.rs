@@ -474,6 +474,11 @@ impl Conn {
             return;
         };
         let Some(b) = self.x.backend else { return };
+        if !self.router.is_configured(b) {
+            // removed while connecting: its sessions end as if it had died
+            self.connect_failed(now);
+            return;
+        }
         if !reused {
             self.health(b, self.router.connect_ok(b));
         }
@@ -949,7 +954,9 @@ impl Conn {
     }
 
     fn send_request_head(&mut self, b: BackendId, reused: bool) {
-        let backend = self.router.backend(b);
+        let Some(backend) = self.router.backend(b) else {
+            return;
+        };
         let fwd = Forward {
             host: backend.authority.as_bytes(),
             path_prefix: backend.base_path.as_bytes(),

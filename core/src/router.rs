@@ -6,8 +6,8 @@
 //! health and load. It reads no clock: every method that needs the time takes `now`.
 
 use crate::config::{Backend, Config};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Index of a backend in [`Config::backends`].
@@ -87,6 +87,8 @@ struct BackendState {
     down_until: AtomicU64,
     /// Consecutive failures, for the exponential backoff.
     failures: AtomicU32,
+    /// Takes no new sessions; its sessions go on.
+    draining: AtomicBool,
 }
 
 /// A change of a backend's health worth logging.
@@ -100,12 +102,56 @@ pub enum Health {
     Same,
 }
 
+#[derive(Debug, Clone)]
+struct Member {
+    backend: Arc<Backend>,
+    state: Arc<BackendState>,
+    /// `Some(t)`: removed from the configuration at `t` (a tombstone: its id names no
+    /// configured backend until the slot is reused, a full session TTL later).
+    removed_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Table {
+    config: Arc<Config>,
+    members: Vec<Member>,
+}
+
+/// What [`Router::set_backends`] changed, for logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Names of backends that joined.
+    pub added: Vec<String>,
+    /// Names of backends that left (their sessions end as if they had died).
+    pub removed: Vec<String>,
+}
+
+/// What metrics and readiness see of one backend.
+#[derive(Clone, Debug)]
+pub struct MemberStatus {
+    /// Its id.
+    pub id: BackendId,
+    /// Its configuration.
+    pub backend: Arc<Backend>,
+    /// Not marked down.
+    pub up: bool,
+    /// Takes no new sessions.
+    pub draining: bool,
+    /// Live sessions routed to it by this process.
+    pub active_sessions: u64,
+}
+
 /// Backends, their health and load, and the balancing policy.
+///
+/// The set of backends can change while the router runs (configuration reload, DNS
+/// discovery): [`Router::set_backends`] installs a new table. A backend keeps its
+/// [`BackendId`], health and session count across changes as long as its name stays;
+/// a removed backend's id stops naming a configured backend, so its sessions end as if
+/// it had died. Lookups take a read lock and clone an `Arc` (no allocation).
 #[derive(Debug)]
 pub struct Router {
-    config: Arc<Config>,
     epoch: Instant,
-    state: Vec<BackendState>,
+    table: RwLock<Arc<Table>>,
     balancer: Box<dyn Balancer>,
 }
 
@@ -122,121 +168,243 @@ impl Router {
         epoch: Instant,
         balancer: Box<dyn Balancer>,
     ) -> Router {
-        let state = config
+        let members = config
             .backends
             .iter()
-            .map(|_| BackendState::default())
+            .map(|b| Member {
+                backend: Arc::new(b.clone()),
+                state: Arc::default(),
+                removed_at: None,
+            })
             .collect();
         Router {
-            config,
             epoch,
-            state,
+            table: RwLock::new(Arc::new(Table { config, members })),
             balancer,
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    fn table(&self) -> Arc<Table> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc: the
+        // value is still whole.
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A backend's configuration. Panics on an id this router did not hand out.
-    pub fn backend(&self, id: BackendId) -> &Backend {
-        &self.config.backends[id.index()]
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.table().config.clone()
     }
 
-    /// Whether `id` names a configured backend (ids read back from a shared store may
-    /// not).
+    /// Install a new configuration and backend set (`backends` replaces
+    /// `config.backends`: the static ones plus any discovered). Backends are matched by
+    /// name: a kept one keeps its id, health and counts; a new one joins up; a missing
+    /// one is removed (a tombstone whose slot is reused a full session TTL later).
+    pub fn set_backends(
+        &self,
+        mut config: Config,
+        backends: Vec<Backend>,
+        now: Instant,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let mut guard = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let old = guard.clone();
+        let ttl = config.session_ttl;
+        let mut members = old.members.clone();
+        for m in members.iter_mut() {
+            if m.removed_at.is_none() && !backends.iter().any(|b| b.name == m.backend.name) {
+                m.removed_at = Some(now);
+                changes.removed.push(m.backend.name.clone());
+            }
+        }
+        for b in &backends {
+            let live = members
+                .iter_mut()
+                .find(|m| m.removed_at.is_none() && m.backend.name == b.name);
+            if let Some(m) = live {
+                if *m.backend != *b {
+                    m.backend = Arc::new(b.clone());
+                }
+                continue;
+            }
+            changes.added.push(b.name.clone());
+            let fresh = Member {
+                backend: Arc::new(b.clone()),
+                state: Arc::default(),
+                removed_at: None,
+            };
+            // reuse a tombstone old enough that no record can still name it
+            let reusable = members.iter().position(|m| {
+                m.removed_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= ttl)
+            });
+            match reusable {
+                Some(i) => members[i] = fresh,
+                None if members.len() < u16::MAX as usize => members.push(fresh),
+                None => changes
+                    .removed
+                    .push(format!("{} (no free backend slot)", b.name)),
+            }
+        }
+        config.backends = backends;
+        *guard = Arc::new(Table {
+            config: Arc::new(config),
+            members,
+        });
+        changes
+    }
+
+    /// A configured backend, `None` for an id that names none (removed, or read back
+    /// from a shared store written by a differently configured replica).
+    pub fn backend(&self, id: BackendId) -> Option<Arc<Backend>> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .get(id.index())
+            .filter(|m| m.removed_at.is_none())
+            .map(|m| m.backend.clone())
+    }
+
+    /// A backend's name for logs (`?<id>` for an unconfigured id).
+    pub fn name(&self, id: BackendId) -> String {
+        self.backend(id)
+            .map_or_else(|| format!("?{}", id.0), |b| b.name.clone())
+    }
+
+    /// Whether `id` names a configured backend.
     pub fn is_configured(&self, id: BackendId) -> bool {
-        id.index() < self.state.len()
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .get(id.index())
+            .is_some_and(|m| m.removed_at.is_none())
     }
 
-    /// Look a backend up by its configured name.
+    /// Look a configured backend up by its name.
     pub fn backend_by_name(&self, name: &str) -> Option<BackendId> {
-        self.config
-            .backends
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
             .iter()
-            .position(|b| b.name == name)
+            .position(|m| m.removed_at.is_none() && m.backend.name == name)
             .map(|i| BackendId(i as u16))
     }
 
-    /// Number of configured backends.
-    pub fn len(&self) -> usize {
-        self.state.len()
+    /// Ids of the configured backends.
+    pub fn ids(&self) -> Vec<BackendId> {
+        self.status(self.epoch).into_iter().map(|m| m.id).collect()
     }
 
-    /// Whether no backend is configured (never true for a validated config).
-    pub fn is_empty(&self) -> bool {
-        self.state.is_empty()
+    /// Every configured backend's health and load.
+    pub fn status(&self, now: Instant) -> Vec<MemberStatus> {
+        let now_ms = self.ms(now);
+        let t = self.table();
+        t.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.removed_at.is_none())
+            .map(|(i, m)| MemberStatus {
+                id: BackendId(i as u16),
+                backend: m.backend.clone(),
+                up: m.state.down_until.load(Relaxed) <= now_ms,
+                draining: m.state.draining.load(Relaxed),
+                active_sessions: m.state.active.load(Relaxed),
+            })
+            .collect()
+    }
+
+    /// At least one configured backend is up (readiness).
+    pub fn any_up(&self, now: Instant) -> bool {
+        self.status(now).iter().any(|m| m.up)
+    }
+
+    /// Mark a backend draining (no new sessions; its sessions go on) or not. `false`
+    /// when no configured backend has that name.
+    pub fn set_draining(&self, name: &str, draining: bool) -> bool {
+        let t = self.table();
+        match t
+            .members
+            .iter()
+            .find(|m| m.removed_at.is_none() && m.backend.name == name)
+        {
+            Some(m) => {
+                m.state.draining.store(draining, Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     fn ms(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// Whether the backend may be chosen now (not down, or its backoff ran out).
+    fn state(&self, id: BackendId) -> Option<Arc<BackendState>> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members.get(id.index()).map(|m| m.state.clone())
+    }
+
+    /// Whether the backend may be used now: configured and not down (or its backoff
+    /// ran out). A draining backend is up: its sessions go on.
     pub fn is_up(&self, id: BackendId, now: Instant) -> bool {
-        match self.state.get(id.index()) {
-            Some(s) => s.down_until.load(Relaxed) <= self.ms(now),
-            None => false,
-        }
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .get(id.index())
+            .filter(|m| m.removed_at.is_none())
+            .is_some_and(|m| m.state.down_until.load(Relaxed) <= self.ms(now))
     }
 
     /// Sessions this process routes to the backend.
     pub fn active_sessions(&self, id: BackendId) -> u64 {
-        self.state
-            .get(id.index())
-            .map_or(0, |s| s.active.load(Relaxed))
+        self.state(id).map_or(0, |s| s.active.load(Relaxed))
     }
 
-    /// Choose a backend for a request that has no session (yet), skipping `exclude`.
-    /// `None` when no backend is up.
+    /// Choose a backend for a request that has no session (yet), skipping `exclude`,
+    /// down, draining and removed backends. `None` when none is left.
     pub fn pick(&self, kind: PickKind, exclude: &[BackendId], now: Instant) -> Option<BackendId> {
         let now_ms = self.ms(now);
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         // At most a few dozen backends: a stack array avoids allocating on the hot path.
         const STACK: usize = 32;
-        let view = |i: usize, s: &BackendState| BackendView {
-            up: s.down_until.load(Relaxed) <= now_ms,
-            active_sessions: s.active.load(Relaxed),
+        let view = |i: usize, m: &Member| BackendView {
+            up: m.removed_at.is_none()
+                && !m.state.draining.load(Relaxed)
+                && m.state.down_until.load(Relaxed) <= now_ms,
+            active_sessions: m.state.active.load(Relaxed),
             excluded: exclude.contains(&BackendId(i as u16)),
         };
-        let picked = if self.state.len() <= STACK {
+        let n = t.members.len();
+        let picked = if n <= STACK {
             let mut arr = [BackendView {
                 up: false,
                 active_sessions: 0,
                 excluded: true,
             }; STACK];
-            for (i, s) in self.state.iter().enumerate() {
-                arr[i] = view(i, s);
+            for (i, m) in t.members.iter().enumerate() {
+                arr[i] = view(i, m);
             }
-            self.balancer.pick(&arr[..self.state.len()], kind)
+            self.balancer.pick(&arr[..n], kind)
         } else {
-            let v: Vec<_> = self
-                .state
+            let v: Vec<_> = t
+                .members
                 .iter()
                 .enumerate()
-                .map(|(i, s)| view(i, s))
+                .map(|(i, m)| view(i, m))
                 .collect();
             self.balancer.pick(&v, kind)
         };
-        picked
-            .filter(|&i| i < self.state.len())
-            .map(|i| BackendId(i as u16))
+        picked.filter(|&i| i < n).map(|i| BackendId(i as u16))
     }
 
     /// Connecting to the backend failed or timed out: mark it down with exponential
     /// backoff (`backoff_initial`, doubling, capped at `backoff_max`).
     pub fn connect_failed(&self, id: BackendId, now: Instant) -> Health {
-        let Some(s) = self.state.get(id.index()) else {
+        let Some(s) = self.state(id) else {
             return Health::Same;
         };
+        let cfg = self.config();
         let was_up = s.down_until.load(Relaxed) <= self.ms(now);
         let f = s.failures.fetch_add(1, Relaxed).min(20);
-        let backoff = self
-            .config
+        let backoff = cfg
             .backoff_initial
             .saturating_mul(1u32 << f)
-            .min(self.config.backoff_max);
+            .min(cfg.backoff_max);
         let until = self.ms(now + backoff).max(1);
         s.down_until.store(until, Relaxed);
         if was_up {
@@ -248,7 +416,7 @@ impl Router {
 
     /// A connection to the backend succeeded: it is up, and its backoff resets.
     pub fn connect_ok(&self, id: BackendId) -> Health {
-        let Some(s) = self.state.get(id.index()) else {
+        let Some(s) = self.state(id) else {
             return Health::Same;
         };
         s.failures.store(0, Relaxed);
@@ -261,14 +429,14 @@ impl Router {
 
     /// A session was recorded for the backend.
     pub fn session_started(&self, id: BackendId) {
-        if let Some(s) = self.state.get(id.index()) {
+        if let Some(s) = self.state(id) {
             s.active.fetch_add(1, Relaxed);
         }
     }
 
     /// A session of the backend ended (its record was removed).
     pub fn session_ended(&self, id: BackendId) {
-        if let Some(s) = self.state.get(id.index()) {
+        if let Some(s) = self.state(id) {
             // Saturating: a record created before a restart may end after it.
             let _ = s
                 .active
@@ -365,6 +533,58 @@ mod tests {
         r.connect_failed(BackendId(0), t);
         r.connect_failed(BackendId(1), t);
         assert_eq!(r.pick(PickKind::NewSession, &[], t), None);
+    }
+
+    #[test]
+    fn draining_backends_take_no_new_sessions_but_stay_up() {
+        let (r, t) = router(2);
+        assert!(r.set_draining("127.0.0.1:1000", true));
+        for _ in 0..4 {
+            assert_eq!(r.pick(PickKind::NewSession, &[], t), Some(BackendId(1)));
+        }
+        assert!(r.is_up(BackendId(0), t), "its sessions go on");
+        assert!(!r.set_draining("nope", true));
+        r.set_draining("127.0.0.1:1000", false);
+        let picks: std::collections::HashSet<_> = (0..4)
+            .map(|_| r.pick(PickKind::Stateless, &[], t))
+            .collect();
+        assert_eq!(picks.len(), 2);
+    }
+
+    #[test]
+    fn backend_set_changes_keep_ids_and_state_by_name() {
+        let (r, t) = router(2);
+        r.session_started(BackendId(1));
+        let cfg = (*r.config()).clone();
+        let b1 = cfg.backends[1].clone();
+        let b2 = Backend::parse("http://127.0.0.1:2000", None).unwrap();
+        let ch = r.set_backends(cfg.clone(), vec![b1.clone(), b2.clone()], t);
+        assert_eq!(ch.removed, ["127.0.0.1:1000"]);
+        assert_eq!(ch.added, ["127.0.0.1:2000"]);
+        // the kept backend keeps its id and count; the removed id names nothing
+        assert_eq!(r.backend_by_name(&b1.name), Some(BackendId(1)));
+        assert_eq!(r.active_sessions(BackendId(1)), 1);
+        assert!(!r.is_configured(BackendId(0)));
+        assert!(!r.is_up(BackendId(0), t));
+        assert_eq!(
+            r.backend_by_name(&b2.name),
+            Some(BackendId(2)),
+            "no slot reuse before a TTL"
+        );
+        for _ in 0..6 {
+            assert_ne!(r.pick(PickKind::Stateless, &[], t), Some(BackendId(0)));
+        }
+        // a TTL later the tombstone's slot is reused
+        let later = t + cfg.session_ttl;
+        let b3 = Backend::parse("http://127.0.0.1:3000", None).unwrap();
+        r.set_backends(cfg, vec![b1, b2, b3.clone()], later);
+        assert_eq!(r.backend_by_name(&b3.name), Some(BackendId(0)));
+        assert_eq!(
+            r.active_sessions(BackendId(0)),
+            0,
+            "fresh state in a reused slot"
+        );
+        assert_eq!(r.status(later).len(), 3);
     }
 
     #[test]

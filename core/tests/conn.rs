@@ -268,7 +268,7 @@ fn initialize_records_the_session_and_later_requests_stick() {
     assert!(
         up.contains(&format!(
             "Host: {}\r\n",
-            h.router.backend(BackendId(b)).authority
+            h.router.backend(BackendId(b)).unwrap().authority
         )),
         "{up}"
     );
@@ -986,4 +986,28 @@ fn client_disconnect_mid_request_releases_the_upstream() {
     assert_eq!(h.released.last(), Some(&false));
     assert!(h.closed);
     let _ = BytesMut::new();
+}
+
+#[test]
+fn a_removed_backend_ends_its_sessions_as_if_it_died() {
+    let mut h = H::new(2);
+    let b = init(&mut h, "s");
+    let cfg = (*h.router.config()).clone();
+    let keep: Vec<Backend> = cfg
+        .backends
+        .iter()
+        .filter(|x| x.name != format!("b{b}"))
+        .cloned()
+        .collect();
+    let changes = h.router.set_backends(cfg, keep, h.now);
+    assert_eq!(changes.removed, [format!("b{b}")]);
+    let n = h.connects.len();
+    h.send(&post("/mcp", Some("s"), CALL));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert_eq!(h.connects.len(), n, "no connection to a removed backend");
+    assert_eq!(h.lookup("s"), None);
+    // new sessions go to the remaining backend
+    h.reconnect();
+    assert_ne!(init(&mut h, "t"), b);
 }

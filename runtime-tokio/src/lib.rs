@@ -253,11 +253,12 @@ async fn drive(
                                 conn.handle_upstream_connected(true, std::time::Instant::now());
                             }
                             None => {
-                                let b = router.backend(backend);
-                                let target = (b.host.clone(), b.port);
+                                let target =
+                                    router.backend(backend).map(|b| (b.host.clone(), b.port));
                                 connecting = Some((
                                     backend,
                                     Box::pin(async move {
+                                        let target = target.ok_or(std::io::ErrorKind::NotFound)?;
                                         let s = TcpStream::connect(target).await?;
                                         let _ = s.set_nodelay(true);
                                         Ok(s)
@@ -309,7 +310,7 @@ async fn drive(
                         conn.handle_upstream_connected(false, now);
                     }
                     Err(e) => {
-                        debug!(backend = %router.backend(b).name, error = %e, "connect failed");
+                        debug!(backend = %router.name(b), error = %e, "connect failed");
                         conn.handle_upstream_failed(now);
                     }
                 }
@@ -347,26 +348,26 @@ fn log_event(router: &Router, e: &Event, peer: SocketAddr) {
             backend,
             era,
         } => {
-            info!(session = %session, backend = %router.backend(*backend).name, era = ?era, "session started")
+            info!(session = %session, backend = %router.name(*backend), era = ?era, "session started")
         }
         Event::SessionEnded {
             session,
             backend,
             cause,
         } => {
-            info!(session = %session, backend = %router.backend(*backend).name, cause = cause.as_str(), "session ended")
+            info!(session = %session, backend = %router.name(*backend), cause = cause.as_str(), "session ended")
         }
         Event::DuplicateSession { session, backend } => {
-            warn!(session = %session, backend = %router.backend(*backend).name, "backend minted a session id that is already recorded; keeping the first record")
+            warn!(session = %session, backend = %router.name(*backend), "backend minted a session id that is already recorded; keeping the first record")
         }
         Event::Rejected { status, reason } => {
             info!(%peer, status, reason, "request rejected")
         }
         Event::BackendHealth { backend, health } => match health {
             Health::Down(d) => {
-                warn!(backend = %router.backend(*backend).name, backoff_ms = d.as_millis() as u64, "backend down")
+                warn!(backend = %router.name(*backend), backoff_ms = d.as_millis() as u64, "backend down")
             }
-            Health::Up => info!(backend = %router.backend(*backend).name, "backend up"),
+            Health::Up => info!(backend = %router.name(*backend), "backend up"),
             Health::Same => {}
         },
         Event::StoreUnavailable => warn!("session store unavailable"),
@@ -391,7 +392,7 @@ async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         for (session, rec) in expired.drain(..) {
             shared.router.session_ended(rec.backend);
             if shared.router.is_configured(rec.backend) {
-                info!(session = %session, backend = %shared.router.backend(rec.backend).name, cause = EndCause::Expired.as_str(), "session ended");
+                info!(session = %session, backend = %shared.router.name(rec.backend), cause = EndCause::Expired.as_str(), "session ended");
             }
         }
         shared.pool.expire();
@@ -406,9 +407,8 @@ async fn health_loop(shared: Arc<Shared>, every: Duration, mut shutdown: watch::
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        for i in 0..router.len() {
-            let id = BackendId(i as u16);
-            let b = router.backend(id);
+        for m in router.status(std::time::Instant::now()) {
+            let (id, b) = (m.id, m.backend);
             let ok = tokio::time::timeout(
                 router.config().timeouts.connect,
                 TcpStream::connect((b.host.as_str(), b.port)),

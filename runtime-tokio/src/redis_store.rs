@@ -107,7 +107,7 @@ impl RedisStore {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        format!("1|{era}|{created}|{}", self.router.backend(r.backend).name)
+        format!("1|{era}|{created}|{}", self.router.name(r.backend))
     }
 
     fn decode(&self, v: &[u8]) -> Record {
