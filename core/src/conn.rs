@@ -120,6 +120,18 @@ pub enum Event {
     },
     /// The session store did not answer.
     StoreUnavailable,
+    /// A backend's response head was relayed to the client.
+    Response {
+        /// The backend.
+        backend: BackendId,
+        /// Its status.
+        status: u16,
+        /// From the request head written upstream to the response head read back.
+        latency: Duration,
+    },
+    /// An exchange was cut off mid-way (client gone, broken framing, backend closed
+    /// mid-response, idle body): the connection was closed.
+    Aborted,
 }
 
 /// What the driver must do next. Carry outputs out in order.
@@ -270,6 +282,8 @@ struct Exchange {
     response_deadline: Option<Instant>,
     idle_deadline: Option<Instant>,
     touch_at: Option<Instant>,
+    /// When the request head went upstream (for the latency metric).
+    sent_at: Option<Instant>,
 }
 
 impl Exchange {
@@ -305,6 +319,7 @@ impl Exchange {
             response_deadline: None,
             idle_deadline: None,
             touch_at: None,
+            sent_at: None,
         }
     }
 
@@ -483,6 +498,7 @@ impl Conn {
             self.health(b, self.router.connect_ok(b));
         }
         self.x.upstream = Upstream::Ready { reused };
+        self.x.sent_at = Some(now);
         if self.x.retried {
             if let Some(r) = &self.x.retained {
                 self.out.push_back(Output::ToUpstream(r.clone().freeze()));
@@ -1048,6 +1064,15 @@ impl Conn {
         x.resp_head = true;
         x.response_deadline = None;
         let status = self.resp.status;
+        if let (Some(backend), Some(t)) = (x.backend, x.sent_at) {
+            let latency = now.saturating_duration_since(t);
+            self.event(Event::Response {
+                backend,
+                status,
+                latency,
+            });
+        }
+        let x = &mut self.x;
         let ok = (200..300).contains(&status);
         x.streaming = self.resp.is_event_stream();
         let b = x.backend.unwrap_or(BackendId(0));
@@ -1457,6 +1482,9 @@ impl Conn {
 
     /// Drop the exchange: close upstream and client, end a legacy stream's session.
     fn abort(&mut self, _now: Instant) {
+        if self.phase != Phase::Closed {
+            self.event(Event::Aborted);
+        }
         self.release_upstream(false);
         self.end_legacy_stream();
         self.close();

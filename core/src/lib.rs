@@ -114,6 +114,7 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod mcp;
+pub mod metrics;
 pub mod router;
 pub mod store;
 
