@@ -111,6 +111,21 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The member for one address a DNS name resolved to: named `<name>@<ip>:<port>`
+    /// (stable across replicas and resolutions), connecting to the address, sending
+    /// this backend's `Host` and base path.
+    pub fn discovered(&self, addr: std::net::SocketAddr) -> Backend {
+        Backend {
+            name: format!("{}@{}", self.name, addr),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            authority: self.authority.clone(),
+            base_path: self.base_path.clone(),
+        }
+    }
+}
+
 /// Timeouts the core enforces (it reads no clock: they are compared with the `now`
 /// the driver passes in).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,9 +219,6 @@ impl Config {
     /// Check the values make sense together; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |f: &str, why: &str| Err(ConfigError(format!("{f}: {why}")));
-        if self.backends.is_empty() {
-            return bad("backends", "at least one backend is required");
-        }
         if self.backends.len() > u16::MAX as usize {
             return bad("backends", "too many backends");
         }
@@ -304,7 +316,6 @@ mod tests {
     #[test]
     fn validate_names_the_field() {
         let mut c = Config::default();
-        assert!(c.validate().unwrap_err().0.starts_with("backends"));
         c.backends.push(Backend::parse("http://a:1", None).unwrap());
         c.validate().unwrap();
         c.backends.push(Backend::parse("http://a:1", None).unwrap());

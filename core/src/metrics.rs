@@ -100,19 +100,71 @@ impl Metrics {
             store_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
-        r.register("sessions_started", "Sessions recorded, by transport era", m.sessions_started.clone());
-        r.register("sessions_ended", "Session records removed, by cause", m.sessions_ended.clone());
-        r.register("sessions_active", "Live sessions routed by this process", m.sessions_active.clone());
-        r.register("requests", "Requests answered, by outcome (proxied, rejected, aborted) and status", m.requests.clone());
-        r.register("upstream_latency_seconds", "From request head sent to response head received, by backend", m.upstream_latency.clone());
-        r.register("rejected", "Requests the router answered itself with an error, by reason", m.rejected.clone());
-        r.register("duplicate_sessions", "Session ids a backend minted that were already recorded", m.duplicate_sessions.clone());
-        r.register("backend_up", "1 if the backend is not marked down", m.backend_up.clone());
-        r.register("backend_draining", "1 if the backend takes no new sessions", m.backend_draining.clone());
-        r.register("backend_sessions_active", "Live sessions per backend (this process's view)", m.backend_sessions.clone());
-        r.register("backend_health_changes", "Times a backend was marked down or up", m.backend_health_changes.clone());
-        r.register("store_operations", "Session store operations, by op and result", m.store_ops.clone());
-        r.register("store_latency_seconds", "Session store operation latency, by op", m.store_latency.clone());
+        r.register(
+            "sessions_started",
+            "Sessions recorded, by transport era",
+            m.sessions_started.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Session records removed, by cause",
+            m.sessions_ended.clone(),
+        );
+        r.register(
+            "sessions_active",
+            "Live sessions routed by this process",
+            m.sessions_active.clone(),
+        );
+        r.register(
+            "requests",
+            "Requests answered, by outcome (proxied, rejected, aborted) and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "upstream_latency_seconds",
+            "From request head sent to response head received, by backend",
+            m.upstream_latency.clone(),
+        );
+        r.register(
+            "rejected",
+            "Requests the router answered itself with an error, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "duplicate_sessions",
+            "Session ids a backend minted that were already recorded",
+            m.duplicate_sessions.clone(),
+        );
+        r.register(
+            "backend_up",
+            "1 if the backend is not marked down",
+            m.backend_up.clone(),
+        );
+        r.register(
+            "backend_draining",
+            "1 if the backend takes no new sessions",
+            m.backend_draining.clone(),
+        );
+        r.register(
+            "backend_sessions_active",
+            "Live sessions per backend (this process's view)",
+            m.backend_sessions.clone(),
+        );
+        r.register(
+            "backend_health_changes",
+            "Times a backend was marked down or up",
+            m.backend_health_changes.clone(),
+        );
+        r.register(
+            "store_operations",
+            "Session store operations, by op and result",
+            m.store_ops.clone(),
+        );
+        r.register(
+            "store_latency_seconds",
+            "Session store operation latency, by op",
+            m.store_latency.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -196,7 +248,9 @@ impl Metrics {
         };
         let result = match reply {
             StoreReply::Unavailable => "error",
-            StoreReply::Found(None) | StoreReply::Deleted(None) | StoreReply::Touched(false) => "miss",
+            StoreReply::Found(None) | StoreReply::Deleted(None) | StoreReply::Touched(false) => {
+                "miss"
+            }
             StoreReply::Inserted(false) => "exists",
             _ => "ok",
         };
@@ -217,7 +271,9 @@ impl Metrics {
                 backend: m.backend.name.clone(),
             };
             self.backend_up.get_or_create(&l).set(m.up as i64);
-            self.backend_draining.get_or_create(&l).set(m.draining as i64);
+            self.backend_draining
+                .get_or_create(&l)
+                .set(m.draining as i64);
             self.backend_sessions
                 .get_or_create(&l)
                 .set(m.active_sessions as i64);
@@ -242,17 +298,49 @@ mod tests {
     #[test]
     fn events_move_the_right_series() {
         let mut c = Config::default();
-        c.backends.push(Backend::parse("http://127.0.0.1:1", Some("b0")).unwrap());
+        c.backends
+            .push(Backend::parse("http://127.0.0.1:1", Some("b0")).unwrap());
         let t = Instant::now();
         let r = Router::new(Arc::new(c), t);
         let m = Metrics::new();
         let k = SessionKey::new(b"s", 10).unwrap();
-        m.observe(&r, &Event::SessionStarted { session: k.clone(), backend: BackendId(0), era: Era::Streamable });
+        m.observe(
+            &r,
+            &Event::SessionStarted {
+                session: k.clone(),
+                backend: BackendId(0),
+                era: Era::Streamable,
+            },
+        );
         r.session_started(BackendId(0));
-        m.observe(&r, &Event::Response { backend: BackendId(0), status: 200, latency: Duration::from_millis(3) });
-        m.observe(&r, &Event::Rejected { status: 404, reason: "Session not found" });
-        m.observe(&r, &Event::SessionEnded { session: k, backend: BackendId(0), cause: EndCause::Deleted });
-        m.observe_store(&StoreOp::Get(SessionKey::new(b"x", 10).unwrap()), &StoreReply::Unavailable, Duration::from_millis(1));
+        m.observe(
+            &r,
+            &Event::Response {
+                backend: BackendId(0),
+                status: 200,
+                latency: Duration::from_millis(3),
+            },
+        );
+        m.observe(
+            &r,
+            &Event::Rejected {
+                status: 404,
+                reason: "Session not found",
+            },
+        );
+        m.observe(
+            &r,
+            &Event::SessionEnded {
+                session: k,
+                backend: BackendId(0),
+                cause: EndCause::Deleted,
+            },
+        );
+        m.observe_store(
+            &StoreOp::Get(SessionKey::new(b"x", 10).unwrap()),
+            &StoreReply::Unavailable,
+            Duration::from_millis(1),
+        );
         r.set_draining("b0", true);
         let text = m.render(&r, t);
         for line in [
@@ -268,7 +356,10 @@ mod tests {
             "mcp_router_backend_sessions_active{backend=\"b0\"} 1",
             "mcp_router_sessions_active 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

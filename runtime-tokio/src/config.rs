@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Every flag can also be set by its environment variable or in the TOML file given
 /// with --config (same names, with underscores: `session_ttl = "2h"`). Precedence:
 /// flag, then environment, then file, then default.
-#[derive(Parser, Debug, Default)]
+#[derive(Parser, Debug, Default, Clone)]
 #[command(name = "mcp-router", version, about, long_about)]
 pub struct Cli {
     /// TOML configuration file.
@@ -93,6 +93,22 @@ pub struct Cli {
     /// On SIGTERM/Ctrl-C, how long in-flight requests may finish [default: 10s].
     #[arg(long, env = "MCP_ROUTER_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Address of the admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz`,
+    /// and `POST /admin/backends/<name>/drain` / `undrain` (off by default).
+    #[arg(long, env = "MCP_ROUTER_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Backends found through DNS: `name=http://dns-name:port[/base]` (e.g. a
+    /// StatefulSet's headless Service). Each address becomes a backend named
+    /// `name@ip:port`; one that disappears ends its sessions as if it had died.
+    #[arg(long, env = "MCP_ROUTER_DISCOVER", value_delimiter = ',')]
+    pub discover: Vec<String>,
+    /// How often --discover names are resolved again [default: 10s].
+    #[arg(long, env = "MCP_ROUTER_DISCOVER_INTERVAL")]
+    pub discover_interval: Option<String>,
+    /// Mark a backend draining: no new sessions, its sessions go on (repeatable). A
+    /// reload (SIGHUP) makes this list authoritative again.
+    #[arg(long, env = "MCP_ROUTER_DRAIN", value_delimiter = ',')]
+    pub drain: Vec<String>,
     /// How many router replicas run side by side; with more than one, the embedded
     /// store cannot share sessions and the router warns [default: 1].
     #[arg(long, env = "MCP_ROUTER_REPLICAS_EXPECTED")]
@@ -127,6 +143,10 @@ struct File {
     expiry_batch: Option<usize>,
     shutdown_grace: Option<toml::Value>,
     replicas_expected: Option<u32>,
+    admin_listen: Option<String>,
+    discover: Option<Vec<String>>,
+    discover_interval: Option<toml::Value>,
+    drain: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -158,6 +178,14 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Router replicas expected to run side by side.
     pub replicas_expected: u32,
+    /// Admin listener address.
+    pub admin_listen: Option<SocketAddr>,
+    /// DNS-discovered backend groups (a template backend named after the group).
+    pub discover: Vec<Backend>,
+    /// Re-resolution period of `discover`.
+    pub discover_interval: Duration,
+    /// Backends to mark draining.
+    pub drain: Vec<String>,
 }
 
 /// Parse a duration: `150ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
@@ -384,6 +412,52 @@ impl Cli {
             .replicas_expected
             .or(file.replicas_expected)
             .unwrap_or(1);
+        let admin_listen = match (&self.admin_listen, &file.admin_listen) {
+            (Some(a), _) => Some(*a),
+            (None, Some(s)) => Some(
+                s.parse()
+                    .map_err(|_| ConfigError(format!("admin_listen: invalid address {s:?}")))?,
+            ),
+            (None, None) => None,
+        };
+        let discover_specs = if !self.discover.is_empty() {
+            self.discover.clone()
+        } else {
+            file.discover.clone().unwrap_or_default()
+        };
+        let discover = discover_specs
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| match s.trim().split_once('=') {
+                Some((name, url)) if !name.is_empty() && !name.contains("://") => {
+                    Backend::parse(url, Some(name))
+                        .map_err(|e| ConfigError(format!("discover: {e}")))
+                }
+                _ => Err(ConfigError(format!(
+                    "discover: {s:?}: use name=http://dns-name:port"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let discover_interval = dur(
+            "discover_interval",
+            &self.discover_interval,
+            &file.discover_interval,
+            Duration::from_secs(10),
+        )?;
+        if discover_interval.is_zero() {
+            return Err(ConfigError("discover_interval: must be > 0".into()));
+        }
+        let drain = if !self.drain.is_empty() {
+            self.drain.clone()
+        } else {
+            file.drain.clone().unwrap_or_default()
+        };
+        if c.backends.is_empty() && discover.is_empty() {
+            return Err(ConfigError(
+                "backends: at least one backend (--backend) or DNS name (--discover) is required"
+                    .into(),
+            ));
+        }
         c.validate()?;
         Ok(Settings {
             listen,
@@ -391,6 +465,10 @@ impl Cli {
             core: c,
             shutdown_grace,
             replicas_expected,
+            admin_listen,
+            discover,
+            discover_interval,
+            drain,
         })
     }
 }

@@ -9,9 +9,11 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod ops;
 mod pool;
 pub mod redis_store;
 
+use mcp_router_core::metrics::Metrics;
 use mcp_router_core::{
     BackendId, Buffers, Conn, EndCause, Event, Health, MemStore, Output, Router, StoreOp,
     StoreReply,
@@ -52,6 +54,14 @@ impl Store {
         }
     }
 
+    /// Whether the store can be reached (the embedded one always can).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.is_ready(),
+        }
+    }
+
     /// `memory` or `redis`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -62,19 +72,42 @@ impl Store {
 }
 
 /// State shared by every connection of one router process.
-#[derive(Debug)]
 pub struct Shared {
     /// Backends, health, balancing.
     pub router: Arc<Router>,
     /// Session records.
     pub store: Store,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The settings in force (replaced by a reload).
+    pub settings: std::sync::RwLock<Settings>,
+    /// The members each `--discover` name resolved to last.
+    pub(crate) discovered: Mutex<Vec<Vec<mcp_router_core::Backend>>>,
+    pub(crate) resolver: Arc<dyn ops::Resolve>,
     pool: Pool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("router", &self.router)
+            .field("store", &self.store)
+            .finish()
+    }
 }
 
 impl Shared {
     /// Shared state for `settings`. A Redis store connects lazily: this does not wait
     /// for Redis (call it inside a tokio runtime).
     pub fn new(settings: &Settings) -> Result<Arc<Shared>, mcp_router_core::ConfigError> {
+        Self::with_resolver(settings, Arc::new(ops::SystemResolver))
+    }
+
+    /// As [`Shared::new`], resolving `--discover` names with `resolver` (a test seam).
+    pub fn with_resolver(
+        settings: &Settings,
+        resolver: Arc<dyn ops::Resolve>,
+    ) -> Result<Arc<Shared>, mcp_router_core::ConfigError> {
         let cfg = Arc::new(settings.core.clone());
         let epoch = std::time::Instant::now();
         let router = Arc::new(Router::new(cfg.clone(), epoch));
@@ -86,14 +119,17 @@ impl Shared {
             ))),
             StoreSettings::Redis(r) => Store::Redis(Arc::new(RedisStore::new(r, router.clone())?)),
         };
+        for name in &settings.drain {
+            router.set_draining(name, true);
+        }
         Ok(Arc::new(Shared {
-            pool: Pool::new(
-                cfg.backends.len(),
-                cfg.pool_max_idle,
-                cfg.timeouts.pool_idle,
-            ),
+            pool: Pool::new(cfg.pool_max_idle, cfg.timeouts.pool_idle),
             router,
             store,
+            metrics: Metrics::new(),
+            discovered: Mutex::new(vec![Vec::new(); settings.discover.len()]),
+            settings: std::sync::RwLock::new(settings.clone()),
+            resolver,
         }))
     }
 }
@@ -245,7 +281,9 @@ async fn drive(
                         let pooled = if fresh {
                             None
                         } else {
-                            shared.pool.checkout(backend)
+                            router.backend(backend).and_then(|b| {
+                                shared.pool.checkout(&(backend, b.host.clone(), b.port))
+                            })
                         };
                         match pooled {
                             Some(s) => {
@@ -272,18 +310,23 @@ async fn drive(
                         connecting = None;
                         if let Some((b, s)) = up.take() {
                             if reuse {
-                                shared.pool.checkin(b, s);
+                                if let Some(be) = router.backend(b) {
+                                    shared.pool.checkin((b, be.host.clone(), be.port), s);
+                                }
                             }
                         }
                     }
                     Output::Store(op) => {
-                        let r = shared.store.execute(&op, std::time::Instant::now()).await;
-                        conn.handle_store_reply(r, std::time::Instant::now());
+                        let t = std::time::Instant::now();
+                        let r = shared.store.execute(&op, t).await;
+                        let now = std::time::Instant::now();
+                        shared.metrics.observe_store(&op, &r, now - t);
+                        conn.handle_store_reply(r, now);
                     }
                     Output::CloseClient => {
                         let _ = cw.shutdown().await;
                     }
-                    Output::Event(e) => log_event(router, &e, peer),
+                    Output::Event(e) => report(&shared, &e, Some(peer)),
                 }
             }
             if !any {
@@ -341,7 +384,10 @@ async fn drive(
     // Whatever is left is dropped here: the sockets close.
 }
 
-fn log_event(router: &Router, e: &Event, peer: SocketAddr) {
+/// Log an event of the core and count it.
+pub(crate) fn report(shared: &Shared, e: &Event, peer: Option<SocketAddr>) {
+    let router = &shared.router;
+    shared.metrics.observe(router, e);
     match e {
         Event::SessionStarted {
             session,
@@ -361,8 +407,10 @@ fn log_event(router: &Router, e: &Event, peer: SocketAddr) {
             warn!(session = %session, backend = %router.name(*backend), "backend minted a session id that is already recorded; keeping the first record")
         }
         Event::Rejected { status, reason } => {
-            info!(%peer, status, reason, "request rejected")
+            info!(peer = ?peer, status, reason, "request rejected")
         }
+        Event::Response { .. } => {}
+        Event::Aborted => debug!(peer = ?peer, "exchange aborted"),
         Event::BackendHealth { backend, health } => match health {
             Health::Down(d) => {
                 warn!(backend = %router.name(*backend), backoff_ms = d.as_millis() as u64, "backend down")
@@ -393,6 +441,7 @@ async fn expiry_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             shared.router.session_ended(rec.backend);
             if shared.router.is_configured(rec.backend) {
                 info!(session = %session, backend = %shared.router.name(rec.backend), cause = EndCause::Expired.as_str(), "session ended");
+                shared.metrics.session_ended(EndCause::Expired);
             }
         }
         shared.pool.expire();
@@ -421,13 +470,13 @@ async fn health_loop(shared: Arc<Shared>, every: Duration, mut shutdown: watch::
             } else {
                 router.connect_failed(id, now)
             };
-            log_event(
-                router,
+            report(
+                &shared,
                 &Event::BackendHealth {
                     backend: id,
                     health: h,
                 },
-                SocketAddr::from(([0, 0, 0, 0], 0)),
+                None,
             );
         }
     }

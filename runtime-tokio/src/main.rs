@@ -1,7 +1,7 @@
 //! The `mcp-router` binary: the tokio frontend with CLI/TOML/env configuration.
 
 use clap::Parser;
-use mcp_router_tokio::{serve, shutdown_signal, Cli, Shared};
+use mcp_router_tokio::{ops, serve, shutdown_signal, Cli, Shared};
 use tracing::{error, info, warn};
 
 fn main() {
@@ -42,16 +42,36 @@ fn main() {
                  use a shared store"
             );
         }
-        let backends: Vec<_> = settings.core.backends.iter().map(|b| b.name.as_str()).collect();
-        let shared = match Shared::new(&settings) {
+                let shared = match Shared::new(&settings) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("mcp-router: bad configuration: {e}");
                 std::process::exit(2);
             }
         };
+                let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(admin) = settings.admin_listen {
+            match tokio::net::TcpListener::bind(admin).await {
+                Ok(l) => {
+                    let a = l.local_addr().expect("bound listener has an address");
+                    info!(admin = %a, "admin listener: /metrics /healthz /readyz /admin/backends/<name>/drain");
+                    tokio::spawn(ops::serve_admin(l, shared.clone(), rx.clone()));
+                }
+                Err(e) => {
+                    error!(admin = %admin, error = %e, "cannot listen (admin)");
+                    std::process::exit(1);
+                }
+            }
+        }
+        if !settings.discover.is_empty() {
+            // the first resolution happens before clients are served
+            ops::discover_once(&shared).await;
+            tokio::spawn(ops::discovery_loop(shared.clone(), rx.clone()));
+        }
+        #[cfg(unix)]
+        tokio::spawn(ops::reload_on_sighup(shared.clone(), cli.clone(), rx.clone()));
+        let backends: Vec<String> = shared.router.status(std::time::Instant::now()).into_iter().map(|m| m.backend.name.clone()).collect();
         info!(listen = %addr, ?backends, store = shared.store.kind(), ttl_s = settings.core.session_ttl.as_secs(), "mcp-router listening");
-        let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
             info!("shutdown signal received");

@@ -1,31 +1,37 @@
 //! Idle upstream connections, per backend.
 
 use mcp_router_core::BackendId;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+/// Which pool a connection belongs to: the backend id *and* its address, so that a
+/// backend slot reused for another address (DNS discovery) never gets an old socket.
+pub(crate) type PoolKey = (BackendId, String, u16);
 
 /// Keep-alive pool: per backend, a LIFO of idle connections with the time they went
 /// idle. Bounded by `max_idle` per backend and by `idle_timeout`.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    idle: Vec<Mutex<Vec<(TcpStream, Instant)>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<(TcpStream, Instant)>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Pool {
-    pub(crate) fn new(backends: usize, max_idle: usize, idle_timeout: Duration) -> Pool {
+    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: Mutex::default(),
             max_idle,
             idle_timeout,
         }
     }
 
     /// The most recently used idle connection that is still open, if any.
-    pub(crate) fn checkout(&self, b: BackendId) -> Option<TcpStream> {
-        let mut list = self.idle.get(b.index())?.lock().ok()?;
+    pub(crate) fn checkout(&self, key: &PoolKey) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
         let now = Instant::now();
         while let Some((s, since)) = list.pop() {
             if now.duration_since(since) >= self.idle_timeout {
@@ -43,8 +49,9 @@ impl Pool {
     }
 
     /// Return a clean connection for reuse.
-    pub(crate) fn checkin(&self, b: BackendId, s: TcpStream) {
-        if let Some(Ok(mut list)) = self.idle.get(b.index()).map(|m| m.lock()) {
+    pub(crate) fn checkin(&self, key: PoolKey, s: TcpStream) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(key).or_default();
             if list.len() >= self.max_idle {
                 list.remove(0);
             }
@@ -52,13 +59,14 @@ impl Pool {
         }
     }
 
-    /// Drop connections idle past the timeout.
+    /// Drop connections idle past the timeout, and empty pools.
     pub(crate) fn expire(&self) {
         let now = Instant::now();
-        for m in &self.idle {
-            if let Ok(mut list) = m.lock() {
+        if let Ok(mut idle) = self.idle.lock() {
+            for list in idle.values_mut() {
                 list.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
             }
+            idle.retain(|_, l| !l.is_empty());
         }
     }
 }
