@@ -525,3 +525,25 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS")
 }
+
+impl Proc {
+    /// The value of `field=` in the first captured line that has it (quotes removed).
+    pub fn log_field(&self, field: &str, timeout: Duration) -> Option<String> {
+        let key = format!("{field}=");
+        let line = self.wait_line(timeout, |l| l.contains(&key))?;
+        let rest = &line[line.find(&key)? + key.len()..];
+        Some(
+            rest.split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
+    }
+}
+
+/// One request on a fresh connection to `addr`; `(status, body)`.
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut c = Conn::open(addr);
+    let r = c.request(method, path, &[], "");
+    (r.status, r.text())
+}
