@@ -1,7 +1,7 @@
 //! End-to-end: the `mcp-router` binary in front of real `mcp-fake-backend` processes,
 //! all on 127.0.0.1.
 
-use mcp_router_testkit::harness::{initialize, post_json, Conn, Proc};
+use mcp_router_testkit::harness::{initialize, open_session_stream, post_json, Conn, Proc};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -145,14 +145,7 @@ fn sse_streams_flow_through() {
         .unwrap()
         .to_string();
     // a GET stream: events arrive one by one, from the owner
-    let mut g = r.conn();
-    g.send(
-        "GET",
-        "/mcp",
-        &[("Mcp-Session-Id", &sid), ("Accept", "text/event-stream")],
-        "",
-    );
-    let head = g.read_head();
+    let (mut g, head) = open_session_stream(&r.addr, &sid);
     assert_eq!(head.status, 200);
     assert!(head
         .header("content-type")

@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use mcp_router_testkit::harness::{
-    free_port, http, initialize, post_json, redis_server, Conn, Proc,
+    free_port, http, initialize, open_session_stream, post_json, redis_server, Conn, Proc,
 };
 use mcp_router_tokio::ops::{discover_once, Resolve};
 use mcp_router_tokio::{serve, Cli, Shared};
@@ -331,14 +331,8 @@ fn sighup_reload_keeps_open_streams_and_applies_the_new_backends() {
     );
     let (_, sid) = initialize(&mut r.conn(), json!(1));
     // an open SSE stream of that session
-    let mut g = r.conn();
-    g.send(
-        "GET",
-        "/mcp",
-        &[("Mcp-Session-Id", &sid), ("Accept", "text/event-stream")],
-        "",
-    );
-    assert_eq!(g.read_head().status, 200);
+    let (mut g, head) = open_session_stream(&r.addr, &sid);
+    assert_eq!(head.status, 200);
     let first = g.next_json_event()["params"]["n"].as_u64().unwrap();
     // add b1, drain b0, reload
     std::fs::write(

@@ -2,7 +2,8 @@
 //! `redis-server` started by each test on a free port.
 
 use mcp_router_testkit::harness::{
-    free_port, initialize, post_json, redis_cmd, redis_server, rss_kib, Conn, Proc,
+    free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, rss_kib, Conn,
+    Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,14 +62,8 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
             assert_eq!(owner(&r), home);
         }
         // the GET stream through B
-        let mut g = b.conn();
-        g.send(
-            "GET",
-            "/mcp",
-            &[("Mcp-Session-Id", &sid), ("Accept", "text/event-stream")],
-            "",
-        );
-        assert_eq!(g.read_head().status, 200);
+        let (mut g, head) = open_session_stream(&b.addr, &sid);
+        assert_eq!(head.status, 200);
         assert_eq!(g.next_json_event()["params"]["backend"], home.as_str());
         drop(g);
         // DELETE through B ends it for A

@@ -547,3 +547,18 @@ pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     let r = c.request(method, path, &[], "");
     (r.status, r.text())
 }
+
+/// Open a session's server-to-client stream (`GET /mcp` with `Accept:
+/// text/event-stream`) on a new connection to `addr`; returns the connection, positioned
+/// after the response head, and the head.
+pub fn open_session_stream(addr: &str, sid: &str) -> (Conn, Response) {
+    let mut g = Conn::open(addr);
+    g.send(
+        "GET",
+        "/mcp",
+        &[("Mcp-Session-Id", sid), ("Accept", "text/event-stream")],
+        "",
+    );
+    let head = g.read_head();
+    (g, head)
+}
