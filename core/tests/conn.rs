@@ -1018,3 +1018,25 @@ fn a_removed_backend_ends_its_sessions_as_if_it_died() {
     h.reconnect();
     assert_ne!(init(&mut h, "t"), b);
 }
+
+#[test]
+fn batches_route_like_any_message_and_never_open_a_session() {
+    // 2025-03-26 allows JSON-RPC batches (arrays); initialize never appears in one
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","method":"notifications/progress","params":{}}]"#;
+    let mut h = H::new(2);
+    h.send(&post("/mcp", None, batch));
+    assert_eq!(h.connects.len(), 1, "a sessionless batch is load-balanced");
+    h.connect_ok(false);
+    assert!(h.take_upstream().ends_with(batch));
+    // a batch of an unknown session: 404 with a null id (a batch has no single id)
+    let mut h = H::new(1);
+    h.send(&post("/mcp", Some("gone"), batch));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404);
+    assert!(body_json(&resp)["id"].is_null());
+    // a batch of a known session goes to its backend
+    let mut h = H::new(2);
+    let b = init(&mut h, "s");
+    h.send(&post("/mcp", Some("s"), batch));
+    assert_eq!(h.connects.last().unwrap().0, b);
+}
