@@ -860,18 +860,19 @@ impl Conn {
         if self.x.route != Route::Lookup {
             return;
         }
-        let Some(key) = self.x.session.clone() else {
+        // Cloned only on the paths that end the session: a found session costs no copy.
+        let Some(key) = self.x.session.as_ref() else {
             return;
         };
         match reply {
             StoreReply::Found(Some(rec)) if !self.router.is_configured(rec.backend) => {
-                self.end_session(key, EndCause::UnknownBackend);
+                self.end_session(key.clone(), EndCause::UnknownBackend);
                 self.not_found(now);
             }
             StoreReply::Found(Some(rec)) => {
                 if !self.router.is_up(rec.backend, now) {
                     // "its sessions are gone, as when a pod restarts"
-                    self.end_session(key, EndCause::BackendDown);
+                    self.end_session(key.clone(), EndCause::BackendDown);
                     self.not_found(now);
                 } else {
                     if self.req.method == Method::Get {
@@ -1078,13 +1079,15 @@ impl Conn {
         let b = x.backend.unwrap_or(BackendId(0));
         match x.kind {
             Kind::Pinned => {
-                let key = x.session.clone();
-                if let Some(key) = key {
+                // Cloned only when the session ends: relaying costs no copy.
+                if let Some(key) = &x.session {
                     if status == 404 {
                         // The backend no longer holds the session: drop the record
                         // and pass the 404 on, so the client initializes again.
+                        let key = key.clone();
                         self.end_session(key, EndCause::BackendNotFound);
                     } else if self.req.method == Method::Delete && ok {
+                        let key = key.clone();
                         self.end_session(key, EndCause::Deleted);
                     } else if self.x.streaming && self.x.touch_at.is_none() {
                         self.x.touch_at = Some(now + self.touch_period());

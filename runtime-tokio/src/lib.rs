@@ -252,6 +252,8 @@ async fn drive(
         conn.shutdown();
     }
     let (mut cr, mut cw) = client.split();
+    let mut to_client: Vec<bytes::Bytes> = Vec::new();
+    let mut to_up: Vec<bytes::Bytes> = Vec::new();
     'outer: loop {
         // Feed and drain until the core has nothing more to say.
         loop {
@@ -261,21 +263,13 @@ async fn drive(
             while let Some(o) = conn.poll_output() {
                 any = true;
                 match o {
-                    Output::ToClient(b) => {
-                        if cw.write_all(&b).await.is_err() {
-                            conn.handle_client_eof(std::time::Instant::now());
-                        }
-                    }
-                    Output::ToUpstream(b) => {
-                        if let Some((_, s)) = up.as_mut() {
-                            if s.write_all(&b).await.is_err() {
-                                let now = std::time::Instant::now();
-                                conn.handle_io(&mut bufs, now);
-                                conn.handle_upstream_eof(now);
-                            }
-                        }
-                    }
+                    // Writes are gathered and sent with one vectored write per side
+                    // when the core goes quiet (or before the socket changes): a
+                    // response head and its body then leave in one syscall.
+                    Output::ToClient(b) => to_client.push(b),
+                    Output::ToUpstream(b) => to_up.push(b),
                     Output::Connect { backend, fresh } => {
+                        flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
                         up = None;
                         connecting = None;
                         let pooled = if fresh {
@@ -306,6 +300,7 @@ async fn drive(
                         }
                     }
                     Output::ReleaseUpstream { reuse } => {
+                        flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
                         bufs.upstream.clear();
                         connecting = None;
                         if let Some((b, s)) = up.take() {
@@ -324,9 +319,22 @@ async fn drive(
                         conn.handle_store_reply(r, now);
                     }
                     Output::CloseClient => {
+                        if write_all_vectored(&mut cw, &mut to_client).await.is_err() {
+                            conn.handle_client_eof(std::time::Instant::now());
+                        }
                         let _ = cw.shutdown().await;
                     }
                     Output::Event(e) => report(&shared, &e, Some(peer)),
+                }
+            }
+            if !to_up.is_empty() {
+                any = true;
+                flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
+            }
+            if !to_client.is_empty() {
+                any = true;
+                if write_all_vectored(&mut cw, &mut to_client).await.is_err() {
+                    conn.handle_client_eof(std::time::Instant::now());
                 }
             }
             if !any {
@@ -382,6 +390,68 @@ async fn drive(
         }
     }
     // Whatever is left is dropped here: the sockets close.
+}
+
+/// Write the gathered upstream bytes (if there is a connection); a failed write is
+/// the upstream connection breaking.
+async fn flush_upstream(
+    up: &mut Option<(BackendId, TcpStream)>,
+    pending: &mut Vec<bytes::Bytes>,
+    conn: &mut Conn,
+    bufs: &mut Buffers,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let Some((_, s)) = up.as_mut() else {
+        pending.clear();
+        return;
+    };
+    if write_all_vectored(s, pending).await.is_err() {
+        let now = std::time::Instant::now();
+        conn.handle_io(bufs, now);
+        conn.handle_upstream_eof(now);
+    }
+}
+
+/// Write every buffer in order with as few (vectored) writes as possible; `bufs` is
+/// empty afterwards, whatever the outcome.
+async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    bufs: &mut Vec<bytes::Bytes>,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let r = async {
+        let mut i = 0;
+        while i < bufs.len() {
+            let mut slices = [std::io::IoSlice::new(&[]); 16];
+            let mut k = 0;
+            for b in bufs[i..].iter().take(16) {
+                slices[k] = std::io::IoSlice::new(b);
+                k += 1;
+            }
+            let mut n = w.write_vectored(&slices[..k]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let b = &mut bufs[i];
+                let k = n.min(b.len());
+                b.advance(k);
+                n -= k;
+                if b.is_empty() {
+                    i += 1;
+                }
+            }
+            while i < bufs.len() && bufs[i].is_empty() {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    bufs.clear();
+    r
 }
 
 /// Log an event of the core and count it.

@@ -1,0 +1,263 @@
+//! Shared pieces of mcp-router's benchmarks: a counting global allocator (each bench
+//! binary installs it with `#[global_allocator]`), realistic MCP inputs, and a
+//! harness that drives one [`Conn`] the way a driver does (bytes in, outputs drained,
+//! store ops run inline against a [`MemStore`]), with no sockets.
+
+use bytes::BytesMut;
+use mcp_router_core::{Backend, Buffers, Config, Conn, MemStore, Output, Router};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A global allocator that counts heap allocations (and reallocations) and the bytes
+/// requested. Install it in a binary with `#[global_allocator]`.
+pub struct CountingAlloc;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        ALLOC_BYTES.fetch_add(l.size() as u64, Relaxed);
+        LIVE_BYTES.fetch_add(l.size() as i64, Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE_BYTES.fetch_sub(l.size() as i64, Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        ALLOC_BYTES.fetch_add(n as u64, Relaxed);
+        LIVE_BYTES.fetch_add(n as i64 - l.size() as i64, Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+/// Allocations (including reallocations) so far, and bytes requested by them.
+pub fn alloc_count() -> (u64, u64) {
+    (ALLOCS.load(Relaxed), ALLOC_BYTES.load(Relaxed))
+}
+
+/// Heap bytes currently allocated (through [`CountingAlloc`]).
+pub fn live_bytes() -> i64 {
+    LIVE_BYTES.load(Relaxed)
+}
+
+/// A session id shaped like the fake backend's and most SDKs' (UUID-sized).
+pub const SESSION: &str = "b0-1-0123456789abcdef-6c1f3a9e2b7d4c58";
+
+/// A `tools/call` request of an established session with about 300 bytes of arguments.
+pub fn tools_call_request(session: &str) -> Vec<u8> {
+    let body = tools_call_body(300);
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: router.example:8080\r\nUser-Agent: mcp-bench/1\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Mcp-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A `tools/call` JSON-RPC body whose `arguments` hold about `args` bytes.
+pub fn tools_call_body(args: usize) -> String {
+    let text = "lorem ipsum dolor sit amet ".repeat(args / 27 + 1);
+    let text = &text[..args.saturating_sub(40).max(1)];
+    format!(
+        r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}","n":7,"flag":true}}}}}}"#
+    )
+}
+
+/// An `initialize` request (no session yet).
+pub fn initialize_request() -> Vec<u8> {
+    let body = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: router.example:8080\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A `DELETE` of the session.
+pub fn delete_request(session: &str) -> Vec<u8> {
+    format!(
+        "DELETE /mcp HTTP/1.1\r\nHost: router.example:8080\r\nMcp-Protocol-Version: 2025-06-18\r\n\
+         Mcp-Session-Id: {session}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A backend's answer to a `tools/call` (JSON, about 150 bytes).
+pub fn tools_call_response() -> Vec<u8> {
+    let body = r#"{"jsonrpc":"2.0","id":42,"result":{"backend":"b0","content":[{"type":"text","text":"ok"}],"seq":3,"session":"b0-1-0123456789abcdef-6c1f3a9e2b7d4c58"}}"#;
+    json_response(body, None)
+}
+
+/// A 2 KiB `initialize` answer minting `session`.
+pub fn initialize_response(session: &str) -> Vec<u8> {
+    let pad = "x".repeat(1800);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":0,"result":{{"protocolVersion":"2025-06-18","capabilities":{{"tools":{{"listChanged":true}}}},"serverInfo":{{"name":"b0","version":"0"}},"instructions":"{pad}"}}}}"#
+    );
+    json_response(&body, Some(session))
+}
+
+/// `200` with an empty body (a DELETE's answer).
+pub fn empty_ok() -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n".to_vec()
+}
+
+fn json_response(body: &str, session: Option<&str>) -> Vec<u8> {
+    let sid = session
+        .map(|s| format!("mcp-session-id: {s}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{sid}content-length: {}\r\n\
+         date: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A config with `n` backends.
+pub fn config(n: usize) -> Config {
+    let mut c = Config::default();
+    for i in 0..n {
+        c.backends.push(
+            Backend::parse(
+                &format!("http://10.0.0.{}:80{}", i + 1, i),
+                Some(&format!("b{i}")),
+            )
+            .expect("backend"),
+        );
+    }
+    c.session_ttl = Duration::from_secs(7200);
+    c
+}
+
+/// One client connection driven in memory: the client writes requests, the backend's
+/// answers are injected as soon as the request went upstream, and the store runs
+/// inline. Written bytes are only counted (as a driver's socket write would consume
+/// them).
+pub struct Harness {
+    /// The shared router.
+    pub router: Arc<Router>,
+    /// The embedded store.
+    pub store: MemStore,
+    /// The connection under test.
+    pub conn: Conn,
+    /// Its read buffers.
+    pub bufs: Buffers,
+    /// Virtual time.
+    pub now: Instant,
+    /// Bytes written to the client.
+    pub to_client: usize,
+    /// Bytes written upstream.
+    pub to_upstream: usize,
+    /// A `Connect` is waiting to be answered.
+    pub connect_pending: bool,
+    /// `ReleaseUpstream { reuse: true }` seen.
+    pub released: usize,
+}
+
+impl Harness {
+    /// A router with two backends, one connection.
+    pub fn new() -> Harness {
+        let c = config(2);
+        let now = Instant::now();
+        let store = MemStore::new(c.session_ttl, 4096, now);
+        let router = Arc::new(Router::new(Arc::new(c), now));
+        let conn = Conn::new(
+            router.clone(),
+            Some("192.0.2.7".parse().expect("ip")),
+            "http",
+            now,
+        );
+        let mut bufs = Buffers::default();
+        // a driver reads into buffers of a fixed size; start them there
+        bufs.client.reserve(16 * 1024);
+        bufs.upstream.reserve(16 * 1024);
+        Harness {
+            router,
+            store,
+            conn,
+            bufs,
+            now,
+            to_client: 0,
+            to_upstream: 0,
+            connect_pending: false,
+            released: 0,
+        }
+    }
+
+    /// Feed and drain until quiet.
+    pub fn drain(&mut self) {
+        loop {
+            self.conn.handle_io(&mut self.bufs, self.now);
+            let mut any = false;
+            while let Some(o) = self.conn.poll_output() {
+                any = true;
+                match o {
+                    Output::ToClient(b) => self.to_client += b.len(),
+                    Output::ToUpstream(b) => self.to_upstream += b.len(),
+                    Output::Connect { .. } => self.connect_pending = true,
+                    Output::ReleaseUpstream { reuse } => {
+                        self.released += reuse as usize;
+                        self.bufs.upstream.clear();
+                    }
+                    Output::Store(op) => {
+                        let r = self.store.execute(&op, self.now);
+                        self.conn.handle_store_reply(r, self.now);
+                    }
+                    Output::CloseClient => {}
+                    Output::Event(e) => {
+                        std::hint::black_box(e);
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// One whole exchange: `request` from the client, a pooled connection, `response`
+    /// from the backend, relayed. Returns the bytes written to the client.
+    pub fn exchange(&mut self, request: &[u8], response: &[u8]) -> usize {
+        let before = self.to_client;
+        append(&mut self.bufs.client, request);
+        self.drain();
+        if std::mem::take(&mut self.connect_pending) {
+            self.conn.handle_upstream_connected(true, self.now);
+            self.drain();
+        }
+        append(&mut self.bufs.upstream, response);
+        self.drain();
+        self.to_client - before
+    }
+
+    /// Record `session` as an established session on backend 0 (through a real
+    /// initialize exchange).
+    pub fn establish(&mut self, session: &str) {
+        let n = self.exchange(&initialize_request(), &initialize_response(session));
+        assert!(n > 2000, "initialize not relayed");
+        assert_eq!(self.store.len(), 1, "session not recorded");
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Harness::new()
+    }
+}
+
+/// Append like a socket read into a driver's buffer.
+fn append(buf: &mut BytesMut, bytes: &[u8]) {
+    buf.extend_from_slice(bytes);
+}
