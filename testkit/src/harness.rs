@@ -24,7 +24,8 @@ pub fn bin_path(name: &str) -> PathBuf {
     if !p.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bin", name]);
+        // --workspace: the binary may belong to another package than the test's
+        cmd.args(["build", "--workspace", "--bin", name]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
