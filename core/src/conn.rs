@@ -422,6 +422,20 @@ impl Conn {
         }
     }
 
+    /// Bytes and entries the connection holds right now, for the fuzz targets' memory
+    /// bounds: request body bytes held before the upstream connection is ready, the
+    /// copy kept for a resend, response bytes held while a new session is recorded,
+    /// and store ops awaiting a reply. Not part of the API.
+    #[doc(hidden)]
+    pub fn held(&self) -> [usize; 4] {
+        let retained = self.x.retained.as_ref().map_or(0, |r| r.len());
+        let hold = match &self.x.hold {
+            Hold::Body(b) => b.len(),
+            _ => 0,
+        };
+        [self.x.pending_len, retained, hold, self.waiting.len()]
+    }
+
     /// The next output to carry out. Drain until `None` after every `handle_*` call.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
