@@ -732,6 +732,13 @@ impl Conn {
                 let room = (self.cfg.max_inspect_body + 1).saturating_sub(x.pending_len);
                 &bufs.client[..bufs.client.len().min(room)]
             }
+            // Likewise while draining a body the router answers itself: whether the
+            // body ends within the limit (keep the connection) or not (close) must not
+            // depend on how the bytes arrived.
+            Route::Answer { .. } => {
+                let room = (self.cfg.max_inspect_body + 1).saturating_sub(x.drained);
+                &bufs.client[..bufs.client.len().min(room)]
+            }
             _ => &bufs.client[..],
         };
         let sniffer = &mut x.sniffer;
@@ -762,6 +769,10 @@ impl Conn {
             return false;
         }
         let raw = bufs.client.split_to(n).freeze();
+        if x.sniff && x.route == Route::Forward && x.sniffer.id_settled() {
+            // routed, and the id is known: nothing more to learn from the body
+            x.sniff = false;
+        }
         x.req_done = x.req_body.is_done();
         if x.req_done && x.sniff {
             // the whole message was seen: settle what is still open
@@ -822,7 +833,9 @@ impl Conn {
         } else {
             Kind::Stateless
         };
-        self.x.sniff = false;
+        // Keep reading the id if it comes after the method: an error answered later
+        // (502, 504) echoes it, whether or not it arrived in the same read.
+        self.x.sniff = !self.x.sniffer.id_settled();
         self.pick_and_connect(now);
     }
 
@@ -907,10 +920,10 @@ impl Conn {
             return;
         };
         let x = &self.x;
-        let ready = !x.sniff
-            || x.req_done
-            || x.sniffer.id_settled()
-            || x.drained >= self.cfg.max_inspect_body;
+        // Read the rest of the body (up to the inspection limit) even once the id is
+        // known: answering early would close the connection when the id happened to
+        // arrive in an earlier read than the body's end, and keep it otherwise.
+        let ready = !x.sniff || x.req_done || x.drained > self.cfg.max_inspect_body;
         if ready {
             self.respond_local(status, code, msg, true);
         }
