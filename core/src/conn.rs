@@ -739,6 +739,12 @@ impl Conn {
                 let room = (self.cfg.max_inspect_body + 1).saturating_sub(x.drained);
                 &bufs.client[..bufs.client.len().min(room)]
             }
+            // Held while connecting: at most `max_inspect_body`, however it arrived, so
+            // that a local answer after a failed connect finds the same body read.
+            Route::Forward if !to_upstream => {
+                let room = self.cfg.max_inspect_body.saturating_sub(x.pending_len);
+                &bufs.client[..bufs.client.len().min(room)]
+            }
             _ => &bufs.client[..],
         };
         let sniffer = &mut x.sniffer;

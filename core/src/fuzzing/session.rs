@@ -904,7 +904,7 @@ pub fn session_sequence(data: &[u8]) {
             } else {
                 (&b.client, &a.client)
             };
-            let aborted = a.other.last().is_some_and(|o| o == "close");
+            let aborted = a.other.iter().any(|o| o == "close");
             assert!(
                 aborted && long.starts_with(short),
                 "client bytes depend on splits:\n{:?}\n{:?}",
