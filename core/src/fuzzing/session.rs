@@ -3,7 +3,7 @@
 //! different splits of the same bytes.
 
 use crate::config::{Backend, Config};
-use crate::conn::{Buffers, Conn, Output};
+use crate::conn::{Buffers, Conn, Event, Output};
 use crate::http::{parse_request, parse_response, BodyDecoder, BodyKind, Method, RequestHead};
 use crate::http::{HttpLimits, ResponseHead};
 use crate::mcp::{is_stateless_version, query_session_id, SessionKey};
@@ -292,8 +292,10 @@ struct Trace {
     client: Vec<u8>,
     /// Bytes written upstream, one entry per connection asked for.
     upstream: Vec<Vec<u8>>,
-    /// Every output other than bytes, in order.
+    /// Every output other than bytes and session events, in order.
     other: Vec<String>,
+    /// Session events, in order.
+    sessions: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -507,6 +509,14 @@ impl World {
                 }
             }
             Output::CloseClient => c.trace.other.push("close".into()),
+            // Session events follow store replies, whose timing relative to the other
+            // outputs is the store's: compared as their own sequence.
+            Output::Event(
+                e @ (Event::SessionStarted { .. }
+                | Event::SessionEnded { .. }
+                | Event::DuplicateSession { .. }
+                | Event::StoreUnavailable),
+            ) => c.trace.sessions.push(format!("{e:?}")),
             Output::Event(e) => c.trace.other.push(format!("{e:?}")),
         }
     }
@@ -894,6 +904,7 @@ pub fn session_sequence(data: &[u8]) {
     assert_eq!(split.1, whole.1, "store size depends on splits");
     for (a, b) in split.0.iter().zip(&whole.0) {
         assert_eq!(a.other, b.other, "decisions depend on how bytes were split");
+        assert_eq!(a.sessions, b.sessions, "session events depend on splits");
         assert_eq!(a.upstream, b.upstream, "upstream bytes depend on splits");
         if a.client != b.client {
             // An aborted response (the connection closed mid-stream) may stop at a
