@@ -21,8 +21,11 @@ use bytes::BytesMut;
 mod session;
 pub use session::session_sequence;
 
+/// One target's checks: panics when an invariant fails.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets by name, for the replay test: `(name, function)`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("request_head", request_head),
     ("response_head", response_head),
     ("chunked", chunked),

@@ -686,7 +686,7 @@ impl World {
                     return;
                 };
                 match how {
-                    0 | 1 | 2 => {
+                    0..=2 => {
                         conn.connected = Some(b);
                         conn.conn.handle_upstream_connected(false, self.now);
                     }
