@@ -437,6 +437,20 @@ impl Conn {
         }
     }
 
+    /// Bytes and entries the connection holds right now, for the fuzz targets' memory
+    /// bounds: request body bytes held before the upstream connection is ready, the
+    /// copy kept for a resend, response bytes held while a new session is recorded,
+    /// and store ops awaiting a reply. Not part of the API.
+    #[doc(hidden)]
+    pub fn held(&self) -> [usize; 4] {
+        let retained = self.x.retained.as_ref().map_or(0, |r| r.len());
+        let hold = match &self.x.hold {
+            Hold::Body(b) => b.len(),
+            _ => 0,
+        };
+        [self.x.pending_len, retained, hold, self.waiting.len()]
+    }
+
     /// The next output to carry out. Drain until `None` after every `handle_*` call.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -739,6 +753,19 @@ impl Conn {
                 let room = (self.cfg.max_inspect_body + 1).saturating_sub(x.pending_len);
                 &bufs.client[..bufs.client.len().min(room)]
             }
+            // Likewise while draining a body the router answers itself: whether the
+            // body ends within the limit (keep the connection) or not (close) must not
+            // depend on how the bytes arrived.
+            Route::Answer { .. } => {
+                let room = (self.cfg.max_inspect_body + 1).saturating_sub(x.drained);
+                &bufs.client[..bufs.client.len().min(room)]
+            }
+            // Held while connecting: at most `max_inspect_body`, however it arrived, so
+            // that a local answer after a failed connect finds the same body read.
+            Route::Forward if !to_upstream => {
+                let room = self.cfg.max_inspect_body.saturating_sub(x.pending_len);
+                &bufs.client[..bufs.client.len().min(room)]
+            }
             _ => &bufs.client[..],
         };
         let sniffer = &mut x.sniffer;
@@ -769,6 +796,10 @@ impl Conn {
             return false;
         }
         let raw = bufs.client.split_to(n).freeze();
+        if x.sniff && x.route == Route::Forward && x.sniffer.id_settled() {
+            // routed, and the id is known: nothing more to learn from the body
+            x.sniff = false;
+        }
         x.req_done = x.req_body.is_done();
         if x.req_done && x.sniff {
             // the whole message was seen: settle what is still open
@@ -829,7 +860,9 @@ impl Conn {
         } else {
             Kind::Stateless
         };
-        self.x.sniff = false;
+        // Keep reading the id if it comes after the method: an error answered later
+        // (502, 504) echoes it, whether or not it arrived in the same read.
+        self.x.sniff = !self.x.sniffer.id_settled();
         self.pick_and_connect(now);
     }
 
@@ -915,10 +948,10 @@ impl Conn {
             return;
         };
         let x = &self.x;
-        let ready = !x.sniff
-            || x.req_done
-            || x.sniffer.id_settled()
-            || x.drained >= self.cfg.max_inspect_body;
+        // Read the rest of the body (up to the inspection limit) even once the id is
+        // known: answering early would close the connection when the id happened to
+        // arrive in an earlier read than the body's end, and keep it otherwise.
+        let ready = !x.sniff || x.req_done || x.drained > self.cfg.max_inspect_body;
         if ready {
             self.respond_local(status, code, msg, true);
         }

@@ -112,6 +112,9 @@
 
 pub mod config;
 pub mod conn;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod mcp;
 pub mod metrics;

@@ -112,6 +112,13 @@ impl MemStore {
         self.map.len()
     }
 
+    /// The record held for `key`, expired or not, without sliding it (for the fuzz
+    /// targets' checks). Not part of the API.
+    #[doc(hidden)]
+    pub fn peek(&self, key: &str) -> Option<Record> {
+        self.map.get(key).map(|e| e.record)
+    }
+
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

@@ -107,9 +107,10 @@ fn hex_value(b: u8) -> Option<u64> {
 /// Parse a chunk-size line at the start of `rest`: `Ok(Some((line length with CRLF,
 /// size)))`, or `Ok(None)` if the line is incomplete but may still be valid.
 fn parse_size_line(rest: &[u8], max_line: usize) -> Result<Option<(usize, u64)>, BodyError> {
-    // Never look further than a line may be long (plus the byte that proves it is too
-    // long).
-    let window = &rest[..rest.len().min(max_line.saturating_add(1))];
+    // Never look further than a line may be long: a complete line (CRLF included) fits
+    // in `max_line` bytes. Looking one byte further would let that byte turn a
+    // `LineTooLong` into an `InvalidChunkSize` only when it arrived in the same read.
+    let window = &rest[..rest.len().min(max_line)];
     let incomplete = || {
         // The finished line will be at least one byte longer than what we have.
         if window.len() >= max_line {

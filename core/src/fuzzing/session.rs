@@ -1,0 +1,927 @@
+//! The whole-core target: an `Arbitrary` sequence of operations over a small router
+//! (2-3 backends, embedded store, up to four client connections), run twice with
+//! different splits of the same bytes.
+
+use crate::config::{Backend, Config};
+use crate::conn::{Buffers, Conn, Event, Output};
+use crate::http::{parse_request, parse_response, BodyDecoder, BodyKind, Method, RequestHead};
+use crate::http::{HttpLimits, ResponseHead};
+use crate::mcp::{is_stateless_version, query_session_id, SessionKey};
+use crate::router::{BackendId, Router};
+use crate::store::{MemStore, StoreOp, StoreReply};
+use arbitrary::{Result, Unstructured};
+use bytes::BytesMut;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MAX_CONNS: usize = 4;
+const MAX_OPS: usize = 64;
+/// Most bytes one driver read moves into a buffer.
+const READ: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Open,
+    Client {
+        c: usize,
+        bytes: Vec<u8>,
+        cuts: Vec<usize>,
+    },
+    ClientEof {
+        c: usize,
+    },
+    Connect {
+        c: usize,
+        how: u8,
+    },
+    Upstream {
+        c: usize,
+        bytes: Vec<u8>,
+        cuts: Vec<usize>,
+    },
+    UpstreamEof {
+        c: usize,
+    },
+    StoreMode(u8),
+    StoreFlush,
+    Advance(u64),
+    Expire,
+    Shutdown {
+        c: usize,
+    },
+}
+
+struct Script {
+    backends: usize,
+    max_inspect: usize,
+    max_head: usize,
+    ops: Vec<Op>,
+}
+
+fn body_for(u: &mut Unstructured<'_>, method: &str) -> Result<Vec<u8>> {
+    let id = u.int_in_range(0..=99u8)?;
+    Ok(match u.int_in_range(0..=3u8)? {
+        0 => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{{}}}}"#),
+        1 => format!(r#"{{"method":"{method}","jsonrpc":"2.0","id":"r{id}"}}"#),
+        2 => format!(r#"{{"jsonrpc":"2.0","method":"{method}"}}"#),
+        _ => format!(r#"[{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}]"#),
+    }
+    .into_bytes())
+}
+
+fn client_bytes(u: &mut Unstructured<'_>, max_inspect: usize) -> Result<Vec<u8>> {
+    let sid = format!("m{}", u.int_in_range(0..=40u8)?);
+    let version = if u.ratio(1, 8)? { "1.0" } else { "1.1" };
+    let close = if u.ratio(1, 6)? {
+        "Connection: close\r\n"
+    } else {
+        ""
+    };
+    let method = ["initialize", "tools/call", "ping"][u.int_in_range(0..=2usize)?];
+    let post = |path: &str, extra: &str, body: &[u8]| {
+        let mut v = format!(
+            "POST {path} HTTP/{version}\r\nHost: r\r\n{close}{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        v.extend_from_slice(body);
+        v
+    };
+    Ok(match u.int_in_range(0..=11u8)? {
+        0 => post("/mcp", "", &body_for(u, "initialize")?),
+        1 => post("/mcp", &format!("Mcp-Session-Id: {sid}\r\n"), &body_for(u, method)?),
+        2 => format!("DELETE /mcp HTTP/{version}\r\nHost: r\r\n{close}Mcp-Session-Id: {sid}\r\n\r\n")
+            .into_bytes(),
+        3 => format!("GET /mcp HTTP/{version}\r\n{close}Accept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\r\n")
+            .into_bytes(),
+        4 => format!("GET /sse HTTP/{version}\r\n{close}Accept: text/event-stream\r\n\r\n").into_bytes(),
+        5 => post(&format!("/messages?sessionId={sid}"), "", &body_for(u, method)?),
+        6 => {
+            let body = body_for(u, method)?;
+            let at = u.int_in_range(0..=body.len())?;
+            let session = if u.ratio(1, 2)? {
+                format!("Mcp-Session-Id: {sid}\r\n")
+            } else {
+                String::new()
+            };
+            let mut v = format!(
+                "POST /mcp HTTP/1.1\r\n{close}{session}Transfer-Encoding: chunked\r\n\r\n"
+            )
+            .into_bytes();
+            for part in [&body[..at], &body[at..]] {
+                if !part.is_empty() {
+                    v.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                    v.extend_from_slice(part);
+                    v.extend_from_slice(b"\r\n");
+                }
+            }
+            v.extend_from_slice(b"0\r\n\r\n");
+            v
+        }
+        7 => post(
+            "/mcp",
+            &format!("MCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: {sid}\r\n"),
+            &body_for(u, method)?,
+        ),
+        8 => post(
+            "/mcp",
+            &format!("Mcp-Session-Id: {sid}\r\nExpect: 100-continue\r\n"),
+            &body_for(u, method)?,
+        ),
+        9 => {
+            // a sessionless body the router must inspect past its limit
+            let mut body = br#"{"jsonrpc":"2.0","params":{"pad":""#.to_vec();
+            body.resize(body.len() + max_inspect, b'x');
+            body.extend_from_slice(br#""},"method":"initialize","id":1}"#);
+            post("/mcp", "", &body)
+        }
+        10 => format!("{sid}\r\n").into_bytes(),
+        _ => {
+            let n = u.int_in_range(0..=200usize)?;
+            u.bytes(n)?.to_vec()
+        }
+    })
+}
+
+fn upstream_bytes(u: &mut Unstructured<'_>, idx: usize) -> Result<Vec<u8>> {
+    let sid = format!("m{idx}");
+    let close = if u.ratio(1, 6)? {
+        "Connection: close\r\n"
+    } else {
+        ""
+    };
+    let json = |status: &str, extra: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\n{close}{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let ok = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+    let mut v = match u.int_in_range(0..=10u8)? {
+        0 => json("200 OK", &format!("Mcp-Session-Id: {sid}\r\n"), ok),
+        1 => format!(
+            "HTTP/1.1 200 OK\r\n{close}Mcp-Session-Id: {sid}\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\ndata: {ok}\n\n\r\n0\r\n\r\n",
+            ok.len() + 8
+        )
+        .into_bytes(),
+        2 => json("404 Not Found", "", r#"{"error":"gone"}"#),
+        3 => b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        4 => json("500 Internal Server Error", "", "{}"),
+        5 => format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nevent: endpoint\ndata: /messages?sessionId={sid}\n\n"
+        )
+        .into_bytes(),
+        6 => format!(
+            "HTTP/1.1 200 OK\r\n{close}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{ok}\r\n0\r\n\r\n",
+            ok.len()
+        )
+        .into_bytes(),
+        7 => {
+            let mut v = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            v.extend(json("200 OK", "", ok));
+            v
+        }
+        8 => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+        9 => b"data: more\n\n".to_vec(),
+        _ => {
+            let n = u.int_in_range(0..=200usize)?;
+            u.bytes(n)?.to_vec()
+        }
+    };
+    if u.ratio(1, 6)? {
+        v.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
+    Ok(v)
+}
+
+fn read_cuts(u: &mut Unstructured<'_>, len: usize) -> Result<Vec<usize>> {
+    let n = u.int_in_range(0..=6usize)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(u.int_in_range(0..=len)?);
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+impl Script {
+    fn read(u: &mut Unstructured<'_>) -> Result<Script> {
+        let backends = u.int_in_range(2..=3usize)?;
+        let max_inspect = [64, 300, 4096][u.int_in_range(0..=2usize)?];
+        let max_head = [256, 4096][u.int_in_range(0..=1usize)?];
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < MAX_OPS {
+            let c = u.int_in_range(0..=MAX_CONNS - 1)?;
+            let op = match u.int_in_range(0..=15u8)? {
+                0 => Op::Open,
+                1..=4 => {
+                    let bytes = client_bytes(u, max_inspect)?;
+                    let cuts = read_cuts(u, bytes.len())?;
+                    Op::Client { c, bytes, cuts }
+                }
+                5 => Op::ClientEof { c },
+                6 | 7 => Op::Connect {
+                    c,
+                    how: u.int_in_range(0..=5u8)?,
+                },
+                8..=10 => {
+                    let bytes = upstream_bytes(u, ops.len())?;
+                    let cuts = read_cuts(u, bytes.len())?;
+                    Op::Upstream { c, bytes, cuts }
+                }
+                11 => Op::UpstreamEof { c },
+                12 => Op::StoreMode(u.int_in_range(0..=2u8)?),
+                13 => Op::StoreFlush,
+                14 => Op::Advance(
+                    [10, 500, 1_100, 2_100, 3_100, 5_100, 11_000, 60_000]
+                        [u.int_in_range(0..=7usize)?],
+                ),
+                _ => {
+                    if u.ratio(1, 2)? {
+                        Op::Expire
+                    } else {
+                        Op::Shutdown { c }
+                    }
+                }
+            };
+            ops.push(op);
+        }
+        Ok(Script {
+            backends,
+            max_inspect,
+            max_head,
+            ops,
+        })
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config::default();
+        for i in 0..self.backends {
+            c.backends.push(
+                Backend::parse(
+                    &format!("http://10.0.0.{}:8080", i + 1),
+                    Some(&format!("b{i}")),
+                )
+                .expect("valid backend url"),
+            );
+        }
+        c.session_ttl = Duration::from_secs(10);
+        c.max_inspect_body = self.max_inspect;
+        c.http = HttpLimits {
+            max_head: self.max_head,
+            max_headers: 32,
+        };
+        c.timeouts.header = Duration::from_secs(2);
+        c.timeouts.client_idle = Duration::from_secs(20);
+        c.timeouts.connect = Duration::from_secs(1);
+        c.timeouts.response = Duration::from_secs(5);
+        c.timeouts.body_idle = Duration::from_secs(3);
+        c.backoff_initial = Duration::from_secs(1);
+        c.backoff_max = Duration::from_secs(4);
+        c.expiry_batch = 4;
+        c.connect_attempts = 2;
+        c
+    }
+}
+
+/// What one connection did, compared between the two runs.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Trace {
+    client: Vec<u8>,
+    /// Bytes written upstream, one entry per connection asked for.
+    upstream: Vec<Vec<u8>>,
+    /// Every output other than bytes and session events, in order.
+    other: Vec<String>,
+    /// Session events, in order.
+    sessions: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Now,
+    Delay,
+    FailNext,
+}
+
+struct C {
+    conn: Conn,
+    bufs: Buffers,
+    client_backlog: VecDeque<u8>,
+    client_eof: bool,
+    client_eof_sent: bool,
+    /// Every byte moved into `bufs.client`.
+    client_in: Vec<u8>,
+    up_backlog: VecDeque<u8>,
+    up_eof: bool,
+    connecting: Option<BackendId>,
+    connected: Option<BackendId>,
+    /// The routed request of the current upstream connection was checked.
+    head_checked: bool,
+    /// Store ops emitted but not answered yet: (op, answer Unavailable).
+    store_q: VecDeque<(StoreOp, bool)>,
+    store_failed: bool,
+    trace: Trace,
+    /// (end offset in `trace.client`, sequence number) of every client write.
+    client_marks: Vec<(usize, u64)>,
+}
+
+struct World {
+    router: Arc<Router>,
+    store: MemStore,
+    now: Instant,
+    conns: Vec<C>,
+    mode: Mode,
+    whole: bool,
+    max_inspect: usize,
+    /// Backend each session id was recorded for, and when (last insert).
+    owner: HashMap<SessionKey, (BackendId, u64)>,
+    /// Counts store executions and client writes, to order them.
+    seq: u64,
+}
+
+impl World {
+    fn new(s: &Script, epoch: Instant, whole: bool) -> World {
+        let cfg = Arc::new(s.config());
+        let router = Arc::new(Router::new(cfg.clone(), epoch));
+        World {
+            store: MemStore::new(cfg.session_ttl, cfg.expiry_batch, epoch),
+            router,
+            now: epoch,
+            conns: Vec::new(),
+            mode: Mode::Now,
+            whole,
+            max_inspect: s.max_inspect,
+            owner: HashMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn open(&mut self) {
+        if self.conns.len() < MAX_CONNS {
+            self.conns.push(C {
+                conn: Conn::new(self.router.clone(), None, "http", self.now),
+                bufs: Buffers::default(),
+                client_backlog: VecDeque::new(),
+                client_eof: false,
+                client_eof_sent: false,
+                client_in: Vec::new(),
+                up_backlog: VecDeque::new(),
+                up_eof: false,
+                connecting: None,
+                connected: None,
+                head_checked: false,
+                store_q: VecDeque::new(),
+                store_failed: false,
+                trace: Trace::default(),
+                client_marks: Vec::new(),
+            });
+        }
+    }
+
+    fn exec(&mut self, op: &StoreOp) -> StoreReply {
+        let r = self.store.execute(op, self.now);
+        self.seq += 1;
+        if let (StoreOp::Insert(k, rec), StoreReply::Inserted(true)) = (op, r) {
+            self.owner.insert(k.clone(), (rec.backend, self.seq));
+        }
+        r
+    }
+
+    /// Feed and drain connection `i` until quiet, carrying every output out.
+    fn drain(&mut self, i: usize) {
+        for _ in 0..10_000 {
+            let c = &mut self.conns[i];
+            // driver reads: what the connection wants, one read at a time
+            if !c.client_backlog.is_empty() && c.conn.wants_client_read(&c.bufs) {
+                let n = c.client_backlog.len().min(READ);
+                let chunk: Vec<u8> = c.client_backlog.drain(..n).collect();
+                c.client_in.extend_from_slice(&chunk);
+                c.bufs.client.extend_from_slice(&chunk);
+            }
+            if c.client_eof && c.client_backlog.is_empty() && !c.client_eof_sent {
+                c.client_eof_sent = true;
+                c.conn.handle_io(&mut c.bufs, self.now);
+                c.conn.handle_client_eof(self.now);
+            }
+            if c.connected.is_some()
+                && !c.up_backlog.is_empty()
+                && c.conn.wants_upstream_read(&c.bufs)
+            {
+                let n = c.up_backlog.len().min(READ);
+                let chunk: Vec<u8> = c.up_backlog.drain(..n).collect();
+                c.bufs.upstream.extend_from_slice(&chunk);
+            }
+            c.conn.handle_io(&mut c.bufs, self.now);
+            let mut any = false;
+            while let Some(o) = self.conns[i].conn.poll_output() {
+                any = true;
+                self.carry(i, o);
+            }
+            // The upstream EOF belongs to the connection it was read on: deliver it
+            // only once every output is carried out (a release drops that connection).
+            let c = &mut self.conns[i];
+            if !any && c.connected.is_some() && c.up_eof && c.up_backlog.is_empty() {
+                c.up_eof = false;
+                c.conn.handle_io(&mut c.bufs, self.now);
+                c.conn.handle_upstream_eof(self.now);
+                any = true;
+            }
+            let c = &self.conns[i];
+            let more_client = !c.client_backlog.is_empty() && c.conn.wants_client_read(&c.bufs);
+            let more_up = c.connected.is_some()
+                && !c.up_backlog.is_empty()
+                && c.conn.wants_upstream_read(&c.bufs);
+            let eof = (c.client_eof && c.client_backlog.is_empty() && !c.client_eof_sent)
+                || (c.connected.is_some() && c.up_eof && c.up_backlog.is_empty());
+            if !any && !more_client && !more_up && !eof {
+                self.check_bounds(i);
+                return;
+            }
+        }
+        panic!("connection {i} never goes quiet");
+    }
+
+    fn carry(&mut self, i: usize, o: Output) {
+        let c = &mut self.conns[i];
+        match o {
+            Output::ToClient(b) => {
+                c.trace.client.extend_from_slice(&b);
+                self.seq += 1;
+                c.client_marks.push((c.trace.client.len(), self.seq));
+            }
+            Output::ToUpstream(b) => {
+                assert!(c.connected.is_some(), "wrote upstream while not connected");
+                let seg = c.trace.upstream.last_mut().expect("a connect came first");
+                seg.extend_from_slice(&b);
+                self.check_routed(i);
+            }
+            Output::Connect { backend, fresh } => {
+                assert!(self.router.is_configured(backend));
+                c.trace.other.push(format!("connect {} {fresh}", backend.0));
+                c.trace.upstream.push(Vec::new());
+                c.connecting = Some(backend);
+                c.connected = None;
+                c.head_checked = false;
+                c.up_backlog.clear();
+                c.up_eof = false;
+            }
+            Output::ReleaseUpstream { reuse } => {
+                // Whether the connection is clean depends on whether bytes the backend
+                // sent after its response had arrived yet: timing, not a decision (the
+                // driver's pool drops a pooled connection that turns readable).
+                let _ = reuse;
+                c.trace.other.push("release".into());
+                self.check_one_request(i);
+                let c = &mut self.conns[i];
+                c.connecting = None;
+                c.connected = None;
+                c.bufs.upstream.clear();
+                c.up_backlog.clear();
+                c.up_eof = false;
+            }
+            Output::Store(op) => {
+                c.trace.other.push(format!("{op:?}"));
+                if let StoreOp::Insert(_, rec) = &op {
+                    // a minted session is recorded for the backend that minted it
+                    assert_eq!(
+                        Some(rec.backend),
+                        c.connected,
+                        "recorded for another backend"
+                    );
+                }
+                let fail = self.mode == Mode::FailNext;
+                if fail {
+                    self.mode = Mode::Now;
+                }
+                let c = &mut self.conns[i];
+                if self.mode == Mode::Delay || !c.store_q.is_empty() {
+                    c.store_q.push_back((op, fail));
+                } else {
+                    let r = if fail {
+                        c.store_failed = true;
+                        StoreReply::Unavailable
+                    } else {
+                        self.exec(&op)
+                    };
+                    self.conns[i].conn.handle_store_reply(r, self.now);
+                }
+            }
+            Output::CloseClient => c.trace.other.push("close".into()),
+            // Session events follow store replies, whose timing relative to the other
+            // outputs is the store's: compared as their own sequence.
+            Output::Event(
+                e @ (Event::SessionStarted { .. }
+                | Event::SessionEnded { .. }
+                | Event::DuplicateSession { .. }
+                | Event::StoreUnavailable),
+            ) => c.trace.sessions.push(format!("{e:?}")),
+            Output::Event(e) => c.trace.other.push(format!("{e:?}")),
+        }
+    }
+
+    fn flush_store(&mut self, i: usize) {
+        while let Some((op, fail)) = self.conns[i].store_q.pop_front() {
+            let r = if fail {
+                self.conns[i].store_failed = true;
+                StoreReply::Unavailable
+            } else {
+                self.exec(&op)
+            };
+            self.conns[i].conn.handle_store_reply(r, self.now);
+            self.drain(i);
+        }
+    }
+
+    /// Memory the core holds stays within its limits.
+    fn check_bounds(&self, i: usize) {
+        let c = &self.conns[i];
+        let [pending, retained, hold, waiting] = c.conn.held();
+        let client_cap = self.router.config().http.max_head.max(64 * 1024) + READ;
+        assert!(
+            pending <= self.max_inspect + client_cap,
+            "{pending} request body bytes held (limit {})",
+            self.max_inspect
+        );
+        assert!(
+            retained <= 64 * 1024,
+            "{retained} bytes retained for a resend"
+        );
+        assert!(hold <= 64 * 1024 + READ, "{hold} response bytes held");
+        assert!(
+            waiting <= c.store_q.len() + 8,
+            "{waiting} store ops outstanding"
+        );
+        assert!(c.bufs.client.len() <= client_cap);
+        assert!(c.bufs.upstream.len() <= 64 * 1024 + READ);
+    }
+
+    /// A request forwarded for a session goes to the backend that session was
+    /// recorded for, and only for a session that was recorded.
+    fn check_routed(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if c.head_checked {
+            return;
+        }
+        let seg = c.trace.upstream.last().expect("segment");
+        let mut buf = BytesMut::from(&seg[..]);
+        let mut head = RequestHead::default();
+        let big = HttpLimits {
+            max_head: 1 << 20,
+            max_headers: 128,
+        };
+        match parse_request(&mut buf, &big, &mut head) {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => panic!("the core wrote an invalid request head upstream: {e:?}"),
+        }
+        c.head_checked = true;
+        let Some(key) = session_of(&head, 256) else {
+            return;
+        };
+        let b = c.connected.expect("connected");
+        match self.owner.get(&key) {
+            Some((owner, _)) => assert_eq!(*owner, b, "session {key} sent to another backend"),
+            None => panic!("request of never-recorded session {key} forwarded"),
+        }
+    }
+
+    /// Each upstream connection carries exactly one framed request, nothing after it.
+    fn check_one_request(&self, i: usize) {
+        let Some(seg) = self.conns[i].trace.upstream.last() else {
+            return;
+        };
+        let mut buf = BytesMut::from(&seg[..]);
+        let mut head = RequestHead::default();
+        let big = HttpLimits {
+            max_head: 1 << 20,
+            max_headers: 128,
+        };
+        if parse_request(&mut buf, &big, &mut head) != Ok(true) {
+            return;
+        }
+        let mut dec = BodyDecoder::new(head.body, 4096);
+        let n = dec
+            .decode(&buf, &mut |_| {})
+            .expect("the core forwarded an invalid body framing");
+        assert_eq!(n, buf.len(), "bytes after the forwarded request: smuggled");
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        for _ in 0..100_000 {
+            for i in 0..self.conns.len() {
+                self.flush_store(i);
+            }
+            let next = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.conn.poll_timeout().map(|t| (t, i)))
+                .min();
+            match next {
+                Some((t, i)) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.conns[i].conn.handle_timeout(self.now);
+                    self.drain(i);
+                    if self.conns[i].conn.poll_timeout() == Some(t) {
+                        // a deadline that stays due after handling would spin a driver
+                        self.conns[i].conn.handle_timeout(self.now);
+                        self.drain(i);
+                        assert_ne!(
+                            self.conns[i].conn.poll_timeout(),
+                            Some(t),
+                            "deadline stays due after handle_timeout"
+                        );
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    self.expire();
+                    return;
+                }
+            }
+        }
+        panic!("timeouts never settle");
+    }
+
+    fn expire(&mut self) {
+        let mut out = Vec::new();
+        self.store.expire(self.now, &mut out);
+        for (_, rec) in out {
+            self.router.session_ended(rec.backend);
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let n = self.conns.len();
+        let pick = |c: usize| (n > 0).then(|| c % n);
+        match op {
+            Op::Open => self.open(),
+            Op::Client { c, bytes, cuts } => {
+                let Some(i) = pick(*c) else { return };
+                if self.conns[i].client_eof {
+                    return;
+                }
+                let parts = if self.whole {
+                    vec![&bytes[..]]
+                } else {
+                    super::pieces(bytes, cuts)
+                };
+                for p in parts {
+                    self.conns[i].client_backlog.extend(p);
+                    self.drain(i);
+                }
+            }
+            Op::ClientEof { c } => {
+                let Some(i) = pick(*c) else { return };
+                self.conns[i].client_eof = true;
+                self.drain(i);
+            }
+            Op::Connect { c, how } => {
+                let Some(i) = pick(*c) else { return };
+                let conn = &mut self.conns[i];
+                let Some(b) = conn.connecting.take() else {
+                    return;
+                };
+                match how {
+                    0..=2 => {
+                        conn.connected = Some(b);
+                        conn.conn.handle_upstream_connected(false, self.now);
+                    }
+                    3 => {
+                        conn.connected = Some(b);
+                        conn.conn.handle_upstream_connected(true, self.now);
+                    }
+                    _ => conn.conn.handle_upstream_failed(self.now),
+                }
+                self.drain(i);
+            }
+            Op::Upstream { c, bytes, cuts } => {
+                let Some(i) = pick(*c) else { return };
+                if self.conns[i].connected.is_none() {
+                    return;
+                }
+                let parts = if self.whole {
+                    vec![&bytes[..]]
+                } else {
+                    super::pieces(bytes, cuts)
+                };
+                for p in parts {
+                    if self.conns[i].connected.is_none() {
+                        break;
+                    }
+                    self.conns[i].up_backlog.extend(p);
+                    self.drain(i);
+                }
+            }
+            Op::UpstreamEof { c } => {
+                let Some(i) = pick(*c) else { return };
+                if self.conns[i].connected.is_some() {
+                    self.conns[i].up_eof = true;
+                    self.drain(i);
+                } else if self.conns[i].connecting.is_some() {
+                    self.conns[i].connecting = None;
+                    self.conns[i].conn.handle_upstream_eof(self.now);
+                    self.drain(i);
+                }
+            }
+            Op::StoreMode(m) => {
+                self.mode = [Mode::Now, Mode::Delay, Mode::FailNext][*m as usize % 3];
+                if self.mode == Mode::Now {
+                    for i in 0..n {
+                        self.flush_store(i);
+                    }
+                }
+            }
+            Op::StoreFlush => {
+                for i in 0..n {
+                    self.flush_store(i);
+                }
+            }
+            Op::Advance(ms) => self.advance(Duration::from_millis(*ms)),
+            Op::Expire => self.expire(),
+            Op::Shutdown { c } => {
+                let Some(i) = pick(*c) else { return };
+                self.conns[i].conn.shutdown();
+                self.drain(i);
+            }
+        }
+    }
+
+    /// After everything settled: every session the client saw end (a 404 to one of its
+    /// requests, or its DELETE answered 2xx) has no record left.
+    fn check_ended(&self) {
+        for c in &self.conns {
+            if c.store_failed {
+                continue;
+            }
+            for (key, status, method, at) in exchanges(&c.client_in, &c.trace.client) {
+                let ended =
+                    status == 404 || (method == Method::Delete && (200..300).contains(&status));
+                if !ended {
+                    continue;
+                }
+                // when the client got that answer
+                let seen = c
+                    .client_marks
+                    .iter()
+                    .find(|(end, _)| *end > at)
+                    .map_or(u64::MAX, |m| m.1);
+                let recorded_later = self.owner.get(&key).is_some_and(|(_, t)| *t > seen);
+                if !recorded_later {
+                    assert!(
+                        self.store.peek(key.as_str()).is_none(),
+                        "record of {key} outlived its end ({status} to {method:?})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The session a forwarded request is routed by, as the router reads it.
+fn session_of(head: &RequestHead, max: usize) -> Option<SessionKey> {
+    if head
+        .header("mcp-protocol-version")
+        .is_some_and(is_stateless_version)
+    {
+        return None;
+    }
+    if let Some(v) = head.header("mcp-session-id") {
+        return SessionKey::new(v, max);
+    }
+    if head.method == Method::Post {
+        let q = head.query().and_then(query_session_id)?;
+        return SessionKey::new(&q, max);
+    }
+    None
+}
+
+/// Pair the requests the client sent with the final responses it got, in order:
+/// (session, status, method) for each request that named a session. Also checks that
+/// what the core wrote to the client is a well-formed sequence of responses.
+fn exchanges(sent: &[u8], got: &[u8]) -> Vec<(SessionKey, u16, Method, usize)> {
+    let big = HttpLimits {
+        max_head: 1 << 20,
+        max_headers: 128,
+    };
+    let mut reqs = Vec::new();
+    let mut buf = BytesMut::from(sent);
+    loop {
+        let mut head = RequestHead::default();
+        if parse_request(&mut buf, &big, &mut head) != Ok(true) {
+            break;
+        }
+        let mut dec = BodyDecoder::new(head.body, 4096);
+        let Ok(n) = dec.decode(&buf, &mut |_| {}) else {
+            reqs.push((session_of(&head, 256), head.method));
+            break;
+        };
+        let _ = buf.split_to(n);
+        reqs.push((session_of(&head, 256), head.method));
+        if !dec.is_done() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let mut buf = BytesMut::from(got);
+    let mut k = 0;
+    while !buf.is_empty() {
+        let at = got.len() - buf.len();
+        let method = reqs.get(k).map_or(Method::Get, |r| r.1);
+        let mut head = ResponseHead::default();
+        match parse_response(&mut buf, &big, method, &mut head) {
+            Ok(true) => {}
+            Ok(false) => panic!("the core wrote a partial response head to the client"),
+            Err(e) => panic!("the core wrote an invalid response head to the client: {e:?}"),
+        }
+        if head.is_interim() {
+            continue;
+        }
+        if let Some((Some(key), m)) = reqs.get(k) {
+            out.push((key.clone(), head.status, *m, at));
+        }
+        k += 1;
+        let mut dec = BodyDecoder::new(head.body, 4096);
+        let n = dec
+            .decode(&buf, &mut |_| {})
+            .expect("the core wrote an invalid response body framing");
+        let _ = buf.split_to(n);
+        if head.body == BodyKind::Close || !dec.is_done() {
+            break;
+        }
+    }
+    out
+}
+
+fn run(s: &Script, epoch: Instant, whole: bool) -> (Vec<Trace>, usize) {
+    let mut w = World::new(s, epoch, whole);
+    for op in &s.ops {
+        w.apply(op);
+    }
+    for i in 0..w.conns.len() {
+        w.flush_store(i);
+    }
+    w.check_ended();
+    let records = w.store.len();
+    (w.conns.into_iter().map(|c| c.trace).collect(), records)
+}
+
+/// The whole core under an operation sequence: new connections, request bytes in
+/// arbitrary splits, backend responses and failures, store replies now, delayed or
+/// unavailable, time advances, idle expiries, shutdowns. Asserts that a request of a
+/// session goes only to that session's backend; that a session's record is gone once
+/// the client saw it end; that buffers and queues stay within the configured limits;
+/// that everything written either way is well-formed HTTP, one request per upstream
+/// connection; that no deadline spins; and that the same bytes split differently give
+/// the same outputs.
+pub fn session_sequence(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(script) = Script::read(&mut u) else {
+        return;
+    };
+    if std::env::var_os("MCP_FUZZ_DEBUG").is_some() {
+        for op in &script.ops {
+            match op {
+                Op::Client { c, bytes, cuts } | Op::Upstream { c, bytes, cuts } => eprintln!(
+                    "{} c{c} cuts {cuts:?} {:?}",
+                    if matches!(op, Op::Client { .. }) {
+                        "client"
+                    } else {
+                        "upstream"
+                    },
+                    String::from_utf8_lossy(bytes)
+                ),
+                other => eprintln!("{other:?}"),
+            }
+        }
+    }
+    let epoch = Instant::now();
+    let split = run(&script, epoch, false);
+    let whole = run(&script, epoch, true);
+    assert_eq!(split.1, whole.1, "store size depends on splits");
+    for (a, b) in split.0.iter().zip(&whole.0) {
+        assert_eq!(a.other, b.other, "decisions depend on how bytes were split");
+        assert_eq!(a.sessions, b.sessions, "session events depend on splits");
+        assert_eq!(a.upstream, b.upstream, "upstream bytes depend on splits");
+        if a.client != b.client {
+            // An aborted response (the connection closed mid-stream) may stop at a
+            // different byte: what had been relayed depends on the reads, so only
+            // then may one side be a prefix of the other.
+            let (short, long) = if a.client.len() < b.client.len() {
+                (&a.client, &b.client)
+            } else {
+                (&b.client, &a.client)
+            };
+            let aborted = a.other.iter().any(|o| o == "close");
+            assert!(
+                aborted && long.starts_with(short),
+                "client bytes depend on splits:\n{:?}\n{:?}",
+                String::from_utf8_lossy(&a.client),
+                String::from_utf8_lossy(&b.client)
+            );
+        }
+    }
+}
