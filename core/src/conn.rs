@@ -1472,20 +1472,17 @@ impl Conn {
         } else {
             None
         };
-        let mut body = BytesMut::with_capacity(96);
-        write_error_body(&mut body, id, code, msg);
         // Keep the connection only if the request body was read to its end.
         let keep = self.req.keep_alive && self.x.req_done && !self.shutting_down;
-        write_simple_response(
+        let bytes = Self::error_response(
             &mut self.scratch,
             status,
-            "application/json",
-            &[],
-            &body,
+            id,
+            code,
+            msg,
             self.req.version,
             keep,
         );
-        let bytes = self.scratch.split().freeze();
         self.send_to_client(bytes);
         self.end_legacy_stream();
         self.x.route = Route::Done;
@@ -1497,21 +1494,42 @@ impl Conn {
         }
     }
 
-    /// Refuse a request whose head could not be parsed, and close.
-    fn reject_head(&mut self, status: u16, reason: &'static str) {
-        self.event(Event::Rejected { status, reason });
+    /// A complete response of the router's own with a JSON-RPC error body.
+    fn error_response(
+        scratch: &mut BytesMut,
+        status: u16,
+        id: Option<&[u8]>,
+        code: ErrorCode,
+        msg: &str,
+        version: Version,
+        keep_alive: bool,
+    ) -> Bytes {
         let mut body = BytesMut::with_capacity(96);
-        write_error_body(&mut body, None, ErrorCode::InvalidRequest, reason);
+        write_error_body(&mut body, id, code, msg);
         write_simple_response(
-            &mut self.scratch,
+            scratch,
             status,
             "application/json",
             &[],
             &body,
+            version,
+            keep_alive,
+        );
+        scratch.split().freeze()
+    }
+
+    /// Refuse a request whose head could not be parsed, and close.
+    fn reject_head(&mut self, status: u16, reason: &'static str) {
+        self.event(Event::Rejected { status, reason });
+        let bytes = Self::error_response(
+            &mut self.scratch,
+            status,
+            None,
+            ErrorCode::InvalidRequest,
+            reason,
             Version::Http11,
             false,
         );
-        let bytes = self.scratch.split().freeze();
         self.out.push_back(Output::ToClient(bytes));
         self.close();
     }
