@@ -228,6 +228,9 @@ mod tokio_util_tasks {
     }
 }
 
+/// Read size offered to the kernel per read.
+const READ_CHUNK: usize = 4 * 1024;
+
 type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
 
 /// Drive one client connection to its end.
@@ -351,6 +354,13 @@ async fn drive(
             client: cbuf,
             upstream: ubuf,
         } = &mut bufs;
+        // Offer the kernel room for a whole message per read: an empty BytesMut would
+        // make `read_buf` ask for a few dozen bytes at a time.
+        for b in [&mut *cbuf, &mut *ubuf] {
+            if b.capacity() - b.len() < READ_CHUNK / 4 {
+                b.reserve(READ_CHUNK);
+            }
+        }
         tokio::select! {
             r = async { (&mut connecting.as_mut().expect("guarded").1).await }, if connecting.is_some() => {
                 let now = std::time::Instant::now();
