@@ -5,8 +5,9 @@
 //! Label values are bounded: backend names (configured or discovered), fixed causes,
 //! reasons and outcomes from the core, HTTP status codes.
 
+use crate::config::Backend;
 use crate::conn::{EndCause, Event};
-use crate::router::Router;
+use crate::router::{BackendId, Router};
 use crate::store::{Era, StoreOp, StoreReply};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +49,9 @@ struct OpL {
     op: &'static str,
 }
 
+/// A backend as it was when its latency series was cached, and that series.
+type CachedSeries = (Arc<Backend>, Histogram);
+
 type Hist = Family<BackendL, Histogram, fn() -> Histogram>;
 type OpHist = Family<OpL, Histogram, fn() -> Histogram>;
 
@@ -64,6 +69,8 @@ pub struct Metrics {
     sessions_active: Gauge,
     requests: Family<RequestL, Counter>,
     upstream_latency: Hist,
+    /// Per backend id: the backend it named when cached, and its latency series.
+    latency_by_id: RwLock<Vec<Option<CachedSeries>>>,
     rejected: Family<ReasonL, Counter>,
     duplicate_sessions: Counter,
     backend_up: Family<BackendL, Gauge>,
@@ -90,6 +97,7 @@ impl Metrics {
             sessions_active: Gauge::default(),
             requests: Family::default(),
             upstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            latency_by_id: RwLock::default(),
             rejected: Family::default(),
             duplicate_sessions: Counter::default(),
             backend_up: Family::default(),
@@ -204,11 +212,7 @@ impl Metrics {
                         status: *status,
                     })
                     .inc();
-                self.upstream_latency
-                    .get_or_create(&BackendL {
-                        backend: router.name(*backend),
-                    })
-                    .observe(latency.as_secs_f64());
+                self.observe_latency(router, *backend, latency.as_secs_f64());
             }
             Event::Aborted => {
                 self.requests
@@ -227,6 +231,39 @@ impl Metrics {
             }
             Event::StoreUnavailable => {}
         }
+    }
+
+    /// Observe an upstream latency without building the backend label on every request:
+    /// the series handle is cached per backend id, and checked against the backend's
+    /// identity so a reused id never reports under an old name.
+    fn observe_latency(&self, router: &Router, id: BackendId, secs: f64) {
+        let Some(current) = router.backend(id) else {
+            return;
+        };
+        {
+            let cache = self.latency_by_id.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(Some((b, h))) = cache.get(id.index()) {
+                if Arc::ptr_eq(b, &current) {
+                    h.observe(secs);
+                    return;
+                }
+            }
+        }
+        let h = self
+            .upstream_latency
+            .get_or_create(&BackendL {
+                backend: current.name.clone(),
+            })
+            .clone();
+        h.observe(secs);
+        let mut cache = self
+            .latency_by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.len() <= id.index() {
+            cache.resize(id.index() + 1, None);
+        }
+        cache[id.index()] = Some((current, h));
     }
 
     /// Count a session end the driver observed itself (idle expiry).
@@ -361,5 +398,44 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_reused_backend_id_reports_latency_under_its_new_name() {
+        let mut c = Config::default();
+        c.backends
+            .push(Backend::parse("http://127.0.0.1:1", Some("old")).unwrap());
+        let t = Instant::now();
+        let r = Router::new(Arc::new(c.clone()), t);
+        let m = Metrics::new();
+        let ev = Event::Response {
+            backend: BackendId(0),
+            status: 200,
+            latency: Duration::from_millis(1),
+        };
+        m.observe(&r, &ev);
+        m.observe(&r, &ev);
+        r.set_backends(c.clone(), vec![], t);
+        let later = t + c.session_ttl;
+        r.set_backends(
+            c,
+            vec![Backend::parse("http://127.0.0.1:2", Some("new")).unwrap()],
+            later,
+        );
+        assert_eq!(
+            r.backend_by_name("new"),
+            Some(BackendId(0)),
+            "the slot was reused"
+        );
+        m.observe(&r, &ev);
+        let text = m.render(&r, later);
+        assert!(
+            text.contains("mcp_router_upstream_latency_seconds_count{backend=\"old\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mcp_router_upstream_latency_seconds_count{backend=\"new\"} 1"),
+            "{text}"
+        );
     }
 }
