@@ -110,6 +110,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 #[cfg(feature = "fuzzing")]

@@ -3,10 +3,10 @@
 
 use crate::{Cli, Settings, Shared};
 use bytes::BytesMut;
+use mcp_router_core::admin;
 use mcp_router_core::http::{
-    parse_request, write_simple_response, HttpLimits, Method, RequestHead, Version,
+    parse_request, write_simple_response, HttpLimits, RequestHead, Version,
 };
-use mcp_router_core::Backend;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -53,10 +53,8 @@ pub async fn discover_once(shared: &Shared) {
     let groups = read(&shared.settings).discover.clone();
     for (i, g) in groups.iter().enumerate() {
         match shared.resolver.resolve(g.host.clone(), g.port).await {
-            Ok(mut addrs) => {
-                addrs.sort();
-                addrs.dedup();
-                let members: Vec<Backend> = addrs.into_iter().map(|a| g.discovered(a)).collect();
+            Ok(addrs) => {
+                let members = admin::discovered_members(g, addrs);
                 if let Ok(mut d) = shared.discovered.lock() {
                     if let Some(slot) = d.get_mut(i) {
                         *slot = members;
@@ -74,16 +72,10 @@ pub async fn discover_once(shared: &Shared) {
 /// Install the static backends of the settings in force plus the discovered ones.
 pub fn apply_backends(shared: &Shared) {
     let core = read(&shared.settings).core.clone();
-    let mut all = core.backends.clone();
-    if let Ok(d) = shared.discovered.lock() {
-        for group in d.iter() {
-            for b in group {
-                if !all.iter().any(|x| x.name == b.name) {
-                    all.push(b.clone());
-                }
-            }
-        }
-    }
+    let all = match shared.discovered.lock() {
+        Ok(d) => admin::all_backends(&core.backends, &d),
+        Err(_) => core.backends.clone(),
+    };
     let changes = shared
         .router
         .set_backends(core, all, std::time::Instant::now());
@@ -214,62 +206,26 @@ async fn admin_conn(mut s: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
             }
         }
     }
-    let (status, ctype, body) = admin_answer(&shared, head.method, head.path());
+    let a = admin::answer(
+        head.method,
+        head.path(),
+        &shared.router,
+        &shared.metrics,
+        shared.store.is_ready(),
+        std::time::Instant::now(),
+    );
+    if let Some((name, draining)) = &a.drained {
+        info!(backend = %name, draining, "backend drain state changed (admin)");
+    }
     write_simple_response(
         &mut out,
-        status,
-        ctype,
+        a.status,
+        a.content_type,
         &[],
-        body.as_bytes(),
+        a.body.as_bytes(),
         Version::Http11,
         false,
     );
     s.write_all(&out).await?;
     s.shutdown().await
-}
-
-fn admin_answer(shared: &Shared, method: Method, path: &[u8]) -> (u16, &'static str, String) {
-    let now = std::time::Instant::now();
-    let text = "text/plain; charset=utf-8";
-    let path = String::from_utf8_lossy(path);
-    match (method, path.as_ref()) {
-        (Method::Get, "/metrics") => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(&shared.router, now),
-        ),
-        (Method::Get, "/healthz") => (200, text, "ok\n".into()),
-        (Method::Get, "/readyz") => {
-            let store = shared.store.is_ready();
-            let backend = shared.router.any_up(now);
-            if store && backend {
-                (200, text, "ready\n".into())
-            } else {
-                let why = match (store, backend) {
-                    (false, false) => "session store unreachable; no backend up",
-                    (false, true) => "session store unreachable",
-                    _ => "no backend up",
-                };
-                (503, text, format!("not ready: {why}\n"))
-            }
-        }
-        (Method::Post, p) if p.starts_with("/admin/backends/") => {
-            let rest = &p["/admin/backends/".len()..];
-            let (name, drain) = if let Some(n) = rest.strip_suffix("/drain") {
-                (n, true)
-            } else if let Some(n) = rest.strip_suffix("/undrain") {
-                (n, false)
-            } else {
-                return (404, text, "not found\n".into());
-            };
-            if shared.router.set_draining(name, drain) {
-                info!(backend = %name, draining = drain, "backend drain state changed (admin)");
-                (200, text, format!("{name}: draining={drain}\n"))
-            } else {
-                (404, text, format!("no backend named {name:?}\n"))
-            }
-        }
-        (_, "/metrics" | "/healthz" | "/readyz") => (405, text, "method not allowed\n".into()),
-        _ => (404, text, "not found\n".into()),
-    }
 }
