@@ -547,21 +547,13 @@ pub fn parse_request(
     limits: &HttpLimits,
     head: &mut RequestHead,
 ) -> Result<bool, HeadError> {
-    let over_limit = buf.len() > limits.max_head;
-    let window_len = buf.len().min(limits.max_head).min(u32::MAX as usize);
-    let skip = leading_empty_lines(&buf[..window_len]);
+    let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut req = httparse::Request::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
     let len = match req.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if over_limit {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(false)
-            }
-        }
+        Ok(httparse::Status::Partial) => return incomplete(over_limit),
         Err(httparse::Error::Version) => {
             return version_error(window, request_version_at(window), over_limit)
         }
@@ -583,11 +575,7 @@ pub fn parse_request(
         return Err(HeadError::Invalid("more than one Host field"));
     }
 
-    head.fields.clear();
-    head.fields.extend(req.headers.iter().map(|h| Field {
-        name: range_of(window, h.name.as_bytes()),
-        value: range_of(window, h.value),
-    }));
+    record_fields(&mut head.fields, window, req.headers);
     head.method_range = range_of(window, method);
     head.target = range_of(window, target);
     head.method = method_of(method);
@@ -595,8 +583,7 @@ pub fn parse_request(
     head.body = body;
     head.keep_alive = scan.keep_alive(version);
     head.expect_continue = scan.expect_continue && version == Version::Http11;
-    bytes::Buf::advance(buf, skip);
-    head.raw = buf.split_to(len).freeze();
+    head.raw = take_head(buf, skip, len);
     Ok(true)
 }
 
@@ -626,21 +613,13 @@ pub fn parse_response(
     request_method: Method,
     head: &mut ResponseHead,
 ) -> Result<bool, HeadError> {
-    let over_limit = buf.len() > limits.max_head;
-    let window_len = buf.len().min(limits.max_head).min(u32::MAX as usize);
-    let skip = leading_empty_lines(&buf[..window_len]);
+    let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut res = httparse::Response::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
     let len = match res.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if over_limit {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(false)
-            }
-        }
+        Ok(httparse::Status::Partial) => return incomplete(over_limit),
         Err(httparse::Error::Version) => return version_error(window, 0, over_limit),
         Err(e) => return Err(map_httparse_error(e)),
     };
@@ -666,19 +645,47 @@ pub fn parse_response(
         declared.unwrap_or(BodyKind::Close)
     };
 
-    head.fields.clear();
-    head.fields.extend(res.headers.iter().map(|h| Field {
-        name: range_of(window, h.name.as_bytes()),
-        value: range_of(window, h.value),
-    }));
+    record_fields(&mut head.fields, window, res.headers);
     head.reason = range_of(window, reason);
     head.status = status;
     head.version = version;
     head.body = body;
     head.keep_alive = body != BodyKind::Close && scan.keep_alive(version);
-    bytes::Buf::advance(buf, skip);
-    head.raw = buf.split_to(len).freeze();
+    head.raw = take_head(buf, skip, len);
     Ok(true)
+}
+
+/// The part of `buf` a head parser looks at: `(over_limit, skip, end)`, where
+/// `buf[skip..end]` is at most `max_head` bytes with leading empty lines skipped, and
+/// `over_limit` says the buffer already holds more than `max_head` bytes.
+fn head_window(buf: &[u8], limits: &HttpLimits) -> (bool, usize, usize) {
+    let over_limit = buf.len() > limits.max_head;
+    let end = buf.len().min(limits.max_head).min(u32::MAX as usize);
+    (over_limit, leading_empty_lines(&buf[..end]), end)
+}
+
+/// An incomplete head: wait for more, unless the buffer is already over the limit.
+fn incomplete(over_limit: bool) -> Result<bool, HeadError> {
+    if over_limit {
+        Err(HeadError::TooLarge)
+    } else {
+        Ok(false)
+    }
+}
+
+/// Remember where each parsed field sits in the head (reusing the vector).
+fn record_fields(fields: &mut Vec<Field>, window: &[u8], headers: &[httparse::Header<'_>]) {
+    fields.clear();
+    fields.extend(headers.iter().map(|h| Field {
+        name: range_of(window, h.name.as_bytes()),
+        value: range_of(window, h.value),
+    }));
+}
+
+/// Split the complete head (after `skip` leading empty lines) off the buffer.
+fn take_head(buf: &mut BytesMut, skip: usize, len: usize) -> Bytes {
+    bytes::Buf::advance(buf, skip);
+    buf.split_to(len).freeze()
 }
 
 /// What a forwarded request head must say that the client's did not.
