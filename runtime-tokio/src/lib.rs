@@ -330,18 +330,20 @@ async fn drive(
                     Output::Event(e) => report(&shared, &e, Some(peer)),
                 }
             }
-            if !to_up.is_empty() {
-                any = true;
-                flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
+            if any {
+                // Not quiet yet: a store reply or a connected upstream lets the core
+                // release bytes it already holds (a request body after its head, a
+                // response body after its session is recorded). Gather them too.
+                continue;
             }
-            if !to_client.is_empty() {
-                any = true;
-                if write_all_vectored(&mut cw, &mut to_client).await.is_err() {
-                    conn.handle_client_eof(std::time::Instant::now());
-                }
-            }
-            if !any {
+            if to_up.is_empty() && to_client.is_empty() {
                 break;
+            }
+            // Quiet: one vectored write per side. A failed write is reported to the
+            // core, which may have more to say, so go round again.
+            flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
+            if !to_client.is_empty() && write_all_vectored(&mut cw, &mut to_client).await.is_err() {
+                conn.handle_client_eof(std::time::Instant::now());
             }
         }
         if conn.is_closed() {
