@@ -76,11 +76,16 @@ struct Entry {
 /// expiry tick shrinks the table once it is three-quarters empty, so memory returns
 /// after a spike of sessions.
 ///
-/// Expiry: [`MemStore::expire`] examines at most `batch` records per call, walking the
-/// map with a cursor, so one tick's work is bounded whatever the number of records; a
-/// full pass over `n` records takes `n / batch` ticks, so a record outlives its
-/// deadline by at most that many ticks. A record read after its deadline but before
-/// the sweep reached it is treated as absent (and removed) at once.
+/// Expiry: [`MemStore::expire`] walks the map with a cursor and examines at most
+/// `batch + 4 × (records inserted since the last call)` records per call (never more
+/// than one full pass). The work of a tick is therefore bounded, and amortised O(1) per
+/// inserted record; and the sweep keeps up with any session churn: with `i` inserts per
+/// tick and a TTL of `T` ticks, a full pass over `n` records takes at most `n / 4i`
+/// ticks, so a record outlives its deadline by at most that many and the table holds at
+/// most about `4/3 · i · T` records (a fixed `batch` alone falls behind, and memory
+/// grows without bound, once sessions start faster than `batch` per tick). A record
+/// read after its deadline but before the sweep reached it is treated as absent (and
+/// removed) at once.
 #[derive(Debug)]
 pub struct MemStore {
     map: IndexMap<SessionKey, Entry>,
@@ -88,6 +93,8 @@ pub struct MemStore {
     epoch: Instant,
     cursor: usize,
     batch: usize,
+    /// Records inserted since the last sweep: each adds 4 to the next sweep's budget.
+    inserted: usize,
     /// Records found expired by a lookup before the sweep reached them; handed out by
     /// the next [`MemStore::expire`] so their end is reported like any expiry.
     lazily_expired: Vec<(SessionKey, Record)>,
@@ -103,6 +110,7 @@ impl MemStore {
             epoch,
             cursor: 0,
             batch: batch.max(1),
+            inserted: 0,
             lazily_expired: Vec::new(),
         }
     }
@@ -148,6 +156,7 @@ impl MemStore {
                         deadline,
                     },
                 );
+                self.inserted += 1;
                 StoreReply::Inserted(true)
             }
             StoreOp::Delete(k) => match self.map.swap_remove_entry(k.as_str()) {
@@ -183,8 +192,13 @@ impl MemStore {
         let before = out.len();
         out.append(&mut self.lazily_expired);
         let t = self.secs(now);
+        let budget = self
+            .batch
+            .saturating_add(self.inserted.saturating_mul(4))
+            .min(self.map.len());
+        self.inserted = 0;
         let mut examined = 0;
-        while examined < self.batch && !self.map.is_empty() {
+        while examined < budget && !self.map.is_empty() {
             if self.cursor >= self.map.len() {
                 self.cursor = 0;
             }
@@ -309,6 +323,8 @@ mod tests {
         let later = t + Duration::from_secs(11);
         s.execute(&StoreOp::Get(key("s500")), t5);
         let mut out = Vec::new();
+        // the inserts' credit is spent by a tick where nothing has expired yet
+        assert_eq!(s.expire(t5, &mut out), 0);
         let mut ticks = 0;
         while s.len() > 1 {
             let n = s.expire(later, &mut out);
@@ -321,6 +337,43 @@ mod tests {
             s.execute(&StoreOp::Get(key("s500")), later),
             StoreReply::Found(Some(R0))
         );
+    }
+
+    /// Sessions that are never deleted, started faster than `batch` per tick: the
+    /// sweep's budget grows with the inserts, so the table stays bounded by about
+    /// 4/3 of a TTL's worth of sessions instead of growing for ever.
+    #[test]
+    fn sweep_keeps_up_with_churn_faster_than_batch() {
+        let t0 = Instant::now();
+        let (per_tick, ttl) = (1000usize, 5u64);
+        let mut s = MemStore::new(Duration::from_secs(ttl), 100, t0);
+        let mut out = Vec::new();
+        let mut peak = 0;
+        for tick in 0..200u64 {
+            let now = t0 + Duration::from_secs(tick);
+            for i in 0..per_tick {
+                let k = key(&format!("s{tick}-{i}"));
+                assert_eq!(
+                    s.execute(&StoreOp::Insert(k, R0), now),
+                    StoreReply::Inserted(true)
+                );
+            }
+            let n = s.expire(now, &mut out);
+            assert!(
+                n <= 100 + 4 * per_tick,
+                "tick did {n}: more than its budget"
+            );
+            if tick > 2 * ttl {
+                peak = peak.max(s.len());
+            }
+        }
+        let bound = per_tick * ttl as usize * 4 / 3 + 2 * per_tick;
+        assert!(peak <= bound, "table grew to {peak} > {bound}");
+        assert!(
+            peak >= per_tick * ttl as usize,
+            "expired before the TTL: {peak}"
+        );
+        assert_eq!(out.len() + s.len(), 200 * per_tick);
     }
 
     #[test]
