@@ -141,7 +141,9 @@ impl MemStore {
     /// Run one operation. Never [`StoreReply::Unavailable`].
     pub fn execute(&mut self, op: &StoreOp, now: Instant) -> StoreReply {
         let t = self.secs(now);
-        let deadline = t + self.ttl_secs;
+        // `t` is rounded down: one more second makes every record live at least its
+        // TTL (and at most one second more), however close to a tick it was used.
+        let deadline = t + self.ttl_secs + 1;
         match op {
             StoreOp::Get(k) => StoreReply::Found(self.slide(k.as_str(), t, deadline)),
             StoreOp::Touch(k) => StoreReply::Touched(self.slide(k.as_str(), t, deadline).is_some()),
@@ -336,6 +338,28 @@ mod tests {
         assert_eq!(
             s.execute(&StoreOp::Get(key("s500")), later),
             StoreReply::Found(Some(R0))
+        );
+    }
+
+    /// Whole-second deadlines must not cut a TTL short: a record used just before a
+    /// second boundary lives its full TTL (and at most a second more).
+    #[test]
+    fn a_record_lives_at_least_its_ttl() {
+        let epoch = Instant::now();
+        let mut s = MemStore::new(Duration::from_secs(1), 10, epoch);
+        let used = epoch + Duration::from_millis(999);
+        s.execute(&StoreOp::Insert(key("a"), R0), used);
+        let within = used + Duration::from_millis(990);
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("a")), within),
+            StoreReply::Found(Some(R0)),
+            "expired {:?} after its last use, TTL 1 s",
+            within - used
+        );
+        let past = within + Duration::from_secs(2);
+        assert_eq!(
+            s.execute(&StoreOp::Get(key("a")), past),
+            StoreReply::Found(None)
         );
     }
 

@@ -868,6 +868,15 @@ fn mem(o: &Opts) -> Res<()> {
             },
             "5s",
         ),
+        (
+            "lifecycles_without_delete_ttl_1s",
+            Plan {
+                calls: 1,
+                notify: true,
+                delete: false,
+            },
+            "1s",
+        ),
     ] {
         let (b0, a0) = fake_backend(o, "b0")?;
         let (b1, a1) = fake_backend(o, "b1")?;
