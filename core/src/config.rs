@@ -208,7 +208,7 @@ impl Default for Config {
             backoff_max: Duration::from_secs(30),
             health_check_interval: None,
             expiry_batch: 4096,
-            expiry_interval: Duration::from_secs(1),
+            expiry_interval: Duration::from_millis(250),
             pool_max_idle: 64,
             connect_attempts: 3,
         }
