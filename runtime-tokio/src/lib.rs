@@ -257,6 +257,11 @@ async fn drive(
     let (mut cr, mut cw) = client.split();
     let mut to_client: Vec<bytes::Bytes> = Vec::new();
     let mut to_up: Vec<bytes::Bytes> = Vec::new();
+    // One timer for the connection's life, moved only when the core's deadline moves:
+    // a fresh `sleep_until` per loop turn costs a timer-wheel insert and removal each.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     'outer: loop {
         // Feed and drain until the core has nothing more to say.
         loop {
@@ -350,6 +355,12 @@ async fn drive(
             break 'outer;
         }
         let deadline = conn.poll_timeout().map(Instant::from_std);
+        if let Some(d) = deadline {
+            if armed != Some(d) {
+                timer.as_mut().reset(d);
+                armed = Some(d);
+            }
+        }
         let want_client = conn.wants_client_read(&bufs);
         let want_up = up.is_some() && conn.wants_upstream_read(&bufs);
         let Buffers {
@@ -392,7 +403,8 @@ async fn drive(
                     conn.handle_upstream_eof(now);
                 }
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            _ = &mut timer, if deadline.is_some() => {
+                armed = None;
                 conn.handle_timeout(std::time::Instant::now());
             }
             _ = shutdown.changed(), if !shutting_down => {
