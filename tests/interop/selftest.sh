@@ -6,7 +6,11 @@
 #   - stdio_ts_client.mjs / stdio_py_client.py (full feature set) in both modes against
 #     both servers (8 runs), and with --sessions 3 (everything: concurrent sessions;
 #     fastmcp: --expect-shared, because one directly-served process holds every session)
-#     (8 runs).
+#     (8 runs);
+#   - the same stdio_* clients through mock_stdio_bridge.py (a tiny stdio -> HTTP bridge,
+#     one child per session) running `start-everything.sh stdio` and fastmcp_server.py over
+#     stdio: both clients x both modes x both servers (8 runs), plus --sessions 3 isolation
+#     against fastmcp (per-session children: distinct pids, counters 1..i) (4 runs).
 # Needs .ci/install-interop.sh to have run. Exit 0 only if all pass.
 #
 #   tests/interop/selftest.sh [--rounds N]
@@ -66,6 +70,15 @@ for mode in streamable sse; do
   echo "started fastmcp_server.py $flag on port ${fport[$mode]} (pid $!)"
   wait_port "${fport[$mode]}" "$!"
 done
+declare -A bport
+for server in everything fastmcp; do
+  bport[$server]=$(free_port)
+  if [[ $server == everything ]]; then child="$here/start-everything.sh stdio"; else child="$py $here/fastmcp_server.py"; fi
+  "$py" mock_stdio_bridge.py "${bport[$server]}" "$child" >"$logdir/bridge-$server.log" 2>&1 &
+  pids+=($!)
+  echo "started mock_stdio_bridge.py for $server (stdio) on port ${bport[$server]} (pid $!)"
+  wait_port "${bport[$server]}" "$!"
+done
 
 passed=0 failed=0
 for mode in streamable sse; do
@@ -107,6 +120,18 @@ for server in everything fastmcp; do
       if [[ $client == ts ]]; then cmd=(node stdio_ts_client.mjs); else cmd=("$py" stdio_py_client.py); fi
       run_full "stdio_$client $mode $server" "${cmd[@]}" "$base" "$mode" "$server"
       run_full "stdio_$client $mode $server ${many[*]}" "${cmd[@]}" "$base" "$mode" "$server" "${many[@]}"
+    done
+  done
+done
+for server in everything fastmcp; do
+  base="http://127.0.0.1:${bport[$server]}"
+  for mode in streamable sse; do
+    for client in ts py; do
+      if [[ $client == ts ]]; then cmd=(node stdio_ts_client.mjs); else cmd=("$py" stdio_py_client.py); fi
+      run_full "bridge stdio_$client $mode $server" "${cmd[@]}" "$base" "$mode" "$server"
+      if [[ $server == fastmcp ]]; then
+        run_full "bridge stdio_$client $mode $server --sessions 3" "${cmd[@]}" "$base" "$mode" "$server" --sessions 3
+      fi
     done
   done
 done
