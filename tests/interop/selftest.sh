@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Self-test of the interop harness, without the router: start one server-everything
-# per transport on free ports, run both SDK clients in both modes directly against
-# the matching instance, and check that each prints {"ok":true,...}.
-# Needs .ci/install-interop.sh to have run. Exit 0 only if all four pass.
+# Self-test of the interop harness, without the router. Starts, on free ports, one
+# server-everything per transport and one fastmcp_server.py per transport (--http/--sse),
+# then runs directly against the matching instance:
+#   - ts_client.mjs / py_client.py (echo) in both modes against server-everything (4 runs);
+#   - stdio_ts_client.mjs / stdio_py_client.py (full feature set) in both modes against
+#     both servers (8 runs), and with --sessions 3 (everything: concurrent sessions;
+#     fastmcp: --expect-shared, because one directly-served process holds every session)
+#     (8 runs);
+#   - the same stdio_* clients through mock_stdio_bridge.py (a tiny stdio -> HTTP bridge,
+#     one child per session) running `start-everything.sh stdio` and fastmcp_server.py over
+#     stdio: both clients x both modes x both servers (8 runs), plus --sessions 3 isolation
+#     against fastmcp (per-session children: distinct pids, counters 1..i) (4 runs).
+# Needs .ci/install-interop.sh to have run. Exit 0 only if all pass.
 #
 #   tests/interop/selftest.sh [--rounds N]
 set -euo pipefail
@@ -45,13 +54,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-declare -A port
+declare -A port fport
 for mode in streamable sse; do
   port[$mode]=$(free_port)
   ./start-everything.sh "$mode" "${port[$mode]}" >"$logdir/$mode.log" 2>&1 &
   pids+=($!)
   echo "started server-everything $mode on port ${port[$mode]} (pid $!)"
   wait_port "${port[$mode]}" "$!"
+done
+for mode in streamable sse; do
+  fport[$mode]=$(free_port)
+  if [[ $mode == streamable ]]; then flag=--http; else flag=--sse; fi
+  "$py" fastmcp_server.py "$flag" "${fport[$mode]}" >"$logdir/fastmcp-$mode.log" 2>&1 &
+  pids+=($!)
+  echo "started fastmcp_server.py $flag on port ${fport[$mode]} (pid $!)"
+  wait_port "${fport[$mode]}" "$!"
+done
+declare -A bport
+for server in everything fastmcp; do
+  bport[$server]=$(free_port)
+  if [[ $server == everything ]]; then child="$here/start-everything.sh stdio"; else child="$py $here/fastmcp_server.py"; fi
+  "$py" mock_stdio_bridge.py "${bport[$server]}" "$child" >"$logdir/bridge-$server.log" 2>&1 &
+  pids+=($!)
+  echo "started mock_stdio_bridge.py for $server (stdio) on port ${bport[$server]} (pid $!)"
+  wait_port "${bport[$server]}" "$!"
 done
 
 passed=0 failed=0
@@ -67,6 +93,46 @@ for mode in streamable sse; do
       failed=$((failed + 1))
       sed 's/^/    stderr: /' "$logdir/$client-$mode.err" | tail -20
     fi
+  done
+done
+
+# Full-feature clients: the last stdout line is {"check":"all","ok":true,...}.
+run_full() { # label, command...
+  local label=$1 out last
+  shift
+  out=$("$@" 2>"$logdir/full.err") || true
+  last=$(tail -n 1 <<<"$out")
+  if [[ $last == '{"check":"all","ok":true,'* ]]; then
+    passed=$((passed + 1))
+    echo "$label: ok ($(grep -v '"check":"all"' <<<"$out" | grep -c '"ok":true') checks)"
+  else
+    failed=$((failed + 1))
+    echo "$label: FAILED"
+    sed 's/^/    stdout: /' <<<"$out" | tail -20
+    sed 's/^/    stderr: /' "$logdir/full.err" | tail -20
+  fi
+}
+for server in everything fastmcp; do
+  for mode in streamable sse; do
+    if [[ $server == everything ]]; then p=${port[$mode]}; many=(--sessions 3); else p=${fport[$mode]}; many=(--sessions 3 --expect-shared); fi
+    base="http://127.0.0.1:$p"
+    for client in ts py; do
+      if [[ $client == ts ]]; then cmd=(node stdio_ts_client.mjs); else cmd=("$py" stdio_py_client.py); fi
+      run_full "stdio_$client $mode $server" "${cmd[@]}" "$base" "$mode" "$server"
+      run_full "stdio_$client $mode $server ${many[*]}" "${cmd[@]}" "$base" "$mode" "$server" "${many[@]}"
+    done
+  done
+done
+for server in everything fastmcp; do
+  base="http://127.0.0.1:${bport[$server]}"
+  for mode in streamable sse; do
+    for client in ts py; do
+      if [[ $client == ts ]]; then cmd=(node stdio_ts_client.mjs); else cmd=("$py" stdio_py_client.py); fi
+      run_full "bridge stdio_$client $mode $server" "${cmd[@]}" "$base" "$mode" "$server"
+      if [[ $server == fastmcp ]]; then
+        run_full "bridge stdio_$client $mode $server --sessions 3" "${cmd[@]}" "$base" "$mode" "$server" --sessions 3
+      fi
+    done
   done
 done
 echo "interop: $passed passed, $failed failed"
