@@ -430,7 +430,9 @@ async fn reap_group(pgid: nix::unistd::Pid) {
         let alive = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).is_ok();
         let mut reaped_any = false;
         loop {
-            match waitpid(group, Some(WaitPidFlag::WNOHANG)) {
+            let r = waitpid(group, Some(WaitPidFlag::WNOHANG));
+            debug!(pgid = pgid.as_raw(), alive, result = ?r, "reaping the process group");
+            match r {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => reaped_any = true,
                 Err(_) => break, // ECHILD: none of ours left in the group

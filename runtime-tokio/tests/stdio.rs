@@ -8,10 +8,11 @@
 //! any process group the children ran in.
 
 use mcp_router_testkit::harness::{open_session_stream, Conn, Proc, Response};
+use mcp_router_testkit::procs::{child_groups, descendants, in_groups, procs, wait_until};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn mock_cmd() -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/stdio/mock_server.py");
@@ -24,101 +25,6 @@ fn router(name: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["--stdio", cmd.as_str()];
     args.extend_from_slice(extra);
     Proc::router("mcp-router", name, &args)
-}
-
-// ---------------------------------------------------------------- /proc
-
-#[derive(Debug, Clone)]
-struct P {
-    pid: i32,
-    ppid: i32,
-    pgrp: i32,
-    state: char,
-    cmd: String,
-}
-
-fn procs() -> Vec<P> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        if rest.len() < 3 {
-            continue;
-        }
-        v.push(P {
-            pid,
-            ppid: rest[1].parse().unwrap_or(0),
-            pgrp: rest[2].parse().unwrap_or(0),
-            state: rest[0].chars().next().unwrap_or('?'),
-            cmd: stat[open + 1..close].to_string(),
-        });
-    }
-    v
-}
-
-/// Every process below `root` (children, grandchildren, ...), zombies included.
-fn descendants(root: u32) -> Vec<P> {
-    let all = procs();
-    let mut set: BTreeSet<i32> = BTreeSet::from([root as i32]);
-    loop {
-        let before = set.len();
-        for p in &all {
-            if set.contains(&p.ppid) {
-                set.insert(p.pid);
-            }
-        }
-        if set.len() == before {
-            break;
-        }
-    }
-    all.into_iter()
-        .filter(|p| p.pid != root as i32 && set.contains(&p.pid))
-        .collect()
-}
-
-/// The process groups of the router's children (each child leads its own).
-fn child_groups(router: u32) -> BTreeSet<i32> {
-    descendants(router)
-        .iter()
-        .map(|p| p.pgrp)
-        .filter(|g| *g != router as i32 && *g != own_pgrp(router))
-        .collect()
-}
-
-fn own_pgrp(pid: u32) -> i32 {
-    procs()
-        .iter()
-        .find(|p| p.pid == pid as i32)
-        .map_or(-1, |p| p.pgrp)
-}
-
-fn in_groups(groups: &BTreeSet<i32>) -> Vec<P> {
-    procs()
-        .into_iter()
-        .filter(|p| groups.contains(&p.pgrp))
-        .collect()
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// Nothing left: no descendant of the router (no zombie either) and nobody in the
