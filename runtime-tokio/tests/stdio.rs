@@ -653,3 +653,50 @@ fn server_everything_over_streamable_http_and_sse() {
     assert_all_gone(&r, &groups, "server-everything legacy stream closed");
     stop(r);
 }
+
+#[test]
+fn slow_client_ends_its_session_without_stalling_the_others() {
+    // shared child: the flood of notifications goes to every session; session A's
+    // client never reads its GET stream, session B keeps working
+    let r = router("router-slow", &["--stdio-mode", "shared"]);
+    let a = init(&r.addr, json!(1));
+    let b = init(&r.addr, json!(1));
+    let mut g = r.conn();
+    g.send(
+        "GET",
+        "/mcp",
+        &[("Mcp-Session-Id", &a), ("Accept", "text/event-stream")],
+        "",
+    );
+    // (the response is never read: its socket buffers and then the router's bounded
+    // channel for it fill up)
+    let mut c = r.conn();
+    let t = std::time::Instant::now();
+    let v = call(
+        &mut c,
+        &b,
+        json!(2),
+        "flood",
+        json!({"n": 20000, "size": 1000}),
+    );
+    assert_eq!(text(&v), "flooded");
+    assert!(
+        r.wait_count("cause=\"slow_client\"", 1, Duration::from_secs(10)),
+        "{:?}",
+        r.logs()
+    );
+    // B was never stalled and still works; A is gone
+    let v = call(&mut c, &b, json!(3), "pid", json!({}));
+    assert!(v["result"].is_object(), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let v = post(
+        &mut c,
+        Some(&a),
+        false,
+        &json!({"jsonrpc":"2.0","id":4,"method":"ping"}),
+    );
+    assert_eq!(v.status, 404);
+    assert!(r.count_logs("cause=\"slow_client\"") == 1);
+    drop(g);
+    stop(r);
+}

@@ -17,6 +17,8 @@ Tools (tools/call, name -> behaviour):
   crash                exits with status 3 at once
   garbage              writes a line that is not JSON-RPC
   grandchild           starts `sleep 1000` in the background, returns its pid
+  flood {n, size}      sends n notifications/message of about `size` bytes, then
+                       answers "flooded"
 """
 import json
 import os
@@ -41,7 +43,7 @@ def text_result(rid, text):
     send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": str(text)}]}})
 
 
-TOOLS = ["incr", "get", "pid", "echo", "slow", "sample", "notify", "crash", "garbage", "grandchild"]
+TOOLS = ["incr", "get", "pid", "echo", "slow", "sample", "notify", "crash", "garbage", "grandchild", "flood"]
 
 
 def call(rid, params):
@@ -90,6 +92,12 @@ def call(rid, params):
         p = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         text_result(rid, p.pid)
+    elif name == "flood":
+        pad = "x" * int(args.get("size", 1000))
+        for i in range(int(args.get("n", 1000))):
+            send({"jsonrpc": "2.0", "method": "notifications/message",
+                  "params": {"level": "info", "data": {"i": i, "pad": pad}}})
+        text_result(rid, "flooded")
     else:
         send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": "unknown tool %s" % name}})
 
