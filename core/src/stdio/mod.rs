@@ -651,6 +651,10 @@ impl Bridge {
     /// Look up the session a request names. Answers 400 / 404 itself and returns `None`
     /// when there is none.
     ///
+    /// mcp-transport.md: "A request without a session id, other than `initialize`, to a
+    /// server that requires one SHOULD get `400`. A request with a terminated or unknown
+    /// session id MUST get `404`" (with JSON-RPC -32001 echoing the request id).
+    ///
     /// "Servers that require a session ID SHOULD respond to requests without an
     /// `Mcp-Session-Id` header (other than initialization) with HTTP 400 Bad Request."
     /// "The server MAY terminate the session at any time, after which it MUST respond to
@@ -685,6 +689,10 @@ impl Bridge {
         Some(key)
     }
 
+    /// A Streamable POST. mcp-transport.md: "For a request, the server answers
+    /// `application/json` or opens `text/event-stream` and sends related messages
+    /// followed by the response. For a notification or a response: `202 Accepted`, no
+    /// body." SSE is chosen when the client's `Accept` lists `text/event-stream`.
     fn streamable_post(
         &mut self,
         x: ExchangeId,
@@ -792,6 +800,8 @@ impl Bridge {
         }
     }
 
+    /// mcp-transport.md: "`DELETE` with the session header ends the session". Its child
+    /// is killed (per-session) or left to the other sessions (shared).
     fn streamable_delete(&mut self, x: ExchangeId, req: &Request<'_>, now: Instant) {
         let Some(sid) = self.session_of(x, req.session_id, &Value::Null) else {
             return;
@@ -1287,7 +1297,7 @@ impl Bridge {
             Some(x) if self.exchanges.contains_key(&x) => {
                 self.deliver_response(&inf.session, x, &msg)
             }
-            _ => self.route(&inf.session, &msg),
+            _ => self.orphan_response(&inf.session, &msg),
         }
     }
 
@@ -1295,7 +1305,7 @@ impl Bridge {
     /// gets the event and ends; a GET (legacy) stream gets the event.
     fn deliver_response(&mut self, sid: &SessionKey, x: ExchangeId, msg: &Value) {
         let Some(kind) = self.exchanges.get(&x).map(|e| e.kind) else {
-            self.route(sid, msg);
+            self.orphan_response(sid, msg);
             return;
         };
         match kind {
@@ -1308,6 +1318,26 @@ impl Bridge {
                 self.finish_stream(x);
             }
             ExKind::GetStream => self.event(sid, x, msg),
+        }
+    }
+
+    /// A response whose exchange is gone (the client closed its POST stream or JSON
+    /// request early). A legacy session gets it on its SSE stream, where every message
+    /// goes. A Streamable one does not: "The server MUST NOT send a JSON-RPC response on
+    /// the stream unless resuming a stream associated with a previous client request."
+    /// (MCP 2025-03-26, Streamable HTTP, Listening for Messages from the Server; about
+    /// the GET stream.) Without resumability it is dropped.
+    fn orphan_response(&mut self, sid: &SessionKey, msg: &Value) {
+        match self.sessions.get(sid) {
+            Some(s) if s.legacy => self.route(sid, msg),
+            Some(s) => {
+                let child = s.child;
+                self.push(Output::Log(BridgeEvent::Dropped {
+                    child,
+                    what: "response whose request's exchange is gone",
+                }));
+            }
+            None => {}
         }
     }
 
@@ -1550,7 +1580,7 @@ impl Bridge {
                 Some(x) if self.exchanges.contains_key(&x) => {
                     self.deliver_response(&inf.session, x, &err)
                 }
-                _ => self.route(&inf.session, &err),
+                _ => self.orphan_response(&inf.session, &err),
             }
         }
         let mut ending = Vec::new();

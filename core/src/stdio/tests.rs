@@ -796,3 +796,26 @@ fn shutdown_kills_every_child_and_refuses_new_work() {
     assert_eq!(o.respond(x).0, 503);
     assert_eq!(h.b.poll_timeout(), None);
 }
+
+#[test]
+fn a_response_whose_post_stream_closed_never_goes_to_the_get_stream() {
+    let mut h = H::new(ChildMode::PerSession);
+    let (sid, c, _) = h.init(json!(0));
+    let (g, _) = h.req(Method::Get, "/mcp", Some(&sid), true, "");
+    let (p, o) = h.post(Some(&sid), true, req(json!(5), "tools/call"));
+    let rid = o.to_child()[0].1["id"].clone();
+    h.b.handle_exchange_closed(p, h.now);
+    let _ = h.drain();
+    // progress still reaches the client (on the GET stream), the response does not
+    let o = h.line(
+        c,
+        json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":rid}}),
+    );
+    assert_eq!(o.events(g).len(), 1);
+    let o = h.line(c, json!({"jsonrpc":"2.0","id":rid,"result":{}}));
+    assert!(o.events(g).is_empty(), "{o:?}");
+    assert!(o
+        .0
+        .iter()
+        .any(|o| matches!(o, Output::Log(BridgeEvent::Dropped { .. }))));
+}
