@@ -700,3 +700,35 @@ fn slow_client_ends_its_session_without_stalling_the_others() {
     drop(g);
     stop(r);
 }
+
+#[test]
+fn npx_process_chain_is_killed_whole_on_delete_and_sigterm() {
+    // `sh -c npx` -> `npm exec` -> `sh -c mcp-server-everything` -> `node`: four
+    // processes in the child's group, the real server two levels below the leader
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    everything_cmd(); // fails loudly without the install
+    let cmd = format!(
+        "cd {} && exec npx -y @modelcontextprotocol/server-everything",
+        interop.canonicalize().unwrap().display()
+    );
+    let mut r = Proc::router("mcp-router", "router-npx", &["--stdio", &cmd]);
+    let a = init(&r.addr, json!(1));
+    let mut c = r.conn();
+    let v = call(&mut c, &a, json!(2), "echo", json!({"message":"via npx"}));
+    assert!(text(&v).contains("via npx"), "{v}");
+    let groups = child_groups(r.pid());
+    assert!(
+        descendants(r.pid()).len() >= 3,
+        "expected a process chain: {:?}",
+        descendants(r.pid())
+    );
+    assert_eq!(delete(&r.addr, &a), 200);
+    assert_all_gone(&r, &groups, "DELETE of an npx chain");
+    let _b = init(&r.addr, json!(1));
+    let groups = child_groups(r.pid());
+    assert_eq!(groups.len(), 1);
+    r.signal("TERM");
+    assert!(r.wait_exit(Duration::from_secs(15)).is_some());
+    let ok = wait_until(Duration::from_secs(5), || in_groups(&groups).is_empty());
+    assert!(ok, "left behind after SIGTERM: {:?}", in_groups(&groups));
+}
