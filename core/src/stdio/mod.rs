@@ -917,7 +917,9 @@ impl Bridge {
             );
             return None;
         }
-        // 64 hex digits: always a valid id.
+        // mcp-transport.md: the session id's "value is visible ASCII only (0x21 to
+        // 0x7E) and should be cryptographically random": 32 random bytes from the
+        // caller, as 64 hex digits (always a valid id).
         let sid = SessionKey::new(hex(random).as_bytes(), usize::MAX)?;
         if self.sessions.contains_key(&sid) {
             self.reject(x, 503, id, SERVER_ERROR, "session id collision");
