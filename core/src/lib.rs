@@ -22,6 +22,8 @@
 //!   each op against its store (the embedded [`MemStore`], or a remote one) and feeds
 //!   the reply back.
 //! - [`http`] and [`mcp`]: the parsers, usable on their own.
+//! - [`stdio`]: the stdio bridge ([`stdio::Bridge`]): serving a stdio MCP server's
+//!   children as Streamable HTTP and HTTP+SSE sessions.
 //!
 //! # Routing rules
 //!
@@ -120,6 +122,7 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 pub mod router;
+pub mod stdio;
 pub mod store;
 
 pub use config::{Backend, Config, ConfigError, Timeouts};

@@ -113,6 +113,20 @@ pub struct Cli {
     /// store cannot share sessions and the router warns [default: 1].
     #[arg(long, env = "MCP_ROUTER_REPLICAS_EXPECTED")]
     pub replicas_expected: Option<u32>,
+    /// Serve this stdio MCP server instead of proxying backends: the command runs with
+    /// `sh -c` (e.g. `--stdio "npx -y @modelcontextprotocol/server-everything"`) and is
+    /// served at /mcp (Streamable HTTP) and /sse + /message (HTTP+SSE).
+    #[arg(long, env = "MCP_ROUTER_STDIO")]
+    pub stdio: Option<String>,
+    /// `per-session` (a child per session, the default) or `shared` (one child for all).
+    #[arg(long, env = "MCP_ROUTER_STDIO_MODE")]
+    pub stdio_mode: Option<String>,
+    /// Most live stdio children; past it `initialize` gets 503 [default: 64].
+    #[arg(long, env = "MCP_ROUTER_STDIO_MAX_CHILDREN")]
+    pub stdio_max_children: Option<usize>,
+    /// A session whose GET stream is lost ends unless it reopens within this [default: 30s].
+    #[arg(long, env = "MCP_ROUTER_STDIO_STREAM_GRACE")]
+    pub stdio_stream_grace: Option<String>,
 }
 
 /// The TOML file: the same fields as the flags.
@@ -147,6 +161,10 @@ struct File {
     discover: Option<Vec<String>>,
     discover_interval: Option<toml::Value>,
     drain: Option<Vec<String>>,
+    stdio: Option<String>,
+    stdio_mode: Option<String>,
+    stdio_max_children: Option<usize>,
+    stdio_stream_grace: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -186,6 +204,8 @@ pub struct Settings {
     pub discover_interval: Duration,
     /// Backends to mark draining.
     pub drain: Vec<String>,
+    /// `--stdio`: serve a stdio MCP server instead of proxying backends.
+    pub stdio: Option<crate::stdio::StdioSettings>,
 }
 
 /// Parse a duration: `150ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
@@ -252,6 +272,7 @@ impl Cli {
             }
             None => File::default(),
         };
+        let stdio = self.stdio_settings(&file)?;
         let mut c = Config::default();
         let dur = |field: &str,
                    cli: &Option<String>,
@@ -452,7 +473,7 @@ impl Cli {
         } else {
             file.drain.clone().unwrap_or_default()
         };
-        if c.backends.is_empty() && discover.is_empty() {
+        if c.backends.is_empty() && discover.is_empty() && stdio.is_none() {
             return Err(ConfigError(
                 "backends: at least one backend (--backend) or DNS name (--discover) is required"
                     .into(),
@@ -469,7 +490,53 @@ impl Cli {
             discover,
             discover_interval,
             drain,
+            stdio,
         })
+    }
+
+    /// The `stdio*` settings (flag, then file).
+    fn stdio_settings(
+        &self,
+        file: &File,
+    ) -> Result<Option<crate::stdio::StdioSettings>, ConfigError> {
+        let Some(command) = self.stdio.clone().or(file.stdio.clone()) else {
+            return Ok(None);
+        };
+        if command.trim().is_empty() {
+            return Err(ConfigError("stdio: empty command".into()));
+        }
+        let mode = match self
+            .stdio_mode
+            .as_deref()
+            .or(file.stdio_mode.as_deref())
+            .unwrap_or("per-session")
+        {
+            "per-session" => mcp_router_core::stdio::ChildMode::PerSession,
+            "shared" => mcp_router_core::stdio::ChildMode::Shared,
+            m => {
+                return Err(ConfigError(format!(
+                    "stdio_mode: {m:?}: use \"per-session\" or \"shared\""
+                )))
+            }
+        };
+        let max_children = self
+            .stdio_max_children
+            .or(file.stdio_max_children)
+            .unwrap_or(64);
+        if max_children == 0 {
+            return Err(ConfigError("stdio_max_children: must be > 0".into()));
+        }
+        let stream_grace = match (&self.stdio_stream_grace, &file.stdio_stream_grace) {
+            (Some(s), _) => parse_duration("stdio_stream_grace", s)?,
+            (None, Some(v)) => file_duration("stdio_stream_grace", v)?,
+            (None, None) => Duration::from_secs(30),
+        };
+        Ok(Some(crate::stdio::StdioSettings {
+            command,
+            mode,
+            max_children,
+            stream_grace,
+        }))
     }
 }
 

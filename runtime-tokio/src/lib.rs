@@ -12,6 +12,7 @@ pub mod config;
 pub mod ops;
 mod pool;
 pub mod redis_store;
+pub mod stdio;
 
 use mcp_router_core::metrics::Metrics;
 use mcp_router_core::{

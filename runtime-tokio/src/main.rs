@@ -52,6 +52,22 @@ fn main() {
                  use a shared store"
             );
         }
+        if let Some(stdio) = &settings.stdio {
+            // `--stdio`: serve a stdio MCP server instead of proxying backends
+            info!(listen = %addr, command = %stdio.command, mode = ?stdio.mode, max_children = stdio.max_children, ttl_s = settings.core.session_ttl.as_secs(), "mcp-router stdio bridge listening");
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                info!("shutdown signal received");
+                let _ = tx.send(true);
+            });
+            if let Err(e) = mcp_router_tokio::stdio::serve(listener, &settings, stdio, rx).await {
+                error!(error = %e, "stdio bridge failed");
+                std::process::exit(1);
+            }
+            info!("stopped");
+            return;
+        }
                 let shared = match Shared::new(&settings) {
             Ok(s) => s,
             Err(e) => {

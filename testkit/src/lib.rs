@@ -12,6 +12,7 @@
 //! as soon as the client goes away.
 
 pub mod harness;
+pub mod procs;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;

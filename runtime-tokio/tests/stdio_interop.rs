@@ -1,0 +1,152 @@
+//! `mcp-router --stdio` with peers nobody here wrote: the official TypeScript and
+//! Python MCP SDK clients (`tests/interop/stdio_ts_client.mjs`,
+//! `tests/interop/stdio_py_client.py`) through the router against two stdio servers:
+//! `@modelcontextprotocol/server-everything` (`stdio` mode) and a FastMCP server built
+//! on the `mcp` package (`tests/interop/fastmcp_server.py`), over Streamable HTTP and
+//! over HTTP+SSE. The clients check tools, resources, prompts, progress notifications,
+//! a sampling round trip and (with `--sessions 3`) per-session isolation; each prints
+//! JSON lines and a last `{"check":"all","ok":...}` line.
+//!
+//! After every run the router must have no descendant process left (zombies
+//! included). Needs `.ci/install-interop.sh`; without it, or without the scripts, the
+//! tests fail loudly.
+
+use mcp_router_testkit::harness::Proc;
+use mcp_router_testkit::procs::{descendants, wait_until};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn interop_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    assert!(
+        d.join("node_modules/@modelcontextprotocol/server-everything")
+            .is_dir()
+            && d.join(".venv/bin/python").exists(),
+        "interop dependencies missing: run `bash .ci/install-interop.sh` first"
+    );
+    for f in [
+        "stdio_ts_client.mjs",
+        "stdio_py_client.py",
+        "fastmcp_server.py",
+    ] {
+        assert!(d.join(f).exists(), "tests/interop/{f} missing");
+    }
+    d
+}
+
+fn server_cmd(server: &str) -> String {
+    let d = interop_dir().canonicalize().unwrap();
+    match server {
+        "everything" => format!(
+            "node {}",
+            d.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio")
+                .display()
+        ),
+        _ => format!(
+            "{} {}",
+            d.join(".venv/bin/python").display(),
+            d.join("fastmcp_server.py").display()
+        ),
+    }
+}
+
+/// Run one SDK client; returns its last JSON line, asserting it passed.
+fn client(sdk: &str, base: &str, mode: &str, server: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = interop_dir();
+    let mut cmd = match sdk {
+        "ts" => {
+            let mut c = Command::new("node");
+            c.arg("stdio_ts_client.mjs");
+            c
+        }
+        _ => {
+            let mut c = Command::new(dir.join(".venv/bin/python"));
+            c.arg("stdio_py_client.py");
+            c
+        }
+    };
+    let out = cmd
+        .args([base, mode, server])
+        .args(extra)
+        .current_dir(&dir)
+        .output()
+        .expect("run SDK client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "{sdk} {mode} {server}: no JSON summary; stdout {stdout:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && v["ok"] == true && v["check"] == "all",
+        "{sdk} client, {mode}, {server} {extra:?} failed: {stdout} stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
+
+fn run(server: &str, mode: &str, stdio_mode: &str, extra: &[&str]) {
+    let cmd = server_cmd(server);
+    let r = Proc::router(
+        "mcp-router",
+        &format!("router-{server}-{mode}"),
+        &["--stdio", &cmd, "--stdio-mode", stdio_mode],
+    );
+    let base = format!("http://{}", r.addr);
+    for sdk in ["ts", "py"] {
+        let v = client(sdk, &base, mode, server, &[]);
+        assert!(v["checks"].as_u64().unwrap_or(0) >= 8, "{v}");
+        let v = client(sdk, &base, mode, server, extra);
+        assert_eq!(v["sessions"], 3, "{v}");
+    }
+    let pid = r.pid();
+    let ok = wait_until(Duration::from_secs(10), || descendants(pid).is_empty());
+    assert!(ok, "children left behind: {:?}", descendants(pid));
+    assert_eq!(r.count_logs("stdio child wrote invalid JSON-RPC"), 0);
+}
+
+#[test]
+fn sdk_clients_server_everything_streamable() {
+    run(
+        "everything",
+        "streamable",
+        "per-session",
+        &["--sessions", "3"],
+    );
+}
+
+#[test]
+fn sdk_clients_server_everything_sse() {
+    run("everything", "sse", "per-session", &["--sessions", "3"]);
+}
+
+#[test]
+fn sdk_clients_fastmcp_streamable() {
+    run("fastmcp", "streamable", "per-session", &["--sessions", "3"]);
+}
+
+#[test]
+fn sdk_clients_fastmcp_sse() {
+    run("fastmcp", "sse", "per-session", &["--sessions", "3"]);
+}
+
+#[test]
+fn sdk_clients_fastmcp_shared_child() {
+    // one process holds every session: the clients assert one pid and no counter
+    // value seen twice (ids and progress tokens collide across sessions)
+    run(
+        "fastmcp",
+        "streamable",
+        "shared",
+        &["--sessions", "3", "--expect-shared"],
+    );
+    run(
+        "fastmcp",
+        "sse",
+        "shared",
+        &["--sessions", "3", "--expect-shared"],
+    );
+}
