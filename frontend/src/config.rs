@@ -1,5 +1,6 @@
-//! Configuration of the `mcp-router` binary: CLI flags, `MCP_ROUTER_*` environment
-//! variables and a TOML file, merged in that order of precedence over the defaults.
+//! Configuration shared by every frontend binary (`mcp-router`, `mcp-router-smol`,
+//! `mcp-router-glommio`): CLI flags, `MCP_ROUTER_*` environment variables and a TOML
+//! file, merged in that order of precedence over the defaults.
 
 use clap::Parser;
 use mcp_router_core::{Backend, Config, ConfigError};
@@ -113,6 +114,10 @@ pub struct Cli {
     /// store cannot share sessions and the router warns [default: 1].
     #[arg(long, env = "MCP_ROUTER_REPLICAS_EXPECTED")]
     pub replicas_expected: Option<u32>,
+    /// Threads that serve clients: tokio and smol worker threads, or glommio executors
+    /// (one per core, each with its own listener) [default: one per available CPU].
+    #[arg(long, env = "MCP_ROUTER_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 /// The TOML file: the same fields as the flags.
@@ -143,6 +148,7 @@ struct File {
     expiry_batch: Option<usize>,
     shutdown_grace: Option<toml::Value>,
     replicas_expected: Option<u32>,
+    workers: Option<usize>,
     admin_listen: Option<String>,
     discover: Option<Vec<String>>,
     discover_interval: Option<toml::Value>,
@@ -162,7 +168,7 @@ pub enum StoreSettings {
     /// The embedded in-memory store.
     Memory,
     /// Redis, shared by router replicas.
-    Redis(crate::redis_store::RedisSettings),
+    Redis(crate::redis::RedisSettings),
 }
 
 /// Everything the binary needs: the core config plus the frontend's own settings.
@@ -186,6 +192,8 @@ pub struct Settings {
     pub discover_interval: Duration,
     /// Backends to mark draining.
     pub drain: Vec<String>,
+    /// Client-serving threads (`None`: one per available CPU).
+    pub workers: Option<usize>,
 }
 
 /// Parse a duration: `150ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
@@ -304,14 +312,14 @@ impl Cli {
         let store = if store == "memory" {
             StoreSettings::Memory
         } else if store.starts_with("redis://") || store.starts_with("rediss://") {
-            StoreSettings::Redis(crate::redis_store::RedisSettings {
+            StoreSettings::Redis(crate::redis::RedisSettings {
                 url: store,
                 password: self.store_password.clone().or(file.store_password),
                 key_prefix: self
                     .store_key_prefix
                     .clone()
                     .or(file.store_key_prefix)
-                    .unwrap_or_else(|| crate::redis_store::DEFAULT_PREFIX.into()),
+                    .unwrap_or_else(|| crate::redis::DEFAULT_PREFIX.into()),
                 timeout: store_timeout,
             })
         } else {
@@ -412,6 +420,10 @@ impl Cli {
             .replicas_expected
             .or(file.replicas_expected)
             .unwrap_or(1);
+        let workers = self.workers.or(file.workers);
+        if workers == Some(0) {
+            return Err(ConfigError("workers: must be > 0".into()));
+        }
         let admin_listen = match (&self.admin_listen, &file.admin_listen) {
             (Some(a), _) => Some(*a),
             (None, Some(s)) => Some(
@@ -469,6 +481,7 @@ impl Cli {
             discover,
             discover_interval,
             drain,
+            workers,
         })
     }
 }

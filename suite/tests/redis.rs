@@ -2,8 +2,8 @@
 //! `redis-server` started by each test on a free port.
 
 use mcp_router_testkit::harness::{
-    free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, rss_kib, Conn,
-    Proc,
+    free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, router_bin,
+    rss_kib, Conn, Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +18,7 @@ fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> P
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::router("mcp-router", name, &refs)
+    Proc::router(router_bin(), name, &refs)
 }
 
 fn call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
@@ -37,7 +37,6 @@ fn owner(r: &mcp_router_testkit::harness::Response) -> String {
         .to_string()
 }
 
-#[test]
 fn a_session_started_on_one_replica_continues_on_the_other() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -97,7 +96,6 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
     assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), ":0");
 }
 
-#[test]
 fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other() {
     let rp = free_port();
     let _redis = redis_server(rp);
@@ -152,7 +150,6 @@ fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other
     );
 }
 
-#[test]
 fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     let rp = free_port();
     let mut redis = redis_server(rp);
@@ -237,7 +234,6 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     assert_eq!(call(&mut b.conn(), &sid, 20).status, 404);
 }
 
-#[test]
 fn redis_unreachable_at_start_then_up() {
     let rp = free_port();
     let b0 = Proc::fake_backend("b0");
@@ -265,7 +261,6 @@ fn redis_unreachable_at_start_then_up() {
     assert_eq!(call(&mut a.conn(), &sid, 1).status, 200);
 }
 
-#[test]
 fn a_killed_backend_ends_its_sessions_on_every_replica() {
     let rp = free_port();
     let _redis = redis_server(rp);
@@ -302,7 +297,6 @@ fn a_killed_backend_ends_its_sessions_on_every_replica() {
     }
 }
 
-#[test]
 fn churn_across_replicas_leaves_no_records_and_flat_memory() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -383,7 +377,6 @@ fn round_robin_balancer(replicas: Vec<String>) -> (String, Arc<Vec<AtomicUsize>>
     (addr, counts)
 }
 
-#[test]
 fn python_sdk_sessions_survive_requests_alternating_between_replicas() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
     assert!(
@@ -453,7 +446,6 @@ fn calls(redis: &str, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
 fn one_redis_round_trip_per_request_of_an_established_session() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -475,12 +467,11 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     assert_eq!(counts, [1, 101, 1, 0, 0, 0]);
 }
 
-#[test]
 fn several_replicas_on_the_embedded_store_warn_at_start() {
     let b0 = Proc::fake_backend("b0");
     let backend = format!("http://{}", b0.addr);
     let r = Proc::router(
-        "mcp-router",
+        router_bin(),
         "router",
         &["--backend", &backend, "--replicas-expected", "3"],
     );
@@ -495,3 +486,15 @@ fn several_replicas_on_the_embedded_store_warn_at_start() {
         shared.logs()
     );
 }
+
+mcp_router_testkit::behaviour_suite!(
+    a_session_started_on_one_replica_continues_on_the_other,
+    killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other,
+    redis_down_means_503_never_404_and_recovery_needs_no_restart,
+    redis_unreachable_at_start_then_up,
+    a_killed_backend_ends_its_sessions_on_every_replica,
+    churn_across_replicas_leaves_no_records_and_flat_memory,
+    python_sdk_sessions_survive_requests_alternating_between_replicas,
+    one_redis_round_trip_per_request_of_an_established_session,
+    several_replicas_on_the_embedded_store_warn_at_start,
+);
