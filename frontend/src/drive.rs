@@ -4,7 +4,7 @@
 
 use crate::pool::Pool;
 use crate::redis::RemoteStore;
-use crate::rt::{self, Io, Runtime, Shutdown, Timer};
+use crate::rt::{self, Io, Runtime, Shutdown, TaskGuard, Tasks, Timer};
 use crate::shared::Shared;
 use bytes::BytesMut;
 use mcp_router_core::http::{
@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// What one runtime instance (a tokio or smol process, or one glommio executor) holds
 /// besides the process-wide [`Shared`] state: its upstream pool and its connection to
@@ -362,3 +362,75 @@ pub async fn admin_conn<S: Io>(mut s: S, shared: &Shared) -> io::Result<()> {
 
 /// How long one admin connection may take.
 pub const ADMIN_CONN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`admin_conn`], bounded by [`ADMIN_CONN_TIMEOUT`].
+pub async fn admin_conn_bounded<R: Runtime>(s: R::Stream, shared: &Shared) {
+    let _ = rt::timeout::<R, _>(ADMIN_CONN_TIMEOUT, admin_conn(s, shared)).await;
+}
+
+/// Accept until `shutdown` fires, or `None` then.
+async fn accept_or_stop<F: Future>(accept: F, shutdown: &Shutdown) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(accept.await) }, async {
+        shutdown.wait().await;
+        None
+    })
+    .await
+}
+
+/// The accept loop of every frontend: hand each accepted client connection to
+/// `spawn` (with a guard that counts it in flight) until `shutdown` fires; then stop
+/// accepting, let in-flight connections finish for up to `grace`, and return. A
+/// failed accept (EMFILE and friends) backs off briefly instead of spinning.
+pub async fn accept_loop<R, A, F, S>(
+    mut accept: A,
+    mut spawn: S,
+    shutdown: &Shutdown,
+    grace: Duration,
+) where
+    R: Runtime,
+    A: FnMut() -> F,
+    F: Future<Output = io::Result<(R::Stream, SocketAddr)>>,
+    S: FnMut(R::Stream, SocketAddr, TaskGuard),
+{
+    let tasks = Tasks::default();
+    while let Some(accepted) = accept_or_stop(accept(), shutdown).await {
+        match accepted {
+            Ok((s, peer)) => spawn(s, peer, tasks.enter()),
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                R::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    info!(
+        connections = tasks.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining"
+    );
+    if rt::timeout::<R, _>(grace, tasks.wait_idle())
+        .await
+        .is_none()
+    {
+        warn!(
+            connections = tasks.len(),
+            "grace period over: closing remaining connections"
+        );
+    }
+}
+
+/// The admin accept loop: hand each connection to `spawn` (which runs
+/// [`admin_conn_bounded`]) until `shutdown`.
+pub async fn admin_loop<R, A, F, S>(mut accept: A, mut spawn: S, shutdown: &Shutdown)
+where
+    R: Runtime,
+    A: FnMut() -> F,
+    F: Future<Output = io::Result<R::Stream>>,
+    S: FnMut(R::Stream),
+{
+    while let Some(accepted) = accept_or_stop(accept(), shutdown).await {
+        match accepted {
+            Ok(s) => spawn(s),
+            Err(_) => R::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

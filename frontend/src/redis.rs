@@ -241,6 +241,19 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
 }
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
+    /// The runtime instance over `shared`, with a [`ManagedRedis`] when the settings
+    /// name Redis. Call it inside the runtime that will drive it.
+    pub fn managed(shared: Arc<crate::Shared>) -> Result<Arc<Self>, ConfigError> {
+        let remote = match &shared.settings().store {
+            crate::StoreSettings::Memory => None,
+            crate::StoreSettings::Redis(r) => Some(ManagedRedis::new(r, shared.router.clone())?),
+        };
+        Ok(Arc::new(crate::Frontend::new(shared, remote)))
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
 impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
     async fn execute(&self, op: &StoreOp) -> StoreReply {
         let mut c = self.conn.clone();

@@ -23,7 +23,8 @@ use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::{LocalExecutorBuilder, Placement};
 use mcp_router_core::ConfigError;
-use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Tasks, Timer};
+use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
+use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Timer};
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
 use redis::GlommioRedis;
 use std::future::Future;
@@ -35,7 +36,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 /// The glommio runtime (one executor), as the shared drive loop sees it.
 #[derive(Debug, Clone, Copy)]
@@ -157,10 +158,7 @@ pub(crate) fn connect(host: String, port: u16) -> Connecting {
             match glommio::net::TcpStream::connect(a).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    return Ok(Stream {
-                        s,
-                        gather: Vec::new(),
-                    });
+                    return Ok(stream(s));
                 }
                 Err(e) => last = e.into(),
             }
@@ -207,6 +205,13 @@ pub fn frontend(
     Ok(Rc::new(Frontend::new(shared, remote)))
 }
 
+fn stream(s: glommio::net::TcpStream) -> Stream {
+    Stream {
+        s,
+        gather: Vec::new(),
+    }
+}
+
 /// Serve MCP clients on `listener` on this executor until `shutdown` fires; then stop
 /// accepting, let in-flight exchanges finish for up to `grace`, and return. With
 /// `probe_store`, this executor's store connection also feeds readiness.
@@ -217,7 +222,6 @@ pub async fn serve(
     grace: Duration,
     probe_store: bool,
 ) {
-    let tasks = Tasks::default();
     let (f, sd) = (fe.clone(), shutdown.clone());
     glommio::spawn_local(async move { f.pool_expiry(&sd).await }).detach();
     if probe_store {
@@ -225,58 +229,21 @@ pub async fn serve(
         glommio::spawn_local(async move { f.watch_store(Duration::from_secs(1), &sd).await })
             .detach();
     }
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
+    let accept = || async {
+        let s = listener.accept().await?;
+        let peer = s.peer_addr()?;
+        let _ = s.set_nodelay(true);
+        Ok((stream(s), peer))
+    };
+    let spawn = |s, peer, guard| {
+        let (f, sd) = (fe.clone(), shutdown.clone());
+        glommio::spawn_local(async move {
+            mcp_router_frontend::drive(&f, s, peer, &sd).await;
+            drop(guard);
         })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(s)) => {
-                let Ok(peer) = s.peer_addr() else { continue };
-                let _ = s.set_nodelay(true);
-                let (f, sd, guard) = (fe.clone(), shutdown.clone(), tasks.enter());
-                glommio::spawn_local(async move {
-                    let client = Stream {
-                        s,
-                        gather: Vec::new(),
-                    };
-                    mcp_router_frontend::drive(&f, client, peer, &sd).await;
-                    drop(guard);
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    drop(listener);
-    info!(
-        connections = tasks.len(),
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: draining"
-    );
-    let drained = futures_lite::future::or(
-        async {
-            tasks.wait_idle().await;
-            true
-        },
-        async {
-            glommio::timer::sleep(grace).await;
-            false
-        },
-    )
-    .await;
-    if !drained {
-        warn!(
-            connections = tasks.len(),
-            "grace period over: closing remaining connections"
-        );
-    }
+        .detach();
+    };
+    accept_loop::<Glommio, _, _, _>(accept, spawn, &shutdown, grace).await;
 }
 
 /// Serve the admin endpoints on `listener` on this executor until `shutdown`.
@@ -285,31 +252,12 @@ pub async fn serve_admin(
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
 ) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => return,
-            Some(Ok(s)) => {
-                let sh = shared.clone();
-                glommio::spawn_local(async move {
-                    let s = Stream {
-                        s,
-                        gather: Vec::new(),
-                    };
-                    let conn = mcp_router_frontend::admin_conn(s, &sh);
-                    let limit =
-                        glommio::timer::sleep(mcp_router_frontend::drive::ADMIN_CONN_TIMEOUT);
-                    futures_lite::future::or(async { drop(conn.await) }, limit).await;
-                })
-                .detach();
-            }
-            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    let accept = || async { Ok(stream(listener.accept().await?)) };
+    let spawn = |s| {
+        let sh = shared.clone();
+        glommio::spawn_local(async move { admin_conn_bounded::<Glommio>(s, &sh).await }).detach();
+    };
+    admin_loop::<Glommio, _, _, _>(accept, spawn, &shutdown).await;
 }
 
 /// The CPUs this process may run on (its affinity mask), in order.

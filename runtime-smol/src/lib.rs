@@ -8,8 +8,9 @@
 #![warn(missing_docs)]
 
 use bytes::BytesMut;
+use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Tasks, Timer};
+use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Timer};
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Executor};
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 
 /// The smol runtime, as the shared drive loop sees it.
 #[derive(Debug, Clone, Copy)]
@@ -126,11 +127,7 @@ impl Runtime for Smol {
 /// The smol runtime instance over `shared`: its pool and (for Redis) its store
 /// connection.
 pub fn frontend(shared: Arc<Shared>) -> Result<Arc<Frontend<Smol>>, mcp_router_core::ConfigError> {
-    let remote = match &shared.settings().store {
-        StoreSettings::Memory => None,
-        StoreSettings::Redis(r) => Some(ManagedRedis::new(r, shared.router.clone())?),
-    };
-    Ok(Arc::new(Frontend::new(shared, remote)))
+    Frontend::managed(shared)
 }
 
 /// Serve MCP clients on `listener`, spawning onto `ex`, until `shutdown` fires; then
@@ -143,60 +140,26 @@ pub async fn serve(
     shutdown: Arc<Shutdown>,
     grace: Duration,
 ) {
-    let tasks = Tasks::default();
     mcp_router_frontend::shared::start_background(&fe.shared, &shutdown);
     let (f, sd) = (fe.clone(), shutdown.clone());
     ex.spawn(async move { f.pool_expiry(&sd).await }).detach();
     let (f, sd) = (fe.clone(), shutdown.clone());
     ex.spawn(async move { f.watch_store(Duration::from_secs(1), &sd).await })
         .detach();
-    loop {
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
+    let accept = || async {
+        let (s, peer) = listener.accept().await?;
+        let _ = s.get_ref().set_nodelay(true);
+        Ok((Stream(s), peer))
+    };
+    let spawn = |s, peer, guard| {
+        let (f, sd) = (fe.clone(), shutdown.clone());
+        ex.spawn(async move {
+            mcp_router_frontend::drive(&f, s, peer, &sd).await;
+            drop(guard);
         })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok((sock, peer))) => {
-                let _ = sock.get_ref().set_nodelay(true);
-                let (f, sd, guard) = (fe.clone(), shutdown.clone(), tasks.enter());
-                ex.spawn(async move {
-                    mcp_router_frontend::drive(&f, Stream(sock), peer, &sd).await;
-                    drop(guard);
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                smol::Timer::after(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    drop(listener);
-    info!(
-        connections = tasks.len(),
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: draining"
-    );
-    let drained = smol::future::or(
-        async {
-            tasks.wait_idle().await;
-            true
-        },
-        async {
-            smol::Timer::after(grace).await;
-            false
-        },
-    )
-    .await;
-    if !drained {
-        warn!(
-            connections = tasks.len(),
-            "grace period over: closing remaining connections"
-        );
-    }
+        .detach();
+    };
+    accept_loop::<Smol, _, _, _>(accept, spawn, &shutdown, grace).await;
 }
 
 /// Serve the admin endpoints on `listener`, spawning onto `ex`, until `shutdown`.
@@ -206,32 +169,13 @@ pub async fn serve_admin(
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
 ) {
-    loop {
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => return,
-            Some(Ok((s, _))) => {
-                let sh = shared.clone();
-                ex.spawn(async move {
-                    let conn = mcp_router_frontend::admin_conn(Stream(s), &sh);
-                    let limit = smol::Timer::after(mcp_router_frontend::drive::ADMIN_CONN_TIMEOUT);
-                    let _ = smol::future::or(async { conn.await.is_ok() }, async {
-                        limit.await;
-                        false
-                    })
-                    .await;
-                })
-                .detach();
-            }
-            Some(Err(_)) => {
-                smol::Timer::after(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let accept = || async { Ok(Stream(listener.accept().await?.0)) };
+    let spawn = |s| {
+        let sh = shared.clone();
+        ex.spawn(async move { admin_conn_bounded::<Smol>(s, &sh).await })
+            .detach();
+    };
+    admin_loop::<Smol, _, _, _>(accept, spawn, &shutdown).await;
 }
 
 /// Run the `mcp-router-smol` binary's router with `settings` (parsed from `cli`) until

@@ -7,8 +7,9 @@
 #![warn(missing_docs)]
 
 use bytes::BytesMut;
+use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{Io, Runtime, Tasks, Timer};
+use mcp_router_frontend::rt::{Io, Runtime, Timer};
 pub use mcp_router_frontend::{
     config, shared, Cli, Frontend, Resolve, Settings, Shared, Shutdown, StoreSettings,
 };
@@ -21,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::info;
 
 /// The tokio runtime, as the shared drive loop sees it.
 #[derive(Debug, Clone, Copy)]
@@ -105,11 +106,7 @@ impl Runtime for Tokio {
 /// The tokio runtime instance over `shared`: its pool and (for Redis) its store
 /// connection. Call it inside a tokio runtime.
 pub fn frontend(shared: Arc<Shared>) -> Result<Arc<Frontend<Tokio>>, mcp_router_core::ConfigError> {
-    let remote = match &shared.settings().store {
-        StoreSettings::Memory => None,
-        StoreSettings::Redis(r) => Some(ManagedRedis::new(r, shared.router.clone())?),
-    };
-    Ok(Arc::new(Frontend::new(shared, remote)))
+    Frontend::managed(shared)
 }
 
 /// Serve MCP clients on `listener` until `shutdown` fires, then stop accepting, let
@@ -121,63 +118,34 @@ pub async fn serve(
     shutdown: Arc<Shutdown>,
     grace: Duration,
 ) {
-    let tasks = Tasks::default();
     mcp_router_frontend::shared::start_background(&fe.shared, &shutdown);
     let (f, sd) = (fe.clone(), shutdown.clone());
     tokio::spawn(async move { f.pool_expiry(&sd).await });
     let (f, sd) = (fe.clone(), shutdown.clone());
     tokio::spawn(async move { f.watch_store(Duration::from_secs(1), &sd).await });
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    let (f, sd, guard) = (fe.clone(), shutdown.clone(), tasks.enter());
-                    tokio::spawn(async move {
-                        mcp_router_frontend::drive(&f, Stream(sock), peer, &sd).await;
-                        drop(guard);
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.wait() => break,
-        }
-    }
-    drop(listener);
-    info!(
-        connections = tasks.len(),
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: draining"
-    );
-    if tokio::time::timeout(grace, tasks.wait_idle())
-        .await
-        .is_err()
-    {
-        warn!(
-            connections = tasks.len(),
-            "grace period over: closing remaining connections"
-        );
-    }
+    let accept = || async {
+        let (s, peer) = listener.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((Stream(s), peer))
+    };
+    let spawn = |s, peer, guard| {
+        let (f, sd) = (fe.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            mcp_router_frontend::drive(&f, s, peer, &sd).await;
+            drop(guard);
+        });
+    };
+    accept_loop::<Tokio, _, _, _>(accept, spawn, &shutdown, grace).await;
 }
 
 /// Serve the admin endpoints on `listener` until `shutdown`.
 pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: Arc<Shutdown>) {
-    loop {
-        tokio::select! {
-            r = listener.accept() => if let Ok((s, _)) = r {
-                let sh = shared.clone();
-                tokio::spawn(async move {
-                    let conn = mcp_router_frontend::admin_conn(Stream(s), &sh);
-                    let _ = tokio::time::timeout(mcp_router_frontend::drive::ADMIN_CONN_TIMEOUT, conn).await;
-                });
-            },
-            _ = shutdown.wait() => return,
-        }
-    }
+    let accept = || async { Ok(Stream(listener.accept().await?.0)) };
+    let spawn = |s| {
+        let sh = shared.clone();
+        tokio::spawn(async move { admin_conn_bounded::<Tokio>(s, &sh).await });
+    };
+    admin_loop::<Tokio, _, _, _>(accept, spawn, &shutdown).await;
 }
 
 /// Run the `mcp-router` binary's router with `settings` (parsed from `cli`) until
