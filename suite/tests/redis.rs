@@ -1,9 +1,10 @@
-//! Shared session store on Redis: two `mcp-router` replicas, real backends and a real
-//! `redis-server` started by each test on a free port.
+//! Shared session store on Redis: two router replicas (of the frontend under test, and
+//! one tokio + one glommio), real backends and a real `redis-server` started by each
+//! test on a free port.
 
 use mcp_router_testkit::harness::{
     free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, router_bin,
-    rss_kib, Conn, Proc,
+    rss_kib, Conn, Frontend, Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> Proc {
+    replica_bin(router_bin(), name, redis_port, backends, extra)
+}
+
+fn replica_bin(bin: &str, name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> Proc {
     let mut args: Vec<String> = vec!["--store".into(), format!("redis://127.0.0.1:{redis_port}")];
     for (i, b) in backends.iter().enumerate() {
         args.push("--backend".into());
@@ -18,7 +23,7 @@ fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> P
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::router(router_bin(), name, &refs)
+    Proc::router(bin, name, &refs)
 }
 
 fn call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
@@ -485,6 +490,92 @@ fn several_replicas_on_the_embedded_store_warn_at_start() {
         "{:?}",
         shared.logs()
     );
+}
+
+/// Mixed runtimes: a tokio replica and a glommio replica on one Redis serve the same
+/// sessions. Each session starts on one, is used (POST, GET stream) and ended
+/// (DELETE) through the other; a legacy SSE session crosses too; and a backend that
+/// dies is seen by both.
+#[test]
+fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let (b0, mut b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let t = replica_bin(Frontend::Tokio.bin(), "router-tokio", rp, &[&b0, &b1], &[]);
+    let g = replica_bin(
+        Frontend::Glommio.bin(),
+        "router-glommio",
+        rp,
+        &[&b0, &b1],
+        &[],
+    );
+    for r in [&t, &g] {
+        assert!(r.wait_count("session store ready", 1, Duration::from_secs(5)));
+    }
+    for round in 0..6u64 {
+        let (first, other) = if round % 2 == 0 { (&t, &g) } else { (&g, &t) };
+        let (resp, sid) = initialize(&mut first.conn(), json!(round));
+        let home = owner(&resp);
+        for i in 0..3 {
+            let r = call(&mut other.conn(), &sid, i);
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(owner(&r), home);
+        }
+        let (mut stream, head) = open_session_stream(&other.addr, &sid);
+        assert_eq!(head.status, 200);
+        assert_eq!(stream.next_json_event()["params"]["backend"], home.as_str());
+        drop(stream);
+        let d = other
+            .conn()
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+        assert_eq!(d.status, 200);
+        for r in [&t, &g] {
+            let resp = call(&mut r.conn(), &sid, 9);
+            assert_eq!(resp.status, 404);
+            assert_eq!(resp.json()["error"]["code"], -32001);
+        }
+    }
+    // legacy SSE: the stream on glommio, its message POSTs through tokio
+    let mut stream = g.conn();
+    stream.send("GET", "/sse", &[("Accept", "text/event-stream")], "");
+    assert_eq!(stream.read_head().status, 200);
+    let (event, endpoint) = stream.next_event().expect("endpoint");
+    assert_eq!(event, "endpoint");
+    for i in 0..3 {
+        let r = post_json(
+            &mut t.conn(),
+            &endpoint,
+            None,
+            &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert_eq!(stream.next_json_event()["id"], i);
+    }
+    drop(stream);
+    assert!(g.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
+    assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), ":0");
+    // sessions on b1, started on either; b1 dies; whichever replica sees it first
+    // ends the session, and the other answers 404 from the record's absence
+    let mut on_b1 = Vec::new();
+    for i in 0..8u64 {
+        let r = if i % 2 == 0 { &t } else { &g };
+        let (resp, sid) = initialize(&mut r.conn(), json!(100 + i));
+        if owner(&resp) == "b1" {
+            on_b1.push(sid);
+        }
+    }
+    assert!(
+        !on_b1.is_empty(),
+        "least-sessions placement uses both backends"
+    );
+    b1.kill();
+    for (i, sid) in on_b1.iter().enumerate() {
+        let (first, other) = if i % 2 == 0 { (&t, &g) } else { (&g, &t) };
+        assert_eq!(call(&mut first.conn(), sid, 1).status, 404);
+        assert_eq!(call(&mut other.conn(), sid, 2).status, 404);
+        let key = format!("mcp-router:session:{sid}");
+        assert_eq!(redis_cmd(&redis.addr, &["EXISTS", &key]), ":0");
+    }
 }
 
 mcp_router_testkit::behaviour_suite!(
