@@ -105,7 +105,13 @@ pub async fn write_all_vectored<S: Io>(s: &mut S, bufs: &mut Vec<bytes::Bytes>) 
     use bytes::Buf;
     let r = async {
         let mut i = 0;
-        while i < bufs.len() {
+        loop {
+            while i < bufs.len() && bufs[i].is_empty() {
+                i += 1;
+            }
+            if i == bufs.len() {
+                break;
+            }
             let mut slices = [IoSlice::new(&[]); 16];
             let mut k = 0;
             for b in bufs[i..].iter().take(16) {
@@ -124,9 +130,6 @@ pub async fn write_all_vectored<S: Io>(s: &mut S, bufs: &mut Vec<bytes::Bytes>) 
                 if b.is_empty() {
                     i += 1;
                 }
-            }
-            while i < bufs.len() && bufs[i].is_empty() {
-                i += 1;
             }
         }
         Ok(())
@@ -269,5 +272,78 @@ impl Tasks {
             }
             l.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most 3 bytes per write, across slices.
+    #[derive(Default)]
+    struct Trickle(Vec<u8>);
+
+    impl Io for Trickle {
+        fn poll_read_buf(
+            &mut self,
+            _: &mut Context<'_>,
+            _: &mut BytesMut,
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+        fn poll_write_vectored(
+            &mut self,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(3 - n);
+                self.0.extend_from_slice(&b[..k]);
+                n += k;
+                if n == 3 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn idle_alive(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn vectored_writes_survive_partial_writes_and_empty_buffers() {
+        let mut s = Trickle::default();
+        let mut bufs: Vec<bytes::Bytes> = ["", "ab", "", "cdefg", "", "h", ""]
+            .into_iter()
+            .map(bytes::Bytes::from)
+            .collect();
+        futures_lite::future::block_on(write_all_vectored(&mut s, &mut bufs)).unwrap();
+        assert_eq!(s.0, b"abcdefgh");
+        assert!(bufs.is_empty());
+        // only empty buffers: nothing to write, no WriteZero
+        let mut bufs = vec![bytes::Bytes::new(), bytes::Bytes::new()];
+        futures_lite::future::block_on(write_all_vectored(&mut s, &mut bufs)).unwrap();
+        assert_eq!(s.0, b"abcdefgh");
+    }
+
+    #[test]
+    fn zeroed_reads_append_only_what_was_read() {
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(b"xy");
+        let r = poll_read_zeroed(&mut buf, |b| {
+            assert!(b.iter().all(|&c| c == 0));
+            b[..3].copy_from_slice(b"abc");
+            Poll::Ready(Ok(3))
+        });
+        assert!(matches!(r, Poll::Ready(Ok(3))));
+        assert_eq!(&buf[..], b"xyabc");
+        let r = poll_read_zeroed(&mut buf, |_| Poll::Pending);
+        assert!(r.is_pending());
+        assert_eq!(&buf[..], b"xyabc");
     }
 }

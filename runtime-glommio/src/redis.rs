@@ -59,16 +59,21 @@ impl GlommioRedis {
         s: &RedisSettings,
         router: Arc<Router>,
     ) -> Result<(GlommioRedis, Worker), ConfigError> {
+        let plain_only = || {
+            ConfigError(
+                "store: the glommio frontend speaks plain TCP to Redis (redis://host:port); \
+                 rediss:// and unix sockets need mcp-router or mcp-router-smol"
+                    .into(),
+            )
+        };
+        if !s.url.starts_with("redis://") {
+            return Err(plain_only());
+        }
         let info = s.connection_info()?;
-        let (host, port) =
-            match info.addr() {
-                ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
-                _ => return Err(ConfigError(
-                    "store: the glommio frontend speaks plain TCP to Redis (redis://host:port); \
-                     rediss:// and unix sockets need mcp-router or mcp-router-smol"
-                        .into(),
-                )),
-            };
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+            _ => return Err(plain_only()),
+        };
         let r = info.redis_settings();
         let mut hello = Vec::new();
         let mut hello_replies = 0;
@@ -264,8 +269,9 @@ pub(crate) fn frame_len(b: &[u8], depth: usize) -> Result<Option<usize>, ()> {
             Ok(None)
         };
     };
-    let Some(&kind) = b.first() else {
-        return Ok(None);
+    // a line needs its type byte before the CRLF
+    let (Some(&kind), true) = (b.first(), eol >= 1) else {
+        return Err(());
     };
     let line = &b[1..eol];
     let num = || -> Result<i64, ()> {
@@ -294,11 +300,12 @@ pub(crate) fn frame_len(b: &[u8], depth: usize) -> Result<Option<usize>, ()> {
             if n < 0 {
                 return Ok(Some(head));
             }
-            let items = usize::try_from(n).map_err(|_| ())?
-                * if matches!(kind, b'%' | b'|') { 2 } else { 1 };
-            if items > 1 << 16 {
-                return Err(());
-            }
+            let per = if matches!(kind, b'%' | b'|') { 2 } else { 1 };
+            let items = usize::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(per))
+                .filter(|&n| n <= 1 << 16)
+                .ok_or(())?;
             let mut at = head;
             for _ in 0..items {
                 match frame_len(&b[at..], depth + 1)? {
@@ -314,7 +321,34 @@ pub(crate) fn frame_len(b: &[u8], depth: usize) -> Result<Option<usize>, ()> {
 
 #[cfg(test)]
 mod tests {
-    use super::frame_len;
+    use super::{frame_len, GlommioRedis};
+    use mcp_router_frontend::RedisSettings;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn tls_redis_is_refused_naming_the_store() {
+        let router = Arc::new(mcp_router_core::Router::new(
+            Arc::new(mcp_router_core::Config::default()),
+            Instant::now(),
+        ));
+        let settings = |url: &str| RedisSettings {
+            url: url.into(),
+            password: Some("secret".into()),
+            key_prefix: "p:".into(),
+            timeout: Duration::from_millis(10),
+        };
+        let e =
+            GlommioRedis::new(&settings("rediss://127.0.0.1:6379"), router.clone()).unwrap_err();
+        assert!(e.0.starts_with("store:") && e.0.contains("rediss"), "{e}");
+        let (_, worker) =
+            GlommioRedis::new(&settings("redis://u@127.0.0.1:6379/3"), router).unwrap();
+        // the password override and the db are sent on connect
+        let hello = String::from_utf8(worker.hello.clone()).unwrap();
+        assert_eq!(worker.hello_replies, 2);
+        assert!(hello.contains("AUTH\r\n$1\r\nu\r\n$6\r\nsecret"), "{hello}");
+        assert!(hello.contains("SELECT\r\n$1\r\n3"), "{hello}");
+    }
 
     #[test]
     fn frames_are_found_whole_or_not_at_all() {
@@ -328,6 +362,10 @@ mod tests {
         assert_eq!(frame_len(b"?\r\n", 0), Err(()));
         assert_eq!(frame_len(b"$x\r\n", 0), Err(()));
         assert_eq!(frame_len(b"$99999999999\r\n", 0), Err(()));
+        // no type byte, huge counts: refused, never a panic
+        assert_eq!(frame_len(b"\r\n", 0), Err(()));
+        assert_eq!(frame_len(b"%9223372036854775807\r\n", 0), Err(()));
+        assert_eq!(frame_len(b"*-1\r\n", 0), Ok(Some(5)));
         // nesting is bounded
         assert_eq!(frame_len(&b"*1\r\n".repeat(20), 0), Err(()));
         for cut in 0..15 {
