@@ -449,3 +449,9 @@ pub fn load_cli(name: &'static str) -> (Cli, Settings) {
         }
     }
 }
+
+/// Exit with status 2 and a message naming the bad field (for the binaries).
+pub fn config_exit(bin: &str, e: &ConfigError) -> ! {
+    eprintln!("{bin}: bad configuration: {e}");
+    std::process::exit(2);
+}

@@ -25,6 +25,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use mcp_router_core::ConfigError;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Timer};
+use mcp_router_frontend::shared::config_exit;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
 use redis::GlommioRedis;
 use std::future::Future;
@@ -310,10 +311,10 @@ struct Bound {
 /// configuration error.
 pub fn run(cli: Cli, settings: Settings) {
     raise_memlock();
-    check_store(&settings).unwrap_or_else(|e| config_exit(&e));
+    check_store(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
     let cpus = allowed_cpus();
     let n = settings.workers.unwrap_or(cpus.len()).max(1);
-    let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit(&e));
+    let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
     let shutdown = Shutdown::new();
     mcp_router_frontend::shared::start_background(&shared, &shutdown);
     mcp_router_frontend::shared::start_ops(&shared, &cli, &shutdown);
@@ -393,9 +394,4 @@ pub fn run(cli: Cli, settings: Settings) {
         let _ = h.join();
     }
     info!("stopped");
-}
-
-fn config_exit(e: &ConfigError) -> ! {
-    eprintln!("mcp-router-glommio: bad configuration: {e}");
-    std::process::exit(2);
 }

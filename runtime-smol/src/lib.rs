@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
 use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Timer};
+use mcp_router_frontend::shared::config_exit;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Executor};
@@ -186,8 +187,8 @@ pub fn run(cli: Cli, settings: Settings) {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listener = bind_or_exit(settings.listen, "");
-    let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit(&e));
-    let fe = frontend(shared.clone()).unwrap_or_else(|e| config_exit(&e));
+    let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-smol", &e));
+    let fe = frontend(shared.clone()).unwrap_or_else(|e| config_exit("mcp-router-smol", &e));
     let shutdown = Shutdown::new();
     let ex = Arc::new(Executor::new());
     // Workers run the executor until the main thread has finished serving.
@@ -234,9 +235,4 @@ fn bind_or_exit(addr: SocketAddr, what: &str) -> Async<TcpListener> {
             std::process::exit(1);
         }
     }
-}
-
-fn config_exit(e: &mcp_router_core::ConfigError) -> ! {
-    eprintln!("mcp-router-smol: bad configuration: {e}");
-    std::process::exit(2);
 }

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
 use mcp_router_frontend::rt::{Io, Runtime, Timer};
+use mcp_router_frontend::shared::config_exit;
 pub use mcp_router_frontend::{
     config, shared, Cli, Frontend, Resolve, Settings, Shared, Shutdown, StoreSettings,
 };
@@ -159,8 +160,8 @@ pub fn run(cli: Cli, settings: Settings) {
     let rt = b.enable_all().build().expect("building the tokio runtime");
     rt.block_on(async move {
         let listener = bind_or_exit(settings.listen, "").await;
-        let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit(&e));
-        let fe = frontend(shared.clone()).unwrap_or_else(|e| config_exit(&e));
+        let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router", &e));
+        let fe = frontend(shared.clone()).unwrap_or_else(|e| config_exit("mcp-router", &e));
         let shutdown = Shutdown::new();
         if let Some(admin) = settings.admin_listen {
             let l = bind_or_exit(admin, " (admin)").await;
@@ -184,9 +185,4 @@ async fn bind_or_exit(addr: SocketAddr, what: &str) -> TcpListener {
             std::process::exit(1);
         }
     }
-}
-
-fn config_exit(e: &mcp_router_core::ConfigError) -> ! {
-    eprintln!("mcp-router: bad configuration: {e}");
-    std::process::exit(2);
 }

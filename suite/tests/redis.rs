@@ -80,14 +80,20 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
         assert_eq!(r.json()["error"]["code"], -32001);
     }
     // a legacy SSE session opened on A takes its message POSTs through B
-    let mut stream = a.conn();
+    legacy_session_crosses(&a, &b, &redis);
+}
+
+/// A legacy SSE session whose stream is on `stream_on` takes its message POSTs through
+/// `posts_through`; its record ends with the stream.
+fn legacy_session_crosses(stream_on: &Proc, posts_through: &Proc, redis: &Proc) {
+    let mut stream = stream_on.conn();
     stream.send("GET", "/sse", &[("Accept", "text/event-stream")], "");
     assert_eq!(stream.read_head().status, 200);
     let (event, endpoint) = stream.next_event().expect("endpoint");
     assert_eq!(event, "endpoint");
     for i in 0..3 {
         let r = post_json(
-            &mut b.conn(),
+            &mut posts_through.conn(),
             &endpoint,
             None,
             &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
@@ -96,8 +102,7 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
         assert_eq!(stream.next_json_event()["id"], i);
     }
     drop(stream);
-    // its record ends with the stream
-    assert!(a.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
+    assert!(stream_on.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
     assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), ":0");
 }
 
@@ -536,24 +541,7 @@ fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
         }
     }
     // legacy SSE: the stream on glommio, its message POSTs through tokio
-    let mut stream = g.conn();
-    stream.send("GET", "/sse", &[("Accept", "text/event-stream")], "");
-    assert_eq!(stream.read_head().status, 200);
-    let (event, endpoint) = stream.next_event().expect("endpoint");
-    assert_eq!(event, "endpoint");
-    for i in 0..3 {
-        let r = post_json(
-            &mut t.conn(),
-            &endpoint,
-            None,
-            &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
-        );
-        assert_eq!(r.status, 202, "{}", r.text());
-        assert_eq!(stream.next_json_event()["id"], i);
-    }
-    drop(stream);
-    assert!(g.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
-    assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), ":0");
+    legacy_session_crosses(&g, &t, &redis);
     // sessions on b1, started on either; b1 dies; whichever replica sees it first
     // ends the session, and the other answers 404 from the record's absence
     let mut on_b1 = Vec::new();
