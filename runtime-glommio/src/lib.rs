@@ -215,7 +215,10 @@ fn stream(s: glommio::net::TcpStream) -> Stream {
 
 /// Serve MCP clients on `listener` on this executor until `shutdown` fires; then stop
 /// accepting, let in-flight exchanges finish for up to `grace`, and return. With
-/// `probe_store`, this executor's store connection also feeds readiness.
+/// `probe_store`, this executor's store connection also feeds readiness. The
+/// process-wide background work (embedded-store expiry, health checks:
+/// [`start_background`](mcp_router_frontend::shared::start_background)) is the
+/// caller's, once for all executors, as [`run`] does.
 pub async fn serve(
     listener: glommio::net::TcpListener,
     fe: Rc<Frontend<Glommio>>,
