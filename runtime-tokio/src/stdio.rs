@@ -27,7 +27,7 @@ use mcp_router_core::http::{
     Version,
 };
 use mcp_router_core::stdio::{
-    Bridge, BridgeConfig, BridgeEvent, ChildId, ChildMode, ExchangeId, Output, Request,
+    Bridge, BridgeConfig, BridgeEvent, ChildId, ExchangeId, Output, Request,
 };
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -52,18 +52,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait for one write to a client; a client that does not read is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The stdio settings of the binary.
-#[derive(Debug, Clone)]
-pub struct StdioSettings {
-    /// The MCP server command, run with `sh -c`.
-    pub command: String,
-    /// Per-session or shared child.
-    pub mode: ChildMode,
-    /// Most live children.
-    pub max_children: usize,
-    /// Grace for a lost GET stream.
-    pub stream_grace: Duration,
-}
+pub use mcp_router_frontend::config::StdioSettings;
 
 /// What a connection task receives for its exchange.
 #[derive(Debug)]
@@ -892,6 +881,7 @@ async fn serve_exchange(
 mod tests {
     use super::*;
     use clap::Parser;
+    use mcp_router_core::stdio::ChildMode;
 
     fn cli(args: &[&str]) -> crate::Cli {
         let mut v = vec!["mcp-router"];

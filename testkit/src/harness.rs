@@ -36,6 +36,68 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
+/// The router frontends one behaviour suite runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    /// `mcp-router` (tokio).
+    Tokio,
+    /// `mcp-router-smol`.
+    Smol,
+    /// `mcp-router-glommio` (thread-per-core).
+    Glommio,
+}
+
+impl Frontend {
+    /// The binary's name.
+    pub fn bin(self) -> &'static str {
+        match self {
+            Frontend::Tokio => "mcp-router",
+            Frontend::Smol => "mcp-router-smol",
+            Frontend::Glommio => "mcp-router-glommio",
+        }
+    }
+}
+
+thread_local! {
+    static FRONTEND: std::cell::Cell<Option<Frontend>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `test` with `fe` as the frontend that [`router_bin`] names on this thread.
+pub fn with_frontend(fe: Frontend, test: fn()) {
+    FRONTEND.with(|f| f.set(Some(fe)));
+    test();
+}
+
+/// The frontend of the running suite test. Panics outside one (a router started from
+/// another thread than the test's would otherwise silently test the wrong binary).
+pub fn frontend() -> Frontend {
+    FRONTEND
+        .with(|f| f.get())
+        .expect("no frontend set on this thread: run the test through behaviour_suite!")
+}
+
+/// The router binary of the running suite test.
+pub fn router_bin() -> &'static str {
+    frontend().bin()
+}
+
+/// Instantiate a behaviour suite: each listed `fn name()` runs once per frontend, as
+/// `on_tokio::name`, `on_smol::name` and `on_glommio::name`.
+#[macro_export]
+macro_rules! behaviour_suite {
+    ($($test:ident),* $(,)?) => {
+        mod on_tokio {
+            $( #[test] fn $test() { $crate::harness::with_frontend($crate::harness::Frontend::Tokio, super::$test) } )*
+        }
+        mod on_smol {
+            $( #[test] fn $test() { $crate::harness::with_frontend($crate::harness::Frontend::Smol, super::$test) } )*
+        }
+        mod on_glommio {
+            $( #[test] fn $test() { $crate::harness::with_frontend($crate::harness::Frontend::Glommio, super::$test) } )*
+        }
+    };
+}
+
 type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
 
 /// A child process whose output is captured line by line; killed when dropped.

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! `bench` starts two `mcp-fake-backend`s (pinned to the load CPU), then for each
-//! configuration (`direct`, `router`, `router-redis`, `haproxy`) starts the frontend
+//! configuration (`direct`, `router`, `router-redis`, `router-smol`, `router-glommio`, `haproxy`) starts the frontend
 //! pinned to the proxy CPU, runs W clients doing whole MCP session lifecycles
 //! (initialize, notifications/initialized, K tools/call, DELETE) over keep-alive
 //! connections for the duration, and reports throughput, latency percentiles, errors,
@@ -63,6 +63,8 @@ fn opts(args: &[String]) -> Res<Opts> {
             "direct".into(),
             "router".into(),
             "router-redis".into(),
+            "router-smol".into(),
+            "router-glommio".into(),
             "haproxy".into(),
         ],
         proxy_cpu: "0".into(),
@@ -227,6 +229,19 @@ fn start_router(
     store: Option<&str>,
     extra: &[&str],
 ) -> Res<Frontend> {
+    start_router_bin(o, "mcp-router", backends, store, extra)
+}
+
+/// Start a router frontend binary (`mcp-router`, `mcp-router-smol`,
+/// `mcp-router-glommio`): all take the same flags. Pinned to the proxy CPU, each runs
+/// one worker thread or executor (the default for one allowed CPU).
+fn start_router_bin(
+    o: &Opts,
+    name: &str,
+    backends: &[SocketAddr],
+    store: Option<&str>,
+    extra: &[&str],
+) -> Res<Frontend> {
     let port = free_port()?;
     let admin = free_port()?;
     let listen = format!("127.0.0.1:{port}");
@@ -247,12 +262,12 @@ fn start_router(
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let bin = format!("{}/mcp-router", o.bin_dir);
+    let bin = format!("{}/{name}", o.bin_dir);
     // per-session info lines off, as HAProxy runs without logging here
     let child = spawn_pinned(&o.proxy_cpu, &bin, &argv, &[("RUST_LOG", "warn")])?;
     let p = Proc {
         child,
-        name: "mcp-router".into(),
+        name: name.into(),
     };
     let addr: SocketAddr = listen.parse().map_err(|e| format!("{e}"))?;
     wait_listening(addr)?;
@@ -733,6 +748,8 @@ fn bench(o: &Opts) -> Res<()> {
                 }
                 fe
             }
+            "router-smol" => start_router_bin(o, "mcp-router-smol", &backends, None, &[])?,
+            "router-glommio" => start_router_bin(o, "mcp-router-glommio", &backends, None, &[])?,
             "haproxy" => start_haproxy(o, &backends)?,
             other => return Err(format!("unknown configuration {other}")),
         };

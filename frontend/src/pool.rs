@@ -1,26 +1,34 @@
 //! Idle upstream connections, per backend.
 
+use crate::rt::Io;
 use mcp_router_core::BackendId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// Which pool a connection belongs to: the backend id *and* its address, so that a
 /// backend slot reused for another address (DNS discovery) never gets an old socket.
-pub(crate) type PoolKey = (BackendId, String, u16);
+pub type PoolKey = (BackendId, String, u16);
 
 /// Keep-alive pool: per backend, a LIFO of idle connections with the time they went
 /// idle. Bounded by `max_idle` per backend and by `idle_timeout`.
-#[derive(Debug)]
-pub(crate) struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<(TcpStream, Instant)>>>,
+pub struct Pool<S> {
+    idle: Mutex<HashMap<PoolKey, Vec<(S, Instant)>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
-impl Pool {
-    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
+impl<S> std::fmt::Debug for Pool<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("max_idle", &self.max_idle)
+            .finish()
+    }
+}
+
+impl<S: Io> Pool<S> {
+    /// An empty pool.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool<S> {
         Pool {
             idle: Mutex::default(),
             max_idle,
@@ -29,7 +37,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open, if any.
-    pub(crate) fn checkout(&self, key: &PoolKey) -> Option<TcpStream> {
+    pub fn checkout(&self, key: &PoolKey) -> Option<S> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         let now = Instant::now();
@@ -37,19 +45,15 @@ impl Pool {
             if now.duration_since(since) >= self.idle_timeout {
                 continue;
             }
-            // A closed (or garbage-sending) connection reads 0 (or >0) bytes at once;
-            // a healthy idle one would block.
-            let mut probe = [0u8; 1];
-            match s.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(s),
-                _ => continue,
+            if s.idle_alive() {
+                return Some(s);
             }
         }
         None
     }
 
     /// Return a clean connection for reuse.
-    pub(crate) fn checkin(&self, key: PoolKey, s: TcpStream) {
+    pub fn checkin(&self, key: PoolKey, s: S) {
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
             if list.len() >= self.max_idle {
@@ -60,7 +64,7 @@ impl Pool {
     }
 
     /// Drop connections idle past the timeout, and empty pools.
-    pub(crate) fn expire(&self) {
+    pub fn expire(&self) {
         let now = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             for list in idle.values_mut() {

@@ -4,13 +4,11 @@
 //! after a response. Each case gets a clear status or a clean close, and an established
 //! session on a healthy backend carries on.
 
-use mcp_router_testkit::harness::{initialize, post_json, Conn, Proc};
+use mcp_router_testkit::harness::{initialize, post_json, router_bin, Conn, Proc};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-const ROUTER: &str = "mcp-router";
 
 fn router(backends: &[String], extra: &[&str]) -> Proc {
     let mut args: Vec<String> = Vec::new();
@@ -20,7 +18,7 @@ fn router(backends: &[String], extra: &[&str]) -> Proc {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::router(ROUTER, "router", &refs)
+    Proc::router(router_bin(), "router", &refs)
 }
 
 /// Send `bytes` on a new connection and read until the router closes it (10 s at
@@ -77,7 +75,6 @@ fn still_works(conn: &mut Conn, sid: &str, backend: &str, id: u64) {
     assert_eq!(v["result"]["session"], sid);
 }
 
-#[test]
 fn smuggling_floods_and_invalid_bytes_get_a_status_and_a_close() {
     let b0 = Proc::fake_backend("b0");
     let r = router(
@@ -289,7 +286,6 @@ fn smuggling_floods_and_invalid_bytes_get_a_status_and_a_close() {
     still_works(&mut c, &sid, "b0", 2);
 }
 
-#[test]
 fn slowloris_gets_408_and_a_close() {
     let b0 = Proc::fake_backend("b0");
     let r = router(
@@ -336,7 +332,6 @@ fn slowloris_gets_408_and_a_close() {
     still_works(&mut c, &sid, "b0", 1);
 }
 
-#[test]
 fn ten_thousand_connections_opened_and_dropped() {
     let b0 = Proc::fake_backend("b0");
     let r = router(std::slice::from_ref(&b0.addr), &[]);
@@ -466,7 +461,6 @@ fn serve_badly(s: TcpStream) {
     }
 }
 
-#[test]
 fn a_misbehaving_backend_gets_502_or_a_clean_close_and_others_carry_on() {
     let good = Proc::fake_backend("b0");
     let bad = bad_backend();
@@ -543,3 +537,10 @@ fn a_misbehaving_backend_gets_502_or_a_clean_close_and_others_carry_on() {
     let v = k.request("POST", "/mcp", &[("Mcp-Session-Id", &bad_sid)], body);
     assert_eq!(v.status, 200);
 }
+
+mcp_router_testkit::behaviour_suite!(
+    smuggling_floods_and_invalid_bytes_get_a_status_and_a_close,
+    slowloris_gets_408_and_a_close,
+    ten_thousand_connections_opened_and_dropped,
+    a_misbehaving_backend_gets_502_or_a_clean_close_and_others_carry_on,
+);

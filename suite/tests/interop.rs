@@ -1,13 +1,13 @@
 //! Interop with peers nobody here wrote: the official TypeScript and Python MCP SDK
-//! clients run initialize -> tools/list -> tools/call -> DELETE through `mcp-router`
-//! against two replicas of `@modelcontextprotocol/server-everything`, in Streamable
-//! HTTP and in legacy HTTP+SSE mode.
+//! clients run initialize -> tools/list -> tools/call -> DELETE through the router (each
+//! frontend in turn) against two replicas of `@modelcontextprotocol/server-everything`,
+//! in Streamable HTTP and in legacy HTTP+SSE mode.
 //!
 //! A request routed to the wrong replica fails the client (the replica does not know
 //! the session), so a client that completes is a session that stuck. Needs
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
-use mcp_router_testkit::harness::Proc;
+use mcp_router_testkit::harness::{router_bin, Proc};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -85,7 +85,7 @@ fn run(mode: &str, end_cause: &str) {
     let e0 = everything(mode, "everything-0");
     let e1 = everything(mode, "everything-1");
     let r = Proc::router(
-        "mcp-router",
+        router_bin(),
         "router",
         &[
             "--backend",
@@ -127,14 +127,17 @@ fn run(mode: &str, end_cause: &str) {
     assert_eq!(r.count_logs("request rejected"), 0, "{:?}", r.logs());
 }
 
-#[test]
 fn official_sdk_clients_over_streamable_http() {
     // both SDKs send DELETE when they close the session
     run("streamable", "cause=\"delete\"");
 }
 
-#[test]
 fn official_sdk_clients_over_legacy_sse() {
     // legacy sessions end when their GET stream closes
     run("sse", "cause=\"stream_closed\"");
 }
+
+mcp_router_testkit::behaviour_suite!(
+    official_sdk_clients_over_streamable_http,
+    official_sdk_clients_over_legacy_sse,
+);

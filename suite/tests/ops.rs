@@ -3,11 +3,11 @@
 //! scripted resolver).
 
 use clap::Parser;
+use mcp_router_frontend::{Cli, Resolve, Shared, Shutdown};
 use mcp_router_testkit::harness::{
-    free_port, http, initialize, open_session_stream, post_json, redis_server, Conn, Proc,
+    free_port, http, initialize, open_session_stream, post_json, redis_server, router_bin, Conn,
+    Proc,
 };
-use mcp_router_tokio::ops::{discover_once, Resolve};
-use mcp_router_tokio::{serve, Cli, Shared};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ fn router(name: &str, args: &[String]) -> (Proc, String) {
     let mut all = vec!["--admin-listen".to_string(), "127.0.0.1:0".to_string()];
     all.extend(args.iter().cloned());
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let r = Proc::router("mcp-router", name, &refs);
+    let r = Proc::router(router_bin(), name, &refs);
     let admin = r
         .log_field("admin", Duration::from_secs(5))
         .expect("admin address logged");
@@ -47,7 +47,6 @@ fn call(c: &mut Conn, sid: &str) -> mcp_router_testkit::harness::Response {
     )
 }
 
-#[test]
 fn metrics_move_as_a_scripted_run_goes() {
     let b0 = Proc::fake_backend("b0");
     let (r, admin) = router("router", &backends(&[&b0]));
@@ -116,7 +115,6 @@ fn metrics_move_as_a_scripted_run_goes() {
     assert_eq!(http(&admin, "POST", "/metrics").0, 405);
 }
 
-#[test]
 fn readiness_flips_with_redis_and_with_the_backends() {
     let rp = free_port();
     let mut redis = redis_server(rp);
@@ -159,7 +157,6 @@ fn readiness_flips_with_redis_and_with_the_backends() {
     );
 }
 
-#[test]
 fn draining_through_the_admin_endpoint() {
     let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
     let (r, admin) = router("router", &backends(&[&b0, &b1]));
@@ -218,21 +215,17 @@ impl Scripted {
 }
 
 impl Resolve for Scripted {
-    fn resolve(
-        &self,
-        host: String,
-        _port: u16,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
-    {
+    fn resolve(&self, host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
         assert_eq!(host, "mcp-headless.test.svc");
-        let r = match &*self.0.lock().unwrap() {
+        match &*self.0.lock().unwrap() {
             Ok(v) => Ok(v.clone()),
             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        };
-        Box::pin(async move { r })
+        }
     }
 }
 
+/// Discovery is runtime-independent (it runs on a plain thread of the shared
+/// frontend crate), so the library test drives it once, under the tokio frontend.
 #[test]
 fn dns_discovery_adds_and_removes_backends() {
     let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
@@ -249,15 +242,20 @@ fn dns_discovery_adds_and_removes_backends() {
     .settings()
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let shared = rt
-        .block_on(async { Shared::with_resolver(&settings, Arc::new(resolver.clone())).unwrap() });
-    rt.block_on(discover_once(&shared));
+    let shared = Shared::with_resolver(&settings, Arc::new(resolver.clone())).unwrap();
+    shared.discover_once();
+    let fe = rt.block_on(async { mcp_router_tokio::frontend(shared.clone()).unwrap() });
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    rt.spawn(serve(listener, shared.clone(), rx, Duration::from_secs(1)));
+    let shutdown = Shutdown::new();
+    rt.spawn(mcp_router_tokio::serve(
+        listener,
+        fe,
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
     let init = |i: u64| {
         let (resp, sid) = initialize(&mut Conn::open(&addr), json!(i));
         (
@@ -288,17 +286,17 @@ fn dns_discovery_adds_and_removes_backends() {
     assert_eq!(names(&shared), [format!("mcp@{a0}")]);
     // a new address joins
     resolver.set(Ok(vec![a1, a0]));
-    rt.block_on(discover_once(&shared));
+    shared.discover_once();
     assert_eq!(names(&shared).len(), 2);
     let seen: std::collections::HashSet<String> = (10..14).map(|i| init(i).0).collect();
     assert!(seen.contains("b1"), "new member takes sessions: {seen:?}");
     // a failed resolution keeps the members
     resolver.set(Err(std::io::Error::other("SERVFAIL")));
-    rt.block_on(discover_once(&shared));
+    shared.discover_once();
     assert_eq!(names(&shared).len(), 2);
     // the first address disappears: its sessions end as if it had died
     resolver.set(Ok(vec![a1]));
-    rt.block_on(discover_once(&shared));
+    shared.discover_once();
     assert_eq!(names(&shared), [format!("mcp@{a1}")]);
     for sid in &on_b0 {
         let r = call(&mut Conn::open(&addr), sid);
@@ -308,10 +306,9 @@ fn dns_discovery_adds_and_removes_backends() {
     for i in 20..24 {
         assert_eq!(init(i).0, "b1");
     }
-    let _ = tx.send(true);
+    shutdown.trigger();
 }
 
-#[test]
 fn sighup_reload_keeps_open_streams_and_applies_the_new_backends() {
     let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
     let dir = std::env::temp_dir().join(format!("mcp-router-reload-{}", std::process::id()));
@@ -382,3 +379,10 @@ fn sighup_reload_keeps_open_streams_and_applies_the_new_backends() {
         "b1"
     );
 }
+
+mcp_router_testkit::behaviour_suite!(
+    metrics_move_as_a_scripted_run_goes,
+    readiness_flips_with_redis_and_with_the_backends,
+    draining_through_the_admin_endpoint,
+    sighup_reload_keeps_open_streams_and_applies_the_new_backends,
+);

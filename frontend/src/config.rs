@@ -1,5 +1,6 @@
-//! Configuration of the `mcp-router` binary: CLI flags, `MCP_ROUTER_*` environment
-//! variables and a TOML file, merged in that order of precedence over the defaults.
+//! Configuration shared by every frontend binary (`mcp-router`, `mcp-router-smol`,
+//! `mcp-router-glommio`): CLI flags, `MCP_ROUTER_*` environment variables and a TOML
+//! file, merged in that order of precedence over the defaults.
 
 use clap::Parser;
 use mcp_router_core::{Backend, Config, ConfigError};
@@ -127,6 +128,10 @@ pub struct Cli {
     /// A session whose GET stream is lost ends unless it reopens within this [default: 30s].
     #[arg(long, env = "MCP_ROUTER_STDIO_STREAM_GRACE")]
     pub stdio_stream_grace: Option<String>,
+    /// Threads that serve clients: tokio and smol worker threads, or glommio executors
+    /// (one per core, each with its own listener) [default: one per available CPU].
+    #[arg(long, env = "MCP_ROUTER_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 /// The TOML file: the same fields as the flags.
@@ -157,6 +162,7 @@ struct File {
     expiry_batch: Option<usize>,
     shutdown_grace: Option<toml::Value>,
     replicas_expected: Option<u32>,
+    workers: Option<usize>,
     admin_listen: Option<String>,
     discover: Option<Vec<String>>,
     discover_interval: Option<toml::Value>,
@@ -180,7 +186,7 @@ pub enum StoreSettings {
     /// The embedded in-memory store.
     Memory,
     /// Redis, shared by router replicas.
-    Redis(crate::redis_store::RedisSettings),
+    Redis(crate::redis::RedisSettings),
 }
 
 /// Everything the binary needs: the core config plus the frontend's own settings.
@@ -205,7 +211,22 @@ pub struct Settings {
     /// Backends to mark draining.
     pub drain: Vec<String>,
     /// `--stdio`: serve a stdio MCP server instead of proxying backends.
-    pub stdio: Option<crate::stdio::StdioSettings>,
+    pub stdio: Option<StdioSettings>,
+    /// Client-serving threads (`None`: one per available CPU).
+    pub workers: Option<usize>,
+}
+
+/// `--stdio`: serve a stdio MCP server (tokio binary only) instead of proxying backends.
+#[derive(Debug, Clone)]
+pub struct StdioSettings {
+    /// The MCP server command, run with `sh -c`.
+    pub command: String,
+    /// Per-session or shared child.
+    pub mode: mcp_router_core::stdio::ChildMode,
+    /// Most live children.
+    pub max_children: usize,
+    /// Grace for a lost GET stream.
+    pub stream_grace: Duration,
 }
 
 /// Parse a duration: `150ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
@@ -325,14 +346,14 @@ impl Cli {
         let store = if store == "memory" {
             StoreSettings::Memory
         } else if store.starts_with("redis://") || store.starts_with("rediss://") {
-            StoreSettings::Redis(crate::redis_store::RedisSettings {
+            StoreSettings::Redis(crate::redis::RedisSettings {
                 url: store,
                 password: self.store_password.clone().or(file.store_password),
                 key_prefix: self
                     .store_key_prefix
                     .clone()
                     .or(file.store_key_prefix)
-                    .unwrap_or_else(|| crate::redis_store::DEFAULT_PREFIX.into()),
+                    .unwrap_or_else(|| crate::redis::DEFAULT_PREFIX.into()),
                 timeout: store_timeout,
             })
         } else {
@@ -433,6 +454,10 @@ impl Cli {
             .replicas_expected
             .or(file.replicas_expected)
             .unwrap_or(1);
+        let workers = self.workers.or(file.workers);
+        if workers == Some(0) {
+            return Err(ConfigError("workers: must be > 0".into()));
+        }
         let admin_listen = match (&self.admin_listen, &file.admin_listen) {
             (Some(a), _) => Some(*a),
             (None, Some(s)) => Some(
@@ -491,14 +516,12 @@ impl Cli {
             discover_interval,
             drain,
             stdio,
+            workers,
         })
     }
 
     /// The `stdio*` settings (flag, then file).
-    fn stdio_settings(
-        &self,
-        file: &File,
-    ) -> Result<Option<crate::stdio::StdioSettings>, ConfigError> {
+    fn stdio_settings(&self, file: &File) -> Result<Option<StdioSettings>, ConfigError> {
         let Some(command) = self.stdio.clone().or(file.stdio.clone()) else {
             return Ok(None);
         };
@@ -531,7 +554,7 @@ impl Cli {
             (None, Some(v)) => file_duration("stdio_stream_grace", v)?,
             (None, None) => Duration::from_secs(30),
         };
-        Ok(Some(crate::stdio::StdioSettings {
+        Ok(Some(StdioSettings {
             command,
             mode,
             max_children,

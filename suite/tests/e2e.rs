@@ -1,12 +1,12 @@
 //! End-to-end: the `mcp-router` binary in front of real `mcp-fake-backend` processes,
 //! all on 127.0.0.1.
 
-use mcp_router_testkit::harness::{initialize, open_session_stream, post_json, Conn, Proc};
+use mcp_router_testkit::harness::{
+    initialize, open_session_stream, post_json, router_bin, Conn, Proc,
+};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-
-const ROUTER: &str = "mcp-router";
 
 fn router(backends: &[&Proc], extra: &[&str]) -> Proc {
     let mut args: Vec<String> = Vec::new();
@@ -16,7 +16,7 @@ fn router(backends: &[&Proc], extra: &[&str]) -> Proc {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::router(ROUTER, "router", &refs)
+    Proc::router(router_bin(), "router", &refs)
 }
 
 fn call(conn: &mut Conn, sid: &str, id: u64) -> Value {
@@ -30,7 +30,6 @@ fn call(conn: &mut Conn, sid: &str, id: u64) -> Value {
     r.json()
 }
 
-#[test]
 fn sixty_concurrent_sessions_each_stay_on_their_backend() {
     let b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
@@ -98,7 +97,6 @@ fn sixty_concurrent_sessions_each_stay_on_their_backend() {
     assert_eq!(b1.stats()["sessions"], 0);
 }
 
-#[test]
 fn unknown_session_is_404_and_never_reaches_a_backend() {
     let b0 = Proc::fake_backend("b0");
     let r = router(&[&b0], &[]);
@@ -133,7 +131,6 @@ fn unknown_session_is_404_and_never_reaches_a_backend() {
     assert_eq!(bad.status, 400);
 }
 
-#[test]
 fn sse_streams_flow_through() {
     let b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
@@ -218,7 +215,6 @@ fn legacy_round_trip(r: &Proc, sse_path: &str) {
     }
 }
 
-#[test]
 fn legacy_sse_sessions_route_their_posts_to_the_stream_backend() {
     let b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
@@ -236,7 +232,6 @@ fn legacy_sse_sessions_route_their_posts_to_the_stream_backend() {
     );
 }
 
-#[test]
 fn killing_a_backend_ends_its_sessions_and_new_sessions_go_to_the_survivor() {
     let mut b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
@@ -296,7 +291,6 @@ fn killing_a_backend_ends_its_sessions_and_new_sessions_go_to_the_survivor() {
     assert!(r.count_logs("backend down") >= 1);
 }
 
-#[test]
 fn idle_sessions_expire() {
     let b0 = Proc::fake_backend("b0");
     let r = router(&[&b0], &["--session-ttl", "1s"]);
@@ -316,7 +310,6 @@ fn idle_sessions_expire() {
     assert_eq!(resp.status, 404);
 }
 
-#[test]
 fn stateless_and_sessionless_requests_are_balanced() {
     let b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
@@ -342,7 +335,6 @@ fn stateless_and_sessionless_requests_are_balanced() {
     assert_eq!(per.get("b1"), Some(&10));
 }
 
-#[test]
 fn hostile_requests_are_refused_and_others_carry_on() {
     let b0 = Proc::fake_backend("b0");
     let r = router(&[&b0], &["--max-head", "4096"]);
@@ -383,7 +375,6 @@ fn hostile_requests_are_refused_and_others_carry_on() {
     assert_eq!(call(&mut good, &sid, 5)["result"]["session"], sid.as_str());
 }
 
-#[test]
 fn sigterm_drains_and_exits() {
     let b0 = Proc::fake_backend("b0");
     let mut r = router(&[&b0], &["--shutdown-grace", "5s"]);
@@ -410,9 +401,8 @@ fn sigterm_drains_and_exits() {
     assert!(st.success(), "{st:?}");
 }
 
-#[test]
 fn bad_config_fails_at_start_naming_the_field() {
-    let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER))
+    let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(router_bin()))
         .args([
             "--backend",
             "http://127.0.0.1:1",
@@ -423,13 +413,12 @@ fn bad_config_fails_at_start_naming_the_field() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connect_timeout"));
-    let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER))
+    let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(router_bin()))
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("backends"));
 }
 
-#[test]
 fn active_health_check_marks_a_dead_backend_down_without_traffic() {
     let mut b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
@@ -449,12 +438,11 @@ fn active_health_check_marks_a_dead_backend_down_without_traffic() {
     }
 }
 
-#[test]
 fn configuration_from_environment_and_file() {
     let b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
     // backends from the environment
-    let mut cmd = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER));
+    let mut cmd = std::process::Command::new(mcp_router_testkit::harness::bin_path(router_bin()));
     cmd.env(
         "MCP_ROUTER_BACKENDS",
         format!("envb0=http://{},envb1=http://{}", b0.addr, b1.addr),
@@ -480,7 +468,7 @@ fn configuration_from_environment_and_file() {
         format!("listen = \"127.0.0.1:0\"\nsession_ttl = \"1h\"\nbackends = [{{ name = \"fileb\", url = \"http://{}\" }}]\n", b1.addr),
     )
     .unwrap();
-    let mut cmd = std::process::Command::new(mcp_router_testkit::harness::bin_path(ROUTER));
+    let mut cmd = std::process::Command::new(mcp_router_testkit::harness::bin_path(router_bin()));
     cmd.args(["--config", file.to_str().unwrap()]);
     let r = Proc::start_router("router-file", cmd);
     let (resp, _) = initialize(&mut r.conn(), json!(1));
@@ -488,7 +476,6 @@ fn configuration_from_environment_and_file() {
     assert!(r.count_logs("ttl_s=3600") == 1, "{:?}", r.logs());
 }
 
-#[test]
 fn large_bodies_stream_both_ways() {
     let b0 = Proc::fake_backend("b0");
     let r = router(&[&b0], &["--max-inspect-body", "65536"]);
@@ -514,7 +501,6 @@ fn large_bodies_stream_both_ways() {
     );
 }
 
-#[test]
 fn chunked_requests_http10_clients_and_pipelining() {
     use std::io::{Read, Write};
     let b0 = Proc::fake_backend("b0");
@@ -561,3 +547,20 @@ fn chunked_requests_http10_clients_and_pipelining() {
     assert!(p41 < p42);
     assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
 }
+
+mcp_router_testkit::behaviour_suite!(
+    sixty_concurrent_sessions_each_stay_on_their_backend,
+    unknown_session_is_404_and_never_reaches_a_backend,
+    sse_streams_flow_through,
+    legacy_sse_sessions_route_their_posts_to_the_stream_backend,
+    killing_a_backend_ends_its_sessions_and_new_sessions_go_to_the_survivor,
+    idle_sessions_expire,
+    stateless_and_sessionless_requests_are_balanced,
+    hostile_requests_are_refused_and_others_carry_on,
+    sigterm_drains_and_exits,
+    bad_config_fails_at_start_naming_the_field,
+    active_health_check_marks_a_dead_backend_down_without_traffic,
+    configuration_from_environment_and_file,
+    large_bodies_stream_both_ways,
+    chunked_requests_http10_clients_and_pipelining,
+);

@@ -1,9 +1,10 @@
-//! Shared session store on Redis: two `mcp-router` replicas, real backends and a real
-//! `redis-server` started by each test on a free port.
+//! Shared session store on Redis: two router replicas (of the frontend under test, and
+//! one tokio + one glommio), real backends and a real `redis-server` started by each
+//! test on a free port.
 
 use mcp_router_testkit::harness::{
-    free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, rss_kib, Conn,
-    Proc,
+    free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, router_bin,
+    rss_kib, Conn, Frontend, Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> Proc {
+    replica_bin(router_bin(), name, redis_port, backends, extra)
+}
+
+fn replica_bin(bin: &str, name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> Proc {
     let mut args: Vec<String> = vec!["--store".into(), format!("redis://127.0.0.1:{redis_port}")];
     for (i, b) in backends.iter().enumerate() {
         args.push("--backend".into());
@@ -18,7 +23,7 @@ fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> P
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::router("mcp-router", name, &refs)
+    Proc::router(bin, name, &refs)
 }
 
 fn call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
@@ -37,7 +42,6 @@ fn owner(r: &mcp_router_testkit::harness::Response) -> String {
         .to_string()
 }
 
-#[test]
 fn a_session_started_on_one_replica_continues_on_the_other() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -76,14 +80,20 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
         assert_eq!(r.json()["error"]["code"], -32001);
     }
     // a legacy SSE session opened on A takes its message POSTs through B
-    let mut stream = a.conn();
+    legacy_session_crosses(&a, &b, &redis);
+}
+
+/// A legacy SSE session whose stream is on `stream_on` takes its message POSTs through
+/// `posts_through`; its record ends with the stream.
+fn legacy_session_crosses(stream_on: &Proc, posts_through: &Proc, redis: &Proc) {
+    let mut stream = stream_on.conn();
     stream.send("GET", "/sse", &[("Accept", "text/event-stream")], "");
     assert_eq!(stream.read_head().status, 200);
     let (event, endpoint) = stream.next_event().expect("endpoint");
     assert_eq!(event, "endpoint");
     for i in 0..3 {
         let r = post_json(
-            &mut b.conn(),
+            &mut posts_through.conn(),
             &endpoint,
             None,
             &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}),
@@ -92,12 +102,10 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
         assert_eq!(stream.next_json_event()["id"], i);
     }
     drop(stream);
-    // its record ends with the stream
-    assert!(a.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
+    assert!(stream_on.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
     assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), ":0");
 }
 
-#[test]
 fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other() {
     let rp = free_port();
     let _redis = redis_server(rp);
@@ -152,7 +160,6 @@ fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other
     );
 }
 
-#[test]
 fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     let rp = free_port();
     let mut redis = redis_server(rp);
@@ -237,7 +244,6 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     assert_eq!(call(&mut b.conn(), &sid, 20).status, 404);
 }
 
-#[test]
 fn redis_unreachable_at_start_then_up() {
     let rp = free_port();
     let b0 = Proc::fake_backend("b0");
@@ -265,7 +271,6 @@ fn redis_unreachable_at_start_then_up() {
     assert_eq!(call(&mut a.conn(), &sid, 1).status, 200);
 }
 
-#[test]
 fn a_killed_backend_ends_its_sessions_on_every_replica() {
     let rp = free_port();
     let _redis = redis_server(rp);
@@ -302,7 +307,6 @@ fn a_killed_backend_ends_its_sessions_on_every_replica() {
     }
 }
 
-#[test]
 fn churn_across_replicas_leaves_no_records_and_flat_memory() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -383,7 +387,6 @@ fn round_robin_balancer(replicas: Vec<String>) -> (String, Arc<Vec<AtomicUsize>>
     (addr, counts)
 }
 
-#[test]
 fn python_sdk_sessions_survive_requests_alternating_between_replicas() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
     assert!(
@@ -453,7 +456,6 @@ fn calls(redis: &str, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
 fn one_redis_round_trip_per_request_of_an_established_session() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -475,12 +477,11 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     assert_eq!(counts, [1, 101, 1, 0, 0, 0]);
 }
 
-#[test]
 fn several_replicas_on_the_embedded_store_warn_at_start() {
     let b0 = Proc::fake_backend("b0");
     let backend = format!("http://{}", b0.addr);
     let r = Proc::router(
-        "mcp-router",
+        router_bin(),
         "router",
         &["--backend", &backend, "--replicas-expected", "3"],
     );
@@ -495,3 +496,84 @@ fn several_replicas_on_the_embedded_store_warn_at_start() {
         shared.logs()
     );
 }
+
+/// Mixed runtimes: a tokio replica and a glommio replica on one Redis serve the same
+/// sessions. Each session starts on one, is used (POST, GET stream) and ended
+/// (DELETE) through the other; a legacy SSE session crosses too; and a backend that
+/// dies is seen by both.
+#[test]
+fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let (b0, mut b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let t = replica_bin(Frontend::Tokio.bin(), "router-tokio", rp, &[&b0, &b1], &[]);
+    let g = replica_bin(
+        Frontend::Glommio.bin(),
+        "router-glommio",
+        rp,
+        &[&b0, &b1],
+        &[],
+    );
+    for r in [&t, &g] {
+        assert!(r.wait_count("session store ready", 1, Duration::from_secs(5)));
+    }
+    for round in 0..6u64 {
+        let (first, other) = if round % 2 == 0 { (&t, &g) } else { (&g, &t) };
+        let (resp, sid) = initialize(&mut first.conn(), json!(round));
+        let home = owner(&resp);
+        for i in 0..3 {
+            let r = call(&mut other.conn(), &sid, i);
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(owner(&r), home);
+        }
+        let (mut stream, head) = open_session_stream(&other.addr, &sid);
+        assert_eq!(head.status, 200);
+        assert_eq!(stream.next_json_event()["params"]["backend"], home.as_str());
+        drop(stream);
+        let d = other
+            .conn()
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+        assert_eq!(d.status, 200);
+        for r in [&t, &g] {
+            let resp = call(&mut r.conn(), &sid, 9);
+            assert_eq!(resp.status, 404);
+            assert_eq!(resp.json()["error"]["code"], -32001);
+        }
+    }
+    // legacy SSE: the stream on glommio, its message POSTs through tokio
+    legacy_session_crosses(&g, &t, &redis);
+    // sessions on b1, started on either; b1 dies; whichever replica sees it first
+    // ends the session, and the other answers 404 from the record's absence
+    let mut on_b1 = Vec::new();
+    for i in 0..8u64 {
+        let r = if i % 2 == 0 { &t } else { &g };
+        let (resp, sid) = initialize(&mut r.conn(), json!(100 + i));
+        if owner(&resp) == "b1" {
+            on_b1.push(sid);
+        }
+    }
+    assert!(
+        !on_b1.is_empty(),
+        "least-sessions placement uses both backends"
+    );
+    b1.kill();
+    for (i, sid) in on_b1.iter().enumerate() {
+        let (first, other) = if i % 2 == 0 { (&t, &g) } else { (&g, &t) };
+        assert_eq!(call(&mut first.conn(), sid, 1).status, 404);
+        assert_eq!(call(&mut other.conn(), sid, 2).status, 404);
+        let key = format!("mcp-router:session:{sid}");
+        assert_eq!(redis_cmd(&redis.addr, &["EXISTS", &key]), ":0");
+    }
+}
+
+mcp_router_testkit::behaviour_suite!(
+    a_session_started_on_one_replica_continues_on_the_other,
+    killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other,
+    redis_down_means_503_never_404_and_recovery_needs_no_restart,
+    redis_unreachable_at_start_then_up,
+    a_killed_backend_ends_its_sessions_on_every_replica,
+    churn_across_replicas_leaves_no_records_and_flat_memory,
+    python_sdk_sessions_survive_requests_alternating_between_replicas,
+    one_redis_round_trip_per_request_of_an_established_session,
+    several_replicas_on_the_embedded_store_warn_at_start,
+);

@@ -1,0 +1,32 @@
+//! What every frontend of **mcp-router** shares, whatever runtime drives it (tokio in
+//! `mcp-router`, smol in `mcp-router-smol`, glommio in `mcp-router-glommio`):
+//!
+//! - [`config`]: the CLI flags, `MCP_ROUTER_*` environment and TOML file: all three
+//!   binaries take the same configuration.
+//! - [`shared`]: the process-wide [`Shared`] state, logs and metrics of the core's
+//!   events, and the operating work that needs no runtime (store expiry, health checks,
+//!   DNS discovery, SIGHUP reload, signals), run on plain threads.
+//! - [`drive`](mod@drive): the per-connection drive loop and the admin endpoint, written once
+//!   against the small traits of [`rt`] ([`Io`], [`Timer`], [`Runtime`]).
+//! - [`redis`]: the Redis record format, commands and reply reading, plus the
+//!   `ConnectionManager` transport the tokio and smol frontends use.
+//! - [`pool`]: idle upstream connections.
+//!
+//! A frontend implements [`Runtime`] for its sockets and timers, accepts connections
+//! and spawns [`drive`](drive::drive) for each.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod drive;
+pub mod pool;
+pub mod redis;
+pub mod rt;
+pub mod shared;
+
+pub use config::{parse_duration, Cli, Settings, StoreSettings};
+pub use drive::{admin_conn, drive, Frontend};
+pub use redis::{RedisCodec, RedisSettings, RemoteStore};
+pub use rt::{Io, Runtime, Shutdown, Tasks, Timer};
+pub use shared::{Resolve, Shared, SystemResolver};

@@ -1,0 +1,340 @@
+//! The shared session store on Redis, so that any router replica routes any session,
+//! whatever its runtime.
+//!
+//! Everything but the transport lives here: the key and value format, the command
+//! each [`StoreOp`] becomes ([`RedisCodec::command`]) and how a reply reads
+//! ([`RedisCodec::reply`]). The tokio and smol frontends carry the commands over the
+//! `redis` crate's own multiplexed, auto-reconnecting connection ([`ManagedRedis`]);
+//! the glommio frontend carries the same bytes over its own sockets.
+//!
+//! Each proxied request costs at most one round trip: `GETEX key EX ttl` reads the
+//! record and slides its idle TTL at once.
+//!
+//! Key: `<prefix><session id>`. Value: `1|<era>|<created unix secs>|<backend name>`,
+//! where era is `s` (Streamable HTTP) or `l` (legacy SSE). The backend is named, never
+//! addressed: a name that is not configured here reads as an unconfigured backend,
+//! which the core treats as an unknown session and deletes.
+
+use mcp_router_core::mcp::SessionKey;
+use mcp_router_core::{BackendId, ConfigError, Era, Record, Router, StoreOp, StoreReply};
+use redis::{ConnectionInfo, IntoConnectionInfo, Value};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where and how to reach Redis.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://[user[:password]@]host[:port][/db]` or `rediss://...` (TLS).
+    pub url: String,
+    /// Overrides the URL's password (so it need not appear on a command line).
+    pub password: Option<String>,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Longest wait for one store operation; past it the operation is `Unavailable`.
+    pub timeout: Duration,
+}
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "mcp-router:session:";
+
+impl RedisSettings {
+    /// The URL with the password override applied.
+    pub fn connection_info(&self) -> Result<ConnectionInfo, ConfigError> {
+        let mut info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
+        if let Some(p) = &self.password {
+            let r = info.redis_settings().clone().set_password(p);
+            info = info.set_redis_settings(r);
+        }
+        Ok(info)
+    }
+}
+
+/// A session store reached over the network. Implemented once per transport.
+pub trait RemoteStore {
+    /// Run one op: one round trip, bounded by the store timeout; `Unavailable` when
+    /// the store cannot answer in time.
+    fn execute(&self, op: &StoreOp) -> impl Future<Output = StoreReply>;
+    /// Whether the store answers a `PING` within the store timeout.
+    fn ping(&self) -> impl Future<Output = bool>;
+}
+
+/// Session records as Redis keys, values and commands.
+#[derive(Debug, Clone)]
+pub struct RedisCodec {
+    prefix: String,
+    ttl_secs: u64,
+    router: Arc<Router>,
+}
+
+impl RedisCodec {
+    /// The codec for `settings`; record TTLs follow the router's session TTL.
+    pub fn new(settings: &RedisSettings, router: Arc<Router>) -> RedisCodec {
+        RedisCodec {
+            prefix: settings.key_prefix.clone(),
+            ttl_secs: router.config().session_ttl.as_secs().max(1),
+            router,
+        }
+    }
+
+    fn key(&self, k: &SessionKey) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + k.as_str().len());
+        s.push_str(&self.prefix);
+        s.push_str(k.as_str());
+        s
+    }
+
+    fn encode(&self, r: &Record) -> String {
+        let era = match r.era {
+            Era::Streamable => 's',
+            Era::LegacySse => 'l',
+        };
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("1|{era}|{created}|{}", self.router.name(r.backend))
+    }
+
+    /// Read a stored value. Anything unreadable, or naming a backend not configured
+    /// here, names no configured backend: the core deletes it and answers 404.
+    pub fn decode(&self, v: &[u8]) -> Record {
+        let unknown = Record {
+            backend: BackendId(u16::MAX),
+            era: Era::Streamable,
+        };
+        let Ok(text) = std::str::from_utf8(v) else {
+            return unknown;
+        };
+        let mut parts = text.splitn(4, '|');
+        let (Some("1"), Some(era), Some(_created), Some(name)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return unknown;
+        };
+        let era = match era {
+            "s" => Era::Streamable,
+            "l" => Era::LegacySse,
+            _ => return unknown,
+        };
+        match self.router.backend_by_name(name) {
+            Some(backend) => Record { backend, era },
+            None => unknown,
+        }
+    }
+
+    /// The one command that carries out `op`.
+    pub fn command(&self, op: &StoreOp) -> redis::Cmd {
+        match op {
+            // GETEX reads and slides the idle TTL in one round trip.
+            StoreOp::Get(k) => {
+                let mut c = redis::cmd("GETEX");
+                c.arg(self.key(k)).arg("EX").arg(self.ttl_secs);
+                c
+            }
+            // SET NX: an id minted twice is detected, never overwritten.
+            StoreOp::Insert(k, r) => {
+                let mut c = redis::cmd("SET");
+                c.arg(self.key(k))
+                    .arg(self.encode(r))
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(self.ttl_secs);
+                c
+            }
+            // GETDEL is DEL that also returns the record, so the end can be attributed
+            // to its backend.
+            StoreOp::Delete(k) => {
+                let mut c = redis::cmd("GETDEL");
+                c.arg(self.key(k));
+                c
+            }
+            StoreOp::Touch(k) => {
+                let mut c = redis::cmd("EXPIRE");
+                c.arg(self.key(k)).arg(self.ttl_secs);
+                c
+            }
+        }
+    }
+
+    /// What Redis's reply to [`RedisCodec::command`] means. A reply of an unexpected
+    /// shape (an error, a wrong type) is `Unavailable`: the request gets 503, never a
+    /// wrong 404.
+    pub fn reply(&self, op: &StoreOp, v: Value) -> StoreReply {
+        let record = |v: Value| match v {
+            Value::Nil => Ok(None),
+            Value::BulkString(b) => Ok(Some(self.decode(&b))),
+            Value::SimpleString(s) => Ok(Some(self.decode(s.as_bytes()))),
+            _ => Err(()),
+        };
+        let r = match op {
+            StoreOp::Get(_) => record(v).map(StoreReply::Found),
+            StoreOp::Delete(_) => record(v).map(StoreReply::Deleted),
+            StoreOp::Insert(..) => match v {
+                Value::Okay => Ok(StoreReply::Inserted(true)),
+                Value::SimpleString(s) if s == "OK" => Ok(StoreReply::Inserted(true)),
+                Value::Nil => Ok(StoreReply::Inserted(false)),
+                _ => Err(()),
+            },
+            StoreOp::Touch(_) => match v {
+                Value::Int(n) => Ok(StoreReply::Touched(n == 1)),
+                _ => Err(()),
+            },
+        };
+        r.unwrap_or(StoreReply::Unavailable)
+    }
+}
+
+/// Install the rustls crypto provider `rediss://` needs (installing twice is harmless).
+#[cfg(any(feature = "tokio", feature = "smol"))]
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The store over the `redis` crate's [`ConnectionManager`](redis::aio::ConnectionManager):
+/// one multiplexed, auto-reconnecting connection carries every command of the process,
+/// pipelined; no request sets up a connection. The `redis` crate runs it on tokio when
+/// a tokio runtime is current, else on smol.
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub struct ManagedRedis<R> {
+    conn: redis::aio::ConnectionManager,
+    codec: RedisCodec,
+    timeout: Duration,
+    _rt: std::marker::PhantomData<fn() -> R>,
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R> std::fmt::Debug for ManagedRedis<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedRedis")
+            .field("codec", &self.codec)
+            .finish()
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime> ManagedRedis<R> {
+    /// A store that connects lazily (in the background, retrying): the router starts
+    /// even while Redis is unreachable, answering 503 for what needs a record. Call it
+    /// inside the runtime that will drive it.
+    pub fn new(s: &RedisSettings, router: Arc<Router>) -> Result<Self, ConfigError> {
+        use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+        install_crypto_provider();
+        let bad = |e: redis::RedisError| ConfigError(format!("store: invalid Redis URL: {e}"));
+        let client = redis::Client::open(s.connection_info()?).map_err(bad)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(s.timeout))
+            .set_response_timeout(Some(s.timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(bad)?;
+        Ok(ManagedRedis {
+            conn,
+            codec: RedisCodec::new(s, router),
+            timeout: s.timeout,
+            _rt: std::marker::PhantomData,
+        })
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
+    /// The runtime instance over `shared`, with a [`ManagedRedis`] when the settings
+    /// name Redis. Call it inside the runtime that will drive it.
+    pub fn managed(shared: Arc<crate::Shared>) -> Result<Arc<Self>, ConfigError> {
+        let remote = match &shared.settings().store {
+            crate::StoreSettings::Memory => None,
+            crate::StoreSettings::Redis(r) => Some(ManagedRedis::new(r, shared.router.clone())?),
+        };
+        Ok(Arc::new(crate::Frontend::new(shared, remote)))
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
+    async fn execute(&self, op: &StoreOp) -> StoreReply {
+        let mut c = self.conn.clone();
+        let cmd = self.codec.command(op);
+        let q = async move { cmd.query_async::<Value>(&mut c).await };
+        match crate::rt::timeout::<R, _>(self.timeout, q).await {
+            Some(Ok(v)) => self.codec.reply(op, v),
+            _ => StoreReply::Unavailable,
+        }
+    }
+
+    async fn ping(&self) -> bool {
+        let mut c = self.conn.clone();
+        let q = async move { redis::cmd("PING").query_async::<String>(&mut c).await };
+        matches!(
+            crate::rt::timeout::<R, _>(self.timeout, q).await,
+            Some(Ok(_))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcp_router_core::{Backend, Config};
+    use std::time::Instant;
+
+    fn codec() -> RedisCodec {
+        let c = Config {
+            backends: vec![Backend::parse("http://127.0.0.1:1", Some("b0")).unwrap()],
+            ..Config::default()
+        };
+        let router = Arc::new(Router::new(Arc::new(c), Instant::now()));
+        let s = RedisSettings {
+            url: "redis://127.0.0.1:1".into(),
+            password: None,
+            key_prefix: "p:".into(),
+            timeout: Duration::from_millis(10),
+        };
+        RedisCodec::new(&s, router)
+    }
+
+    #[test]
+    fn commands_and_replies_round_trip() {
+        let c = codec();
+        let k = SessionKey::new(b"abc", 256).unwrap();
+        let rec = Record {
+            backend: BackendId(0),
+            era: Era::LegacySse,
+        };
+        let set = c.command(&StoreOp::Insert(k.clone(), rec));
+        let packed = String::from_utf8(set.get_packed_command()).unwrap();
+        assert!(packed.contains("SET\r\n$5\r\np:abc\r\n"), "{packed}");
+        assert!(
+            packed.contains("|b0\r\n$2\r\nNX\r\n$2\r\nEX\r\n"),
+            "{packed}"
+        );
+        let stored = packed
+            .split("\r\n")
+            .find(|l| l.starts_with("1|l|"))
+            .unwrap();
+        assert_eq!(c.decode(stored.as_bytes()), rec);
+        assert_eq!(
+            c.reply(&StoreOp::Get(k.clone()), Value::BulkString(stored.into())),
+            StoreReply::Found(Some(rec))
+        );
+        assert_eq!(
+            c.reply(&StoreOp::Insert(k.clone(), rec), Value::Nil),
+            StoreReply::Inserted(false)
+        );
+        assert_eq!(
+            c.reply(&StoreOp::Touch(k.clone()), Value::Int(1)),
+            StoreReply::Touched(true)
+        );
+        // a reply of the wrong shape is "unavailable", never "unknown"
+        assert_eq!(
+            c.reply(&StoreOp::Get(k.clone()), Value::Int(3)),
+            StoreReply::Unavailable
+        );
+        // a record naming a backend not configured here reads as no configured backend
+        assert_eq!(c.decode(b"1|s|0|elsewhere").backend, BackendId(u16::MAX));
+        assert_eq!(c.decode(b"garbage").backend, BackendId(u16::MAX));
+    }
+}

@@ -1,0 +1,349 @@
+//! What a runtime has to provide for the shared drive loop: a byte stream ([`Io`]), a
+//! resettable deadline ([`Timer`]), connecting, sleeping, and a remote session store
+//! ([`Runtime`]). Plus the runtime-independent signals every frontend uses:
+//! [`Shutdown`] and the in-flight connection count [`Tasks`].
+
+use crate::redis::RemoteStore;
+use bytes::BytesMut;
+use event_listener::{Event, EventListener, Listener};
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// A connected byte stream (a client or an upstream socket).
+pub trait Io: Unpin {
+    /// Read into the spare capacity of `buf` (the caller reserves it), appending.
+    /// `Ok(0)` is EOF.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+    /// Write from `bufs` in order, as much as the socket takes at once.
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>>;
+    /// Shut down the write side (the peer reads EOF).
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// For a pooled idle connection: whether it is still open and silent (a read
+    /// would block). One that the peer closed, or that sent bytes unasked, is not.
+    fn idle_alive(&self) -> bool;
+}
+
+/// A one-shot deadline that can be moved.
+pub trait Timer: Unpin {
+    /// Fire at `at` (replacing any earlier setting).
+    fn fire_at(&mut self, at: Instant);
+    /// Ready once the deadline has passed.
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// A runtime that can drive the router.
+pub trait Runtime: Sized + 'static {
+    /// A TCP connection.
+    type Stream: Io + 'static;
+    /// A connection attempt in progress.
+    type Connect: Future<Output = io::Result<Self::Stream>> + Unpin;
+    /// A deadline.
+    type Timer: Timer;
+    /// A plain sleep.
+    type Sleep: Future<Output = ()>;
+    /// The Redis transport.
+    type Remote: RemoteStore;
+
+    /// Connect to `host:port` (TCP_NODELAY set).
+    fn connect(host: String, port: u16) -> Self::Connect;
+    /// A timer that has not been set.
+    fn timer() -> Self::Timer;
+    /// Sleep for `d`.
+    fn sleep(d: Duration) -> Self::Sleep;
+}
+
+/// `fut`, or `None` if it takes longer than `d`.
+pub async fn timeout<R: Runtime, F: Future>(d: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut sleep = std::pin::pin!(R::sleep(d));
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// Largest slice zeroed for one read by [`poll_read_zeroed`].
+const ZEROED_READ_MAX: usize = 64 * 1024;
+
+/// [`Io::poll_read_buf`] for a reader that needs an initialised slice (a
+/// `futures-io` `AsyncRead`): the spare capacity (up to 64 KiB) is zeroed first.
+pub fn poll_read_zeroed(
+    buf: &mut BytesMut,
+    read: impl FnOnce(&mut [u8]) -> Poll<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
+    let start = buf.len();
+    let room = (buf.capacity() - start).clamp(1, ZEROED_READ_MAX);
+    buf.resize(start + room, 0);
+    let r = read(&mut buf[start..]);
+    let n = match &r {
+        Poll::Ready(Ok(n)) => (*n).min(room),
+        _ => 0,
+    };
+    buf.truncate(start + n);
+    r
+}
+
+/// Write every buffer in order with as few (vectored) writes as possible; `bufs` is
+/// empty afterwards, whatever the outcome.
+pub async fn write_all_vectored<S: Io>(s: &mut S, bufs: &mut Vec<bytes::Bytes>) -> io::Result<()> {
+    use bytes::Buf;
+    let r = async {
+        let mut i = 0;
+        loop {
+            while i < bufs.len() && bufs[i].is_empty() {
+                i += 1;
+            }
+            if i == bufs.len() {
+                break;
+            }
+            let mut slices = [IoSlice::new(&[]); 16];
+            let mut k = 0;
+            for b in bufs[i..].iter().take(16) {
+                slices[k] = IoSlice::new(b);
+                k += 1;
+            }
+            let mut n = poll_fn(|cx| s.poll_write_vectored(cx, &slices[..k])).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && i < bufs.len() {
+                let b = &mut bufs[i];
+                let k = n.min(b.len());
+                b.advance(k);
+                n -= k;
+                if b.is_empty() {
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    bufs.clear();
+    r
+}
+
+/// Write all of `data`.
+pub async fn write_all<S: Io>(s: &mut S, data: &[u8]) -> io::Result<()> {
+    let mut v = vec![bytes::Bytes::copy_from_slice(data)];
+    write_all_vectored(s, &mut v).await
+}
+
+/// Shut down the write side.
+pub async fn close<S: Io>(s: &mut S) -> io::Result<()> {
+    poll_fn(|cx| s.poll_close(cx)).await
+}
+
+/// Read once into `buf` (reserving room first); `Ok(0)` is EOF.
+pub async fn read_buf<S: Io>(s: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    poll_fn(|cx| s.poll_read_buf(cx, buf)).await
+}
+
+/// The process-wide "stop serving" signal, usable from any thread and any runtime.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    set: AtomicBool,
+    event: Event,
+}
+
+impl Shutdown {
+    /// A signal that has not fired.
+    pub fn new() -> Arc<Shutdown> {
+        Arc::default()
+    }
+
+    /// Fire it (idempotent).
+    pub fn trigger(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    /// Whether it fired.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// A listener to poll alongside other work (one per connection, not per poll).
+    pub fn listen(&self) -> ShutdownListener<'_> {
+        ShutdownListener {
+            listener: self.event.listen(),
+            shutdown: self,
+        }
+    }
+
+    /// Resolve once it fired.
+    pub async fn wait(&self) {
+        let mut l = self.listen();
+        poll_fn(|cx| l.poll(cx)).await
+    }
+
+    /// Block the calling thread for up to `d`; `true` if it fired.
+    pub fn wait_blocking(&self, d: Duration) -> bool {
+        let l = self.event.listen();
+        if self.is_set() {
+            return true;
+        }
+        let _ = l.wait_timeout(d);
+        self.is_set()
+    }
+}
+
+/// Waits for a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownListener<'a> {
+    listener: EventListener,
+    shutdown: &'a Shutdown,
+}
+
+impl ShutdownListener<'_> {
+    /// Ready once the signal fired.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.shutdown.is_set() {
+                return Poll::Ready(());
+            }
+            match Pin::new(&mut self.listener).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // notified: listen again (the flag is checked first)
+                Poll::Ready(()) => self.listener = self.shutdown.event.listen(),
+            }
+        }
+    }
+}
+
+/// Counts in-flight client connections, so that shutdown can wait for them.
+#[derive(Debug, Default, Clone)]
+pub struct Tasks(Arc<(AtomicUsize, Event)>);
+
+/// Held by one in-flight connection.
+#[derive(Debug)]
+pub struct TaskGuard(Arc<(AtomicUsize, Event)>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0 .0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0 .1.notify(usize::MAX);
+        }
+    }
+}
+
+impl Tasks {
+    /// Count one more connection until the guard drops.
+    pub fn enter(&self) -> TaskGuard {
+        self.0 .0.fetch_add(1, Ordering::SeqCst);
+        TaskGuard(self.0.clone())
+    }
+
+    /// Connections in flight.
+    pub fn len(&self) -> usize {
+        self.0 .0.load(Ordering::SeqCst)
+    }
+
+    /// Whether none is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolve once no connection is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let l = self.0 .1.listen();
+            if self.is_empty() {
+                return;
+            }
+            l.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most 3 bytes per write, across slices.
+    #[derive(Default)]
+    struct Trickle(Vec<u8>);
+
+    impl Io for Trickle {
+        fn poll_read_buf(
+            &mut self,
+            _: &mut Context<'_>,
+            _: &mut BytesMut,
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+        fn poll_write_vectored(
+            &mut self,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(3 - n);
+                self.0.extend_from_slice(&b[..k]);
+                n += k;
+                if n == 3 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn idle_alive(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn vectored_writes_survive_partial_writes_and_empty_buffers() {
+        let mut s = Trickle::default();
+        let mut bufs: Vec<bytes::Bytes> = ["", "ab", "", "cdefg", "", "h", ""]
+            .into_iter()
+            .map(bytes::Bytes::from)
+            .collect();
+        futures_lite::future::block_on(write_all_vectored(&mut s, &mut bufs)).unwrap();
+        assert_eq!(s.0, b"abcdefgh");
+        assert!(bufs.is_empty());
+        // only empty buffers: nothing to write, no WriteZero
+        let mut bufs = vec![bytes::Bytes::new(), bytes::Bytes::new()];
+        futures_lite::future::block_on(write_all_vectored(&mut s, &mut bufs)).unwrap();
+        assert_eq!(s.0, b"abcdefgh");
+    }
+
+    #[test]
+    fn zeroed_reads_append_only_what_was_read() {
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(b"xy");
+        let r = poll_read_zeroed(&mut buf, |b| {
+            assert!(b.iter().all(|&c| c == 0));
+            b[..3].copy_from_slice(b"abc");
+            Poll::Ready(Ok(3))
+        });
+        assert!(matches!(r, Poll::Ready(Ok(3))));
+        assert_eq!(&buf[..], b"xyabc");
+        let r = poll_read_zeroed(&mut buf, |_| Poll::Pending);
+        assert!(r.is_pending());
+        assert_eq!(&buf[..], b"xyabc");
+    }
+}

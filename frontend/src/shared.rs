@@ -1,0 +1,463 @@
+//! The state one router process shares across its connections and threads, whatever
+//! runs them, and the operating work that needs no runtime: logs and metrics of the
+//! core's events, the embedded store's expiry, active health checks, DNS discovery,
+//! configuration reload and signal handling. The background work runs on plain
+//! threads (it blocks on DNS and connects, rarely), so every frontend gets it as is.
+
+use crate::config::{Cli, Settings, StoreSettings};
+use crate::rt::Shutdown;
+use mcp_router_core::admin;
+use mcp_router_core::metrics::Metrics;
+use mcp_router_core::{
+    Backend, ConfigError, EndCause, Event, Health, MemStore, Router, StoreOp, StoreReply,
+};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// Resolves a DNS name to addresses (blocking; called from a background thread). The
+/// seam through which tests script discovery.
+pub trait Resolve: Send + Sync + 'static {
+    /// All addresses of `host`, with `port`.
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
+}
+
+/// The system resolver (`getaddrinfo`).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        Ok((host, port).to_socket_addrs()?.collect())
+    }
+}
+
+/// State shared by every connection (and every thread or executor) of one router
+/// process.
+pub struct Shared {
+    /// Backends, health, balancing (`Sync`: atomics only).
+    pub router: Arc<Router>,
+    /// The embedded session store, when no shared store is configured.
+    pub memory: Option<Mutex<MemStore>>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The settings in force (replaced by a reload).
+    pub settings: RwLock<Settings>,
+    store_ready: AtomicBool,
+    store_probed: AtomicBool,
+    discovered: Mutex<Vec<Vec<Backend>>>,
+    resolver: Arc<dyn Resolve>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("router", &self.router)
+            .field("store", &self.store_kind())
+            .finish()
+    }
+}
+
+impl Shared {
+    /// Shared state for `settings`.
+    pub fn new(settings: &Settings) -> Result<Arc<Shared>, ConfigError> {
+        Self::with_resolver(settings, Arc::new(SystemResolver))
+    }
+
+    /// As [`Shared::new`], resolving `--discover` names with `resolver` (a test seam).
+    pub fn with_resolver(
+        settings: &Settings,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Arc<Shared>, ConfigError> {
+        let cfg = Arc::new(settings.core.clone());
+        let epoch = Instant::now();
+        let router = Arc::new(Router::new(cfg.clone(), epoch));
+        let memory = match &settings.store {
+            StoreSettings::Memory => Some(Mutex::new(MemStore::new(
+                cfg.session_ttl,
+                cfg.expiry_batch,
+                epoch,
+            ))),
+            StoreSettings::Redis(r) => {
+                r.connection_info()?;
+                None
+            }
+        };
+        for name in &settings.drain {
+            router.set_draining(name, true);
+        }
+        Ok(Arc::new(Shared {
+            store_ready: AtomicBool::new(memory.is_some()),
+            store_probed: AtomicBool::new(false),
+            router,
+            memory,
+            metrics: Metrics::new(),
+            discovered: Mutex::new(vec![Vec::new(); settings.discover.len()]),
+            settings: RwLock::new(settings.clone()),
+            resolver,
+        }))
+    }
+
+    /// `memory` or `redis`, for logs.
+    pub fn store_kind(&self) -> &'static str {
+        if self.memory.is_some() {
+            "memory"
+        } else {
+            "redis"
+        }
+    }
+
+    /// Whether the session store can be reached (the embedded one always can).
+    pub fn store_ready(&self) -> bool {
+        self.store_ready.load(Ordering::Relaxed)
+    }
+
+    /// Record the outcome of a probe of the shared store, logging each change.
+    pub fn store_probed(&self, ok: bool) {
+        let was = self.store_ready.swap(ok, Ordering::Relaxed);
+        let first = !self.store_probed.swap(true, Ordering::Relaxed);
+        if ok && (!was || first) {
+            info!(store = "redis", "session store ready");
+        } else if !ok && (was || first) {
+            warn!(store = "redis", "session store not ready: Redis unreachable; requests that need a session record get 503 until it is back");
+        }
+    }
+
+    /// Run one op against the embedded store (`Unavailable` if there is none).
+    pub fn execute_memory(&self, op: &StoreOp, now: Instant) -> StoreReply {
+        match self.memory.as_ref().map(Mutex::lock) {
+            Some(Ok(mut s)) => s.execute(op, now),
+            _ => StoreReply::Unavailable,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> RwLockReadGuard<'_, Settings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Log an event of the core and count it.
+    pub fn report(&self, e: &Event, peer: Option<SocketAddr>) {
+        let router = &self.router;
+        self.metrics.observe(router, e);
+        match e {
+            Event::SessionStarted {
+                session,
+                backend,
+                era,
+            } => {
+                info!(session = %session, backend = %router.name(*backend), era = ?era, "session started")
+            }
+            Event::SessionEnded {
+                session,
+                backend,
+                cause,
+            } => {
+                info!(session = %session, backend = %router.name(*backend), cause = cause.as_str(), "session ended")
+            }
+            Event::DuplicateSession { session, backend } => {
+                warn!(session = %session, backend = %router.name(*backend), "backend minted a session id that is already recorded; keeping the first record")
+            }
+            Event::Rejected { status, reason } => {
+                info!(peer = ?peer, status, reason, "request rejected")
+            }
+            Event::Response { .. } => {}
+            Event::Aborted => debug!(peer = ?peer, "exchange aborted"),
+            Event::BackendHealth { backend, health } => match health {
+                Health::Down(d) => {
+                    warn!(backend = %router.name(*backend), backoff_ms = d.as_millis() as u64, "backend down")
+                }
+                Health::Up => info!(backend = %router.name(*backend), "backend up"),
+                Health::Same => {}
+            },
+            Event::StoreUnavailable => warn!("session store unavailable"),
+        }
+    }
+
+    /// One expiry tick of the embedded store: a bounded batch of idle records ends.
+    pub fn expire_memory(&self, now: Instant) {
+        let mut expired = Vec::new();
+        if let Some(Ok(mut s)) = self.memory.as_ref().map(Mutex::lock) {
+            s.expire(now, &mut expired);
+        }
+        for (session, rec) in expired {
+            self.router.session_ended(rec.backend);
+            if self.router.is_configured(rec.backend) {
+                info!(session = %session, backend = %self.router.name(rec.backend), cause = EndCause::Expired.as_str(), "session ended");
+                self.metrics.session_ended(EndCause::Expired);
+            }
+        }
+    }
+
+    /// Active health check: a TCP connect to every backend.
+    pub fn health_check(&self) {
+        let router = &self.router;
+        let timeout = router.config().timeouts.connect;
+        for m in router.status(Instant::now()) {
+            let (id, b) = (m.id, m.backend);
+            let ok = (b.host.as_str(), b.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok());
+            let h = if ok {
+                router.connect_ok(id)
+            } else {
+                router.connect_failed(id, Instant::now())
+            };
+            self.report(
+                &Event::BackendHealth {
+                    backend: id,
+                    health: h,
+                },
+                None,
+            );
+        }
+    }
+
+    /// Resolve every `--discover` name once, then install the resulting backend set.
+    /// A name that fails to resolve keeps its previous members (a DNS blip must not
+    /// end every session); one that resolves to nothing has none.
+    pub fn discover_once(&self) {
+        let groups = self.settings().discover.clone();
+        for (i, g) in groups.iter().enumerate() {
+            match self.resolver.resolve(&g.host, g.port) {
+                Ok(addrs) => {
+                    let members = admin::discovered_members(g, addrs);
+                    if let Ok(mut d) = self.discovered.lock() {
+                        if let Some(slot) = d.get_mut(i) {
+                            *slot = members;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(name = %g.name, host = %g.host, error = %e, "discovery: resolving failed; keeping the last members")
+                }
+            }
+        }
+        self.apply_backends();
+    }
+
+    /// Install the static backends of the settings in force plus the discovered ones.
+    pub fn apply_backends(&self) {
+        let core = self.settings().core.clone();
+        let all = match self.discovered.lock() {
+            Ok(d) => admin::all_backends(&core.backends, &d),
+            Err(_) => core.backends.clone(),
+        };
+        let changes = self.router.set_backends(core, all, Instant::now());
+        for name in &changes.added {
+            info!(backend = %name, "backend added");
+        }
+        for name in &changes.removed {
+            warn!(backend = %name, "backend removed: its sessions end");
+        }
+    }
+
+    /// Re-read the configuration (flags, environment, `--config` file) and apply what
+    /// can change at run time: backends, discovery, draining, limits and timeouts (new
+    /// connections use the new limits; open connections and streams are untouched).
+    /// The listen addresses, the store and the worker count need a restart.
+    pub fn reload(&self, cli: &Cli) -> Result<(), ConfigError> {
+        let new = cli.settings()?;
+        {
+            let mut cur = self.settings.write().unwrap_or_else(|e| e.into_inner());
+            if new.listen != cur.listen || new.admin_listen != cur.admin_listen {
+                warn!("reload: listen addresses cannot change without a restart; keeping them");
+            }
+            if std::mem::discriminant(&new.store) != std::mem::discriminant(&cur.store) {
+                warn!("reload: the session store cannot change without a restart; keeping it");
+            }
+            let groups = new.discover.len();
+            *cur = Settings {
+                listen: cur.listen,
+                admin_listen: cur.admin_listen,
+                store: cur.store.clone(),
+                workers: cur.workers,
+                ..new
+            };
+            if let Ok(mut d) = self.discovered.lock() {
+                d.resize(groups, Vec::new());
+            }
+        }
+        self.discover_once();
+        let drain = self.settings().drain.clone();
+        for m in self.router.status(Instant::now()) {
+            self.router
+                .set_draining(&m.backend.name, drain.contains(&m.backend.name));
+        }
+        info!(backends = self.router.ids().len(), draining = ?drain, "configuration reloaded");
+        Ok(())
+    }
+
+    /// Answer one parsed admin request.
+    pub fn admin_answer(
+        &self,
+        method: mcp_router_core::http::Method,
+        path: &[u8],
+    ) -> admin::AdminAnswer {
+        let a = admin::answer(
+            method,
+            path,
+            &self.router,
+            &self.metrics,
+            self.store_ready(),
+            Instant::now(),
+        );
+        if let Some((name, draining)) = &a.drained {
+            info!(backend = %name, draining, "backend drain state changed (admin)");
+        }
+        a
+    }
+}
+
+/// Run `tick` every `every` (read anew each round) on a named thread until `shutdown`.
+fn every(
+    name: &str,
+    shutdown: &Arc<Shutdown>,
+    period: impl Fn() -> Duration + Send + 'static,
+    tick: impl Fn() + Send + 'static,
+) {
+    let sd = shutdown.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while !sd.wait_blocking(period()) {
+                tick();
+            }
+        });
+    if let Err(e) = spawned {
+        error!(thread = name, error = %e, "cannot start a background thread");
+    }
+}
+
+/// Start the background work of a serving router on threads: the embedded store's
+/// expiry and, when configured, the active health check. Both stop at `shutdown`.
+pub fn start_background(shared: &Arc<Shared>, shutdown: &Arc<Shutdown>) {
+    if shared.memory.is_some() {
+        let sh = shared.clone();
+        let period = shared.router.config().expiry_interval;
+        every(
+            "mcp-expiry",
+            shutdown,
+            move || period,
+            move || sh.expire_memory(Instant::now()),
+        );
+    }
+    if let Some(period) = shared.router.config().health_check_interval {
+        let sh = shared.clone();
+        every(
+            "mcp-health",
+            shutdown,
+            move || period,
+            move || sh.health_check(),
+        );
+    }
+}
+
+/// Start the operating work of the binaries: DNS discovery (a first round before this
+/// returns, so that clients meet the discovered backends), and signals: SIGTERM and
+/// Ctrl-C trigger `shutdown`, SIGHUP reloads the configuration (a configuration that
+/// does not parse is refused and the running one kept).
+pub fn start_ops(shared: &Arc<Shared>, cli: &Cli, shutdown: &Arc<Shutdown>) {
+    if !shared.settings().discover.is_empty() {
+        shared.discover_once();
+        let sh = shared.clone();
+        let sh2 = shared.clone();
+        every(
+            "mcp-discovery",
+            shutdown,
+            move || sh.settings().discover_interval,
+            move || sh2.discover_once(),
+        );
+    }
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot install signal handlers: reload and graceful shutdown disabled");
+                return;
+            }
+        };
+        let (sh, cli, sd) = (shared.clone(), cli.clone(), shutdown.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mcp-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if sig == SIGHUP {
+                        info!("SIGHUP: reloading the configuration");
+                        if let Err(e) = sh.reload(&cli) {
+                            error!(error = %e, "reload refused; the running configuration stays");
+                        }
+                    } else {
+                        info!("shutdown signal received");
+                        sd.trigger();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start the signal thread");
+        }
+    }
+}
+
+/// What every binary says at start: the replicas warning and the `listening` line
+/// (with `listen=<addr>`, which operators and the test harness read).
+pub fn log_listening(shared: &Shared, frontend: &str, addr: SocketAddr) {
+    let settings = shared.settings();
+    if settings.replicas_expected > 1 && shared.memory.is_some() {
+        warn!(
+            replicas_expected = settings.replicas_expected,
+            "several router replicas expected but the session store is embedded: \
+             sessions will break when a client's requests reach another replica; \
+             use a shared store"
+        );
+    }
+    let backends: Vec<String> = shared
+        .router
+        .status(Instant::now())
+        .into_iter()
+        .map(|m| m.backend.name.clone())
+        .collect();
+    info!(listen = %addr, ?backends, store = shared.store_kind(), ttl_s = settings.core.session_ttl.as_secs(), frontend, "mcp-router listening");
+}
+
+/// Parse the command line (with `name` in help and errors), set up logging to stderr
+/// (`RUST_LOG`, default `info`) and build the settings; a bad configuration exits 2
+/// with a message naming the field.
+pub fn load_cli(name: &'static str) -> (Cli, Settings) {
+    use clap::{CommandFactory, FromArgMatches};
+    let m = Cli::command().name(name).bin_name(name).get_matches();
+    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    match cli.settings() {
+        // The stdio bridge is the tokio binary's (it spawns and reaps children with
+        // tokio's process support); another binary must not start and ignore it.
+        Ok(s) if s.stdio.is_some() && name != "mcp-router" => {
+            eprintln!("{name}: bad configuration: stdio: the stdio bridge is served by `mcp-router` (tokio) only");
+            std::process::exit(2);
+        }
+        Ok(s) => (cli, s),
+        Err(e) => {
+            eprintln!("{name}: bad configuration: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Exit with status 2 and a message naming the bad field (for the binaries).
+pub fn config_exit(bin: &str, e: &ConfigError) -> ! {
+    eprintln!("{bin}: bad configuration: {e}");
+    std::process::exit(2);
+}

@@ -1,0 +1,400 @@
+//! glommio frontend of mcp-router: thread-per-core. One glommio executor per core
+//! (`--workers`, default: every CPU the process may run on), each pinned to its core,
+//! with its own listener on the same address (`SO_REUSEPORT`: the kernel spreads
+//! connections), its own upstream pool and its own Redis connection, running the
+//! shared drive loop of [`mcp_router_frontend`] over io_uring-backed sockets.
+//!
+//! What the executors share is what the core makes `Sync` with atomics: the
+//! [`Router`](mcp_router_core::Router) (backend health, session counts, draining) and
+//! the metrics. Sessions: with Redis, through Redis; with the embedded store, through
+//! one store behind a lock that every executor uses directly (see
+//! `docs/scaling.md`, "Thread-per-core and the embedded store", for why not routing
+//! by session hash, and the measurement).
+//!
+//! Use it as a library with [`serve`] (one executor), or run the bundled
+//! `mcp-router-glommio` binary.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod redis;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::{LocalExecutorBuilder, Placement};
+use mcp_router_core::ConfigError;
+use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
+use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Timer};
+use mcp_router_frontend::shared::config_exit;
+pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
+use redis::GlommioRedis;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info};
+
+/// The glommio runtime (one executor), as the shared drive loop sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Glommio;
+
+/// Most bytes gathered into one send when a write has several buffers (glommio's
+/// sockets have no vectored send).
+const GATHER_MAX: usize = 64 * 1024;
+
+/// A client or upstream connection.
+#[derive(Debug)]
+pub struct Stream {
+    s: glommio::net::TcpStream,
+    gather: Vec<u8>,
+}
+
+impl Io for Stream {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let s = &mut self.s;
+        poll_read_zeroed(buf, |b| Pin::new(s).poll_read(cx, b))
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        let (Some(first), None) = (nonempty.next(), nonempty.clone().next()) else {
+            // Several buffers: one send of their concatenation (bounded), so that a
+            // response head and its body leave together.
+            self.gather.clear();
+            for b in bufs {
+                let room = GATHER_MAX.saturating_sub(self.gather.len());
+                if room == 0 {
+                    break;
+                }
+                self.gather.extend_from_slice(&b[..b.len().min(room)]);
+            }
+            return Pin::new(&mut self.s).poll_write(cx, &self.gather);
+        };
+        Pin::new(&mut self.s).poll_write(cx, first)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // glommio's close shuts down the write side only
+        Pin::new(&mut self.s).poll_close(cx)
+    }
+
+    fn idle_alive(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        let mut probe = [0u8; 1];
+        matches!(
+            recv(
+                self.s.as_raw_fd(),
+                &mut probe,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+}
+
+/// A deadline on the executor's timer.
+#[derive(Debug, Default)]
+pub struct Deadline(Option<glommio::timer::Timer>);
+
+impl Timer for Deadline {
+    fn fire_at(&mut self, at: Instant) {
+        let d = at.saturating_duration_since(Instant::now());
+        match &mut self.0 {
+            Some(t) => t.reset(d),
+            None => self.0 = Some(glommio::timer::Timer::new(d)),
+        }
+    }
+
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(t) => Pin::new(t).poll(cx).map(|_| ()),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A plain sleep.
+#[derive(Debug)]
+pub struct Sleep(glommio::timer::Timer);
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<Stream>>>>;
+
+/// Connect to `host:port`; a name is resolved on glommio's blocking pool.
+pub(crate) fn connect(host: String, port: u16) -> Connecting {
+    Box::pin(async move {
+        let addrs = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => {
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        (host.as_str(), port)
+                            .to_socket_addrs()
+                            .map(|a| a.collect::<Vec<_>>())
+                    })
+                    .await?
+            }
+        };
+        let mut last = io::Error::from(io::ErrorKind::NotFound);
+        for a in addrs {
+            match glommio::net::TcpStream::connect(a).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(stream(s));
+                }
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    })
+}
+
+impl Runtime for Glommio {
+    type Stream = Stream;
+    type Connect = Connecting;
+    type Timer = Deadline;
+    type Sleep = Sleep;
+    type Remote = GlommioRedis;
+
+    fn connect(host: String, port: u16) -> Connecting {
+        connect(host, port)
+    }
+
+    fn timer() -> Deadline {
+        Deadline(None)
+    }
+
+    fn sleep(d: Duration) -> Sleep {
+        Sleep(glommio::timer::Timer::new(d))
+    }
+}
+
+/// This executor's runtime instance over `shared`: its pool and, for Redis, its own
+/// connection (whose worker is spawned here, until `shutdown`). Call it on the
+/// executor that will serve.
+pub fn frontend(
+    shared: Arc<Shared>,
+    shutdown: &Arc<Shutdown>,
+) -> Result<Rc<Frontend<Glommio>>, ConfigError> {
+    let remote = match &shared.settings().store {
+        StoreSettings::Memory => None,
+        StoreSettings::Redis(r) => {
+            let (store, worker) = GlommioRedis::new(r, shared.router.clone())?;
+            glommio::spawn_local(worker.run(shutdown.clone())).detach();
+            Some(store)
+        }
+    };
+    Ok(Rc::new(Frontend::new(shared, remote)))
+}
+
+fn stream(s: glommio::net::TcpStream) -> Stream {
+    Stream {
+        s,
+        gather: Vec::new(),
+    }
+}
+
+/// Serve MCP clients on `listener` on this executor until `shutdown` fires; then stop
+/// accepting, let in-flight exchanges finish for up to `grace`, and return. With
+/// `probe_store`, this executor's store connection also feeds readiness. The
+/// process-wide background work (embedded-store expiry, health checks:
+/// [`start_background`](mcp_router_frontend::shared::start_background)) is the
+/// caller's, once for all executors, as [`run`] does.
+pub async fn serve(
+    listener: glommio::net::TcpListener,
+    fe: Rc<Frontend<Glommio>>,
+    shutdown: Arc<Shutdown>,
+    grace: Duration,
+    probe_store: bool,
+) {
+    let (f, sd) = (fe.clone(), shutdown.clone());
+    glommio::spawn_local(async move { f.pool_expiry(&sd).await }).detach();
+    if probe_store {
+        let (f, sd) = (fe.clone(), shutdown.clone());
+        glommio::spawn_local(async move { f.watch_store(Duration::from_secs(1), &sd).await })
+            .detach();
+    }
+    let accept = || async {
+        let s = listener.accept().await?;
+        let peer = s.peer_addr()?;
+        let _ = s.set_nodelay(true);
+        Ok((stream(s), peer))
+    };
+    let spawn = |s, peer, guard| {
+        let (f, sd) = (fe.clone(), shutdown.clone());
+        glommio::spawn_local(async move {
+            mcp_router_frontend::drive(&f, s, peer, &sd).await;
+            drop(guard);
+        })
+        .detach();
+    };
+    accept_loop::<Glommio, _, _, _>(accept, spawn, &shutdown, grace).await;
+}
+
+/// Serve the admin endpoints on `listener` on this executor until `shutdown`.
+pub async fn serve_admin(
+    listener: glommio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: Arc<Shutdown>,
+) {
+    let accept = || async { Ok(stream(listener.accept().await?)) };
+    let spawn = |s| {
+        let sh = shared.clone();
+        glommio::spawn_local(async move { admin_conn_bounded::<Glommio>(s, &sh).await }).detach();
+    };
+    admin_loop::<Glommio, _, _, _>(accept, spawn, &shutdown).await;
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// io_uring registers each executor's IO memory, which counts against
+/// `RLIMIT_MEMLOCK` (8 MiB by default on Debian, less than a few executors need):
+/// raise the soft limit to the hard one, and the hard one when allowed (root).
+fn raise_memlock() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok() {
+        return;
+    }
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard) {
+            debug!(error = %e, "cannot raise RLIMIT_MEMLOCK");
+        }
+    }
+}
+
+/// Refuse, at start, a store this frontend cannot reach.
+fn check_store(settings: &Settings) -> Result<(), ConfigError> {
+    if let StoreSettings::Redis(r) = &settings.store {
+        let router = Arc::new(mcp_router_core::Router::new(
+            Arc::new(settings.core.clone()),
+            Instant::now(),
+        ));
+        GlommioRedis::new(r, router)?;
+    }
+    Ok(())
+}
+
+struct Bound {
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+/// Run the `mcp-router-glommio` binary's router with `settings` (parsed from `cli`)
+/// until SIGTERM or Ctrl-C: one executor per `--workers` (default: every allowed CPU),
+/// executor `i` pinned to the `i`-th allowed CPU. Exits the process on a listen or
+/// configuration error.
+pub fn run(cli: Cli, settings: Settings) {
+    raise_memlock();
+    check_store(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
+    let cpus = allowed_cpus();
+    let n = settings.workers.unwrap_or(cpus.len()).max(1);
+    let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
+    let shutdown = Shutdown::new();
+    mcp_router_frontend::shared::start_background(&shared, &shutdown);
+    mcp_router_frontend::shared::start_ops(&shared, &cli, &shutdown);
+    let grace = settings.shutdown_grace;
+    // Executor 0 binds first (the address may have port 0); the others bind the
+    // address it got, SO_REUSEPORT sharing it.
+    let mut listen = settings.listen;
+    let mut admin = settings.admin_listen;
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let placement = match cpus.get(i % cpus.len().max(1)) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<Result<Bound, String>>();
+        let (sh, sd) = (shared.clone(), shutdown.clone());
+        let admin_here = admin.take();
+        let spawned = LocalExecutorBuilder::new(placement)
+            .name(&format!("mcp-glommio-{i}"))
+            .spawn(move || async move {
+                let bind = |a: SocketAddr| {
+                    glommio::net::TcpListener::bind(a).map_err(|e| format!("{a}: {e}"))
+                };
+                let l = match bind(listen) {
+                    Ok(l) => l,
+                    Err(e) => return drop(tx.send(Err(e))),
+                };
+                let admin_l = match admin_here.map(bind).transpose() {
+                    Ok(a) => a,
+                    Err(e) => return drop(tx.send(Err(format!("(admin) {e}")))),
+                };
+                let fe = match frontend(sh.clone(), &sd) {
+                    Ok(f) => f,
+                    Err(e) => return drop(tx.send(Err(e.to_string()))),
+                };
+                let bound = Bound {
+                    addr: l.local_addr().unwrap_or(listen),
+                    admin: admin_l.as_ref().and_then(|a| a.local_addr().ok()),
+                };
+                let _ = tx.send(Ok(bound));
+                if let Some(a) = admin_l {
+                    glommio::spawn_local(serve_admin(a, sh.clone(), sd.clone())).detach();
+                }
+                serve(l, fe, sd, grace, i == 0).await;
+            });
+        let handle = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                error!(executor = i, error = %e, "cannot start a glommio executor");
+                std::process::exit(1);
+            }
+        };
+        match rx.recv() {
+            Ok(Ok(b)) => {
+                listen = b.addr;
+                if let Some(a) = b.admin {
+                    info!(admin = %a, "admin listener: /metrics /healthz /readyz /admin/backends/<name>/drain");
+                }
+            }
+            Ok(Err(e)) => {
+                error!(executor = i, error = %e, "cannot listen");
+                std::process::exit(1);
+            }
+            Err(_) => {
+                error!(executor = i, "glommio executor failed at start");
+                std::process::exit(1);
+            }
+        }
+        handles.push(handle);
+    }
+    info!(
+        executors = n,
+        "thread-per-core: one listener per executor (SO_REUSEPORT)"
+    );
+    mcp_router_frontend::shared::log_listening(&shared, "glommio", listen);
+    for h in handles {
+        let _ = h.join();
+    }
+    info!("stopped");
+}
