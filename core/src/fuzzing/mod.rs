@@ -19,7 +19,9 @@ use crate::mcp::{
 use bytes::BytesMut;
 
 mod session;
+mod stdio;
 pub use session::session_sequence;
+pub use stdio::stdio_bridge;
 
 /// One target's checks: panics when an invariant fails.
 pub type Check = fn(&[u8]);
@@ -33,6 +35,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("sniff", sniff),
     ("session_id", session_id),
     ("session_sequence", session_sequence),
+    ("stdio_bridge", stdio_bridge),
 ];
 
 /// Split `data` into a control prefix of `n` bytes (zero-padded) and the rest.
