@@ -258,8 +258,14 @@ struct Exchange {
     /// Body bytes read while draining for the request id.
     drained: usize,
     upstream: Upstream,
-    /// Copy of everything sent upstream, to resend once on a fresh connection.
-    retained: Option<BytesMut>,
+    /// Everything sent upstream over a pooled connection (the very `Bytes` handed to
+    /// the driver, shared, not copied), to resend once on a fresh connection.
+    retained: Vec<Bytes>,
+    /// Total length of `retained`.
+    retained_len: usize,
+    /// `retained` holds the whole request so far (a pooled connection, within
+    /// `MAX_RETAINED`).
+    retaining: bool,
     retried: bool,
     upstream_eof: bool,
     /// Any response byte arrived.
@@ -302,7 +308,9 @@ impl Exchange {
             pending_len: 0,
             drained: 0,
             upstream: Upstream::None,
-            retained: None,
+            retained: Vec::new(),
+            retained_len: 0,
+            retaining: false,
             retried: false,
             upstream_eof: false,
             resp_seen: false,
@@ -331,10 +339,13 @@ impl Exchange {
         pending.clear();
         let mut sniffer = std::mem::take(&mut self.sniffer);
         sniffer.reset();
+        let mut retained = std::mem::take(&mut self.retained);
+        retained.clear();
         *self = Exchange {
             tried,
             pending,
             sniffer,
+            retained,
             ..Exchange::new()
         };
     }
@@ -443,7 +454,7 @@ impl Conn {
     /// and store ops awaiting a reply. Not part of the API.
     #[doc(hidden)]
     pub fn held(&self) -> [usize; 4] {
-        let retained = self.x.retained.as_ref().map_or(0, |r| r.len());
+        let retained = self.x.retained_len;
         let hold = match &self.x.hold {
             Hold::Body(b) => b.len(),
             _ => 0,
@@ -514,10 +525,11 @@ impl Conn {
         self.x.upstream = Upstream::Ready { reused };
         self.x.sent_at = Some(now);
         if self.x.retried {
-            if let Some(r) = &self.x.retained {
-                self.out.push_back(Output::ToUpstream(r.clone().freeze()));
+            for chunk in self.x.retained.drain(..) {
+                self.out.push_back(Output::ToUpstream(chunk));
             }
-            self.x.retained = None;
+            self.x.retained_len = 0;
+            self.x.retaining = false;
         } else {
             self.send_request_head(b, reused);
             while let Some(chunk) = self.x.pending.pop_front() {
@@ -1015,21 +1027,25 @@ impl Conn {
         };
         write_request_head(&mut self.scratch, &self.req, &fwd);
         let head = self.scratch.split().freeze();
-        self.x.retained = if reused {
-            Some(BytesMut::from(&head[..]))
-        } else {
-            None
-        };
+        self.x.retained.clear();
+        self.x.retained_len = 0;
+        self.x.retaining = reused;
+        self.retain(&head);
         self.out.push_back(Output::ToUpstream(head));
     }
 
     fn retain(&mut self, chunk: &Bytes) {
-        if let Some(r) = &mut self.x.retained {
-            if r.len() + chunk.len() > MAX_RETAINED {
-                self.x.retained = None;
-            } else {
-                r.extend_from_slice(chunk);
-            }
+        let x = &mut self.x;
+        if !x.retaining {
+            return;
+        }
+        if x.retained_len + chunk.len() > MAX_RETAINED {
+            x.retained.clear();
+            x.retained_len = 0;
+            x.retaining = false;
+        } else {
+            x.retained_len += chunk.len();
+            x.retained.push(chunk.clone());
         }
     }
 
@@ -1045,7 +1061,14 @@ impl Conn {
             }
             return false;
         }
-        self.x.resp_seen = true;
+        if !self.x.resp_seen {
+            self.x.resp_seen = true;
+            // A request is resent only when no response byte came back: let go of the
+            // copy now (it pins the scratch and read buffers it was split from).
+            self.x.retained.clear();
+            self.x.retained_len = 0;
+            self.x.retaining = false;
+        }
         if !self.x.resp_head {
             loop {
                 match parse_response(
@@ -1355,6 +1378,7 @@ impl Conn {
             self.phase = Phase::Idle;
             self.idle_deadline = now + self.cfg.timeouts.client_idle;
             self.x.reset();
+            self.release_heads();
         } else {
             self.close();
         }
@@ -1366,7 +1390,7 @@ impl Conn {
         }
         if !self.x.resp_seen {
             let stale = matches!(self.x.upstream, Upstream::Ready { reused: true });
-            if stale && self.x.retained.is_some() && !self.x.retried {
+            if stale && self.x.retaining && !self.x.retried {
                 // A pooled connection the backend had already closed: nothing of the
                 // request was processed, so send it again once on a fresh connection.
                 self.release_upstream(false);
@@ -1402,6 +1426,13 @@ impl Conn {
     }
 
     // ----- helpers -----------------------------------------------------------------
+
+    /// The exchange is over: drop the parsed heads' references into the driver's read
+    /// buffers so the buffers can be reused in place (no allocation on the next read).
+    fn release_heads(&mut self) {
+        self.req.release();
+        self.resp.release();
+    }
 
     fn touch_period(&self) -> Duration {
         (self.cfg.session_ttl / 2).max(Duration::from_secs(1))
@@ -1489,6 +1520,7 @@ impl Conn {
         if keep {
             self.phase = Phase::Idle;
             self.x.reset();
+            self.release_heads();
         } else {
             self.close();
         }

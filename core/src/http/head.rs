@@ -174,6 +174,14 @@ fn first_value<'a>(
 }
 
 impl RequestHead {
+    /// Let go of the head's bytes (a slice of the driver's read buffer) once the
+    /// exchange is over, so that the buffer is unshared again and the driver's next
+    /// read reuses it in place instead of allocating a new one. The parsed facts
+    /// (method, version, ...) stay; the fields read as absent.
+    pub(crate) fn release(&mut self) {
+        self.raw = Bytes::new();
+        self.fields.clear();
+    }
     /// The exact bytes of the head as received (request line through CRLFCRLF).
     pub fn raw(&self) -> &Bytes {
         &self.raw
@@ -228,6 +236,11 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// Let go of the head's bytes, as [`RequestHead::release`].
+    pub(crate) fn release(&mut self) {
+        self.raw = Bytes::new();
+        self.fields.clear();
+    }
     /// The exact bytes of the head as received.
     pub fn raw(&self) -> &Bytes {
         &self.raw
