@@ -2,6 +2,7 @@
 
 use super::{BodyKind, HttpLimits};
 use bytes::{Bytes, BytesMut};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 /// HTTP version of a message.
@@ -81,6 +82,168 @@ impl HeadError {
 struct Field {
     name: (u32, u32),
     value: (u32, u32),
+    /// What the name is, recognized once while parsing.
+    kind: Name,
+}
+
+/// The header names the router acts on, recognized once per field while parsing, so
+/// that lookups, framing checks and forwarding never compare names again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Name {
+    #[default]
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Accept,
+    ContentType,
+    McpSessionId,
+    McpProtocolVersion,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Trailer,
+    Upgrade,
+}
+
+/// Number of [`Name`] variants.
+const NAMES: usize = 18;
+
+impl Name {
+    /// Which known name `n` is (case-insensitive), dispatching on the length first.
+    fn of(n: &[u8]) -> Name {
+        let is = |s: &[u8]| eq_lower(n, s);
+        match n.len() {
+            2 if is(b"te") => Name::Te,
+            4 if is(b"host") => Name::Host,
+            6 if is(b"accept") => Name::Accept,
+            6 if is(b"expect") => Name::Expect,
+            7 if is(b"trailer") => Name::Trailer,
+            7 if is(b"upgrade") => Name::Upgrade,
+            10 if is(b"connection") => Name::Connection,
+            10 if is(b"keep-alive") => Name::KeepAlive,
+            12 if is(b"content-type") => Name::ContentType,
+            14 if is(b"mcp-session-id") => Name::McpSessionId,
+            14 if is(b"content-length") => Name::ContentLength,
+            15 if is(b"x-forwarded-for") => Name::XForwardedFor,
+            16 if is(b"x-forwarded-host") => Name::XForwardedHost,
+            16 if is(b"proxy-connection") => Name::ProxyConnection,
+            17 if is(b"transfer-encoding") => Name::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Name::XForwardedProto,
+            20 if is(b"mcp-protocol-version") => Name::McpProtocolVersion,
+            _ => Name::Other,
+        }
+    }
+
+    /// A fixed hop-by-hop field, never forwarded (RFC 9110 section 7.6.1 and the
+    /// proxy-specific `Proxy-Connection`; `Expect` is answered by the router itself).
+    fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection
+                | Name::KeepAlive
+                | Name::ProxyConnection
+                | Name::Te
+                | Name::Trailer
+                | Name::TransferEncoding
+                | Name::Upgrade
+                | Name::Expect
+        )
+    }
+}
+
+/// `n` equals `lower` ignoring ASCII case; `lower` is lower-case. Eight bytes at a
+/// time: the byte-wise `eq_ignore_ascii_case` was a third of the head parse.
+fn eq_lower(n: &[u8], lower: &[u8]) -> bool {
+    /// Lower-case the ASCII upper-case letters of 8 bytes, leaving every other byte.
+    fn fold(x: u64) -> u64 {
+        const L: u64 = 0x0101_0101_0101_0101;
+        let h = x & (0x7f * L);
+        // per byte, high bit: >= 'A', and > 'Z' (no carry between bytes: h <= 0x7f)
+        let ge_a = h + (0x80 - u64::from(b'A')) * L;
+        let gt_z = h + (0x80 - u64::from(b'Z') - 1) * L;
+        let upper = ge_a & !gt_z & !x & (0x80 * L);
+        x | (upper >> 2)
+    }
+    fn word(s: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w[..s.len()].copy_from_slice(s);
+        u64::from_le_bytes(w)
+    }
+    if n.len() != lower.len() {
+        return false;
+    }
+    let mut diff = 0;
+    let (mut a, mut b) = (n.chunks_exact(8), lower.chunks_exact(8));
+    for (x, y) in (&mut a).zip(&mut b) {
+        diff |= fold(word(x)) ^ word(y);
+    }
+    diff |= fold(word(a.remainder())) ^ word(b.remainder());
+    diff == 0
+}
+
+/// The parsed fields of a head, with the index of the first field of each known name.
+#[derive(Debug, Default)]
+struct Fields {
+    list: Vec<Field>,
+    /// Per [`Name`]: 1 + index in `list` of its first field, 0 when absent.
+    first: [u8; NAMES],
+}
+
+impl Fields {
+    fn clear(&mut self) {
+        self.list.clear();
+        self.first = [0; NAMES];
+    }
+
+    fn push(&mut self, f: Field) {
+        let slot = &mut self.first[f.kind as usize];
+        if *slot == 0 && f.kind != Name::Other {
+            // At most HEADER_SLOTS (128) fields: the index fits.
+            *slot = (self.list.len() + 1).min(u8::MAX as usize) as u8;
+        }
+        self.list.push(f);
+    }
+
+    /// The first field of a known name.
+    fn first(&self, name: Name) -> Option<&Field> {
+        match self.first[name as usize] {
+            0 => None,
+            i => self.list.get(i as usize - 1),
+        }
+    }
+
+    /// First value of a header (trimmed), name matched case-insensitively.
+    fn value<'a>(&'a self, raw: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        match Name::of(name.as_bytes()) {
+            Name::Other => first_value(
+                self.list
+                    .iter()
+                    .map(|f| (at(raw, f.name), at(raw, f.value))),
+                name,
+            ),
+            known => self.first(known).map(|f| trim_ows(at(raw, f.value))),
+        }
+    }
+
+    /// Some `Connection` field names `name` as a connection option: then the field
+    /// `name` is hop-by-hop for this message. RFC 9110 section 7.6.1:
+    /// "Intermediaries MUST parse a received Connection header field before a message
+    /// is forwarded and, for each connection-option in this field, remove any header or
+    /// trailer field(s) from the message with the same name as the connection-option,
+    /// and then remove the Connection header field itself".
+    fn named_by_connection(&self, raw: &[u8], name: &[u8]) -> bool {
+        self.first(Name::Connection).is_some()
+            && self
+                .list
+                .iter()
+                .any(|f| f.kind == Name::Connection && has_token(at(raw, f.value), name))
+    }
 }
 
 /// A parsed request head. Reused across requests of a connection: parsing into an
@@ -91,7 +254,7 @@ pub struct RequestHead {
     raw: Bytes,
     method_range: (u32, u32),
     target: (u32, u32),
-    fields: Vec<Field>,
+    fields: Fields,
     /// The method.
     pub method: Method,
     /// The HTTP version of the request line.
@@ -174,6 +337,12 @@ fn first_value<'a>(
 }
 
 impl RequestHead {
+    /// First value of a known header (trimmed), found without comparing names.
+    pub(crate) fn known(&self, name: Name) -> Option<&[u8]> {
+        self.fields
+            .first(name)
+            .map(|f| trim_ows(at(&self.raw, f.value)))
+    }
     /// Let go of the head's bytes (a slice of the driver's read buffer) once the
     /// exchange is over, so that the buffer is unshared again and the driver's next
     /// read reuses it in place instead of allocating a new one. The parsed facts
@@ -209,11 +378,12 @@ impl RequestHead {
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        first_value(self.headers(), name)
+        self.fields.value(&self.raw, name)
     }
     /// All fields in order, as (name, value) with names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.fields
+            .list
             .iter()
             .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
@@ -224,7 +394,7 @@ impl RequestHead {
 pub struct ResponseHead {
     raw: Bytes,
     reason: (u32, u32),
-    fields: Vec<Field>,
+    fields: Fields,
     /// Status code.
     pub status: u16,
     /// Version of the status line.
@@ -236,6 +406,12 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// First value of a known header (trimmed), found without comparing names.
+    pub(crate) fn known(&self, name: Name) -> Option<&[u8]> {
+        self.fields
+            .first(name)
+            .map(|f| trim_ows(at(&self.raw, f.value)))
+    }
     /// Let go of the head's bytes, as [`RequestHead::release`].
     pub(crate) fn release(&mut self) {
         self.raw = Bytes::new();
@@ -251,17 +427,18 @@ impl ResponseHead {
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        first_value(self.headers(), name)
+        self.fields.value(&self.raw, name)
     }
     /// All fields in order.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.fields
+            .list
             .iter()
             .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
     /// `Content-Type` is `text/event-stream` (parameters ignored, case-insensitive).
     pub fn is_event_stream(&self) -> bool {
-        match self.header("content-type") {
+        match self.known(Name::ContentType) {
             Some(v) => {
                 let media = v.split(|&b| b == b';').next().unwrap_or(&[]);
                 trim_ows(media).eq_ignore_ascii_case(b"text/event-stream")
@@ -373,10 +550,40 @@ impl Scan {
     /// comma-separated list (Section 5.6.1 of [HTTP]), all values in the list are valid,
     /// and all values in the list are the same". Values are compared numerically; an
     /// empty element (`5,`), a sign (`+5`), or more than u64 can hold is invalid.
-    fn of<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Scan, HeadError> {
+    ///
+    /// Also records every field (and what its name is) in `fields`; on error, `fields`
+    /// is left empty.
+    fn of(
+        window: &[u8],
+        headers: &[httparse::Header<'_>],
+        fields: &mut Fields,
+    ) -> Result<Scan, HeadError> {
+        fields.clear();
+        let r = Scan::of_fields(window, headers, fields);
+        if r.is_err() {
+            fields.clear();
+        }
+        r
+    }
+
+    fn of_fields(
+        window: &[u8],
+        headers: &[httparse::Header<'_>],
+        fields: &mut Fields,
+    ) -> Result<Scan, HeadError> {
         let mut s = Scan::default();
-        for (name, value) in fields {
-            if name.eq_ignore_ascii_case(b"content-length") {
+        for h in headers {
+            let (name, value) = (h.name.as_bytes(), h.value);
+            let kind = Name::of(name);
+            fields.push(Field {
+                name: range_of(window, name),
+                value: range_of(window, value),
+                kind,
+            });
+            if kind == Name::Other {
+                continue;
+            }
+            if kind == Name::ContentLength {
                 for element in list_elements(value) {
                     let n = parse_decimal(element)
                         .ok_or(HeadError::BadFraming("invalid Content-Length"))?;
@@ -387,7 +594,7 @@ impl Scan {
                         _ => s.content_length = Some(n),
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            } else if kind == Name::TransferEncoding {
                 s.te_present = true;
                 // RFC 9110 section 5.6.1: "a recipient MUST parse and ignore a
                 // reasonable number of empty list elements".
@@ -402,7 +609,7 @@ impl Scan {
                         s.te_chunked += 1;
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"connection") {
+            } else if kind == Name::Connection {
                 for option in list_elements(value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         s.close = true;
@@ -410,11 +617,11 @@ impl Scan {
                         s.keep_alive_token = true;
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"expect") {
+            } else if kind == Name::Expect {
                 if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
                     s.expect_continue = true;
                 }
-            } else if name.eq_ignore_ascii_case(b"host") {
+            } else if kind == Name::Host {
                 s.hosts += 1;
             }
         }
@@ -562,9 +769,12 @@ pub fn parse_request(
 ) -> Result<bool, HeadError> {
     let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut req = httparse::Request::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
-    let len = match req.parse(window) {
+    // Uninitialized slots: httparse fills what it uses (no 4 KiB of zeroing per head).
+    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req
+        .parse_with_uninit_headers(window, &mut slots[..limits.max_headers.min(HEADER_SLOTS)])
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return incomplete(over_limit),
         Err(httparse::Error::Version) => {
@@ -582,13 +792,20 @@ pub fn parse_request(
     if !target.starts_with(b"/") {
         return Err(HeadError::Invalid("request target is not in origin-form"));
     }
-    let scan = Scan::of(req.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
-    let body = scan.framing(version)?.unwrap_or(BodyKind::Empty);
-    if scan.hosts > 1 {
-        return Err(HeadError::Invalid("more than one Host field"));
-    }
-
-    record_fields(&mut head.fields, window, req.headers);
+    let checked = Scan::of(window, req.headers, &mut head.fields).and_then(|scan| {
+        let body = scan.framing(version)?.unwrap_or(BodyKind::Empty);
+        if scan.hosts > 1 {
+            return Err(HeadError::Invalid("more than one Host field"));
+        }
+        Ok((scan, body))
+    });
+    let (scan, body) = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            head.release();
+            return Err(e);
+        }
+    };
     head.method_range = range_of(window, method);
     head.target = range_of(window, target);
     head.method = method_of(method);
@@ -628,9 +845,13 @@ pub fn parse_response(
 ) -> Result<bool, HeadError> {
     let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut res = httparse::Response::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
-    let len = match res.parse(window) {
+    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        window,
+        &mut slots[..limits.max_headers.min(HEADER_SLOTS)],
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return incomplete(over_limit),
         Err(httparse::Error::Version) => return version_error(window, 0, over_limit),
@@ -646,8 +867,15 @@ pub fn parse_response(
         return Err(HeadError::Invalid("invalid status code"));
     }
     let reason = res.reason.unwrap_or("").as_bytes();
-    let scan = Scan::of(res.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
-    let declared = scan.framing(version)?;
+    let checked = Scan::of(window, res.headers, &mut head.fields)
+        .and_then(|scan| Ok((scan.framing(version)?, scan)));
+    let (declared, scan) = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            head.release();
+            return Err(e);
+        }
+    };
     let body = if request_method == Method::Head
         || (100..200).contains(&status)
         || status == 204
@@ -658,7 +886,6 @@ pub fn parse_response(
         declared.unwrap_or(BodyKind::Close)
     };
 
-    record_fields(&mut head.fields, window, res.headers);
     head.reason = range_of(window, reason);
     head.status = status;
     head.version = version;
@@ -686,15 +913,6 @@ fn incomplete(over_limit: bool) -> Result<bool, HeadError> {
     }
 }
 
-/// Remember where each parsed field sits in the head (reusing the vector).
-fn record_fields(fields: &mut Vec<Field>, window: &[u8], headers: &[httparse::Header<'_>]) {
-    fields.clear();
-    fields.extend(headers.iter().map(|h| Field {
-        name: range_of(window, h.name.as_bytes()),
-        value: range_of(window, h.value),
-    }));
-}
-
 /// Split the complete head (after `skip` leading empty lines) off the buffer.
 fn take_head(buf: &mut BytesMut, skip: usize, len: usize) -> Bytes {
     bytes::Buf::advance(buf, skip);
@@ -713,34 +931,6 @@ pub struct Forward<'a> {
     pub client_ip: Option<IpAddr>,
     /// `http` or `https`: the scheme the client used, sent as `X-Forwarded-Proto`.
     pub proto: &'a str,
-}
-
-/// Hop-by-hop fields, never forwarded (RFC 9110 section 7.6.1 and the proxy-specific
-/// `Proxy-Connection`; `Expect` is answered by the router itself).
-const HOP_BY_HOP: &[&[u8]] = &[
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"expect",
-];
-
-/// `name` is hop-by-hop: a fixed one, or named by a `Connection` field of the message.
-///
-/// RFC 9110 section 7.6.1: "Intermediaries MUST parse a received Connection header
-/// field before a message is forwarded and, for each connection-option in this field,
-/// remove any header or trailer field(s) from the message with the same name as the
-/// connection-option, and then remove the Connection header field itself".
-fn is_hop_by_hop<'a>(name: &[u8], mut fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || fields.any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && has_token(v, name))
-}
-
-fn eq_any(name: &[u8], names: &[&[u8]]) -> bool {
-    names.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -800,41 +990,53 @@ fn put_connection(out: &mut BytesMut, client_version: Version, keep_alive: bool)
 /// client-sent `X-Forwarded-Host` is dropped (it is replaced by the client's `Host`, or
 /// absent), so the backend never sees a spoofed one.
 pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<'_>) {
-    out.reserve(head.raw.len() + fwd.host.len() + fwd.path_prefix.len() + 128);
+    let raw = &head.raw[..];
+    out.reserve(raw.len() + fwd.host.len() + fwd.path_prefix.len() + 128);
     out.extend_from_slice(head.method_str());
     out.extend_from_slice(b" ");
     out.extend_from_slice(fwd.path_prefix);
     out.extend_from_slice(head.target());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    const REWRITTEN: &[&[u8]] = &[
-        b"host",
-        b"content-length",
-        b"x-forwarded-proto",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-    ];
-    for (name, value) in head.headers() {
-        if eq_any(name, REWRITTEN) || is_hop_by_hop(name, head.headers()) {
+    // One pass over the fields, whose names were recognized while parsing. Only a
+    // message with a `Connection` field needs a second look at each name.
+    let connection = head.fields.first(Name::Connection).is_some();
+    let mut any_xff = false;
+    for f in &head.fields.list {
+        match f.kind {
+            // rewritten below
+            Name::Host | Name::ContentLength | Name::XForwardedProto | Name::XForwardedHost => {
+                continue
+            }
+            Name::XForwardedFor => {
+                any_xff = true;
+                continue;
+            }
+            k if k.is_hop_by_hop() => continue,
+            _ => {}
+        }
+        let name = at(raw, f.name);
+        if connection && head.fields.named_by_connection(raw, name) {
             continue;
         }
-        put_field(out, name, value);
+        put_field(out, name, at(raw, f.value));
     }
     put_field(out, b"Host", fwd.host);
 
-    let xff_forwarded = !is_hop_by_hop(b"x-forwarded-for", head.headers());
     let mut wrote_xff = false;
-    for (name, value) in head.headers() {
-        let value = trim_ows(value);
-        if !xff_forwarded || value.is_empty() || !name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            continue;
+    if any_xff && !(connection && head.fields.named_by_connection(raw, b"x-forwarded-for")) {
+        for f in &head.fields.list {
+            let value = trim_ows(at(raw, f.value));
+            if f.kind != Name::XForwardedFor || value.is_empty() {
+                continue;
+            }
+            out.extend_from_slice(if wrote_xff {
+                b", "
+            } else {
+                b"X-Forwarded-For: "
+            });
+            out.extend_from_slice(value);
+            wrote_xff = true;
         }
-        out.extend_from_slice(if wrote_xff {
-            b", "
-        } else {
-            b"X-Forwarded-For: "
-        });
-        out.extend_from_slice(value);
-        wrote_xff = true;
     }
     if let Some(ip) = fwd.client_ip {
         out.extend_from_slice(if wrote_xff {
@@ -842,9 +1044,7 @@ pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<
         } else {
             b"X-Forwarded-For: "
         });
-        // `BytesMut`'s `fmt::Write` only fails if its length would overflow usize, and
-        // `IpAddr`'s Display writes straight into it (no allocation).
-        let _ = std::fmt::Write::write_fmt(out, format_args!("{ip}"));
+        put_ip(out, ip);
         wrote_xff = true;
     }
     if wrote_xff {
@@ -852,11 +1052,31 @@ pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<
     }
 
     put_field(out, b"X-Forwarded-Proto", fwd.proto.as_bytes());
-    if let Some(host) = head.header("host") {
-        put_field(out, b"X-Forwarded-Host", host);
+    if let Some(host) = head.fields.first(Name::Host) {
+        put_field(out, b"X-Forwarded-Host", trim_ows(at(raw, host.value)));
     }
     put_framing(out, head.body);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Append an address as `IpAddr`'s `Display` writes it; IPv4 without the formatting
+/// machinery (it is written on every forwarded request).
+fn put_ip(out: &mut BytesMut, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b".");
+                }
+                put_u64(out, u64::from(octet));
+            }
+        }
+        // `BytesMut`'s `fmt::Write` only fails if its length would overflow usize, and
+        // `IpAddr`'s Display writes straight into it (no allocation).
+        IpAddr::V6(_) => {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{ip}"));
+        }
+    }
 }
 
 /// The standard reason phrase for `status`, if it is a common one.
@@ -940,11 +1160,17 @@ pub fn write_response_head(
         r => r,
     };
     put_status_line(out, head.status, reason);
-    for (name, value) in head.headers() {
-        if name.eq_ignore_ascii_case(b"content-length") || is_hop_by_hop(name, head.headers()) {
+    let raw = &head.raw[..];
+    let connection = head.fields.first(Name::Connection).is_some();
+    for f in &head.fields.list {
+        if f.kind == Name::ContentLength || f.kind.is_hop_by_hop() {
             continue;
         }
-        put_field(out, name, value);
+        let name = at(raw, f.name);
+        if connection && head.fields.named_by_connection(raw, name) {
+            continue;
+        }
+        put_field(out, name, at(raw, f.value));
     }
     put_framing(out, body);
     put_connection(out, client_version, keep_alive);
@@ -1058,6 +1284,69 @@ mod tests {
     }
 
     #[test]
+    fn eq_lower_is_exact() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        for &a in &all {
+            for &b in b"az-09" {
+                assert_eq!(
+                    eq_lower(&[a], &[b]),
+                    [a].eq_ignore_ascii_case(&[b]),
+                    "{a} {b}"
+                );
+                let long = [b'x', b'-', b'y', b'z', b'w', b'v', b'u', b't', a];
+                let want = [b'x', b'-', b'y', b'z', b'w', b'v', b'u', b't', b];
+                assert_eq!(eq_lower(&long, &want), long.eq_ignore_ascii_case(&want));
+            }
+        }
+        assert!(eq_lower(b"MCP-Protocol-Version", b"mcp-protocol-version"));
+        assert!(!eq_lower(b"MCP-Protocol-Versioo", b"mcp-protocol-version"));
+        assert!(!eq_lower(b"mcp", b"mcp-"));
+        assert!(eq_lower(b"", b""));
+    }
+
+    #[test]
+    fn known_names_are_recognized_exactly_in_any_case() {
+        let names: &[&str] = &[
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "expect",
+            "accept",
+            "content-type",
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for n in names {
+            let k = Name::of(n.as_bytes());
+            assert_ne!(k, Name::Other, "{n}");
+            assert!(seen.insert(k as usize), "{n} shares a kind");
+            assert_eq!(Name::of(n.to_ascii_uppercase().as_bytes()), k);
+            // one byte off, or one byte longer: not that name
+            let mut off = n.as_bytes().to_vec();
+            off[0] ^= 0x01;
+            assert_ne!(Name::of(&off), k, "{n}");
+            assert_ne!(Name::of(format!("{n}x").as_bytes()), k, "{n}");
+        }
+        assert_eq!(seen.len() + 1, NAMES);
+        // lookups of known and unknown names agree with a plain scan
+        let (h, _) = req(b"GET / HTTP/1.1\r\nX-A: 1\r\nMCP-Session-ID:  s1 \r\nmcp-session-id: s2\r\nHOST: h\r\n\r\n").unwrap();
+        assert_eq!(h.header("mcp-session-id"), Some(&b"s1"[..]));
+        assert_eq!(h.header("host"), Some(&b"h"[..]));
+        assert_eq!(h.header("x-a"), Some(&b"1"[..]));
+        assert_eq!(h.header("accept"), None);
+    }
+
+    #[test]
     fn header_lookup_is_case_insensitive_and_first_wins() {
         let (h, _) = req(b"GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n").unwrap();
         assert_eq!(h.header("x-a"), Some(&b"1"[..]));
@@ -1147,14 +1436,14 @@ mod tests {
         let mut h = RequestHead::default();
         let mut buf = BytesMut::from(&input[..]);
         assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
-        let cap = h.fields.capacity();
-        let ptr = h.fields.as_ptr();
+        let cap = h.fields.list.capacity();
+        let ptr = h.fields.list.as_ptr();
         for _ in 0..100 {
             let mut buf = BytesMut::from(&input[..]);
             assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
-            assert_eq!(h.fields.capacity(), cap);
+            assert_eq!(h.fields.list.capacity(), cap);
             assert_eq!(
-                h.fields.as_ptr(),
+                h.fields.list.as_ptr(),
                 ptr,
                 "the field vector was not reallocated"
             );
@@ -1166,14 +1455,14 @@ mod tests {
             parse_response(&mut buf, &limits(), Method::Post, &mut rh),
             Ok(true)
         );
-        let cap = rh.fields.capacity();
+        let cap = rh.fields.list.capacity();
         for _ in 0..100 {
             let mut buf = BytesMut::from(&input[..]);
             assert_eq!(
                 parse_response(&mut buf, &limits(), Method::Post, &mut rh),
                 Ok(true)
             );
-            assert_eq!(rh.fields.capacity(), cap);
+            assert_eq!(rh.fields.list.capacity(), cap);
         }
     }
 

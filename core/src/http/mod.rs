@@ -8,6 +8,7 @@ mod body;
 mod head;
 
 pub use body::{BodyDecoder, BodyError};
+pub(crate) use head::Name;
 pub use head::{
     parse_request, parse_response, write_request_head, write_response_head, write_simple_response,
     Forward, HeadError, Method, RequestHead, ResponseHead, Version,

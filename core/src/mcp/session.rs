@@ -83,10 +83,13 @@ impl Ord for SessionKey {
 }
 
 /// Hashes exactly like the `str` it holds, so maps keyed by `SessionKey` can be
-/// queried with a `&str` (see the `Borrow<str>` impl).
+/// queried with a `&str` (see the `Borrow<str>` impl): `str`'s `Hash` is
+/// `Hasher::write_str`, whose definition (which a hasher cannot override on stable
+/// Rust) is these two calls. Done on the bytes, to skip the UTF-8 check of `as_str`.
 impl std::hash::Hash for SessionKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
