@@ -7,8 +7,9 @@
 
 use crate::config::Config;
 use crate::http::{
-    parse_request, parse_response, write_request_head, write_response_head, write_simple_response,
-    BodyDecoder, BodyKind, Forward, Method, Name, RequestHead, ResponseHead, Version,
+    parse_request, parse_response, write_forwarded_head, write_response_head,
+    write_simple_response, BodyDecoder, BodyKind, Forward, IpText, Method, Name, RequestHead,
+    ResponseHead, Version,
 };
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, query_session_id, write_error_body, ErrorCode,
@@ -412,6 +413,8 @@ pub struct Conn {
     router: Arc<Router>,
     cfg: Arc<Config>,
     peer: Option<IpAddr>,
+    /// `peer` as text, for `X-Forwarded-For`.
+    peer_text: Option<IpText>,
     proto: &'static str,
     out: VecDeque<Output>,
     waiting: VecDeque<Waiting>,
@@ -443,6 +446,7 @@ impl Conn {
             router,
             cfg,
             peer,
+            peer_text: peer.map(IpText::new),
             proto,
             out: VecDeque::new(),
             waiting: VecDeque::new(),
@@ -1080,7 +1084,7 @@ impl Conn {
             client_ip: self.peer,
             proto: self.proto,
         };
-        write_request_head(&mut self.scratch, &self.req, &fwd);
+        write_forwarded_head(&mut self.scratch, &self.req, &fwd, self.peer_text.as_ref());
         let head = self.scratch.split().freeze();
         self.x.retained.clear();
         self.x.retained_len = 0;

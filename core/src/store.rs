@@ -140,10 +140,10 @@ impl MemStore {
         let t = self.secs(now);
         let deadline = t + self.ttl_secs;
         match op {
-            StoreOp::Get(k) => StoreReply::Found(self.slide(k.as_str(), t, deadline)),
-            StoreOp::Touch(k) => StoreReply::Touched(self.slide(k.as_str(), t, deadline).is_some()),
+            StoreOp::Get(k) => StoreReply::Found(self.slide(k, t, deadline)),
+            StoreOp::Touch(k) => StoreReply::Touched(self.slide(k, t, deadline).is_some()),
             StoreOp::Insert(k, record) => {
-                if self.slide(k.as_str(), t, deadline).is_some() {
+                if self.slide(k, t, deadline).is_some() {
                     return StoreReply::Inserted(false);
                 }
                 self.map.insert(
@@ -155,7 +155,7 @@ impl MemStore {
                 );
                 StoreReply::Inserted(true)
             }
-            StoreOp::Delete(k) => match self.map.swap_remove_entry(k.as_str()) {
+            StoreOp::Delete(k) => match self.map.swap_remove_entry(k) {
                 Some((_, e)) if e.deadline > t => StoreReply::Deleted(Some(e.record)),
                 Some((key, e)) => {
                     self.lazily_expired.push((key, e.record));
@@ -167,7 +167,7 @@ impl MemStore {
     }
 
     /// Look up a live record and move its deadline; an expired one is removed.
-    fn slide(&mut self, k: &str, t: u32, deadline: u32) -> Option<Record> {
+    fn slide(&mut self, k: &SessionKey, t: u32, deadline: u32) -> Option<Record> {
         let idx = self.map.get_index_of(k)?;
         let (_, e) = self.map.get_index_mut(idx)?;
         if e.deadline > t {
