@@ -343,11 +343,12 @@ impl RequestHead {
             .first(name)
             .map(|f| trim_ows(at(&self.raw, f.value)))
     }
-    /// Let go of the head's bytes (a slice of the driver's read buffer) once the
-    /// exchange is over, so that the buffer is unshared again and the driver's next
+    /// Let go of the head's bytes (a slice of the read buffer it was parsed from) once
+    /// they are no longer needed, so that the buffer is unshared again and the next
     /// read reuses it in place instead of allocating a new one. The parsed facts
-    /// (method, version, ...) stay; the fields read as absent.
-    pub(crate) fn release(&mut self) {
+    /// (method, version, ...) stay; the fields read as absent. [`Conn`](crate::Conn)
+    /// does this at the end of every exchange.
+    pub fn release(&mut self) {
         self.raw = Bytes::new();
         self.fields.clear();
     }
@@ -413,7 +414,7 @@ impl ResponseHead {
             .map(|f| trim_ows(at(&self.raw, f.value)))
     }
     /// Let go of the head's bytes, as [`RequestHead::release`].
-    pub(crate) fn release(&mut self) {
+    pub fn release(&mut self) {
         self.raw = Bytes::new();
         self.fields.clear();
     }
