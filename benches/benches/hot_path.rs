@@ -14,7 +14,9 @@ use criterion::{black_box, criterion_group, Criterion, Throughput};
 use mcp_router_benches::*;
 use mcp_router_core::http::{parse_request, BodyDecoder, BodyKind, HttpLimits, RequestHead};
 use mcp_router_core::mcp::{endpoint_session_id, SessionKey, Sniffer, SseParser};
-use mcp_router_core::{BackendId, Era, MemStore, Record, StoreOp};
+use mcp_router_core::metrics::Metrics;
+use mcp_router_core::{BackendId, Era, Event, MemStore, Record, Router, StoreOp, StoreReply};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -133,10 +135,36 @@ fn report_allocations() {
         }),
     ));
 
+    let (metrics, router, ev, op, reply) = metrics_inputs();
+    rows.push((
+        "metrics: one request's events (Response + store Get observed)".into(),
+        allocs_per_call(N, || {
+            metrics.observe(&router, &ev);
+            metrics.observe_store(&op, &reply, Duration::from_micros(3));
+        }),
+    ));
+
     println!("heap allocations per operation (counting allocator, after warm-up):");
     for (name, (allocs, bytes)) in rows {
         println!("  {name:<78} {allocs:>6.2} allocations {bytes:>8.0} bytes");
     }
+}
+
+/// What a driver feeds its metrics for one established-session request: the
+/// `Response` event and the store `Get` with its timing.
+fn metrics_inputs() -> (Metrics, Router, Event, StoreOp, StoreReply) {
+    let router = Router::new(Arc::new(config(2)), Instant::now());
+    let ev = Event::Response {
+        backend: BackendId(0),
+        status: 200,
+        latency: Duration::from_micros(150),
+    };
+    let rec = Record {
+        backend: BackendId(0),
+        era: Era::Streamable,
+    };
+    let op = StoreOp::Get(SessionKey::new(SESSION.as_bytes(), 256).unwrap());
+    (Metrics::new(), router, ev, op, StoreReply::Found(Some(rec)))
 }
 
 /// An SSE `endpoint` event of a legacy server.
@@ -206,6 +234,16 @@ fn hot_path(c: &mut Criterion) {
             i += 1;
             h.exchange(&init, resp);
             black_box(h.exchange(del, &ok))
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(1));
+    let (metrics, router, ev, op, reply) = metrics_inputs();
+    g.bench_function("per_request", |b| {
+        b.iter(|| {
+            metrics.observe(&router, black_box(&ev));
+            metrics.observe_store(black_box(&op), &reply, Duration::from_micros(3));
         })
     });
     g.finish();
