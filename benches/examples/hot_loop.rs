@@ -60,28 +60,22 @@ fn main() {
             println!("{} allocations in {n} requests", a1 - a0);
         }
         "lifecycle" => {
+            // ids are reused round-robin: each lifecycle deletes its record
             let init = initialize_request();
             let ok = empty_ok();
-            let cases: Vec<(Vec<u8>, Vec<u8>)> = (0..1000u64 + n.min(100_000))
+            let cases: Vec<(Vec<u8>, Vec<u8>)> = (0..1000u64)
                 .map(|i| {
                     let sid = format!("b0-{i}-0123456789abcdef-6c1f3a9e2b7d4c58");
                     (delete_request(&sid), initialize_response(&sid))
                 })
                 .collect();
-            let mut a0 = 0;
-            for (i, (del, resp)) in cases.iter().enumerate() {
-                if i == 1000 {
-                    a0 = alloc_count().0;
-                }
+            let mut i = 0;
+            run(n, || {
+                let (del, resp) = &cases[i % cases.len()];
+                i += 1;
                 h.exchange(&init, resp);
                 black_box(h.exchange(del, &ok));
-            }
-            let a1 = alloc_count().0;
-            println!(
-                "{} allocations in {} lifecycles",
-                a1 - a0,
-                cases.len() - 1000
-            );
+            });
         }
         "head" => {
             let req = tools_call_request(SESSION);
