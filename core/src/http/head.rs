@@ -170,20 +170,32 @@ fn eq_lower(n: &[u8], lower: &[u8]) -> bool {
         let upper = ge_a & !gt_z & !x & (0x80 * L);
         x | (upper >> 2)
     }
-    fn word(s: &[u8]) -> u64 {
-        let mut w = [0u8; 8];
-        w[..s.len()].copy_from_slice(s);
-        u64::from_le_bytes(w)
+    /// The 8 bytes at `i` (callers keep `i + 8 <= s.len()`).
+    fn word(s: &[u8], i: usize) -> u64 {
+        s.get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
     }
-    if n.len() != lower.len() {
+    let len = n.len();
+    if len != lower.len() {
         return false;
     }
-    let mut diff = 0;
-    let (mut a, mut b) = (n.chunks_exact(8), lower.chunks_exact(8));
-    for (x, y) in (&mut a).zip(&mut b) {
-        diff |= fold(word(x)) ^ word(y);
+    if len < 8 {
+        return n
+            .iter()
+            .zip(lower)
+            .all(|(&b, &c)| b.to_ascii_lowercase() == c);
     }
-    diff |= fold(word(a.remainder())) ^ word(b.remainder());
+    let mut diff = 0;
+    let mut i = 0;
+    while i + 8 <= len {
+        diff |= fold(word(n, i)) ^ word(lower, i);
+        i += 8;
+    }
+    if i < len {
+        // the last 8 bytes, overlapping what was compared
+        diff |= fold(word(n, len - 8)) ^ word(lower, len - 8);
+    }
     diff == 0
 }
 
@@ -916,7 +928,9 @@ fn incomplete(over_limit: bool) -> Result<bool, HeadError> {
 
 /// Split the complete head (after `skip` leading empty lines) off the buffer.
 fn take_head(buf: &mut BytesMut, skip: usize, len: usize) -> Bytes {
-    bytes::Buf::advance(buf, skip);
+    if skip > 0 {
+        bytes::Buf::advance(buf, skip);
+    }
     buf.split_to(len).freeze()
 }
 
@@ -1045,11 +1059,24 @@ pub(crate) fn write_forwarded_head(
 ) {
     let raw = &head.raw[..];
     out.reserve(raw.len() + fwd.host.len() + fwd.path_prefix.len() + 128);
-    out.extend_from_slice(head.method_str());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(fwd.path_prefix);
-    out.extend_from_slice(head.target());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The request line as received when it already reads `METHOD target HTTP/1.1`
+    // CRLF and no prefix is added; otherwise written piece by piece.
+    let (m, t) = (head.method_range, head.target);
+    let line_end = t.1 as usize + 11;
+    if fwd.path_prefix.is_empty()
+        && m.0 == 0
+        && t.0 == m.1 + 1
+        && raw.get(m.1 as usize) == Some(&b' ')
+        && raw.get(t.1 as usize..line_end) == Some(&b" HTTP/1.1\r\n"[..])
+    {
+        out.extend_from_slice(raw.get(..line_end).unwrap_or(&[]));
+    } else {
+        out.extend_from_slice(head.method_str());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(fwd.path_prefix);
+        out.extend_from_slice(head.target());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+    }
     // One pass over the fields, whose names were recognized while parsing. Only a
     // message with a `Connection` field needs a second look at each name.
     let connection = head.fields.first(Name::Connection).is_some();
@@ -1225,11 +1252,31 @@ pub fn write_response_head(
     keep_alive: bool,
 ) {
     out.reserve(head.raw.len() + 64);
-    let reason = match head.reason() {
-        [] => standard_reason(head.status).unwrap_or("").as_bytes(),
-        r => r,
-    };
-    put_status_line(out, head.status, reason);
+    let raw = &head.raw[..];
+    // The status line as received when it already reads `HTTP/1.1 SSS reason` CRLF
+    // (what `put_status_line` would write); otherwise written piece by piece.
+    let (r0, r1) = (head.reason.0 as usize, head.reason.1 as usize);
+    let verbatim = r0 == 13
+        && r1 > r0
+        && raw.get(..9) == Some(&b"HTTP/1.1 "[..])
+        && raw.get(12) == Some(&b' ')
+        && raw.get(9..12).is_some_and(|d| {
+            d.iter().all(u8::is_ascii_digit)
+                && u16::from(d[0] - b'0') * 100
+                    + u16::from(d[1] - b'0') * 10
+                    + u16::from(d[2] - b'0')
+                    == head.status
+        })
+        && raw.get(r1..r1 + 2) == Some(&b"\r\n"[..]);
+    if verbatim {
+        out.extend_from_slice(raw.get(..r1 + 2).unwrap_or(&[]));
+    } else {
+        let reason = match head.reason() {
+            [] => standard_reason(head.status).unwrap_or("").as_bytes(),
+            r => r,
+        };
+        put_status_line(out, head.status, reason);
+    }
     let raw = &head.raw[..];
     let connection = head.fields.first(Name::Connection).is_some();
     let mut copier = FieldCopier::new(raw);
@@ -1410,6 +1457,12 @@ mod tests {
                 let want = [b'x', b'-', b'y', b'z', b'w', b'v', b'u', b't', b];
                 assert_eq!(eq_lower(&long, &want), long.eq_ignore_ascii_case(&want));
             }
+        }
+        for i in 0..14 {
+            let mut n = *b"Mcp-Session-Id";
+            assert!(eq_lower(&n, b"mcp-session-id"));
+            n[i] ^= 0x40;
+            assert!(!eq_lower(&n, b"mcp-session-id"), "{i}");
         }
         assert!(eq_lower(b"MCP-Protocol-Version", b"mcp-protocol-version"));
         assert!(!eq_lower(b"MCP-Protocol-Versioo", b"mcp-protocol-version"));
