@@ -213,15 +213,6 @@ impl Fields {
         self.first = [0; NAMES];
     }
 
-    fn push(&mut self, f: Field) {
-        let slot = &mut self.first[f.kind as usize];
-        if *slot == 0 && f.kind != Name::Other {
-            // At most HEADER_SLOTS (128) fields: the index fits.
-            *slot = (self.list.len() + 1).min(u8::MAX as usize) as u8;
-        }
-        self.list.push(f);
-    }
-
     /// The first field of a known name.
     fn first(&self, name: Name) -> Option<&Field> {
         match self.first[name as usize] {
@@ -564,38 +555,33 @@ impl Scan {
     /// and all values in the list are the same". Values are compared numerically; an
     /// empty element (`5,`), a sign (`+5`), or more than u64 can hold is invalid.
     ///
-    /// Also records every field (and what its name is) in `fields`; on error, `fields`
-    /// is left empty.
-    fn of(
-        window: &[u8],
-        headers: &[httparse::Header<'_>],
-        fields: &mut Fields,
-    ) -> Result<Scan, HeadError> {
-        fields.clear();
-        let r = Scan::of_fields(window, headers, fields);
+    /// `fields.list` holds the head's fields; this also recognizes what each name is
+    /// and indexes the first field of each known name. On error, `fields` is left
+    /// empty.
+    fn of(window: &[u8], fields: &mut Fields) -> Result<Scan, HeadError> {
+        let r = Scan::of_fields(window, fields);
         if r.is_err() {
             fields.clear();
         }
         r
     }
 
-    fn of_fields(
-        window: &[u8],
-        headers: &[httparse::Header<'_>],
-        fields: &mut Fields,
-    ) -> Result<Scan, HeadError> {
+    fn of_fields(window: &[u8], fields: &mut Fields) -> Result<Scan, HeadError> {
         let mut s = Scan::default();
-        for h in headers {
-            let (name, value) = (h.name.as_bytes(), h.value);
-            let kind = Name::of(name);
-            fields.push(Field {
-                name: range_of(window, name),
-                value: range_of(window, value),
-                kind,
-            });
+        let Fields { list, first } = fields;
+        *first = [0; NAMES];
+        for (idx, f) in list.iter_mut().enumerate() {
+            let kind = Name::of(at(window, f.name));
+            f.kind = kind;
             if kind == Name::Other {
                 continue;
             }
+            let slot = &mut first[kind as usize];
+            if *slot == 0 {
+                // At most HEADER_SLOTS (128) fields: the index fits.
+                *slot = (idx + 1).min(u8::MAX as usize) as u8;
+            }
+            let value = at(window, f.value);
             if kind == Name::ContentLength {
                 for element in list_elements(value) {
                     let n = parse_decimal(element)
@@ -782,30 +768,55 @@ pub fn parse_request(
 ) -> Result<bool, HeadError> {
     let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
-    // Uninitialized slots: httparse fills what it uses (no 4 KiB of zeroing per head).
-    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req
-        .parse_with_uninit_headers(window, &mut slots[..limits.max_headers.min(HEADER_SLOTS)])
+    let max = limits.max_headers.min(HEADER_SLOTS);
+    head.fields.list.clear();
+    let (method_r, target_r, version, len) = match fast_request(window, max, &mut head.fields.list)
     {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return incomplete(over_limit),
-        Err(httparse::Error::Version) => {
-            return version_error(window, request_version_at(window), over_limit)
+        Some(line) => {
+            #[cfg(any(test, feature = "fuzzing"))]
+            cross_check_request(window, max, line, &head.fields.list);
+            line
         }
-        Err(e) => return Err(map_httparse_error(e)),
+        None => {
+            head.fields.list.clear();
+            // Uninitialized slots: httparse fills what it uses (no 4 KiB of zeroing).
+            let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
+            let mut req = httparse::Request::new(&mut []);
+            let len = match req.parse_with_uninit_headers(window, &mut slots[..max]) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => {
+                    head.release();
+                    return incomplete(over_limit);
+                }
+                Err(httparse::Error::Version) => {
+                    head.release();
+                    return version_error(window, request_version_at(window), over_limit);
+                }
+                Err(e) => {
+                    head.release();
+                    return Err(map_httparse_error(e));
+                }
+            };
+            record_fields(&mut head.fields.list, window, req.headers);
+            // A complete parse always sets method, path and version.
+            let version = match req.version {
+                Some(0) => Version::Http10,
+                _ => Version::Http11,
+            };
+            (
+                range_of(window, req.method.unwrap_or("").as_bytes()),
+                range_of(window, req.path.unwrap_or("").as_bytes()),
+                version,
+                len,
+            )
+        }
     };
-    // A complete parse always sets method, path and version.
-    let method = req.method.unwrap_or("").as_bytes();
-    let target = req.path.unwrap_or("").as_bytes();
-    let version = match req.version {
-        Some(0) => Version::Http10,
-        _ => Version::Http11,
-    };
-    if !target.starts_with(b"/") {
+    let method = at(window, method_r);
+    if !at(window, target_r).starts_with(b"/") {
+        head.release();
         return Err(HeadError::Invalid("request target is not in origin-form"));
     }
-    let checked = Scan::of(window, req.headers, &mut head.fields).and_then(|scan| {
+    let checked = Scan::of(window, &mut head.fields).and_then(|scan| {
         let body = scan.framing(version)?.unwrap_or(BodyKind::Empty);
         if scan.hosts > 1 {
             return Err(HeadError::Invalid("more than one Host field"));
@@ -819,8 +830,8 @@ pub fn parse_request(
             return Err(e);
         }
     };
-    head.method_range = range_of(window, method);
-    head.target = range_of(window, target);
+    head.method_range = method_r;
+    head.target = target_r;
     head.method = method_of(method);
     head.version = version;
     head.body = body;
@@ -858,30 +869,57 @@ pub fn parse_response(
 ) -> Result<bool, HeadError> {
     let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
-    let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
-    let mut res = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        window,
-        &mut slots[..limits.max_headers.min(HEADER_SLOTS)],
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return incomplete(over_limit),
-        Err(httparse::Error::Version) => return version_error(window, 0, over_limit),
-        Err(e) => return Err(map_httparse_error(e)),
-    };
-    // A complete parse always sets version and code.
-    let version = match res.version {
-        Some(0) => Version::Http10,
-        _ => Version::Http11,
-    };
-    let status = res.code.unwrap_or(0);
+    let max = limits.max_headers.min(HEADER_SLOTS);
+    head.fields.list.clear();
+    let (version, status, reason_r, len) =
+        match fast_response(window, max, &mut head.fields.list) {
+            Some(line) => {
+                #[cfg(any(test, feature = "fuzzing"))]
+                cross_check_response(window, max, line, &head.fields.list);
+                line
+            }
+            None => {
+                head.fields.list.clear();
+                let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
+                let mut res = httparse::Response::new(&mut []);
+                let len = match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut res, window, &mut slots[..max])
+                {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    Ok(httparse::Status::Partial) => {
+                        head.release();
+                        return incomplete(over_limit);
+                    }
+                    Err(httparse::Error::Version) => {
+                        head.release();
+                        return version_error(window, 0, over_limit);
+                    }
+                    Err(e) => {
+                        head.release();
+                        return Err(map_httparse_error(e));
+                    }
+                };
+                record_fields(&mut head.fields.list, window, res.headers);
+                // A complete parse always sets version and code.
+                let version = match res.version {
+                    Some(0) => Version::Http10,
+                    _ => Version::Http11,
+                };
+                let reason = res.reason.unwrap_or("").as_bytes();
+                (
+                    version,
+                    res.code.unwrap_or(0),
+                    range_of(window, reason),
+                    len,
+                )
+            }
+        };
     if status < 100 {
+        head.release();
         return Err(HeadError::Invalid("invalid status code"));
     }
-    let reason = res.reason.unwrap_or("").as_bytes();
-    let checked = Scan::of(window, res.headers, &mut head.fields)
-        .and_then(|scan| Ok((scan.framing(version)?, scan)));
+    let checked =
+        Scan::of(window, &mut head.fields).and_then(|scan| Ok((scan.framing(version)?, scan)));
     let (declared, scan) = match checked {
         Ok(ok) => ok,
         Err(e) => {
@@ -899,7 +937,7 @@ pub fn parse_response(
         declared.unwrap_or(BodyKind::Close)
     };
 
-    head.reason = range_of(window, reason);
+    head.reason = reason_r;
     head.status = status;
     head.version = version;
     head.body = body;
@@ -924,6 +962,256 @@ fn incomplete(over_limit: bool) -> Result<bool, HeadError> {
     } else {
         Ok(false)
     }
+}
+
+/// Remember where each field parsed by httparse sits in the head (names are recognized
+/// by [`Scan::of`]).
+fn record_fields(list: &mut Vec<Field>, window: &[u8], headers: &[httparse::Header<'_>]) {
+    list.extend(headers.iter().map(|h| Field {
+        name: range_of(window, h.name.as_bytes()),
+        value: range_of(window, h.value),
+        kind: Name::Other,
+    }));
+}
+
+/// `tchar` (RFC 9110 section 5.6.2), as a table.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
+// The fast path. Almost every head on the hot path is in the plain form a client
+// library or server writes: `token SP target SP HTTP/1.x` CRLF, then `Name: value` CRLF
+// lines with one space after the colon, visible ASCII values without surrounding
+// whitespace, and a final CRLF. For such a head httparse's answer is known exactly
+// (the same method, target, version, fields and length), so it is read here in one
+// simple pass; anything else (another shape, other bytes, an incomplete head, too
+// many fields) is left to httparse, which then decides alone. In tests and fuzzing
+// builds every fast-path answer is checked against httparse's.
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The 8 bytes of `w` at `i`, if there are 8.
+fn word_at(w: &[u8], i: usize) -> Option<u64> {
+    let b = w.get(i..i + 8)?;
+    <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes)
+}
+
+/// Index of the first `needle` in `w` from `i`, 8 bytes at a time.
+fn find_byte(w: &[u8], mut i: usize, needle: u8) -> Option<usize> {
+    while let Some(x) = word_at(w, i) {
+        let y = x ^ (u64::from(needle) * LO);
+        // the lowest flagged byte is a real match (borrows only run upwards)
+        let hit = y.wrapping_sub(LO) & !y & HI;
+        if hit != 0 {
+            return Some(i + hit.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    w.get(i..)?.iter().position(|&b| b == needle).map(|p| i + p)
+}
+
+/// Index of the first byte from `i` that is not in 0x20..=0x7E, 8 bytes at a time.
+fn find_special(w: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(x) = word_at(w, i) {
+        // < 0x20 borrows, 0x7F carries into the high bit, >= 0x80 has it; the lowest
+        // flagged byte is a real one (borrows and carries only run upwards)
+        let hit = (x.wrapping_sub(0x20 * LO) | x.wrapping_add(LO) | x) & HI;
+        if hit != 0 {
+            return Some(i + hit.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    w.get(i..)?
+        .iter()
+        .position(|b| !(0x20..=0x7e).contains(b))
+        .map(|p| i + p)
+}
+
+/// The fields from `i`: strict `Name: value` CRLF lines, then CRLF. Returns the end of
+/// the head; `None` when the head is not in the strict form or is incomplete.
+fn fast_fields(w: &[u8], mut i: usize, max: usize, list: &mut Vec<Field>) -> Option<usize> {
+    loop {
+        if *w.get(i)? == b'\r' {
+            return (*w.get(i + 1)? == b'\n').then_some(i + 2);
+        }
+        if list.len() >= max {
+            return None;
+        }
+        // the name: tchars up to the colon (a colon found on a later line fails here,
+        // CR and LF not being tchars)
+        let colon = find_byte(w, i, b':')?;
+        let name = w.get(i..colon)?;
+        if name.is_empty() || !name.iter().all(|&b| TCHAR[b as usize]) {
+            return None;
+        }
+        if *w.get(colon + 1)? != b' ' {
+            return None;
+        }
+        // the value: 0x20..=0x7E up to CR LF, without whitespace around it (httparse
+        // would trim it)
+        let v0 = colon + 2;
+        let end = find_special(w, v0)?;
+        if end == v0
+            || w.get(v0) == Some(&b' ')
+            || w.get(end - 1) == Some(&b' ')
+            || w.get(end..end + 2)? != b"\r\n"
+        {
+            return None;
+        }
+        list.push(Field {
+            name: (i as u32, colon as u32),
+            value: (v0 as u32, end as u32),
+            kind: Name::Other,
+        });
+        i = end + 2;
+    }
+}
+
+/// A request line and fields: (method, target, version, head length).
+type FastRequest = ((u32, u32), (u32, u32), Version, usize);
+
+fn fast_request(w: &[u8], max: usize, list: &mut Vec<Field>) -> Option<FastRequest> {
+    let mut i = 0;
+    while TCHAR[*w.get(i)? as usize] {
+        i += 1;
+    }
+    if i == 0 || *w.get(i)? != b' ' {
+        return None;
+    }
+    let method = (0, i as u32);
+    i += 1;
+    let t0 = i;
+    while (0x21..=0x7e).contains(w.get(i)?) {
+        i += 1;
+    }
+    if i == t0 {
+        return None;
+    }
+    let target = (t0 as u32, i as u32);
+    let version = match w.get(i..i + 11)? {
+        b" HTTP/1.1\r\n" => Version::Http11,
+        b" HTTP/1.0\r\n" => Version::Http10,
+        _ => return None,
+    };
+    let end = fast_fields(w, i + 11, max, list)?;
+    Some((method, target, version, end))
+}
+
+/// A status line and fields: (version, status, reason, head length).
+type FastResponse = (Version, u16, (u32, u32), usize);
+
+fn fast_response(w: &[u8], max: usize, list: &mut Vec<Field>) -> Option<FastResponse> {
+    let version = match w.get(..9)? {
+        b"HTTP/1.1 " => Version::Http11,
+        b"HTTP/1.0 " => Version::Http10,
+        _ => return None,
+    };
+    let status = match *w.get(9..13)? {
+        [a @ b'0'..=b'9', b @ b'0'..=b'9', c @ b'0'..=b'9', b' '] => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => return None,
+    };
+    let mut i = 13;
+    loop {
+        let b = *w.get(i)?;
+        if b == b'\r' {
+            break;
+        }
+        if !(0x20..=0x7e).contains(&b) {
+            return None;
+        }
+        i += 1;
+    }
+    if i == 13 || *w.get(i + 1)? != b'\n' {
+        return None;
+    }
+    let end = fast_fields(w, i + 2, max, list)?;
+    Some((version, status, (13, i as u32), end))
+}
+
+/// The fields httparse found, as (name, value) ranges.
+#[cfg(any(test, feature = "fuzzing"))]
+fn httparse_fields(w: &[u8], headers: &[httparse::Header<'_>]) -> Vec<((u32, u32), (u32, u32))> {
+    headers
+        .iter()
+        .map(|h| (range_of(w, h.name.as_bytes()), range_of(w, h.value)))
+        .collect()
+}
+
+/// The fast path must give exactly httparse's answer.
+#[cfg(any(test, feature = "fuzzing"))]
+fn cross_check_request(w: &[u8], max: usize, fast: FastRequest, list: &[Field]) {
+    let mut slots = vec![httparse::EMPTY_HEADER; max];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(w) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!("fast path accepted a request head httparse does not: {other:?}"),
+    };
+    let version = if req.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let want = (
+        range_of(w, req.method.unwrap_or("").as_bytes()),
+        range_of(w, req.path.unwrap_or("").as_bytes()),
+        version,
+        len,
+    );
+    assert_eq!(fast, want, "request line");
+    let got: Vec<_> = list.iter().map(|f| (f.name, f.value)).collect();
+    assert_eq!(got, httparse_fields(w, req.headers), "request fields");
+}
+
+/// The fast path must give exactly httparse's answer.
+#[cfg(any(test, feature = "fuzzing"))]
+fn cross_check_response(w: &[u8], max: usize, fast: FastResponse, list: &[Field]) {
+    let mut slots = vec![httparse::EMPTY_HEADER; max];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(w) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!("fast path accepted a response head httparse does not: {other:?}"),
+    };
+    let version = if res.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let want = (
+        version,
+        res.code.unwrap_or(0),
+        range_of(w, res.reason.unwrap_or("").as_bytes()),
+        len,
+    );
+    assert_eq!(fast, want, "status line");
+    let got: Vec<_> = list.iter().map(|f| (f.name, f.value)).collect();
+    assert_eq!(got, httparse_fields(w, res.headers), "response fields");
 }
 
 /// Split the complete head (after `skip` leading empty lines) off the buffer.
@@ -1399,6 +1687,63 @@ mod tests {
         );
         assert!(h.raw().starts_with(b"POST") && h.raw().ends_with(b"\r\n\r\n"));
         assert_eq!(&rest[..], b"{}");
+    }
+
+    #[test]
+    fn fast_path_agrees_with_httparse_on_mutated_heads() {
+        // parse_* cross-check every fast-path answer against httparse (cfg(test))
+        let req: &[u8] = b"POST /mcp?x=1 HTTP/1.1\r\nHost: router.example:8080\r\nUser-Agent: mcp-bench/1\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nMcp-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: b0-1-0123456789abcdef\r\nContent-Length: 5\r\n\r\nhello";
+        let res: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s-1\r\ncontent-length: 2\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n{}";
+        let mut list = Vec::new();
+        assert!(fast_request(req, 128, &mut list).is_some());
+        list.clear();
+        assert!(fast_response(res, 128, &mut list).is_some());
+        let interesting = [
+            b' ', b'\t', b'\r', b'\n', b':', 0x7f, 0x80, 0xff, b'a', b'A', 0, b'/', b'1', b'"',
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut fast_req, mut fast_res) = (0, 0);
+        for round in 0..40_000 {
+            let base = if round % 2 == 0 { req } else { res };
+            let mut m = base.to_vec();
+            for _ in 0..1 + next(3) {
+                let at = next(m.len());
+                match next(4) {
+                    0 => m[at] = interesting[next(interesting.len())],
+                    1 => {
+                        m.remove(at);
+                    }
+                    2 => m.insert(at, interesting[next(interesting.len())]),
+                    _ => m.truncate(at),
+                }
+                if m.is_empty() {
+                    break;
+                }
+            }
+            let limits = HttpLimits {
+                max_headers: 3 + next(8),
+                ..limits()
+            };
+            list.clear();
+            if round % 2 == 0 {
+                fast_req += fast_request(&m, limits.max_headers, &mut list).is_some() as usize;
+                let mut buf = BytesMut::from(&m[..]);
+                let _ = parse_request(&mut buf, &limits, &mut RequestHead::default());
+            } else {
+                fast_res += fast_response(&m, limits.max_headers, &mut list).is_some() as usize;
+                let mut buf = BytesMut::from(&m[..]);
+                let _ =
+                    parse_response(&mut buf, &limits, Method::Get, &mut ResponseHead::default());
+            }
+        }
+        // both paths were exercised
+        assert!(fast_req > 1000 && fast_res > 1000, "{fast_req} {fast_res}");
     }
 
     #[test]
