@@ -84,6 +84,9 @@ struct Field {
     value: (u32, u32),
     /// What the name is, recognized once while parsing.
     kind: Name,
+    /// The field's line reads exactly `name: value` CRLF in the head (so forwarding
+    /// may copy it as is).
+    verbatim: bool,
 }
 
 /// The header names the router acts on, recognized once per field while parsing, so
@@ -967,10 +970,21 @@ fn incomplete(over_limit: bool) -> Result<bool, HeadError> {
 /// Remember where each field parsed by httparse sits in the head (names are recognized
 /// by [`Scan::of`]).
 fn record_fields(list: &mut Vec<Field>, window: &[u8], headers: &[httparse::Header<'_>]) {
-    list.extend(headers.iter().map(|h| Field {
-        name: range_of(window, h.name.as_bytes()),
-        value: range_of(window, h.value),
-        kind: Name::Other,
+    list.extend(headers.iter().map(|h| {
+        let (name, value) = (
+            range_of(window, h.name.as_bytes()),
+            range_of(window, h.value),
+        );
+        let (sep, end) = (name.1 as usize, value.1 as usize);
+        let verbatim = !h.value.is_empty()
+            && window.get(sep..value.0 as usize) == Some(&b": "[..])
+            && window.get(end..end + 2) == Some(&b"\r\n"[..]);
+        Field {
+            name,
+            value,
+            kind: Name::Other,
+            verbatim,
+        }
     }));
 }
 
@@ -1087,6 +1101,7 @@ fn fast_fields(w: &[u8], mut i: usize, max: usize, list: &mut Vec<Field>) -> Opt
             name: (i as u32, colon as u32),
             value: (v0 as u32, end as u32),
             kind: Name::Other,
+            verbatim: true,
         });
         i = end + 2;
     }
@@ -1252,14 +1267,10 @@ impl<'a> FieldCopier<'a> {
     }
 
     fn put(&mut self, out: &mut BytesMut, f: &Field) {
-        let (name, value) = (at(self.raw, f.name), at(self.raw, f.value));
-        let (start, sep, end) = (f.name.0 as usize, f.name.1 as usize, f.value.1 as usize);
-        let verbatim = !value.is_empty()
-            && self.raw.get(sep..f.value.0 as usize) == Some(&b": "[..])
-            && self.raw.get(end..end + 2) == Some(&b"\r\n"[..]);
-        if !verbatim {
+        let (start, end) = (f.name.0 as usize, f.value.1 as usize);
+        if !f.verbatim {
             self.flush(out);
-            put_field(out, name, value);
+            put_field(out, at(self.raw, f.name), at(self.raw, f.value));
         } else if self.run.1 == start && self.run.1 > self.run.0 {
             self.run.1 = end + 2;
         } else {
