@@ -4,66 +4,206 @@
 //! their own (request head, JSON-RPC envelope of a 300-byte and a 64 KiB body, SSE
 //! `endpoint` event, chunked framing).
 //!
-//! Heap allocations per established-session request are counted with a counting global
-//! allocator and printed before the timings (target: zero).
+//! Heap allocations per operation of each item (target for the established session:
+//! zero) are counted with a counting global allocator and printed before the timings.
+//! For instruction counts that do not depend on machine load, run
+//! `examples/hot_loop.rs` under callgrind.
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use mcp_router_benches::*;
 use mcp_router_core::http::{parse_request, BodyDecoder, BodyKind, HttpLimits, RequestHead};
 use mcp_router_core::mcp::{endpoint_session_id, SessionKey, Sniffer, SseParser};
-use mcp_router_core::{BackendId, Era, MemStore, Record, StoreOp};
+use mcp_router_core::metrics::Metrics;
+use mcp_router_core::{BackendId, Era, Event, MemStore, Record, Router, StoreOp, StoreReply};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
 static A: CountingAlloc = CountingAlloc;
 
-/// Allocations per established-session request, after warm-up.
-fn count_allocations() {
+/// Heap allocations (and reallocations) per call of `f`, after 1000 warm-up calls.
+fn allocs_per_call(n: u64, mut f: impl FnMut()) -> (f64, f64) {
+    for _ in 0..1000 {
+        f();
+    }
+    let (a0, b0) = alloc_count();
+    for _ in 0..n {
+        f();
+    }
+    let (a1, b1) = alloc_count();
+    ((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64)
+}
+
+/// Allocations per operation of every hot-path item, measured with all inputs built
+/// beforehand (nothing to subtract): exact, and independent of machine load.
+fn report_allocations() {
+    const N: u64 = 10_000;
+    let mut rows: Vec<(String, (f64, f64))> = Vec::new();
+
     let req = tools_call_request(SESSION);
     let resp = tools_call_response();
     let mut h = Harness::new();
     h.establish(SESSION);
-    for _ in 0..1000 {
-        h.exchange(&req, &resp);
-    }
-    const N: u64 = 10_000;
-    let (a0, b0) = alloc_count();
-    for _ in 0..N {
-        black_box(h.exchange(&req, &resp));
-    }
-    let (a1, b1) = alloc_count();
-    println!(
-        "hot path, established session (tools/call, {} B request, {} B response): \
-         {:.2} heap allocations and {:.0} heap bytes per request",
-        req.len(),
-        resp.len(),
-        (a1 - a0) as f64 / N as f64,
-        (b1 - b0) as f64 / N as f64
-    );
-    // session lifecycle response side: initialize recorded + DELETE ended
+    rows.push((
+        format!(
+            "conn: established session request ({} B tools/call, {} B response relayed)",
+            req.len(),
+            resp.len()
+        ),
+        allocs_per_call(N, || {
+            black_box(h.exchange(&req, &resp));
+        }),
+    ));
+
+    // response side of the session lifecycle: an initialize answer recorded, a DELETE
+    // answered and the record ended (distinct sessions, inputs prepared up front)
     let init = initialize_request();
-    let (a0, _) = alloc_count();
-    for i in 0..N {
-        let sid = format!("b0-{i}-0123456789abcdef-6c1f3a9e2b7d4c58");
-        let del = delete_request(&sid);
-        h.exchange(&init, &initialize_response(&sid));
-        h.exchange(&del, &empty_ok());
+    let ok = empty_ok();
+    let cases: Vec<(Vec<u8>, Vec<u8>)> = (0..1000 + N)
+        .map(|i| {
+            let sid = format!("b0-{i}-0123456789abcdef-6c1f3a9e2b7d4c58");
+            (delete_request(&sid), initialize_response(&sid))
+        })
+        .collect();
+    let mut h = Harness::new();
+    let mut i = 0;
+    rows.push((
+        "conn: session recorded and ended (initialize answer + DELETE)".into(),
+        allocs_per_call(N, || {
+            let (del, resp) = &cases[i];
+            i += 1;
+            h.exchange(&init, resp);
+            black_box(h.exchange(del, &ok));
+        }),
+    ));
+
+    let limits = HttpLimits::default();
+    let head_len = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut head = RequestHead::default();
+    let mut buf = BytesMut::with_capacity(4096);
+    rows.push((
+        "parse: request head".into(),
+        allocs_per_call(N, || {
+            buf.clear();
+            buf.extend_from_slice(&req[..head_len]);
+            let ok = parse_request(&mut buf, &limits, &mut head).unwrap();
+            black_box((ok, head.header("mcp-session-id").map(|v| v.len())));
+            // as `Conn` does when the exchange ends: the buffer is reused in place
+            head.release();
+        }),
+    ));
+    for (name, size) in [("sniff 300 B", 300usize), ("sniff 64 KiB", 64 * 1024)] {
+        let body = tools_call_body(size);
+        let mut s = Sniffer::new();
+        rows.push((
+            format!("parse: {name}"),
+            allocs_per_call(N / 10, || {
+                s.reset();
+                s.feed(body.as_bytes());
+                s.end();
+                black_box(s.method().map(|m| m.len()));
+            }),
+        ));
     }
-    let (a1, _) = alloc_count();
-    // the test itself makes 5 allocations per iteration (sid, del, response body,
-    // its format temporaries); subtracted after measuring them
-    let (c0, _) = alloc_count();
-    for i in 0..N {
-        let sid = format!("b0-{i}-0123456789abcdef-6c1f3a9e2b7d4c58");
-        black_box((delete_request(&sid), initialize_response(&sid)));
+    let (mut store, gets) = store_100k();
+    let now = Instant::now();
+    let mut i = 0;
+    rows.push((
+        "parse: store lookup in 100k records".into(),
+        allocs_per_call(N, || {
+            i = (i + 7919) % gets.len();
+            black_box(store.execute(&gets[i], now));
+        }),
+    ));
+    let mut p = SseParser::new(8 * 1024);
+    rows.push((
+        "parse: SSE endpoint event".into(),
+        allocs_per_call(N, || {
+            p.feed(SSE_ENDPOINT, &mut |ev| {
+                black_box(endpoint_session_id(ev.data).map(|s| s.len()));
+            });
+        }),
+    ));
+    let chunked = chunked_64k();
+    rows.push((
+        "parse: chunked 64 KiB".into(),
+        allocs_per_call(N / 10, || {
+            let mut d = BodyDecoder::new(BodyKind::Chunked, 4096);
+            let mut n = 0;
+            black_box(d.decode(&chunked, &mut |p| n += p.len()).unwrap());
+        }),
+    ));
+
+    let (metrics, router, ev, op, reply) = metrics_inputs();
+    rows.push((
+        "metrics: one request's events (Response + store Get observed)".into(),
+        allocs_per_call(N, || {
+            metrics.observe(&router, &ev);
+            metrics.observe_store(&op, &reply, Duration::from_micros(3));
+        }),
+    ));
+
+    println!("heap allocations per operation (counting allocator, after warm-up):");
+    for (name, (allocs, bytes)) in rows {
+        println!("  {name:<78} {allocs:>6.2} allocations {bytes:>8.0} bytes");
     }
-    let (c1, _) = alloc_count();
-    println!(
-        "session start + end (initialize recorded, DELETE ended): {:.2} heap allocations \
-         per lifecycle in the core",
-        ((a1 - a0) as f64 - (c1 - c0) as f64) / N as f64
-    );
+}
+
+/// What a driver feeds its metrics for one established-session request: the
+/// `Response` event and the store `Get` with its timing.
+fn metrics_inputs() -> (Metrics, Router, Event, StoreOp, StoreReply) {
+    let router = Router::new(Arc::new(config(2)), Instant::now());
+    let ev = Event::Response {
+        backend: BackendId(0),
+        status: 200,
+        latency: Duration::from_micros(150),
+    };
+    let rec = Record {
+        backend: BackendId(0),
+        era: Era::Streamable,
+    };
+    let op = StoreOp::Get(SessionKey::new(SESSION.as_bytes(), 256).unwrap());
+    (Metrics::new(), router, ev, op, StoreReply::Found(Some(rec)))
+}
+
+/// An SSE `endpoint` event of a legacy server.
+const SSE_ENDPOINT: &[u8] =
+    b"event: endpoint\ndata: /messages?sessionId=2b7d4c58-6c1f-4a9e-8b7d-0123456789ab\n\n";
+
+/// 64 KiB in 16 chunks of 4 KiB.
+fn chunked_64k() -> Vec<u8> {
+    let mut chunked = Vec::new();
+    for _ in 0..16 {
+        chunked.extend_from_slice(b"1000\r\n");
+        chunked.extend_from_slice(&[b'x'; 4096]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    chunked
+}
+
+/// A store of 100k records and a Get op for each.
+fn store_100k() -> (MemStore, Vec<StoreOp>) {
+    let mut store = MemStore::new(Duration::from_secs(7200), 4096, Instant::now());
+    let now = Instant::now();
+    let keys: Vec<SessionKey> = (0..100_000)
+        .map(|i| SessionKey::new(format!("s-{i:08}-6c1f3a9e2b7d4c58").as_bytes(), 256).unwrap())
+        .collect();
+    for k in &keys {
+        store.execute(
+            &StoreOp::Insert(
+                k.clone(),
+                Record {
+                    backend: BackendId(0),
+                    era: Era::Streamable,
+                },
+            ),
+            now,
+        );
+    }
+    let gets = keys.iter().map(|k| StoreOp::Get(k.clone())).collect();
+    (store, gets)
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -97,6 +237,16 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     g.finish();
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(1));
+    let (metrics, router, ev, op, reply) = metrics_inputs();
+    g.bench_function("per_request", |b| {
+        b.iter(|| {
+            metrics.observe(&router, black_box(&ev));
+            metrics.observe_store(black_box(&op), &reply, Duration::from_micros(3));
+        })
+    });
+    g.finish();
 }
 
 fn parsers(c: &mut Criterion) {
@@ -112,7 +262,10 @@ fn parsers(c: &mut Criterion) {
             buf.clear();
             buf.extend_from_slice(&req[..head_len]);
             let ok = parse_request(&mut buf, &limits, &mut head).unwrap();
-            black_box((ok, head.header("mcp-session-id").map(|v| v.len())))
+            let r = black_box((ok, head.header("mcp-session-id").map(|v| v.len())));
+            // as `Conn` does when the exchange ends: the buffer is reused in place
+            head.release();
+            r
         })
     });
     for (name, size) in [("sniff_300B", 300usize), ("sniff_64KiB", 64 * 1024)] {
@@ -128,24 +281,8 @@ fn parsers(c: &mut Criterion) {
             })
         });
     }
-    let mut store = MemStore::new(Duration::from_secs(7200), 4096, Instant::now());
+    let (mut store, gets) = store_100k();
     let now = Instant::now();
-    let keys: Vec<SessionKey> = (0..100_000)
-        .map(|i| SessionKey::new(format!("s-{i:08}-6c1f3a9e2b7d4c58").as_bytes(), 256).unwrap())
-        .collect();
-    for k in &keys {
-        store.execute(
-            &StoreOp::Insert(
-                k.clone(),
-                Record {
-                    backend: BackendId(0),
-                    era: Era::Streamable,
-                },
-            ),
-            now,
-        );
-    }
-    let gets: Vec<StoreOp> = keys.iter().map(|k| StoreOp::Get(k.clone())).collect();
     let mut i = 0;
     g.throughput(Throughput::Elements(1));
     g.bench_function("store_lookup_100k", |b| {
@@ -154,8 +291,7 @@ fn parsers(c: &mut Criterion) {
             black_box(store.execute(&gets[i], now))
         })
     });
-    let sse =
-        b"event: endpoint\ndata: /messages?sessionId=2b7d4c58-6c1f-4a9e-8b7d-0123456789ab\n\n";
+    let sse = SSE_ENDPOINT;
     let mut p = SseParser::new(8 * 1024);
     g.throughput(Throughput::Bytes(sse.len() as u64));
     g.bench_function("sse_endpoint_event", |b| {
@@ -169,14 +305,7 @@ fn parsers(c: &mut Criterion) {
             black_box(found)
         })
     });
-    // 64 KiB in 16 chunks of 4 KiB
-    let mut chunked = Vec::new();
-    for _ in 0..16 {
-        chunked.extend_from_slice(b"1000\r\n");
-        chunked.extend_from_slice(&[b'x'; 4096]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
+    let chunked = chunked_64k();
     g.throughput(Throughput::Bytes(chunked.len() as u64));
     g.bench_function("chunked_64KiB", |b| {
         b.iter(|| {
@@ -193,7 +322,7 @@ fn parsers(c: &mut Criterion) {
 criterion_group!(benches, hot_path, parsers);
 
 fn main() {
-    count_allocations();
+    report_allocations();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

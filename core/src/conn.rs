@@ -7,8 +7,9 @@
 
 use crate::config::Config;
 use crate::http::{
-    parse_request, parse_response, write_request_head, write_response_head, write_simple_response,
-    BodyDecoder, BodyKind, Forward, Method, RequestHead, ResponseHead, Version,
+    parse_request, parse_response, write_forwarded_head, write_response_head,
+    write_simple_response, BodyDecoder, BodyKind, Forward, IpText, Method, Name, RequestHead,
+    ResponseHead, Version,
 };
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, query_session_id, write_error_body, ErrorCode,
@@ -258,8 +259,14 @@ struct Exchange {
     /// Body bytes read while draining for the request id.
     drained: usize,
     upstream: Upstream,
-    /// Copy of everything sent upstream, to resend once on a fresh connection.
-    retained: Option<BytesMut>,
+    /// Everything sent upstream over a pooled connection (the very `Bytes` handed to
+    /// the driver, shared, not copied), to resend once on a fresh connection.
+    retained: Vec<Bytes>,
+    /// Total length of `retained`.
+    retained_len: usize,
+    /// `retained` holds the whole request so far (a pooled connection, within
+    /// `MAX_RETAINED`).
+    retaining: bool,
     retried: bool,
     upstream_eof: bool,
     /// Any response byte arrived.
@@ -302,7 +309,9 @@ impl Exchange {
             pending_len: 0,
             drained: 0,
             upstream: Upstream::None,
-            retained: None,
+            retained: Vec::new(),
+            retained_len: 0,
+            retaining: false,
             retried: false,
             upstream_eof: false,
             resp_seen: false,
@@ -325,18 +334,76 @@ impl Exchange {
 
     /// Reset for the next request, keeping allocations.
     fn reset(&mut self) {
-        let mut tried = std::mem::take(&mut self.tried);
-        tried.clear();
-        let mut pending = std::mem::take(&mut self.pending);
-        pending.clear();
-        let mut sniffer = std::mem::take(&mut self.sniffer);
-        sniffer.reset();
-        *self = Exchange {
+        // Field by field (the pattern names every field, so a new one cannot be
+        // forgotten): rebuilding the whole struct cost ~1 200 instructions a request.
+        let Exchange {
+            route,
+            kind,
+            session,
+            backend,
             tried,
-            pending,
+            req_body,
+            req_done,
+            sniff,
             sniffer,
-            ..Exchange::new()
-        };
+            pending,
+            pending_len,
+            drained,
+            upstream,
+            retained,
+            retained_len,
+            retaining,
+            retried,
+            upstream_eof,
+            resp_seen,
+            resp_head,
+            resp_body,
+            dechunk,
+            client_keep_alive,
+            client_started,
+            streaming,
+            hold,
+            watch,
+            watched,
+            legacy,
+            response_deadline,
+            idle_deadline,
+            touch_at,
+            sent_at,
+        } = self;
+        *route = Route::Sniffing;
+        *kind = Kind::Stateless;
+        *session = None;
+        *backend = None;
+        tried.clear();
+        *req_body = BodyDecoder::new(BodyKind::Empty, MAX_CHUNK_LINE);
+        *req_done = true;
+        *sniff = false;
+        sniffer.reset();
+        pending.clear();
+        *pending_len = 0;
+        *drained = 0;
+        *upstream = Upstream::None;
+        retained.clear();
+        *retained_len = 0;
+        *retaining = false;
+        *retried = false;
+        *upstream_eof = false;
+        *resp_seen = false;
+        *resp_head = false;
+        *resp_body = BodyDecoder::new(BodyKind::Empty, MAX_CHUNK_LINE);
+        *dechunk = false;
+        *client_keep_alive = false;
+        *client_started = false;
+        *streaming = false;
+        *hold = Hold::No;
+        *watch = None;
+        *watched = 0;
+        *legacy = None;
+        *response_deadline = None;
+        *idle_deadline = None;
+        *touch_at = None;
+        *sent_at = None;
     }
 }
 
@@ -346,6 +413,8 @@ pub struct Conn {
     router: Arc<Router>,
     cfg: Arc<Config>,
     peer: Option<IpAddr>,
+    /// `peer` as text, for `X-Forwarded-For`.
+    peer_text: Option<IpText>,
     proto: &'static str,
     out: VecDeque<Output>,
     waiting: VecDeque<Waiting>,
@@ -377,6 +446,7 @@ impl Conn {
             router,
             cfg,
             peer,
+            peer_text: peer.map(IpText::new),
             proto,
             out: VecDeque::new(),
             waiting: VecDeque::new(),
@@ -443,7 +513,7 @@ impl Conn {
     /// and store ops awaiting a reply. Not part of the API.
     #[doc(hidden)]
     pub fn held(&self) -> [usize; 4] {
-        let retained = self.x.retained.as_ref().map_or(0, |r| r.len());
+        let retained = self.x.retained_len;
         let hold = match &self.x.hold {
             Hold::Body(b) => b.len(),
             _ => 0,
@@ -514,10 +584,11 @@ impl Conn {
         self.x.upstream = Upstream::Ready { reused };
         self.x.sent_at = Some(now);
         if self.x.retried {
-            if let Some(r) = &self.x.retained {
-                self.out.push_back(Output::ToUpstream(r.clone().freeze()));
+            for chunk in self.x.retained.drain(..) {
+                self.out.push_back(Output::ToUpstream(chunk));
             }
-            self.x.retained = None;
+            self.x.retained_len = 0;
+            self.x.retaining = false;
         } else {
             self.send_request_head(b, reused);
             while let Some(chunk) = self.x.pending.pop_front() {
@@ -675,11 +746,11 @@ impl Conn {
         let req = &self.req;
         // "The stateless era has no sessions": any session header is ignored.
         let stateless = req
-            .header("mcp-protocol-version")
+            .known(Name::McpProtocolVersion)
             .is_some_and(is_stateless_version);
         let raw = if stateless {
             None
-        } else if let Some(v) = req.header("mcp-session-id") {
+        } else if let Some(v) = req.known(Name::McpSessionId) {
             Some(std::borrow::Cow::Borrowed(v))
         } else if req.method == Method::Post {
             req.query().and_then(query_session_id)
@@ -689,7 +760,7 @@ impl Conn {
         let session = raw.map(|r| SessionKey::new(&r, self.cfg.max_session_id_len));
         let opens_stream = req.method == Method::Get
             && req
-                .header("accept")
+                .known(Name::Accept)
                 .is_some_and(|a| contains_ignore_case(a, b"text/event-stream"));
         let post = req.method == Method::Post;
         if req.expect_continue && !self.x.req_done && req.version == Version::Http11 {
@@ -1013,23 +1084,27 @@ impl Conn {
             client_ip: self.peer,
             proto: self.proto,
         };
-        write_request_head(&mut self.scratch, &self.req, &fwd);
+        write_forwarded_head(&mut self.scratch, &self.req, &fwd, self.peer_text.as_ref());
         let head = self.scratch.split().freeze();
-        self.x.retained = if reused {
-            Some(BytesMut::from(&head[..]))
-        } else {
-            None
-        };
+        self.x.retained.clear();
+        self.x.retained_len = 0;
+        self.x.retaining = reused;
+        self.retain(&head);
         self.out.push_back(Output::ToUpstream(head));
     }
 
     fn retain(&mut self, chunk: &Bytes) {
-        if let Some(r) = &mut self.x.retained {
-            if r.len() + chunk.len() > MAX_RETAINED {
-                self.x.retained = None;
-            } else {
-                r.extend_from_slice(chunk);
-            }
+        let x = &mut self.x;
+        if !x.retaining {
+            return;
+        }
+        if x.retained_len + chunk.len() > MAX_RETAINED {
+            x.retained.clear();
+            x.retained_len = 0;
+            x.retaining = false;
+        } else {
+            x.retained_len += chunk.len();
+            x.retained.push(chunk.clone());
         }
     }
 
@@ -1045,7 +1120,14 @@ impl Conn {
             }
             return false;
         }
-        self.x.resp_seen = true;
+        if !self.x.resp_seen {
+            self.x.resp_seen = true;
+            // A request is resent only when no response byte came back: let go of the
+            // copy now (it pins the scratch and read buffers it was split from).
+            self.x.retained.clear();
+            self.x.retained_len = 0;
+            self.x.retaining = false;
+        }
         if !self.x.resp_head {
             loop {
                 match parse_response(
@@ -1133,7 +1215,7 @@ impl Conn {
                 // on the HTTP response containing the InitializeResult."
                 let minted = self
                     .resp
-                    .header("mcp-session-id")
+                    .known(Name::McpSessionId)
                     .and_then(|v| SessionKey::new(v, self.cfg.max_session_id_len));
                 if let (true, Some(key)) = (ok, minted) {
                     self.record_new_session(key, b, Era::Streamable, Hold::Head);
@@ -1355,6 +1437,7 @@ impl Conn {
             self.phase = Phase::Idle;
             self.idle_deadline = now + self.cfg.timeouts.client_idle;
             self.x.reset();
+            self.release_heads();
         } else {
             self.close();
         }
@@ -1366,7 +1449,7 @@ impl Conn {
         }
         if !self.x.resp_seen {
             let stale = matches!(self.x.upstream, Upstream::Ready { reused: true });
-            if stale && self.x.retained.is_some() && !self.x.retried {
+            if stale && self.x.retaining && !self.x.retried {
                 // A pooled connection the backend had already closed: nothing of the
                 // request was processed, so send it again once on a fresh connection.
                 self.release_upstream(false);
@@ -1402,6 +1485,13 @@ impl Conn {
     }
 
     // ----- helpers -----------------------------------------------------------------
+
+    /// The exchange is over: drop the parsed heads' references into the driver's read
+    /// buffers so the buffers can be reused in place (no allocation on the next read).
+    fn release_heads(&mut self) {
+        self.req.release();
+        self.resp.release();
+    }
 
     fn touch_period(&self) -> Duration {
         (self.cfg.session_ttl / 2).max(Duration::from_secs(1))
@@ -1489,6 +1579,7 @@ impl Conn {
         if keep {
             self.phase = Phase::Idle;
             self.x.reset();
+            self.release_heads();
         } else {
             self.close();
         }

@@ -60,6 +60,9 @@ pub enum StoreReply {
     Unavailable,
 }
 
+/// Records the table keeps room for however empty it gets.
+const SHRINK_FLOOR: usize = 512;
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     record: Record,
@@ -71,9 +74,11 @@ struct Entry {
 /// The embedded in-memory session store: a hash map with a sliding idle deadline per
 /// record, expired by a bounded sweep.
 ///
-/// Memory per record is the key (a boxed string: 16 bytes plus the id's length on the
-/// heap) plus 8 bytes of record and deadline, plus the map's hash and index: 84.5 heap
-/// bytes per record for 36-byte UUID session ids, measured by `tests/memory.rs`. The
+/// Memory per record is the key (64 bytes, the id inline when it is at most
+/// [`INLINE_SESSION_ID_LEN`](crate::mcp::INLINE_SESSION_ID_LEN) bytes, so no allocation
+/// per record) plus 8 bytes of record and deadline, plus the map's hash and index:
+/// 103.5 heap bytes per record for 36-byte UUID session ids, measured by
+/// `tests/memory.rs` (84.5 when keys were boxed strings, at one allocation per record). The
 /// expiry tick shrinks the table once it is three-quarters empty, so memory returns
 /// after a spike of sessions.
 ///
@@ -153,10 +158,10 @@ impl MemStore {
         // (and at most 1/16 s more), however close to a tick boundary it was used.
         let deadline = t + self.ttl_ticks + 1;
         match op {
-            StoreOp::Get(k) => StoreReply::Found(self.slide(k.as_str(), t, deadline)),
-            StoreOp::Touch(k) => StoreReply::Touched(self.slide(k.as_str(), t, deadline).is_some()),
+            StoreOp::Get(k) => StoreReply::Found(self.slide(k, t, deadline)),
+            StoreOp::Touch(k) => StoreReply::Touched(self.slide(k, t, deadline).is_some()),
             StoreOp::Insert(k, record) => {
-                if self.slide(k.as_str(), t, deadline).is_some() {
+                if self.slide(k, t, deadline).is_some() {
                     return StoreReply::Inserted(false);
                 }
                 self.map.insert(
@@ -169,7 +174,7 @@ impl MemStore {
                 self.inserted += 1;
                 StoreReply::Inserted(true)
             }
-            StoreOp::Delete(k) => match self.map.swap_remove_entry(k.as_str()) {
+            StoreOp::Delete(k) => match self.map.swap_remove_entry(k) {
                 Some((_, e)) if e.deadline > t => StoreReply::Deleted(Some(e.record)),
                 Some((key, e)) => {
                     self.lazily_expired.push((key, e.record));
@@ -181,7 +186,7 @@ impl MemStore {
     }
 
     /// Look up a live record and move its deadline; an expired one is removed.
-    fn slide(&mut self, k: &str, t: u32, deadline: u32) -> Option<Record> {
+    fn slide(&mut self, k: &SessionKey, t: u32, deadline: u32) -> Option<Record> {
         let idx = self.map.get_index_of(k)?;
         let (_, e) = self.map.get_index_mut(idx)?;
         if e.deadline > t {
@@ -226,10 +231,11 @@ impl MemStore {
                 self.cursor += 1;
             }
         }
-        // After a spike, give the table back: shrink once it is three-quarters empty.
+        // After a spike, give the table back: shrink once it is three-quarters empty
+        // (never below `SHRINK_FLOOR` records, about 50 KiB with inline keys).
         let cap = self.map.capacity();
-        if cap > 1024 && self.map.len() < cap / 4 {
-            self.map.shrink_to((self.map.len() * 2).max(1024));
+        if cap > SHRINK_FLOOR && self.map.len() < cap / 4 {
+            self.map.shrink_to((self.map.len() * 2).max(SHRINK_FLOOR));
         }
         out.len() - before
     }

@@ -2,6 +2,7 @@
 
 use super::{BodyKind, HttpLimits};
 use bytes::{Bytes, BytesMut};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 /// HTTP version of a message.
@@ -81,6 +82,174 @@ impl HeadError {
 struct Field {
     name: (u32, u32),
     value: (u32, u32),
+    /// What the name is, recognized once while parsing.
+    kind: Name,
+    /// The field's line reads exactly `name: value` CRLF in the head (so forwarding
+    /// may copy it as is).
+    verbatim: bool,
+}
+
+/// The header names the router acts on, recognized once per field while parsing, so
+/// that lookups, framing checks and forwarding never compare names again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Name {
+    #[default]
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Accept,
+    ContentType,
+    McpSessionId,
+    McpProtocolVersion,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Trailer,
+    Upgrade,
+}
+
+/// Number of [`Name`] variants.
+const NAMES: usize = 18;
+
+impl Name {
+    /// Which known name `n` is (case-insensitive), dispatching on the length first.
+    fn of(n: &[u8]) -> Name {
+        let is = |s: &[u8]| eq_lower(n, s);
+        match n.len() {
+            2 if is(b"te") => Name::Te,
+            4 if is(b"host") => Name::Host,
+            6 if is(b"accept") => Name::Accept,
+            6 if is(b"expect") => Name::Expect,
+            7 if is(b"trailer") => Name::Trailer,
+            7 if is(b"upgrade") => Name::Upgrade,
+            10 if is(b"connection") => Name::Connection,
+            10 if is(b"keep-alive") => Name::KeepAlive,
+            12 if is(b"content-type") => Name::ContentType,
+            14 if is(b"mcp-session-id") => Name::McpSessionId,
+            14 if is(b"content-length") => Name::ContentLength,
+            15 if is(b"x-forwarded-for") => Name::XForwardedFor,
+            16 if is(b"x-forwarded-host") => Name::XForwardedHost,
+            16 if is(b"proxy-connection") => Name::ProxyConnection,
+            17 if is(b"transfer-encoding") => Name::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Name::XForwardedProto,
+            20 if is(b"mcp-protocol-version") => Name::McpProtocolVersion,
+            _ => Name::Other,
+        }
+    }
+
+    /// A fixed hop-by-hop field, never forwarded (RFC 9110 section 7.6.1 and the
+    /// proxy-specific `Proxy-Connection`; `Expect` is answered by the router itself).
+    fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection
+                | Name::KeepAlive
+                | Name::ProxyConnection
+                | Name::Te
+                | Name::Trailer
+                | Name::TransferEncoding
+                | Name::Upgrade
+                | Name::Expect
+        )
+    }
+}
+
+/// `n` equals `lower` ignoring ASCII case; `lower` is lower-case. Eight bytes at a
+/// time: the byte-wise `eq_ignore_ascii_case` was a third of the head parse.
+fn eq_lower(n: &[u8], lower: &[u8]) -> bool {
+    /// Lower-case the ASCII upper-case letters of 8 bytes, leaving every other byte.
+    fn fold(x: u64) -> u64 {
+        const L: u64 = 0x0101_0101_0101_0101;
+        let h = x & (0x7f * L);
+        // per byte, high bit: >= 'A', and > 'Z' (no carry between bytes: h <= 0x7f)
+        let ge_a = h + (0x80 - u64::from(b'A')) * L;
+        let gt_z = h + (0x80 - u64::from(b'Z') - 1) * L;
+        let upper = ge_a & !gt_z & !x & (0x80 * L);
+        x | (upper >> 2)
+    }
+    /// The 8 bytes at `i` (callers keep `i + 8 <= s.len()`).
+    fn word(s: &[u8], i: usize) -> u64 {
+        s.get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+    let len = n.len();
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        return n
+            .iter()
+            .zip(lower)
+            .all(|(&b, &c)| b.to_ascii_lowercase() == c);
+    }
+    let mut diff = 0;
+    let mut i = 0;
+    while i + 8 <= len {
+        diff |= fold(word(n, i)) ^ word(lower, i);
+        i += 8;
+    }
+    if i < len {
+        // the last 8 bytes, overlapping what was compared
+        diff |= fold(word(n, len - 8)) ^ word(lower, len - 8);
+    }
+    diff == 0
+}
+
+/// The parsed fields of a head, with the index of the first field of each known name.
+#[derive(Debug, Default)]
+struct Fields {
+    list: Vec<Field>,
+    /// Per [`Name`]: 1 + index in `list` of its first field, 0 when absent.
+    first: [u8; NAMES],
+}
+
+impl Fields {
+    fn clear(&mut self) {
+        self.list.clear();
+        self.first = [0; NAMES];
+    }
+
+    /// The first field of a known name.
+    fn first(&self, name: Name) -> Option<&Field> {
+        match self.first[name as usize] {
+            0 => None,
+            i => self.list.get(i as usize - 1),
+        }
+    }
+
+    /// First value of a header (trimmed), name matched case-insensitively.
+    fn value<'a>(&'a self, raw: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        match Name::of(name.as_bytes()) {
+            Name::Other => first_value(
+                self.list
+                    .iter()
+                    .map(|f| (at(raw, f.name), at(raw, f.value))),
+                name,
+            ),
+            known => self.first(known).map(|f| trim_ows(at(raw, f.value))),
+        }
+    }
+
+    /// Some `Connection` field names `name` as a connection option: then the field
+    /// `name` is hop-by-hop for this message. RFC 9110 section 7.6.1:
+    /// "Intermediaries MUST parse a received Connection header field before a message
+    /// is forwarded and, for each connection-option in this field, remove any header or
+    /// trailer field(s) from the message with the same name as the connection-option,
+    /// and then remove the Connection header field itself".
+    fn named_by_connection(&self, raw: &[u8], name: &[u8]) -> bool {
+        self.first(Name::Connection).is_some()
+            && self
+                .list
+                .iter()
+                .any(|f| f.kind == Name::Connection && has_token(at(raw, f.value), name))
+    }
 }
 
 /// A parsed request head. Reused across requests of a connection: parsing into an
@@ -91,7 +260,7 @@ pub struct RequestHead {
     raw: Bytes,
     method_range: (u32, u32),
     target: (u32, u32),
-    fields: Vec<Field>,
+    fields: Fields,
     /// The method.
     pub method: Method,
     /// The HTTP version of the request line.
@@ -174,6 +343,21 @@ fn first_value<'a>(
 }
 
 impl RequestHead {
+    /// First value of a known header (trimmed), found without comparing names.
+    pub(crate) fn known(&self, name: Name) -> Option<&[u8]> {
+        self.fields
+            .first(name)
+            .map(|f| trim_ows(at(&self.raw, f.value)))
+    }
+    /// Let go of the head's bytes (a slice of the read buffer it was parsed from) once
+    /// they are no longer needed, so that the buffer is unshared again and the next
+    /// read reuses it in place instead of allocating a new one. The parsed facts
+    /// (method, version, ...) stay; the fields read as absent. [`Conn`](crate::Conn)
+    /// does this at the end of every exchange.
+    pub fn release(&mut self) {
+        self.raw = Bytes::new();
+        self.fields.clear();
+    }
     /// The exact bytes of the head as received (request line through CRLFCRLF).
     pub fn raw(&self) -> &Bytes {
         &self.raw
@@ -201,11 +385,12 @@ impl RequestHead {
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        first_value(self.headers(), name)
+        self.fields.value(&self.raw, name)
     }
     /// All fields in order, as (name, value) with names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.fields
+            .list
             .iter()
             .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
@@ -216,7 +401,7 @@ impl RequestHead {
 pub struct ResponseHead {
     raw: Bytes,
     reason: (u32, u32),
-    fields: Vec<Field>,
+    fields: Fields,
     /// Status code.
     pub status: u16,
     /// Version of the status line.
@@ -228,6 +413,17 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// First value of a known header (trimmed), found without comparing names.
+    pub(crate) fn known(&self, name: Name) -> Option<&[u8]> {
+        self.fields
+            .first(name)
+            .map(|f| trim_ows(at(&self.raw, f.value)))
+    }
+    /// Let go of the head's bytes, as [`RequestHead::release`].
+    pub fn release(&mut self) {
+        self.raw = Bytes::new();
+        self.fields.clear();
+    }
     /// The exact bytes of the head as received.
     pub fn raw(&self) -> &Bytes {
         &self.raw
@@ -238,17 +434,18 @@ impl ResponseHead {
     }
     /// First value of a header, name matched case-insensitively. `name` is lower-case.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        first_value(self.headers(), name)
+        self.fields.value(&self.raw, name)
     }
     /// All fields in order.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.fields
+            .list
             .iter()
             .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
     }
     /// `Content-Type` is `text/event-stream` (parameters ignored, case-insensitive).
     pub fn is_event_stream(&self) -> bool {
-        match self.header("content-type") {
+        match self.known(Name::ContentType) {
             Some(v) => {
                 let media = v.split(|&b| b == b';').next().unwrap_or(&[]);
                 trim_ows(media).eq_ignore_ascii_case(b"text/event-stream")
@@ -360,10 +557,35 @@ impl Scan {
     /// comma-separated list (Section 5.6.1 of [HTTP]), all values in the list are valid,
     /// and all values in the list are the same". Values are compared numerically; an
     /// empty element (`5,`), a sign (`+5`), or more than u64 can hold is invalid.
-    fn of<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Scan, HeadError> {
+    ///
+    /// `fields.list` holds the head's fields; this also recognizes what each name is
+    /// and indexes the first field of each known name. On error, `fields` is left
+    /// empty.
+    fn of(window: &[u8], fields: &mut Fields) -> Result<Scan, HeadError> {
+        let r = Scan::of_fields(window, fields);
+        if r.is_err() {
+            fields.clear();
+        }
+        r
+    }
+
+    fn of_fields(window: &[u8], fields: &mut Fields) -> Result<Scan, HeadError> {
         let mut s = Scan::default();
-        for (name, value) in fields {
-            if name.eq_ignore_ascii_case(b"content-length") {
+        let Fields { list, first } = fields;
+        *first = [0; NAMES];
+        for (idx, f) in list.iter_mut().enumerate() {
+            let kind = Name::of(at(window, f.name));
+            f.kind = kind;
+            if kind == Name::Other {
+                continue;
+            }
+            let slot = &mut first[kind as usize];
+            if *slot == 0 {
+                // At most HEADER_SLOTS (128) fields: the index fits.
+                *slot = (idx + 1).min(u8::MAX as usize) as u8;
+            }
+            let value = at(window, f.value);
+            if kind == Name::ContentLength {
                 for element in list_elements(value) {
                     let n = parse_decimal(element)
                         .ok_or(HeadError::BadFraming("invalid Content-Length"))?;
@@ -374,7 +596,7 @@ impl Scan {
                         _ => s.content_length = Some(n),
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            } else if kind == Name::TransferEncoding {
                 s.te_present = true;
                 // RFC 9110 section 5.6.1: "a recipient MUST parse and ignore a
                 // reasonable number of empty list elements".
@@ -389,7 +611,7 @@ impl Scan {
                         s.te_chunked += 1;
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"connection") {
+            } else if kind == Name::Connection {
                 for option in list_elements(value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         s.close = true;
@@ -397,11 +619,11 @@ impl Scan {
                         s.keep_alive_token = true;
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"expect") {
+            } else if kind == Name::Expect {
                 if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
                     s.expect_continue = true;
                 }
-            } else if name.eq_ignore_ascii_case(b"host") {
+            } else if kind == Name::Host {
                 s.hosts += 1;
             }
         }
@@ -549,35 +771,70 @@ pub fn parse_request(
 ) -> Result<bool, HeadError> {
     let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut req = httparse::Request::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
-    let len = match req.parse(window) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return incomplete(over_limit),
-        Err(httparse::Error::Version) => {
-            return version_error(window, request_version_at(window), over_limit)
+    let max = limits.max_headers.min(HEADER_SLOTS);
+    head.fields.list.clear();
+    let (method_r, target_r, version, len) = match fast_request(window, max, &mut head.fields.list)
+    {
+        Some(line) => {
+            #[cfg(any(test, feature = "fuzzing"))]
+            cross_check_request(window, max, line, &head.fields.list);
+            line
         }
-        Err(e) => return Err(map_httparse_error(e)),
+        None => {
+            head.fields.list.clear();
+            // Uninitialized slots: httparse fills what it uses (no 4 KiB of zeroing).
+            let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
+            let mut req = httparse::Request::new(&mut []);
+            let len = match req.parse_with_uninit_headers(window, &mut slots[..max]) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => {
+                    head.release();
+                    return incomplete(over_limit);
+                }
+                Err(httparse::Error::Version) => {
+                    head.release();
+                    return version_error(window, request_version_at(window), over_limit);
+                }
+                Err(e) => {
+                    head.release();
+                    return Err(map_httparse_error(e));
+                }
+            };
+            record_fields(&mut head.fields.list, window, req.headers);
+            // A complete parse always sets method, path and version.
+            let version = match req.version {
+                Some(0) => Version::Http10,
+                _ => Version::Http11,
+            };
+            (
+                range_of(window, req.method.unwrap_or("").as_bytes()),
+                range_of(window, req.path.unwrap_or("").as_bytes()),
+                version,
+                len,
+            )
+        }
     };
-    // A complete parse always sets method, path and version.
-    let method = req.method.unwrap_or("").as_bytes();
-    let target = req.path.unwrap_or("").as_bytes();
-    let version = match req.version {
-        Some(0) => Version::Http10,
-        _ => Version::Http11,
-    };
-    if !target.starts_with(b"/") {
+    let method = at(window, method_r);
+    if !at(window, target_r).starts_with(b"/") {
+        head.release();
         return Err(HeadError::Invalid("request target is not in origin-form"));
     }
-    let scan = Scan::of(req.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
-    let body = scan.framing(version)?.unwrap_or(BodyKind::Empty);
-    if scan.hosts > 1 {
-        return Err(HeadError::Invalid("more than one Host field"));
-    }
-
-    record_fields(&mut head.fields, window, req.headers);
-    head.method_range = range_of(window, method);
-    head.target = range_of(window, target);
+    let checked = Scan::of(window, &mut head.fields).and_then(|scan| {
+        let body = scan.framing(version)?.unwrap_or(BodyKind::Empty);
+        if scan.hosts > 1 {
+            return Err(HeadError::Invalid("more than one Host field"));
+        }
+        Ok((scan, body))
+    });
+    let (scan, body) = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            head.release();
+            return Err(e);
+        }
+    };
+    head.method_range = method_r;
+    head.target = target_r;
     head.method = method_of(method);
     head.version = version;
     head.body = body;
@@ -615,26 +872,64 @@ pub fn parse_response(
 ) -> Result<bool, HeadError> {
     let (over_limit, skip, window_len) = head_window(buf, limits);
     let window = &buf[skip..window_len];
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut res = httparse::Response::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
-    let len = match res.parse(window) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return incomplete(over_limit),
-        Err(httparse::Error::Version) => return version_error(window, 0, over_limit),
-        Err(e) => return Err(map_httparse_error(e)),
-    };
-    // A complete parse always sets version and code.
-    let version = match res.version {
-        Some(0) => Version::Http10,
-        _ => Version::Http11,
-    };
-    let status = res.code.unwrap_or(0);
+    let max = limits.max_headers.min(HEADER_SLOTS);
+    head.fields.list.clear();
+    let (version, status, reason_r, len) =
+        match fast_response(window, max, &mut head.fields.list) {
+            Some(line) => {
+                #[cfg(any(test, feature = "fuzzing"))]
+                cross_check_response(window, max, line, &head.fields.list);
+                line
+            }
+            None => {
+                head.fields.list.clear();
+                let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); HEADER_SLOTS];
+                let mut res = httparse::Response::new(&mut []);
+                let len = match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut res, window, &mut slots[..max])
+                {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    Ok(httparse::Status::Partial) => {
+                        head.release();
+                        return incomplete(over_limit);
+                    }
+                    Err(httparse::Error::Version) => {
+                        head.release();
+                        return version_error(window, 0, over_limit);
+                    }
+                    Err(e) => {
+                        head.release();
+                        return Err(map_httparse_error(e));
+                    }
+                };
+                record_fields(&mut head.fields.list, window, res.headers);
+                // A complete parse always sets version and code.
+                let version = match res.version {
+                    Some(0) => Version::Http10,
+                    _ => Version::Http11,
+                };
+                let reason = res.reason.unwrap_or("").as_bytes();
+                (
+                    version,
+                    res.code.unwrap_or(0),
+                    range_of(window, reason),
+                    len,
+                )
+            }
+        };
     if status < 100 {
+        head.release();
         return Err(HeadError::Invalid("invalid status code"));
     }
-    let reason = res.reason.unwrap_or("").as_bytes();
-    let scan = Scan::of(res.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
-    let declared = scan.framing(version)?;
+    let checked =
+        Scan::of(window, &mut head.fields).and_then(|scan| Ok((scan.framing(version)?, scan)));
+    let (declared, scan) = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            head.release();
+            return Err(e);
+        }
+    };
     let body = if request_method == Method::Head
         || (100..200).contains(&status)
         || status == 204
@@ -645,8 +940,7 @@ pub fn parse_response(
         declared.unwrap_or(BodyKind::Close)
     };
 
-    record_fields(&mut head.fields, window, res.headers);
-    head.reason = range_of(window, reason);
+    head.reason = reason_r;
     head.status = status;
     head.version = version;
     head.body = body;
@@ -673,18 +967,273 @@ fn incomplete(over_limit: bool) -> Result<bool, HeadError> {
     }
 }
 
-/// Remember where each parsed field sits in the head (reusing the vector).
-fn record_fields(fields: &mut Vec<Field>, window: &[u8], headers: &[httparse::Header<'_>]) {
-    fields.clear();
-    fields.extend(headers.iter().map(|h| Field {
-        name: range_of(window, h.name.as_bytes()),
-        value: range_of(window, h.value),
+/// Remember where each field parsed by httparse sits in the head (names are recognized
+/// by [`Scan::of`]).
+fn record_fields(list: &mut Vec<Field>, window: &[u8], headers: &[httparse::Header<'_>]) {
+    list.extend(headers.iter().map(|h| {
+        let (name, value) = (
+            range_of(window, h.name.as_bytes()),
+            range_of(window, h.value),
+        );
+        let (sep, end) = (name.1 as usize, value.1 as usize);
+        let verbatim = !h.value.is_empty()
+            && window.get(sep..value.0 as usize) == Some(&b": "[..])
+            && window.get(end..end + 2) == Some(&b"\r\n"[..]);
+        Field {
+            name,
+            value,
+            kind: Name::Other,
+            verbatim,
+        }
     }));
+}
+
+/// `tchar` (RFC 9110 section 5.6.2), as a table.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
+// The fast path. Almost every head on the hot path is in the plain form a client
+// library or server writes: `token SP target SP HTTP/1.x` CRLF, then `Name: value` CRLF
+// lines with one space after the colon, visible ASCII values without surrounding
+// whitespace, and a final CRLF. For such a head httparse's answer is known exactly
+// (the same method, target, version, fields and length), so it is read here in one
+// simple pass; anything else (another shape, other bytes, an incomplete head, too
+// many fields) is left to httparse, which then decides alone. In tests and fuzzing
+// builds every fast-path answer is checked against httparse's.
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The 8 bytes of `w` at `i`, if there are 8.
+fn word_at(w: &[u8], i: usize) -> Option<u64> {
+    let b = w.get(i..i + 8)?;
+    <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes)
+}
+
+/// Index of the first `needle` in `w` from `i`, 8 bytes at a time.
+fn find_byte(w: &[u8], mut i: usize, needle: u8) -> Option<usize> {
+    while let Some(x) = word_at(w, i) {
+        let y = x ^ (u64::from(needle) * LO);
+        // the lowest flagged byte is a real match (borrows only run upwards)
+        let hit = y.wrapping_sub(LO) & !y & HI;
+        if hit != 0 {
+            return Some(i + hit.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    w.get(i..)?.iter().position(|&b| b == needle).map(|p| i + p)
+}
+
+/// Index of the first byte from `i` that is not in 0x20..=0x7E, 8 bytes at a time.
+fn find_special(w: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(x) = word_at(w, i) {
+        // < 0x20 borrows, 0x7F carries into the high bit, >= 0x80 has it; the lowest
+        // flagged byte is a real one (borrows and carries only run upwards)
+        let hit = (x.wrapping_sub(0x20 * LO) | x.wrapping_add(LO) | x) & HI;
+        if hit != 0 {
+            return Some(i + hit.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    w.get(i..)?
+        .iter()
+        .position(|b| !(0x20..=0x7e).contains(b))
+        .map(|p| i + p)
+}
+
+/// The fields from `i`: strict `Name: value` CRLF lines, then CRLF. Returns the end of
+/// the head; `None` when the head is not in the strict form or is incomplete.
+fn fast_fields(w: &[u8], mut i: usize, max: usize, list: &mut Vec<Field>) -> Option<usize> {
+    loop {
+        if *w.get(i)? == b'\r' {
+            return (*w.get(i + 1)? == b'\n').then_some(i + 2);
+        }
+        if list.len() >= max {
+            return None;
+        }
+        // the name: tchars up to the colon (a colon found on a later line fails here,
+        // CR and LF not being tchars)
+        let colon = find_byte(w, i, b':')?;
+        let name = w.get(i..colon)?;
+        if name.is_empty() || !name.iter().all(|&b| TCHAR[b as usize]) {
+            return None;
+        }
+        if *w.get(colon + 1)? != b' ' {
+            return None;
+        }
+        // the value: 0x20..=0x7E up to CR LF, without whitespace around it (httparse
+        // would trim it)
+        let v0 = colon + 2;
+        let end = find_special(w, v0)?;
+        if end == v0
+            || w.get(v0) == Some(&b' ')
+            || w.get(end - 1) == Some(&b' ')
+            || w.get(end..end + 2)? != b"\r\n"
+        {
+            return None;
+        }
+        list.push(Field {
+            name: (i as u32, colon as u32),
+            value: (v0 as u32, end as u32),
+            kind: Name::Other,
+            verbatim: true,
+        });
+        i = end + 2;
+    }
+}
+
+/// A request line and fields: (method, target, version, head length).
+type FastRequest = ((u32, u32), (u32, u32), Version, usize);
+
+fn fast_request(w: &[u8], max: usize, list: &mut Vec<Field>) -> Option<FastRequest> {
+    let mut i = 0;
+    while TCHAR[*w.get(i)? as usize] {
+        i += 1;
+    }
+    if i == 0 || *w.get(i)? != b' ' {
+        return None;
+    }
+    let method = (0, i as u32);
+    i += 1;
+    let t0 = i;
+    while (0x21..=0x7e).contains(w.get(i)?) {
+        i += 1;
+    }
+    if i == t0 {
+        return None;
+    }
+    let target = (t0 as u32, i as u32);
+    let version = match w.get(i..i + 11)? {
+        b" HTTP/1.1\r\n" => Version::Http11,
+        b" HTTP/1.0\r\n" => Version::Http10,
+        _ => return None,
+    };
+    let end = fast_fields(w, i + 11, max, list)?;
+    Some((method, target, version, end))
+}
+
+/// A status line and fields: (version, status, reason, head length).
+type FastResponse = (Version, u16, (u32, u32), usize);
+
+fn fast_response(w: &[u8], max: usize, list: &mut Vec<Field>) -> Option<FastResponse> {
+    let version = match w.get(..9)? {
+        b"HTTP/1.1 " => Version::Http11,
+        b"HTTP/1.0 " => Version::Http10,
+        _ => return None,
+    };
+    let status = match *w.get(9..13)? {
+        [a @ b'0'..=b'9', b @ b'0'..=b'9', c @ b'0'..=b'9', b' '] => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => return None,
+    };
+    let mut i = 13;
+    loop {
+        let b = *w.get(i)?;
+        if b == b'\r' {
+            break;
+        }
+        if !(0x20..=0x7e).contains(&b) {
+            return None;
+        }
+        i += 1;
+    }
+    if i == 13 || *w.get(i + 1)? != b'\n' {
+        return None;
+    }
+    let end = fast_fields(w, i + 2, max, list)?;
+    Some((version, status, (13, i as u32), end))
+}
+
+/// The fields httparse found, as (name, value) ranges.
+#[cfg(any(test, feature = "fuzzing"))]
+fn httparse_fields(w: &[u8], headers: &[httparse::Header<'_>]) -> Vec<((u32, u32), (u32, u32))> {
+    headers
+        .iter()
+        .map(|h| (range_of(w, h.name.as_bytes()), range_of(w, h.value)))
+        .collect()
+}
+
+/// The fast path must give exactly httparse's answer.
+#[cfg(any(test, feature = "fuzzing"))]
+fn cross_check_request(w: &[u8], max: usize, fast: FastRequest, list: &[Field]) {
+    let mut slots = vec![httparse::EMPTY_HEADER; max];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(w) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!("fast path accepted a request head httparse does not: {other:?}"),
+    };
+    let version = if req.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let want = (
+        range_of(w, req.method.unwrap_or("").as_bytes()),
+        range_of(w, req.path.unwrap_or("").as_bytes()),
+        version,
+        len,
+    );
+    assert_eq!(fast, want, "request line");
+    let got: Vec<_> = list.iter().map(|f| (f.name, f.value)).collect();
+    assert_eq!(got, httparse_fields(w, req.headers), "request fields");
+}
+
+/// The fast path must give exactly httparse's answer.
+#[cfg(any(test, feature = "fuzzing"))]
+fn cross_check_response(w: &[u8], max: usize, fast: FastResponse, list: &[Field]) {
+    let mut slots = vec![httparse::EMPTY_HEADER; max];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(w) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!("fast path accepted a response head httparse does not: {other:?}"),
+    };
+    let version = if res.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let want = (
+        version,
+        res.code.unwrap_or(0),
+        range_of(w, res.reason.unwrap_or("").as_bytes()),
+        len,
+    );
+    assert_eq!(fast, want, "status line");
+    let got: Vec<_> = list.iter().map(|f| (f.name, f.value)).collect();
+    assert_eq!(got, httparse_fields(w, res.headers), "response fields");
 }
 
 /// Split the complete head (after `skip` leading empty lines) off the buffer.
 fn take_head(buf: &mut BytesMut, skip: usize, len: usize) -> Bytes {
-    bytes::Buf::advance(buf, skip);
+    if skip > 0 {
+        bytes::Buf::advance(buf, skip);
+    }
     buf.split_to(len).freeze()
 }
 
@@ -702,32 +1251,40 @@ pub struct Forward<'a> {
     pub proto: &'a str,
 }
 
-/// Hop-by-hop fields, never forwarded (RFC 9110 section 7.6.1 and the proxy-specific
-/// `Proxy-Connection`; `Expect` is answered by the router itself).
-const HOP_BY_HOP: &[&[u8]] = &[
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"expect",
-];
-
-/// `name` is hop-by-hop: a fixed one, or named by a `Connection` field of the message.
-///
-/// RFC 9110 section 7.6.1: "Intermediaries MUST parse a received Connection header
-/// field before a message is forwarded and, for each connection-option in this field,
-/// remove any header or trailer field(s) from the message with the same name as the
-/// connection-option, and then remove the Connection header field itself".
-fn is_hop_by_hop<'a>(name: &[u8], mut fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || fields.any(|(n, v)| n.eq_ignore_ascii_case(b"connection") && has_token(v, name))
+/// Copies kept fields to the output. A field that sits in the head exactly as
+/// `put_field` would write it (`name: value` and CRLF) is copied from the head as is,
+/// and runs of such fields are copied with one copy: the bytes written are the same,
+/// with far fewer small copies.
+struct FieldCopier<'a> {
+    raw: &'a [u8],
+    /// Range of `raw` waiting to be copied.
+    run: (usize, usize),
 }
 
-fn eq_any(name: &[u8], names: &[&[u8]]) -> bool {
-    names.iter().any(|n| name.eq_ignore_ascii_case(n))
+impl<'a> FieldCopier<'a> {
+    fn new(raw: &'a [u8]) -> Self {
+        FieldCopier { raw, run: (0, 0) }
+    }
+
+    fn put(&mut self, out: &mut BytesMut, f: &Field) {
+        let (start, end) = (f.name.0 as usize, f.value.1 as usize);
+        if !f.verbatim {
+            self.flush(out);
+            put_field(out, at(self.raw, f.name), at(self.raw, f.value));
+        } else if self.run.1 == start && self.run.1 > self.run.0 {
+            self.run.1 = end + 2;
+        } else {
+            self.flush(out);
+            self.run = (start, end + 2);
+        }
+    }
+
+    fn flush(&mut self, out: &mut BytesMut) {
+        if self.run.1 > self.run.0 {
+            out.extend_from_slice(self.raw.get(self.run.0..self.run.1).unwrap_or(&[]));
+        }
+        self.run = (0, 0);
+    }
 }
 
 fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -787,51 +1344,88 @@ fn put_connection(out: &mut BytesMut, client_version: Version, keep_alive: bool)
 /// client-sent `X-Forwarded-Host` is dropped (it is replaced by the client's `Host`, or
 /// absent), so the backend never sees a spoofed one.
 pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<'_>) {
-    out.reserve(head.raw.len() + fwd.host.len() + fwd.path_prefix.len() + 128);
-    out.extend_from_slice(head.method_str());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(fwd.path_prefix);
-    out.extend_from_slice(head.target());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    const REWRITTEN: &[&[u8]] = &[
-        b"host",
-        b"content-length",
-        b"x-forwarded-proto",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-    ];
-    for (name, value) in head.headers() {
-        if eq_any(name, REWRITTEN) || is_hop_by_hop(name, head.headers()) {
+    let ip = fwd.client_ip.map(IpText::new);
+    write_forwarded_head(out, head, fwd, ip.as_ref());
+}
+
+/// [`write_request_head`] with the client address already formatted (`fwd.client_ip`
+/// is not looked at).
+pub(crate) fn write_forwarded_head(
+    out: &mut BytesMut,
+    head: &RequestHead,
+    fwd: &Forward<'_>,
+    client_ip: Option<&IpText>,
+) {
+    let raw = &head.raw[..];
+    out.reserve(raw.len() + fwd.host.len() + fwd.path_prefix.len() + 128);
+    // The request line as received when it already reads `METHOD target HTTP/1.1`
+    // CRLF and no prefix is added; otherwise written piece by piece.
+    let (m, t) = (head.method_range, head.target);
+    let line_end = t.1 as usize + 11;
+    if fwd.path_prefix.is_empty()
+        && m.0 == 0
+        && t.0 == m.1 + 1
+        && raw.get(m.1 as usize) == Some(&b' ')
+        && raw.get(t.1 as usize..line_end) == Some(&b" HTTP/1.1\r\n"[..])
+    {
+        out.extend_from_slice(raw.get(..line_end).unwrap_or(&[]));
+    } else {
+        out.extend_from_slice(head.method_str());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(fwd.path_prefix);
+        out.extend_from_slice(head.target());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+    }
+    // One pass over the fields, whose names were recognized while parsing. Only a
+    // message with a `Connection` field needs a second look at each name.
+    let connection = head.fields.first(Name::Connection).is_some();
+    let mut any_xff = false;
+    let mut copier = FieldCopier::new(raw);
+    for f in &head.fields.list {
+        match f.kind {
+            // rewritten below
+            Name::Host | Name::ContentLength | Name::XForwardedProto | Name::XForwardedHost => {
+                continue
+            }
+            Name::XForwardedFor => {
+                any_xff = true;
+                continue;
+            }
+            k if k.is_hop_by_hop() => continue,
+            _ => {}
+        }
+        let name = at(raw, f.name);
+        if connection && head.fields.named_by_connection(raw, name) {
             continue;
         }
-        put_field(out, name, value);
+        copier.put(out, f);
     }
+    copier.flush(out);
     put_field(out, b"Host", fwd.host);
 
-    let xff_forwarded = !is_hop_by_hop(b"x-forwarded-for", head.headers());
     let mut wrote_xff = false;
-    for (name, value) in head.headers() {
-        let value = trim_ows(value);
-        if !xff_forwarded || value.is_empty() || !name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            continue;
+    if any_xff && !(connection && head.fields.named_by_connection(raw, b"x-forwarded-for")) {
+        for f in &head.fields.list {
+            let value = trim_ows(at(raw, f.value));
+            if f.kind != Name::XForwardedFor || value.is_empty() {
+                continue;
+            }
+            out.extend_from_slice(if wrote_xff {
+                b", "
+            } else {
+                b"X-Forwarded-For: "
+            });
+            out.extend_from_slice(value);
+            wrote_xff = true;
         }
-        out.extend_from_slice(if wrote_xff {
-            b", "
-        } else {
-            b"X-Forwarded-For: "
-        });
-        out.extend_from_slice(value);
-        wrote_xff = true;
     }
-    if let Some(ip) = fwd.client_ip {
+    if let Some(ip) = client_ip {
         out.extend_from_slice(if wrote_xff {
             b", "
         } else {
             b"X-Forwarded-For: "
         });
-        // `BytesMut`'s `fmt::Write` only fails if its length would overflow usize, and
-        // `IpAddr`'s Display writes straight into it (no allocation).
-        let _ = std::fmt::Write::write_fmt(out, format_args!("{ip}"));
+        out.extend_from_slice(ip.as_bytes());
         wrote_xff = true;
     }
     if wrote_xff {
@@ -839,11 +1433,46 @@ pub fn write_request_head(out: &mut BytesMut, head: &RequestHead, fwd: &Forward<
     }
 
     put_field(out, b"X-Forwarded-Proto", fwd.proto.as_bytes());
-    if let Some(host) = head.header("host") {
-        put_field(out, b"X-Forwarded-Host", host);
+    if let Some(host) = head.fields.first(Name::Host) {
+        put_field(out, b"X-Forwarded-Host", trim_ows(at(raw, host.value)));
     }
     put_framing(out, head.body);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A client address as `IpAddr`'s `Display` writes it, formatted once per connection
+/// and kept inline (it is written on every forwarded request).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    pub(crate) fn new(ip: IpAddr) -> IpText {
+        struct Cursor<'a>(&'a mut [u8; 48], usize);
+        impl std::fmt::Write for Cursor<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                let dst = self
+                    .0
+                    .get_mut(self.1..self.1 + s.len())
+                    .ok_or(std::fmt::Error)?;
+                dst.copy_from_slice(s.as_bytes());
+                self.1 += s.len();
+                Ok(())
+            }
+        }
+        let mut buf = [0u8; 48];
+        let mut c = Cursor(&mut buf, 0);
+        // The longest address text (IPv4-mapped IPv6) is 45 bytes: this never fails.
+        let _ = std::fmt::Write::write_fmt(&mut c, format_args!("{ip}"));
+        let len = c.1;
+        IpText { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
 }
 
 /// The standard reason phrase for `status`, if it is a common one.
@@ -922,17 +1551,44 @@ pub fn write_response_head(
     keep_alive: bool,
 ) {
     out.reserve(head.raw.len() + 64);
-    let reason = match head.reason() {
-        [] => standard_reason(head.status).unwrap_or("").as_bytes(),
-        r => r,
-    };
-    put_status_line(out, head.status, reason);
-    for (name, value) in head.headers() {
-        if name.eq_ignore_ascii_case(b"content-length") || is_hop_by_hop(name, head.headers()) {
+    let raw = &head.raw[..];
+    // The status line as received when it already reads `HTTP/1.1 SSS reason` CRLF
+    // (what `put_status_line` would write); otherwise written piece by piece.
+    let (r0, r1) = (head.reason.0 as usize, head.reason.1 as usize);
+    let verbatim = r0 == 13
+        && r1 > r0
+        && raw.get(..9) == Some(&b"HTTP/1.1 "[..])
+        && raw.get(12) == Some(&b' ')
+        && raw.get(9..12).is_some_and(|d| {
+            d.iter().all(u8::is_ascii_digit)
+                && u16::from(d[0] - b'0') * 100
+                    + u16::from(d[1] - b'0') * 10
+                    + u16::from(d[2] - b'0')
+                    == head.status
+        })
+        && raw.get(r1..r1 + 2) == Some(&b"\r\n"[..]);
+    if verbatim {
+        out.extend_from_slice(raw.get(..r1 + 2).unwrap_or(&[]));
+    } else {
+        let reason = match head.reason() {
+            [] => standard_reason(head.status).unwrap_or("").as_bytes(),
+            r => r,
+        };
+        put_status_line(out, head.status, reason);
+    }
+    let raw = &head.raw[..];
+    let connection = head.fields.first(Name::Connection).is_some();
+    let mut copier = FieldCopier::new(raw);
+    for f in &head.fields.list {
+        if f.kind == Name::ContentLength || f.kind.is_hop_by_hop() {
             continue;
         }
-        put_field(out, name, value);
+        if connection && head.fields.named_by_connection(raw, at(raw, f.name)) {
+            continue;
+        }
+        copier.put(out, f);
     }
+    copier.flush(out);
     put_framing(out, body);
     put_connection(out, client_version, keep_alive);
     out.extend_from_slice(b"\r\n");
@@ -1045,6 +1701,174 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_agrees_with_httparse_on_mutated_heads() {
+        // parse_* cross-check every fast-path answer against httparse (cfg(test))
+        let req: &[u8] = b"POST /mcp?x=1 HTTP/1.1\r\nHost: router.example:8080\r\nUser-Agent: mcp-bench/1\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nMcp-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: b0-1-0123456789abcdef\r\nContent-Length: 5\r\n\r\nhello";
+        let res: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s-1\r\ncontent-length: 2\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n{}";
+        let mut list = Vec::new();
+        assert!(fast_request(req, 128, &mut list).is_some());
+        list.clear();
+        assert!(fast_response(res, 128, &mut list).is_some());
+        let interesting = [
+            b' ', b'\t', b'\r', b'\n', b':', 0x7f, 0x80, 0xff, b'a', b'A', 0, b'/', b'1', b'"',
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut fast_req, mut fast_res) = (0, 0);
+        for round in 0..40_000 {
+            let base = if round % 2 == 0 { req } else { res };
+            let mut m = base.to_vec();
+            for _ in 0..1 + next(3) {
+                let at = next(m.len());
+                match next(4) {
+                    0 => m[at] = interesting[next(interesting.len())],
+                    1 => {
+                        m.remove(at);
+                    }
+                    2 => m.insert(at, interesting[next(interesting.len())]),
+                    _ => m.truncate(at),
+                }
+                if m.is_empty() {
+                    break;
+                }
+            }
+            let limits = HttpLimits {
+                max_headers: 3 + next(8),
+                ..limits()
+            };
+            list.clear();
+            if round % 2 == 0 {
+                fast_req += fast_request(&m, limits.max_headers, &mut list).is_some() as usize;
+                let mut buf = BytesMut::from(&m[..]);
+                let _ = parse_request(&mut buf, &limits, &mut RequestHead::default());
+            } else {
+                fast_res += fast_response(&m, limits.max_headers, &mut list).is_some() as usize;
+                let mut buf = BytesMut::from(&m[..]);
+                let _ =
+                    parse_response(&mut buf, &limits, Method::Get, &mut ResponseHead::default());
+            }
+        }
+        // both paths were exercised
+        assert!(fast_req > 1000 && fast_res > 1000, "{fast_req} {fast_res}");
+    }
+
+    #[test]
+    fn copied_fields_are_written_as_field_by_field() {
+        // verbatim lines, odd spacing, bare LF, empty values, runs broken by dropped
+        // fields: every kept field must come out as `name: value` CRLF, in order
+        let input: &[u8] = b"POST /a HTTP/1.1\r\nA: 1\r\nB: 2\r\nC:3\r\nD:  4  \r\nE: \r\nHost: h\r\nF: 5\nG: 6\r\nContent-Length: 0\r\nH: 7\r\nI: 8\r\n\r\n";
+        let (h, _) = req(input).unwrap();
+        let mut out = BytesMut::new();
+        let fwd = Forward {
+            host: b"b:1",
+            path_prefix: b"",
+            client_ip: None,
+            proto: "http",
+        };
+        write_request_head(&mut out, &h, &fwd);
+        let mut want = String::from("POST /a HTTP/1.1\r\n");
+        for (n, v) in h.headers() {
+            let n = std::str::from_utf8(n).unwrap();
+            if !["host", "content-length"].contains(&n.to_ascii_lowercase().as_str()) {
+                want.push_str(&format!("{n}: {}\r\n", std::str::from_utf8(v).unwrap()));
+            }
+        }
+        let got = text(&out);
+        assert!(got.starts_with(&want), "{got:?}\nwant prefix {want:?}");
+        assert!(got[want.len()..].starts_with("Host: b:1\r\n"), "{got:?}");
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "192.0.2.7",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn eq_lower_is_exact() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        for &a in &all {
+            for &b in b"az-09" {
+                assert_eq!(
+                    eq_lower(&[a], &[b]),
+                    [a].eq_ignore_ascii_case(&[b]),
+                    "{a} {b}"
+                );
+                let long = [b'x', b'-', b'y', b'z', b'w', b'v', b'u', b't', a];
+                let want = [b'x', b'-', b'y', b'z', b'w', b'v', b'u', b't', b];
+                assert_eq!(eq_lower(&long, &want), long.eq_ignore_ascii_case(&want));
+            }
+        }
+        for i in 0..14 {
+            let mut n = *b"Mcp-Session-Id";
+            assert!(eq_lower(&n, b"mcp-session-id"));
+            n[i] ^= 0x40;
+            assert!(!eq_lower(&n, b"mcp-session-id"), "{i}");
+        }
+        assert!(eq_lower(b"MCP-Protocol-Version", b"mcp-protocol-version"));
+        assert!(!eq_lower(b"MCP-Protocol-Versioo", b"mcp-protocol-version"));
+        assert!(!eq_lower(b"mcp", b"mcp-"));
+        assert!(eq_lower(b"", b""));
+    }
+
+    #[test]
+    fn known_names_are_recognized_exactly_in_any_case() {
+        let names: &[&str] = &[
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "expect",
+            "accept",
+            "content-type",
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for n in names {
+            let k = Name::of(n.as_bytes());
+            assert_ne!(k, Name::Other, "{n}");
+            assert!(seen.insert(k as usize), "{n} shares a kind");
+            assert_eq!(Name::of(n.to_ascii_uppercase().as_bytes()), k);
+            // one byte off, or one byte longer: not that name
+            let mut off = n.as_bytes().to_vec();
+            off[0] ^= 0x01;
+            assert_ne!(Name::of(&off), k, "{n}");
+            assert_ne!(Name::of(format!("{n}x").as_bytes()), k, "{n}");
+        }
+        assert_eq!(seen.len() + 1, NAMES);
+        // lookups of known and unknown names agree with a plain scan
+        let (h, _) = req(b"GET / HTTP/1.1\r\nX-A: 1\r\nMCP-Session-ID:  s1 \r\nmcp-session-id: s2\r\nHOST: h\r\n\r\n").unwrap();
+        assert_eq!(h.header("mcp-session-id"), Some(&b"s1"[..]));
+        assert_eq!(h.header("host"), Some(&b"h"[..]));
+        assert_eq!(h.header("x-a"), Some(&b"1"[..]));
+        assert_eq!(h.header("accept"), None);
+    }
+
+    #[test]
     fn header_lookup_is_case_insensitive_and_first_wins() {
         let (h, _) = req(b"GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n").unwrap();
         assert_eq!(h.header("x-a"), Some(&b"1"[..]));
@@ -1134,14 +1958,14 @@ mod tests {
         let mut h = RequestHead::default();
         let mut buf = BytesMut::from(&input[..]);
         assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
-        let cap = h.fields.capacity();
-        let ptr = h.fields.as_ptr();
+        let cap = h.fields.list.capacity();
+        let ptr = h.fields.list.as_ptr();
         for _ in 0..100 {
             let mut buf = BytesMut::from(&input[..]);
             assert_eq!(parse_request(&mut buf, &limits(), &mut h), Ok(true));
-            assert_eq!(h.fields.capacity(), cap);
+            assert_eq!(h.fields.list.capacity(), cap);
             assert_eq!(
-                h.fields.as_ptr(),
+                h.fields.list.as_ptr(),
                 ptr,
                 "the field vector was not reallocated"
             );
@@ -1153,14 +1977,14 @@ mod tests {
             parse_response(&mut buf, &limits(), Method::Post, &mut rh),
             Ok(true)
         );
-        let cap = rh.fields.capacity();
+        let cap = rh.fields.list.capacity();
         for _ in 0..100 {
             let mut buf = BytesMut::from(&input[..]);
             assert_eq!(
                 parse_response(&mut buf, &limits(), Method::Post, &mut rh),
                 Ok(true)
             );
-            assert_eq!(rh.fields.capacity(), cap);
+            assert_eq!(rh.fields.list.capacity(), cap);
         }
     }
 

@@ -12,6 +12,7 @@ pub use head::{
     parse_request, parse_response, write_request_head, write_response_head, write_simple_response,
     Forward, HeadError, Method, RequestHead, ResponseHead, Version,
 };
+pub(crate) use head::{write_forwarded_head, IpText, Name};
 
 /// How a message body is delimited (RFC 9112 section 6.3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -5,11 +5,27 @@ use std::borrow::Cow;
 /// Default upper bound on the length of a session id the router accepts.
 pub const MAX_SESSION_ID_LEN: usize = 256;
 
-/// A validated session id, owned. Cheap to clone for short ids.
+/// Longest session id kept inline in a [`SessionKey`] (no heap allocation). UUIDs (36
+/// bytes), the SDKs' hex ids (32) and the router's own ids all fit; longer ids (up to
+/// the configured maximum, 256 by default) are boxed.
+pub const INLINE_SESSION_ID_LEN: usize = 62;
+
+/// A validated session id, owned. Ids of up to [`INLINE_SESSION_ID_LEN`] bytes are held
+/// inline: making, cloning and dropping one never touches the heap (the key is 64
+/// bytes). Longer ids are boxed.
 ///
 /// Invariant: 1..=max length, every byte in 0x21..=0x7E.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(Box<str>);
+#[derive(Clone)]
+pub struct SessionKey(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline {
+        len: u8,
+        buf: [u8; INLINE_SESSION_ID_LEN],
+    },
+    Heap(Box<str>),
+}
 
 impl SessionKey {
     /// Validate and copy. `None` when [`valid_session_id`] says no.
@@ -17,31 +33,81 @@ impl SessionKey {
         if !valid_session_id(id, max_len) {
             return None;
         }
+        if id.len() <= INLINE_SESSION_ID_LEN {
+            let mut buf = [0u8; INLINE_SESSION_ID_LEN];
+            buf[..id.len()].copy_from_slice(id);
+            return Some(SessionKey(Repr::Inline {
+                len: id.len() as u8,
+                buf,
+            }));
+        }
         // Visible ASCII is valid UTF-8, so this never yields `None` here.
         let s = std::str::from_utf8(id).ok()?;
-        Some(SessionKey(s.into()))
+        Some(SessionKey(Repr::Heap(s.into())))
+    }
+    /// The id as bytes (visible ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => buf.get(..*len as usize).unwrap_or(&[]),
+            Repr::Heap(s) => s.as_bytes(),
+        }
     }
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Visible ASCII (the invariant) is always valid UTF-8.
+            Repr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or(""),
+            Repr::Heap(s) => s,
+        }
+    }
+}
+
+impl PartialEq for SessionKey {
+    fn eq(&self, other: &SessionKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SessionKey {}
+
+impl PartialOrd for SessionKey {
+    fn partial_cmp(&self, other: &SessionKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SessionKey {
+    fn cmp(&self, other: &SessionKey) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+/// Hashes exactly like the `str` it holds, so maps keyed by `SessionKey` can be
+/// queried with a `&str` (see the `Borrow<str>` impl): `str`'s `Hash` is
+/// `Hasher::write_str`, whose definition (which a hasher cannot override on stable
+/// Rust) is these two calls. Done on the bytes, to skip the UTF-8 check of `as_str`.
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
 impl std::fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl std::fmt::Display for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl std::borrow::Borrow<str> for SessionKey {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
@@ -173,6 +239,30 @@ mod tests {
         assert!(SessionKey::new(b"has space", 10).is_none());
         assert!(SessionKey::new(b"toolong", 3).is_none());
         assert!(SessionKey::new(b"\xff\xfe", 10).is_none());
+    }
+
+    #[test]
+    fn session_key_inline_and_boxed_agree() {
+        use std::collections::HashMap;
+        let ids: Vec<String> = [1, 36, 61, 62, 63, 64, 200, 256]
+            .iter()
+            .map(|&n| (0..n).map(|i| (b'!' + (i % 94) as u8) as char).collect())
+            .collect();
+        let mut m = HashMap::new();
+        for id in &ids {
+            let k = SessionKey::new(id.as_bytes(), MAX_SESSION_ID_LEN).unwrap();
+            assert_eq!(k.as_str(), id);
+            assert_eq!(k.as_bytes(), id.as_bytes());
+            assert_eq!(k.clone(), k);
+            m.insert(k, id.len());
+        }
+        for id in &ids {
+            assert_eq!(m.get(id.as_str()), Some(&id.len()));
+        }
+        let a = SessionKey::new(b"a", 10).unwrap();
+        let b = SessionKey::new(b"b", 10).unwrap();
+        assert!(a < b);
+        assert_eq!(std::mem::size_of::<SessionKey>(), 64);
     }
 
     fn q(s: &str) -> Option<Vec<u8>> {
