@@ -202,6 +202,11 @@ async fn run_stdio(listener: TcpListener, settings: &Settings, stdio: &config::S
     info!(listen = %addr, command = %stdio.command, mode = ?stdio.mode,
         max_children = stdio.max_children, ttl_s = settings.core.session_ttl.as_secs(),
         "mcp-router stdio bridge listening");
+    if settings.admin_listen.is_some() {
+        tracing::warn!(
+            "--admin-listen is not served in stdio mode (no /metrics, /healthz, /readyz)"
+        );
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
