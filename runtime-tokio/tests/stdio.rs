@@ -732,3 +732,18 @@ fn npx_process_chain_is_killed_whole_on_delete_and_sigterm() {
     let ok = wait_until(Duration::from_secs(5), || in_groups(&groups).is_empty());
     assert!(ok, "left behind after SIGTERM: {:?}", in_groups(&groups));
 }
+
+/// The stdio bridge is the tokio binary's: the smol and glommio binaries refuse
+/// `--stdio` at start (exit 2, naming the setting) instead of starting without it.
+#[test]
+fn other_frontends_refuse_stdio() {
+    for bin in ["mcp-router-smol", "mcp-router-glommio"] {
+        let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(bin))
+            .args(["--listen", "127.0.0.1:0", "--stdio", "cat"])
+            .output()
+            .expect("run the binary");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
+        assert!(err.contains("stdio"), "{bin}: {err}");
+    }
+}
