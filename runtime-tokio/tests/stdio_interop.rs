@@ -11,32 +11,12 @@
 //! included). Needs `.ci/install-interop.sh`; without it, or without the scripts, the
 //! tests fail loudly.
 
-use mcp_router_testkit::harness::Proc;
+use mcp_router_testkit::harness::{interop_dir, sdk_client, Proc};
 use mcp_router_testkit::procs::{descendants, wait_until};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-fn interop_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
-    assert!(
-        d.join("node_modules/@modelcontextprotocol/server-everything")
-            .is_dir()
-            && d.join(".venv/bin/python").exists(),
-        "interop dependencies missing: run `bash .ci/install-interop.sh` first"
-    );
-    for f in [
-        "stdio_ts_client.mjs",
-        "stdio_py_client.py",
-        "fastmcp_server.py",
-    ] {
-        assert!(d.join(f).exists(), "tests/interop/{f} missing");
-    }
-    d
-}
-
 fn server_cmd(server: &str) -> String {
-    let d = interop_dir().canonicalize().unwrap();
+    let d = interop_dir();
     match server {
         "everything" => format!(
             "node {}",
@@ -53,38 +33,15 @@ fn server_cmd(server: &str) -> String {
 
 /// Run one SDK client; returns its last JSON line, asserting it passed.
 fn client(sdk: &str, base: &str, mode: &str, server: &str, extra: &[&str]) -> serde_json::Value {
-    let dir = interop_dir();
-    let mut cmd = match sdk {
-        "ts" => {
-            let mut c = Command::new("node");
-            c.arg("stdio_ts_client.mjs");
-            c
-        }
-        _ => {
-            let mut c = Command::new(dir.join(".venv/bin/python"));
-            c.arg("stdio_py_client.py");
-            c
-        }
+    let script = if sdk == "ts" {
+        "stdio_ts_client.mjs"
+    } else {
+        "stdio_py_client.py"
     };
-    let out = cmd
-        .args([base, mode, server])
-        .args(extra)
-        .current_dir(&dir)
-        .output()
-        .expect("run SDK client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
-        panic!(
-            "{sdk} {mode} {server}: no JSON summary; stdout {stdout:?} stderr {:?}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(
-        out.status.success() && v["ok"] == true && v["check"] == "all",
-        "{sdk} client, {mode}, {server} {extra:?} failed: {stdout} stderr {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec![base, mode, server];
+    args.extend_from_slice(extra);
+    let (v, stdout) = sdk_client(script, &args);
+    assert_eq!(v["check"], "all", "{sdk} {mode} {server}: {stdout}");
     v
 }
 

@@ -7,28 +7,8 @@
 //! the session), so a client that completes is a session that stuck. Needs
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
-use mcp_router_testkit::harness::{router_bin, Proc};
-use std::path::PathBuf;
+use mcp_router_testkit::harness::{free_port, interop_dir, router_bin, sdk_client, Proc};
 use std::process::Command;
-
-fn interop_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
-    assert!(
-        d.join("node_modules/@modelcontextprotocol/server-everything")
-            .is_dir()
-            && d.join(".venv/bin/python").exists(),
-        "interop dependencies missing: run `bash .ci/install-interop.sh` first"
-    );
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn everything(mode: &str, name: &str) -> Proc {
     let dir = interop_dir();
@@ -47,38 +27,12 @@ fn everything(mode: &str, name: &str) -> Proc {
 
 /// Run one SDK client; returns its JSON summary line.
 fn client(sdk: &str, base: &str, mode: &str) -> serde_json::Value {
-    let dir = interop_dir();
-    let mut cmd = match sdk {
-        "ts" => {
-            let mut c = Command::new("node");
-            c.arg("ts_client.mjs");
-            c
-        }
-        _ => {
-            let mut c = Command::new(dir.join(".venv/bin/python"));
-            c.arg("py_client.py");
-            c
-        }
+    let script = if sdk == "ts" {
+        "ts_client.mjs"
+    } else {
+        "py_client.py"
     };
-    let out = cmd
-        .args([base, mode, "--rounds", "3"])
-        .current_dir(&dir)
-        .output()
-        .expect("run SDK client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
-        panic!(
-            "{sdk} {mode}: no JSON summary; stdout {stdout:?} stderr {:?}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(
-        out.status.success() && v["ok"] == true,
-        "{sdk} client in {mode} mode failed: {v} stderr {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    v
+    sdk_client(script, &[base, mode, "--rounds", "3"]).0
 }
 
 fn run(mode: &str, end_cause: &str) {

@@ -625,3 +625,47 @@ pub fn open_session_stream(addr: &str, sid: &str) -> (Conn, Response) {
     let head = g.read_head();
     (g, head)
 }
+
+/// `tests/interop` (absolute), with its Node and Python dependencies installed by
+/// `.ci/install-interop.sh`; fails loudly when they are not.
+pub fn interop_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    assert!(
+        d.join("node_modules/@modelcontextprotocol/server-everything")
+            .is_dir()
+            && d.join(".venv/bin/python").exists(),
+        "interop dependencies missing: run `bash .ci/install-interop.sh` first"
+    );
+    d.canonicalize().expect("tests/interop")
+}
+
+/// Run an official-SDK client script from `tests/interop`: `script` with node when it
+/// ends in `.mjs`, else with the interop venv's python. Returns its last stdout line
+/// (the JSON summary) and its whole stdout; panics with both outputs unless it exited
+/// 0 with `"ok": true`.
+pub fn sdk_client(script: &str, args: &[&str]) -> (Value, String) {
+    let dir = interop_dir();
+    assert!(dir.join(script).exists(), "tests/interop/{script} missing");
+    let mut cmd = if script.ends_with(".mjs") {
+        Command::new("node")
+    } else {
+        Command::new(dir.join(".venv/bin/python"))
+    };
+    let out = cmd
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .expect("run SDK client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!("{script} {args:?}: no JSON summary; stdout {stdout:?} stderr {stderr:?}")
+    });
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "{script} {args:?} failed: {stdout} stderr {stderr}"
+    );
+    (v, stdout)
+}
