@@ -199,20 +199,24 @@ async fn run_stdio(listener: TcpListener, settings: &Settings, stdio: &config::S
     let addr = listener
         .local_addr()
         .expect("bound listener has an address");
-    info!(listen = %addr, command = %stdio.command, mode = ?stdio.mode,
-        max_children = stdio.max_children, ttl_s = settings.core.session_ttl.as_secs(),
-        "mcp-router stdio bridge listening");
     if settings.admin_listen.is_some() {
         tracing::warn!(
             "--admin-listen is not served in stdio mode (no /metrics, /healthz, /readyz)"
         );
     }
+    // The handlers are in place before the listening line: a SIGTERM sent as soon as
+    // the address is known must still kill and reap every child, not kill the router
+    // by the default action and orphan them.
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let signalled = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.await;
         info!("shutdown signal received");
         let _ = tx.send(true);
     });
+    info!(listen = %addr, command = %stdio.command, mode = ?stdio.mode,
+        max_children = stdio.max_children, ttl_s = settings.core.session_ttl.as_secs(),
+        "mcp-router stdio bridge listening");
     if let Err(e) = stdio::serve(listener, settings, stdio, rx).await {
         tracing::error!(error = %e, "stdio bridge failed");
         std::process::exit(1);
@@ -220,26 +224,21 @@ async fn run_stdio(listener: TcpListener, settings: &Settings, stdio: &config::S
     info!("stopped");
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Install the SIGTERM and Ctrl-C handlers now; the future completes on either.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Ok(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = ctrl_c => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = ctrl_c.await;
     }
 }
 

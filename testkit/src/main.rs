@@ -97,11 +97,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "LISTENING {addr}");
-            let _ = out.flush();
-        }
+        // The handler is in place before anyone learns the address: a SIGTERM sent
+        // right after LISTENING must be a clean exit, not the default action.
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -110,6 +107,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "LISTENING {addr}");
+            let _ = out.flush();
+        }
         tokio::select! {
             r = serve(listener, args.config) => {
                 if let Err(e) = r {
