@@ -162,6 +162,7 @@ fn metrics_inputs() -> (Metrics, Router, Event, StoreOp, StoreReply) {
     let rec = Record {
         backend: BackendId(0),
         era: Era::Streamable,
+        client: mcp_router_core::ClientId(0),
     };
     let op = StoreOp::Get(SessionKey::new(SESSION.as_bytes(), 256).unwrap());
     (Metrics::new(), router, ev, op, StoreReply::Found(Some(rec)))
@@ -197,6 +198,7 @@ fn store_100k() -> (MemStore, Vec<StoreOp>) {
                 Record {
                     backend: BackendId(0),
                     era: Era::Streamable,
+                    client: mcp_router_core::ClientId(0),
                 },
             ),
             now,

@@ -107,6 +107,7 @@ fn main() {
             let rec = Record {
                 backend: BackendId(0),
                 era: Era::Streamable,
+                client: mcp_router_core::ClientId(0),
             };
             let gets: Vec<StoreOp> = (0..100_000)
                 .map(|i| {
@@ -157,6 +158,7 @@ fn main() {
             let reply = StoreReply::Found(Some(Record {
                 backend: BackendId(0),
                 era: Era::Streamable,
+                client: mcp_router_core::ClientId(0),
             }));
             run(n, || {
                 metrics.observe(&router, black_box(&ev));

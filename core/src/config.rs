@@ -2,8 +2,17 @@
 //! from CLI flags, a TOML file and `MCP_ROUTER_*` environment variables.
 
 use crate::http::HttpLimits;
+use crate::limits::{ClientIdentity, IpNet, Limits};
 use std::fmt;
 use std::time::Duration;
+
+/// Largest `max_inspect_body` accepted (1 GiB).
+pub const MAX_BODY_LIMIT: usize = 1 << 30;
+/// Largest `max_head` accepted (1 MiB).
+pub const MAX_HEAD_LIMIT: usize = 1 << 20;
+/// Longest duration any setting may have: far beyond any sensible timeout, and far
+/// from the point where `Instant + Duration` overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One backend replica: where to connect and what to send as `Host`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +156,12 @@ pub struct Timeouts {
     /// An idle pooled backend connection is closed after this (keep it below the
     /// backends' own keep-alive timeout: Node.js defaults to 5 s).
     pub pool_idle: Duration,
+    /// A write to the client that makes no progress for this long (the client does
+    /// not read its response) closes the client connection and drops the backend
+    /// connection unpooled; the session record stays. nginx's `send_timeout`,
+    /// HAProxy's `timeout client`. The same bound applies to a backend that stops
+    /// reading a request body, with `body_idle`.
+    pub client_send: Duration,
 }
 
 impl Default for Timeouts {
@@ -158,6 +173,7 @@ impl Default for Timeouts {
             response: Duration::from_secs(300),
             body_idle: Duration::from_secs(60),
             pool_idle: Duration::from_secs(3),
+            client_send: Duration::from_secs(60),
         }
     }
 }
@@ -193,6 +209,12 @@ pub struct Config {
     /// Backend choices tried for one request that has no session yet (new sessions,
     /// stateless requests) when connecting fails.
     pub connect_attempts: usize,
+    /// Caps on connections, sessions and session creation.
+    pub limits: Limits,
+    /// Who a client is, for the per-client quotas.
+    pub client_identity: ClientIdentity,
+    /// Proxies whose `X-Forwarded-For` is believed (`--client-identity xff`).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for Config {
@@ -211,6 +233,9 @@ impl Default for Config {
             expiry_interval: Duration::from_millis(250),
             pool_max_idle: 64,
             connect_attempts: 3,
+            limits: Limits::default(),
+            client_identity: ClientIdentity::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -239,8 +264,16 @@ impl Config {
         if !(1..=4096).contains(&self.max_session_id_len) {
             return bad("max_session_id_len", "must be 1..=4096");
         }
-        if self.max_inspect_body < 1024 {
-            return bad("max_inspect_body", "must be at least 1024 bytes");
+        // Upper bounds keep every sum and deadline of the core free of overflow
+        // (`max_inspect_body + 1`, `now + timeout`), whatever a configuration says.
+        if !(1024..=MAX_BODY_LIMIT).contains(&self.max_inspect_body) {
+            return bad("max_inspect_body", "must be 1024 bytes ..= 1 GiB");
+        }
+        if self.http.max_head > MAX_HEAD_LIMIT {
+            return bad("max_head", "must be at most 1 MiB");
+        }
+        if self.http.max_headers > 10_000 {
+            return bad("max_headers", "must be at most 10000");
         }
         let t = &self.timeouts;
         for (f, d) in [
@@ -250,10 +283,55 @@ impl Config {
             ("response_timeout", t.response),
             ("body_idle_timeout", t.body_idle),
             ("pool_idle_timeout", t.pool_idle),
+            ("client_send_timeout", t.client_send),
+            ("session_ttl", self.session_ttl),
+            ("backoff_initial", self.backoff_initial),
+            ("backoff_max", self.backoff_max),
+            ("expiry_interval", self.expiry_interval),
         ] {
             if d.is_zero() {
                 return bad(f, "must be > 0");
             }
+            if d > MAX_DURATION {
+                return bad(f, "must be at most 365 days");
+            }
+        }
+        if let Some(h) = self.health_check_interval {
+            if h.is_zero() || h > MAX_DURATION {
+                return bad("health_check_interval", "must be > 0 and at most 365 days");
+            }
+        }
+        let l = &self.limits;
+        for (f, v, max) in [
+            ("max_connections", l.max_connections as u64, 1 << 24),
+            ("max_sessions", l.max_sessions, 1 << 40),
+            ("client_max_sessions", l.client_max_sessions, 1 << 40),
+            (
+                "client_session_rate",
+                u64::from(l.client_session_rate),
+                1_000_000,
+            ),
+            (
+                "client_session_burst",
+                u64::from(l.client_session_burst),
+                1_000_000,
+            ),
+            ("expiry_batch", self.expiry_batch as u64, 1 << 24),
+            ("pool_max_idle", self.pool_max_idle as u64, 1 << 20),
+            ("connect_attempts", self.connect_attempts as u64, 64),
+        ] {
+            if v > max {
+                return bad(f, &format!("must be at most {max}"));
+            }
+        }
+        if l.client_session_rate > 0 && l.client_session_burst == 0 {
+            return bad(
+                "client_session_burst",
+                "must be > 0 when client_session_rate is set",
+            );
+        }
+        if l.retry_after.is_zero() || l.retry_after > Duration::from_secs(3600) {
+            return bad("retry_after", "must be 1 s ..= 1 h");
         }
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return bad("backoff", "need 0 < backoff_initial <= backoff_max");
@@ -323,5 +401,47 @@ mod tests {
         c.backends.pop();
         c.timeouts.connect = std::time::Duration::ZERO;
         assert!(c.validate().unwrap_err().0.starts_with("connect_timeout"));
+        c.timeouts.connect = Duration::from_secs(1);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn every_limit_has_a_bound_that_names_the_field() {
+        let check = |f: &dyn Fn(&mut Config), field: &str| {
+            let mut c = Config::default();
+            f(&mut c);
+            let e = c.validate().unwrap_err().0;
+            assert!(e.starts_with(field), "{field}: {e}");
+        };
+        check(&|c| c.max_inspect_body = usize::MAX, "max_inspect_body");
+        check(&|c| c.http.max_head = usize::MAX, "max_head");
+        check(&|c| c.timeouts.response = Duration::MAX, "response_timeout");
+        check(
+            &|c| c.timeouts.client_send = Duration::ZERO,
+            "client_send_timeout",
+        );
+        check(
+            &|c| c.session_ttl = Duration::from_secs(u64::MAX),
+            "session_ttl",
+        );
+        check(
+            &|c| c.health_check_interval = Some(Duration::MAX),
+            "health_check_interval",
+        );
+        check(
+            &|c| c.limits.max_connections = usize::MAX,
+            "max_connections",
+        );
+        check(&|c| c.limits.max_sessions = u64::MAX, "max_sessions");
+        check(
+            &|c| c.limits.client_session_rate = u32::MAX,
+            "client_session_rate",
+        );
+        check(
+            &|c| c.limits.client_session_burst = 0,
+            "client_session_burst",
+        );
+        check(&|c| c.expiry_batch = usize::MAX, "expiry_batch");
+        check(&|c| c.pool_max_idle = usize::MAX, "pool_max_idle");
     }
 }

@@ -11,6 +11,7 @@ use crate::http::{
     write_simple_response, BodyDecoder, BodyKind, Forward, IpText, Method, Name, RequestHead,
     ResponseHead, Version,
 };
+use crate::limits::{Admission, AdmitRequest, ClientId};
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, query_session_id, write_error_body, ErrorCode,
     SessionKey, Sniffer, SseParser,
@@ -77,6 +78,37 @@ impl EndCause {
     }
 }
 
+/// A cap or quota of [`crate::Limits`] (or a timeout that bounds what a client holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `--max-connections`.
+    Connections,
+    /// `--max-sessions`.
+    Sessions,
+    /// `--client-max-sessions`.
+    ClientSessions,
+    /// `--client-session-rate`.
+    ClientRate,
+    /// `--client-send-timeout`: the client did not read its response.
+    ClientSend,
+    /// A backend stopped reading the request body (`--body-idle-timeout`).
+    UpstreamSend,
+}
+
+impl Limit {
+    /// Lower-case name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Connections => "max_connections",
+            Limit::Sessions => "max_sessions",
+            Limit::ClientSessions => "client_max_sessions",
+            Limit::ClientRate => "client_session_rate",
+            Limit::ClientSend => "client_send_timeout",
+            Limit::UpstreamSend => "upstream_send_timeout",
+        }
+    }
+}
+
 /// Something worth logging or counting. Carrying it out is optional.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -130,9 +162,23 @@ pub enum Event {
         /// From the request head written upstream to the response head read back.
         latency: Duration,
     },
+    /// A request or connection was refused because a cap or quota was reached.
+    Limited {
+        /// Which.
+        limit: Limit,
+    },
     /// An exchange was cut off mid-way (client gone, broken framing, backend closed
     /// mid-response, idle body): the connection was closed.
     Aborted,
+}
+
+/// Which peer of the connection a write goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client.
+    Client,
+    /// The current upstream connection.
+    Upstream,
 }
 
 /// What the driver must do next. Carry outputs out in order.
@@ -185,6 +231,8 @@ enum Route {
     Sniffing,
     /// Waiting for the store to say which backend owns the session.
     Lookup,
+    /// Waiting for the store to admit a new session (caps and quotas).
+    Admit,
     /// Going to (or at) a backend.
     Forward,
     /// The router answers itself once it knows the request id (read from the body).
@@ -192,6 +240,8 @@ enum Route {
         status: u16,
         code: ErrorCode,
         msg: &'static str,
+        /// Seconds for `Retry-After` (0: none).
+        retry: u32,
     },
     /// Answered; nothing more to read but the rest of the request body, discarded.
     Done,
@@ -235,6 +285,7 @@ enum Hold {
 #[derive(Debug)]
 enum Waiting {
     Lookup,
+    Admit,
     Insert(SessionKey, BackendId, Era),
     Delete(SessionKey, EndCause),
     Touch,
@@ -291,6 +342,8 @@ struct Exchange {
     touch_at: Option<Instant>,
     /// When the request head went upstream (for the latency metric).
     sent_at: Option<Instant>,
+    /// The client that opens a new session (set when it was admitted).
+    client: Option<ClientId>,
 }
 
 impl Exchange {
@@ -329,6 +382,7 @@ impl Exchange {
             idle_deadline: None,
             touch_at: None,
             sent_at: None,
+            client: None,
         }
     }
 
@@ -370,6 +424,7 @@ impl Exchange {
             idle_deadline,
             touch_at,
             sent_at,
+            client,
         } = self;
         *route = Route::Sniffing;
         *kind = Kind::Stateless;
@@ -404,7 +459,18 @@ impl Exchange {
         *idle_deadline = None;
         *touch_at = None;
         *sent_at = None;
+        *client = None;
     }
+}
+
+/// An answer of the router's own: status, JSON-RPC error and `Retry-After` seconds
+/// (0: none).
+#[derive(Clone, Copy, Debug)]
+struct LocalAnswer {
+    status: u16,
+    code: ErrorCode,
+    msg: &'static str,
+    retry: u32,
 }
 
 /// The proxy state machine of one client connection. See the crate docs.
@@ -429,6 +495,12 @@ pub struct Conn {
     idle_deadline: Instant,
     /// Idle with a partial head: answer 408 at this time.
     head_deadline: Option<Instant>,
+    /// A write to the client is stalled: give up on the client at this time.
+    client_send_at: Option<Instant>,
+    /// A write upstream is stalled: give up on the backend at this time.
+    upstream_send_at: Option<Instant>,
+    /// The client (bit 0) or upstream (bit 1) send deadline passed.
+    send_expired: u8,
 }
 
 impl Conn {
@@ -459,6 +531,9 @@ impl Conn {
             shutting_down: false,
             idle_deadline,
             head_deadline: None,
+            client_send_at: None,
+            upstream_send_at: None,
+            send_expired: 0,
         }
     }
 
@@ -487,6 +562,22 @@ impl Conn {
 
     /// The earliest time [`Conn::handle_timeout`] must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let send = match (self.client_send_at, self.upstream_send_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let own = self.own_timeout();
+        match (own, send) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn sending(&self) -> bool {
+        self.client_send_at.is_some() || self.upstream_send_at.is_some()
+    }
+
+    fn own_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Closed => None,
             Phase::Idle => Some(match self.head_deadline {
@@ -499,7 +590,11 @@ impl Conn {
                     Upstream::Connecting { deadline } => Some(deadline),
                     _ => None,
                 };
-                [connect, x.response_deadline, x.idle_deadline, x.touch_at]
+                // A stalled write suspends the body-silence deadline: the peer that
+                // looks silent is only waiting for the router, which waits for the
+                // other peer to read (the send deadline bounds that instead).
+                let idle = x.idle_deadline.filter(|_| !self.sending());
+                [connect, x.response_deadline, idle, x.touch_at]
                     .into_iter()
                     .flatten()
                     .min()
@@ -633,6 +728,7 @@ impl Conn {
         }
         match w {
             Waiting::Lookup => self.on_lookup(reply, now),
+            Waiting::Admit => self.on_admit(reply, now),
             Waiting::Insert(key, b, era) => self.on_insert(reply, key, b, era, now),
             Waiting::Delete(key, cause) => {
                 if let StoreReply::Deleted(Some(rec)) = reply {
@@ -648,8 +744,70 @@ impl Conn {
         }
     }
 
+    /// The driver could not finish a write to `side` at once (the peer's receive
+    /// window is full). Call it again after every partial progress: the send deadline
+    /// counts from the last progress, like nginx's `send_timeout` ("set only between
+    /// two successive write operations").
+    pub fn handle_send_blocked(&mut self, side: Side, now: Instant) {
+        match side {
+            Side::Client => self.client_send_at = Some(now + self.cfg.timeouts.client_send),
+            Side::Upstream => self.upstream_send_at = Some(now + self.cfg.timeouts.body_idle),
+        }
+    }
+
+    /// A write to `side` that was blocked has finished.
+    pub fn handle_send_done(&mut self, side: Side, now: Instant) {
+        match side {
+            Side::Client => self.client_send_at = None,
+            Side::Upstream => self.upstream_send_at = None,
+        }
+        if !self.sending() && self.x.idle_deadline.is_some() {
+            // the silence it measures starts again now
+            self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+        }
+    }
+
+    /// Whether the send deadline of `side` passed: the driver drops what it was
+    /// writing there.
+    pub fn send_expired(&self, side: Side) -> bool {
+        let bit = match side {
+            Side::Client => 1,
+            Side::Upstream => 2,
+        };
+        self.send_expired & bit != 0
+    }
+
     /// Time passed: act on any deadline that has come.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.client_send_at.is_some_and(|d| now >= d) {
+            // The client does not read what it asked for: it holds this connection
+            // and a backend connection for nothing. Close both (the backend
+            // connection is mid-response, so it is not pooled); the session record
+            // stays, so the client can come back.
+            self.client_send_at = None;
+            self.upstream_send_at = None;
+            self.send_expired |= 1;
+            self.event(Event::Limited {
+                limit: Limit::ClientSend,
+            });
+            self.abort(now);
+            return;
+        }
+        if self.upstream_send_at.is_some_and(|d| now >= d) {
+            // The backend stopped reading the request body.
+            self.upstream_send_at = None;
+            self.send_expired |= 2;
+            self.event(Event::Limited {
+                limit: Limit::UpstreamSend,
+            });
+            self.release_upstream(false);
+            self.gateway_error(
+                504,
+                "Gateway timeout: the backend stopped reading the request",
+                now,
+            );
+            return;
+        }
         match self.phase {
             Phase::Closed => {}
             Phase::Idle => {
@@ -676,7 +834,7 @@ impl Conn {
                     );
                     return;
                 }
-                if self.x.idle_deadline.is_some_and(|d| now >= d) {
+                if !self.sending() && self.x.idle_deadline.is_some_and(|d| now >= d) {
                     self.event(Event::Rejected {
                         status: 0,
                         reason: "body idle timeout",
@@ -809,7 +967,7 @@ impl Conn {
         let to_upstream = matches!(x.upstream, Upstream::Ready { .. });
         match x.route {
             // The body waits until the store has answered (it may not be needed).
-            Route::Lookup => return false,
+            Route::Lookup | Route::Admit => return false,
             // Hold at most `max_inspect_body` while connecting (backpressure).
             Route::Forward if !to_upstream && x.pending_len >= self.cfg.max_inspect_body => {
                 return false
@@ -913,7 +1071,7 @@ impl Conn {
                 x.drained += raw.len();
                 self.try_answer();
             }
-            Route::Done | Route::Lookup => {}
+            Route::Done | Route::Lookup | Route::Admit => {}
         }
         true
     }
@@ -942,6 +1100,31 @@ impl Conn {
             Kind::NewSession => PickKind::NewSession,
             _ => PickKind::Stateless,
         };
+        if kind == PickKind::NewSession && self.x.client.is_none() {
+            // A new session is admitted (caps, quotas) before any backend sees it, so
+            // that a refused client creates nothing anywhere.
+            let client = ClientId::of(
+                &self.cfg.client_identity,
+                &self.cfg.trusted_proxies,
+                self.peer,
+                &self.req,
+            );
+            self.x.client = Some(client);
+            let l = &self.cfg.limits;
+            let rate = l.client_session_rate;
+            if l.max_sessions > 0 || l.client_max_sessions > 0 || rate > 0 {
+                self.x.route = Route::Admit;
+                let op = StoreOp::Admit(AdmitRequest {
+                    client,
+                    max_sessions: l.max_sessions,
+                    client_max_sessions: l.client_max_sessions,
+                    rate,
+                    burst: l.client_session_burst,
+                });
+                self.store(op, Waiting::Admit);
+                return;
+            }
+        }
         match self.router.pick(kind, &self.x.tried, now) {
             Some(b) => self.connect(b, false, now),
             None => {
@@ -958,6 +1141,46 @@ impl Conn {
             deadline: now + self.cfg.timeouts.connect,
         };
         self.out.push_back(Output::Connect { backend: b, fresh });
+    }
+
+    /// The store's verdict on a new session.
+    fn on_admit(&mut self, reply: StoreReply, now: Instant) {
+        if self.x.route != Route::Admit {
+            return;
+        }
+        self.sniff_pending();
+        let retry = self.cfg.limits.retry_after.as_secs().max(1) as u32;
+        let (status, msg, retry, limit) = match reply {
+            StoreReply::Admitted(Admission::Admit) => {
+                self.x.route = Route::Sniffing;
+                self.pick_and_connect(now);
+                return;
+            }
+            StoreReply::Admitted(Admission::Sessions) => (
+                503,
+                "Too many sessions: try again later",
+                retry,
+                Limit::Sessions,
+            ),
+            StoreReply::Admitted(Admission::ClientSessions) => (
+                429,
+                "Too many sessions for this client: end one first",
+                retry,
+                Limit::ClientSessions,
+            ),
+            StoreReply::Admitted(Admission::ClientRate(ms)) => (
+                429,
+                "Sessions opened too fast: slow down",
+                ms.div_ceil(1000).max(1),
+                Limit::ClientRate,
+            ),
+            _ => {
+                self.answer(503, ErrorCode::Server, "Session store unavailable", now);
+                return;
+            }
+        };
+        self.event(Event::Limited { limit });
+        self.answer_retry(status, ErrorCode::Server, msg, retry);
     }
 
     fn on_lookup(&mut self, reply: StoreReply, now: Instant) {
@@ -1008,14 +1231,30 @@ impl Conn {
 
     /// Answer locally once the request id is known (drained from the body) or cannot be.
     fn answer(&mut self, status: u16, code: ErrorCode, msg: &'static str, _now: Instant) {
-        self.x.route = Route::Answer { status, code, msg };
+        self.answer_retry(status, code, msg, 0);
+    }
+
+    /// [`Conn::answer`] with a `Retry-After` of `retry` seconds (0: none).
+    fn answer_retry(&mut self, status: u16, code: ErrorCode, msg: &'static str, retry: u32) {
+        self.x.route = Route::Answer {
+            status,
+            code,
+            msg,
+            retry,
+        };
         self.x.pending.clear();
         self.x.pending_len = 0;
         self.try_answer();
     }
 
     fn try_answer(&mut self) {
-        let Route::Answer { status, code, msg } = self.x.route else {
+        let Route::Answer {
+            status,
+            code,
+            msg,
+            retry,
+        } = self.x.route
+        else {
             return;
         };
         let x = &self.x;
@@ -1024,7 +1263,7 @@ impl Conn {
         // arrive in an earlier read than the body's end, and keep it otherwise.
         let ready = !x.sniff || x.req_done || x.drained > self.cfg.max_inspect_body;
         if ready {
-            self.respond_local(status, code, msg, true);
+            self.respond_local_retry(status, code, msg, retry);
         }
     }
 
@@ -1351,7 +1590,12 @@ impl Conn {
     fn record_new_session(&mut self, key: SessionKey, b: BackendId, era: Era, hold: Hold) {
         self.x.session = Some(key.clone());
         self.x.hold = hold;
-        let rec = Record { backend: b, era };
+        let client = self.x.client.unwrap_or_default();
+        let rec = Record {
+            backend: b,
+            era,
+            client,
+        };
         self.store(
             StoreOp::Insert(key.clone(), rec),
             Waiting::Insert(key, b, era),
@@ -1552,6 +1796,11 @@ impl Conn {
 
     /// Answer the request in flight with a JSON-RPC error body.
     fn respond_local(&mut self, status: u16, code: ErrorCode, msg: &'static str, _drained: bool) {
+        self.respond_local_retry(status, code, msg, 0)
+    }
+
+    /// [`Conn::respond_local`] with a `Retry-After` of `retry` seconds (0: none).
+    fn respond_local_retry(&mut self, status: u16, code: ErrorCode, msg: &'static str, retry: u32) {
         self.event(Event::Rejected {
             status,
             reason: msg,
@@ -1564,15 +1813,13 @@ impl Conn {
         };
         // Keep the connection only if the request body was read to its end.
         let keep = self.req.keep_alive && self.x.req_done && !self.shutting_down;
-        let bytes = Self::error_response(
-            &mut self.scratch,
+        let answer = LocalAnswer {
             status,
-            id,
             code,
             msg,
-            self.req.version,
-            keep,
-        );
+            retry,
+        };
+        let bytes = Self::error_response(&mut self.scratch, &answer, id, self.req.version, keep);
         self.send_to_client(bytes);
         self.end_legacy_stream();
         self.x.route = Route::Done;
@@ -1588,20 +1835,31 @@ impl Conn {
     /// A complete response of the router's own with a JSON-RPC error body.
     fn error_response(
         scratch: &mut BytesMut,
-        status: u16,
+        a: &LocalAnswer,
         id: Option<&[u8]>,
-        code: ErrorCode,
-        msg: &str,
         version: Version,
         keep_alive: bool,
     ) -> Bytes {
+        let LocalAnswer {
+            status,
+            code,
+            msg,
+            retry,
+        } = *a;
         let mut body = BytesMut::with_capacity(96);
         write_error_body(&mut body, id, code, msg);
+        // only on a refusal: the allocation is off the hot path
+        let digits = retry.to_string();
+        let extra: &[(&str, &[u8])] = if retry > 0 {
+            &[("Retry-After", digits.as_bytes())]
+        } else {
+            &[]
+        };
         write_simple_response(
             scratch,
             status,
             "application/json",
-            &[],
+            extra,
             &body,
             version,
             keep_alive,
@@ -1612,15 +1870,13 @@ impl Conn {
     /// Refuse a request whose head could not be parsed, and close.
     fn reject_head(&mut self, status: u16, reason: &'static str) {
         self.event(Event::Rejected { status, reason });
-        let bytes = Self::error_response(
-            &mut self.scratch,
+        let answer = LocalAnswer {
             status,
-            None,
-            ErrorCode::InvalidRequest,
-            reason,
-            Version::Http11,
-            false,
-        );
+            code: ErrorCode::InvalidRequest,
+            msg: reason,
+            retry: 0,
+        };
+        let bytes = Self::error_response(&mut self.scratch, &answer, None, Version::Http11, false);
         self.out.push_back(Output::ToClient(bytes));
         self.close();
     }
@@ -1649,6 +1905,19 @@ impl Conn {
             self.out.push_back(Output::CloseClient);
         }
     }
+}
+
+/// The whole answer to a client connection past `max_connections`: `503` with
+/// `Retry-After` and a JSON-RPC error body, then close.
+pub fn over_capacity_response(retry_after: Duration) -> Bytes {
+    let mut out = BytesMut::new();
+    let answer = LocalAnswer {
+        status: 503,
+        code: ErrorCode::Server,
+        msg: "Too many connections: try again later",
+        retry: retry_after.as_secs().max(1) as u32,
+    };
+    Conn::error_response(&mut out, &answer, None, Version::Http11, false)
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {

@@ -119,6 +119,7 @@ pub mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod router;
@@ -126,6 +127,9 @@ pub mod stdio;
 pub mod store;
 
 pub use config::{Backend, Config, ConfigError, Timeouts};
-pub use conn::{Buffers, Conn, EndCause, Event, Output};
-pub use router::{BackendId, Balancer, Health, LeastSessions, PickKind, Router};
+pub use conn::{Buffers, Conn, EndCause, Event, Limit, Output, Side};
+pub use limits::{Admission, AdmitRequest, ClientId, ClientIdentity, IpNet, Limits};
+pub use router::{
+    BackendId, Balancer, ConnPermit, ConnRefusal, Health, LeastSessions, PickKind, Router,
+};
 pub use store::{Era, MemStore, Record, StoreOp, StoreReply};

@@ -40,6 +40,10 @@ struct ReasonL {
     reason: &'static str,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitL {
+    limit: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreL {
     op: &'static str,
     result: &'static str,
@@ -72,6 +76,8 @@ pub struct Metrics {
     /// Per backend id: the backend it named when cached, and its latency series.
     latency_by_id: RwLock<Vec<Option<CachedSeries>>>,
     rejected: Family<ReasonL, Counter>,
+    limited: Family<LimitL, Counter>,
+    connections_open: Gauge,
     duplicate_sessions: Counter,
     backend_up: Family<BackendL, Gauge>,
     backend_draining: Family<BackendL, Gauge>,
@@ -99,6 +105,8 @@ impl Metrics {
             upstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             latency_by_id: RwLock::default(),
             rejected: Family::default(),
+            limited: Family::default(),
+            connections_open: Gauge::default(),
             duplicate_sessions: Counter::default(),
             backend_up: Family::default(),
             backend_draining: Family::default(),
@@ -108,6 +116,17 @@ impl Metrics {
             store_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
+        r.register(
+            "limited",
+            "Requests and connections refused, or connections closed, because a cap, quota \
+             or send timeout was reached, by limit",
+            m.limited.clone(),
+        );
+        r.register(
+            "client_connections",
+            "Client connections open in this process",
+            m.connections_open.clone(),
+        );
         r.register(
             "sessions_started",
             "Sessions recorded, by transport era",
@@ -214,6 +233,13 @@ impl Metrics {
                     .inc();
                 self.observe_latency(router, *backend, latency.as_secs_f64());
             }
+            Event::Limited { limit } => {
+                self.limited
+                    .get_or_create(&LimitL {
+                        limit: limit.as_str(),
+                    })
+                    .inc();
+            }
             Event::Aborted => {
                 self.requests
                     .get_or_create(&RequestL {
@@ -266,6 +292,15 @@ impl Metrics {
         cache[id.index()] = Some((current, h));
     }
 
+    /// Count a refusal the driver made itself (a connection over `max_connections`).
+    pub fn limited(&self, limit: crate::conn::Limit) {
+        self.limited
+            .get_or_create(&LimitL {
+                limit: limit.as_str(),
+            })
+            .inc();
+    }
+
     /// Count a session end the driver observed itself (idle expiry).
     pub fn session_ended(&self, cause: EndCause) {
         self.sessions_ended
@@ -282,6 +317,7 @@ impl Metrics {
             StoreOp::Insert(..) => "insert",
             StoreOp::Delete(_) => "delete",
             StoreOp::Touch(_) => "touch",
+            StoreOp::Admit(_) => "admit",
         };
         let result = match reply {
             StoreReply::Unavailable => "error",
@@ -289,6 +325,7 @@ impl Metrics {
                 "miss"
             }
             StoreReply::Inserted(false) => "exists",
+            StoreReply::Admitted(a) if *a != crate::limits::Admission::Admit => "refused",
             _ => "ok",
         };
         self.store_ops.get_or_create(&StoreL { op, result }).inc();
@@ -299,6 +336,7 @@ impl Metrics {
 
     /// The text exposition, with per-backend gauges read from the router now.
     pub fn render(&self, router: &Router, now: Instant) -> String {
+        self.connections_open.set(router.connections() as i64);
         self.backend_up.clear();
         self.backend_draining.clear();
         self.backend_sessions.clear();

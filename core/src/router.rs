@@ -153,6 +153,44 @@ pub struct Router {
     epoch: Instant,
     table: RwLock<Arc<Table>>,
     balancer: Box<dyn Balancer>,
+    /// Client connections held ([`ConnPermit`]s alive).
+    connections: AtomicUsize,
+    /// Connections being refused right now (each answered `503`, then closed).
+    refusing: AtomicUsize,
+}
+
+/// Most connections refused with a `503` at once; past it a refused connection is
+/// closed without an answer (a flood must not cost more than the cap it hit).
+pub const MAX_REFUSING: usize = 256;
+
+/// One client connection counted against `max_connections` until dropped.
+#[derive(Debug)]
+pub struct ConnPermit(Arc<Router>);
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A client connection past `max_connections`.
+#[derive(Debug)]
+pub enum ConnRefusal {
+    /// Answer it `503` (with [`crate::conn::over_capacity_response`]), then close; the
+    /// slot is released on drop.
+    Answer(RefusalSlot),
+    /// Too many refusals in flight already: close it at once.
+    Drop,
+}
+
+/// A refusal in progress, counted against [`MAX_REFUSING`] until dropped.
+#[derive(Debug)]
+pub struct RefusalSlot(Arc<Router>);
+
+impl Drop for RefusalSlot {
+    fn drop(&mut self) {
+        self.0.refusing.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Router {
@@ -181,6 +219,8 @@ impl Router {
             epoch,
             table: RwLock::new(Arc::new(Table { config, members })),
             balancer,
+            connections: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
         }
     }
 
@@ -425,6 +465,33 @@ impl Router {
         } else {
             Health::Same
         }
+    }
+
+    /// A new client connection: counted if under `max_connections` (0: no cap).
+    ///
+    /// The router accepts and answers `503` with `Retry-After` rather than pausing
+    /// accept: a paused listener leaves clients in the kernel's queue with no answer
+    /// until their connect times out, and a load balancer in front cannot tell a full
+    /// replica from a dead one; a `503` tells both at once, and the cost of a refusal is
+    /// bounded by [`MAX_REFUSING`].
+    pub fn admit_connection(self: &Arc<Self>) -> Result<ConnPermit, ConnRefusal> {
+        let max = self.config().limits.max_connections;
+        let n = self.connections.fetch_add(1, Relaxed);
+        if max == 0 || n < max {
+            return Ok(ConnPermit(self.clone()));
+        }
+        self.connections.fetch_sub(1, Relaxed);
+        if self.refusing.fetch_add(1, Relaxed) < MAX_REFUSING {
+            Err(ConnRefusal::Answer(RefusalSlot(self.clone())))
+        } else {
+            self.refusing.fetch_sub(1, Relaxed);
+            Err(ConnRefusal::Drop)
+        }
+    }
+
+    /// Client connections held now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Relaxed)
     }
 
     /// A session was recorded for the backend.

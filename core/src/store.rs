@@ -5,9 +5,11 @@
 //! or a remote one such as Redis) and feeds the [`StoreReply`] back, in the order the
 //! ops were emitted. So a remote store fits without any change to routing logic.
 
+use crate::limits::{Admission, AdmitRequest, Bucket, ClientId};
 use crate::mcp::SessionKey;
 use crate::router::BackendId;
 use indexmap::IndexMap;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Which transport era a session belongs to.
@@ -26,6 +28,8 @@ pub struct Record {
     pub backend: BackendId,
     /// The session's transport era.
     pub era: Era,
+    /// The client that opened it (for the per-client session quota).
+    pub client: ClientId,
 }
 
 /// An operation for the driver to run against its session store.
@@ -42,6 +46,10 @@ pub enum StoreOp {
     /// Slide the idle deadline of a session whose stream is open but quiet (Redis:
     /// `EXPIRE key ttl`). Replies [`StoreReply::Touched`].
     Touch(SessionKey),
+    /// May this client open one more session? Checks the caps it carries against the
+    /// live sessions (all, and the client's) and takes a token from the client's
+    /// bucket. Replies [`StoreReply::Admitted`].
+    Admit(AdmitRequest),
 }
 
 /// The outcome of a [`StoreOp`].
@@ -56,6 +64,8 @@ pub enum StoreReply {
     Deleted(Option<Record>),
     /// `Touch`: whether the record existed.
     Touched(bool),
+    /// `Admit`: the verdict.
+    Admitted(Admission),
     /// The store could not be reached or did not answer in time.
     Unavailable,
 }
@@ -104,7 +114,16 @@ pub struct MemStore {
     /// Records found expired by a lookup before the sweep reached them; handed out by
     /// the next [`MemStore::expire`] so their end is reported like any expiry.
     lazily_expired: Vec<(SessionKey, Record)>,
+    /// Live records per client (absent: none).
+    per_client: HashMap<ClientId, u32>,
+    /// Session-creation token buckets per client (absent: full).
+    buckets: HashMap<ClientId, Bucket>,
+    /// Size of `buckets` at which full buckets are forgotten.
+    prune_buckets_at: usize,
 }
+
+/// Buckets kept before full ones are forgotten (and at least this many afterwards).
+const BUCKETS_FLOOR: usize = 65_536;
 
 impl MemStore {
     /// A store whose records live `ttl` past their last use. `epoch` is any instant not
@@ -118,6 +137,9 @@ impl MemStore {
             batch: batch.max(1),
             inserted: 0,
             lazily_expired: Vec::new(),
+            per_client: HashMap::new(),
+            buckets: HashMap::new(),
+            prune_buckets_at: BUCKETS_FLOOR,
         }
     }
 
@@ -171,18 +193,68 @@ impl MemStore {
                         deadline,
                     },
                 );
+                *self.per_client.entry(record.client).or_default() += 1;
                 self.inserted += 1;
                 StoreReply::Inserted(true)
             }
             StoreOp::Delete(k) => match self.map.swap_remove_entry(k) {
-                Some((_, e)) if e.deadline > t => StoreReply::Deleted(Some(e.record)),
+                Some((_, e)) if e.deadline > t => {
+                    self.forget(&e.record);
+                    StoreReply::Deleted(Some(e.record))
+                }
                 Some((key, e)) => {
+                    self.forget(&e.record);
                     self.lazily_expired.push((key, e.record));
                     StoreReply::Deleted(None)
                 }
                 None => StoreReply::Deleted(None),
             },
+            StoreOp::Admit(a) => StoreReply::Admitted(self.admit(a, now)),
         }
+    }
+
+    /// The caps of `a`, checked against this store's records, and a token taken from
+    /// the client's bucket (only when every cap allows the session).
+    fn admit(&mut self, a: &AdmitRequest, now: Instant) -> Admission {
+        if a.max_sessions > 0 && self.map.len() as u64 >= a.max_sessions {
+            return Admission::Sessions;
+        }
+        let held = self.per_client.get(&a.client).copied().unwrap_or(0);
+        if a.client_max_sessions > 0 && u64::from(held) >= a.client_max_sessions {
+            return Admission::ClientSessions;
+        }
+        if a.rate == 0 {
+            return Admission::Admit;
+        }
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        if self.buckets.len() >= self.prune_buckets_at {
+            self.buckets
+                .retain(|_, b| !b.is_full_at(a.rate, a.burst, ms));
+            self.prune_buckets_at = (self.buckets.len() * 2).max(BUCKETS_FLOOR);
+        }
+        let b = self
+            .buckets
+            .entry(a.client)
+            .or_insert_with(|| Bucket::full(a.burst, ms));
+        match b.take(a.rate, a.burst, ms) {
+            Ok(()) => Admission::Admit,
+            Err(wait_ms) => Admission::ClientRate(wait_ms),
+        }
+    }
+
+    /// A record left the map: it no longer counts for its client.
+    fn forget(&mut self, r: &Record) {
+        if let Some(n) = self.per_client.get_mut(&r.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&r.client);
+            }
+        }
+    }
+
+    /// Live records held for `client` (for tests and the status page).
+    pub fn client_sessions(&self, client: ClientId) -> u32 {
+        self.per_client.get(&client).copied().unwrap_or(0)
     }
 
     /// Look up a live record and move its deadline; an expired one is removed.
@@ -196,6 +268,7 @@ impl MemStore {
         // Expired but not yet swept: it is gone now, and its end is reported by the
         // next `expire` call.
         let (key, e) = self.map.swap_remove_index(idx)?;
+        self.forget(&e.record);
         self.lazily_expired.push((key, e.record));
         None
     }
@@ -225,6 +298,7 @@ impl MemStore {
             if expired {
                 // swap_remove moves the last record into `cursor`: examine it next.
                 if let Some((k, e)) = self.map.swap_remove_index(self.cursor) {
+                    self.forget(&e.record);
                     out.push((k, e.record));
                 }
             } else {
@@ -251,10 +325,12 @@ mod tests {
     const R0: Record = Record {
         backend: BackendId(0),
         era: Era::Streamable,
+        client: ClientId(0),
     };
     const R1: Record = Record {
         backend: BackendId(1),
         era: Era::LegacySse,
+        client: ClientId(1),
     };
 
     #[test]
@@ -427,5 +503,61 @@ mod tests {
         );
         let mut out = Vec::new();
         assert_eq!(s.expire(late, &mut out), 1);
+    }
+
+    #[test]
+    fn admission_counts_live_sessions_per_client_and_rate() {
+        let t = Instant::now();
+        let mut s = MemStore::new(Duration::from_secs(10), 64, t);
+        let a = |client: u64, max_sessions, client_max_sessions, rate| {
+            StoreOp::Admit(AdmitRequest {
+                client: ClientId(client),
+                max_sessions,
+                client_max_sessions,
+                rate,
+                burst: 2,
+            })
+        };
+        let ok = StoreReply::Admitted(Admission::Admit);
+        for i in 0..2u64 {
+            assert_eq!(s.execute(&a(7, 3, 2, 0), t), ok);
+            let r = Record {
+                client: ClientId(7),
+                ..R0
+            };
+            s.execute(&StoreOp::Insert(key(&format!("s{i}")), r), t);
+        }
+        assert_eq!(s.client_sessions(ClientId(7)), 2);
+        // the client's cap, while another client still gets in
+        assert_eq!(
+            s.execute(&a(7, 3, 2, 0), t),
+            StoreReply::Admitted(Admission::ClientSessions)
+        );
+        assert_eq!(s.execute(&a(8, 3, 2, 0), t), ok);
+        s.execute(&StoreOp::Insert(key("other"), R0), t);
+        // the global cap
+        assert_eq!(
+            s.execute(&a(9, 3, 2, 0), t),
+            StoreReply::Admitted(Admission::Sessions)
+        );
+        // a delete frees the client's slot, an expiry too
+        s.execute(&StoreOp::Delete(key("s0")), t);
+        assert_eq!(s.client_sessions(ClientId(7)), 1);
+        let mut out = Vec::new();
+        s.expire(t + Duration::from_secs(11), &mut out);
+        assert_eq!(s.client_sessions(ClientId(7)), 0);
+        assert!(s.is_empty());
+        // the rate: a burst of 2, then one per 100 ms at 10/s
+        assert_eq!(s.execute(&a(5, 0, 0, 10), t), ok);
+        assert_eq!(s.execute(&a(5, 0, 0, 10), t), ok);
+        assert_eq!(
+            s.execute(&a(5, 0, 0, 10), t),
+            StoreReply::Admitted(Admission::ClientRate(100))
+        );
+        assert_eq!(s.execute(&a(6, 0, 0, 10), t), ok, "buckets are per client");
+        assert_eq!(
+            s.execute(&a(5, 0, 0, 10), t + Duration::from_millis(100)),
+            ok
+        );
     }
 }

@@ -277,7 +277,8 @@ fn initialize_records_the_session_and_later_requests_stick() {
         h.lookup("sess-A"),
         Some(Record {
             backend: BackendId(b),
-            era: Era::Streamable
+            era: Era::Streamable,
+            client: ClientId::of_addr("192.0.2.7".parse().unwrap()),
         })
     );
     assert!(h
@@ -585,7 +586,8 @@ fn legacy_sse_endpoint_event_records_the_session() {
         h.lookup("abc123"),
         Some(Record {
             backend: BackendId(b),
-            era: Era::LegacySse
+            era: Era::LegacySse,
+            client: ClientId::of_addr("192.0.2.7".parse().unwrap()),
         })
     );
     // a message POST from another connection goes to the same backend
@@ -677,6 +679,9 @@ fn new_session_response_waits_for_the_store() {
     let mut h = H::new(1);
     h.auto_store = false;
     h.send(&post("/mcp", None, INIT));
+    // the new session is admitted first
+    assert!(matches!(h.ops.front(), Some(StoreOp::Admit(_))));
+    h.store_reply(StoreReply::Admitted(Admission::Admit));
     h.connect_ok(false);
     h.reply(&json_ok("Mcp-Session-Id: w\r\n", "{}"));
     assert!(h.client.is_empty(), "head sent before the record exists");
@@ -687,6 +692,7 @@ fn new_session_response_waits_for_the_store() {
     let mut h = H::new(1);
     h.auto_store = false;
     h.send(&post("/mcp", None, INIT));
+    h.store_reply(StoreReply::Admitted(Admission::Admit));
     h.connect_ok(false);
     h.reply(&json_ok("Mcp-Session-Id: w\r\n", "{}"));
     h.store_reply(StoreReply::Unavailable);
@@ -718,6 +724,7 @@ fn record_naming_an_unconfigured_backend_is_unknown_and_deleted() {
             Record {
                 backend: BackendId(9),
                 era: Era::Streamable,
+                client: ClientId(0),
             },
         ),
         h.now,
@@ -1039,4 +1046,215 @@ fn batches_route_like_any_message_and_never_open_a_session() {
     let b = init(&mut h, "s");
     h.send(&post("/mcp", Some("s"), batch));
     assert_eq!(h.connects.last().unwrap().0, b);
+}
+
+// ----- issue 12: what a client can hold ------------------------------------------------
+
+#[test]
+fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
+    let mut c = config(1);
+    c.timeouts.client_send = Duration::from_secs(5);
+    // shorter than the send timeout: it must not fire while the write is stalled
+    c.timeouts.body_idle = Duration::from_secs(2);
+    let mut h = H::with(c);
+    init(&mut h, "s1");
+    h.released.clear();
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_ok(true);
+    // a large body, half sent: the driver cannot write it to the client
+    h.reply(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+    );
+    h.conn.handle_send_blocked(Side::Client, h.now);
+    assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+    h.advance(Duration::from_millis(4900));
+    assert!(!h.closed, "closed before the send timeout");
+    // progress restarts the deadline (nginx's send_timeout is between two writes)
+    h.conn.handle_send_blocked(Side::Client, h.now);
+    h.advance(Duration::from_millis(4900));
+    assert!(!h.closed);
+    h.advance(Duration::from_millis(200));
+    assert!(h.closed, "still open after the send timeout");
+    assert!(h.conn.send_expired(Side::Client));
+    assert_eq!(
+        h.released,
+        [false],
+        "the backend connection is dropped, not pooled"
+    );
+    assert!(h.events.contains(&Event::Limited {
+        limit: Limit::ClientSend
+    }));
+    // the session record stays
+    assert!(h.lookup("s1").is_some());
+    assert!(h.ended().is_empty());
+}
+
+#[test]
+fn a_write_that_completes_clears_the_send_deadline() {
+    let mut c = config(1);
+    c.timeouts.client_send = Duration::from_secs(5);
+    let mut h = H::with(c);
+    init(&mut h, "s1");
+    h.conn.handle_send_blocked(Side::Client, h.now);
+    h.advance(Duration::from_secs(1));
+    h.conn.handle_send_done(Side::Client, h.now);
+    h.advance(Duration::from_secs(10));
+    assert!(!h.conn.send_expired(Side::Client));
+    assert!(!h.events.iter().any(|e| matches!(e, Event::Limited { .. })));
+}
+
+#[test]
+fn a_backend_that_stops_reading_the_request_gets_a_504_in_time() {
+    let mut c = config(1);
+    c.timeouts.body_idle = Duration::from_secs(3);
+    let mut h = H::with(c);
+    init(&mut h, "s1");
+    h.released.clear();
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_ok(true);
+    h.conn.handle_send_blocked(Side::Upstream, h.now);
+    h.advance(Duration::from_millis(2900));
+    assert!(h.client.is_empty());
+    h.advance(Duration::from_millis(200));
+    assert!(h.conn.send_expired(Side::Upstream));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 504, "{resp}");
+    assert_eq!(body_json(&resp)["error"]["code"], -32000);
+    assert_eq!(h.released, [false]);
+    assert!(h.events.contains(&Event::Limited {
+        limit: Limit::UpstreamSend
+    }));
+}
+
+fn retry_after(resp: &str) -> Option<u32> {
+    resp.lines()
+        .find_map(|l| l.strip_prefix("Retry-After: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn max_sessions_refuses_initialize_with_503_and_spares_live_sessions() {
+    let mut c = config(1);
+    c.limits.max_sessions = 2;
+    c.limits.client_session_rate = 0;
+    let mut h = H::with(c);
+    init(&mut h, "a");
+    init(&mut h, "b");
+    h.connects.clear();
+    h.send(&post("/mcp", None, INIT));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert_eq!(retry_after(&resp), Some(1), "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(
+        (v["id"].as_i64(), v["error"]["code"].as_i64()),
+        (Some(1), Some(-32000))
+    );
+    assert!(
+        h.connects.is_empty(),
+        "a refused initialize reached a backend"
+    );
+    assert!(h.events.contains(&Event::Limited {
+        limit: Limit::Sessions
+    }));
+    // the established sessions carry on, on the same keep-alive connection
+    h.send(&post("/mcp", Some("a"), CALL));
+    assert_eq!(h.connects.len(), 1);
+    h.connect_ok(true);
+    h.reply(&json_ok(
+        "",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    assert_eq!(status_of(&h.take_client()), 200);
+    // ending one makes room
+    h.store.execute(&StoreOp::Delete(key("a")), h.now);
+    init(&mut h, "c");
+}
+
+#[test]
+fn per_client_quotas_answer_429_with_retry_after_and_spare_other_clients() {
+    let mut c = config(1);
+    c.limits.client_max_sessions = 1;
+    c.limits.client_session_rate = 0;
+    let mut h = H::with(c.clone());
+    init(&mut h, "a");
+    h.send(&post("/mcp", None, INIT));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 429, "{resp}");
+    assert_eq!(retry_after(&resp), Some(1));
+    assert_eq!(body_json(&resp)["id"], 1);
+    assert!(h.events.contains(&Event::Limited {
+        limit: Limit::ClientSessions
+    }));
+    // another client (no peer address here) still gets a session
+    h.reconnect();
+    init(&mut h, "b");
+
+    // the rate: a burst of 2, then 1 per second
+    c.limits.client_max_sessions = 0;
+    c.limits.client_session_rate = 1;
+    c.limits.client_session_burst = 2;
+    let mut h = H::with(c);
+    init(&mut h, "r1");
+    init(&mut h, "r2");
+    h.connects.clear();
+    h.send(&post("/mcp", None, INIT));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 429, "{resp}");
+    assert_eq!(retry_after(&resp), Some(1));
+    assert!(h.connects.is_empty());
+    assert!(h.events.contains(&Event::Limited {
+        limit: Limit::ClientRate
+    }));
+    h.advance(Duration::from_millis(1000));
+    init(&mut h, "r3");
+}
+
+#[test]
+fn a_legacy_stream_opener_is_admitted_too() {
+    let mut c = config(1);
+    c.limits.max_sessions = 1;
+    let mut h = H::with(c);
+    init(&mut h, "a");
+    h.send(b"GET /sse HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\n\r\n");
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert_eq!(retry_after(&resp), Some(1));
+}
+
+#[test]
+fn the_over_capacity_answer_is_a_503_with_a_json_rpc_body() {
+    let b = mcp_router_core::conn::over_capacity_response(Duration::from_secs(2));
+    let resp = String::from_utf8(b.to_vec()).unwrap();
+    assert_eq!(status_of(&resp), 503);
+    assert_eq!(retry_after(&resp), Some(2));
+    assert!(resp.contains("Connection: close"), "{resp}");
+    assert_eq!(body_json(&resp)["error"]["code"], -32000);
+}
+
+#[test]
+fn connections_past_the_cap_are_refused_and_counted_back() {
+    let mut c = config(1);
+    c.limits.max_connections = 2;
+    let r = Arc::new(Router::new(Arc::new(c), Instant::now()));
+    let a = r.admit_connection().unwrap();
+    let b = r.admit_connection().unwrap();
+    assert!(matches!(r.admit_connection(), Err(ConnRefusal::Answer(_))));
+    assert_eq!(r.connections(), 2);
+    drop(a);
+    let _c = r.admit_connection().unwrap();
+    drop(b);
+    assert_eq!(r.connections(), 1);
+    // refusals are bounded too
+    let mut c = config(1);
+    c.limits.max_connections = 1;
+    let r = Arc::new(Router::new(Arc::new(c), Instant::now()));
+    let _held = r.admit_connection().unwrap();
+    let slots: Vec<_> = (0..mcp_router_core::router::MAX_REFUSING)
+        .map(|_| r.admit_connection().unwrap_err())
+        .collect();
+    assert!(slots.iter().all(|s| matches!(s, ConnRefusal::Answer(_))));
+    assert!(matches!(r.admit_connection(), Err(ConnRefusal::Drop)));
+    drop(slots);
+    assert!(matches!(r.admit_connection(), Err(ConnRefusal::Answer(_))));
 }

@@ -46,6 +46,7 @@ fn an_idle_record_costs_under_300_bytes_and_churn_returns_to_baseline() {
     let rec = Record {
         backend: BackendId(1),
         era: Era::Streamable,
+        client: mcp_router_core::ClientId(0),
     };
     let before = LIVE.load(Relaxed);
     const N: u64 = 100_000;

@@ -132,6 +132,47 @@ pub struct Cli {
     /// (one per core, each with its own listener) [default: one per available CPU].
     #[arg(long, env = "MCP_ROUTER_WORKERS")]
     pub workers: Option<usize>,
+    /// A response the client does not read for this long (no write progress) closes
+    /// its connection and drops the backend connection; the session stays [default: 60s].
+    #[arg(long, env = "MCP_ROUTER_CLIENT_SEND_TIMEOUT")]
+    pub client_send_timeout: Option<String>,
+    /// Most client connections per process; past it a new connection gets 503 with
+    /// Retry-After and is closed; 0 turns the cap off [default: 4096].
+    #[arg(long, env = "MCP_ROUTER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most live sessions (with Redis: the fleet's); past it `initialize` gets 503 with
+    /// Retry-After; 0 turns the cap off [default: 100000].
+    #[arg(long, env = "MCP_ROUTER_MAX_SESSIONS")]
+    pub max_sessions: Option<u64>,
+    /// Most live sessions per client (see --client-identity); past it `initialize`
+    /// gets 429; 0 turns the quota off [default: 1000].
+    #[arg(long, env = "MCP_ROUTER_CLIENT_MAX_SESSIONS")]
+    pub client_max_sessions: Option<u64>,
+    /// New sessions per second per client (token bucket); past it 429 with
+    /// Retry-After; 0 turns the quota off [default: 20].
+    #[arg(long, env = "MCP_ROUTER_CLIENT_SESSION_RATE")]
+    pub client_session_rate: Option<u32>,
+    /// New sessions a client may open at once before the rate applies [default: 40].
+    #[arg(long, env = "MCP_ROUTER_CLIENT_SESSION_BURST")]
+    pub client_session_burst: Option<u32>,
+    /// Who a client is, for the per-client quotas: `peer` (the peer address, the
+    /// default), `xff` (the first untrusted hop of X-Forwarded-For, given
+    /// --trusted-proxies), `header:NAME` (a digest of a header an auth proxy sets), or
+    /// `bearer-sub` (the iss and sub claims of a Bearer JWT, read unverified).
+    #[arg(long, env = "MCP_ROUTER_CLIENT_IDENTITY")]
+    pub client_identity: Option<String>,
+    /// Proxies whose X-Forwarded-For is believed: addresses or CIDR ranges
+    /// (environment: comma-separated).
+    #[arg(
+        long = "trusted-proxies",
+        env = "MCP_ROUTER_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Listen backlog: connections the kernel queues before the router accepts them
+    /// (capped by net.core.somaxconn) [default: 1024].
+    #[arg(long, env = "MCP_ROUTER_ACCEPT_BACKLOG")]
+    pub accept_backlog: Option<u32>,
 }
 
 /// The TOML file: the same fields as the flags.
@@ -171,6 +212,15 @@ struct File {
     stdio_mode: Option<String>,
     stdio_max_children: Option<usize>,
     stdio_stream_grace: Option<toml::Value>,
+    client_send_timeout: Option<toml::Value>,
+    max_connections: Option<usize>,
+    max_sessions: Option<u64>,
+    client_max_sessions: Option<u64>,
+    client_session_rate: Option<u32>,
+    client_session_burst: Option<u32>,
+    client_identity: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    accept_backlog: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -214,6 +264,8 @@ pub struct Settings {
     pub stdio: Option<StdioSettings>,
     /// Client-serving threads (`None`: one per available CPU).
     pub workers: Option<usize>,
+    /// Listen backlog.
+    pub accept_backlog: u32,
 }
 
 /// `--stdio`: serve a stdio MCP server (tokio binary only) instead of proxying backends.
@@ -417,10 +469,66 @@ impl Cli {
             &file.pool_idle_timeout,
             t.pool_idle,
         )?;
+        t.client_send = dur(
+            "client_send_timeout",
+            &self.client_send_timeout,
+            &file.client_send_timeout,
+            t.client_send,
+        )?;
         c.pool_max_idle = self
             .pool_max_idle
             .or(file.pool_max_idle)
             .unwrap_or(c.pool_max_idle);
+        let l = &mut c.limits;
+        l.max_connections = self
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(l.max_connections);
+        l.max_sessions = self
+            .max_sessions
+            .or(file.max_sessions)
+            .unwrap_or(l.max_sessions);
+        l.client_max_sessions = self
+            .client_max_sessions
+            .or(file.client_max_sessions)
+            .unwrap_or(l.client_max_sessions);
+        l.client_session_rate = self
+            .client_session_rate
+            .or(file.client_session_rate)
+            .unwrap_or(l.client_session_rate);
+        l.client_session_burst = self
+            .client_session_burst
+            .or(file.client_session_burst)
+            .unwrap_or(l.client_session_burst);
+        if let Some(id) = self
+            .client_identity
+            .as_ref()
+            .or(file.client_identity.as_ref())
+        {
+            c.client_identity = mcp_router_core::ClientIdentity::parse(id)
+                .map_err(|e| ConfigError(format!("client_identity: {e}")))?;
+        }
+        let proxies = if !self.trusted_proxies.is_empty() {
+            self.trusted_proxies.clone()
+        } else {
+            file.trusted_proxies.clone().unwrap_or_default()
+        };
+        c.trusted_proxies = proxies
+            .iter()
+            .map(|p| mcp_router_core::IpNet::parse(p.trim()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ConfigError(format!("trusted_proxies: {e}")))?;
+        if c.client_identity == mcp_router_core::ClientIdentity::Xff && c.trusted_proxies.is_empty()
+        {
+            return Err(ConfigError(
+                "client_identity: xff needs --trusted-proxies (whose X-Forwarded-For to believe)"
+                    .into(),
+            ));
+        }
+        let accept_backlog = self.accept_backlog.or(file.accept_backlog).unwrap_or(1024);
+        if !(1..=65535).contains(&accept_backlog) {
+            return Err(ConfigError("accept_backlog: must be 1..=65535".into()));
+        }
         c.backoff_initial = dur(
             "backoff_initial",
             &self.backoff_initial,
@@ -517,6 +625,7 @@ impl Cli {
             drain,
             stdio,
             workers,
+            accept_backlog,
         })
     }
 

@@ -10,7 +10,9 @@ use bytes::BytesMut;
 use mcp_router_core::http::{
     parse_request, write_simple_response, HttpLimits, RequestHead, Version,
 };
-use mcp_router_core::{BackendId, Buffers, Conn, Output, StoreOp, StoreReply};
+use mcp_router_core::{
+    BackendId, Buffers, Conn, ConnRefusal, Limit, Output, Side, StoreOp, StoreReply,
+};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -94,6 +96,151 @@ enum Wake<S> {
     Shutdown,
 }
 
+/// The core's next deadline, armed on the runtime's timer.
+struct Clock<T: Timer> {
+    timer: T,
+    at: Option<Instant>,
+}
+
+impl<T: Timer> Clock<T> {
+    /// Fire at `at` (none: never); re-arming for the same instant is free.
+    fn arm(&mut self, at: Option<Instant>) {
+        if at != self.at {
+            if let Some(a) = at {
+                self.timer.fire_at(a);
+            }
+            self.at = at;
+        }
+    }
+
+    /// Ready once the armed deadline has passed (then disarmed).
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.at.is_some() && self.timer.poll_fired(cx).is_ready() {
+            self.at = None;
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+enum Step {
+    Done,
+    Failed(io::Error),
+    Blocked,
+    Deadline,
+}
+
+/// Write every buffer of `bufs` to `s` (which is `side` of `conn`) in order, with as
+/// few vectored writes as possible, while the core's deadlines keep running: a write
+/// that stalls is reported to the core ([`Conn::handle_send_blocked`]), and when the
+/// core says its send deadline passed the write is given up with `TimedOut`. `bufs`
+/// is empty afterwards, whatever the outcome.
+async fn send<S: Io, T: Timer>(
+    s: &mut S,
+    bufs: &mut Vec<bytes::Bytes>,
+    side: Side,
+    conn: &mut Conn,
+    clock: &mut Clock<T>,
+) -> io::Result<()> {
+    use bytes::Buf;
+    let mut i = 0;
+    let mut blocked = false;
+    let r = loop {
+        let step = poll_fn(|cx| {
+            let mut progressed = false;
+            loop {
+                while i < bufs.len() && bufs[i].is_empty() {
+                    i += 1;
+                }
+                if i == bufs.len() {
+                    return Poll::Ready(Step::Done);
+                }
+                let mut slices = [io::IoSlice::new(&[]); 16];
+                let mut k = 0;
+                for b in bufs[i..].iter().take(16) {
+                    slices[k] = io::IoSlice::new(b);
+                    k += 1;
+                }
+                match s.poll_write_vectored(cx, &slices[..k]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Step::Failed(io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(mut n)) => {
+                        progressed = true;
+                        while n > 0 && i < bufs.len() {
+                            let b = &mut bufs[i];
+                            let k = n.min(b.len());
+                            b.advance(k);
+                            n -= k;
+                            if b.is_empty() {
+                                i += 1;
+                            }
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if progressed || !blocked {
+                // (re)start the core's send deadline from this progress
+                return Poll::Ready(Step::Blocked);
+            }
+            if clock.poll(cx).is_ready() {
+                return Poll::Ready(Step::Deadline);
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Step::Done => break Ok(()),
+            Step::Failed(e) => break Err(e),
+            Step::Blocked => {
+                blocked = true;
+                conn.handle_send_blocked(side, Instant::now());
+                clock.arm(conn.poll_timeout());
+            }
+            Step::Deadline => {
+                conn.handle_timeout(Instant::now());
+                if conn.send_expired(side) {
+                    break Err(io::ErrorKind::TimedOut.into());
+                }
+                clock.arm(conn.poll_timeout());
+            }
+        }
+    };
+    if blocked {
+        conn.handle_send_done(side, Instant::now());
+    }
+    bufs.clear();
+    r
+}
+
+/// How long a refused connection (over `max_connections`) may take to be answered.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answer a connection past `max_connections` with the core's `503`, then close it
+/// after reading what the client already sent (closing with unread input would reset
+/// the connection and could destroy the answer before the client reads it).
+async fn refuse<R: Runtime>(shared: &Shared, mut client: R::Stream, how: ConnRefusal) {
+    shared.metrics.limited(Limit::Connections);
+    shared.log_limit(Limit::Connections);
+    let ConnRefusal::Answer(_slot) = how else {
+        return;
+    };
+    let retry = shared.router.config().limits.retry_after;
+    let answer = mcp_router_core::conn::over_capacity_response(retry);
+    let _ = rt::timeout::<R, _>(REFUSAL_TIMEOUT, async {
+        rt::write_all(&mut client, &answer).await?;
+        rt::close(&mut client).await?;
+        let mut sink = BytesMut::with_capacity(4096);
+        while rt::read_buf(&mut client, &mut sink).await? > 0 {
+            sink.clear();
+        }
+        io::Result::Ok(())
+    })
+    .await;
+}
+
 /// Drive one client connection to its end.
 pub async fn drive<R: Runtime>(
     fe: &Frontend<R>,
@@ -103,6 +250,10 @@ pub async fn drive<R: Runtime>(
 ) {
     let shared = &*fe.shared;
     let router = &shared.router;
+    let _permit = match router.admit_connection() {
+        Ok(p) => p,
+        Err(how) => return refuse::<R>(shared, client, how).await,
+    };
     let mut conn = Conn::new(router.clone(), Some(peer.ip()), "http", Instant::now());
     let mut bufs = Buffers::default();
     let mut up: Option<(BackendId, R::Stream)> = None;
@@ -112,8 +263,10 @@ pub async fn drive<R: Runtime>(
     if shutting_down {
         conn.shutdown();
     }
-    let mut timer = R::timer();
-    let mut timer_at: Option<Instant> = None;
+    let mut clock = Clock {
+        timer: R::timer(),
+        at: None,
+    };
     let mut to_client: Vec<bytes::Bytes> = Vec::new();
     let mut to_up: Vec<bytes::Bytes> = Vec::new();
     'outer: loop {
@@ -130,7 +283,7 @@ pub async fn drive<R: Runtime>(
                     Output::ToClient(b) => to_client.push(b),
                     Output::ToUpstream(b) => to_up.push(b),
                     Output::Connect { backend, fresh } => {
-                        flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
+                        flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs, &mut clock).await;
                         up = None;
                         connecting = None;
                         let pooled = if fresh {
@@ -157,7 +310,7 @@ pub async fn drive<R: Runtime>(
                         }
                     }
                     Output::ReleaseUpstream { reuse } => {
-                        flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
+                        flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs, &mut clock).await;
                         bufs.upstream.clear();
                         connecting = None;
                         if let Some((b, s)) = up.take() {
@@ -176,13 +329,19 @@ pub async fn drive<R: Runtime>(
                         conn.handle_store_reply(r, now);
                     }
                     Output::CloseClient => {
-                        if rt::write_all_vectored(&mut client, &mut to_client)
-                            .await
-                            .is_err()
-                        {
+                        let sent = send(
+                            &mut client,
+                            &mut to_client,
+                            Side::Client,
+                            &mut conn,
+                            &mut clock,
+                        )
+                        .await;
+                        if sent.is_err() {
                             conn.handle_client_eof(Instant::now());
+                        } else {
+                            let _ = rt::close(&mut client).await;
                         }
-                        let _ = rt::close(&mut client).await;
                     }
                     Output::Event(e) => shared.report(&e, Some(peer)),
                 }
@@ -200,11 +359,17 @@ pub async fn drive<R: Runtime>(
             }
             // Quiet: one vectored write per side. A failed write is reported to the
             // core, which may have more to say, so go round again.
-            flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs).await;
+            flush_upstream(&mut up, &mut to_up, &mut conn, &mut bufs, &mut clock).await;
             if !to_client.is_empty()
-                && rt::write_all_vectored(&mut client, &mut to_client)
-                    .await
-                    .is_err()
+                && send(
+                    &mut client,
+                    &mut to_client,
+                    Side::Client,
+                    &mut conn,
+                    &mut clock,
+                )
+                .await
+                .is_err()
             {
                 conn.handle_client_eof(Instant::now());
             }
@@ -212,13 +377,7 @@ pub async fn drive<R: Runtime>(
         if conn.is_closed() {
             break 'outer;
         }
-        let deadline = conn.poll_timeout();
-        if deadline != timer_at {
-            if let Some(at) = deadline {
-                timer.fire_at(at);
-            }
-            timer_at = deadline;
-        }
+        clock.arm(conn.poll_timeout());
         let want_client = conn.wants_client_read(&bufs);
         let want_up = up.is_some() && conn.wants_upstream_read(&bufs);
         let Buffers {
@@ -238,7 +397,7 @@ pub async fn drive<R: Runtime>(
                     return Poll::Ready(Wake::Connected(r));
                 }
             }
-            if timer_at.is_some() && timer.poll_fired(cx).is_ready() {
+            if clock.poll(cx).is_ready() {
                 return Poll::Ready(Wake::Deadline);
             }
             if !shutting_down && stop.poll(cx).is_ready() {
@@ -288,7 +447,6 @@ pub async fn drive<R: Runtime>(
             }
             Wake::Deadline => {
                 // re-armed on the next round, even for the same deadline
-                timer_at = None;
                 conn.handle_timeout(now);
             }
             Wake::Shutdown => {
@@ -302,11 +460,12 @@ pub async fn drive<R: Runtime>(
 
 /// Write the gathered upstream bytes (if there is a connection); a failed write is
 /// the upstream connection breaking.
-async fn flush_upstream<S: Io>(
+async fn flush_upstream<S: Io, T: Timer>(
     up: &mut Option<(BackendId, S)>,
     pending: &mut Vec<bytes::Bytes>,
     conn: &mut Conn,
     bufs: &mut Buffers,
+    clock: &mut Clock<T>,
 ) {
     if pending.is_empty() {
         return;
@@ -315,7 +474,7 @@ async fn flush_upstream<S: Io>(
         pending.clear();
         return;
     };
-    if rt::write_all_vectored(s, pending).await.is_err() {
+    if send(s, pending, Side::Upstream, conn, clock).await.is_err() {
         let now = Instant::now();
         conn.handle_io(bufs, now);
         conn.handle_upstream_eof(now);

@@ -10,13 +10,25 @@
 //! Each proxied request costs at most one round trip: `GETEX key EX ttl` reads the
 //! record and slides its idle TTL at once.
 //!
-//! Key: `<prefix><session id>`. Value: `1|<era>|<created unix secs>|<backend name>`,
-//! where era is `s` (Streamable HTTP) or `l` (legacy SSE). The backend is named, never
+//! Key: `<prefix><session id>`. Value: `2|<era>|<created unix secs>|<client>|<backend
+//! name>`, where era is `s` (Streamable HTTP) or `l` (legacy SSE) and client is the
+//! opening client's [`ClientId`] in 16 hex digits (version `1` values, without the
+//! client, written by earlier releases, still read).
+//!
+//! Caps and quotas are the fleet's: beside the records, `<prefix> live` is a sorted set
+//! of every live session (score: its idle deadline in ms), `<prefix> client <id>` one per
+//! client, and `<prefix> bucket <id>` a client's session-creation token bucket. The
+//! space in these names keeps them apart from every session key (session ids are
+//! visible ASCII). [`StoreOp::Admit`] prunes and counts them in one script (one round
+//! trip, on Redis's clock so that every replica agrees); inserting a record adds it to
+//! both sets in the same script as the `SET NX`. The backend is named, never
 //! addressed: a name that is not configured here reads as an unconfigured backend,
 //! which the core treats as an unknown session and deletes.
 
 use mcp_router_core::mcp::SessionKey;
-use mcp_router_core::{BackendId, ConfigError, Era, Record, Router, StoreOp, StoreReply};
+use mcp_router_core::{
+    Admission, BackendId, ClientId, ConfigError, Era, Record, Router, StoreOp, StoreReply,
+};
 use redis::{ConnectionInfo, IntoConnectionInfo, Value};
 use std::future::Future;
 use std::sync::Arc;
@@ -96,7 +108,26 @@ impl RedisCodec {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        format!("1|{era}|{created}|{}", self.router.name(r.backend))
+        format!(
+            "2|{era}|{created}|{:016x}|{}",
+            r.client.0,
+            self.router.name(r.backend)
+        )
+    }
+
+    /// The sorted set of every live session.
+    fn live_key(&self) -> String {
+        format!("{} live", self.prefix)
+    }
+
+    /// A client's sorted set of live sessions.
+    fn client_key(&self, c: ClientId) -> String {
+        format!("{} client {:016x}", self.prefix, c.0)
+    }
+
+    /// A client's session-creation token bucket.
+    fn bucket_key(&self, c: ClientId) -> String {
+        format!("{} bucket {:016x}", self.prefix, c.0)
     }
 
     /// Read a stored value. Anything unreadable, or naming a backend not configured
@@ -105,13 +136,30 @@ impl RedisCodec {
         let unknown = Record {
             backend: BackendId(u16::MAX),
             era: Era::Streamable,
+            client: ClientId::default(),
         };
         let Ok(text) = std::str::from_utf8(v) else {
             return unknown;
         };
-        let mut parts = text.splitn(4, '|');
-        let (Some("1"), Some(era), Some(_created), Some(name)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (client, rest) = match text.split_once('|') {
+            Some(("1", rest)) => (ClientId::default(), rest.to_string()),
+            Some(("2", rest)) => {
+                // era|created|client|name -> era|created|name
+                let mut p = rest.splitn(4, '|');
+                let (Some(era), Some(created), Some(c), Some(name)) =
+                    (p.next(), p.next(), p.next(), p.next())
+                else {
+                    return unknown;
+                };
+                let Ok(c) = u64::from_str_radix(c, 16) else {
+                    return unknown;
+                };
+                (ClientId(c), format!("{era}|{created}|{name}"))
+            }
+            _ => return unknown,
+        };
+        let mut parts = rest.splitn(3, '|');
+        let (Some(era), Some(_created), Some(name)) = (parts.next(), parts.next(), parts.next())
         else {
             return unknown;
         };
@@ -121,7 +169,11 @@ impl RedisCodec {
             _ => return unknown,
         };
         match self.router.backend_by_name(name) {
-            Some(backend) => Record { backend, era },
+            Some(backend) => Record {
+                backend,
+                era,
+                client,
+            },
             None => unknown,
         }
     }
@@ -135,14 +187,31 @@ impl RedisCodec {
                 c.arg(self.key(k)).arg("EX").arg(self.ttl_secs);
                 c
             }
-            // SET NX: an id minted twice is detected, never overwritten.
+            // SET NX: an id minted twice is detected, never overwritten; the new
+            // session joins the live sets that the caps count.
             StoreOp::Insert(k, r) => {
-                let mut c = redis::cmd("SET");
-                c.arg(self.key(k))
+                let mut c = redis::cmd("EVAL");
+                c.arg(INSERT_SCRIPT)
+                    .arg(3)
+                    .arg(self.key(k))
+                    .arg(self.live_key())
+                    .arg(self.client_key(r.client))
                     .arg(self.encode(r))
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(self.ttl_secs);
+                    .arg(self.ttl_secs)
+                    .arg(k.as_str());
+                c
+            }
+            StoreOp::Admit(a) => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(ADMIT_SCRIPT)
+                    .arg(3)
+                    .arg(self.live_key())
+                    .arg(self.client_key(a.client))
+                    .arg(self.bucket_key(a.client))
+                    .arg(a.max_sessions)
+                    .arg(a.client_max_sessions)
+                    .arg(a.rate)
+                    .arg(a.burst);
                 c
             }
             // GETDEL is DEL that also returns the record, so the end can be attributed
@@ -183,10 +252,67 @@ impl RedisCodec {
                 Value::Int(n) => Ok(StoreReply::Touched(n == 1)),
                 _ => Err(()),
             },
+            StoreOp::Admit(_) => match v {
+                Value::Array(a) => match a.as_slice() {
+                    [Value::Int(0), _] => Ok(StoreReply::Admitted(Admission::Admit)),
+                    [Value::Int(1), _] => Ok(StoreReply::Admitted(Admission::Sessions)),
+                    [Value::Int(2), _] => Ok(StoreReply::Admitted(Admission::ClientSessions)),
+                    [Value::Int(3), Value::Int(ms)] => Ok(StoreReply::Admitted(
+                        Admission::ClientRate((*ms).clamp(1, i64::from(u32::MAX)) as u32),
+                    )),
+                    _ => Err(()),
+                },
+                _ => Err(()),
+            },
         };
         r.unwrap_or(StoreReply::Unavailable)
     }
 }
+
+/// `StoreOp::Insert`: KEYS = record, live set, client set; ARGV = value, TTL (s),
+/// session id. `SET NX EX`, and on success the session joins both sets with its
+/// deadline (ms, Redis's clock). Replies `OK` or nil, like `SET NX`.
+const INSERT_SCRIPT: &str = r"
+local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+if not ok then return false end
+local t = redis.call('TIME')
+local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]) * 1000
+redis.call('ZADD', KEYS[2], deadline, ARGV[3])
+redis.call('ZADD', KEYS[3], deadline, ARGV[3])
+redis.call('PEXPIREAT', KEYS[3], deadline)
+return ok
+";
+
+/// `StoreOp::Admit`: KEYS = live set, client set, client bucket; ARGV = max sessions,
+/// client max sessions, rate (per s), burst (0: no such cap). Prunes the sets of
+/// sessions past their deadline, checks each cap, then takes a token (milli-tokens,
+/// refilled lazily on Redis's clock). Replies `{verdict, retry ms}`: 0 admit, 1 the
+/// fleet's cap, 2 the client's cap, 3 the client's rate.
+const ADMIT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max, cmax, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if max > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= max then return {1, 0} end
+end
+if cmax > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= cmax then return {2, 0} end
+end
+if rate > 0 then
+  local cap = tonumber(ARGV[4]) * 1000
+  local b = redis.call('HMGET', KEYS[3], 'l', 't')
+  local level = tonumber(b[1]) or cap
+  local at = tonumber(b[2]) or now
+  if now > at then level = math.min(cap, level + (now - at) * rate) end
+  if level < 1000 then return {3, math.ceil((1000 - level) / rate)} end
+  level = level - 1000
+  redis.call('HSET', KEYS[3], 'l', level, 't', math.max(now, at))
+  redis.call('PEXPIRE', KEYS[3], math.ceil((cap - level) / rate) + 1000)
+end
+return {0, 0}
+";
 
 /// Install the rustls crypto provider `rediss://` needs (installing twice is harmless).
 #[cfg(any(feature = "tokio", feature = "smol"))]
@@ -303,6 +429,7 @@ mod tests {
         let rec = Record {
             backend: BackendId(0),
             era: Era::LegacySse,
+            client: mcp_router_core::ClientId(0),
         };
         let set = c.command(&StoreOp::Insert(k.clone(), rec));
         let packed = String::from_utf8(set.get_packed_command()).unwrap();

@@ -9,7 +9,7 @@ use crate::rt::Shutdown;
 use mcp_router_core::admin;
 use mcp_router_core::metrics::Metrics;
 use mcp_router_core::{
-    Backend, ConfigError, EndCause, Event, Health, MemStore, Router, StoreOp, StoreReply,
+    Backend, ConfigError, EndCause, Event, Health, Limit, MemStore, Router, StoreOp, StoreReply,
 };
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -50,6 +50,9 @@ pub struct Shared {
     store_probed: AtomicBool,
     discovered: Mutex<Vec<Vec<Backend>>>,
     resolver: Arc<dyn Resolve>,
+    /// Per limit: the second (since `started`) of its last log line, plus one.
+    limit_logged: [std::sync::atomic::AtomicU64; 6],
+    started: Instant,
 }
 
 impl std::fmt::Debug for Shared {
@@ -98,7 +101,40 @@ impl Shared {
             discovered: Mutex::new(vec![Vec::new(); settings.discover.len()]),
             settings: RwLock::new(settings.clone()),
             resolver,
+            limit_logged: Default::default(),
+            started: Instant::now(),
         }))
+    }
+
+    /// Log that `limit` was hit: at most one line per limit per second (a flood that
+    /// hits a cap must not turn into a flood of log lines; the metric counts each).
+    pub fn log_limit(&self, limit: Limit) {
+        let i = match limit {
+            Limit::Connections => 0,
+            Limit::Sessions => 1,
+            Limit::ClientSessions => 2,
+            Limit::ClientRate => 3,
+            Limit::ClientSend => 4,
+            Limit::UpstreamSend => 5,
+        };
+        let sec = self.started.elapsed().as_secs() + 1;
+        let last = &self.limit_logged[i];
+        let prev = last.load(std::sync::atomic::Ordering::Relaxed);
+        if prev != sec
+            && last
+                .compare_exchange(
+                    prev,
+                    sec,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            warn!(
+                limit = limit.as_str(),
+                "limit reached (logged at most once a second; see mcp_router_limited_total)"
+            );
+        }
     }
 
     /// `memory` or `redis`, for logs.
@@ -174,6 +210,7 @@ impl Shared {
                 Health::Same => {}
             },
             Event::StoreUnavailable => warn!("session store unavailable"),
+            Event::Limited { limit } => self.log_limit(*limit),
         }
     }
 

@@ -1003,6 +1003,7 @@ fn mem(o: &Opts) -> Res<()> {
         let rec = Record {
             backend: BackendId(1),
             era: Era::Streamable,
+            client: mcp_router_core::ClientId(0),
         };
         let mut rows = Vec::new();
         let before = live_bytes();

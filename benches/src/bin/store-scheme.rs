@@ -29,6 +29,7 @@ fn store() -> (MemStore, Vec<SessionKey>) {
     let rec = Record {
         backend: BackendId(0),
         era: Era::Streamable,
+        client: mcp_router_core::ClientId(0),
     };
     for k in &keys {
         s.execute(&StoreOp::Insert(k.clone(), rec), now);
