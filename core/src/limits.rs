@@ -255,8 +255,8 @@ impl Default for Limits {
             max_connections: 4096,
             max_sessions: 100_000,
             client_max_sessions: 1_000,
-            client_session_rate: 20,
-            client_session_burst: 40,
+            client_session_rate: 100,
+            client_session_burst: 200,
             retry_after: Duration::from_secs(1),
         }
     }

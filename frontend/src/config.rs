@@ -149,10 +149,10 @@ pub struct Cli {
     #[arg(long, env = "MCP_ROUTER_CLIENT_MAX_SESSIONS")]
     pub client_max_sessions: Option<u64>,
     /// New sessions per second per client (token bucket); past it 429 with
-    /// Retry-After; 0 turns the quota off [default: 20].
+    /// Retry-After; 0 turns the quota off [default: 100].
     #[arg(long, env = "MCP_ROUTER_CLIENT_SESSION_RATE")]
     pub client_session_rate: Option<u32>,
-    /// New sessions a client may open at once before the rate applies [default: 40].
+    /// New sessions a client may open at once before the rate applies [default: 200].
     #[arg(long, env = "MCP_ROUTER_CLIENT_SESSION_BURST")]
     pub client_session_burst: Option<u32>,
     /// Who a client is, for the per-client quotas: `peer` (the peer address, the

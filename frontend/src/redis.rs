@@ -211,14 +211,20 @@ impl RedisCodec {
                     .arg(a.max_sessions)
                     .arg(a.client_max_sessions)
                     .arg(a.rate)
-                    .arg(a.burst);
+                    .arg(a.burst)
+                    .arg(&self.prefix);
                 c
             }
-            // GETDEL is DEL that also returns the record, so the end can be attributed
-            // to its backend.
+            // GETDEL that also takes the session out of the live sets, so the end
+            // can be attributed to its backend and frees its slot at once.
             StoreOp::Delete(k) => {
-                let mut c = redis::cmd("GETDEL");
-                c.arg(self.key(k));
+                let mut c = redis::cmd("EVAL");
+                c.arg(DELETE_SCRIPT)
+                    .arg(2)
+                    .arg(self.key(k))
+                    .arg(self.live_key())
+                    .arg(k.as_str())
+                    .arg(format!("{} client ", self.prefix));
                 c
             }
             StoreOp::Touch(k) => {
@@ -283,21 +289,46 @@ redis.call('PEXPIREAT', KEYS[3], deadline)
 return ok
 ";
 
+/// `StoreOp::Delete`: KEYS = record, live set; ARGV = session id, the client sets' name
+/// prefix. `GETDEL`, and the session leaves the live set and its client's set (named
+/// by the record) at once. Replies the record, or nil.
+const DELETE_SCRIPT: &str = r"
+local v = redis.call('GETDEL', KEYS[1])
+if not v then return false end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local c = string.match(v, '^2|[^|]*|[^|]*|(%x+)|')
+if c then redis.call('ZREM', ARGV[2] .. c, ARGV[1]) end
+return v
+";
+
 /// `StoreOp::Admit`: KEYS = live set, client set, client bucket; ARGV = max sessions,
-/// client max sessions, rate (per s), burst (0: no such cap). Prunes the sets of
-/// sessions past their deadline, checks each cap, then takes a token (milli-tokens,
+/// client max sessions, rate (per s), burst (0: no such cap), record key prefix.
+///
+/// A set member's score is the record's deadline as last known, not necessarily its
+/// current one (`GETEX` slides the record on every request and leaves the sets alone,
+/// so the hot path stays one plain command). Members whose score has passed are
+/// re-checked against their record (up to 512 per set per call): still there, they are
+/// re-scored with its remaining TTL; gone, removed. So a count is exact at the moment
+/// of admission: it counts exactly the records that exist. Then each cap is checked, then takes a token (milli-tokens,
 /// refilled lazily on Redis's clock). Replies `{verdict, retry ms}`: 0 admit, 1 the
 /// fleet's cap, 2 the client's cap, 3 the client's rate.
 const ADMIT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max, cmax, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function prune(set)
+  local stale = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 512)
+  for _, id in ipairs(stale) do
+    local ttl = redis.call('PTTL', ARGV[5] .. id)
+    if ttl > 0 then redis.call('ZADD', set, now + ttl, id) else redis.call('ZREM', set, id) end
+  end
+end
 if max > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  prune(KEYS[1])
   if redis.call('ZCARD', KEYS[1]) >= max then return {1, 0} end
 end
 if cmax > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  prune(KEYS[2])
   if redis.call('ZCARD', KEYS[2]) >= cmax then return {2, 0} end
 end
 if rate > 0 then
@@ -429,19 +460,21 @@ mod tests {
         let rec = Record {
             backend: BackendId(0),
             era: Era::LegacySse,
-            client: mcp_router_core::ClientId(0),
+            client: mcp_router_core::ClientId(0xab),
         };
         let set = c.command(&StoreOp::Insert(k.clone(), rec));
         let packed = String::from_utf8(set.get_packed_command()).unwrap();
-        assert!(packed.contains("SET\r\n$5\r\np:abc\r\n"), "{packed}");
+        assert!(packed.contains("EVAL\r\n"), "{packed}");
+        assert!(packed.contains("$5\r\np:abc\r\n"), "{packed}");
         assert!(
-            packed.contains("|b0\r\n$2\r\nNX\r\n$2\r\nEX\r\n"),
+            packed.contains("p: client 00000000000000ab\r\n"),
             "{packed}"
         );
         let stored = packed
             .split("\r\n")
-            .find(|l| l.starts_with("1|l|"))
+            .find(|l| l.starts_with("2|l|"))
             .unwrap();
+        assert!(stored.ends_with("|00000000000000ab|b0"), "{stored}");
         assert_eq!(c.decode(stored.as_bytes()), rec);
         assert_eq!(
             c.reply(&StoreOp::Get(k.clone()), Value::BulkString(stored.into())),
@@ -463,5 +496,12 @@ mod tests {
         // a record naming a backend not configured here reads as no configured backend
         assert_eq!(c.decode(b"1|s|0|elsewhere").backend, BackendId(u16::MAX));
         assert_eq!(c.decode(b"garbage").backend, BackendId(u16::MAX));
+        // version 1 records (no client) still read
+        let v1 = c.decode(b"1|s|0|b0");
+        assert_eq!((v1.backend, v1.client), (BackendId(0), ClientId(0)));
+        assert_eq!(
+            c.reply(&StoreOp::Insert(k.clone(), rec), Value::Okay),
+            StoreReply::Inserted(true)
+        );
     }
 }

@@ -65,6 +65,27 @@ pub trait Runtime: Sized + 'static {
     fn sleep(d: Duration) -> Self::Sleep;
 }
 
+/// A non-blocking listening socket on `addr` with `backlog` (`--accept-backlog`; the
+/// kernel caps it at `net.core.somaxconn`), `SO_REUSEADDR` as std sets it, and
+/// `SO_REUSEPORT` when `reuse_port` (one listener per glommio executor). Each runtime
+/// wraps it in its own listener type.
+pub fn listen_socket(
+    addr: std::net::SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s.into())
+}
+
 /// `fut`, or `None` if it takes longer than `d`.
 pub async fn timeout<R: Runtime, F: Future>(d: Duration, fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);

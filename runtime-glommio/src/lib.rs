@@ -14,7 +14,7 @@
 //! Use it as a library with [`serve`] (one executor), or run the bundled
 //! `mcp-router-glommio` binary.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod redis;
@@ -303,6 +303,19 @@ fn check_store(settings: &Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A glommio listener on `addr` with `backlog` (glommio's own `bind` fixes it at 1024)
+/// and `SO_REUSEPORT`, so every executor has its own.
+#[allow(unsafe_code)]
+fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let std = mcp_router_frontend::rt::listen_socket(addr, backlog, true)?;
+    // as glommio's own `bind` leaves it: io_uring waits on a blocking socket
+    std.set_nonblocking(false)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that `into_raw_fd` just
+    // gave up ownership of; the glommio listener becomes its only owner.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(std.into_raw_fd()) })
+}
+
 struct Bound {
     addr: SocketAddr,
     admin: Option<SocketAddr>,
@@ -322,6 +335,7 @@ pub fn run(cli: Cli, settings: Settings) {
     mcp_router_frontend::shared::start_background(&shared, &shutdown);
     mcp_router_frontend::shared::start_ops(&shared, &cli, &shutdown);
     let grace = settings.shutdown_grace;
+    let backlog = settings.accept_backlog;
     // Executor 0 binds first (the address may have port 0); the others bind the
     // address it got, SO_REUSEPORT sharing it.
     let mut listen = settings.listen;
@@ -338,14 +352,14 @@ pub fn run(cli: Cli, settings: Settings) {
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("mcp-glommio-{i}"))
             .spawn(move || async move {
-                let bind = |a: SocketAddr| {
-                    glommio::net::TcpListener::bind(a).map_err(|e| format!("{a}: {e}"))
+                let bind = |a: SocketAddr, backlog: u32| {
+                    listener(a, backlog).map_err(|e| format!("{a}: {e}"))
                 };
-                let l = match bind(listen) {
+                let l = match bind(listen, backlog) {
                     Ok(l) => l,
                     Err(e) => return drop(tx.send(Err(e))),
                 };
-                let admin_l = match admin_here.map(bind).transpose() {
+                let admin_l = match admin_here.map(|a| bind(a, 128)).transpose() {
                     Ok(a) => a,
                     Err(e) => return drop(tx.send(Err(format!("(admin) {e}")))),
                 };

@@ -186,7 +186,7 @@ pub fn run(cli: Cli, settings: Settings) {
     let workers = settings
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let listener = bind_or_exit(settings.listen, "");
+    let listener = bind_or_exit(settings.listen, settings.accept_backlog, "");
     let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-smol", &e));
     let fe = frontend(shared.clone()).unwrap_or_else(|e| config_exit("mcp-router-smol", &e));
     let shutdown = Shutdown::new();
@@ -203,7 +203,7 @@ pub fn run(cli: Cli, settings: Settings) {
         })
         .collect();
     if let Some(admin) = settings.admin_listen {
-        let l = bind_or_exit(admin, " (admin)");
+        let l = bind_or_exit(admin, 128, " (admin)");
         let a = l
             .get_ref()
             .local_addr()
@@ -227,8 +227,9 @@ pub fn run(cli: Cli, settings: Settings) {
     info!("stopped");
 }
 
-fn bind_or_exit(addr: SocketAddr, what: &str) -> Async<TcpListener> {
-    match Async::<TcpListener>::bind(addr) {
+fn bind_or_exit(addr: SocketAddr, backlog: u32, what: &str) -> Async<TcpListener> {
+    let l = mcp_router_frontend::rt::listen_socket(addr, backlog, false).and_then(Async::new);
+    match l {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listen = %addr, error = %e, "cannot listen{what}");

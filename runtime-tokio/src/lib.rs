@@ -172,7 +172,7 @@ pub fn run(cli: Cli, settings: Settings) {
     };
     let rt = b.enable_all().build().expect("building the tokio runtime");
     rt.block_on(async move {
-        let listener = bind_or_exit(settings.listen, "").await;
+        let listener = bind_or_exit(settings.listen, settings.accept_backlog, "").await;
         if let Some(stdio) = settings.stdio.clone() {
             return run_stdio(listener, &settings, &stdio).await;
         }
@@ -180,7 +180,7 @@ pub fn run(cli: Cli, settings: Settings) {
         let fe = frontend(shared.clone()).unwrap_or_else(|e| config_exit("mcp-router", &e));
         let shutdown = Shutdown::new();
         if let Some(admin) = settings.admin_listen {
-            let l = bind_or_exit(admin, " (admin)").await;
+            let l = bind_or_exit(admin, 128, " (admin)").await;
             let a = l.local_addr().expect("bound listener has an address");
             info!(admin = %a, "admin listener: /metrics /healthz /readyz /admin/backends/<name>/drain");
             tokio::spawn(serve_admin(l, shared.clone(), shutdown.clone()));
@@ -242,8 +242,10 @@ fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
-async fn bind_or_exit(addr: SocketAddr, what: &str) -> TcpListener {
-    match TcpListener::bind(addr).await {
+async fn bind_or_exit(addr: SocketAddr, backlog: u32, what: &str) -> TcpListener {
+    let l = mcp_router_frontend::rt::listen_socket(addr, backlog, false)
+        .and_then(TcpListener::from_std);
+    match l {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listen = %addr, error = %e, "cannot listen{what}");

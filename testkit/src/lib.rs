@@ -91,7 +91,16 @@ pub async fn serve(listener: TcpListener, config: Config) -> io::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let open = app.connections.clone();
+        open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            struct Open(Arc<AtomicU64>);
+            impl Drop for Open {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            let _open = Open(open);
             let svc = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(req).await) }
@@ -179,6 +188,8 @@ struct Backend {
     tick: Duration,
     counter: AtomicU64,
     requests: AtomicU64,
+    /// TCP connections open now.
+    connections: Arc<AtomicU64>,
     /// Streamable HTTP sessions: id -> requests seen so far.
     sessions: Mutex<HashMap<String, u64>>,
     /// Legacy HTTP+SSE sessions.
@@ -361,6 +372,7 @@ impl Backend {
             tick: config.tick,
             counter: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            connections: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
             legacy: Mutex::new(HashMap::new()),
             random: RandomState::new(),
@@ -415,6 +427,7 @@ impl Backend {
                 "sessions": sessions,
                 "sse_sessions": sse_sessions,
                 "requests": self.requests.load(Ordering::Relaxed),
+                "connections": self.connections.load(Ordering::Relaxed),
             }),
         )
     }

@@ -260,6 +260,19 @@ fn start_router_bin(
         args.push("--store".into());
         args.push(s.into());
     }
+    // One load generator on one address opens every session: the per-client quotas
+    // and the session cap (which protect a pod from such a client) are off here, as
+    // HAProxy runs without them.
+    for f in [
+        "--max-sessions",
+        "--client-max-sessions",
+        "--client-session-rate",
+    ] {
+        args.push(f.into());
+        args.push("0".into());
+    }
+    args.push("--max-connections".into());
+    args.push("0".into());
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let bin = format!("{}/{name}", o.bin_dir);
