@@ -271,7 +271,9 @@ impl RedisCodec {
     /// What Redis's reply to [`RedisCodec::command`] means. A reply of an unexpected
     /// shape (an error, a wrong type) is `Unavailable`: the request gets 503, never a
     /// wrong 404. A key holding something that is not a record is no record: an
-    /// unknown session, left alone.
+    /// unknown session, left alone, which the core answers like any session it does not
+    /// know ("The server MAY terminate the session at any time, after which it MUST
+    /// respond to requests containing that session ID with HTTP 404 Not Found.").
     pub fn reply(&self, op: &StoreOp, v: Value) -> StoreReply {
         let record = |v: Value| match v {
             Value::Nil => Ok(None),
