@@ -36,7 +36,9 @@ pub struct Cli {
     /// `rediss://...` for TLS.
     #[arg(long, env = "MCP_ROUTER_STORE")]
     pub store: Option<String>,
-    /// Redis key prefix for session records [default: mcp-router:session:].
+    /// Redis key prefix for session records; non-empty, no whitespace or control
+    /// characters. Keys under it hold records only: a key there holding anything else
+    /// is an unknown session, left untouched [default: mcp-router:session:].
     #[arg(long, env = "MCP_ROUTER_STORE_KEY_PREFIX")]
     pub store_key_prefix: Option<String>,
     /// Longest wait for one store operation; past it the request gets 503 [default: 500ms].
@@ -390,6 +392,12 @@ impl Cli {
         if store_timeout.is_zero() {
             return Err(ConfigError("store_timeout: must be > 0".into()));
         }
+        let key_prefix = self.store_key_prefix.clone().or(file.store_key_prefix);
+        // Checked even when the store is `memory` (where it is unused): a prefix that
+        // can never be right is reported at start, not when Redis is switched on.
+        if let Some(p) = &key_prefix {
+            crate::redis::check_key_prefix(p)?;
+        }
         let store = self
             .store
             .clone()
@@ -401,11 +409,7 @@ impl Cli {
             StoreSettings::Redis(crate::redis::RedisSettings {
                 url: store,
                 password: self.store_password.clone().or(file.store_password),
-                key_prefix: self
-                    .store_key_prefix
-                    .clone()
-                    .or(file.store_key_prefix)
-                    .unwrap_or_else(|| crate::redis::DEFAULT_PREFIX.into()),
+                key_prefix: key_prefix.unwrap_or_else(|| crate::redis::DEFAULT_PREFIX.into()),
                 timeout: store_timeout,
             })
         } else {
@@ -748,6 +752,35 @@ mod tests {
                 assert_eq!(r.key_prefix, "mcp-router:session:");
                 assert_eq!(r.timeout, Duration::from_millis(50));
             }
+            StoreSettings::Memory => panic!("redis URL ignored"),
+        }
+        // The key prefix: non-empty, no whitespace or control characters; checked at
+        // start, from a flag or the file.
+        for bad in ["", "a b", "p:\n"] {
+            let e = cli(&[
+                "--backend",
+                "http://x:1",
+                "--store",
+                "redis://127.0.0.1:6399",
+                "--store-key-prefix",
+                bad,
+            ])
+            .settings()
+            .unwrap_err();
+            assert!(e.0.starts_with("store_key_prefix"), "{e}");
+        }
+        let s = cli(&[
+            "--backend",
+            "http://x:1",
+            "--store",
+            "redis://127.0.0.1:6399",
+            "--store-key-prefix",
+            "app1:s:",
+        ])
+        .settings()
+        .unwrap();
+        match s.store {
+            StoreSettings::Redis(r) => assert_eq!(r.key_prefix, "app1:s:"),
             StoreSettings::Memory => panic!("redis URL ignored"),
         }
     }

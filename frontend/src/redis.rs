@@ -7,13 +7,26 @@
 //! `redis` crate's own multiplexed, auto-reconnecting connection ([`ManagedRedis`]);
 //! the glommio frontend carries the same bytes over its own sockets.
 //!
-//! Each proxied request costs at most one round trip: `GETEX key EX ttl` reads the
-//! record and slides its idle TTL at once.
+//! Each proxied request costs one round trip: a small Lua script ([`RECORD_SCRIPT`],
+//! run by `EVALSHA`) reads the record and slides its idle TTL at once. The first use
+//! after Redis started (or after `SCRIPT FLUSH`) costs one more: the `NOSCRIPT` reply
+//! is answered by `EVAL` with the script's source, which also loads it.
 //!
 //! Key: `<prefix><session id>`. Value: `2|<era>|<created unix secs>|<client>|<backend
 //! name>`, where era is `s` (Streamable HTTP) or `l` (legacy SSE) and client is the
 //! opening client's [`ClientId`] in 16 hex digits (version `1` values, without the
-//! client, written by earlier releases, still read).
+//! client, written by earlier releases, still read). The backend is named, never
+//! addressed: a well-formed record naming a backend not configured here reads as an
+//! unconfigured backend, which the core treats as an unknown session and deletes.
+//!
+//! The store never deletes, overwrites or sets a TTL on a value it did not write. The
+//! session id comes from the client, so the key can name anything under the prefix:
+//! a value that is not a well-formed record (another application's string, a hash) is
+//! an unknown session (the request gets 404, logged once per process) and left as it
+//! was. Reading, sliding and deleting therefore go through [`RECORD_SCRIPT`], which
+//! verifies the value before it touches the key; creating is `SET NX`, which never
+//! overwrites. The prefix itself is checked at start: non-empty, no whitespace or
+//! control characters ([`check_key_prefix`]).
 //!
 //! Caps and quotas are the fleet's: beside the records, `<prefix> live` is a sorted set
 //! of every live session (score: its idle deadline in ms), `<prefix> client <id>` one per
@@ -21,9 +34,9 @@
 //! space in these names keeps them apart from every session key (session ids are
 //! visible ASCII). [`StoreOp::Admit`] prunes and counts them in one script (one round
 //! trip, on Redis's clock so that every replica agrees); inserting a record adds it to
-//! both sets in the same script as the `SET NX`. The backend is named, never
-//! addressed: a name that is not configured here reads as an unconfigured backend,
-//! which the core treats as an unknown session and deletes.
+//! both sets in the same script as the `SET NX`, and deleting one takes it out. These
+//! scripts name the set keys they derive from a record (its client's set): on a Redis
+//! Cluster they would need hash tags, which this single-Redis store does not use yet.
 
 use mcp_router_core::mcp::SessionKey;
 use mcp_router_core::{
@@ -31,8 +44,10 @@ use mcp_router_core::{
 };
 use redis::{ConnectionInfo, IntoConnectionInfo, Value};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::warn;
 
 /// Where and how to reach Redis.
 #[derive(Clone, Debug)]
@@ -49,6 +64,99 @@ pub struct RedisSettings {
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "mcp-router:session:";
+
+/// Check a key prefix: non-empty, and no whitespace or control characters. An empty
+/// prefix would make every key of the database a session key, named by the client;
+/// the error names the field.
+pub fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Err(ConfigError(
+            "store_key_prefix: must not be empty (session keys would share the whole \
+             Redis database with whatever else is in it)"
+                .into(),
+        ));
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError(format!(
+            "store_key_prefix: {prefix:?}: no whitespace or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Read, slide or delete a session record, only if the key holds one: one round trip,
+/// atomic on the Redis side. `KEYS[1]` is the key; `ARGV[1]` is `del` (delete) or
+/// `slide` (set the idle TTL to `ARGV[2]` seconds).
+///
+/// Deleting also takes the session out of the live sets the caps count: `ARGV[2]` is
+/// the live set, `ARGV[3]` the session id, `ARGV[4]` the client sets' name prefix (the
+/// client is read from the record).
+///
+/// Replies: nil when there is no key; the record when the key held a well-formed one
+/// (then deleted or slid); an integer when the key holds something else (the length of
+/// a string that is not a record, -1 for another type), which is left untouched: no
+/// `DEL`, no `EXPIRE` (an `EXPIRE` would put a TTL on another application's key).
+///
+/// "Well-formed" is `1|<s or l>|<digits>|<at least one byte>` or
+/// `2|<s or l>|<digits>|<hex>|<at least one byte>`, the same rule as
+/// [`RedisCodec::decode`]. `GET` on a hash or list fails; `redis.pcall` turns that into
+/// a table instead of failing the script.
+pub const RECORD_SCRIPT: &str = r"local v = redis.pcall('GET', KEYS[1])
+if v == false then return false end
+if type(v) ~= 'string' then return -1 end
+if not (string.find(v, '^1|[sl]|%d+|.') or string.find(v, '^2|[sl]|%d+|%x+|.')) then return #v end
+if ARGV[1] == 'del' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', ARGV[2], ARGV[3])
+  local c = string.match(v, '^2|[sl]|%d+|(%x+)|')
+  if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return v
+";
+
+/// The SHA-1 `EVALSHA` names [`RECORD_SCRIPT`] by.
+static RECORD_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(RECORD_SCRIPT).get_hash().to_owned());
+static INSERT_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(INSERT_SCRIPT).get_hash().to_owned());
+static ADMIT_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(ADMIT_SCRIPT).get_hash().to_owned());
+
+/// `EVALSHA <sha>` of a script, or (`source`) `EVAL <source>`.
+fn eval(source: bool, script: &'static str, sha: &LazyLock<String>) -> redis::Cmd {
+    if source {
+        let mut c = redis::cmd("EVAL");
+        c.arg(script);
+        c
+    } else {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(sha.as_str());
+        c
+    }
+}
+
+/// Whether a foreign value was logged already: once per process is enough to tell the
+/// operator, and a client naming foreign keys cannot flood the log.
+static FOREIGN_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// A key under the prefix holds something that is not a record. Logged once per
+/// process, with the value's length only (never the key or the value).
+fn foreign_value(len: i64) {
+    if !FOREIGN_LOGGED.swap(true, Ordering::Relaxed) {
+        let what = if len < 0 {
+            "a value that is not a string".to_owned()
+        } else {
+            format!("a string of {len} bytes")
+        };
+        warn!(
+            "session store: a key under the store key prefix holds {what} that is not an \
+             mcp-router record; it is answered as an unknown session (404) and left \
+             untouched (logged once)"
+        );
+    }
+}
 
 impl RedisSettings {
     /// The URL with the password override applied.
@@ -130,69 +238,71 @@ impl RedisCodec {
         format!("{} bucket {:016x}", self.prefix, c.0)
     }
 
-    /// Read a stored value. Anything unreadable, or naming a backend not configured
-    /// here, names no configured backend: the core deletes it and answers 404.
-    pub fn decode(&self, v: &[u8]) -> Record {
-        let unknown = Record {
-            backend: BackendId(u16::MAX),
-            era: Era::Streamable,
-            client: ClientId::default(),
-        };
-        let Ok(text) = std::str::from_utf8(v) else {
-            return unknown;
-        };
-        let (client, rest) = match text.split_once('|') {
-            Some(("1", rest)) => (ClientId::default(), rest.to_string()),
-            Some(("2", rest)) => {
-                // era|created|client|name -> era|created|name
-                let mut p = rest.splitn(4, '|');
-                let (Some(era), Some(created), Some(c), Some(name)) =
-                    (p.next(), p.next(), p.next(), p.next())
-                else {
-                    return unknown;
-                };
-                let Ok(c) = u64::from_str_radix(c, 16) else {
-                    return unknown;
-                };
-                (ClientId(c), format!("{era}|{created}|{name}"))
-            }
-            _ => return unknown,
-        };
-        let mut parts = rest.splitn(3, '|');
-        let (Some(era), Some(_created), Some(name)) = (parts.next(), parts.next(), parts.next())
+    /// Read a stored value: `None` unless it is a well-formed record
+    /// (`1|<s or l>|<digits>|<name>` or `2|<s or l>|<digits>|<hex client>|<name>`, the
+    /// rule [`RECORD_SCRIPT`] applies too). A
+    /// well-formed record naming a backend not configured here reads as no configured
+    /// backend: the core ends that session and answers 404.
+    pub fn decode(&self, v: &[u8]) -> Option<Record> {
+        let mut parts = v.splitn(4, |&b| b == b'|');
+        let (Some(version), Some(era), Some(created), Some(mut name)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return unknown;
+            return None;
+        };
+        let client = match version {
+            b"1" => ClientId::default(),
+            b"2" => {
+                let (c, rest) = name.split_at(name.iter().position(|&b| b == b'|')?);
+                name = &rest[1..];
+                let hex = std::str::from_utf8(c).ok()?;
+                if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                ClientId(u64::from_str_radix(hex, 16).ok()?)
+            }
+            _ => return None,
         };
         let era = match era {
-            "s" => Era::Streamable,
-            "l" => Era::LegacySse,
-            _ => return unknown,
+            b"s" => Era::Streamable,
+            b"l" => Era::LegacySse,
+            _ => return None,
         };
-        match self.router.backend_by_name(name) {
-            Some(backend) => Record {
-                backend,
-                era,
-                client,
-            },
-            None => unknown,
+        if created.is_empty() || !created.iter().all(u8::is_ascii_digit) || name.is_empty() {
+            return None;
         }
+        let backend = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| self.router.backend_by_name(n))
+            .unwrap_or(BackendId(u16::MAX));
+        Some(Record {
+            backend,
+            era,
+            client,
+        })
     }
 
-    /// The one command that carries out `op`.
-    pub fn command(&self, op: &StoreOp) -> redis::Cmd {
+    /// [`RECORD_SCRIPT`] on the key of `k`, by `EVALSHA` or (`source`) by `EVAL`.
+    fn script(&self, k: &SessionKey, delete: bool, source: bool) -> redis::Cmd {
+        let mut c = eval(source, RECORD_SCRIPT, &RECORD_SCRIPT_SHA);
+        c.arg(1).arg(self.key(k));
+        if delete {
+            c.arg("del")
+                .arg(self.live_key())
+                .arg(k.as_str())
+                .arg(format!("{} client ", self.prefix));
+        } else {
+            c.arg("slide").arg(self.ttl_secs);
+        }
+        c
+    }
+
+    /// [`INSERT_SCRIPT`] or [`ADMIT_SCRIPT`] for `op`.
+    fn write_script(&self, op: &StoreOp, source: bool) -> redis::Cmd {
         match op {
-            // GETEX reads and slides the idle TTL in one round trip.
-            StoreOp::Get(k) => {
-                let mut c = redis::cmd("GETEX");
-                c.arg(self.key(k)).arg("EX").arg(self.ttl_secs);
-                c
-            }
-            // SET NX: an id minted twice is detected, never overwritten; the new
-            // session joins the live sets that the caps count.
             StoreOp::Insert(k, r) => {
-                let mut c = redis::cmd("EVAL");
-                c.arg(INSERT_SCRIPT)
-                    .arg(3)
+                let mut c = eval(source, INSERT_SCRIPT, &INSERT_SCRIPT_SHA);
+                c.arg(3)
                     .arg(self.key(k))
                     .arg(self.live_key())
                     .arg(self.client_key(r.client))
@@ -202,9 +312,8 @@ impl RedisCodec {
                 c
             }
             StoreOp::Admit(a) => {
-                let mut c = redis::cmd("EVAL");
-                c.arg(ADMIT_SCRIPT)
-                    .arg(3)
+                let mut c = eval(source, ADMIT_SCRIPT, &ADMIT_SCRIPT_SHA);
+                c.arg(3)
                     .arg(self.live_key())
                     .arg(self.client_key(a.client))
                     .arg(self.bucket_key(a.client))
@@ -215,47 +324,70 @@ impl RedisCodec {
                     .arg(&self.prefix);
                 c
             }
-            // GETDEL that also takes the session out of the live sets, so the end
-            // can be attributed to its backend and frees its slot at once.
-            StoreOp::Delete(k) => {
-                let mut c = redis::cmd("EVAL");
-                c.arg(DELETE_SCRIPT)
-                    .arg(2)
-                    .arg(self.key(k))
-                    .arg(self.live_key())
-                    .arg(k.as_str())
-                    .arg(format!("{} client ", self.prefix));
-                c
-            }
-            StoreOp::Touch(k) => {
-                let mut c = redis::cmd("EXPIRE");
-                c.arg(self.key(k)).arg(self.ttl_secs);
-                c
-            }
+            _ => self.command(op),
+        }
+    }
+
+    /// Whether a reply says Redis does not hold [`RECORD_SCRIPT`] (it restarted, or
+    /// `SCRIPT FLUSH`): send [`RedisCodec::command_with_source`] instead.
+    pub fn is_noscript(v: &Value) -> bool {
+        matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+    }
+
+    /// The command that carries out `op` with the script's source (`EVAL`), which
+    /// also loads the script for the `EVALSHA`s after it: for the retry after a
+    /// `NOSCRIPT` reply.
+    pub fn command_with_source(&self, op: &StoreOp) -> redis::Cmd {
+        match op {
+            StoreOp::Get(k) | StoreOp::Touch(k) => self.script(k, false, true),
+            StoreOp::Delete(k) => self.script(k, true, true),
+            StoreOp::Insert(..) | StoreOp::Admit(_) => self.write_script(op, true),
+        }
+    }
+
+    /// The one command that carries out `op`.
+    pub fn command(&self, op: &StoreOp) -> redis::Cmd {
+        match op {
+            // The script reads the record and slides the idle TTL in one round trip,
+            // like `GETEX key EX ttl`, but only if the key holds a record: `GETEX` on
+            // another application's string would put a TTL on it. A stream's `Touch`
+            // slides the same way (a bare `EXPIRE` would too).
+            StoreOp::Get(k) | StoreOp::Touch(k) => self.script(k, false, false),
+            // SET NX: an id minted twice is detected, never overwritten (and neither is
+            // anything else the key holds); a new session joins the live sets.
+            StoreOp::Insert(..) | StoreOp::Admit(_) => self.write_script(op, false),
+            // Compare-and-delete: the script deletes the key only if it holds a record,
+            // and returns it, so the end can be attributed to its backend.
+            StoreOp::Delete(k) => self.script(k, true, false),
         }
     }
 
     /// What Redis's reply to [`RedisCodec::command`] means. A reply of an unexpected
     /// shape (an error, a wrong type) is `Unavailable`: the request gets 503, never a
-    /// wrong 404.
+    /// wrong 404. A key holding something that is not a record is no record: an
+    /// unknown session, left alone, which the core answers like any session it does not
+    /// know ("The server MAY terminate the session at any time, after which it MUST
+    /// respond to requests containing that session ID with HTTP 404 Not Found.").
     pub fn reply(&self, op: &StoreOp, v: Value) -> StoreReply {
         let record = |v: Value| match v {
             Value::Nil => Ok(None),
-            Value::BulkString(b) => Ok(Some(self.decode(&b))),
-            Value::SimpleString(s) => Ok(Some(self.decode(s.as_bytes()))),
+            Value::BulkString(b) => Ok(self.verified(&b)),
+            Value::SimpleString(s) => Ok(self.verified(s.as_bytes())),
+            // the script's "not a record"
+            Value::Int(len) => {
+                foreign_value(len);
+                Ok(None)
+            }
             _ => Err(()),
         };
         let r = match op {
             StoreOp::Get(_) => record(v).map(StoreReply::Found),
             StoreOp::Delete(_) => record(v).map(StoreReply::Deleted),
+            StoreOp::Touch(_) => record(v).map(|r| StoreReply::Touched(r.is_some())),
             StoreOp::Insert(..) => match v {
                 Value::Okay => Ok(StoreReply::Inserted(true)),
                 Value::SimpleString(s) if s == "OK" => Ok(StoreReply::Inserted(true)),
                 Value::Nil => Ok(StoreReply::Inserted(false)),
-                _ => Err(()),
-            },
-            StoreOp::Touch(_) => match v {
-                Value::Int(n) => Ok(StoreReply::Touched(n == 1)),
                 _ => Err(()),
             },
             StoreOp::Admit(_) => match v {
@@ -273,12 +405,22 @@ impl RedisCodec {
         };
         r.unwrap_or(StoreReply::Unavailable)
     }
+
+    /// A value the script passed as a record; `None` (and logged) should the two
+    /// readings ever disagree.
+    fn verified(&self, v: &[u8]) -> Option<Record> {
+        let r = self.decode(v);
+        if r.is_none() {
+            foreign_value(i64::try_from(v.len()).unwrap_or(i64::MAX));
+        }
+        r
+    }
 }
 
 /// `StoreOp::Insert`: KEYS = record, live set, client set; ARGV = value, TTL (s),
 /// session id. `SET NX EX`, and on success the session joins both sets with its
 /// deadline (ms, Redis's clock). Replies `OK` or nil, like `SET NX`.
-const INSERT_SCRIPT: &str = r"
+pub const INSERT_SCRIPT: &str = r"
 local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
 if not ok then return false end
 local t = redis.call('TIME')
@@ -287,18 +429,6 @@ redis.call('ZADD', KEYS[2], deadline, ARGV[3])
 redis.call('ZADD', KEYS[3], deadline, ARGV[3])
 redis.call('PEXPIREAT', KEYS[3], deadline)
 return ok
-";
-
-/// `StoreOp::Delete`: KEYS = record, live set; ARGV = session id, the client sets' name
-/// prefix. `GETDEL`, and the session leaves the live set and its client's set (named
-/// by the record) at once. Replies the record, or nil.
-const DELETE_SCRIPT: &str = r"
-local v = redis.call('GETDEL', KEYS[1])
-if not v then return false end
-redis.call('ZREM', KEYS[2], ARGV[1])
-local c = string.match(v, '^2|[^|]*|[^|]*|(%x+)|')
-if c then redis.call('ZREM', ARGV[2] .. c, ARGV[1]) end
-return v
 ";
 
 /// `StoreOp::Admit`: KEYS = live set, client set, client bucket; ARGV = max sessions,
@@ -312,7 +442,7 @@ return v
 /// of admission: it counts exactly the records that exist. Then each cap is checked, then takes a token (milli-tokens,
 /// refilled lazily on Redis's clock). Replies `{verdict, retry ms}`: 0 admit, 1 the
 /// fleet's cap, 2 the client's cap, 3 the client's rate.
-const ADMIT_SCRIPT: &str = r"
+pub const ADMIT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max, cmax, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -414,8 +544,26 @@ impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
 impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
     async fn execute(&self, op: &StoreOp) -> StoreReply {
         let mut c = self.conn.clone();
-        let cmd = self.codec.command(op);
-        let q = async move { cmd.query_async::<Value>(&mut c).await };
+        let codec = &self.codec;
+        let q = async move {
+            match codec.command(op).query_async::<Value>(&mut c).await {
+                // Redis lost the script (restart, `SCRIPT FLUSH`): once more with its
+                // source, within the same timeout
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    codec
+                        .command_with_source(op)
+                        .query_async::<Value>(&mut c)
+                        .await
+                }
+                Ok(v) if RedisCodec::is_noscript(&v) => {
+                    codec
+                        .command_with_source(op)
+                        .query_async::<Value>(&mut c)
+                        .await
+                }
+                r => r,
+            }
+        };
         match crate::rt::timeout::<R, _>(self.timeout, q).await {
             Some(Ok(v)) => self.codec.reply(op, v),
             _ => StoreReply::Unavailable,
@@ -453,6 +601,10 @@ mod tests {
         RedisCodec::new(&s, router)
     }
 
+    fn packed(c: redis::Cmd) -> String {
+        String::from_utf8(c.get_packed_command()).unwrap()
+    }
+
     #[test]
     fn commands_and_replies_round_trip() {
         let c = codec();
@@ -460,48 +612,163 @@ mod tests {
         let rec = Record {
             backend: BackendId(0),
             era: Era::LegacySse,
-            client: mcp_router_core::ClientId(0xab),
+            client: ClientId(0xab),
         };
-        let set = c.command(&StoreOp::Insert(k.clone(), rec));
-        let packed = String::from_utf8(set.get_packed_command()).unwrap();
-        assert!(packed.contains("EVAL\r\n"), "{packed}");
-        assert!(packed.contains("$5\r\np:abc\r\n"), "{packed}");
-        assert!(
-            packed.contains("p: client 00000000000000ab\r\n"),
-            "{packed}"
-        );
-        let stored = packed
-            .split("\r\n")
-            .find(|l| l.starts_with("2|l|"))
-            .unwrap();
+        let set = packed(c.command(&StoreOp::Insert(k.clone(), rec)));
+        assert!(set.contains("EVALSHA\r\n"), "{set}");
+        assert!(set.contains("$5\r\np:abc\r\n"), "{set}");
+        assert!(set.contains("p: client 00000000000000ab\r\n"), "{set}");
+        assert!(packed(c.command_with_source(&StoreOp::Insert(k.clone(), rec)))
+            .contains("'SET', KEYS[1], ARGV[1], 'NX'"));
+        let stored = set.split("\r\n").find(|l| l.starts_with("2|l|")).unwrap();
         assert!(stored.ends_with("|00000000000000ab|b0"), "{stored}");
-        assert_eq!(c.decode(stored.as_bytes()), rec);
+        // version 1 records (no client) still read
+        assert_eq!(
+            c.decode(b"1|s|0|b0").map(|r| (r.backend, r.client)),
+            Some((BackendId(0), ClientId(0)))
+        );
+        for bad in [&b"2|s|0|b0"[..], b"2|s|0||b0", b"2|s|0|xyz|b0", b"3|s|0|ab|b0"] {
+            assert_eq!(c.decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(c.decode(stored.as_bytes()), Some(rec));
         assert_eq!(
             c.reply(&StoreOp::Get(k.clone()), Value::BulkString(stored.into())),
             StoreReply::Found(Some(rec))
+        );
+        assert_eq!(
+            c.reply(&StoreOp::Get(k.clone()), Value::Nil),
+            StoreReply::Found(None)
+        );
+        assert_eq!(
+            c.reply(
+                &StoreOp::Delete(k.clone()),
+                Value::BulkString(stored.into())
+            ),
+            StoreReply::Deleted(Some(rec))
         );
         assert_eq!(
             c.reply(&StoreOp::Insert(k.clone(), rec), Value::Nil),
             StoreReply::Inserted(false)
         );
         assert_eq!(
-            c.reply(&StoreOp::Touch(k.clone()), Value::Int(1)),
+            c.reply(&StoreOp::Touch(k.clone()), Value::BulkString(stored.into())),
             StoreReply::Touched(true)
+        );
+        assert_eq!(
+            c.reply(&StoreOp::Touch(k.clone()), Value::Nil),
+            StoreReply::Touched(false)
         );
         // a reply of the wrong shape is "unavailable", never "unknown"
         assert_eq!(
-            c.reply(&StoreOp::Get(k.clone()), Value::Int(3)),
+            c.reply(&StoreOp::Get(k.clone()), Value::Array(vec![])),
             StoreReply::Unavailable
         );
-        // a record naming a backend not configured here reads as no configured backend
-        assert_eq!(c.decode(b"1|s|0|elsewhere").backend, BackendId(u16::MAX));
-        assert_eq!(c.decode(b"garbage").backend, BackendId(u16::MAX));
-        // version 1 records (no client) still read
-        let v1 = c.decode(b"1|s|0|b0");
-        assert_eq!((v1.backend, v1.client), (BackendId(0), ClientId(0)));
+        // a well-formed record naming a backend not configured here reads as no
+        // configured backend (the core ends that session)
         assert_eq!(
-            c.reply(&StoreOp::Insert(k.clone(), rec), Value::Okay),
-            StoreReply::Inserted(true)
+            c.decode(b"1|s|0|elsewhere"),
+            Some(Record {
+                backend: BackendId(u16::MAX),
+                era: Era::Streamable,
+                client: ClientId(0),
+            })
         );
+    }
+
+    /// Read, slide and delete are the verifying script, by SHA, on the prefixed key;
+    /// the NOSCRIPT retry carries the source. Nothing but `SET NX` writes blindly.
+    #[test]
+    fn only_the_verifying_script_reads_slides_or_deletes() {
+        let c = codec();
+        let k = SessionKey::new(b"abc", 256).unwrap();
+        let sha = redis::Script::new(RECORD_SCRIPT).get_hash().to_owned();
+        assert_eq!(sha.len(), 40);
+        for (op, tail) in [
+            (StoreOp::Get(k.clone()), "$5\r\nslide\r\n"),
+            (StoreOp::Touch(k.clone()), "$5\r\nslide\r\n"),
+            (StoreOp::Delete(k.clone()), "$3\r\ndel\r\n"),
+        ] {
+            let by_sha = packed(c.command(&op));
+            assert!(
+                by_sha.starts_with(&format!(
+                    "*{}\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n1\r\n$5\r\np:abc\r\n{tail}",
+                    if tail.contains("del") { 8 } else { 6 }
+                )),
+                "{by_sha}"
+            );
+            let by_source = packed(c.command_with_source(&op));
+            assert!(by_source.starts_with("*"), "{by_source}");
+            assert!(by_source.contains("\r\nEVAL\r\n"), "{by_source}");
+            assert!(by_source.contains(RECORD_SCRIPT), "{by_source}");
+            assert!(by_source.contains(&format!("$5\r\np:abc\r\n{tail}")));
+            for forbidden in ["GETEX", "GETDEL", "EXPIRE\r\n", "\r\nDEL\r\n"] {
+                assert!(!by_sha.contains(forbidden), "{by_sha}");
+            }
+        }
+        let noscript = redis::parse_redis_value(b"-NOSCRIPT No matching script.\r\n").unwrap();
+        assert!(RedisCodec::is_noscript(&noscript));
+        let other = redis::parse_redis_value(b"-ERR boom\r\n").unwrap();
+        assert!(!RedisCodec::is_noscript(&other));
+        // an error reply that reaches `reply` is "unavailable"
+        assert_eq!(c.reply(&StoreOp::Get(k), other), StoreReply::Unavailable);
+    }
+
+    /// A key under the prefix holding something else is no record: an unknown session,
+    /// never an unconfigured backend (which the core would delete).
+    #[test]
+    fn a_value_that_is_not_a_record_is_an_unknown_session() {
+        let c = codec();
+        for v in [
+            &b"garbage"[..],
+            b"",
+            b"hello",
+            b"1",
+            b"1|s|0",
+            b"1|s|0|",
+            b"1|x|0|b0",
+            b"1|s||b0",
+            b"1|s|12a|b0",
+            b"2|s|0|b0",
+            b" 1|s|0|b0",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(c.decode(v), None, "{:?}", String::from_utf8_lossy(v));
+        }
+        // a name that is not UTF-8 is still a well-formed record, of no backend here
+        assert_eq!(
+            c.decode(b"1|l|1|\xff").map(|r| r.backend),
+            Some(BackendId(u16::MAX))
+        );
+        let k = SessionKey::new(b"foreign", 256).unwrap();
+        // the script's "not a record" (a string's length, -1 for another type)
+        for n in [5, 0, -1] {
+            assert_eq!(
+                c.reply(&StoreOp::Get(k.clone()), Value::Int(n)),
+                StoreReply::Found(None)
+            );
+            assert_eq!(
+                c.reply(&StoreOp::Delete(k.clone()), Value::Int(n)),
+                StoreReply::Deleted(None)
+            );
+            assert_eq!(
+                c.reply(&StoreOp::Touch(k.clone()), Value::Int(n)),
+                StoreReply::Touched(false)
+            );
+        }
+        // should a value the script passed not decode here, it is still no record
+        assert_eq!(
+            c.reply(&StoreOp::Get(k), Value::BulkString(b"hello".to_vec())),
+            StoreReply::Found(None)
+        );
+    }
+
+    #[test]
+    fn the_key_prefix_is_checked() {
+        assert!(check_key_prefix(DEFAULT_PREFIX).is_ok());
+        assert!(check_key_prefix("a").is_ok());
+        for bad in ["", " ", "a b", "p:\n", "\t", "x\u{7f}"] {
+            let e = check_key_prefix(bad).unwrap_err();
+            assert!(e.0.starts_with("store_key_prefix:"), "{e}");
+        }
     }
 }

@@ -4,6 +4,11 @@
 //! `redis::Cmd::get_packed_command`, decoded by `redis::parse_redis_value` once
 //! `frame_len` says a whole reply is in the buffer).
 //!
+//! Script replies (the record, nil, or an integer for a key that holds no record) and
+//! `NOSCRIPT` errors are whole RESP values like any other: the reply matching in order
+//! needs nothing of its own for them. A `NOSCRIPT` reply is answered by a second
+//! request carrying the script's source.
+//!
 //! Like the tokio and smol store: every op is bounded by `--store-timeout`; while the
 //! connection is down, ops fail at once (`Unavailable`: the client gets 503, never
 //! 404), and the connection comes back by itself with backoff (50 ms to 2 s).
@@ -127,10 +132,19 @@ impl GlommioRedis {
 
 impl RemoteStore for GlommioRedis {
     async fn execute(&self, op: &StoreOp) -> StoreReply {
-        match self
+        let v = match self
             .request(self.codec.command(op).get_packed_command())
             .await
         {
+            // Redis lost the record script (restart, `SCRIPT FLUSH`): once more with
+            // its source, which loads it again
+            Some(v) if RedisCodec::is_noscript(&v) => {
+                self.request(self.codec.command_with_source(op).get_packed_command())
+                    .await
+            }
+            v => v,
+        };
+        match v {
             Some(v) => self.codec.reply(op, v),
             None => StoreReply::Unavailable,
         }

@@ -482,13 +482,168 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     }
     let d = c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
     assert_eq!(d.status, 200);
-    let counts: Vec<u64> = ["set", "getex", "getdel", "expire", "get", "del"]
+    let names = [
+        "set", "evalsha", "eval", "getex", "getdel", "get", "expire", "del",
+    ];
+    let counts: Vec<u64> = names.iter().map(|c| calls(&redis.addr, c)).collect();
+    eprintln!("redis commands for initialize + 100 requests + DELETE: {names:?} = {counts:?}");
+    // initialize: one SET NX; each request: one EVALSHA of the record script (GET,
+    // verify, EXPIRE); DELETE: that, then one EVALSHA of it deleting (GET, verify,
+    // DEL). The first EVALSHA on a fresh Redis gets NOSCRIPT and is followed by one
+    // EVAL, which loads the script. The GETs, EXPIREs and DEL run inside the scripts.
+    assert_eq!(counts, [1, 102, 1, 0, 0, 102, 101, 1]);
+}
+
+/// A session id is the client's to choose, so it can name any key under the prefix.
+/// The router answers for a key it did not write as for a session it has no record
+/// of: "The server MAY terminate the session at any time, after which it MUST respond
+/// to requests containing that session ID with HTTP 404 Not Found." And it leaves the
+/// key as it was: not deleted, not overwritten, no TTL put on it.
+fn a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let r = |args: &[&str]| redis_cmd(&redis.addr, args);
+    let b0 = Proc::fake_backend("b0");
+    let a = replica("router-a", rp, &[&b0], &[]);
+    assert!(a.wait_count("session store ready", 1, Duration::from_secs(5)));
+    let p = "mcp-router:session:";
+    let key = |id: &str| format!("{p}{id}");
+    assert_eq!(r(&["SET", &key("foreign"), "hello"]), "+OK");
+    // looks like a record, but the creation time is not a number
+    assert_eq!(r(&["SET", &key("lookalike"), "1|s|soon|b0"]), "+OK");
+    assert_eq!(r(&["HSET", &key("hash"), "f", "v"]), ":1");
+    assert_eq!(r(&["RPUSH", &key("list"), "x"]), ":1");
+    let values = |id: &str| match id {
+        "hash" => r(&["HGET", &key(id), "f"]),
+        "list" => r(&["LINDEX", &key(id), "0"]),
+        _ => r(&["GET", &key(id)]),
+    };
+    let before: Vec<String> = ["foreign", "lookalike", "hash", "list"]
         .iter()
-        .map(|c| calls(&redis.addr, c))
+        .map(|id| values(id))
         .collect();
-    eprintln!("redis commands for initialize + 100 requests + DELETE: set/getex/getdel/expire/get/del = {counts:?}");
-    // initialize: one SET NX; each request: one GETEX; DELETE: GETEX then GETDEL
-    assert_eq!(counts, [1, 101, 1, 0, 0, 0]);
+    assert_eq!(before, ["hello", "1|s|soon|b0", "v", "x"]);
+    for id in ["foreign", "lookalike", "hash", "list"] {
+        for i in 0..3 {
+            let resp = call(&mut a.conn(), id, i);
+            assert_eq!(resp.status, 404, "{id}: {}", resp.text());
+            assert_eq!(resp.json()["error"]["code"], -32001, "{id}");
+            assert_eq!(resp.json()["id"], i, "{id}");
+            let get = a.conn().request(
+                "GET",
+                "/mcp",
+                &[("Mcp-Session-Id", id), ("Accept", "text/event-stream")],
+                "",
+            );
+            assert_eq!(get.status, 404, "{id}: {}", get.text());
+            let del = a
+                .conn()
+                .request("DELETE", "/mcp", &[("Mcp-Session-Id", id)], "");
+            assert_eq!(del.status, 404, "{id}: {}", del.text());
+        }
+        // still there, as it was, and still without a TTL
+        assert_eq!(r(&["EXISTS", &key(id)]), ":1", "{id}");
+        assert_eq!(r(&["TTL", &key(id)]), ":-1", "{id}");
+    }
+    let after: Vec<String> = ["foreign", "lookalike", "hash", "list"]
+        .iter()
+        .map(|id| values(id))
+        .collect();
+    assert_eq!(after, before);
+    // logged once per process, never with the key or the value
+    assert!(
+        a.wait_count("not an mcp-router record", 1, Duration::from_secs(5)),
+        "{:?}",
+        a.logs()
+    );
+    assert_eq!(
+        a.count_logs("not an mcp-router record"),
+        1,
+        "{:?}",
+        a.logs()
+    );
+    assert_eq!(a.count_logs("hello"), 0, "{:?}", a.logs());
+
+    // A well-formed record naming a backend this replica does not have (another
+    // replica's configuration) is a session of ours: ended, and its record deleted.
+    assert_eq!(
+        r(&["SET", &key("elsewhere"), "1|s|0|gone", "EX", "600"]),
+        "+OK"
+    );
+    let resp = call(&mut a.conn(), "elsewhere", 1);
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], -32001);
+    assert!(a.wait_count("cause=\"unknown_backend\"", 1, Duration::from_secs(5)));
+    assert_eq!(r(&["EXISTS", &key("elsewhere")]), ":0");
+
+    // A session of ours: its requests slide its record's TTL, its DELETE removes it.
+    let (_, sid) = initialize(&mut a.conn(), json!(1));
+    assert!(r(&["GET", &key(&sid)]).starts_with("1|s|"));
+    assert_eq!(call(&mut a.conn(), &sid, 1).status, 200);
+    let ttl: i64 = r(&["TTL", &key(&sid)])[1..].parse().unwrap();
+    assert!(ttl > 0, "{ttl}");
+    let d = a
+        .conn()
+        .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+    assert_eq!(d.status, 200);
+    assert_eq!(r(&["EXISTS", &key(&sid)]), ":0");
+    assert_eq!(call(&mut a.conn(), &sid, 2).status, 404);
+    // the foreign keys are all that is left
+    assert_eq!(r(&["DBSIZE"]), ":4");
+}
+
+/// An empty key prefix would make the client's session id the whole key: any key of
+/// the database. Refused at start (exit status 2, the field named), before Redis is
+/// reached; so is a prefix with whitespace or control characters.
+fn an_empty_or_blank_store_key_prefix_is_refused_at_start() {
+    let rp = free_port();
+    let store = format!("redis://127.0.0.1:{rp}");
+    let run = |prefix_flag: Option<&str>, env: Option<&str>| {
+        let mut cmd =
+            std::process::Command::new(mcp_router_testkit::harness::bin_path(router_bin()));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "http://127.0.0.1:1",
+            "--store",
+            &store,
+        ])
+        .env_remove("MCP_ROUTER_STORE_KEY_PREFIX")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        if let Some(p) = prefix_flag {
+            cmd.args(["--store-key-prefix", p]);
+        }
+        if let Some(p) = env {
+            cmd.env("MCP_ROUTER_STORE_KEY_PREFIX", p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("router with prefix {prefix_flag:?} / env {env:?} did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status, err)
+    };
+    for bad in ["", " ", "a b:", "tab\t:", "nl\n:"] {
+        let (st, err) = run(Some(bad), None);
+        assert_eq!(st.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("store_key_prefix"), "{bad:?}: {err}");
+    }
+    let (st, err) = run(None, Some("a b:"));
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("store_key_prefix"), "{err}");
 }
 
 fn several_replicas_on_the_embedded_store_warn_at_start() {
@@ -590,4 +745,6 @@ mcp_router_testkit::behaviour_suite!(
     python_sdk_sessions_survive_requests_alternating_between_replicas,
     one_redis_round_trip_per_request_of_an_established_session,
     several_replicas_on_the_embedded_store_warn_at_start,
+    a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone,
+    an_empty_or_blank_store_key_prefix_is_refused_at_start,
 );
