@@ -618,8 +618,10 @@ mod tests {
         assert!(set.contains("EVALSHA\r\n"), "{set}");
         assert!(set.contains("$5\r\np:abc\r\n"), "{set}");
         assert!(set.contains("p: client 00000000000000ab\r\n"), "{set}");
-        assert!(packed(c.command_with_source(&StoreOp::Insert(k.clone(), rec)))
-            .contains("'SET', KEYS[1], ARGV[1], 'NX'"));
+        assert!(
+            packed(c.command_with_source(&StoreOp::Insert(k.clone(), rec)))
+                .contains("'SET', KEYS[1], ARGV[1], 'NX'")
+        );
         let stored = set.split("\r\n").find(|l| l.starts_with("2|l|")).unwrap();
         assert!(stored.ends_with("|00000000000000ab|b0"), "{stored}");
         // version 1 records (no client) still read
@@ -627,7 +629,12 @@ mod tests {
             c.decode(b"1|s|0|b0").map(|r| (r.backend, r.client)),
             Some((BackendId(0), ClientId(0)))
         );
-        for bad in [&b"2|s|0|b0"[..], b"2|s|0||b0", b"2|s|0|xyz|b0", b"3|s|0|ab|b0"] {
+        for bad in [
+            &b"2|s|0|b0"[..],
+            b"2|s|0||b0",
+            b"2|s|0|xyz|b0",
+            b"3|s|0|ab|b0",
+        ] {
             assert_eq!(c.decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
         assert_eq!(c.decode(stored.as_bytes()), Some(rec));

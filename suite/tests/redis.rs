@@ -26,6 +26,20 @@ fn replica_bin(bin: &str, name: &str, redis_port: u16, backends: &[&Proc], extra
     Proc::router(bin, name, &refs)
 }
 
+/// Keys in Redis but the per-client token buckets (each lingers, by its own TTL, until
+/// the client's bucket would be full again), as `:N`: session records and the live
+/// sets of the session caps (a set with no member is no key).
+fn keys_but_buckets(addr: &str) -> String {
+    redis_cmd(
+        addr,
+        &[
+            "EVAL",
+            "local n = 0 for _, k in ipairs(redis.call('KEYS', '*')) do if not string.find(k, ' bucket ', 1, true) then n = n + 1 end end return n",
+            "0",
+        ],
+    )
+}
+
 fn call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
     post_json(
         c,
@@ -55,7 +69,7 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
         // the record: named backend, era, creation time; never a URL
         let v = redis_cmd(&redis.addr, &["GET", &format!("mcp-router:session:{sid}")]);
         assert!(
-            v.starts_with("1|s|") && v.ends_with(&format!("|{home}")),
+            v.starts_with("2|s|") && v.ends_with(&format!("|{home}")),
             "{v}"
         );
         assert!(!v.contains("127.0.0.1"), "{v}");
@@ -103,7 +117,7 @@ fn legacy_session_crosses(stream_on: &Proc, posts_through: &Proc, redis: &Proc) 
     }
     drop(stream);
     assert!(stream_on.wait_count("cause=\"stream_closed\"", 1, Duration::from_secs(5)));
-    assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), ":0");
+    assert_eq!(keys_but_buckets(&redis.addr), ":0");
 }
 
 fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other() {
@@ -325,9 +339,12 @@ fn churn_across_replicas_leaves_no_records_and_flat_memory() {
     let rp = free_port();
     let redis = redis_server(rp);
     let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
-    let a = replica("router-a", rp, &[&b0, &b1], &[]);
-    let b = replica("router-b", rp, &[&b0, &b1], &[]);
-    let base = redis_cmd(&redis.addr, &["DBSIZE"]);
+    // one test client opens thousands of sessions a second from one address: the
+    // per-client rate limit (which exists to stop exactly that) is off here
+    let quota_off = ["--client-session-rate", "0"];
+    let a = replica("router-a", rp, &[&b0, &b1], &quota_off);
+    let b = replica("router-b", rp, &[&b0, &b1], &quota_off);
+    let base = keys_but_buckets(&redis.addr);
     let lifecycles = |n: usize| {
         let threads: Vec<_> = (0..8)
             .map(|t| {
@@ -360,9 +377,9 @@ fn churn_across_replicas_leaves_no_records_and_flat_memory() {
     let (ra1, rb1) = (rss_kib(a.pid()), rss_kib(b.pid()));
     eprintln!(
         "20000 lifecycles in {secs:.1}s; RSS router-a {ra0}->{ra1} KiB, router-b {rb0}->{rb1} KiB; DBSIZE {}",
-        redis_cmd(&redis.addr, &["DBSIZE"])
+        keys_but_buckets(&redis.addr)
     );
-    assert_eq!(redis_cmd(&redis.addr, &["DBSIZE"]), base);
+    assert_eq!(keys_but_buckets(&redis.addr), base);
     assert_eq!(base, ":0");
     for (before, after) in [(ra0, ra1), (rb0, rb1)] {
         assert!(
@@ -487,11 +504,13 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     ];
     let counts: Vec<u64> = names.iter().map(|c| calls(&redis.addr, c)).collect();
     eprintln!("redis commands for initialize + 100 requests + DELETE: {names:?} = {counts:?}");
-    // initialize: one SET NX; each request: one EVALSHA of the record script (GET,
-    // verify, EXPIRE); DELETE: that, then one EVALSHA of it deleting (GET, verify,
-    // DEL). The first EVALSHA on a fresh Redis gets NOSCRIPT and is followed by one
-    // EVAL, which loads the script. The GETs, EXPIREs and DEL run inside the scripts.
-    assert_eq!(counts, [1, 102, 1, 0, 0, 102, 101, 1]);
+    // initialize: one EVALSHA of the admission script (caps and quotas), one of the
+    // insert script (SET NX, and the live sets); each request: one EVALSHA of the
+    // record script (GET, verify, EXPIRE); DELETE: that, then one EVALSHA of it
+    // deleting (GET, verify, DEL, and out of the live sets). On a fresh Redis the first
+    // EVALSHA of each of the three scripts gets NOSCRIPT and is followed by one EVAL,
+    // which loads it. The SET, GETs, EXPIREs and DEL run inside the scripts.
+    assert_eq!(counts, [1, 104, 3, 0, 0, 102, 101, 1]);
 }
 
 /// A session id is the client's to choose, so it can name any key under the prefix.
@@ -578,7 +597,7 @@ fn a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone() {
 
     // A session of ours: its requests slide its record's TTL, its DELETE removes it.
     let (_, sid) = initialize(&mut a.conn(), json!(1));
-    assert!(r(&["GET", &key(&sid)]).starts_with("1|s|"));
+    assert!(r(&["GET", &key(&sid)]).starts_with("2|s|"));
     assert_eq!(call(&mut a.conn(), &sid, 1).status, 200);
     let ttl: i64 = r(&["TTL", &key(&sid)])[1..].parse().unwrap();
     assert!(ttl > 0, "{ttl}");
@@ -589,7 +608,7 @@ fn a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone() {
     assert_eq!(r(&["EXISTS", &key(&sid)]), ":0");
     assert_eq!(call(&mut a.conn(), &sid, 2).status, 404);
     // the foreign keys are all that is left
-    assert_eq!(r(&["DBSIZE"]), ":4");
+    assert_eq!(keys_but_buckets(&redis.addr), ":4");
 }
 
 /// An empty key prefix would make the client's session id the whole key: any key of
