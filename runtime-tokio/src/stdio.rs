@@ -191,12 +191,14 @@ impl Driver {
     fn spawn(&mut self, child: ChildId, session: Option<&str>, me: &Shared) -> std::io::Result<()> {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
-            .arg(&self.command)
+            .arg(shell_command(&self.command))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        #[cfg(target_os = "linux")]
+        die_with_the_router(&mut cmd);
         let mut proc = cmd.spawn()?;
         let pid = proc.id().unwrap_or(0);
         let label = session.unwrap_or("shared").to_string();
@@ -237,6 +239,65 @@ impl Driver {
         let mut r = [0u8; 32];
         self.urandom.read_exact(&mut r)?;
         Ok(r)
+    }
+}
+
+/// The script given to `sh -c`: `exec <command>` when the command is one simple command
+/// (words and quotes only: no `;&|<>(){}!` backquote, newline, leading assignment or
+/// reserved word), else the command as it is.
+///
+/// `dash` (`/bin/sh` on Debian) forks for the last command of `-c` instead of replacing
+/// itself; with `exec` the server is the router's direct child, so the parent-death
+/// signal ([`die_with_the_router`]) reaches it, and no idle `sh` stays around per
+/// session. A command that is anything more keeps its `sh` parent, and its processes
+/// are grandchildren.
+fn shell_command(command: &str) -> String {
+    const RESERVED: &[&str] = &[
+        "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
+        "in", "exec", "!", "{", "}",
+    ];
+    let t = command.trim();
+    let first = t.split_ascii_whitespace().next().unwrap_or("");
+    let simple = !t.is_empty()
+        && !t.contains(|c| ";&|<>(){}!`\n\r".contains(c))
+        && !first.contains('=')
+        && !RESERVED.contains(&first);
+    if simple {
+        format!("exec {t}")
+    } else {
+        command.to_string()
+    }
+}
+
+/// Ask the kernel to `SIGKILL` the child (the `sh -c` process, or what it execs) when
+/// the router dies, so a `kill -9` of the router does not leave behind a server that
+/// ignores stdin EOF (a clean shutdown kills and reaps every child itself).
+///
+/// `PR_SET_PDEATHSIG` "is cleared for the child of a fork" and kept across `execve`
+/// (unless set-user-ID/set-group-ID or file capabilities), so it covers the direct child
+/// and whatever `sh -c` execs into (a single simple command, or `exec ...`), not the
+/// grandchildren: those see EOF on stdin and `EPIPE` on stdout, nothing more (see the
+/// README). The signal follows the *thread* that forked: the spawn runs on a runtime
+/// thread (a tokio worker or the `block_on` thread), which lives as long as the
+/// runtime, never on a short-lived blocking-pool thread.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_the_router(cmd: &mut tokio::process::Command) {
+    let router = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            // The standard race: the router may have died between fork and prctl, and
+            // then no signal comes. The child was re-parented: give up (the spawn
+            // fails and the child exits before it execs the command).
+            if nix::unistd::getppid() != router {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -441,6 +502,7 @@ pub fn bridge_config(settings: &Settings, stdio: &StdioSettings) -> BridgeConfig
         max_children: stdio.max_children,
         idle_ttl: settings.core.session_ttl,
         stream_grace: stdio.stream_grace,
+        unattached_timeout: stdio.unattached_timeout,
         request_timeout: settings.core.timeouts.response,
         max_session_id_len: settings.core.max_session_id_len,
         ..BridgeConfig::default()
@@ -917,9 +979,41 @@ mod tests {
         let st = cli(&["--stdio", "x"]).settings().unwrap().stdio.unwrap();
         assert_eq!(st.mode, ChildMode::PerSession);
         assert_eq!(
-            (st.max_children, st.stream_grace),
-            (64, Duration::from_secs(30))
+            (st.max_children, st.stream_grace, st.unattached_timeout),
+            (64, Duration::from_secs(30), Duration::from_secs(60))
         );
+        let s = cli(&["--stdio", "x", "--stdio-unattached-timeout", "2s"])
+            .settings()
+            .unwrap();
+        let b = bridge_config(&s, s.stdio.as_ref().unwrap());
+        assert_eq!(b.unattached_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_simple_command_is_execed_by_sh() {
+        for (cmd, want) in [
+            ("python3 server.py", "exec python3 server.py"),
+            (
+                "  npx -y @modelcontextprotocol/server-everything ",
+                "exec npx -y @modelcontextprotocol/server-everything",
+            ),
+            (
+                "node \"my server.js\" $PORT",
+                "exec node \"my server.js\" $PORT",
+            ),
+            ("cd /x && exec npx y", "cd /x && exec npx y"),
+            ("a | b", "a | b"),
+            ("a; b", "a; b"),
+            ("a > log", "a > log"),
+            ("x $(y)", "x $(y)"),
+            ("FOO=1 server", "FOO=1 server"),
+            ("exec server", "exec server"),
+            ("while true; do x; done", "while true; do x; done"),
+            ("a\nb", "a\nb"),
+            ("a &", "a &"),
+        ] {
+            assert_eq!(shell_command(cmd), want, "{cmd:?}");
+        }
     }
 
     #[test]

@@ -19,12 +19,17 @@ Tools (tools/call, name -> behaviour):
   grandchild           starts `sleep 1000` in the background, returns its pid
   flood {n, size}      sends n notifications/message of about `size` bytes, then
                        answers "flooded"
+
+With `--stubborn` it ignores SIGTERM, SIGHUP and SIGINT and, at EOF on stdin, sleeps
+forever instead of exiting: only SIGKILL ends it (the kill -9 orphan tests).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 lock = threading.Lock()
 counter = 0
@@ -103,6 +108,10 @@ def call(rid, params):
 
 
 def main():
+    stubborn = "--stubborn" in sys.argv[1:]
+    if stubborn:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
     sys.stderr.write("mock stdio server %d starting\n" % os.getpid())
     sys.stderr.flush()
     for line in sys.stdin:
@@ -136,6 +145,9 @@ def main():
             call(rid, msg.get("params") or {})
         else:
             send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "method not found"}})
+    if stubborn:
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":
