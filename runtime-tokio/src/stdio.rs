@@ -203,6 +203,7 @@ impl Driver {
         let pid = proc.id().unwrap_or(0);
         let label = session.unwrap_or("shared").to_string();
         info!(session = %label, child = child.0, pid, "stdio child spawned");
+        let watcher = spawn_watcher(pid);
         let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_BUFFER);
         let (kill_tx, kill_rx) = oneshot::channel();
         if let Some(stdin) = proc.stdin.take() {
@@ -220,7 +221,7 @@ impl Driver {
             me.clone(),
             child,
             proc,
-            pid,
+            (pid, watcher),
             label,
             kill_rx,
             reapers,
@@ -266,6 +267,38 @@ fn shell_command(command: &str) -> String {
         format!("exec {t}")
     } else {
         command.to_string()
+    }
+}
+
+/// The group watcher's script: wait for EOF on stdin (whose write end only the router
+/// holds), then `SIGKILL` the whole process group.
+const WATCHER: &str = "while read _; do :; done; kill -KILL 0";
+
+/// Start the watcher of the process group `pgid` (the child just spawned): a `sh`
+/// placed in that group, reading a pipe whose write end only the router holds (it is
+/// close-on-exec, so no other child inherits it). When the router dies, however it
+/// dies, the kernel closes that end; the watcher reads EOF and `SIGKILL`s the group,
+/// so grandchildren that ignore EOF and are beyond the parent-death signal's reach (an
+/// `npx` chain, a `sh -c` script) die too. A normal kill or exit of the child kills and
+/// reaps the watcher with the rest of the group (its pipe end is dropped after that).
+/// `None` (logged) if it cannot start: only the parent-death signal is left then.
+fn spawn_watcher(pgid: u32) -> Option<std::process::ChildStdin> {
+    use std::os::unix::process::CommandExt as _;
+    let r = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(WATCHER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(pgid as i32)
+        .spawn();
+    match r {
+        // the `Child` is dropped without a wait: `reap_group` reaps it
+        Ok(mut w) => w.stdin.take(),
+        Err(e) => {
+            warn!(pgid, error = %e, "cannot start the process group watcher: a kill -9 of the router would leave this child's grandchildren behind");
+            None
+        }
     }
 }
 
@@ -432,7 +465,7 @@ async fn supervise(
     d: Shared,
     child: ChildId,
     mut proc: tokio::process::Child,
-    pid: u32,
+    (pid, watcher): (u32, Option<std::process::ChildStdin>),
     label: String,
     kill: oneshot::Receiver<()>,
     reapers: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
@@ -456,6 +489,8 @@ async fn supervise(
         Err(e) => format!("wait failed: {e}"),
     };
     reap_group(pgid).await;
+    // (the watcher was in the group: killed and reaped with it)
+    drop(watcher);
     info!(session = %label, child = child.0, pid, status = %how, "stdio child exited and reaped");
     let writes = {
         let mut g = lock(&d);

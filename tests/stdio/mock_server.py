@@ -17,6 +17,8 @@ Tools (tools/call, name -> behaviour):
   crash                exits with status 3 at once
   garbage              writes a line that is not JSON-RPC
   grandchild           starts `sleep 1000` in the background, returns its pid
+  escape               starts `sleep 1000` in a new session (out of the process
+                       group), returns its pid
   flood {n, size}      sends n notifications/message of about `size` bytes, then
                        answers "flooded"
 
@@ -48,7 +50,8 @@ def text_result(rid, text):
     send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": str(text)}]}})
 
 
-TOOLS = ["incr", "get", "pid", "echo", "slow", "sample", "notify", "crash", "garbage", "grandchild", "flood"]
+TOOLS = ["incr", "get", "pid", "echo", "slow", "sample", "notify", "crash", "garbage", "grandchild", "escape",
+         "flood"]
 
 
 def call(rid, params):
@@ -96,6 +99,11 @@ def call(rid, params):
     elif name == "grandchild":
         p = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        text_result(rid, p.pid)
+    elif name == "escape":
+        p = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
         text_result(rid, p.pid)
     elif name == "flood":
         pad = "x" * int(args.get("size", 1000))
