@@ -5,13 +5,20 @@
 //! and moves bytes:
 //!
 //! - The command runs as `sh -c "<command>"` (so quoting, environment variables and
-//!   pipes work as in a shell), in a **new process group** (`process_group(0)`), with
-//!   stdin/stdout/stderr piped. Its stderr is logged line by line with the session id.
+//!   pipes work as in a shell; `sh -c "exec <command>"` for one simple command), in a
+//!   **new process group** (`process_group(0)`), with stdin/stdout/stderr piped. Its
+//!   stderr is logged line by line with the session id.
 //! - A kill is `SIGTERM` to the whole group, `SIGKILL` to the group after
 //!   [`KILL_GRACE`], then the leader is reaped and every remaining member of the group
 //!   too: the router makes itself a child subreaper (Linux), so group members that
 //!   outlive their parent are re-parented to it and reaped here. A child that exits by
 //!   itself gets the same treatment for what it leaves behind. No orphan, no zombie.
+//! - If the router itself dies without cleaning up (`kill -9`, a crash): the direct
+//!   child has `PR_SET_PDEATHSIG(SIGKILL)` (and `sh` execs a simple command, so the
+//!   server is that child: `shell_command`), and a watcher in each child's process
+//!   group SIGKILLs the whole group when the router's end of its pipe closes
+//!   (`spawn_watcher`). Only a process that left the group (`setsid`, `setpgid`)
+//!   survives (if it kept the child's stdin or stdout, it sees EOF or `EPIPE` there).
 //! - Backpressure: each exchange has a bounded channel of [`STREAM_BUFFER`] outputs;
 //!   when a stream's channel is full (its client does not read), the core ends that
 //!   session ([`Bridge::handle_stream_overflow`]) and the connection is closed. Child
@@ -203,7 +210,7 @@ impl Driver {
         let pid = proc.id().unwrap_or(0);
         let label = session.unwrap_or("shared").to_string();
         info!(session = %label, child = child.0, pid, "stdio child spawned");
-        let watcher = spawn_watcher(pid);
+        let watcher = if pid > 0 { spawn_watcher(pid) } else { None };
         let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_BUFFER);
         let (kill_tx, kill_rx) = oneshot::channel();
         if let Some(stdin) = proc.stdin.take() {
