@@ -219,6 +219,7 @@ async fn run_stdio(listener: TcpListener, settings: &Settings, stdio: &config::S
     });
     info!(listen = %addr, command = %stdio.command, mode = ?stdio.mode,
         max_children = stdio.max_children, ttl_s = settings.core.session_ttl.as_secs(),
+        unattached_ms = stdio.unattached_timeout.as_millis() as u64,
         "mcp-router stdio bridge listening");
     if let Err(e) = stdio::serve(listener, settings, stdio, rx).await {
         tracing::error!(error = %e, "stdio bridge failed");
