@@ -130,6 +130,10 @@ pub struct Cli {
     /// A session whose GET stream is lost ends unless it reopens within this [default: 30s].
     #[arg(long, env = "MCP_ROUTER_STDIO_STREAM_GRACE")]
     pub stdio_stream_grace: Option<String>,
+    /// A stdio session with no open stream and no request in flight ends (and its child
+    /// is killed) this long after its last activity [default: 60s].
+    #[arg(long, env = "MCP_ROUTER_STDIO_UNATTACHED_TIMEOUT")]
+    pub stdio_unattached_timeout: Option<String>,
     /// Threads that serve clients: tokio and smol worker threads, or glommio executors
     /// (one per core, each with its own listener) [default: one per available CPU].
     #[arg(long, env = "MCP_ROUTER_WORKERS")]
@@ -223,6 +227,7 @@ struct File {
     client_identity: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     accept_backlog: Option<u32>,
+    stdio_unattached_timeout: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -281,6 +286,9 @@ pub struct StdioSettings {
     pub max_children: usize,
     /// Grace for a lost GET stream.
     pub stream_grace: Duration,
+    /// A session with no open stream and no request in flight ends this long after its
+    /// last activity.
+    pub unattached_timeout: Duration,
 }
 
 /// Parse a duration: `150ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
@@ -667,11 +675,23 @@ impl Cli {
             (None, Some(v)) => file_duration("stdio_stream_grace", v)?,
             (None, None) => Duration::from_secs(30),
         };
+        let unattached_timeout = match (
+            &self.stdio_unattached_timeout,
+            &file.stdio_unattached_timeout,
+        ) {
+            (Some(s), _) => parse_duration("stdio_unattached_timeout", s)?,
+            (None, Some(v)) => file_duration("stdio_unattached_timeout", v)?,
+            (None, None) => Duration::from_secs(60),
+        };
+        if unattached_timeout.is_zero() {
+            return Err(ConfigError("stdio_unattached_timeout: must be > 0".into()));
+        }
         Ok(Some(StdioSettings {
             command,
             mode,
             max_children,
             stream_grace,
+            unattached_timeout,
         }))
     }
 }
@@ -807,5 +827,58 @@ mod tests {
             .settings()
             .unwrap_err();
         assert!(e.0.contains("sesion_ttl"), "{e}");
+    }
+
+    #[test]
+    fn stdio_unattached_timeout_flag_file_and_default() {
+        let stdio = |args: &[&str]| cli(args).settings().map(|s| s.stdio.unwrap());
+        assert_eq!(
+            stdio(&["--stdio", "cat"]).unwrap().unattached_timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            stdio(&["--stdio", "cat", "--stdio-unattached-timeout", "2s"])
+                .unwrap()
+                .unattached_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            stdio(&["--stdio", "cat", "--stdio-unattached-timeout", "1500ms"])
+                .unwrap()
+                .unattached_timeout,
+            Duration::from_millis(1500)
+        );
+        for bad in ["0s", "0", "soon"] {
+            let e = stdio(&["--stdio", "cat", "--stdio-unattached-timeout", bad]).unwrap_err();
+            assert!(e.0.starts_with("stdio_unattached_timeout"), "{bad}: {e}");
+        }
+        let dir = std::env::temp_dir().join(format!("mcp-router-cfg-ua-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, "stdio = \"cat\"\nstdio_unattached_timeout = \"5m\"\n").unwrap();
+        let path = p.to_str().unwrap();
+        assert_eq!(
+            stdio(&["--config", path]).unwrap().unattached_timeout,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            stdio(&["--config", path, "--stdio-unattached-timeout", "7s"])
+                .unwrap()
+                .unattached_timeout,
+            Duration::from_secs(7)
+        );
+        std::fs::write(&p, "stdio = \"cat\"\nstdio_unattached_timeout = 0\n").unwrap();
+        let e = stdio(&["--config", path]).unwrap_err();
+        assert!(e.0.starts_with("stdio_unattached_timeout"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("stdio-unattached-timeout"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("MCP_ROUTER_STDIO_UNATTACHED_TIMEOUT")
+        );
     }
 }

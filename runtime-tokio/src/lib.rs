@@ -3,7 +3,10 @@
 //!
 //! Use it as a library with [`serve`], or run the bundled `mcp-router` binary.
 
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the one exception is the stdio bridge's `pre_exec` hook
+// (`stdio::die_with_the_router`: `PR_SET_PDEATHSIG` in the forked child), which std
+// and tokio only offer as `unsafe`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod stdio;
@@ -216,6 +219,7 @@ async fn run_stdio(listener: TcpListener, settings: &Settings, stdio: &config::S
     });
     info!(listen = %addr, command = %stdio.command, mode = ?stdio.mode,
         max_children = stdio.max_children, ttl_s = settings.core.session_ttl.as_secs(),
+        unattached_ms = stdio.unattached_timeout.as_millis() as u64,
         "mcp-router stdio bridge listening");
     if let Err(e) = stdio::serve(listener, settings, stdio, rx).await {
         tracing::error!(error = %e, "stdio bridge failed");

@@ -5,13 +5,20 @@
 //! and moves bytes:
 //!
 //! - The command runs as `sh -c "<command>"` (so quoting, environment variables and
-//!   pipes work as in a shell), in a **new process group** (`process_group(0)`), with
-//!   stdin/stdout/stderr piped. Its stderr is logged line by line with the session id.
+//!   pipes work as in a shell; `sh -c "exec <command>"` for one simple command), in a
+//!   **new process group** (`process_group(0)`), with stdin/stdout/stderr piped. Its
+//!   stderr is logged line by line with the session id.
 //! - A kill is `SIGTERM` to the whole group, `SIGKILL` to the group after
 //!   [`KILL_GRACE`], then the leader is reaped and every remaining member of the group
 //!   too: the router makes itself a child subreaper (Linux), so group members that
 //!   outlive their parent are re-parented to it and reaped here. A child that exits by
 //!   itself gets the same treatment for what it leaves behind. No orphan, no zombie.
+//! - If the router itself dies without cleaning up (`kill -9`, a crash): the direct
+//!   child has `PR_SET_PDEATHSIG(SIGKILL)` (and `sh` execs a simple command, so the
+//!   server is that child: `shell_command`), and a watcher in each child's process
+//!   group SIGKILLs the whole group when the router's end of its pipe closes
+//!   (`spawn_watcher`). Only a process that left the group (`setsid`, `setpgid`)
+//!   survives (if it kept the child's stdin or stdout, it sees EOF or `EPIPE` there).
 //! - Backpressure: each exchange has a bounded channel of [`STREAM_BUFFER`] outputs;
 //!   when a stream's channel is full (its client does not read), the core ends that
 //!   session ([`Bridge::handle_stream_overflow`]) and the connection is closed. Child
@@ -191,16 +198,19 @@ impl Driver {
     fn spawn(&mut self, child: ChildId, session: Option<&str>, me: &Shared) -> std::io::Result<()> {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
-            .arg(&self.command)
+            .arg(shell_command(&self.command))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        #[cfg(target_os = "linux")]
+        die_with_the_router(&mut cmd);
         let mut proc = cmd.spawn()?;
         let pid = proc.id().unwrap_or(0);
         let label = session.unwrap_or("shared").to_string();
         info!(session = %label, child = child.0, pid, "stdio child spawned");
+        let watcher = if pid > 0 { spawn_watcher(pid) } else { None };
         let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(STDIN_BUFFER);
         let (kill_tx, kill_rx) = oneshot::channel();
         if let Some(stdin) = proc.stdin.take() {
@@ -218,7 +228,7 @@ impl Driver {
             me.clone(),
             child,
             proc,
-            pid,
+            (pid, watcher),
             label,
             kill_rx,
             reapers,
@@ -237,6 +247,97 @@ impl Driver {
         let mut r = [0u8; 32];
         self.urandom.read_exact(&mut r)?;
         Ok(r)
+    }
+}
+
+/// The script given to `sh -c`: `exec <command>` when the command is one simple command
+/// (words and quotes only: no `;&|<>(){}!` backquote, newline, leading assignment or
+/// reserved word), else the command as it is.
+///
+/// `dash` (`/bin/sh` on Debian) forks for the last command of `-c` instead of replacing
+/// itself; with `exec` the server is the router's direct child, so the parent-death
+/// signal ([`die_with_the_router`]) reaches it, and no idle `sh` stays around per
+/// session. A command that is anything more keeps its `sh` parent, and its processes
+/// are grandchildren.
+fn shell_command(command: &str) -> String {
+    const RESERVED: &[&str] = &[
+        "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
+        "in", "exec", "!", "{", "}",
+    ];
+    let t = command.trim();
+    let first = t.split_ascii_whitespace().next().unwrap_or("");
+    let simple = !t.is_empty()
+        && !t.contains(|c| ";&|<>(){}!`\n\r".contains(c))
+        && !first.contains('=')
+        && !RESERVED.contains(&first);
+    if simple {
+        format!("exec {t}")
+    } else {
+        command.to_string()
+    }
+}
+
+/// The group watcher's script: wait for EOF on stdin (whose write end only the router
+/// holds), then `SIGKILL` the whole process group.
+const WATCHER: &str = "while read _; do :; done; kill -KILL 0";
+
+/// Start the watcher of the process group `pgid` (the child just spawned): a `sh`
+/// placed in that group, reading a pipe whose write end only the router holds (it is
+/// close-on-exec, so no other child inherits it). When the router dies, however it
+/// dies, the kernel closes that end; the watcher reads EOF and `SIGKILL`s the group,
+/// so grandchildren that ignore EOF and are beyond the parent-death signal's reach (an
+/// `npx` chain, a `sh -c` script) die too. A normal kill or exit of the child kills and
+/// reaps the watcher with the rest of the group (its pipe end is dropped after that).
+/// `None` (logged) if it cannot start: only the parent-death signal is left then.
+fn spawn_watcher(pgid: u32) -> Option<std::process::ChildStdin> {
+    use std::os::unix::process::CommandExt as _;
+    let r = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(WATCHER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(pgid as i32)
+        .spawn();
+    match r {
+        // the `Child` is dropped without a wait: `reap_group` reaps it
+        Ok(mut w) => w.stdin.take(),
+        Err(e) => {
+            warn!(pgid, error = %e, "cannot start the process group watcher: a kill -9 of the router would leave this child's grandchildren behind");
+            None
+        }
+    }
+}
+
+/// Ask the kernel to `SIGKILL` the child (the `sh -c` process, or what it execs) when
+/// the router dies, so a `kill -9` of the router does not leave behind a server that
+/// ignores stdin EOF (a clean shutdown kills and reaps every child itself).
+///
+/// `PR_SET_PDEATHSIG` "is cleared for the child of a fork" and kept across `execve`
+/// (unless set-user-ID/set-group-ID or file capabilities), so it covers the direct child
+/// and whatever `sh -c` execs into (a single simple command, or `exec ...`), not the
+/// grandchildren: those see EOF on stdin and `EPIPE` on stdout, nothing more (see the
+/// README). The signal follows the *thread* that forked: the spawn runs on a runtime
+/// thread (a tokio worker or the `block_on` thread), which lives as long as the
+/// runtime, never on a short-lived blocking-pool thread.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_the_router(cmd: &mut tokio::process::Command) {
+    let router = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            // The standard race: the router may have died between fork and prctl, and
+            // then no signal comes. The child was re-parented: give up (the spawn
+            // fails and the child exits before it execs the command).
+            if nix::unistd::getppid() != router {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -371,7 +472,7 @@ async fn supervise(
     d: Shared,
     child: ChildId,
     mut proc: tokio::process::Child,
-    pid: u32,
+    (pid, watcher): (u32, Option<std::process::ChildStdin>),
     label: String,
     kill: oneshot::Receiver<()>,
     reapers: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
@@ -395,6 +496,8 @@ async fn supervise(
         Err(e) => format!("wait failed: {e}"),
     };
     reap_group(pgid).await;
+    // (the watcher was in the group: killed and reaped with it)
+    drop(watcher);
     info!(session = %label, child = child.0, pid, status = %how, "stdio child exited and reaped");
     let writes = {
         let mut g = lock(&d);
@@ -441,6 +544,7 @@ pub fn bridge_config(settings: &Settings, stdio: &StdioSettings) -> BridgeConfig
         max_children: stdio.max_children,
         idle_ttl: settings.core.session_ttl,
         stream_grace: stdio.stream_grace,
+        unattached_timeout: stdio.unattached_timeout,
         request_timeout: settings.core.timeouts.response,
         max_session_id_len: settings.core.max_session_id_len,
         ..BridgeConfig::default()
@@ -917,9 +1021,41 @@ mod tests {
         let st = cli(&["--stdio", "x"]).settings().unwrap().stdio.unwrap();
         assert_eq!(st.mode, ChildMode::PerSession);
         assert_eq!(
-            (st.max_children, st.stream_grace),
-            (64, Duration::from_secs(30))
+            (st.max_children, st.stream_grace, st.unattached_timeout),
+            (64, Duration::from_secs(30), Duration::from_secs(60))
         );
+        let s = cli(&["--stdio", "x", "--stdio-unattached-timeout", "2s"])
+            .settings()
+            .unwrap();
+        let b = bridge_config(&s, s.stdio.as_ref().unwrap());
+        assert_eq!(b.unattached_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_simple_command_is_execed_by_sh() {
+        for (cmd, want) in [
+            ("python3 server.py", "exec python3 server.py"),
+            (
+                "  npx -y @modelcontextprotocol/server-everything ",
+                "exec npx -y @modelcontextprotocol/server-everything",
+            ),
+            (
+                "node \"my server.js\" $PORT",
+                "exec node \"my server.js\" $PORT",
+            ),
+            ("cd /x && exec npx y", "cd /x && exec npx y"),
+            ("a | b", "a | b"),
+            ("a; b", "a; b"),
+            ("a > log", "a > log"),
+            ("x $(y)", "x $(y)"),
+            ("FOO=1 server", "FOO=1 server"),
+            ("exec server", "exec server"),
+            ("while true; do x; done", "while true; do x; done"),
+            ("a\nb", "a\nb"),
+            ("a &", "a &"),
+        ] {
+            assert_eq!(shell_command(cmd), want, "{cmd:?}");
+        }
     }
 
     #[test]

@@ -747,3 +747,221 @@ fn other_frontends_refuse_stdio() {
         assert!(err.contains("stdio"), "{bin}: {err}");
     }
 }
+
+// ------------------------------------------- hostile and careless clients (issue 12)
+
+fn initialize_body(id: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"stdio-test","version":"0"}}})
+}
+
+/// The lockout of issue 12: with `--stdio-max-children 3`, three clients that
+/// initialize and walk away (no stream, no further request) used to hold every child
+/// until the 2 h TTL. With `--stdio-unattached-timeout 2s` their sessions end 2 s after
+/// their last request, the children are killed and reaped, and a fourth client gets a
+/// child.
+#[test]
+fn walked_away_sessions_free_their_children_after_the_unattached_timeout() {
+    let timeout = Duration::from_secs(2);
+    let r = router(
+        "router-unattached",
+        &[
+            "--stdio-max-children",
+            "3",
+            "--stdio-unattached-timeout",
+            "2s",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let sids: Vec<String> = (0..3).map(|i| init(&r.addr, json!(i))).collect();
+    let walked_away = std::time::Instant::now();
+    let groups = child_groups(r.pid());
+    assert_eq!(groups.len(), 3, "{:?}", descendants(r.pid()));
+    // the fourth client is locked out while the three sessions live
+    let v = post(&mut r.conn(), None, false, &initialize_body("fourth"));
+    assert_eq!(v.status, 503, "{}", v.text());
+    assert_eq!(v.json()["id"], "fourth");
+    // ... until the unattached timeout passes
+    let mut refused = 1;
+    let (got, sid) = loop {
+        let v = post(&mut r.conn(), None, false, &initialize_body("fourth"));
+        if v.status == 200 {
+            let sid = v.header("mcp-session-id").unwrap().to_string();
+            break (std::time::Instant::now(), sid);
+        }
+        assert_eq!(v.status, 503, "{}", v.text());
+        refused += 1;
+        assert!(
+            walked_away.elapsed() < timeout + Duration::from_secs(3),
+            "no child for the fourth client {:?} after the three walked away",
+            walked_away.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "fourth client got a child {:?} after the three walked away ({:?} after the first \
+         initialize was answered; {refused} refusals before)",
+        got - walked_away,
+        got - started,
+    );
+    // not before the first session's deadline (its last request + 2 s)
+    assert!(
+        got - started >= timeout - Duration::from_millis(100),
+        "{:?}",
+        got - started
+    );
+    // the three children are gone (killed, reaped, nothing left in their groups)
+    let ok = wait_until(Duration::from_secs(8), || in_groups(&groups).is_empty());
+    assert!(ok, "left behind: {:?}", in_groups(&groups));
+    assert!(r.wait_count("cause=\"unattached\"", 3, Duration::from_secs(2)));
+    for s in &sids {
+        let v = post(
+            &mut r.conn(),
+            Some(s),
+            false,
+            &json!({"jsonrpc":"2.0","id":"late","method":"ping"}),
+        );
+        assert_eq!(v.status, 404, "{}", v.text());
+    }
+    // a session with an open GET stream outlives the timeout; the fourth's does not
+    let mine = init(&r.addr, json!("held"));
+    let (_g, head) = open_session_stream(&r.addr, &mine);
+    assert_eq!(head.status, 200);
+    std::thread::sleep(timeout + Duration::from_millis(1500));
+    let v = post(
+        &mut r.conn(),
+        Some(&mine),
+        false,
+        &json!({"jsonrpc":"2.0","id":"p","method":"ping"}),
+    );
+    assert_eq!(v.status, 200, "a session with an open stream is attached");
+    let v = post(
+        &mut r.conn(),
+        Some(&sid),
+        false,
+        &json!({"jsonrpc":"2.0","id":"p","method":"ping"}),
+    );
+    assert_eq!(v.status, 404, "the fourth client walked away too");
+    stop(r);
+}
+
+/// A process `pid` that is still running (a zombie is not: it only waits for its new
+/// parent to reap it).
+fn running(pid: i32) -> bool {
+    procs().iter().any(|p| p.pid == pid && p.state != 'Z')
+}
+
+/// The processes of `groups` still running (zombies left to init are not).
+fn running_in(groups: &BTreeSet<i32>) -> Vec<mcp_router_testkit::procs::P> {
+    in_groups(groups)
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .collect()
+}
+
+/// `kill -9` of the router, then wait for every pid in `pids` to stop running.
+fn kill_9_and_wait(mut r: Proc, pids: &[i32], what: &str) -> Duration {
+    let t = std::time::Instant::now();
+    r.signal("KILL");
+    assert!(r.wait_exit(Duration::from_secs(5)).is_some());
+    let ok = wait_until(Duration::from_secs(5), || !pids.iter().any(|p| running(*p)));
+    let left: Vec<_> = procs()
+        .into_iter()
+        .filter(|p| pids.contains(&p.pid))
+        .collect();
+    assert!(
+        ok,
+        "{what}: still running after kill -9 of the router: {left:?}"
+    );
+    t.elapsed()
+}
+
+fn pid_of(r: &Proc, sid: &str) -> i32 {
+    let mut c = r.conn();
+    text(&call(&mut c, sid, json!("pid"), "pid", json!({})))
+        .parse()
+        .unwrap()
+}
+
+/// A server that ignores stdin EOF, SIGTERM, SIGHUP and SIGINT, run as a simple
+/// command: `sh` execs it, so it is the router's direct child and dies with it
+/// (`PR_SET_PDEATHSIG`).
+#[test]
+fn kill_9_of_the_router_kills_a_direct_child_that_ignores_eof() {
+    let cmd = format!("{} --stubborn", mock_cmd());
+    let r = Proc::router("mcp-router", "router-kill9", &["--stdio", &cmd]);
+    let sid = init(&r.addr, json!(1));
+    let pid = pid_of(&r, &sid);
+    let me = procs().into_iter().find(|p| p.pid == pid).unwrap();
+    assert_eq!(
+        me.ppid,
+        r.pid() as i32,
+        "sh did not exec the simple command"
+    );
+    let took = kill_9_and_wait(r, &[pid], "stubborn direct child");
+    eprintln!("stubborn direct child gone {took:?} after kill -9 of the router");
+}
+
+/// The same server behind a `sh -c` script (`...; true`: sh stays, the server is a
+/// grandchild the parent-death signal does not reach) and with a grandchild of its own:
+/// the group watcher kills them when the router dies. A process that left the group
+/// (`setsid`) is out of reach and survives: this is what remains possible.
+#[test]
+fn kill_9_of_the_router_kills_grandchildren_in_the_group_but_not_escapees() {
+    let cmd = format!("{} --stubborn; true", mock_cmd());
+    let r = Proc::router("mcp-router", "router-kill9-gc", &["--stdio", &cmd]);
+    let sid = init(&r.addr, json!(1));
+    let pid = pid_of(&r, &sid);
+    let server = procs().into_iter().find(|p| p.pid == pid).unwrap();
+    assert_ne!(
+        server.ppid,
+        r.pid() as i32,
+        "the server is a grandchild here"
+    );
+    let mut c = r.conn();
+    let gc: i32 = text(&call(&mut c, &sid, json!(2), "grandchild", json!({})))
+        .parse()
+        .unwrap();
+    let groups = child_groups(r.pid());
+    assert_eq!(groups.len(), 1);
+    let escaped: i32 = text(&call(&mut c, &sid, json!(3), "escape", json!({})))
+        .parse()
+        .unwrap();
+    let took = kill_9_and_wait(r, &[pid, server.ppid, gc], "stubborn grandchild");
+    eprintln!("stubborn grandchild (and sh, and sleep) gone {took:?} after kill -9");
+    let ok = wait_until(Duration::from_secs(2), || running_in(&groups).is_empty());
+    assert!(ok, "left in the group: {:?}", running_in(&groups));
+    // documented limit: a process that left the child's process group survives
+    let survivor = procs().into_iter().find(|p| p.pid == escaped);
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &escaped.to_string()])
+        .status();
+    let survivor = survivor.expect("the setsid'd process survives (documented limit)");
+    assert!(survivor.state != 'Z' && !groups.contains(&survivor.pgrp));
+}
+
+/// `npx` chain (`npm exec` -> `sh -c mcp-server-everything` -> `node`): `sh` execs
+/// `npx`, so `npm exec` is the direct child and gets the parent-death signal; the
+/// watcher kills the rest of the group.
+#[test]
+fn kill_9_of_the_router_leaves_nothing_of_an_npx_chain() {
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    everything_cmd(); // fails loudly without the install
+    let cmd = format!(
+        "cd {} && exec npx -y @modelcontextprotocol/server-everything",
+        interop.canonicalize().unwrap().display()
+    );
+    let r = Proc::router("mcp-router", "router-npx-kill9", &["--stdio", &cmd]);
+    let _a = init(&r.addr, json!(1));
+    let groups = child_groups(r.pid());
+    assert_eq!(groups.len(), 1);
+    let chain: Vec<i32> = in_groups(&groups).iter().map(|p| p.pid).collect();
+    assert!(chain.len() >= 4, "npm exec, sh, node, watcher: {chain:?}");
+    let took = kill_9_and_wait(r, &chain, "npx chain");
+    eprintln!(
+        "npx chain ({} processes) gone {took:?} after kill -9",
+        chain.len()
+    );
+    assert!(running_in(&groups).is_empty(), "{:?}", in_groups(&groups));
+}

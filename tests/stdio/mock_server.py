@@ -17,14 +17,21 @@ Tools (tools/call, name -> behaviour):
   crash                exits with status 3 at once
   garbage              writes a line that is not JSON-RPC
   grandchild           starts `sleep 1000` in the background, returns its pid
+  escape               starts `sleep 1000` in a new session (out of the process
+                       group), returns its pid
   flood {n, size}      sends n notifications/message of about `size` bytes, then
                        answers "flooded"
+
+With `--stubborn` it ignores SIGTERM, SIGHUP and SIGINT and, at EOF on stdin, sleeps
+forever instead of exiting: only SIGKILL ends it (the kill -9 orphan tests).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 lock = threading.Lock()
 counter = 0
@@ -43,7 +50,8 @@ def text_result(rid, text):
     send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": str(text)}]}})
 
 
-TOOLS = ["incr", "get", "pid", "echo", "slow", "sample", "notify", "crash", "garbage", "grandchild", "flood"]
+TOOLS = ["incr", "get", "pid", "echo", "slow", "sample", "notify", "crash", "garbage", "grandchild", "escape",
+         "flood"]
 
 
 def call(rid, params):
@@ -92,6 +100,11 @@ def call(rid, params):
         p = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         text_result(rid, p.pid)
+    elif name == "escape":
+        p = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        text_result(rid, p.pid)
     elif name == "flood":
         pad = "x" * int(args.get("size", 1000))
         for i in range(int(args.get("n", 1000))):
@@ -103,6 +116,10 @@ def call(rid, params):
 
 
 def main():
+    stubborn = "--stubborn" in sys.argv[1:]
+    if stubborn:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
     sys.stderr.write("mock stdio server %d starting\n" % os.getpid())
     sys.stderr.flush()
     for line in sys.stdin:
@@ -136,6 +153,9 @@ def main():
             call(rid, msg.get("params") or {})
         else:
             send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "method not found"}})
+    if stubborn:
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":

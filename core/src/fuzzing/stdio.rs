@@ -2,7 +2,9 @@
 //! child exits, closed and overflowing streams, timeouts and shutdown, fed to one
 //! [`Bridge`].
 //!
-//! Invariants: nothing panics; live children never exceed `max_children` and every
+//! Invariants: nothing panics; each session's count of open exchanges and its
+//! unattached deadline agree with the exchange table and its requests in flight; live
+//! children never exceed `max_children` and every
 //! child spawned is killed or reported exited exactly once (no leaked or twice-killed
 //! process); an exchange gets at most one complete answer, and nothing is emitted for
 //! an exchange after it is complete; after `shutdown` and the timeouts that follow,
@@ -50,6 +52,7 @@ pub fn stdio_bridge(data: &[u8]) {
         max_queue: 3,
         max_inflight: 4,
         idle_ttl: Duration::from_secs(60),
+        unattached_timeout: Duration::from_secs(20),
         stream_grace: Duration::from_secs(5),
         request_timeout: Duration::from_secs(30),
         ..BridgeConfig::default()
@@ -167,6 +170,7 @@ pub fn stdio_bridge(data: &[u8]) {
             }
         }
         st.drain(&mut b);
+        b.assert_consistent();
         assert!(
             b.child_count() <= max_children,
             "{} children > cap {max_children}",

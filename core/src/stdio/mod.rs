@@ -57,7 +57,12 @@
 //!   recently sent pending request, and a notification without a progress token to
 //!   every session of the child.
 //! - **End of a session**: DELETE; idle expiry (no request for
-//!   [`BridgeConfig::idle_ttl`] and no open stream); the GET stream lost and not
+//!   [`BridgeConfig::idle_ttl`] and no open stream); unattached expiry (no open stream,
+//!   POST stream or JSON request, and no request in flight, for
+//!   [`BridgeConfig::unattached_timeout`] after the last request, stream or response:
+//!   a client that initializes and walks away frees its child after a minute, not after
+//!   the idle TTL; every session of a child-capped bridge could otherwise be held by
+//!   clients that never come back); the GET stream lost and not
 //!   reopened within [`BridgeConfig::stream_grace`] (a legacy session ends as soon as its
 //!   stream closes: it cannot be resumed); a slow client; the child exiting or writing
 //!   something that is not JSON-RPC; shutdown. Pending requests then get a JSON-RPC
@@ -98,6 +103,10 @@ pub struct BridgeConfig {
     pub max_sessions: usize,
     /// A session with no request and no open stream for this long ends.
     pub idle_ttl: Duration,
+    /// A session with no open stream and no request in flight ends this long after its
+    /// last activity (so clients that `initialize` and walk away do not hold children
+    /// until `idle_ttl`).
+    pub unattached_timeout: Duration,
     /// A session whose GET stream is lost ends unless one reopens within this.
     pub stream_grace: Duration,
     /// Longest wait for the child's response to one request.
@@ -123,6 +132,7 @@ impl Default for BridgeConfig {
             max_children: 64,
             max_sessions: 10_000,
             idle_ttl: Duration::from_secs(2 * 3600),
+            unattached_timeout: Duration::from_secs(60),
             stream_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(300),
             max_queue: 64,
@@ -168,6 +178,8 @@ pub enum EndReason {
     Delete,
     /// No request and no open stream for the idle TTL.
     IdleExpiry,
+    /// No open stream and no request in flight for the unattached timeout.
+    Unattached,
     /// The GET stream was lost and not reopened within the grace period.
     StreamLost,
     /// The legacy SSE stream closed.
@@ -188,6 +200,7 @@ impl EndReason {
         match self {
             EndReason::Delete => "delete",
             EndReason::IdleExpiry => "idle_expiry",
+            EndReason::Unattached => "unattached",
             EndReason::StreamLost => "stream_lost",
             EndReason::LegacyStreamClosed => "stream_closed",
             EndReason::SlowClient => "slow_client",
@@ -200,6 +213,9 @@ impl EndReason {
         match self {
             EndReason::Delete => "session deleted".into(),
             EndReason::IdleExpiry => "session expired (idle)".into(),
+            EndReason::Unattached => {
+                "session expired (no open stream and no request in flight)".into()
+            }
             EndReason::StreamLost => "session ended: its stream was lost".into(),
             EndReason::LegacyStreamClosed => "session ended: its SSE stream closed".into(),
             EndReason::SlowClient => "session ended: the client did not keep up".into(),
@@ -324,6 +340,19 @@ struct Session {
     queue: VecDeque<Value>,
     next_event: u64,
     inflight: usize,
+    /// Entries of `Bridge::exchanges` that belong to this session (JSON requests
+    /// waiting, POST streams, the GET stream).
+    open_exchanges: usize,
+    /// Set while the session is unattached (no open exchange, no request in flight):
+    /// its last activity plus [`BridgeConfig::unattached_timeout`].
+    unattached_deadline: Option<Instant>,
+}
+
+impl Session {
+    /// An open stream, a request waiting for its answer or a request in flight.
+    fn attached(&self) -> bool {
+        self.open_exchanges > 0 || self.inflight > 0
+    }
 }
 
 #[derive(Debug)]
@@ -387,6 +416,9 @@ pub struct Bridge {
     next_child: u64,
     out: VecDeque<Output>,
     shutting_down: bool,
+    /// Sessions with activity since the last public call: their unattached deadline is
+    /// recomputed (with that call's `now`) before it returns.
+    dirty: Vec<SessionKey>,
 }
 
 /// The most server-to-client requests remembered per child.
@@ -487,6 +519,7 @@ impl Bridge {
             next_child: 1,
             out: VecDeque::new(),
             shutting_down: false,
+            dirty: Vec::new(),
         }
     }
 
@@ -505,17 +538,44 @@ impl Bridge {
         self.children.len()
     }
 
+    /// Panics if a session's exchange count or unattached deadline disagrees with the
+    /// exchange table and its requests in flight (for tests and the fuzz target).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn assert_consistent(&self) {
+        assert!(self.dirty.is_empty(), "dirty sessions after a public call");
+        for (sid, s) in &self.sessions {
+            let n = self
+                .exchanges
+                .values()
+                .filter(|e| &e.session == sid)
+                .count();
+            assert_eq!(s.open_exchanges, n, "exchange count of {sid}");
+            assert_eq!(
+                s.unattached_deadline.is_none(),
+                s.attached(),
+                "unattached deadline of {sid}"
+            );
+        }
+    }
+
     /// The next output to carry out, in order.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
 
-    /// The earliest deadline (idle expiry, stream grace, request timeout), if any.
+    /// The earliest deadline (idle expiry, unattached expiry, stream grace, request
+    /// timeout), if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let s = self
             .sessions
             .values()
-            .flat_map(|s| [Some(s.idle_deadline), s.grace_deadline])
+            .flat_map(|s| {
+                [
+                    Some(s.idle_deadline),
+                    s.grace_deadline,
+                    s.unattached_deadline,
+                ]
+            })
             .flatten();
         let r = self.inflight.values().map(|i| i.deadline);
         s.chain(r).min()
@@ -523,6 +583,49 @@ impl Bridge {
 
     fn push(&mut self, o: Output) {
         self.out.push_back(o);
+    }
+
+    /// Record an exchange of session `sid`.
+    fn add_exchange(&mut self, x: ExchangeId, sid: &SessionKey, kind: ExKind) {
+        if let Some(s) = self.sessions.get_mut(sid) {
+            s.open_exchanges += 1;
+        }
+        let old = self.exchanges.insert(
+            x,
+            Exchange {
+                session: sid.clone(),
+                kind,
+            },
+        );
+        if let Some(old) = old {
+            if let Some(s) = self.sessions.get_mut(&old.session) {
+                s.open_exchanges = s.open_exchanges.saturating_sub(1);
+            }
+        }
+        self.dirty.push(sid.clone());
+    }
+
+    /// Forget an exchange (it is complete or its client went away).
+    fn remove_exchange(&mut self, x: ExchangeId) -> Option<Exchange> {
+        let e = self.exchanges.remove(&x)?;
+        if let Some(s) = self.sessions.get_mut(&e.session) {
+            s.open_exchanges = s.open_exchanges.saturating_sub(1);
+            self.dirty.push(e.session.clone());
+        }
+        Some(e)
+    }
+
+    /// Recompute the unattached deadline of every session with activity since the last
+    /// call: `now + unattached_timeout` when it has no open exchange and no request in
+    /// flight, none otherwise. Called at the end of every public method that has a
+    /// `now`, so the deadline is "last activity + timeout" without a clock read here.
+    fn settle(&mut self, now: Instant) {
+        let t = self.cfg.unattached_timeout;
+        for sid in std::mem::take(&mut self.dirty) {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.unattached_deadline = (!s.attached()).then(|| now + t);
+            }
+        }
     }
 
     fn new_exchange(&mut self) -> ExchangeId {
@@ -575,6 +678,12 @@ impl Bridge {
         random: &[u8; 32],
         now: Instant,
     ) -> ExchangeId {
+        let x = self.request(req, random, now);
+        self.settle(now);
+        x
+    }
+
+    fn request(&mut self, req: &Request<'_>, random: &[u8; 32], now: Instant) -> ExchangeId {
         let x = self.new_exchange();
         if self.shutting_down {
             return self.reject(x, 503, &Value::Null, SERVER_ERROR, "shutting down");
@@ -784,13 +893,7 @@ impl Bridge {
         s.get_stream = Some(x);
         s.grace_deadline = None;
         let queued: Vec<Value> = s.queue.drain(..).collect();
-        self.exchanges.insert(
-            x,
-            Exchange {
-                session: sid.clone(),
-                kind: ExKind::GetStream,
-            },
-        );
+        self.add_exchange(x, &sid, ExKind::GetStream);
         self.push(Output::StartStream {
             exchange: x,
             headers: vec![("Mcp-Session-Id", sid.to_string())],
@@ -820,13 +923,7 @@ impl Bridge {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.get_stream = Some(x);
         }
-        self.exchanges.insert(
-            x,
-            Exchange {
-                session: sid.clone(),
-                kind: ExKind::GetStream,
-            },
-        );
+        self.add_exchange(x, &sid, ExKind::GetStream);
         self.push(Output::StartStream {
             exchange: x,
             headers: Vec::new(),
@@ -965,8 +1062,11 @@ impl Bridge {
                 queue: VecDeque::new(),
                 next_event: 1,
                 inflight: 0,
+                open_exchanges: 0,
+                unattached_deadline: None,
             },
         );
+        self.dirty.push(sid.clone());
         self.push(Output::Log(BridgeEvent::SessionStarted {
             session: sid.clone(),
             child,
@@ -978,6 +1078,7 @@ impl Bridge {
     fn touch(&mut self, sid: &SessionKey, now: Instant) {
         if let Some(s) = self.sessions.get_mut(sid) {
             s.idle_deadline = now + self.cfg.idle_ttl;
+            self.dirty.push(sid.clone());
         }
     }
 
@@ -999,26 +1100,14 @@ impl Bridge {
         match self.children.get(&child).map(|c| &c.init) {
             Some(InitState::Done(result)) => {
                 let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
-                self.exchanges.insert(
-                    x,
-                    Exchange {
-                        session: sid.clone(),
-                        kind,
-                    },
-                );
+                self.add_exchange(x, &sid, kind);
                 if sse {
                     self.start_post_stream(x, &sid);
                 }
                 self.deliver_response(&sid, x, &reply);
             }
             Some(InitState::Pending) => {
-                self.exchanges.insert(
-                    x,
-                    Exchange {
-                        session: sid.clone(),
-                        kind,
-                    },
-                );
+                self.add_exchange(x, &sid, kind);
                 if sse {
                     self.start_post_stream(x, &sid);
                 }
@@ -1093,13 +1182,7 @@ impl Bridge {
             self.reject(x, 429, &id, SERVER_ERROR, "too many requests in flight");
             return;
         }
-        self.exchanges.insert(
-            x,
-            Exchange {
-                session: sid.clone(),
-                kind,
-            },
-        );
+        self.add_exchange(x, &sid, kind);
         if kind == ExKind::PostStream {
             self.start_post_stream(x, &sid);
         }
@@ -1114,13 +1197,7 @@ impl Bridge {
         kind: ExKind,
         now: Instant,
     ) {
-        self.exchanges.insert(
-            x,
-            Exchange {
-                session: sid.clone(),
-                kind,
-            },
-        );
+        self.add_exchange(x, &sid, kind);
         if kind == ExKind::PostStream {
             self.start_post_stream(x, &sid);
         }
@@ -1141,6 +1218,7 @@ impl Bridge {
         };
         s.inflight += 1;
         let child = s.child;
+        self.dirty.push(sid.clone());
         let rid = self.next_router_id;
         self.next_router_id += 1;
         let orig_id = msg.get("id").cloned().unwrap_or(Value::Null);
@@ -1242,6 +1320,11 @@ impl Bridge {
     /// message." (MCP 2025-03-26, Transports, stdio.) A line that is not a JSON-RPC
     /// message ends every session of the child with a clear error, and kills it.
     pub fn handle_child_line(&mut self, child: ChildId, line: &[u8], now: Instant) {
+        self.child_line(child, line, now);
+        self.settle(now);
+    }
+
+    fn child_line(&mut self, child: ChildId, line: &[u8], now: Instant) {
         if !self.children.contains_key(&child) || line.trim_ascii().is_empty() {
             return;
         }
@@ -1276,6 +1359,7 @@ impl Bridge {
         }
         if let Some(s) = self.sessions.get_mut(&inf.session) {
             s.inflight = s.inflight.saturating_sub(1);
+            self.dirty.push(inf.session.clone());
         }
         msg["id"] = inf.orig_id.clone();
         if inf.init && self.cfg.mode == ChildMode::Shared {
@@ -1312,7 +1396,7 @@ impl Bridge {
         };
         match kind {
             ExKind::Json => {
-                self.exchanges.remove(&x);
+                self.remove_exchange(x);
                 self.respond_json(x, 200, Some(sid), msg);
             }
             ExKind::PostStream => {
@@ -1344,7 +1428,7 @@ impl Bridge {
     }
 
     fn finish_stream(&mut self, x: ExchangeId) {
-        if let Some(e) = self.exchanges.remove(&x) {
+        if let Some(e) = self.remove_exchange(x) {
             if let Some(s) = self.sessions.get_mut(&e.session) {
                 s.post_streams.retain(|p| *p != x);
                 if s.get_stream == Some(x) {
@@ -1491,6 +1575,7 @@ impl Bridge {
         if self.children.contains_key(&child) {
             self.end_child(child, EndReason::ChildExited(how.to_string()), false, now);
         }
+        self.settle(now);
     }
 
     /// End every session of `child`, and forget it. A child that is still running
@@ -1519,7 +1604,12 @@ impl Bridge {
 
     /// The client of an exchange went away before it was over.
     pub fn handle_exchange_closed(&mut self, x: ExchangeId, now: Instant) {
-        let Some(e) = self.exchanges.remove(&x) else {
+        self.exchange_closed(x, now);
+        self.settle(now);
+    }
+
+    fn exchange_closed(&mut self, x: ExchangeId, now: Instant) {
+        let Some(e) = self.remove_exchange(x) else {
             return;
         };
         let Some(s) = self.sessions.get_mut(&e.session) else {
@@ -1547,12 +1637,14 @@ impl Bridge {
     /// other sessions are not stalled).
     pub fn handle_stream_overflow(&mut self, x: ExchangeId, now: Instant) {
         if let Some(sid) = self.exchanges.get(&x).map(|e| e.session.clone()) {
-            self.exchanges.remove(&x);
+            self.remove_exchange(x);
             self.end_session(&sid, EndReason::SlowClient, now);
         }
+        self.settle(now);
     }
 
-    /// Deadlines: request timeouts, lost streams past their grace, idle sessions.
+    /// Deadlines: request timeouts, lost streams past their grace, unattached and idle
+    /// sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
         let late: Vec<u64> = self
             .inflight
@@ -1566,6 +1658,7 @@ impl Bridge {
             };
             if let Some(s) = self.sessions.get_mut(&inf.session) {
                 s.inflight = s.inflight.saturating_sub(1);
+                self.dirty.push(inf.session.clone());
             }
             let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": {"requestId": rid, "reason": "timed out in mcp-router"}});
@@ -1585,10 +1678,21 @@ impl Bridge {
                 _ => self.orphan_response(&inf.session, &err),
             }
         }
+        // a request that just timed out is activity: its session's deadline counts
+        // from now
+        self.settle(now);
         let mut ending = Vec::new();
         for (sid, s) in self.sessions.iter_mut() {
             if s.grace_deadline.is_some_and(|d| d <= now) {
                 ending.push((sid.clone(), EndReason::StreamLost));
+            } else if s.unattached_deadline.is_some_and(|d| d <= now) {
+                if s.attached() {
+                    // (not reached: the deadline is cleared when a stream opens or a
+                    // request arrives)
+                    s.unattached_deadline = None;
+                } else {
+                    ending.push((sid.clone(), EndReason::Unattached));
+                }
             } else if s.idle_deadline <= now {
                 let busy = s.get_stream.is_some() || !s.post_streams.is_empty() || s.inflight > 0;
                 if busy {
@@ -1602,6 +1706,7 @@ impl Bridge {
         for (sid, reason) in ending {
             self.end_session(&sid, reason, now);
         }
+        self.settle(now);
     }
 
     /// End every session and kill every child; later requests get 503.
@@ -1619,6 +1724,7 @@ impl Bridge {
             self.push(Output::Kill { child: c });
         }
         self.shared_child = None;
+        self.dirty.clear();
     }
 
     /// End one session: pending requests get an error, streams a log notification and
@@ -1690,7 +1796,7 @@ impl Bridge {
                 }
                 _ if notify => self.end_exchange(x, k, None, &text, sid),
                 _ => {
-                    self.exchanges.remove(&x);
+                    self.remove_exchange(x);
                     self.push(Output::EndStream { exchange: x });
                 }
             }
@@ -1752,7 +1858,7 @@ impl Bridge {
         text: &str,
         sid: &SessionKey,
     ) {
-        self.exchanges.remove(&x);
+        self.remove_exchange(x);
         match (k, id) {
             (ExKind::Json, id) => {
                 let body = error_body(id.unwrap_or(&Value::Null), SERVER_ERROR, text);

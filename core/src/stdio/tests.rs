@@ -14,6 +14,8 @@ fn cfg(mode: ChildMode) -> BridgeConfig {
         mode,
         max_children: 4,
         idle_ttl: Duration::from_secs(60),
+        // (the tests of the unattached timeout set their own)
+        unattached_timeout: Duration::from_secs(3600),
         stream_grace: Duration::from_secs(5),
         request_timeout: Duration::from_secs(30),
         max_queue: 3,
@@ -126,13 +128,17 @@ impl Outs {
 
 impl H {
     fn new(mode: ChildMode) -> H {
+        H::with(cfg(mode))
+    }
+    fn with(cfg: BridgeConfig) -> H {
         H {
-            b: Bridge::new(cfg(mode)),
+            b: Bridge::new(cfg),
             now: Instant::now(),
             seed: 0,
         }
     }
     fn drain(&mut self) -> Outs {
+        self.b.assert_consistent();
         let mut v = Vec::new();
         while let Some(o) = self.b.poll_output() {
             v.push(o);
@@ -818,4 +824,160 @@ fn a_response_whose_post_stream_closed_never_goes_to_the_get_stream() {
         .0
         .iter()
         .any(|o| matches!(o, Output::Log(BridgeEvent::Dropped { .. }))));
+}
+
+/// Unattached timeout 10 s, grace 30 s (longer, so a lost stream ends as unattached),
+/// requests bounded by 20 s, idle TTL 2 h.
+fn unattached_cfg(mode: ChildMode) -> BridgeConfig {
+    BridgeConfig {
+        mode,
+        max_children: 3,
+        idle_ttl: Duration::from_secs(7200),
+        unattached_timeout: Duration::from_secs(10),
+        stream_grace: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(20),
+        ..BridgeConfig::default()
+    }
+}
+
+#[test]
+fn unattached_session_ends_exactly_at_its_deadline_and_activity_slides_it() {
+    let mut h = H::with(unattached_cfg(ChildMode::PerSession));
+    let t0 = h.now;
+    let (a, ca, _) = h.init(json!(0));
+    assert_eq!(h.b.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    let o = h.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert!(o.killed().is_empty(), "ended before its deadline: {o:?}");
+    assert!(o.session_ended().is_empty());
+    let o = h.advance(Duration::from_nanos(1));
+    assert_eq!(o.killed(), vec![ca]);
+    assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
+    assert_eq!(EndReason::Unattached.label(), "unattached");
+    assert_eq!(h.b.session_count(), 0);
+    assert_eq!(h.b.poll_timeout(), None);
+    let (x, o) = h.post(Some(&a), false, req(json!(1), "ping"));
+    assert_eq!(o.respond(x).0, 404);
+    // a request and its answer slide the deadline: it counts from the answer
+    let (b, cb, _) = h.init(json!(0));
+    h.advance(Duration::from_secs(6));
+    let (x, o) = h.post(Some(&b), false, req(json!(1), "ping"));
+    let rid = o.to_child()[0].1["id"].clone();
+    h.advance(Duration::from_secs(3));
+    let o = h.line(cb, json!({"jsonrpc":"2.0","id":rid,"result":{}}));
+    assert_eq!(o.respond(x).0, 200);
+    let answered = h.now;
+    assert_eq!(h.b.poll_timeout(), Some(answered + Duration::from_secs(10)));
+    let o = h.advance(Duration::from_secs(9));
+    assert!(o.killed().is_empty());
+    // a notification is activity too
+    let (x, o) = h.post(
+        Some(&b),
+        false,
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    assert_eq!(o.respond(x).0, 202);
+    let o = h.advance(Duration::from_secs(9));
+    assert!(o.killed().is_empty());
+    let o = h.advance(Duration::from_secs(1));
+    assert_eq!(o.killed(), vec![cb]);
+    assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
+}
+
+#[test]
+fn open_stream_or_request_in_flight_keeps_a_session_attached() {
+    let mut h = H::with(unattached_cfg(ChildMode::PerSession));
+    // a GET stream: never unattached while it is open
+    let (s1, c1, _) = h.init(json!(0));
+    let (g, o) = h.req(Method::Get, "/mcp", Some(&s1), true, "");
+    assert!(o.started(g));
+    // a request in flight (the child never answers within 15 s; bound 20 s)
+    let (s2, c2, _) = h.init(json!(0));
+    let (x2, o) = h.post(Some(&s2), false, req(json!(1), "tools/call"));
+    assert_eq!(o.to_child().len(), 1);
+    // a POST stream whose request is in flight
+    let (s3, c3, _) = h.init(json!(0));
+    let (p3, o) = h.post(Some(&s3), true, req(json!(1), "tools/call"));
+    assert!(o.started(p3));
+    let o = h.advance(Duration::from_secs(15));
+    assert!(o.killed().is_empty(), "{o:?}");
+    // the requests time out at 20 s (activity): 10 s more from then
+    let o = h.advance(Duration::from_secs(5));
+    assert_eq!(o.respond(x2).0, 200);
+    assert!(o.ended(p3));
+    assert!(o.killed().is_empty());
+    let o = h.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert!(o.killed().is_empty());
+    let o = h.advance(Duration::from_nanos(1));
+    let mut k = o.killed();
+    k.sort();
+    assert_eq!(k, vec![c2, c3]);
+    assert_eq!(o.session_ended(), vec![EndReason::Unattached; 2]);
+    // the GET stream's session is still there an hour later
+    let o = h.advance(Duration::from_secs(3600));
+    assert!(o.killed().is_empty());
+    let (x, o) = h.post(Some(&s1), false, req(json!(2), "ping"));
+    let rid = o.to_child()[0].1["id"].clone();
+    // once its stream is gone and its request answered it is unattached (the grace is
+    // longer here); a request whose client left is still in flight
+    h.b.handle_exchange_closed(g, h.now);
+    let _ = h.drain();
+    h.b.handle_exchange_closed(x, h.now);
+    let _ = h.drain();
+    let o = h.advance(Duration::from_secs(15));
+    assert!(o.killed().is_empty());
+    let o = h.line(c1, json!({"jsonrpc":"2.0","id":rid,"result":{}}));
+    assert!(o.killed().is_empty());
+    let o = h.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert!(o.killed().is_empty());
+    let o = h.advance(Duration::from_nanos(1));
+    assert_eq!(o.killed(), vec![c1]);
+    assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
+}
+
+#[test]
+fn unattached_expiry_frees_the_child_cap_for_a_new_client() {
+    let mut h = H::with(BridgeConfig {
+        unattached_timeout: Duration::from_secs(2),
+        ..unattached_cfg(ChildMode::PerSession)
+    });
+    let t0 = h.now;
+    let kids: Vec<ChildId> = (0..3).map(|i| h.init(json!(i)).1).collect();
+    let (x, o) = h.post(None, false, req(json!("fourth"), "initialize"));
+    assert_eq!(o.respond(x).0, 503);
+    assert!(o.spawned().is_empty());
+    assert_eq!(h.b.poll_timeout(), Some(t0 + Duration::from_secs(2)));
+    let o = h.advance(Duration::from_secs(2));
+    let mut k = o.killed();
+    k.sort();
+    assert_eq!(k, kids);
+    assert_eq!(h.b.child_count(), 0);
+    let (_, c, o) = h.init(json!("fourth"));
+    assert_eq!(o.spawned(), vec![c]);
+}
+
+#[test]
+fn shared_child_is_killed_when_its_last_unattached_session_ends() {
+    let mut h = H::with(unattached_cfg(ChildMode::Shared));
+    let (_, c, _) = h.init(json!(0));
+    h.advance(Duration::from_secs(5));
+    let (b, c2, _) = h.init(json!(0));
+    assert_eq!(c, c2);
+    let (g, _) = h.req(Method::Get, "/mcp", Some(&b), true, "");
+    let o = h.advance(Duration::from_secs(5));
+    assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
+    assert!(o.killed().is_empty(), "the other session still uses it");
+    h.b.handle_exchange_closed(g, h.now);
+    let _ = h.drain();
+    let o = h.advance(Duration::from_secs(10));
+    assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
+    assert_eq!(o.killed(), vec![c]);
+}
+
+#[test]
+fn legacy_session_with_its_stream_is_never_unattached() {
+    let mut h = H::with(unattached_cfg(ChildMode::PerSession));
+    let (g, o) = h.req(Method::Get, "/sse", None, true, "");
+    assert!(o.started(g));
+    let o = h.advance(Duration::from_secs(3600));
+    assert!(o.killed().is_empty() && o.session_ended().is_empty());
 }
