@@ -547,6 +547,9 @@ pub fn bridge_config(settings: &Settings, stdio: &StdioSettings) -> BridgeConfig
         unattached_timeout: stdio.unattached_timeout,
         request_timeout: settings.core.timeouts.response,
         max_session_id_len: settings.core.max_session_id_len,
+        client_max_sessions: settings.core.limits.client_max_sessions,
+        client_session_rate: settings.core.limits.client_session_rate,
+        client_session_burst: settings.core.limits.client_session_burst,
         ..BridgeConfig::default()
     }
 }
@@ -577,6 +580,8 @@ pub async fn serve(
     }));
     let limits = Arc::new(Limits {
         http: settings.core.http.clone(),
+        identity: settings.core.client_identity.clone(),
+        trusted: settings.core.trusted_proxies.clone(),
         max_body: settings.core.max_inspect_body,
         header_timeout: settings.core.timeouts.header,
         idle_timeout: settings.core.timeouts.client_idle,
@@ -585,9 +590,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((sock, _peer)) => {
+                Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    tokio::spawn(connection(d.clone(), sock, limits.clone()));
+                    tokio::spawn(connection(d.clone(), sock, peer.ip(), limits.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -649,6 +654,9 @@ async fn timer(d: Shared, mut shutdown: watch::Receiver<bool>) {
 }
 
 struct Limits {
+    /// Who a client is, for the per-client quotas (`--client-identity`).
+    identity: mcp_router_core::ClientIdentity,
+    trusted: Vec<mcp_router_core::IpNet>,
     http: HttpLimits,
     max_body: usize,
     header_timeout: Duration,
@@ -784,7 +792,7 @@ async fn write_out(sock: &mut TcpStream, b: &[u8]) -> bool {
 }
 
 /// One client connection: requests in, the bridge's answers out.
-async fn connection(d: Shared, mut sock: TcpStream, lim: Arc<Limits>) {
+async fn connection(d: Shared, mut sock: TcpStream, peer: std::net::IpAddr, lim: Arc<Limits>) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut head = RequestHead::default();
     loop {
@@ -809,6 +817,12 @@ async fn connection(d: Shared, mut sock: TcpStream, lim: Arc<Limits>) {
                         session_id: head.header("mcp-session-id"),
                         accept: head.header("accept"),
                         body: &body,
+                        client: mcp_router_core::ClientId::of(
+                            &lim.identity,
+                            &lim.trusted,
+                            Some(peer),
+                            &head,
+                        ),
                     };
                     let x = g
                         .bridge

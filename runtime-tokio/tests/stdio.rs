@@ -965,3 +965,49 @@ fn kill_9_of_the_router_leaves_nothing_of_an_npx_chain() {
     );
     assert!(running_in(&groups).is_empty(), "{:?}", in_groups(&groups));
 }
+
+/// Issue 12: "the per-client quotas above apply to children": a client at its cap of
+/// live sessions gets 429 (no child is spawned for it) while another client still gets
+/// a child; ending one of its sessions makes room.
+#[test]
+fn per_client_quotas_apply_to_children() {
+    let r = router(
+        "router-quotas",
+        &[
+            "--client-identity",
+            "header:x-user",
+            "--client-max-sessions",
+            "2",
+        ],
+    );
+    let as_user = |user: &str, id: &str| {
+        r.conn().request(
+            "POST",
+            "/mcp",
+            &[("Accept", "application/json"), ("X-User", user)],
+            &initialize_body(id).to_string(),
+        )
+    };
+    let a1 = as_user("alice", "a1");
+    assert_eq!(a1.status, 200, "{}", a1.text());
+    assert_eq!(as_user("alice", "a2").status, 200);
+    let children = child_groups(r.pid()).len();
+    let refused = as_user("alice", "a3");
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.json()["id"], "a3");
+    assert_eq!(
+        child_groups(r.pid()).len(),
+        children,
+        "a child was spawned for a refused client"
+    );
+    assert_eq!(
+        as_user("bob", "b1").status,
+        200,
+        "another client is refused too"
+    );
+    let sid = a1.header("mcp-session-id").unwrap().to_string();
+    assert_eq!(delete(&r.addr, &sid), 200);
+    assert_eq!(as_user("alice", "a4").status, 200);
+    stop(r);
+}

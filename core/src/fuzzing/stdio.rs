@@ -53,6 +53,9 @@ pub fn stdio_bridge(data: &[u8]) {
         max_inflight: 4,
         idle_ttl: Duration::from_secs(60),
         unattached_timeout: Duration::from_secs(20),
+        client_max_sessions: u64::from(mode >> 3 & 3),
+        client_session_rate: u32::from(mode >> 5 & 1),
+        client_session_burst: 2,
         stream_grace: Duration::from_secs(5),
         request_timeout: Duration::from_secs(30),
         ..BridgeConfig::default()
@@ -109,6 +112,7 @@ pub fn stdio_bridge(data: &[u8]) {
                     session_id: sid.as_deref().filter(|_| path != b"/message"),
                     accept: Some(accept),
                     body: &body,
+                    client: crate::ClientId(u64::from(arg(5) % 3)),
                 };
                 let x = b.handle_request(&req, &random, now);
                 st.open.insert(x);

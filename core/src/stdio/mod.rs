@@ -123,6 +123,14 @@ pub struct BridgeConfig {
     pub sse_path: String,
     /// Legacy message endpoint path (announced in the `endpoint` event).
     pub message_path: String,
+    /// Live sessions one client may hold (0: no cap); past it: 429. The client is
+    /// [`Request::client`], named as `--client-identity` says (as for the proxy).
+    pub client_max_sessions: u64,
+    /// New sessions one client may open per second (token bucket; 0: no limit); past
+    /// it: 429 with `Retry-After`.
+    pub client_session_rate: u32,
+    /// Size of a client's bucket.
+    pub client_session_burst: u32,
 }
 
 impl Default for BridgeConfig {
@@ -138,6 +146,9 @@ impl Default for BridgeConfig {
             max_queue: 64,
             max_inflight: 256,
             max_session_id_len: crate::mcp::MAX_SESSION_ID_LEN,
+            client_max_sessions: 0,
+            client_session_rate: 0,
+            client_session_burst: 1,
             mcp_path: "/mcp".into(),
             sse_path: "/sse".into(),
             message_path: "/message".into(),
@@ -169,6 +180,9 @@ pub struct Request<'a> {
     pub accept: Option<&'a [u8]>,
     /// The whole body.
     pub body: &'a [u8],
+    /// Who sends it ([`crate::ClientId::of`] of the request head), for the per-client
+    /// quotas.
+    pub client: crate::ClientId,
 }
 
 /// Why a session ended.
@@ -346,6 +360,8 @@ struct Session {
     /// Set while the session is unattached (no open exchange, no request in flight):
     /// its last activity plus [`BridgeConfig::unattached_timeout`].
     unattached_deadline: Option<Instant>,
+    /// The client that opened it.
+    client: crate::ClientId,
 }
 
 impl Session {
@@ -406,6 +422,11 @@ struct Child {
 #[derive(Debug)]
 pub struct Bridge {
     cfg: BridgeConfig,
+    /// Live sessions per client.
+    per_client: HashMap<crate::ClientId, u32>,
+    /// Session-creation token buckets per client, on a millisecond clock from `epoch`.
+    buckets: HashMap<crate::ClientId, crate::limits::Bucket>,
+    epoch: Option<Instant>,
     sessions: HashMap<SessionKey, Session>,
     children: HashMap<ChildId, Child>,
     exchanges: HashMap<ExchangeId, Exchange>,
@@ -509,6 +530,9 @@ impl Bridge {
     pub fn new(cfg: BridgeConfig) -> Bridge {
         Bridge {
             cfg,
+            per_client: HashMap::new(),
+            buckets: HashMap::new(),
+            epoch: None,
             sessions: HashMap::new(),
             children: HashMap::new(),
             exchanges: HashMap::new(),
@@ -556,6 +580,12 @@ impl Bridge {
                 "unattached deadline of {sid}"
             );
         }
+        // every live session counts once for its client, and nothing else does
+        let mut counted: HashMap<crate::ClientId, u32> = HashMap::new();
+        for s in self.sessions.values() {
+            *counted.entry(s.client).or_default() += 1;
+        }
+        assert_eq!(counted, self.per_client, "per-client session counts");
     }
 
     /// The next output to carry out, in order.
@@ -711,7 +741,7 @@ impl Bridge {
                 }
             }
         } else if path_is(req.path, &self.cfg.sse_path) && req.method == Method::Get {
-            self.legacy_open(x, random, now);
+            self.legacy_open(x, random, req.client, now);
         } else if path_is(req.path, &self.cfg.message_path) && req.method == Method::Post {
             self.legacy_post(x, req, now);
         } else if path_is(req.path, &self.cfg.sse_path) || path_is(req.path, &self.cfg.message_path)
@@ -825,7 +855,7 @@ impl Bridge {
                 );
                 return;
             }
-            let Some(sid) = self.open_session(x, &id, random, false, now) else {
+            let Some(sid) = self.open_session(x, &id, random, false, req.client, now) else {
                 return;
             };
             self.initialize(x, sid, msg, sse, now);
@@ -916,8 +946,14 @@ impl Bridge {
     /// `GET /sse`: a new legacy session, its child, and the `endpoint` event. "When a
     /// client connects, the server MUST send an `endpoint` event containing a URI for
     /// the client to use for sending messages." (MCP 2024-11-05, HTTP with SSE.)
-    fn legacy_open(&mut self, x: ExchangeId, random: &[u8; 32], now: Instant) {
-        let Some(sid) = self.open_session(x, &Value::Null, random, true, now) else {
+    fn legacy_open(
+        &mut self,
+        x: ExchangeId,
+        random: &[u8; 32],
+        client: crate::ClientId,
+        now: Instant,
+    ) {
+        let Some(sid) = self.open_session(x, &Value::Null, random, true, client, now) else {
             return;
         };
         if let Some(s) = self.sessions.get_mut(&sid) {
@@ -988,12 +1024,39 @@ impl Bridge {
 
     /// Mint a session (and, per-session or for the first shared session, its child).
     /// Answers 503 itself past a cap.
+    /// The per-client quotas for one more session of `client`: `Err(None)` when it
+    /// holds its cap of live sessions, `Err(Some(ms))` when its bucket is empty (a token
+    /// comes back in `ms`). Counts the session when admitted. Children are what these
+    /// quotas protect here: each session of a per-session bridge is a process.
+    fn admit_client(&mut self, client: crate::ClientId, now: Instant) -> Result<(), Option<u32>> {
+        let held = self.per_client.get(&client).copied().unwrap_or(0);
+        if self.cfg.client_max_sessions > 0 && u64::from(held) >= self.cfg.client_max_sessions {
+            return Err(None);
+        }
+        let (rate, burst) = (self.cfg.client_session_rate, self.cfg.client_session_burst);
+        if rate > 0 {
+            let epoch = *self.epoch.get_or_insert(now);
+            let ms = now.saturating_duration_since(epoch).as_millis() as u64;
+            if self.buckets.len() >= 65_536 {
+                self.buckets.retain(|_, b| !b.is_full_at(rate, burst, ms));
+            }
+            let b = self
+                .buckets
+                .entry(client)
+                .or_insert_with(|| crate::limits::Bucket::full(burst, ms));
+            b.take(rate, burst, ms).map_err(Some)?;
+        }
+        *self.per_client.entry(client).or_default() += 1;
+        Ok(())
+    }
+
     fn open_session(
         &mut self,
         x: ExchangeId,
         id: &Value,
         random: &[u8; 32],
         legacy: bool,
+        client: crate::ClientId,
         now: Instant,
     ) -> Option<SessionKey> {
         if self.sessions.len() >= self.cfg.max_sessions {
@@ -1020,6 +1083,26 @@ impl Bridge {
         let sid = SessionKey::new(hex(random).as_bytes(), usize::MAX)?;
         if self.sessions.contains_key(&sid) {
             self.reject(x, 503, id, SERVER_ERROR, "session id collision");
+            return None;
+        }
+        if let Err(retry) = self.admit_client(client, now) {
+            self.push(Output::Log(BridgeEvent::Rejected {
+                status: 429,
+                reason: "client quota",
+            }));
+            let (msg, retry) = match retry {
+                None => ("Too many sessions for this client: end one first", 1),
+                Some(ms) => (
+                    "Sessions opened too fast: slow down",
+                    ms.div_ceil(1000).max(1),
+                ),
+            };
+            self.push(Output::Respond {
+                exchange: x,
+                status: 429,
+                headers: vec![("Retry-After", retry.to_string())],
+                body: to_bytes(&error_body(id, SERVER_ERROR, msg)),
+            });
             return None;
         }
         let child = if spawn {
@@ -1064,6 +1147,7 @@ impl Bridge {
                 inflight: 0,
                 open_exchanges: 0,
                 unattached_deadline: None,
+                client,
             },
         );
         self.dirty.push(sid.clone());
@@ -1733,6 +1817,12 @@ impl Bridge {
         let Some(s) = self.sessions.remove(sid) else {
             return;
         };
+        if let Some(n) = self.per_client.get_mut(&s.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&s.client);
+            }
+        }
         let text = reason.message();
         let mut pending: Vec<(u64, Inflight)> = Vec::new();
         let rids: Vec<u64> = self

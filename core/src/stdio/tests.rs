@@ -7,6 +7,8 @@ struct H {
     b: Bridge,
     now: Instant,
     seed: u8,
+    /// The client the next requests come from.
+    client: crate::ClientId,
 }
 
 fn cfg(mode: ChildMode) -> BridgeConfig {
@@ -135,6 +137,7 @@ impl H {
             b: Bridge::new(cfg),
             now: Instant::now(),
             seed: 0,
+            client: crate::ClientId(0),
         }
     }
     fn drain(&mut self) -> Outs {
@@ -170,6 +173,7 @@ impl H {
             session_id: sid.map(str::as_bytes),
             accept: Some(accept),
             body: body.as_bytes(),
+            client: self.client,
         };
         let x = self.b.handle_request(&r, &[self.seed; 32], self.now);
         (x, self.drain())
@@ -980,4 +984,56 @@ fn legacy_session_with_its_stream_is_never_unattached() {
     assert!(o.started(g));
     let o = h.advance(Duration::from_secs(3600));
     assert!(o.killed().is_empty() && o.session_ended().is_empty());
+}
+
+#[test]
+fn per_client_quotas_apply_to_children() {
+    let mut c = cfg(ChildMode::PerSession);
+    c.max_children = 10;
+    c.client_max_sessions = 2;
+    let mut h = H::with(c);
+    let (_, o) = h.post(None, false, req(json!(1), "initialize"));
+    assert_eq!(o.spawned().len(), 1);
+    let (_, o) = h.post(None, false, req(json!(2), "initialize"));
+    assert_eq!(o.spawned().len(), 1);
+    // the third of the same client: 429, no child
+    let (_, o) = h.post(None, false, req(json!(3), "initialize"));
+    assert!(o.spawned().is_empty());
+    let Some(Output::Respond {
+        status,
+        headers,
+        body,
+        ..
+    }) = o.0.iter().find(|o| matches!(o, Output::Respond { .. }))
+    else {
+        panic!("{o:?}")
+    };
+    assert_eq!(*status, 429);
+    assert!(headers.iter().any(|(n, v)| *n == "Retry-After" && v == "1"));
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["id"], 3);
+    // another client still gets a child
+    h.client = crate::ClientId(9);
+    let (_, o) = h.post(None, false, req(json!(4), "initialize"));
+    assert_eq!(o.spawned().len(), 1);
+
+    // the rate: a burst of 2, then 1 a second
+    let mut c = cfg(ChildMode::PerSession);
+    c.max_children = 10;
+    c.client_session_rate = 1;
+    c.client_session_burst = 2;
+    let mut h = H::with(c);
+    for i in 0..2 {
+        let (_, o) = h.post(None, false, req(json!(i), "initialize"));
+        assert_eq!(o.spawned().len(), 1);
+    }
+    let (_, o) = h.post(None, false, req(json!(5), "initialize"));
+    assert!(o.spawned().is_empty());
+    assert!(o
+        .0
+        .iter()
+        .any(|o| matches!(o, Output::Respond { status: 429, .. })));
+    h.now += Duration::from_millis(1000);
+    let (_, o) = h.post(None, false, req(json!(6), "initialize"));
+    assert_eq!(o.spawned().len(), 1);
 }
