@@ -320,8 +320,10 @@ pub fn parse_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
 
 fn file_duration(field: &str, v: &toml::Value) -> Result<Duration, ConfigError> {
     match v {
-        toml::Value::Integer(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
-        toml::Value::Float(f) if *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
+        // through the same bounds as a written duration (a huge number would overflow
+        // `Duration` or a deadline)
+        toml::Value::Integer(i) if *i >= 0 => parse_duration(field, &i.to_string()),
+        toml::Value::Float(f) if *f >= 0.0 => parse_duration(field, &f.to_string()),
         toml::Value::String(s) => parse_duration(field, s),
         _ => Err(ConfigError(format!(
             "{field}: expected a duration like \"30s\""
@@ -722,6 +724,76 @@ mod tests {
             .0
             .starts_with("session_ttl"));
         assert!(parse_duration("f", "-1s").is_err());
+        // numbers in the file go through the same bounds
+        let huge = toml::Value::Integer(i64::MAX);
+        assert!(file_duration("store_timeout", &huge)
+            .unwrap_err()
+            .0
+            .starts_with("store_timeout"));
+        assert!(file_duration("f", &toml::Value::Float(1e300)).is_err());
+        assert_eq!(
+            file_duration("f", &toml::Value::Integer(5)).unwrap(),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn limit_flags_reach_the_core_and_bad_values_name_the_field() {
+        let s = cli(&[
+            "--backend",
+            "http://a:1",
+            "--client-send-timeout",
+            "5s",
+            "--max-connections",
+            "10",
+            "--max-sessions",
+            "20",
+            "--client-max-sessions",
+            "3",
+            "--client-session-rate",
+            "4",
+            "--client-session-burst",
+            "5",
+            "--client-identity",
+            "xff",
+            "--trusted-proxies",
+            "10.0.0.0/8,::1",
+            "--accept-backlog",
+            "4096",
+        ])
+        .settings()
+        .unwrap();
+        let l = &s.core.limits;
+        assert_eq!(s.core.timeouts.client_send, Duration::from_secs(5));
+        assert_eq!(
+            (l.max_connections, l.max_sessions, l.client_max_sessions),
+            (10, 20, 3)
+        );
+        assert_eq!((l.client_session_rate, l.client_session_burst), (4, 5));
+        assert_eq!(s.core.client_identity, mcp_router_core::ClientIdentity::Xff);
+        assert_eq!(s.core.trusted_proxies.len(), 2);
+        assert_eq!(s.accept_backlog, 4096);
+        for (args, field) in [
+            (
+                &["--max-inspect-body", "18446744073709551615"][..],
+                "max_inspect_body",
+            ),
+            (&["--max-head", "18446744073709551615"], "max_head"),
+            (&["--client-identity", "cookie"], "client_identity"),
+            (&["--client-identity", "xff"], "client_identity"),
+            (&["--trusted-proxies", "10.0.0.0/99"], "trusted_proxies"),
+            (&["--accept-backlog", "0"], "accept_backlog"),
+            (
+                &["--client-session-rate", "4294967295"],
+                "client_session_rate",
+            ),
+            (&["--client-send-timeout", "0s"], "client_send_timeout"),
+        ] {
+            let mut a = vec!["--backend", "http://a:1"];
+            a.extend_from_slice(args);
+            let e = cli(&a).settings().unwrap_err().0;
+            assert!(e.starts_with(field), "{args:?}: {e}");
+        }
     }
 
     #[test]
