@@ -193,6 +193,14 @@ pub struct Config {
     /// Backend choices tried for one request that has no session yet (new sessions,
     /// stateless requests) when connecting fails.
     pub connect_attempts: usize,
+    /// `Host` / `Origin` allow-lists checked before anything is forwarded (403 when a
+    /// request fails them). Off by default here; the binaries turn the loopback lists
+    /// on when they listen on a loopback address.
+    pub rebinding: crate::guard::RebindingGuard,
+    /// Send the backend's own authority as `Host` instead of the client's (which is
+    /// forwarded unchanged by default, as HAProxy and Envoy do). `X-Forwarded-Host`
+    /// carries the client's `Host` either way.
+    pub rewrite_host: bool,
 }
 
 impl Default for Config {
@@ -211,6 +219,8 @@ impl Default for Config {
             expiry_interval: Duration::from_millis(250),
             pool_max_idle: 64,
             connect_attempts: 3,
+            rebinding: crate::guard::RebindingGuard::off(),
+            rewrite_host: false,
         }
     }
 }
