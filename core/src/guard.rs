@@ -37,8 +37,9 @@ pub struct OriginPattern {
 /// The `Host` and `Origin` allow-lists. `None` turns a check off.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RebindingGuard {
-    /// Allowed `Host` values; a request whose `Host` (or lack of one) is not listed gets
-    /// 403. `None`: any.
+    /// Allowed `Host` values; a request whose `Host` is not listed gets 403. One without
+    /// `Host` (HTTP/1.0) passes: browsers, the clients DNS rebinding abuses, always send
+    /// it. `None`: any.
     pub hosts: Option<Vec<HostPattern>>,
     /// Allowed `Origin` values; a request with an `Origin` not listed gets 403; one
     /// without `Origin` passes. `None`: any.
@@ -190,7 +191,7 @@ impl RebindingGuard {
         mut origins: impl Iterator<Item = &'a [u8]>,
     ) -> Result<(), &'static str> {
         if let Some(hosts) = &self.hosts {
-            let ok = host.is_some_and(|h| hosts.iter().any(|p| p.matches(h)));
+            let ok = host.is_none_or(|h| hosts.iter().any(|p| p.matches(h)));
             if !ok {
                 return Err("Forbidden: Host not allowed");
             }
@@ -306,7 +307,7 @@ mod tests {
         ] {
             assert!(!chk(&g, Some(h), None), "{h}");
         }
-        assert!(!chk(&g, None, None), "a missing Host is not an allowed one");
+        assert!(chk(&g, None, None), "no Host (HTTP/1.0): nothing to check");
         assert!(chk(&g, Some("localhost"), Some("http://localhost:3000")));
         assert!(chk(&g, Some("localhost"), Some("https://[::1]")));
         for o in [

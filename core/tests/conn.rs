@@ -1200,7 +1200,6 @@ fn foreign_host_or_origin_gets_403_before_any_backend() {
         assert_eq!(body["error"]["code"], -32000, "{body}");
         assert_eq!(body["id"], 1, "{body}");
     }
-    assert_eq!(refused(&mut h, b"GET /mcp HTTP/1.0\r\n\r\n").0, 403);
     // the allowed ones reach the backend with Host unchanged
     for (host, origin) in [
         ("127.0.0.1:8080", Some("http://127.0.0.1:8080")),
