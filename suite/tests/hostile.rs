@@ -584,7 +584,9 @@ fn requests_with_two_readings_get_400_and_the_backend_receives_nothing() {
     let call =
         r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
     let ignored = format!("{other}-x");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    /// (case, path, header fields)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             "two Mcp-Session-Id",
             "/mcp",
