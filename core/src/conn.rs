@@ -761,7 +761,9 @@ impl Conn {
         let (stateless, session) = match reading {
             Ok(r) => (r.stateless, r.session),
             Err((status, code, msg)) => {
-                self.x.sniff = post;
+                // A 403 carries "a JSON-RPC error response that has no id" (2025-11-25):
+                // its body is not read.
+                self.x.sniff = post && status != 403;
                 self.answer(status, code, msg, now);
                 return;
             }

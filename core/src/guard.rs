@@ -4,7 +4,8 @@
 //! MCP 2025-11-25, Streamable HTTP, Security Warning: "Servers MUST validate the
 //! `Origin` header on all incoming connections to prevent DNS rebinding attacks. If the
 //! `Origin` header is present and invalid, servers MUST respond with HTTP 403
-//! Forbidden." A reverse proxy that rewrote `Host` and checked nothing would take that
+//! Forbidden. The HTTP response body MAY comprise a JSON-RPC error response that has
+//! no `id`." A reverse proxy that rewrote `Host` and checked nothing would take that
 //! protection away from its backends: they would see the proxy's authority, never the
 //! foreign one. So the router checks both fields itself (and, by default, forwards the
 //! client's `Host` unchanged so that backends can check it too).
@@ -224,7 +225,9 @@ pub(crate) type Refusal = (u16, ErrorCode, &'static str);
 ///
 /// - Header conflicts and dot segments: [`RequestHead::conflict`].
 /// - DNS rebinding: [`RebindingGuard::check`]; the 403 body has code -32000, as the
-///   TypeScript SDK's own Host/Origin validation answers.
+///   TypeScript SDK's own Host/Origin validation answers, and "The HTTP response body
+///   MAY comprise a JSON-RPC error response that has no `id`" (2025-11-25), so the
+///   caller does not read the body for an id.
 /// - The legacy query session (POST only, as the legacy transport posts every message
 ///   to the endpoint URI) is read strictly ([`query_session_id_strict`]), and when the
 ///   request also carries `Mcp-Session-Id` the two must be the same id: one header,

@@ -722,7 +722,8 @@ fn dns_rebinding_protection_survives_the_router() {
     let v = attempt("evil.example.com");
     assert_eq!(v.status, 403, "{}", v.text());
     assert_eq!(v.json()["error"]["code"], -32000);
-    assert_eq!(v.json()["id"], 1);
+    // "a JSON-RPC error response that has no id" (MCP 2025-11-25)
+    assert_eq!(v.json()["id"], Value::Null);
     // a foreign Origin alone, and a foreign Host alone
     let mut k = Conn::open(&r.addr);
     let v = k.request(

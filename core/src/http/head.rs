@@ -269,13 +269,15 @@ const READ_FIELDS: [&[u8]; 5] = [
 ];
 
 /// Whether `path` (a request target's path, before `?`) has a `.` or `..` segment in
-/// any reading a backend may give it. RFC 3986 section 5.2.4 (Remove Dot Segments)
-/// resolves such segments against the path before them, so a backend that normalizes
-/// `/tenant-a/../tenant-b/mcp` (the router's base path `/tenant-a` plus the client's
-/// `/../tenant-b/mcp`) serves `/tenant-b/mcp`: the client would escape the base path.
-/// Section 6.2.2.2: "URIs that differ in the replacement of an unreserved character
-/// with its corresponding percent-encoded US-ASCII octet are equivalent", so `%2e` is a
-/// dot. Also counted as separators, because common servers treat them so: `\` (the
+/// any reading a backend may give it. RFC 3986 section 5.2 resolves references with
+/// "a "remove_dot_segments" routine for interpreting and removing the special "." and
+/// ".." complete path segments from a referenced path" (section 5.2.4 spells it out),
+/// so a backend that normalizes `/tenant-a/../tenant-b/mcp` (the router's base path
+/// `/tenant-a` plus the client's `/../tenant-b/mcp`) serves `/tenant-b/mcp`: the client
+/// would escape the base path. Such a request gets 400 before any base path is
+/// prefixed. Section 2.3: "URIs that differ in the replacement of an unreserved
+/// character with its corresponding percent-encoded US-ASCII octet are equivalent", so
+/// `%2e` is a dot. Also counted as separators, because common servers treat them so: `\` (the
 /// WHATWG URL parser reads it as `/` in http URLs), `%2f` and `%5c` (servers that
 /// decode before normalizing), and `#` (a parser that takes it as a fragment ends the
 /// path there); and a segment's `;parameters` are ignored (servlet containers read
