@@ -131,8 +131,8 @@ pub struct Cli {
     pub stdio_stream_grace: Option<String>,
     /// `Host` values the router accepts (`host` or `host:port`, comma-separated; `*`:
     /// any). Others get 403 before anything is forwarded (DNS-rebinding protection)
-    /// [default: localhost, 127.0.0.1, [::1] on any port when --listen is a loopback
-    /// address, otherwise any].
+    /// [default: localhost, 127.0.0.1, [::1] and the --listen address, on any port, when
+    /// --listen is a loopback address; otherwise any].
     #[arg(long, env = "MCP_ROUTER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
     /// `Origin` values the router accepts (`scheme://host[:port]`, comma-separated; `*`:
@@ -322,7 +322,28 @@ fn rebinding(
 ) -> Result<RebindingGuard, ConfigError> {
     let loopback = listen.ip().is_loopback();
     let defaults = if loopback {
-        RebindingGuard::loopback()
+        // the loopback names, and the address listened on (127.0.0.2 is loopback too)
+        let ip = match listen.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        let mut g = RebindingGuard::loopback();
+        if let (Some(hosts), Some(origins)) = (&mut g.hosts, &mut g.origins) {
+            if !hosts.iter().any(|h| h.host == ip) {
+                let host = HostPattern {
+                    host: ip,
+                    port: None,
+                };
+                for scheme in ["http", "https"] {
+                    origins.push(OriginPattern {
+                        scheme: scheme.into(),
+                        host: host.clone(),
+                    });
+                }
+                hosts.push(host);
+            }
+        }
+        g
     } else {
         RebindingGuard::off()
     };
@@ -735,6 +756,13 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(s.core.rebinding, RebindingGuard::off());
+        let s = cli(&["--backend", "http://x:1", "--listen", "127.0.0.2:9"])
+            .settings()
+            .unwrap();
+        let hosts = s.core.rebinding.hosts.unwrap();
+        assert_eq!(hosts.len(), 4);
+        assert_eq!(hosts[3].host, "127.0.0.2");
+        assert_eq!(s.core.rebinding.origins.unwrap().len(), 8);
         let s = cli(&[
             "--backend",
             "http://x:1",
