@@ -215,6 +215,14 @@ pub struct Config {
     pub client_identity: ClientIdentity,
     /// Proxies whose `X-Forwarded-For` is believed (`--client-identity xff`).
     pub trusted_proxies: Vec<IpNet>,
+    /// `Host` / `Origin` allow-lists checked before anything is forwarded (403 when a
+    /// request fails them). Off by default here; the binaries turn the loopback lists
+    /// on when they listen on a loopback address.
+    pub rebinding: crate::guard::RebindingGuard,
+    /// Send the backend's own authority as `Host` instead of the client's (which is
+    /// forwarded unchanged by default, as HAProxy and Envoy do). `X-Forwarded-Host`
+    /// carries the client's `Host` either way.
+    pub rewrite_host: bool,
 }
 
 impl Default for Config {
@@ -236,6 +244,8 @@ impl Default for Config {
             limits: Limits::default(),
             client_identity: ClientIdentity::default(),
             trusted_proxies: Vec::new(),
+            rebinding: crate::guard::RebindingGuard::off(),
+            rewrite_host: false,
         }
     }
 }

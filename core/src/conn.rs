@@ -13,8 +13,8 @@ use crate::http::{
 };
 use crate::limits::{Admission, AdmitRequest, ClientId};
 use crate::mcp::{
-    endpoint_session_id, is_stateless_version, query_session_id, write_error_body, ErrorCode,
-    SessionKey, Sniffer, SseParser,
+    endpoint_session_id, is_stateless_version, write_error_body, ErrorCode, SessionKey, Sniffer,
+    SseParser,
 };
 use crate::router::{BackendId, Health, PickKind, Router};
 use crate::store::{Era, Record, StoreOp, StoreReply};
@@ -902,20 +902,8 @@ impl Conn {
             self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
         }
         let req = &self.req;
-        // "The stateless era has no sessions": any session header is ignored.
-        let stateless = req
-            .known(Name::McpProtocolVersion)
-            .is_some_and(is_stateless_version);
-        let raw = if stateless {
-            None
-        } else if let Some(v) = req.known(Name::McpSessionId) {
-            Some(std::borrow::Cow::Borrowed(v))
-        } else if req.method == Method::Post {
-            req.query().and_then(query_session_id)
-        } else {
-            None
-        };
-        let session = raw.map(|r| SessionKey::new(&r, self.cfg.max_session_id_len));
+        // One reading of every request (see `guard::read_request`).
+        let reading = crate::guard::read_request(req, &self.cfg);
         let opens_stream = req.method == Method::Get
             && req
                 .known(Name::Accept)
@@ -928,6 +916,16 @@ impl Conn {
                 b"HTTP/1.1 100 Continue\r\n\r\n",
             )));
         }
+        let (stateless, session) = match reading {
+            Ok(r) => (r.stateless, r.session),
+            Err((status, code, msg)) => {
+                // A 403 carries "a JSON-RPC error response that has no id" (2025-11-25):
+                // its body is not read.
+                self.x.sniff = post && status != 403;
+                self.answer(status, code, msg, now);
+                return;
+            }
+        };
         match session {
             // "The session ID MUST only contain visible ASCII characters (ranging from
             // 0x21 to 0x7E)."
@@ -1317,11 +1315,22 @@ impl Conn {
         let Some(backend) = self.router.backend(b) else {
             return;
         };
+        // The client's Host goes through unchanged unless told otherwise, so that the
+        // backend's own DNS-rebinding protection sees it (X-Forwarded-Host has it too).
+        let host = match self.req.known(Name::Host) {
+            Some(h) if !h.is_empty() && !self.cfg.rewrite_host => h,
+            _ => backend.authority.as_bytes(),
+        };
         let fwd = Forward {
-            host: backend.authority.as_bytes(),
+            host,
             path_prefix: backend.base_path.as_bytes(),
             client_ip: self.peer,
             proto: self.proto,
+            // the stateless era: the router did not route by a session id
+            drop_session_id: self
+                .req
+                .known(Name::McpProtocolVersion)
+                .is_some_and(is_stateless_version),
         };
         write_forwarded_head(&mut self.scratch, &self.req, &fwd, self.peer_text.as_ref());
         let head = self.scratch.split().freeze();

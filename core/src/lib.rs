@@ -118,6 +118,7 @@ pub mod conn;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod http;
 pub mod limits;
 pub mod mcp;

@@ -265,13 +265,9 @@ fn initialize_records_the_session_and_later_requests_stick() {
     let b = init(&mut h, "sess-A");
     let up = h.take_upstream();
     assert!(up.starts_with("POST /mcp HTTP/1.1\r\n"), "{up}");
-    assert!(
-        up.contains(&format!(
-            "Host: {}\r\n",
-            h.router.backend(BackendId(b)).unwrap().authority
-        )),
-        "{up}"
-    );
+    // the client's Host goes through unchanged (DNS-rebinding checks downstream)
+    assert!(up.contains("Host: router\r\n"), "{up}");
+    assert!(up.contains("X-Forwarded-Host: router\r\n"), "{up}");
     assert!(up.contains("X-Forwarded-For: 192.0.2.7"), "{up}");
     assert_eq!(
         h.lookup("sess-A"),
@@ -417,9 +413,10 @@ fn stateless_era_ignores_session_header() {
     assert!(h.ops.is_empty(), "no store lookup in the stateless era");
     assert_eq!(h.connects.len(), 1);
     h.connect_ok(false);
+    // the router did not route by it, so the backend is not told it (issue 12)
     assert!(
-        h.take_upstream().contains("Mcp-Session-Id: whatever"),
-        "header is passed on untouched"
+        !h.take_upstream().contains("Mcp-Session-Id"),
+        "a session id the router ignored is not forwarded"
     );
     // an older version still routes by session
     let mut h = H::new(2);
@@ -1257,4 +1254,183 @@ fn connections_past_the_cap_are_refused_and_counted_back() {
     assert!(matches!(r.admit_connection(), Err(ConnRefusal::Drop)));
     drop(slots);
     assert!(matches!(r.admit_connection(), Err(ConnRefusal::Answer(_))));
+}
+
+/// One refused request on a fresh connection: its status, its JSON-RPC body, and no
+/// backend asked for.
+fn refused(h: &mut H, req: &[u8]) -> (u16, serde_json::Value) {
+    h.reconnect();
+    h.send(req);
+    let resp = h.take_client();
+    assert!(
+        h.connects.is_empty(),
+        "forwarded: {}",
+        String::from_utf8_lossy(req)
+    );
+    assert!(h.upstream.is_empty());
+    (status_of(&resp), body_json(&resp))
+}
+
+#[test]
+fn requests_with_two_readings_get_400_and_reach_no_backend() {
+    let mut h = H::new(2);
+    init(&mut h, "s");
+    h.reconnect();
+    init(&mut h, "t");
+    let with = |path: &str, fields: &str| -> Vec<u8> {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: r\r\n{fields}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{CALL}",
+            CALL.len()
+        )
+        .into_bytes()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("two session headers", with("/mcp", "Mcp-Session-Id: s\r\nMcp-Session-Id: t\r\n")),
+        ("two session headers, same id", with("/mcp", "Mcp-Session-Id: s\r\nmcp-session-id: s\r\n")),
+        ("two versions", with("/mcp", "Mcp-Session-Id: s\r\nMCP-Protocol-Version: 2026-07-28\r\nMCP-Protocol-Version: 2025-06-18\r\n")),
+        ("query and header disagree", with("/messages?sessionId=t", "Mcp-Session-Id: s\r\n")),
+        ("python query and header disagree", with("/messages/?session_id=t", "Mcp-Session-Id: s\r\n")),
+        ("two query ids", with("/messages?sessionId=s&session_id=t", "")),
+        ("same query id twice", with("/messages?sessionId=s&sessionId=s", "")),
+        ("encoded query name", with("/messages?sessionId=s&session%5Fid=t", "")),
+        ("malformed query escape", with("/messages?sessionId=%zz", "")),
+        ("stateless with a query id", with("/messages?sessionId=s", "MCP-Protocol-Version: 2026-07-28\r\n")),
+        ("Connection: Mcp-Session-Id", with("/mcp", "Connection: keep-alive, Mcp-Session-Id\r\nMcp-Session-Id: s\r\n")),
+        ("Connection: MCP-Protocol-Version", with("/mcp", "Connection: mcp-protocol-version\r\nMCP-Protocol-Version: 2026-07-28\r\n")),
+        ("Connection: Last-Event-ID", with("/mcp", "Connection: Last-Event-ID\r\nMcp-Session-Id: s\r\n")),
+        ("Connection: Origin", with("/mcp", "Connection: origin\r\nOrigin: http://evil.example.com\r\n")),
+        ("dot-dot", with("/../tenant-b/mcp", "")),
+        ("encoded dot-dot", with("/%2e%2e/tenant-b/mcp", "")),
+        ("mixed encoded dot-dot", with("/.%2E/tenant-b/mcp", "")),
+        ("dot", with("/./mcp", "")),
+        ("inner dot-dot", with("/a/b/../../../tenant-b/mcp", "")),
+        ("trailing dot-dot", with("/mcp/..", "")),
+        ("backslash dot-dot", with("/..\\tenant-b/mcp", "")),
+        ("encoded slash after dot-dot", with("/..%2ftenant-b/mcp", "")),
+        ("dot-dot with a parameter", with("/..;x/tenant-b/mcp", "")),
+        ("dot-dot before a query", with("/..?sessionId=s", "")),
+    ];
+    for (case, req) in &cases {
+        let (status, body) = refused(&mut h, req);
+        assert_eq!(status, 400, "{case}");
+        assert_eq!(body["error"]["code"], -32600, "{case}: {body}");
+        assert_eq!(body["id"], "req-7", "{case}: the request id is echoed");
+    }
+    let get = b"GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nConnection: last-event-id\r\nLast-Event-ID: 5\r\nMcp-Session-Id: s\r\n\r\n";
+    assert_eq!(refused(&mut h, get).0, 400);
+    // each refusal kept the connection: the next request on it is served
+    h.reconnect();
+    h.send(&with("/mcp", "Mcp-Session-Id: s\r\nMcp-Session-Id: t\r\n"));
+    assert_eq!(status_of(&h.take_client()), 400);
+    assert!(!h.closed);
+    h.send(&post("/mcp", Some("s"), CALL));
+    assert_eq!(h.connects.len(), 1);
+    // dots that are not dot segments are just names
+    for path in [
+        "/v1.2/mcp",
+        "/.well-known/x",
+        "/a..b/mcp",
+        "/...",
+        "/%2e%2e%2e",
+        "/x%2e/y",
+    ] {
+        h.reconnect();
+        h.send(&with(path, ""));
+        assert_eq!(h.connects.len(), 1, "{path} was refused");
+    }
+}
+
+#[test]
+fn a_query_id_and_header_that_agree_route_by_that_session() {
+    let mut h = H::new(2);
+    let b = init(&mut h, "s");
+    h.reconnect();
+    let other = init(&mut h, "t");
+    assert_ne!(b, other);
+    h.reconnect();
+    let req = format!(
+        "POST /messages?sessionId=s HTTP/1.1\r\nHost: r\r\nMcp-Session-Id: s\r\nContent-Length: {}\r\n\r\n{CALL}",
+        CALL.len()
+    );
+    h.send(req.as_bytes());
+    assert_eq!(h.connects, vec![(b, false)]);
+}
+
+#[test]
+fn the_stateless_era_forwards_no_session_id() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    h.reconnect();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: r\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: s\r\nContent-Length: {}\r\n\r\n{CALL}",
+        CALL.len()
+    );
+    h.send(req.as_bytes());
+    h.connect_ok(false);
+    let up = h.take_upstream().to_ascii_lowercase();
+    assert!(up.contains("mcp-protocol-version: 2026-07-28"), "{up}");
+    assert!(!up.contains("mcp-session-id"), "{up}");
+}
+
+#[test]
+fn rewrite_host_sends_the_backend_authority_and_keeps_the_client_host_aside() {
+    let mut c = config(1);
+    c.rewrite_host = true;
+    let mut h = H::with(c);
+    h.send(&post("/mcp", None, INIT));
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert!(up.contains("\r\nHost: 10.0.0.1:800\r\n"), "{up}");
+    assert!(up.contains("X-Forwarded-Host: router\r\n"), "{up}");
+    // without a client Host, the backend's authority either way
+    let mut h = H::new(1);
+    h.send(b"GET /x HTTP/1.0\r\n\r\n");
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert!(up.contains("\r\nHost: 10.0.0.1:800\r\n"), "{up}");
+    assert!(!up.contains("X-Forwarded-Host"), "{up}");
+}
+
+#[test]
+fn foreign_host_or_origin_gets_403_before_any_backend() {
+    let mut c = config(1);
+    c.rebinding = mcp_router_core::guard::RebindingGuard::loopback();
+    let mut h = H::with(c);
+    let req = |host: &str, origin: Option<&str>| -> Vec<u8> {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{INIT}",
+            INIT.len()
+        )
+        .into_bytes()
+    };
+    // the conformance suite's dns-rebinding-protection request, and its variants
+    for (host, origin) in [
+        ("evil.example.com", Some("http://evil.example.com")),
+        ("evil.example.com", None),
+        ("127.0.0.1:8080", Some("http://evil.example.com")),
+        ("localhost:8080", Some("null")),
+    ] {
+        let (status, body) = refused(&mut h, &req(host, origin));
+        assert_eq!(status, 403, "{host} {origin:?}");
+        assert_eq!(body["error"]["code"], -32000, "{body}");
+        // "a JSON-RPC error response that has no id" (2025-11-25)
+        assert_eq!(body["id"], serde_json::Value::Null, "{body}");
+        assert!(h.closed, "the unread body closes the connection");
+    }
+    // the allowed ones reach the backend with Host unchanged
+    for (host, origin) in [
+        ("127.0.0.1:8080", Some("http://127.0.0.1:8080")),
+        ("localhost:8080", None),
+        ("[::1]:8080", Some("https://localhost")),
+    ] {
+        h.reconnect();
+        h.send(&req(host, origin));
+        assert_eq!(h.connects.len(), 1, "{host} {origin:?}");
+        h.connect_ok(false);
+        let up = h.take_upstream();
+        assert!(up.contains(&format!("\r\nHost: {host}\r\n")), "{up}");
+    }
 }

@@ -3,6 +3,7 @@
 //! file, merged in that order of precedence over the defaults.
 
 use clap::Parser;
+use mcp_router_core::guard::{HostPattern, OriginPattern, RebindingGuard};
 use mcp_router_core::{Backend, Config, ConfigError};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -134,6 +135,22 @@ pub struct Cli {
     /// is killed) this long after its last activity [default: 60s].
     #[arg(long, env = "MCP_ROUTER_STDIO_UNATTACHED_TIMEOUT")]
     pub stdio_unattached_timeout: Option<String>,
+    /// `Host` values the router accepts (`host` or `host:port`, comma-separated; `*`:
+    /// any). Others get 403 before anything is forwarded (DNS-rebinding protection)
+    /// [default: localhost, 127.0.0.1, [::1] and the --listen address, on any port, when
+    /// --listen is a loopback address; otherwise any].
+    #[arg(long, env = "MCP_ROUTER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values the router accepts (`scheme://host[:port]`, comma-separated; `*`:
+    /// any); a request without `Origin` passes. Others get 403 [default: http and https
+    /// on localhost, 127.0.0.1, [::1] when --listen is a loopback address, otherwise any].
+    #[arg(long, env = "MCP_ROUTER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Send each backend its own authority as `Host` instead of the client's `Host`
+    /// (which is forwarded unchanged by default); `X-Forwarded-Host` carries the
+    /// client's either way.
+    #[arg(long, env = "MCP_ROUTER_REWRITE_HOST")]
+    pub rewrite_host: bool,
     /// Threads that serve clients: tokio and smol worker threads, or glommio executors
     /// (one per core, each with its own listener) [default: one per available CPU].
     #[arg(long, env = "MCP_ROUTER_WORKERS")]
@@ -228,6 +245,9 @@ struct File {
     trusted_proxies: Option<Vec<String>>,
     accept_backlog: Option<u32>,
     stdio_unattached_timeout: Option<toml::Value>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    rewrite_host: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -342,6 +362,80 @@ fn parse_backend(spec: &str) -> Result<Backend, ConfigError> {
         }
         _ => Backend::parse(spec, None),
     }
+}
+
+/// The flag's list if given, else the file's (empty: not set).
+fn list_or(cli: &[String], file: &Option<Vec<String>>) -> Vec<String> {
+    let v = if cli.is_empty() {
+        file.clone().unwrap_or_default()
+    } else {
+        cli.to_vec()
+    };
+    v.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The `Host` / `Origin` allow-lists: as set (`*` turns a check off), else the
+/// loopback names when listening on a loopback address, else off.
+fn rebinding(
+    listen: SocketAddr,
+    hosts: &[String],
+    origins: &[String],
+) -> Result<RebindingGuard, ConfigError> {
+    let loopback = listen.ip().is_loopback();
+    let defaults = if loopback {
+        // the loopback names, and the address listened on (127.0.0.2 is loopback too)
+        let ip = match listen.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        let mut g = RebindingGuard::loopback();
+        if let (Some(hosts), Some(origins)) = (&mut g.hosts, &mut g.origins) {
+            if !hosts.iter().any(|h| h.host == ip) {
+                let host = HostPattern {
+                    host: ip,
+                    port: None,
+                };
+                for scheme in ["http", "https"] {
+                    origins.push(OriginPattern {
+                        scheme: scheme.into(),
+                        host: host.clone(),
+                    });
+                }
+                hosts.push(host);
+            }
+        }
+        g
+    } else {
+        RebindingGuard::off()
+    };
+    let hosts = if hosts.is_empty() {
+        defaults.hosts
+    } else if hosts.iter().any(|h| h == "*") {
+        None
+    } else {
+        Some(
+            hosts
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let origins = if origins.is_empty() {
+        defaults.origins
+    } else if origins.iter().any(|o| o == "*") {
+        None
+    } else {
+        Some(
+            origins
+                .iter()
+                .map(|o| OriginPattern::parse(o))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    Ok(RebindingGuard { hosts, origins })
 }
 
 impl Cli {
@@ -626,6 +720,12 @@ impl Cli {
                     .into(),
             ));
         }
+        c.rebinding = rebinding(
+            listen,
+            &list_or(&self.allowed_hosts, &file.allowed_hosts),
+            &list_or(&self.allowed_origins, &file.allowed_origins),
+        )?;
+        c.rewrite_host = self.rewrite_host || file.rewrite_host.unwrap_or(false);
         c.validate()?;
         Ok(Settings {
             listen,
@@ -875,6 +975,63 @@ mod tests {
             StoreSettings::Redis(r) => assert_eq!(r.key_prefix, "app1:s:"),
             StoreSettings::Memory => panic!("redis URL ignored"),
         }
+    }
+
+    #[test]
+    fn rebinding_lists_default_to_loopback_names_on_loopback_only() {
+        let s = cli(&["--backend", "http://x:1"]).settings().unwrap();
+        assert_eq!(s.core.rebinding, RebindingGuard::loopback());
+        assert!(!s.core.rewrite_host);
+        let s = cli(&["--backend", "http://x:1", "--listen", "[::1]:9"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.core.rebinding, RebindingGuard::loopback());
+        let s = cli(&["--backend", "http://x:1", "--listen", "0.0.0.0:9"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.core.rebinding, RebindingGuard::off());
+        let s = cli(&["--backend", "http://x:1", "--listen", "127.0.0.2:9"])
+            .settings()
+            .unwrap();
+        let hosts = s.core.rebinding.hosts.unwrap();
+        assert_eq!(hosts.len(), 4);
+        assert_eq!(hosts[3].host, "127.0.0.2");
+        assert_eq!(s.core.rebinding.origins.unwrap().len(), 8);
+        let s = cli(&[
+            "--backend",
+            "http://x:1",
+            "--listen",
+            "0.0.0.0:9",
+            "--allowed-hosts",
+            "mcp.example.com,mcp.example.com:8443",
+            "--allowed-origins",
+            "https://app.example.com",
+            "--rewrite-host",
+        ])
+        .settings()
+        .unwrap();
+        let hosts = s.core.rebinding.hosts.unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts[1].port, Some(8443));
+        assert_eq!(s.core.rebinding.origins.unwrap()[0].scheme, "https");
+        assert!(s.core.rewrite_host);
+        let s = cli(&["--backend", "http://x:1", "--allowed-hosts", "*"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.core.rebinding.hosts, None);
+        assert!(
+            s.core.rebinding.origins.is_some(),
+            "origins keep their default"
+        );
+        let e = cli(&[
+            "--backend",
+            "http://x:1",
+            "--allowed-origins",
+            "example.com",
+        ])
+        .settings()
+        .unwrap_err();
+        assert!(e.0.starts_with("allowed_origins"), "{e}");
     }
 
     #[test]

@@ -342,10 +342,10 @@ fn hostile_requests_are_refused_and_others_carry_on() {
     let (_, sid) = initialize(&mut good, json!(1));
     use std::io::{Read, Write};
     let cases: &[(&[u8], u16)] = &[
-        (b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-        (b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd", 400),
-        (b"POST /mcp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-        (b"GET /mcp HTTP/1.1\r\nHost: x\r\nX: a\r\n  folded\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"GET /mcp HTTP/1.1\r\nHost: localhost\r\nX: a\r\n  folded\r\n\r\n", 400),
     ];
     for (req, status) in cases {
         let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
@@ -364,7 +364,7 @@ fn hostile_requests_are_refused_and_others_carry_on() {
     let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let big = format!(
-        "GET /mcp HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "GET /mcp HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)
     );
     let _ = s.write_all(big.as_bytes());
@@ -511,7 +511,7 @@ fn chunked_requests_http10_clients_and_pipelining() {
     let (a, b) = body.split_at(20);
     let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: {sid}\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len()).unwrap();
+    write!(s, "POST /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {sid}\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -520,7 +520,7 @@ fn chunked_requests_http10_clients_and_pipelining() {
     let init = json!({"jsonrpc":"2.0","id":9,"method":"initialize","params":{}}).to_string();
     let mut s = std::net::TcpStream::connect(&r.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "POST /mcp?sse=1 HTTP/1.0\r\nHost: x\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{init}", init.len()).unwrap();
+    write!(s, "POST /mcp?sse=1 HTTP/1.0\r\nHost: localhost\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{init}", init.len()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out)
         .expect("router closes the HTTP/1.0 connection");
@@ -536,9 +536,9 @@ fn chunked_requests_http10_clients_and_pipelining() {
     let mut both = String::new();
     for id in [41, 42] {
         let b = json!({"jsonrpc":"2.0","id":id,"method":"tools/list"}).to_string();
-        both.push_str(&format!("POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: {sid}\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+        both.push_str(&format!("POST /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {sid}\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
     }
-    both.push_str("GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    both.push_str("GET /stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     s.write_all(both.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);

@@ -88,7 +88,7 @@ fn smuggling_floods_and_invalid_bytes_get_a_status_and_a_close() {
 
     let post = |fields: &str, body: &str| -> Vec<u8> {
         format!(
-            "POST /mcp HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n{fields}\r\n{body}"
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{fields}\r\n{body}"
         )
         .into_bytes()
     };
@@ -297,7 +297,8 @@ fn slowloris_gets_408_and_a_close() {
     let start = Instant::now();
     let mut s = TcpStream::connect(&r.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: r\r\n").unwrap();
+    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
     let mut dribble = TcpStream::connect(&r.addr).unwrap();
     dribble
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -481,7 +482,7 @@ fn a_misbehaving_backend_gets_502_or_a_clean_close_and_others_carry_on() {
     let req = |case: &str| -> Vec<u8> {
         let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#;
         format!(
-            "POST /mcp HTTP/1.1\r\nHost: r\r\nConnection: close\r\nMcp-Session-Id: bad-1\r\nX-Case: {case}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nMcp-Session-Id: bad-1\r\nX-Case: {case}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes()
@@ -538,7 +539,261 @@ fn a_misbehaving_backend_gets_502_or_a_clean_close_and_others_carry_on() {
     assert_eq!(v.status, 200);
 }
 
+/// Requests served by a fake backend so far (its `/stats` is not counted).
+fn served(b: &Proc) -> u64 {
+    b.stats()["requests"].as_u64().expect("requests")
+}
+
+/// What a fake backend received for a `/headers` request: (target, headers).
+fn echoed(r: &mcp_router_testkit::harness::Response) -> (String, Vec<(String, String)>) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let headers = v["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (v["target"].as_str().unwrap().to_string(), headers)
+}
+
+fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// Issue 12, point 5: a request the router and the backend could read two ways is
+/// refused with 400 and a JSON-RPC -32600 body, and the backend receives nothing. Also
+/// a path that would escape a backend's base path, and a stateless-era request, whose
+/// session id is not forwarded.
+fn requests_with_two_readings_get_400_and_the_backend_receives_nothing() {
+    let b0 = Proc::fake_backend("b0");
+    let r = router(std::slice::from_ref(&b0.addr), &[]);
+    let mut c = Conn::open(&r.addr);
+    let (_, sid) = initialize(&mut c, json!(0));
+    let (_, other) = initialize(&mut c, json!(1));
+    still_works(&mut c, &sid, "b0", 2);
+    let call =
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+    let ignored = format!("{other}-x");
+    /// (case, path, header fields)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (
+            "two Mcp-Session-Id",
+            "/mcp",
+            vec![("Mcp-Session-Id", &sid), ("Mcp-Session-Id", &other)],
+        ),
+        (
+            "Connection: Mcp-Session-Id",
+            "/mcp",
+            vec![("Connection", "Mcp-Session-Id"), ("Mcp-Session-Id", &sid)],
+        ),
+        (
+            "Connection: MCP-Protocol-Version",
+            "/mcp",
+            vec![
+                ("Connection", "keep-alive, MCP-Protocol-Version"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Session-Id", &sid),
+            ],
+        ),
+        (
+            "Connection: Last-Event-ID",
+            "/mcp",
+            vec![
+                ("Connection", "last-event-id"),
+                ("Last-Event-ID", "1"),
+                ("Mcp-Session-Id", &sid),
+            ],
+        ),
+        (
+            "legacy query and header disagree",
+            "/messages?sessionId=elsewhere",
+            vec![("Mcp-Session-Id", &sid)],
+        ),
+        (
+            "two query session ids",
+            "/messages?sessionId=a&session_id=b",
+            vec![],
+        ),
+        (
+            "stateless with a query session id",
+            "/messages?sessionId=a",
+            vec![("MCP-Protocol-Version", "2026-07-28")],
+        ),
+        (
+            "two versions",
+            "/mcp",
+            vec![
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("MCP-Protocol-Version", "2025-06-18"),
+                ("Mcp-Session-Id", &ignored),
+            ],
+        ),
+    ];
+    let before = served(&b0);
+    for (case, path, headers) in &cases {
+        let mut k = Conn::open(&r.addr);
+        let v = k.request("POST", path, headers, call);
+        assert_eq!(v.status, 400, "{case}: {}", v.text());
+        let body = v.json();
+        assert_eq!(body["error"]["code"], -32600, "{case}: {body}");
+        assert_eq!(body["id"], 9, "{case}: {body}");
+        // one answer, and the connection goes on
+        still_works(&mut k, &sid, "b0", 100);
+    }
+    let after = served(&b0);
+    assert_eq!(
+        after - before,
+        cases.len() as u64,
+        "only the follow-up requests reached the backend"
+    );
+
+    // the stateless era: the router does not route by the id, so it is not forwarded
+    let v = c.request(
+        "POST",
+        "/headers",
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Session-Id", &sid),
+        ],
+        call,
+    );
+    let (_, headers) = echoed(&v);
+    assert!(values(&headers, "mcp-session-id").is_empty(), "{headers:?}");
+    assert_eq!(values(&headers, "mcp-protocol-version"), ["2026-07-28"]);
+
+    // a base path cannot be escaped: dot segments in any spelling, before the prefix
+    let t = router(&[format!("{}/tenant-a", b0.addr)], &[]);
+    let mut k = Conn::open(&t.addr);
+    let (target, _) = echoed(&k.request("GET", "/headers", &[], ""));
+    assert_eq!(target, "/tenant-a/headers");
+    let before = served(&b0);
+    for path in [
+        "/../tenant-b/headers",
+        "/%2e%2e/tenant-b/headers",
+        "/.%2E/tenant-b/headers",
+        "/x/../../tenant-b/headers",
+        "/..%2ftenant-b/headers",
+        "/..;/tenant-b/headers",
+        "/./headers",
+    ] {
+        let mut k = Conn::open(&t.addr);
+        let v = k.request("GET", path, &[], "");
+        assert_eq!(v.status, 400, "{path}: {}", v.text());
+        assert_eq!(v.json()["error"]["code"], -32600, "{path}");
+    }
+    assert_eq!(served(&b0), before, "a traversal reached the backend");
+}
+
+/// Issue 12, point 7: the conformance suite's `dns-rebinding-protection` scenario, run
+/// against the router (the same two requests: a foreign Host and Origin must get a 4xx,
+/// the router's own loopback authority a 2xx), plus what the backend sees: the client's
+/// Host unchanged, or with `--rewrite-host` its own authority, and `X-Forwarded-Host`
+/// either way.
+fn dns_rebinding_protection_survives_the_router() {
+    let b0 = Proc::fake_backend("b0");
+    let r = router(std::slice::from_ref(&b0.addr), &[]);
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"conformance-dns-rebinding-test","version":"1.0.0"}}}"#;
+    let attempt = |host: &str| {
+        let origin = format!("http://{host}");
+        let mut k = Conn::open(&r.addr);
+        k.request(
+            "POST",
+            "/mcp",
+            &[
+                ("Host", host),
+                ("Origin", &origin),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            init,
+        )
+    };
+    let before = served(&b0);
+    let v = attempt("evil.example.com");
+    assert_eq!(v.status, 403, "{}", v.text());
+    assert_eq!(v.json()["error"]["code"], -32000);
+    // "a JSON-RPC error response that has no id" (MCP 2025-11-25)
+    assert_eq!(v.json()["id"], Value::Null);
+    // a foreign Origin alone, and a foreign Host alone
+    let mut k = Conn::open(&r.addr);
+    let v = k.request(
+        "GET",
+        "/headers",
+        &[("Origin", "http://evil.example.com")],
+        "",
+    );
+    assert_eq!(v.status, 403);
+    let v = k.request("GET", "/headers", &[("Host", "evil.example.com:80")], "");
+    assert_eq!(v.status, 403);
+    assert_eq!(
+        served(&b0),
+        before,
+        "a rebinding request reached the backend"
+    );
+    let v = attempt(&r.addr);
+    assert_eq!(v.status, 200, "{}", v.text());
+    assert!(v.header("mcp-session-id").is_some());
+
+    // the client's Host reaches the backend unchanged
+    let (_, headers) = echoed(&k.request("GET", "/headers", &[("Host", "localhost:4321")], ""));
+    assert_eq!(values(&headers, "host"), ["localhost:4321"]);
+    assert_eq!(values(&headers, "x-forwarded-host"), ["localhost:4321"]);
+
+    // --rewrite-host: the backend's authority, the client's kept aside
+    let rw = router(std::slice::from_ref(&b0.addr), &["--rewrite-host"]);
+    let mut k = Conn::open(&rw.addr);
+    let (_, headers) = echoed(&k.request("GET", "/headers", &[("Host", "localhost:4321")], ""));
+    assert_eq!(values(&headers, "host"), [b0.addr.as_str()]);
+    assert_eq!(values(&headers, "x-forwarded-host"), ["localhost:4321"]);
+
+    // lists of one's own
+    let own = router(
+        std::slice::from_ref(&b0.addr),
+        &[
+            "--allowed-hosts",
+            "mcp.example.com",
+            "--allowed-origins",
+            "https://app.example.com",
+        ],
+    );
+    let mut k = Conn::open(&own.addr);
+    let ok = [
+        ("Host", "mcp.example.com"),
+        ("Origin", "https://app.example.com"),
+    ];
+    assert_eq!(k.request("GET", "/headers", &ok, "").status, 200);
+    for bad in [
+        [("Host", "localhost"), ("Origin", "https://app.example.com")],
+        [
+            ("Host", "mcp.example.com"),
+            ("Origin", "http://app.example.com"),
+        ],
+        [
+            ("Host", "mcp.example.com"),
+            ("Origin", "https://evil.example.com"),
+        ],
+    ] {
+        assert_eq!(
+            k.request("GET", "/headers", &bad, "").status,
+            403,
+            "{bad:?}"
+        );
+    }
+}
+
 mcp_router_testkit::behaviour_suite!(
+    requests_with_two_readings_get_400_and_the_backend_receives_nothing,
+    dns_rebinding_protection_survives_the_router,
     smuggling_floods_and_invalid_bytes_get_a_status_and_a_close,
     slowloris_gets_408_and_a_close,
     ten_thousand_connections_opened_and_dropped,

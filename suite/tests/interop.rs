@@ -3,11 +3,14 @@
 //! frontend in turn) against two replicas of `@modelcontextprotocol/server-everything`,
 //! in Streamable HTTP and in legacy HTTP+SSE mode.
 //!
+//! Also the conformance suite's `dns-rebinding-protection` requests against a backend
+//! that validates `Host` itself (`rebinding_server.mjs`), through the router.
+//!
 //! A request routed to the wrong replica fails the client (the replica does not know
 //! the session), so a client that completes is a session that stuck. Needs
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
-use mcp_router_testkit::harness::{free_port, interop_dir, router_bin, sdk_client, Proc};
+use mcp_router_testkit::harness::{free_port, interop_dir, router_bin, sdk_client, Conn, Proc};
 use std::process::Command;
 
 fn everything(mode: &str, name: &str) -> Proc {
@@ -91,7 +94,77 @@ fn official_sdk_clients_over_legacy_sse() {
     run("sse", "cause=\"stream_closed\"");
 }
 
+/// The reference server of the conformance suite's `dns-rebinding-protection`
+/// scenario: the TypeScript SDK's `createMcpExpressApp()` on 127.0.0.1, which refuses a
+/// foreign `Host` itself (`rebinding_server.mjs`).
+fn rebinding_reference() -> Proc {
+    let dir = interop_dir();
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("rebinding_server.mjs"))
+        .arg(free_port().to_string())
+        .current_dir(&dir);
+    Proc::start("reference", cmd, |l| {
+        let port = l.trim().strip_prefix("listening on port ")?;
+        Some(format!("127.0.0.1:{port}"))
+    })
+}
+
+/// The scenario's two requests: `initialize` with `Host: <host>` and
+/// `Origin: http://<host>`; returns the status.
+fn rebinding_attempt(router: &str, host: &str) -> u16 {
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"conformance-dns-rebinding-test","version":"1.0.0"}}}"#;
+    let origin = format!("http://{host}");
+    Conn::open(router)
+        .request(
+            "POST",
+            "/mcp",
+            &[
+                ("Host", host),
+                ("Origin", &origin),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            init,
+        )
+        .status
+}
+
+/// Issue 12, point 7. The conformance suite's `dns-rebinding-protection` scenario
+/// passes against its reference server directly and failed through the router, which
+/// rewrote `Host` to the backend's address. Now the client's `Host` reaches the
+/// backend: with the router's own checks off, the backend's protection refuses the
+/// foreign name by itself; with them on (the loopback default) the router refuses it
+/// first, whether or not `--rewrite-host` hides the name from the backend.
+fn a_backends_dns_rebinding_protection_survives_the_router() {
+    let s = rebinding_reference();
+    let backend = format!("http://{}", s.addr);
+    assert_eq!(
+        rebinding_attempt(&s.addr, "evil.example.com"),
+        403,
+        "reference"
+    );
+    assert_eq!(rebinding_attempt(&s.addr, &s.addr), 200, "reference");
+    for (case, extra) in [
+        (
+            "router checks off",
+            &["--allowed-hosts", "*", "--allowed-origins", "*"][..],
+        ),
+        ("router defaults", &[][..]),
+        ("router defaults, --rewrite-host", &["--rewrite-host"][..]),
+    ] {
+        let mut args = vec!["--backend", backend.as_str()];
+        args.extend_from_slice(extra);
+        let r = Proc::router(router_bin(), "router", &args);
+        let status = rebinding_attempt(&r.addr, "evil.example.com");
+        assert!(
+            (400..500).contains(&status),
+            "{case}: foreign Host answered {status}"
+        );
+        assert_eq!(rebinding_attempt(&r.addr, &r.addr), 200, "{case}: own Host");
+    }
+}
+
 mcp_router_testkit::behaviour_suite!(
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
+    a_backends_dns_rebinding_protection_survives_the_router,
 );

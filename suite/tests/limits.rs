@@ -97,7 +97,7 @@ fn a_client_that_never_reads_releases_its_connections_at_the_send_timeout() {
             sock.connect(&addr.into()).unwrap();
             let mut s: TcpStream = sock.into();
             let req = format!(
-                "POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: {sid}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+                "POST /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {sid}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
             s.write_all(req.as_bytes()).unwrap();
@@ -177,7 +177,7 @@ fn connections_past_max_connections_get_503_and_a_close() {
     std::thread::sleep(Duration::from_millis(300));
     let mut s = TcpStream::connect(&r.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = s.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = s.write_all(b"GET /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let mut got = Vec::new();
     s.read_to_end(&mut got).expect("a clean close");
     let text = String::from_utf8_lossy(&got);

@@ -360,6 +360,8 @@ pub struct Conn {
     writer: TcpStream,
     /// Unconsumed SSE text read from a streaming body.
     sse_buf: String,
+    /// The address connected to, sent as `Host`.
+    host: String,
 }
 
 impl Conn {
@@ -372,11 +374,17 @@ impl Conn {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
             sse_buf: String::new(),
+            host: addr.to_string(),
         }
     }
 
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        // The router's own address, as a client that connected to it would send (the
+        // router refuses foreign Host values on loopback); a test's own Host wins.
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {}\r\n", self.host));
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }

@@ -308,6 +308,25 @@ fn session_header(req: &Request<Incoming>) -> Option<Option<String>> {
     Some(ok.then(|| String::from_utf8_lossy(v.as_bytes()).into_owned()))
 }
 
+/// Any method on a path ending in `/headers`: 200 JSON `{"method","target","headers"}`,
+/// the request as received (`headers` is a list of `[name, value]` in order, names
+/// lower-case), so tests can see what the router forwarded.
+fn echo_head(req: &Request<Incoming>) -> Response<ResBody> {
+    let headers: Vec<Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "method": req.method().as_str(),
+            "target": req.uri().to_string(),
+            "headers": headers,
+        }),
+    )
+}
+
 /// Reads and parses a JSON-RPC message; `Err` is the 400 answer.
 async fn read_message(req: Request<Incoming>) -> Result<Value, Response<ResBody>> {
     let bytes = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
@@ -393,6 +412,9 @@ impl Backend {
         let path = req.uri().path();
         if !(path == "/stats" && req.method() == Method::GET) {
             self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        if path.ends_with("/headers") {
+            return echo_head(&req);
         }
         match path {
             "/mcp" => match *req.method() {

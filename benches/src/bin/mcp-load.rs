@@ -493,7 +493,7 @@ fn post(body: &str, session: Option<&str>) -> Vec<u8> {
         .map(|s| format!("Mcp-Session-Id: {s}\r\nMcp-Protocol-Version: 2025-06-18\r\n"))
         .unwrap_or_default();
     format!(
-        "POST /mcp HTTP/1.1\r\nHost: bench\r\nAccept: application/json, text/event-stream\r\n\
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: application/json, text/event-stream\r\n\
          Content-Type: application/json\r\n{sid}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -585,7 +585,7 @@ async fn lifecycle(
     }
     if plan.delete {
         let req = format!(
-            "DELETE /mcp HTTP/1.1\r\nHost: bench\r\nMcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n\r\n"
+            "DELETE /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n\r\n"
         );
         let t = Instant::now();
         let r = c.request(req.as_bytes()).await?;

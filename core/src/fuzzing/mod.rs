@@ -20,7 +20,7 @@ use bytes::BytesMut;
 
 mod session;
 mod stdio;
-pub use session::session_sequence;
+pub use session::{session_reading, session_sequence};
 pub use stdio::stdio_bridge;
 
 /// One target's checks: panics when an invariant fails.
@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("sniff", sniff),
     ("session_id", session_id),
     ("session_sequence", session_sequence),
+    ("session_reading", session_reading),
     ("stdio_bridge", stdio_bridge),
 ];
 
@@ -163,6 +164,7 @@ pub fn request_head(data: &[u8]) {
         path_prefix: b"/base",
         client_ip: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         proto: "http",
+        drop_session_id: false,
     };
     let mut out = BytesMut::new();
     write_request_head(&mut out, &head, &fwd);

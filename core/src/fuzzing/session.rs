@@ -70,7 +70,7 @@ fn body_for(u: &mut Unstructured<'_>, method: &str) -> Result<Vec<u8>> {
     .into_bytes())
 }
 
-fn client_bytes(u: &mut Unstructured<'_>, max_inspect: usize) -> Result<Vec<u8>> {
+fn client_bytes(u: &mut Unstructured<'_>, max_inspect: usize, hostile: bool) -> Result<Vec<u8>> {
     let sid = format!("m{}", u.int_in_range(0..=40u8)?);
     let version = if u.ratio(1, 8)? { "1.0" } else { "1.1" };
     let close = if u.ratio(1, 6)? {
@@ -88,7 +88,9 @@ fn client_bytes(u: &mut Unstructured<'_>, max_inspect: usize) -> Result<Vec<u8>>
         v.extend_from_slice(body);
         v
     };
-    Ok(match u.int_in_range(0..=11u8)? {
+    // The hostile shapes (12 and up) only in `session_reading`, so that the inputs
+    // checked in for `session_sequence` keep decoding to the scripts they were found as.
+    Ok(match u.int_in_range(0..=if hostile { 19u8 } else { 11 })? {
         0 => post("/mcp", "", &body_for(u, "initialize")?),
         1 => post("/mcp", &format!("Mcp-Session-Id: {sid}\r\n"), &body_for(u, method)?),
         2 => format!("DELETE /mcp HTTP/{version}\r\nHost: r\r\n{close}Mcp-Session-Id: {sid}\r\n\r\n")
@@ -137,6 +139,77 @@ fn client_bytes(u: &mut Unstructured<'_>, max_inspect: usize) -> Result<Vec<u8>>
             post("/mcp", "", &body)
         }
         10 => format!("{sid}\r\n").into_bytes(),
+        11 => {
+            let n = u.int_in_range(0..=200usize)?;
+            u.bytes(n)?.to_vec()
+        }
+        // Requests that read two ways; the session-reading invariant (`check_routed`)
+        // holds whatever the router makes of them.
+        12 => {
+            let other = format!("m{}", u.int_in_range(0..=40u8)?);
+            post(
+                "/mcp",
+                &format!("Mcp-Session-Id: {sid}\r\nmcp-session-id: {other}\r\n"),
+                &body_for(u, method)?,
+            )
+        }
+        13 => {
+            let other = format!("m{}", u.int_in_range(0..=40u8)?);
+            let name = ["sessionId", "session_id", "session%5Fid", "session%49d"]
+                [u.int_in_range(0..=3usize)?];
+            post(
+                &format!("/messages?{name}={other}"),
+                &format!("Mcp-Session-Id: {sid}\r\n"),
+                &body_for(u, method)?,
+            )
+        }
+        14 => {
+            let other = format!("m{}", u.int_in_range(0..=40u8)?);
+            let query = [
+                format!("sessionId={sid}&session_id={other}"),
+                format!("sessionId={sid}&sessionId={other}"),
+                format!("session%5Fid={other}&sessionId={sid}"),
+                format!("sessionId={sid}%zz"),
+            ][u.int_in_range(0..=3usize)?]
+            .clone();
+            post(&format!("/messages?{query}"), "", &body_for(u, method)?)
+        }
+        15 => {
+            let nominated = ["Mcp-Session-Id", "MCP-Protocol-Version", "Last-Event-ID", "Host"]
+                [u.int_in_range(0..=3usize)?];
+            post(
+                "/mcp",
+                &format!("Connection: keep-alive, {nominated}\r\nMcp-Session-Id: {sid}\r\n"),
+                &body_for(u, method)?,
+            )
+        }
+        16 => {
+            let version = ["2026-07-28", "2025-06-18", "2099-01-01"][u.int_in_range(0..=2usize)?];
+            let path = if u.ratio(1, 2)? {
+                format!("/messages?sessionId={sid}")
+            } else {
+                "/mcp".to_string()
+            };
+            let twice = if u.ratio(1, 3)? {
+                "MCP-Protocol-Version: 2025-06-18\r\n"
+            } else {
+                ""
+            };
+            post(
+                &path,
+                &format!("MCP-Protocol-Version: {version}\r\n{twice}Mcp-Session-Id: {sid}\r\n"),
+                &body_for(u, method)?,
+            )
+        }
+        17 => {
+            let path = ["/../m/mcp", "/%2e%2E/mcp", "/a/./mcp", "/..%2fmcp", "/..;/mcp", "/v1.2/mcp"]
+                [u.int_in_range(0..=5usize)?];
+            post(path, &format!("Mcp-Session-Id: {sid}\r\n"), &body_for(u, method)?)
+        }
+        18 => format!(
+            "GET /sse?sessionId={sid} HTTP/{version}\r\n{close}Accept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\r\n"
+        )
+        .into_bytes(),
         _ => {
             let n = u.int_in_range(0..=200usize)?;
             u.bytes(n)?.to_vec()
@@ -207,7 +280,7 @@ fn read_cuts(u: &mut Unstructured<'_>, len: usize) -> Result<Vec<usize>> {
 }
 
 impl Script {
-    fn read(u: &mut Unstructured<'_>) -> Result<Script> {
+    fn read(u: &mut Unstructured<'_>, hostile: bool) -> Result<Script> {
         let backends = u.int_in_range(2..=3usize)?;
         let max_inspect = [64, 300, 4096][u.int_in_range(0..=2usize)?];
         let max_head = [256, 4096][u.int_in_range(0..=1usize)?];
@@ -217,7 +290,7 @@ impl Script {
             let op = match u.int_in_range(0..=15u8)? {
                 0 => Op::Open,
                 1..=4 => {
-                    let bytes = client_bytes(u, max_inspect)?;
+                    let bytes = client_bytes(u, max_inspect, hostile)?;
                     let cuts = read_cuts(u, bytes.len())?;
                     Op::Client { c, bytes, cuts }
                 }
@@ -319,6 +392,11 @@ struct C {
     connected: Option<BackendId>,
     /// The routed request of the current upstream connection was checked.
     head_checked: bool,
+    /// The session of the last store lookup not yet followed by a connect or an answer.
+    looked_up: Option<SessionKey>,
+    /// The session the router routed the current upstream request by (the lookup
+    /// that led to its connect), `None` when it routed without one.
+    routed_by: Option<SessionKey>,
     /// Store ops emitted but not answered yet: (op, answer Unavailable).
     store_q: VecDeque<(StoreOp, bool)>,
     store_failed: bool,
@@ -372,6 +450,8 @@ impl World {
                 connecting: None,
                 connected: None,
                 head_checked: false,
+                looked_up: None,
+                routed_by: None,
                 store_q: VecDeque::new(),
                 store_failed: false,
                 trace: Trace::default(),
@@ -447,6 +527,8 @@ impl World {
         let c = &mut self.conns[i];
         match o {
             Output::ToClient(b) => {
+                // a lookup answered locally (404, 503) routed nothing
+                c.looked_up = None;
                 c.trace.client.extend_from_slice(&b);
                 self.seq += 1;
                 c.client_marks.push((c.trace.client.len(), self.seq));
@@ -461,6 +543,13 @@ impl World {
                 assert!(self.router.is_configured(backend));
                 c.trace.other.push(format!("connect {} {fresh}", backend.0));
                 c.trace.upstream.push(Vec::new());
+                // A lookup leads to this connect; a fresh connect without one is the
+                // resend of the same request on a new connection.
+                match c.looked_up.take() {
+                    Some(k) => c.routed_by = Some(k),
+                    None if !fresh => c.routed_by = None,
+                    None => {}
+                }
                 c.connecting = Some(backend);
                 c.connected = None;
                 c.head_checked = false;
@@ -483,6 +572,9 @@ impl World {
             }
             Output::Store(op) => {
                 c.trace.other.push(format!("{op:?}"));
+                if let StoreOp::Get(k) = &op {
+                    c.looked_up = Some(k.clone());
+                }
                 if let StoreOp::Insert(_, rec) = &op {
                     // a minted session is recorded for the backend that minted it
                     assert_eq!(
@@ -577,7 +669,23 @@ impl World {
             Err(e) => panic!("the core wrote an invalid request head upstream: {e:?}"),
         }
         c.head_checked = true;
-        let Some(key) = session_of(&head, 256) else {
+        // One reading: the sessions the backend is told are exactly the one the router
+        // looked up and routed by, or none when it routed without one.
+        let told: Vec<String> = told_sessions(&head)
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        match &c.routed_by {
+            Some(k) => assert!(
+                !told.is_empty() && told.iter().all(|t| t.as_bytes() == k.as_bytes()),
+                "routed by {k}, the backend is told {told:?}"
+            ),
+            None => assert!(
+                told.is_empty(),
+                "routed without a session, the backend is told {told:?}"
+            ),
+        }
+        let Some(key) = c.routed_by.clone() else {
             return;
         };
         let b = c.connected.expect("connected");
@@ -781,6 +889,52 @@ impl World {
     }
 }
 
+/// Every session id a backend could read in a forwarded request: each `Mcp-Session-Id`
+/// field, and for a POST (a legacy message) each query parameter whose percent-decoded
+/// name is `sessionId` or `session_id`, with its value decoded (or as is when the escape
+/// is malformed, as Node and Python keep it).
+fn told_sessions(head: &RequestHead) -> Vec<Vec<u8>> {
+    fn decode(s: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (s[i], hex) {
+                (b'%', Some(v)) => {
+                    out.push(v);
+                    i += 3;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+    let mut told: Vec<Vec<u8>> = head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"mcp-session-id"))
+        .map(|(_, v)| v.trim_ascii().to_vec())
+        .collect();
+    if head.method == Method::Post {
+        for param in head.query().unwrap_or(b"").split(|&b| b == b'&') {
+            let (name, value) = match param.iter().position(|&b| b == b'=') {
+                Some(eq) => (&param[..eq], &param[eq + 1..]),
+                None => (param, &b""[..]),
+            };
+            let name = decode(name);
+            if name == b"sessionId" || name == b"session_id" {
+                told.push(decode(value));
+            }
+        }
+    }
+    told
+}
+
 /// The session a forwarded request is routed by, as the router reads it.
 fn session_of(head: &RequestHead, max: usize) -> Option<SessionKey> {
     if head
@@ -878,8 +1032,23 @@ fn run(s: &Script, epoch: Instant, whole: bool) -> (Vec<Trace>, usize) {
 /// connection; that no deadline spins; and that the same bytes split differently give
 /// the same outputs.
 pub fn session_sequence(data: &[u8]) {
+    sequence(data, false);
+}
+
+/// [`session_sequence`] with hostile requests in the mix: two `Mcp-Session-Id` fields, a
+/// legacy query id beside a header id (agreeing or not, under every parameter
+/// spelling), a query naming a session twice or with a malformed escape, `Connection`
+/// nominating the fields the router reads, stateless-era versions beside session ids,
+/// dot segments. Whatever a client sends, the session the router routes by is the
+/// session the backend is told (and none when it routes without one): checked on every
+/// forwarded request head.
+pub fn session_reading(data: &[u8]) {
+    sequence(data, true);
+}
+
+fn sequence(data: &[u8], hostile: bool) {
     let mut u = Unstructured::new(data);
-    let Ok(script) = Script::read(&mut u) else {
+    let Ok(script) = Script::read(&mut u, hostile) else {
         return;
     };
     if std::env::var_os("MCP_FUZZ_DEBUG").is_some() {
@@ -922,6 +1091,95 @@ pub fn session_sequence(data: &[u8]) {
                 String::from_utf8_lossy(&a.client),
                 String::from_utf8_lossy(&b.client)
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(path: &str, fields: &str) -> Vec<u8> {
+        let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#;
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: r\r\n{fields}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// The session-reading invariant over scripted hostile requests against an
+    /// established session `s1` (the fuzz target finds such scripts only rarely): each
+    /// request is either refused or forwarded telling the backend exactly the session
+    /// it was routed by. Weakening any of the router's checks fails this test.
+    #[test]
+    fn hostile_requests_against_a_live_session_keep_one_reading() {
+        let ok = b"HTTP/1.1 200 OK\r\nMcp-Session-Id: s1\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+        let mut ops = vec![
+            Op::Open,
+            Op::Client {
+                c: 0,
+                bytes: post("/mcp", "").replace_method("initialize"),
+                cuts: vec![],
+            },
+            Op::Connect { c: 0, how: 0 },
+            Op::Upstream {
+                c: 0,
+                bytes: ok.clone(),
+                cuts: vec![],
+            },
+        ];
+        for fields_path in [
+            ("/mcp", "Mcp-Session-Id: s1\r\nMcp-Session-Id: s2\r\n"),
+            ("/mcp", "Mcp-Session-Id: s1\r\nMcp-Session-Id: s1\r\n"),
+            ("/messages?sessionId=s2", "Mcp-Session-Id: s1\r\n"),
+            ("/messages?session%5Fid=s2", "Mcp-Session-Id: s1\r\n"),
+            ("/messages?sessionId=s1&session_id=s2", ""),
+            ("/messages?sessionId=s1", "Mcp-Session-Id: s1\r\n"),
+            ("/messages?sessionId=s1", "MCP-Protocol-Version: 2026-07-28\r\n"),
+            ("/mcp", "MCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: s1\r\n"),
+            ("/mcp", "Connection: Mcp-Session-Id\r\nMcp-Session-Id: s1\r\n"),
+            ("/mcp", "Connection: mcp-protocol-version\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: s1\r\n"),
+            ("/mcp", "MCP-Protocol-Version: 2026-07-28\r\nMCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: s1\r\n"),
+            ("/../mcp", "Mcp-Session-Id: s1\r\n"),
+            ("/mcp", "Mcp-Session-Id: s1\r\n"),
+        ]
+        .map(|(p, f)| post(p, f))
+        {
+            ops.push(Op::Client {
+                c: 0,
+                bytes: fields_path,
+                cuts: vec![],
+            });
+            ops.push(Op::Connect { c: 0, how: 0 });
+            ops.push(Op::Upstream {
+                c: 0,
+                bytes: ok.clone(),
+                cuts: vec![],
+            });
+        }
+        let script = Script {
+            backends: 2,
+            max_inspect: 4096,
+            max_head: 4096,
+            ops,
+        };
+        let (traces, _) = run(&script, Instant::now(), true);
+        let client = String::from_utf8_lossy(&traces[0].client);
+        // the initialize, the agreeing pair, the stateless one and the plain one were served
+        assert_eq!(client.matches("HTTP/1.1 200 ").count(), 4, "{client}");
+        assert_eq!(client.matches("HTTP/1.1 400 ").count(), 10, "{client}");
+    }
+
+    trait ReplaceMethod {
+        fn replace_method(self, m: &str) -> Vec<u8>;
+    }
+    impl ReplaceMethod for Vec<u8> {
+        fn replace_method(self, m: &str) -> Vec<u8> {
+            String::from_utf8(self)
+                .unwrap()
+                .replace("tools/call", m)
+                .into_bytes()
         }
     }
 }

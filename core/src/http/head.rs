@@ -112,10 +112,11 @@ pub(crate) enum Name {
     Te,
     Trailer,
     Upgrade,
+    Origin,
 }
 
 /// Number of [`Name`] variants.
-const NAMES: usize = 18;
+const NAMES: usize = 19;
 
 impl Name {
     /// Which known name `n` is (case-insensitive), dispatching on the length first.
@@ -126,6 +127,7 @@ impl Name {
             4 if is(b"host") => Name::Host,
             6 if is(b"accept") => Name::Accept,
             6 if is(b"expect") => Name::Expect,
+            6 if is(b"origin") => Name::Origin,
             7 if is(b"trailer") => Name::Trailer,
             7 if is(b"upgrade") => Name::Upgrade,
             10 if is(b"connection") => Name::Connection,
@@ -252,6 +254,84 @@ impl Fields {
     }
 }
 
+/// Fields the router reads to decide where a request goes or whether it may pass. A
+/// `Connection` option naming one of them would make it hop-by-hop: RFC 9110 section
+/// 7.6.1 has an intermediary "remove any header or trailer field(s) from the message
+/// with the same name as the connection-option", so the backend would never see the
+/// field the router decided by. Such a request is refused instead (see
+/// [`RequestHead::conflict`]).
+const READ_FIELDS: [&[u8]; 5] = [
+    b"mcp-session-id",
+    b"mcp-protocol-version",
+    b"last-event-id",
+    b"host",
+    b"origin",
+];
+
+/// Whether `path` (a request target's path, before `?`) has a `.` or `..` segment in
+/// any reading a backend may give it. RFC 3986 section 5.2 resolves references with
+/// "a "remove_dot_segments" routine for interpreting and removing the special "." and
+/// ".." complete path segments from a referenced path" (section 5.2.4 spells it out),
+/// so a backend that normalizes `/tenant-a/../tenant-b/mcp` (the router's base path
+/// `/tenant-a` plus the client's `/../tenant-b/mcp`) serves `/tenant-b/mcp`: the client
+/// would escape the base path. Such a request gets 400 before any base path is
+/// prefixed. Section 2.3: "URIs that differ in the replacement of an unreserved
+/// character with its corresponding percent-encoded US-ASCII octet are equivalent", so
+/// `%2e` is a dot. Also counted as separators, because common servers treat them so: `\` (the
+/// WHATWG URL parser reads it as `/` in http URLs), `%2f` and `%5c` (servers that
+/// decode before normalizing), and `#` (a parser that takes it as a fragment ends the
+/// path there); and a segment's `;parameters` are ignored (servlet containers read
+/// `..;x` as `..`).
+pub fn has_dot_segment(path: &[u8]) -> bool {
+    // Fast path: every dot segment holds a `.` or a `%`.
+    if !path.iter().any(|&b| b == b'.' || b == b'%') {
+        return false;
+    }
+    let escape = |i: usize, hex: &[u8]| {
+        path.get(i..i + 3)
+            .is_some_and(|e| e[0] == b'%' && e[1..].eq_ignore_ascii_case(hex))
+    };
+    let is_dots = |seg: &[u8]| {
+        let seg = match seg.iter().position(|&b| b == b';') {
+            Some(p) => &seg[..p],
+            None => seg,
+        };
+        let (mut dots, mut i) = (0, 0);
+        while i < seg.len() {
+            if seg[i] == b'.' {
+                i += 1;
+            } else if seg
+                .get(i..i + 3)
+                .is_some_and(|e| e.eq_ignore_ascii_case(b"%2e"))
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        (1..=2).contains(&dots)
+    };
+    let (mut start, mut i) = (0, 0);
+    while i <= path.len() {
+        let sep = match path.get(i) {
+            None | Some(b'/' | b'\\' | b'#') => 1,
+            Some(b'%') if escape(i, b"2f") || escape(i, b"5c") => 3,
+            _ => 0,
+        };
+        if sep == 0 {
+            i += 1;
+            continue;
+        }
+        if is_dots(&path[start..i]) {
+            return true;
+        }
+        i += sep;
+        start = i;
+    }
+    false
+}
+
 /// A parsed request head. Reused across requests of a connection: parsing into an
 /// existing value keeps its field vector's capacity, so steady-state parsing does not
 /// allocate.
@@ -272,6 +352,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// A header-level reason the request reads two ways (see [`RequestHead::conflict`]).
+    conflict: Option<&'static str>,
 }
 
 /// Size of the stack array of `httparse` header slots. `limits.max_headers` above this
@@ -393,6 +475,28 @@ impl RequestHead {
             .list
             .iter()
             .map(move |f| (at(&self.raw, f.name), at(&self.raw, f.value)))
+    }
+    /// Every value of a known header (trimmed), in order; nothing to look at when the
+    /// head has none.
+    pub(crate) fn all(&self, name: Name) -> impl Iterator<Item = &[u8]> + '_ {
+        let fields = match self.fields.first[name as usize] {
+            0 => &[][..],
+            i => self.fields.list.get(i as usize - 1..).unwrap_or(&[]),
+        };
+        fields
+            .iter()
+            .filter(move |f| f.kind == name)
+            .map(move |f| trim_ows(at(&self.raw, f.value)))
+    }
+    /// Why the head of this request could be read two ways, by the router and by the
+    /// backend it forwards to, or `None`. The router answers such a request `400`
+    /// itself (one reading of every request): more than one `Mcp-Session-Id` or
+    /// `MCP-Protocol-Version` field, a `Connection` option naming a field the router
+    /// reads (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`, `Host`,
+    /// `Origin`), or a path with a dot segment (see [`has_dot_segment`]).
+    pub fn conflict(&self) -> Option<&'static str> {
+        self.conflict
+            .or_else(|| has_dot_segment(self.path()).then_some("Request path has a dot segment"))
     }
 }
 
@@ -545,6 +649,12 @@ struct Scan {
     keep_alive_token: bool,
     expect_continue: bool,
     hosts: usize,
+    /// `Mcp-Session-Id` fields seen.
+    session_ids: usize,
+    /// `MCP-Protocol-Version` fields seen.
+    versions: usize,
+    /// A `Connection` option names a field the router reads to decide.
+    nominates_read: bool,
 }
 
 impl Scan {
@@ -617,6 +727,8 @@ impl Scan {
                         s.close = true;
                     } else if option.eq_ignore_ascii_case(b"keep-alive") {
                         s.keep_alive_token = true;
+                    } else if READ_FIELDS.iter().any(|f| option.eq_ignore_ascii_case(f)) {
+                        s.nominates_read = true;
                     }
                 }
             } else if kind == Name::Expect {
@@ -625,9 +737,38 @@ impl Scan {
                 }
             } else if kind == Name::Host {
                 s.hosts += 1;
+            } else if kind == Name::McpSessionId {
+                s.session_ids += 1;
+            } else if kind == Name::McpProtocolVersion {
+                s.versions += 1;
             }
         }
         Ok(s)
+    }
+
+    /// Fields that would let the router and the backend read a request two ways.
+    ///
+    /// - More than one `Mcp-Session-Id`: the router routes by one, the backend may read
+    ///   another (or both joined). The transport allows one: "If an Mcp-Session-Id is
+    ///   returned by the server during initialization, clients using the Streamable
+    ///   HTTP transport MUST include it in the Mcp-Session-Id header on all of their
+    ///   subsequent HTTP requests." RFC 9110 section 5.3: "A sender MUST NOT generate
+    ///   multiple field lines with the same name in a message [...] unless that field's
+    ///   definition allows multiple field line values to be recombined as a
+    ///   comma-separated list"; this field's definition does not.
+    /// - More than one `MCP-Protocol-Version`: the era decides whether the session id
+    ///   counts at all; same rule.
+    /// - A `Connection` option naming a field the router reads (`READ_FIELDS`).
+    fn conflict(&self) -> Option<&'static str> {
+        if self.session_ids > 1 {
+            Some("More than one Mcp-Session-Id header")
+        } else if self.versions > 1 {
+            Some("More than one MCP-Protocol-Version header")
+        } else if self.nominates_read {
+            Some("Connection header nominates a header the router routes on")
+        } else {
+            None
+        }
     }
 
     /// The framing the message itself declares: `Some(Chunked)`, `Some(Length(n))`, or
@@ -840,6 +981,7 @@ pub fn parse_request(
     head.body = body;
     head.keep_alive = scan.keep_alive(version);
     head.expect_continue = scan.expect_continue && version == Version::Http11;
+    head.conflict = scan.conflict();
     head.raw = take_head(buf, skip, len);
     Ok(true)
 }
@@ -1249,6 +1391,9 @@ pub struct Forward<'a> {
     pub client_ip: Option<IpAddr>,
     /// `http` or `https`: the scheme the client used, sent as `X-Forwarded-Proto`.
     pub proto: &'a str,
+    /// Leave out every `Mcp-Session-Id` field (stateless-era requests: the router did
+    /// not route by it, so the backend must not read one).
+    pub drop_session_id: bool,
 }
 
 /// Copies kept fields to the output. A field that sits in the head exactly as
@@ -1392,6 +1537,7 @@ pub(crate) fn write_forwarded_head(
                 continue;
             }
             k if k.is_hop_by_hop() => continue,
+            Name::McpSessionId if fwd.drop_session_id => continue,
             _ => {}
         }
         let name = at(raw, f.name);
@@ -1769,6 +1915,7 @@ mod tests {
             path_prefix: b"",
             client_ip: None,
             proto: "http",
+            drop_session_id: false,
         };
         write_request_head(&mut out, &h, &fwd);
         let mut want = String::from("POST /a HTTP/1.1\r\n");
@@ -1827,6 +1974,71 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_in_every_spelling() {
+        for p in [
+            "/..",
+            "/.",
+            "/../x",
+            "/x/./y",
+            "/%2e%2e/x",
+            "/%2E./x",
+            "/.%2e",
+            "/x/..%2fy",
+            "/x/..%5Cy",
+            "/..\\y",
+            "/..;a=b/x",
+            "/..#x",
+            "/x/%2e",
+        ] {
+            assert!(has_dot_segment(p.as_bytes()), "{p}");
+        }
+        for p in [
+            "/",
+            "/mcp",
+            "/a.b",
+            "/...",
+            "/..a",
+            "/%2e%2e%2e",
+            "/.well-known/x",
+            "/%2f..x",
+            "/x%2e",
+            "//",
+            "/;..",
+        ] {
+            assert!(!has_dot_segment(p.as_bytes()), "{p}");
+        }
+    }
+
+    #[test]
+    fn conflicting_fields_are_flagged_not_refused() {
+        for (input, conflict) in [
+            (&b"GET / HTTP/1.1\r\nMcp-Session-Id: a\r\n\r\n"[..], false),
+            (
+                b"GET / HTTP/1.1\r\nMcp-Session-Id: a\r\nmcp-session-id: a\r\n\r\n",
+                true,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nMCP-Protocol-Version: 1\r\nMCP-Protocol-Version: 1\r\n\r\n",
+                true,
+            ),
+            (b"GET / HTTP/1.1\r\nConnection: close, HOST\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.1\r\nConnection: close, X-Last-Event-ID\r\n\r\n",
+                false,
+            ),
+            (b"GET /a/../b HTTP/1.1\r\n\r\n", true),
+        ] {
+            let (h, _) = req(input).unwrap();
+            assert_eq!(
+                h.conflict().is_some(),
+                conflict,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
     fn known_names_are_recognized_exactly_in_any_case() {
         let names: &[&str] = &[
             "host",
@@ -1846,6 +2058,7 @@ mod tests {
             "te",
             "trailer",
             "upgrade",
+            "origin",
         ];
         let mut seen = std::collections::HashSet::new();
         for n in names {
@@ -2422,6 +2635,7 @@ mod tests {
                 path_prefix: b"/base",
                 client_ip: Some("192.0.2.44".parse().unwrap()),
                 proto: "https",
+                drop_session_id: false,
             },
         );
         assert_eq!(
@@ -2456,6 +2670,7 @@ mod tests {
                 path_prefix: b"",
                 client_ip: Some("2001:db8::1".parse().unwrap()),
                 proto: "http",
+                drop_session_id: false,
             },
         );
         assert_eq!(
@@ -2478,6 +2693,7 @@ mod tests {
                 path_prefix: b"/p",
                 client_ip: None,
                 proto: "http",
+                drop_session_id: false,
             },
         );
         assert_eq!(

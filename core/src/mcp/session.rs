@@ -139,6 +139,43 @@ pub fn query_session_id(query: &[u8]) -> Option<Cow<'_, [u8]>> {
     percent_decode(value)
 }
 
+/// The legacy session id of a query, read as every backend reads it, or why it cannot
+/// be: `Ok(None)` when no parameter names a session, `Ok(Some(id))` when exactly one
+/// does, `Err(reason)` when several do or one's value has a malformed escape.
+///
+/// [`query_session_id`] takes the first `sessionId` or `session_id`; backends do not
+/// all agree with that. The TypeScript SDK (Express) reads a repeated `sessionId` as an
+/// array, the Python SDK (Starlette) reads the last `session_id`, and both decode
+/// parameter *names* (`session%5Fid` is `session_id`) and keep a malformed escape as
+/// is. The legacy transport has one: "the server MUST send an `endpoint` event
+/// containing a URI for the client to use for sending messages", and the client posts
+/// to that URI. So a query that names a session twice, under any spelling, or with a
+/// value the router cannot decode the way the backend does, is refused rather than
+/// routed by one reading and served by another.
+pub fn query_session_id_strict(query: &[u8]) -> Result<Option<Cow<'_, [u8]>>, &'static str> {
+    let mut found = None;
+    for param in query.split(|&b| b == b'&') {
+        let (name, value) = match param.iter().position(|&b| b == b'=') {
+            Some(eq) => (&param[..eq], &param[eq + 1..]),
+            None => (param, &[][..]),
+        };
+        let is_session = |n: &[u8]| n == b"sessionId" || n == b"session_id";
+        let named = if name.contains(&b'%') {
+            percent_decode(name).is_some_and(|n| is_session(&n))
+        } else {
+            is_session(name)
+        };
+        if !named {
+            continue;
+        }
+        if found.is_some() {
+            return Err("More than one session id in the query");
+        }
+        found = Some(percent_decode(value).ok_or("Malformed session id in the query")?);
+    }
+    Ok(found)
+}
+
 /// Percent-decode `s`, borrowing when there is nothing to decode. `None` when a `%` is
 /// not followed by two hex digits.
 fn percent_decode(s: &[u8]) -> Option<Cow<'_, [u8]>> {
