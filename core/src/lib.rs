@@ -124,6 +124,7 @@ pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod router;
+pub mod seal;
 pub mod stdio;
 pub mod store;
 

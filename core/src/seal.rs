@@ -1,0 +1,545 @@
+//! Sealed session ids (`--session-ids sealed`): the client-facing session id is an
+//! authenticated, encrypted token that carries everything needed to route the session,
+//! so any router replica routes any session without a session store.
+//!
+//! # Token
+//!
+//! `base64url(no padding)` of
+//!
+//! | bytes | field | |
+//! |---|---|---|
+//! | 1 | format version ([`VERSION`]) | authenticated (AEAD associated data) |
+//! | 2 | key id ([`Key::kid`]) | authenticated |
+//! | 24 | nonce | random (from the driver), per token |
+//! | 1 | era (`0` Streamable HTTP, `1` legacy HTTP+SSE) | encrypted |
+//! | 4 | issue time, unix seconds (big-endian) | encrypted |
+//! | 8 | caller's identity digest ([`ClientId`]) | encrypted |
+//! | 8 | the backend's *name*, as its first 8 bytes of SHA-256 ([`name_digest`]) | encrypted |
+//! | n | the upstream session id | encrypted |
+//! | 16 | Poly1305 tag | |
+//!
+//! The cipher is XChaCha20-Poly1305 with the 32-byte key as given: no per-token key
+//! derivation beyond XChaCha's own (one HChaCha20 block). The 24-byte nonce is large
+//! enough to be random without any risk of repeating. A token is `64 + n` bytes, so
+//! `ceil((64 + n) * 4 / 3)` characters: 256 for an upstream id of 128 bytes, 134 for a
+//! UUID. Sealing refuses ([`SealError::TooLong`]) a token longer than the configured
+//! `max_session_id_len` (default 256); the router then answers the opener `502`
+//! rather than hand out an id it would refuse to read back.
+//!
+//! The backend is carried as a digest of its name rather than the name itself: names
+//! (`mcp@10.244.1.17:8080`) would not fit beside a 128-byte upstream id, and the digest
+//! names a backend as precisely among the handful a replica has (two configured
+//! backends whose names share a digest are refused at start).
+//!
+//! Opening decodes into a stack buffer and decrypts in place: no allocation (the
+//! upstream id is returned as a [`SessionKey`], inline up to 62 bytes).
+
+use crate::limits::ClientId;
+use crate::mcp::SessionKey;
+use crate::store::Era;
+use base64::Engine as _;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Token format version.
+pub const VERSION: u8 = 1;
+/// Header bytes (version, key id, nonce).
+const HEADER: usize = 1 + 2 + 24;
+/// Fixed plaintext bytes before the upstream id.
+const FIXED: usize = 1 + 4 + 8 + 8;
+/// Tag bytes.
+const TAG: usize = 16;
+/// Token bytes besides the upstream id.
+pub const OVERHEAD: usize = HEADER + FIXED + TAG;
+/// Longest token (characters) [`KeyRing::open`] decodes: the core's upper bound on
+/// `max_session_id_len`.
+pub const MAX_TOKEN: usize = 4096;
+/// Decoded bytes of the longest token.
+const MAX_RAW: usize = MAX_TOKEN / 4 * 3;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The first 8 bytes of SHA-256 of a backend's name: how a token names its backend.
+pub fn name_digest(name: &str) -> [u8; 8] {
+    let d = Sha256::new()
+        .chain_update(b"mcp-router backend\0")
+        .chain_update(name.as_bytes())
+        .finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}
+
+/// One sealing key. Its bytes never leave this type: `Debug` shows the id only.
+#[derive(Clone)]
+pub struct Key {
+    id: String,
+    kid: [u8; 2],
+    cipher: XChaCha20Poly1305,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.id)
+    }
+}
+
+impl Key {
+    /// A key from its 32 bytes, with an id (`None`: derived from the key: the hex of
+    /// the first 4 bytes of its SHA-256, which reveals nothing useful about it).
+    pub fn new(id: Option<&str>, bytes: &[u8; 32]) -> Key {
+        let id = match id {
+            Some(i) => i.to_string(),
+            None => {
+                let d = Sha256::digest(bytes);
+                d[..4].iter().map(|b| format!("{b:02x}")).collect()
+            }
+        };
+        let d = Sha256::new()
+            .chain_update(b"mcp-router key id\0")
+            .chain_update(id.as_bytes())
+            .finalize();
+        Key {
+            kid: [d[0], d[1]],
+            id,
+            cipher: XChaCha20Poly1305::new(bytes.into()),
+        }
+    }
+
+    /// The key's id (as written in the key file, or derived).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The 2 bytes that name the key in a token (a digest of its id).
+    pub fn kid(&self) -> [u8; 2] {
+        self.kid
+    }
+}
+
+/// The keys that open tokens; the first one also seals.
+#[derive(Clone, Debug, Default)]
+pub struct KeyRing {
+    keys: Vec<Key>,
+}
+
+/// Why a key file was refused (never quoting a key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyError(pub String);
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl KeyRing {
+    /// A ring of these keys (the first seals). Refuses an empty ring and two keys whose
+    /// ids share a token key id.
+    pub fn new(keys: Vec<Key>) -> Result<KeyRing, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError("no key".into()));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(o) = keys[..i].iter().find(|o| o.kid == k.kid) {
+                return Err(KeyError(format!(
+                    "keys {:?} and {:?} have the same token key id: rename one",
+                    o.id, k.id
+                )));
+            }
+        }
+        Ok(KeyRing { keys })
+    }
+
+    /// Parse a key file: one key per line, 64 hex characters (32 bytes, as
+    /// `openssl rand -hex 32` prints), optionally prefixed by an id and a colon
+    /// (`2026q4:ab12…`). Blank lines and lines starting with `#` are skipped. Errors
+    /// name the line, never its content.
+    pub fn parse(text: &str) -> Result<KeyRing, KeyError> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (id, hex) = match line.rsplit_once(':') {
+                Some((id, hex)) => {
+                    let id = id.trim();
+                    if id.is_empty()
+                        || !id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        return Err(KeyError(format!(
+                            "line {}: a key id is letters, digits, '-', '_' or '.'",
+                            n + 1
+                        )));
+                    }
+                    (Some(id), hex.trim())
+                }
+                None => (None, line),
+            };
+            let mut bytes = [0u8; 32];
+            if hex.len() < 64 {
+                return Err(KeyError(format!(
+                    "line {}: key shorter than 32 bytes (64 hex characters; `openssl rand -hex 32`)",
+                    n + 1
+                )));
+            }
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(KeyError(format!(
+                    "line {}: a key is exactly 64 hex characters",
+                    n + 1
+                )));
+            }
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+            keys.push(Key::new(id, &bytes));
+        }
+        KeyRing::new(keys)
+    }
+
+    /// The ids of the keys, sealing key first (for logs).
+    pub fn ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.id.as_str()).collect()
+    }
+
+    /// Seal `fields` with the first key and `nonce`; append the token to `out`. Refuses
+    /// a token longer than `max_len` characters.
+    pub fn seal(
+        &self,
+        fields: &Fields<'_>,
+        nonce: &[u8; 24],
+        max_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        let key = self.keys.first().ok_or(SealError::NoKey)?;
+        let up = fields.upstream;
+        let raw_len = OVERHEAD + up.len();
+        if token_len(up.len()) > max_len.min(MAX_TOKEN) {
+            return Err(SealError::TooLong);
+        }
+        let mut raw = [0u8; MAX_RAW];
+        let raw = &mut raw[..raw_len];
+        raw[0] = VERSION;
+        raw[1..3].copy_from_slice(&key.kid);
+        raw[3..HEADER].copy_from_slice(nonce);
+        let (head, rest) = raw.split_at_mut(HEADER);
+        let (body, tag_out) = rest.split_at_mut(FIXED + up.len());
+        body[0] = match fields.era {
+            Era::Streamable => 0,
+            Era::LegacySse => 1,
+        };
+        body[1..5].copy_from_slice(&fields.issued.to_be_bytes());
+        body[5..13].copy_from_slice(&fields.client.0.to_be_bytes());
+        body[13..21].copy_from_slice(&fields.backend);
+        body[FIXED..].copy_from_slice(up);
+        let tag = key
+            .cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&head[3..]), &head[..3], body)
+            .map_err(|_| SealError::TooLong)?;
+        tag_out.copy_from_slice(&tag);
+        let start = out.len();
+        out.resize(start + token_len(up.len()), 0);
+        let n = B64
+            .encode_slice(&*raw, &mut out[start..])
+            .map_err(|_| SealError::TooLong)?;
+        out.truncate(start + n);
+        Ok(())
+    }
+
+    /// Open a token. Never allocates (but for an upstream id longer than 62 bytes,
+    /// which the returned [`SessionKey`] boxes).
+    pub fn open(&self, token: &[u8], max_len: usize) -> Result<Opened, OpenError> {
+        if token.len() > max_len.min(MAX_TOKEN) {
+            return Err(OpenError::Malformed);
+        }
+        let mut buf = [0u8; MAX_RAW];
+        let n = B64
+            .decode_slice(token, &mut buf)
+            .map_err(|_| OpenError::Malformed)?;
+        if n < OVERHEAD + 1 || n > buf.len() {
+            return Err(OpenError::Malformed);
+        }
+        let raw = &mut buf[..n];
+        if raw[0] != VERSION {
+            return Err(OpenError::Malformed);
+        }
+        let kid = [raw[1], raw[2]];
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(OpenError::UnknownKey)?;
+        let (head, rest) = raw.split_at_mut(HEADER);
+        let (body, tag) = rest.split_at_mut(n - HEADER - TAG);
+        key.cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(&head[3..]),
+                &head[..3],
+                body,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| OpenError::Tampered)?;
+        let era = match body[0] {
+            0 => Era::Streamable,
+            1 => Era::LegacySse,
+            _ => return Err(OpenError::Tampered),
+        };
+        let mut u4 = [0u8; 4];
+        u4.copy_from_slice(&body[1..5]);
+        let mut u8s = [0u8; 8];
+        u8s.copy_from_slice(&body[5..13]);
+        let client = ClientId(u64::from_be_bytes(u8s));
+        let mut backend = [0u8; 8];
+        backend.copy_from_slice(&body[13..21]);
+        let upstream = SessionKey::new(&body[FIXED..], usize::MAX).ok_or(OpenError::Tampered)?;
+        Ok(Opened {
+            era,
+            issued: u32::from_be_bytes(u4),
+            client,
+            backend,
+            upstream,
+            kid,
+        })
+    }
+}
+
+/// Characters of the token sealing an upstream id of `n` bytes.
+pub fn token_len(n: usize) -> usize {
+    (4 * (OVERHEAD + n)).div_ceil(3)
+}
+
+/// What a token carries (for sealing).
+#[derive(Clone, Copy, Debug)]
+pub struct Fields<'a> {
+    /// The session's transport era.
+    pub era: Era,
+    /// Issue time, unix seconds.
+    pub issued: u32,
+    /// The caller's identity digest.
+    pub client: ClientId,
+    /// [`name_digest`] of the backend's name.
+    pub backend: [u8; 8],
+    /// The upstream session id (visible ASCII).
+    pub upstream: &'a [u8],
+}
+
+/// What an opened token carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The session's transport era.
+    pub era: Era,
+    /// Issue time, unix seconds.
+    pub issued: u32,
+    /// The caller's identity digest.
+    pub client: ClientId,
+    /// [`name_digest`] of the backend's name.
+    pub backend: [u8; 8],
+    /// The upstream session id.
+    pub upstream: SessionKey,
+    /// The key id that opened it.
+    pub kid: [u8; 2],
+}
+
+/// Why a token could not be sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealError {
+    /// The ring is empty.
+    NoKey,
+    /// The token would be longer than `max_session_id_len`.
+    TooLong,
+}
+
+/// Why a token did not open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// Not base64url, too short or too long, or an unknown format version.
+    Malformed,
+    /// No key of the ring has its key id (never was, or removed).
+    UnknownKey,
+    /// The tag does not verify (tampered, or sealed by another key with the same id).
+    Tampered,
+}
+
+/// Why a request's sealed session id was refused (each answered `404` `-32001`, like
+/// an unknown session); also used for the binding check of `passthrough` records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Did not open: malformed.
+    Malformed,
+    /// Did not open: unknown key id.
+    UnknownKey,
+    /// Did not open: tag mismatch.
+    Tampered,
+    /// Past `--session-max-age`.
+    Expired,
+    /// Names a backend this replica does not have.
+    UnknownBackend,
+    /// Carries another caller's identity (`--session-binding on`).
+    Binding,
+}
+
+impl Refusal {
+    /// Lower-case name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::Tampered => "tampered",
+            Refusal::Expired => "expired",
+            Refusal::UnknownBackend => "unknown_backend",
+            Refusal::Binding => "binding",
+        }
+    }
+}
+
+impl From<OpenError> for Refusal {
+    fn from(e: OpenError) -> Refusal {
+        match e {
+            OpenError::Malformed => Refusal::Malformed,
+            OpenError::UnknownKey => Refusal::UnknownKey,
+            OpenError::Tampered => Refusal::Tampered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(lines: &str) -> KeyRing {
+        KeyRing::parse(lines).unwrap()
+    }
+    const K1: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+    const K2: &str = "a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2";
+
+    fn fields(up: &[u8]) -> Fields<'_> {
+        Fields {
+            era: Era::Streamable,
+            issued: 1_800_000_000,
+            client: ClientId(0x0102_0304_0506_0708),
+            backend: name_digest("b0"),
+            upstream: up,
+        }
+    }
+
+    fn seal(r: &KeyRing, up: &[u8], nonce: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.seal(&fields(up), &[nonce; 24], 256, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn round_trip_and_sizes() {
+        let r = ring(K1);
+        for n in [1, 16, 36, 62, 63, 100, 128] {
+            let up = vec![b'x'; n];
+            let t = seal(&r, &up, 7);
+            assert_eq!(t.len(), token_len(n), "{n}");
+            assert!(t.len() <= 256, "{n}: {}", t.len());
+            assert!(t
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'));
+            let o = r.open(&t, 256).unwrap();
+            assert_eq!(o.upstream.as_bytes(), &up[..]);
+            assert_eq!(o.era, Era::Streamable);
+            assert_eq!(o.issued, 1_800_000_000);
+            assert_eq!(o.client, ClientId(0x0102_0304_0506_0708));
+            assert_eq!(o.backend, name_digest("b0"));
+            // the token reveals nothing of the upstream id or the backend
+            if n >= 8 {
+                assert!(!t.windows(8).any(|w| w == &up[..8]));
+            }
+        }
+        assert_eq!(token_len(128), 256);
+        assert_eq!(token_len(36), 134);
+        let mut out = Vec::new();
+        assert_eq!(
+            r.seal(&fields(&[b'x'; 129]), &[0; 24], 256, &mut out),
+            Err(SealError::TooLong)
+        );
+        // a larger limit seals a larger id
+        r.seal(&fields(&[b'x'; 129]), &[0; 24], 4096, &mut out)
+            .unwrap();
+        assert_eq!(r.open(&out, 4096).unwrap().upstream.as_bytes().len(), 129);
+        // legacy era round-trips too
+        let mut f = fields(b"abc");
+        f.era = Era::LegacySse;
+        let mut out = Vec::new();
+        r.seal(&f, &[1; 24], 256, &mut out).unwrap();
+        assert_eq!(r.open(&out, 256).unwrap().era, Era::LegacySse);
+    }
+
+    #[test]
+    fn rotation_old_tokens_open_while_their_key_is_in_the_ring() {
+        let old = ring(&format!("old:{K1}"));
+        let t_old = seal(&old, b"s-1", 1);
+        // new key first, old one still opens
+        let both = ring(&format!("new:{K2}\nold:{K1}\n"));
+        assert_eq!(both.open(&t_old, 256).unwrap().upstream.as_bytes(), b"s-1");
+        let t_new = seal(&both, b"s-2", 2);
+        assert_eq!(old.open(&t_new, 256), Err(OpenError::UnknownKey));
+        // old key removed: its tokens stop opening
+        let new = ring(&format!("new:{K2}"));
+        assert_eq!(new.open(&t_old, 256), Err(OpenError::UnknownKey));
+        assert!(new.open(&t_new, 256).is_ok());
+        // same id, other key bytes: does not open
+        let impostor = ring(&format!("old:{K2}"));
+        assert_eq!(impostor.open(&t_old, 256), Err(OpenError::Tampered));
+    }
+
+    #[test]
+    fn tampered_token_of_every_length_never_opens() {
+        let r = ring(K1);
+        let t = seal(&r, b"0123456789abcdef0123456789abcdef", 3);
+        // every prefix (every shorter length), every single-character change
+        for len in 0..t.len() {
+            assert!(r.open(&t[..len], 256).is_err(), "prefix {len}");
+        }
+        for i in 0..t.len() {
+            for c in [b'A', b'z', b'0', b'-', b'_'] {
+                let mut x = t.clone();
+                if x[i] == c {
+                    continue;
+                }
+                x[i] = c;
+                assert!(r.open(&x, 256).is_err(), "pos {i} -> {}", c as char);
+            }
+        }
+        // longer: appended characters
+        for extra in 1..8 {
+            let mut x = t.clone();
+            x.resize(x.len() + extra, b'A');
+            assert!(r.open(&x, 256).is_err(), "+{extra}");
+        }
+        // random-looking ids of every length up to 256
+        for len in 0..=300 {
+            let x: Vec<u8> = (0..len).map(|i| b"AbZz09-_"[(i * 7 + len) % 8]).collect();
+            assert!(r.open(&x, 256).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn key_files() {
+        let r = ring(&format!("# comment\n\n2026q4:{K1}\n{K2}\n"));
+        assert_eq!(r.ids()[0], "2026q4");
+        assert_eq!(r.ids()[1].len(), 8);
+        for (text, why) in [
+            ("", "no key"),
+            ("abcd", "shorter than 32 bytes"),
+            (&format!("{K1}00")[..], "exactly 64"),
+            (&K1.replace('0', "g")[..], "exactly 64"),
+            (&format!("bad id:{K1}")[..], "key id"),
+            (&format!("a:{K1}\na:{K2}")[..], "same token key id"),
+        ] {
+            let e = KeyRing::parse(text).unwrap_err();
+            assert!(e.0.contains(why), "{text}: {e}");
+            assert!(!e.0.contains(K1) && !e.0.contains(K2));
+        }
+        assert!(!format!("{r:?}").contains("0101"));
+    }
+}
