@@ -128,10 +128,11 @@ pub mod seal;
 pub mod stdio;
 pub mod store;
 
-pub use config::{Backend, Config, ConfigError, Timeouts};
+pub use config::{Backend, Config, ConfigError, SessionIds, Timeouts};
 pub use conn::{Buffers, Conn, EndCause, Event, Limit, Output, Side};
 pub use limits::{Admission, AdmitRequest, ClientId, ClientIdentity, IpNet, Limits};
 pub use router::{
     BackendId, Balancer, ConnPermit, ConnRefusal, Health, LeastSessions, PickKind, Router,
 };
+pub use seal::{KeyRing, Refusal};
 pub use store::{Era, MemStore, Record, StoreOp, StoreReply};

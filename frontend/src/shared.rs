@@ -211,6 +211,9 @@ impl Shared {
             },
             Event::StoreUnavailable => warn!("session store unavailable"),
             Event::Limited { limit } => self.log_limit(*limit),
+            Event::SessionRefused { cause } => {
+                info!(peer = ?peer, cause = cause.as_str(), "session id refused")
+            }
         }
     }
 

@@ -165,6 +165,8 @@ pub fn request_head(data: &[u8]) {
         client_ip: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         proto: "http",
         drop_session_id: false,
+        session_id: None,
+        target: None,
     };
     let mut out = BytesMut::new();
     write_request_head(&mut out, &head, &fwd);
