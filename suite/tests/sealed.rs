@@ -7,7 +7,7 @@ use mcp_router_testkit::harness::{
     http, initialize, open_session_stream, post_json, router_bin, Conn, Proc, Response,
 };
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const K1: &str = "0101010101010101010101010101010101010101010101010101010101010101";
@@ -27,7 +27,7 @@ fn key_file(test: &str, text: &str) -> PathBuf {
 }
 
 /// A router replica in sealed mode with no `--store`, in front of `bs` (named b0, b1..).
-fn replica(name: &str, keys: &PathBuf, bs: &[&Proc], extra: &[&str]) -> Proc {
+fn replica(name: &str, keys: &Path, bs: &[&Proc], extra: &[&str]) -> Proc {
     let mut args: Vec<String> = vec![
         "--session-ids".into(),
         "sealed".into(),
