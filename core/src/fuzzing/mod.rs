@@ -18,8 +18,10 @@ use crate::mcp::{
 };
 use bytes::BytesMut;
 
+mod sealed;
 mod session;
 mod stdio;
+pub use sealed::sealed_id;
 pub use session::{session_reading, session_sequence};
 pub use stdio::stdio_bridge;
 
@@ -37,6 +39,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("session_sequence", session_sequence),
     ("session_reading", session_reading),
     ("stdio_bridge", stdio_bridge),
+    ("sealed_id", sealed_id),
 ];
 
 /// Split `data` into a control prefix of `n` bytes (zero-padded) and the rest.
