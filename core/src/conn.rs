@@ -1035,7 +1035,12 @@ impl Conn {
 
     /// A request carrying a sealed session id: check what it says, then route it by
     /// it (and by its record too, when records are kept). Every refusal is a `404`
-    /// `-32001`, exactly like an unknown session (see [`Conn::not_found`]).
+    /// `-32001`, exactly like an unknown session (see [`Conn::not_found`]): "A request
+    /// with a terminated or unknown session id MUST get `404`, and a client receiving
+    /// `404` for a session MUST start over with a new `initialize`"
+    /// (shared/mcp-transport.md). A token that does not open, is too old, names no
+    /// backend of ours or belongs to another caller names no session this router
+    /// knows, so it is an unknown session; a `400` would strand the client.
     fn open_sealed(&mut self, opened: Result<Opened, OpenError>, now: Instant) {
         let o = match opened {
             Ok(o) => o,
@@ -1860,9 +1865,10 @@ impl Conn {
 
     /// Sealed mode, a legacy stream's start: hold the decoded bytes until its
     /// `endpoint` event is seen, then replace the event's session id by a sealed one
-    /// and let everything go. "The server MUST send an `endpoint` event containing a
-    /// URI for the client to use for sending messages" (2024-11-05): the client posts
-    /// to the URI it is given, so it posts the sealed id, and the router opens it.
+    /// and let everything go. "The server's first SSE event is `event: endpoint` whose
+    /// `data:` is a URI for posting messages" and "Every client message is a `POST` to
+    /// that URI" (shared/mcp-transport.md, 2024-11-05): the client posts to the URI it
+    /// is given, so it posts the sealed id, and the router opens it.
     fn sealed_watch(
         &mut self,
         data: Bytes,

@@ -31,6 +31,11 @@
 //! names a backend as precisely among the handful a replica has (two configured
 //! backends whose names share a digest are refused at start).
 //!
+//! The session id "value is visible ASCII only (0x21 to 0x7E) and should be
+//! cryptographically random" (shared/mcp-transport.md, Streamable HTTP): base64url is
+//! visible ASCII, and under a random nonce the ciphertext is indistinguishable from
+//! random bytes.
+//!
 //! Opening decodes into a stack buffer and decrypts in place: no allocation (the
 //! upstream id is returned as a [`SessionKey`], inline up to 62 bytes).
 
