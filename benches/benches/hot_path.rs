@@ -100,7 +100,8 @@ fn report_allocations() {
         "seal: seal a 36 B upstream id".into(),
         allocs_per_call(N, || {
             out.clear();
-            ring.seal(&fields, &[3; 24], 256, &mut out).unwrap();
+            ring.seal(&fields, &[3; mcp_router_core::seal::NONCE], 256, &mut out)
+                .unwrap();
             black_box(out.len());
         }),
     ));
@@ -300,8 +301,13 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             n = n.wrapping_add(1);
-            ring.seal(black_box(&fields), &[n; 24], 256, &mut out)
-                .unwrap();
+            ring.seal(
+                black_box(&fields),
+                &[n; mcp_router_core::seal::NONCE],
+                256,
+                &mut out,
+            )
+            .unwrap();
             black_box(out.len())
         })
     });

@@ -197,7 +197,7 @@ pub fn sealed_token(upstream: &str, unix: u32) -> String {
             backend: mcp_router_core::seal::name_digest("b0"),
             upstream: upstream.as_bytes(),
         },
-        &[9; 24],
+        &[9; mcp_router_core::seal::NONCE],
         256,
         &mut out,
     )

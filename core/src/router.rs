@@ -252,10 +252,12 @@ impl Router {
     }
 
     /// Give the router 16 random bytes (the core has no randomness of its own). Each
-    /// sealed session id's 24-byte nonce is these 16 bytes and a 64-bit counter, so
-    /// nonces never repeat within a process, and two processes (replicas sharing a
-    /// key) collide only if their random prefixes do. The driver must call this from
-    /// the operating system's random source before serving in sealed mode.
+    /// sealed session id's 12-byte nonce is 4 of them and a 64-bit counter that starts
+    /// at a random offset (the other 8), so nonces never repeat within a process, and
+    /// two processes sharing a key repeat one only if both their random parts line up.
+    /// AES-GCM-SIV is nonce-misuse resistant besides: a repeat would reveal only whether
+    /// two tokens carry identical contents. The driver calls this from the operating
+    /// system's random source before serving in sealed mode.
     pub fn set_entropy(&self, seed: [u8; 16]) {
         let mut a = [0u8; 8];
         a.copy_from_slice(&seed[..8]);
@@ -265,12 +267,12 @@ impl Router {
     }
 
     /// A fresh nonce for a sealed session id.
-    pub fn next_nonce(&self) -> [u8; 24] {
+    pub fn next_nonce(&self) -> [u8; crate::seal::NONCE] {
         let n = self.nonce_counter.fetch_add(1, Relaxed);
-        let mut out = [0u8; 24];
-        out[..8].copy_from_slice(&self.nonce_seed[0].load(Relaxed).to_le_bytes());
-        out[8..16].copy_from_slice(&self.nonce_seed[1].load(Relaxed).to_le_bytes());
-        out[16..].copy_from_slice(&n.to_le_bytes());
+        let mut out = [0u8; crate::seal::NONCE];
+        out[..4].copy_from_slice(&self.nonce_seed[0].load(Relaxed).to_le_bytes()[..4]);
+        let c = n.wrapping_add(self.nonce_seed[1].load(Relaxed));
+        out[4..].copy_from_slice(&c.to_le_bytes());
         out
     }
 

@@ -28,7 +28,7 @@ pub fn sealed_id(data: &[u8]) {
         }
         return;
     }
-    let (c, up) = super::ctl::<45>(rest);
+    let (c, up) = super::ctl::<33>(rest);
     let upstream: Vec<u8> = up
         .iter()
         .take(300)
@@ -43,8 +43,8 @@ pub fn sealed_id(data: &[u8]) {
     u8s.copy_from_slice(&c[5..13]);
     let mut backend = [0u8; 8];
     backend.copy_from_slice(&c[13..21]);
-    let mut nonce = [0u8; 24];
-    nonce.copy_from_slice(&c[21..45]);
+    let mut nonce = [0u8; crate::seal::NONCE];
+    nonce.copy_from_slice(&c[21..33]);
     let fields = Fields {
         era: if c[0] & 1 == 0 {
             Era::Streamable
