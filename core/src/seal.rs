@@ -69,6 +69,8 @@ pub const OVERHEAD: usize = HEADER + FIXED + TAG;
 pub const MAX_TOKEN: usize = 4096;
 /// Decoded bytes of the longest token.
 const MAX_RAW: usize = MAX_TOKEN / 4 * 3;
+/// Decoded bytes of a token of up to 256 characters (the default id limit).
+const SMALL_RAW: usize = 192;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -233,8 +235,16 @@ impl KeyRing {
         if token_len(up.len()) > max_len.min(MAX_TOKEN) {
             return Err(SealError::TooLong);
         }
-        let mut raw = [0u8; MAX_RAW];
-        let raw = &mut raw[..raw_len];
+        // on the stack, and only as large as the common case needs (zeroing 3 KiB for
+        // every token would cost more than the base64 step)
+        let (mut small, mut big);
+        let raw: &mut [u8] = if raw_len <= SMALL_RAW {
+            small = [0u8; SMALL_RAW];
+            &mut small[..raw_len]
+        } else {
+            big = [0u8; MAX_RAW];
+            &mut big[..raw_len]
+        };
         raw[0] = VERSION;
         raw[1..3].copy_from_slice(&key.kid);
         raw[3..HEADER].copy_from_slice(nonce);
@@ -268,9 +278,16 @@ impl KeyRing {
         if token.len() > max_len.min(MAX_TOKEN) {
             return Err(OpenError::Malformed);
         }
-        let mut buf = [0u8; MAX_RAW];
+        let (mut small, mut big);
+        let buf: &mut [u8] = if token.len() <= SMALL_RAW / 3 * 4 {
+            small = [0u8; SMALL_RAW];
+            &mut small
+        } else {
+            big = [0u8; MAX_RAW];
+            &mut big
+        };
         let n = B64
-            .decode_slice(token, &mut buf)
+            .decode_slice(token, &mut *buf)
             .map_err(|_| OpenError::Malformed)?;
         if n < OVERHEAD + 1 || n > buf.len() {
             return Err(OpenError::Malformed);
