@@ -48,7 +48,6 @@ use crate::mcp::SessionKey;
 use crate::store::Era;
 use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
-use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -72,7 +71,101 @@ const MAX_RAW: usize = MAX_TOKEN / 4 * 3;
 /// Decoded bytes of a token of up to 256 characters (the default id limit).
 const SMALL_RAW: usize = 192;
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+/// The base64url alphabet (RFC 4648 section 5).
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Each byte's value in [`ALPHABET`], `0xFF` for bytes outside it.
+const DECODE: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 64 {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// base64url without padding, appended to `out`. (The general-purpose engine of the
+/// `base64` crate took about a fifth of an open; this table loop is the same
+/// encoding.)
+fn b64_encode(raw: &[u8], out: &mut Vec<u8>) {
+    let mut chunks = raw.chunks_exact(3);
+    for c in &mut chunks {
+        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+        out.extend_from_slice(&[
+            ALPHABET[(n >> 18) as usize & 63],
+            ALPHABET[(n >> 12) as usize & 63],
+            ALPHABET[(n >> 6) as usize & 63],
+            ALPHABET[n as usize & 63],
+        ]);
+    }
+    match *chunks.remainder() {
+        [a] => out.extend_from_slice(&[
+            ALPHABET[usize::from(a >> 2)],
+            ALPHABET[usize::from(a & 3) << 4],
+        ]),
+        [a, b] => out.extend_from_slice(&[
+            ALPHABET[usize::from(a >> 2)],
+            ALPHABET[usize::from(a & 3) << 4 | usize::from(b >> 4)],
+            ALPHABET[usize::from(b & 15) << 2],
+        ]),
+        _ => {}
+    }
+}
+
+/// Strict base64url without padding into `out`: `None` for a byte outside the
+/// alphabet, a length of 1 mod 4, non-zero unused bits in the last character (so that
+/// every encoding has exactly one text: no two texts open to the same token), or an
+/// `out` too small. Returns the bytes written.
+fn b64_decode(text: &[u8], out: &mut [u8]) -> Option<usize> {
+    let n = text.len() / 4 * 3
+        + match text.len() % 4 {
+            0 => 0,
+            1 => return None,
+            r => r - 1,
+        };
+    let out = out.get_mut(..n)?;
+    let mut chunks = text.chunks_exact(4);
+    let mut o = out.chunks_exact_mut(3);
+    for (c, d) in (&mut chunks).zip(&mut o) {
+        let v = [
+            DECODE[usize::from(c[0])],
+            DECODE[usize::from(c[1])],
+            DECODE[usize::from(c[2])],
+            DECODE[usize::from(c[3])],
+        ];
+        if (v[0] | v[1] | v[2] | v[3]) & 0xC0 != 0 {
+            return None;
+        }
+        let w =
+            u32::from(v[0]) << 18 | u32::from(v[1]) << 12 | u32::from(v[2]) << 6 | u32::from(v[3]);
+        d.copy_from_slice(&[(w >> 16) as u8, (w >> 8) as u8, w as u8]);
+    }
+    let tail = o.into_remainder();
+    match *chunks.remainder() {
+        [a, b] => {
+            let (a, b) = (DECODE[usize::from(a)], DECODE[usize::from(b)]);
+            if (a | b) & 0xC0 != 0 || b & 15 != 0 {
+                return None;
+            }
+            *tail.first_mut()? = a << 2 | b >> 4;
+        }
+        [a, b, c] => {
+            let (a, b, c) = (
+                DECODE[usize::from(a)],
+                DECODE[usize::from(b)],
+                DECODE[usize::from(c)],
+            );
+            if (a | b | c) & 0xC0 != 0 || c & 3 != 0 {
+                return None;
+            }
+            tail.get_mut(..2)?
+                .copy_from_slice(&[a << 2 | b >> 4, (b & 15) << 4 | c >> 2]);
+        }
+        _ => {}
+    }
+    Some(n)
+}
 
 /// The first 8 bytes of SHA-256 of a backend's name: how a token names its backend.
 pub fn name_digest(name: &str) -> [u8; 8] {
@@ -263,12 +356,8 @@ impl KeyRing {
             .encrypt_in_place_detached(Nonce::from_slice(&head[3..]), &head[..3], body)
             .map_err(|_| SealError::TooLong)?;
         tag_out.copy_from_slice(&tag);
-        let start = out.len();
-        out.resize(start + token_len(up.len()), 0);
-        let n = B64
-            .encode_slice(&*raw, &mut out[start..])
-            .map_err(|_| SealError::TooLong)?;
-        out.truncate(start + n);
+        out.reserve(token_len(up.len()));
+        b64_encode(raw, out);
         Ok(())
     }
 
@@ -286,9 +375,7 @@ impl KeyRing {
             big = [0u8; MAX_RAW];
             &mut big
         };
-        let n = B64
-            .decode_slice(token, &mut *buf)
-            .map_err(|_| OpenError::Malformed)?;
+        let n = b64_decode(token, buf).ok_or(OpenError::Malformed)?;
         if n < OVERHEAD + 1 || n > buf.len() {
             return Err(OpenError::Malformed);
         }
@@ -549,6 +636,39 @@ mod tests {
         for len in 0..=300 {
             let x: Vec<u8> = (0..len).map(|i| b"AbZz09-_"[(i * 7 + len) % 8]).collect();
             assert!(r.open(&x, 256).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn base64url_matches_the_reference_and_is_strict() {
+        use base64::Engine as _;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for len in 0..80 {
+            let raw: Vec<u8> = (0..len).map(|i| (i * 37 + len * 11) as u8).collect();
+            let mut out = Vec::new();
+            b64_encode(&raw, &mut out);
+            assert_eq!(out, e.encode(&raw).into_bytes(), "{len}");
+            let mut back = [0u8; 128];
+            let got = b64_decode(&out, &mut back).map(|n| back[..n].to_vec());
+            assert_eq!(got, Some(raw), "{len}");
+        }
+        // every 1- to 4-character text: accepted exactly when the reference accepts it
+        let chars: Vec<u8> = (0u8..=255)
+            .filter(|b| *b == b'=' || b.is_ascii_graphic())
+            .collect();
+        let mut buf = [0u8; 8];
+        for a in &chars {
+            for b in &chars {
+                for t in [
+                    vec![*a],
+                    vec![*a, *b],
+                    vec![*a, *b, b'A'],
+                    vec![*a, *b, b'Q', b'w'],
+                ] {
+                    let ours = b64_decode(&t, &mut buf).map(|n| buf[..n].to_vec());
+                    assert_eq!(ours, e.decode(&t).ok(), "{:?}", String::from_utf8_lossy(&t));
+                }
+            }
         }
     }
 
