@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | 1 | format version ([`VERSION`]) | authenticated (AEAD associated data) |
 //! | 2 | key id ([`Key::kid`]) | authenticated |
-//! | 12 | nonce | random (from the driver), per token |
+//! | 12 | nonce | per token: 4 random bytes of the process and a counter from a random start ([`crate::Router::next_nonce`]) |
 //! | 1 | era (`0` Streamable HTTP, `1` legacy HTTP+SSE) | encrypted |
 //! | 4 | issue time, unix seconds (big-endian) | encrypted |
 //! | 8 | caller's identity digest ([`ClientId`]) | encrypted |
