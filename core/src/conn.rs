@@ -1694,6 +1694,15 @@ impl Conn {
                     (true, Some(key)) => {
                         self.record_new_session(key, b, Era::Streamable, Hold::Head)
                     }
+                    (true, None)
+                        if self.cfg.session_ids == SessionIds::Sealed
+                            && self.resp.known(Name::McpSessionId).is_some() =>
+                    {
+                        // an id the router cannot read back (too long, not visible
+                        // ASCII) is not handed out unsealed either
+                        self.unsealable();
+                        return;
+                    }
                     _ => {}
                 }
             }

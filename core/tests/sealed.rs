@@ -562,6 +562,15 @@ fn an_upstream_id_too_long_to_seal_gets_502_and_is_never_handed_out() {
     let resp = a.take_client();
     assert_eq!(status_of(&resp), 502, "{resp}");
     assert!(!resp.contains(&long));
+    // longer than the router reads at all: not handed out either
+    a.reconnect();
+    let huge = "h".repeat(300);
+    a.send(&post("/mcp", None, INIT));
+    a.connect_ok(false);
+    a.reply(&json_ok(&format!("Mcp-Session-Id: {huge}\r\n"), "{}"));
+    let resp = a.take_client();
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    assert!(!resp.contains(&huge));
     // 128 bytes fit in 240 characters, 140 in 256
     a.reconnect();
     assert_eq!(init_sealed(&mut a, &"y".repeat(128)).len(), 240);
