@@ -7,8 +7,9 @@
 //! ```
 //!
 //! `bench` starts two `mcp-fake-backend`s (pinned to the load CPU), then for each
-//! configuration (`direct`, `router`, `router-redis`, `router-smol`, `router-glommio`, `haproxy`) starts the frontend
-//! pinned to the proxy CPU, runs W clients doing whole MCP session lifecycles
+//! configuration (`direct`, `router`, `router-redis`, `router-sealed` (sealed ids, no
+//! store), `router-smol`, `router-glommio`, `haproxy`) starts the frontend pinned to
+//! the proxy CPU, runs W clients doing whole MCP session lifecycles
 //! (initialize, notifications/initialized, K tools/call, DELETE) over keep-alive
 //! connections for the duration, and reports throughput, latency percentiles, errors,
 //! stickiness violations (a tools/call answered by another backend than the
@@ -63,6 +64,7 @@ fn opts(args: &[String]) -> Res<Opts> {
             "direct".into(),
             "router".into(),
             "router-redis".into(),
+            "router-sealed".into(),
             "router-smol".into(),
             "router-glommio".into(),
             "haproxy".into(),
@@ -760,6 +762,20 @@ fn bench(o: &Opts) -> Res<()> {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 fe
+            }
+            "router-sealed" => {
+                // Sealed session ids, no store: what every replica of a store-less
+                // fleet does per request (replicas share nothing, so one measures it).
+                std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
+                let keys = format!("{}/session-keys", o.out);
+                std::fs::write(&keys, format!("bench:{}\n", "5a".repeat(32)))
+                    .map_err(|e| e.to_string())?;
+                start_router(
+                    o,
+                    &backends,
+                    None,
+                    &["--session-ids", "sealed", "--session-keys", &keys],
+                )?
             }
             "router-smol" => start_router_bin(o, "mcp-router-smol", &backends, None, &[])?,
             "router-glommio" => start_router_bin(o, "mcp-router-glommio", &backends, None, &[])?,
