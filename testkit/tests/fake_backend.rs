@@ -432,9 +432,10 @@ fn legacy_sse_sessions() {
 fn stats_count_sessions_and_requests() {
     let b = Backend::start("b7");
     let s = b.stats();
+    // the stats connection itself is the one open connection
     assert_eq!(
         s,
-        json!({"name":"b7","sessions":0,"sse_sessions":0,"requests":0})
+        json!({"name":"b7","sessions":0,"sse_sessions":0,"requests":0,"connections":1})
     );
     let mut c = b.conn();
     let (_, sid) = initialize(&mut c, json!(1));
