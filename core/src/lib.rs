@@ -122,6 +122,7 @@ pub mod http;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
+pub mod probe;
 pub mod router;
 pub mod stdio;
 pub mod store;

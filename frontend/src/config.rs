@@ -179,6 +179,42 @@ pub struct Cli {
     /// (capped by net.core.somaxconn) [default: 1024].
     #[arg(long, env = "MCP_ROUTER_ACCEPT_BACKLOG")]
     pub accept_backlog: Option<u32>,
+    // -- operations (issue 19): admin token, log format, `check` --
+    /// Token for state-changing admin requests (drain/undrain): they need
+    /// `Authorization: Bearer <token>`. Without it they are allowed only when the
+    /// admin listener is on loopback. Prefer the environment or the file to the
+    /// command line.
+    #[arg(long, env = "MCP_ROUTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log format: `text` (the default) or `json` (one JSON object per line).
+    #[arg(long, env = "MCP_ROUTER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Check the configuration and probe every backend with MCP, print one line per
+    /// backend, and exit: 0 only if every backend answers MCP (same as `check`).
+    #[arg(long)]
+    pub check: bool,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Load the configuration as a start would, probe every backend with MCP
+    /// (`initialize` then `DELETE`, and `server/discover`), print one line per backend
+    /// with hints for known mistakes, and exit: 0 only if every backend answers MCP.
+    Check,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The TOML file: the same fields as the flags.
@@ -228,6 +264,9 @@ struct File {
     trusted_proxies: Option<Vec<String>>,
     accept_backlog: Option<u32>,
     stdio_unattached_timeout: Option<toml::Value>,
+    // -- operations (issue 19) --
+    admin_token: Option<String>,
+    log_format: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -273,6 +312,11 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// Listen backlog.
     pub accept_backlog: u32,
+    /// Who may change state through the admin listener (the token's `Debug` is
+    /// redacted).
+    pub admin_auth: mcp_router_core::admin::AdminAuth,
+    /// Log format.
+    pub log_format: LogFormat,
 }
 
 /// `--stdio`: serve a stdio MCP server (tokio binary only) instead of proxying backends.
@@ -638,6 +682,24 @@ impl Cli {
             stdio,
             workers,
             accept_backlog,
+            admin_auth: mcp_router_core::admin::AdminAuth {
+                loopback: admin_listen.is_some_and(|a| a.ip().is_loopback()),
+                token: match self.admin_token.clone().or(file.admin_token) {
+                    Some(t) if t.is_empty() => {
+                        return Err(ConfigError("admin_token: must not be empty".into()))
+                    }
+                    t => t,
+                },
+            },
+            log_format: match self.log_format.as_deref().or(file.log_format.as_deref()) {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(f) => {
+                    return Err(ConfigError(format!(
+                        "log_format: {f:?}: use \"text\" or \"json\""
+                    )))
+                }
+            },
         })
     }
 
