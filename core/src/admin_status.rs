@@ -336,10 +336,10 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
     } else {
         "no admin token set: drain/undrain allowed from loopback"
     };
-    write!(
+    writeln!(
         o,
         "<p><label>Admin token <input type=\"password\" id=\"token\" autocomplete=\"off\"></label>\
-         <span id=\"msg\" role=\"status\"></span> <span class=\"note\">{}</span></p>\n",
+         <span id=\"msg\" role=\"status\"></span> <span class=\"note\">{}</span></p>",
         esc(tip)
     )?;
     o.push_str("<div id=\"status\">\n<h2>Backends</h2>\n<table id=\"backends\"><tr><th>backend</th><th>url</th><th>health</th><th>draining</th><th>live sessions</th><th>req/s (1 min)</th><th>upstream p50</th><th>upstream p99</th><th>errors (1 min)</th><th></th></tr>\n");
@@ -351,12 +351,12 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
         } else {
             ("drain", "drain")
         };
-        write!(
+        writeln!(
             o,
             "<tr data-backend=\"{n}\"><td>{n}</td><td>{u}</td><td class=\"{hc}\">{ht}</td><td class=\"{dc}\">{d}</td>\
              <td class=\"sessions\">{ses}</td><td>{rps}</td><td>{p50}</td><td>{p99}</td>\
              <td>5xx: {e5}, 4xx: {e4}, marked down: {md}</td>\
-             <td><button type=\"button\" data-backend=\"{n}\" data-action=\"{action}\">{label}</button></td></tr>\n",
+             <td><button type=\"button\" data-backend=\"{n}\" data-action=\"{action}\">{label}</button></td></tr>",
             n = esc(&b.name),
             u = esc(&b.url),
             dc = if b.draining { "drain" } else { "" },
@@ -410,9 +410,9 @@ fn write_page(o: &mut String, s: &Snapshot) -> std::fmt::Result {
             Some(u) => (u.to_string(), "-".into()),
             None => ("-".into(), "-".into()),
         };
-        write!(
+        writeln!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"note\">{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"note\">{}</td></tr>",
             c.name,
             if c.limit == 0 { "off".to_string() } else { c.limit.to_string() },
             used,
