@@ -943,4 +943,63 @@ mod tests {
             Some("MCP_ROUTER_STDIO_UNATTACHED_TIMEOUT")
         );
     }
+
+    // -- operations (issue 19) --
+    #[test]
+    fn admin_token_log_format_and_check() {
+        let b = ["--backend", "http://127.0.0.1:1"];
+        let s = cli(&b).settings().unwrap();
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert!(s.admin_auth.token.is_none() && !s.admin_auth.loopback);
+        let s = cli(&[
+            b[0],
+            b[1],
+            "--log-format",
+            "json",
+            "--admin-listen",
+            "127.0.0.1:9090",
+            "--admin-token",
+            "t0k",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.admin_auth.loopback);
+        assert_eq!(s.admin_auth.token.as_deref(), Some("t0k"));
+        assert!(
+            !format!("{s:?}").contains("t0k"),
+            "the token stays out of Debug"
+        );
+        let s = cli(&[b[0], b[1], "--admin-listen", "0.0.0.0:9090"])
+            .settings()
+            .unwrap();
+        assert!(!s.admin_auth.actions_enabled());
+        for (args, field) in [
+            (&["--log-format", "xml"][..], "log_format"),
+            (&["--admin-token", ""][..], "admin_token"),
+        ] {
+            let mut a = b.to_vec();
+            a.extend_from_slice(args);
+            let e = cli(&a).settings().unwrap_err().0;
+            assert!(e.starts_with(field), "{e}");
+        }
+        // `check` as a subcommand after the flags, or `--check`
+        assert_eq!(cli(&[b[0], b[1], "check"]).command, Some(Command::Check));
+        assert!(cli(&["--check", b[0], b[1]]).check);
+        // the file
+        let dir = std::env::temp_dir().join(format!("mcp-router-ops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "backends = [\"http://127.0.0.1:1\"]\nadmin_token = \"ft\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let s = cli(&["--config", f.to_str().unwrap()]).settings().unwrap();
+        assert_eq!(
+            (s.admin_auth.token.as_deref(), s.log_format),
+            (Some("ft"), LogFormat::Json)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
