@@ -249,7 +249,7 @@ pub fn answer(
     let target = String::from_utf8_lossy(req.target);
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let method = req.method;
-    let get = matches!(method, Method::Get | Method::Head);
+    let get = method == Method::Get;
     match path {
         "/" if get => {
             let s = status::snapshot(router, metrics, store, auth, now);

@@ -170,29 +170,16 @@ pub fn run(settings: &Settings, out: &mut dyn Write) -> bool {
     all
 }
 
-/// At start, probe each backend whose URL ends in `/mcp` once (on a thread, off the
-/// request path) and log the base-path hint if it answers a non-JSON `404`.
-pub fn warn_base_path_mistakes(settings: &Settings) {
-    let suspects: Vec<Backend> = settings
-        .core
-        .backends
-        .iter()
-        .filter(|b| b.base_path.trim_end_matches('/').ends_with("/mcp"))
-        .cloned()
-        .collect();
-    if suspects.is_empty() {
-        return;
-    }
-    let connect = settings.core.timeouts.connect;
+/// Probe `b` on a thread (off the request path) and log the base-path hint if its
+/// `/mcp` answers a non-JSON `404`.
+pub fn hint_base_path(b: Backend, connect: Duration) {
     let _ = std::thread::Builder::new()
         .name("mcp-probe".into())
         .spawn(move || {
-            for b in suspects {
-                let p = probe_backend(&b, connect);
-                if let Some(Ok(a)) = &p.initialize {
-                    if let Some(hint) = probe::base_path_hint(&b, a.status, &a.content_type) {
-                        tracing::warn!(backend = %b.name, status = a.status, content_type = %a.content_type, "{hint}");
-                    }
+            let p = probe_backend(&b, connect);
+            if let Some(Ok(a)) = &p.initialize {
+                if let Some(hint) = probe::base_path_hint(&b, a.status, &a.content_type) {
+                    tracing::warn!(backend = %b.name, status = a.status, content_type = %a.content_type, "{hint}");
                 }
             }
         });

@@ -52,6 +52,8 @@ pub struct Shared {
     resolver: Arc<dyn Resolve>,
     /// Per limit: the second (since `started`) of its last log line, plus one.
     limit_logged: [std::sync::atomic::AtomicU64; 6],
+    /// Backends whose URL was probed for the `/mcp` base-path mistake (once each).
+    base_path_probed: Mutex<std::collections::HashSet<String>>,
     started: Instant,
 }
 
@@ -102,6 +104,7 @@ impl Shared {
             settings: RwLock::new(settings.clone()),
             resolver,
             limit_logged: Default::default(),
+            base_path_probed: Mutex::default(),
             started: Instant::now(),
         }))
     }
@@ -200,6 +203,12 @@ impl Shared {
             Event::Rejected { status, reason } => {
                 info!(peer = ?peer, status, reason, "request rejected")
             }
+            // the only work a response costs here is this compare
+            Event::Response {
+                backend,
+                status: 404,
+                ..
+            } => self.probe_base_path(*backend),
             Event::Response { .. } => {}
             Event::Aborted => debug!(peer = ?peer, "exchange aborted"),
             Event::BackendHealth { backend, health } => match health {
@@ -211,6 +220,27 @@ impl Shared {
             },
             Event::StoreUnavailable => warn!("session store unavailable"),
             Event::Limited { limit } => self.log_limit(*limit),
+        }
+    }
+
+    /// Once per backend whose URL ends in `/mcp`: probe it on a thread and log the
+    /// base-path hint if it answers a non-JSON `404` (at start for the configured
+    /// backends, and on a backend's first `404` for those added later by discovery or
+    /// a reload).
+    pub fn probe_base_path(&self, id: mcp_router_core::BackendId) {
+        let Some(b) = self.router.backend(id) else {
+            return;
+        };
+        if !b.base_path.trim_end_matches('/').ends_with("/mcp") {
+            return;
+        }
+        let first = self
+            .base_path_probed
+            .lock()
+            .map(|mut p| p.insert(b.name.clone()))
+            .unwrap_or(false);
+        if first {
+            crate::check::hint_base_path((*b).clone(), self.router.config().timeouts.connect);
         }
     }
 
@@ -469,6 +499,10 @@ pub fn log_listening(shared: &Shared, frontend: &str, addr: SocketAddr) {
         .map(|m| m.backend.name.clone())
         .collect();
     info!(listen = %addr, ?backends, store = shared.store_kind(), ttl_s = settings.core.session_ttl.as_secs(), frontend, "mcp-router listening");
+    drop(settings);
+    for id in shared.router.ids() {
+        shared.probe_base_path(id);
+    }
 }
 
 /// Parse the command line (with `name` in help and errors), set up logging to stderr
@@ -510,7 +544,6 @@ pub fn load_cli(name: &'static str) -> (Cli, Settings) {
     if settings.admin_listen.is_some() && !settings.admin_auth.actions_enabled() {
         warn!("admin listener is not on loopback and no --admin-token is set: drain/undrain are refused (403)");
     }
-    crate::check::warn_base_path_mistakes(&settings);
     (cli, settings)
 }
 

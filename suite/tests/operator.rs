@@ -324,6 +324,58 @@ fn base_path_mistake_is_logged_once_at_start() {
     assert_eq!(r.count_logs("did you mean"), 1, "b1 is fine");
 }
 
+fn base_path_mistake_of_a_reloaded_backend_is_logged_on_its_first_404() {
+    let b0 = Proc::fake_backend("b0");
+    let b1 = Proc::fake_backend("b1");
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-router-operator-{}-{}",
+        std::process::id(),
+        mcp_router_testkit::harness::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("router.toml");
+    std::fs::write(&file, format!("backends = [\"http://{}\"]\n", b1.addr)).unwrap();
+    let r = Proc::router(
+        router_bin(),
+        "router",
+        &["--config", file.to_str().unwrap()],
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "backends = [\"http://{}\", \"http://{}/mcp\"]\n",
+            b1.addr, b0.addr
+        ),
+    )
+    .unwrap();
+    r.signal("HUP");
+    assert!(r.wait_count("configuration reloaded", 1, Duration::from_secs(5)));
+    let hint = format!("did you mean http://{} ?", b0.addr);
+    assert_eq!(r.count_logs(&hint), 0, "no probe before its first 404");
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(
+            r.conn()
+                .request(
+                    "POST",
+                    "/mcp",
+                    &[("Accept", "application/json, text/event-stream")],
+                    &json!({"jsonrpc":"2.0","id":i,"method":"initialize","params":{}}).to_string(),
+                )
+                .status,
+        );
+    }
+    assert!(statuses.contains(&404), "{statuses:?}");
+    assert!(
+        r.wait_count(&hint, 1, Duration::from_secs(10)),
+        "{:?}",
+        r.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(r.count_logs(&hint), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn json_logs_are_one_object_per_line() {
     let b0 = Proc::fake_backend("b0");
     let mut cmd = Command::new(bin_path(router_bin()));
@@ -365,5 +417,6 @@ mcp_router_testkit::behaviour_suite!(
     check_fails_on_a_backend_that_is_down,
     check_fails_on_http_that_is_not_mcp,
     base_path_mistake_is_logged_once_at_start,
+    base_path_mistake_of_a_reloaded_backend_is_logged_on_its_first_404,
     json_logs_are_one_object_per_line,
 );
