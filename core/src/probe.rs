@@ -16,9 +16,18 @@ pub fn mcp_path(b: &Backend) -> String {
 }
 
 fn request(b: &Backend, method: &str, extra: &[(&str, &str)], body: &str) -> Vec<u8> {
+    request_at(b, &mcp_path(b), method, extra, body)
+}
+
+fn request_at(
+    b: &Backend,
+    path: &str,
+    method: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Vec<u8> {
     let mut r = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mcp-router-check\r\nConnection: close\r\n",
-        mcp_path(b),
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: mcp-router-check\r\nConnection: close\r\n",
         b.authority
     );
     for (k, v) in extra {
@@ -78,6 +87,46 @@ pub fn discover_request(b: &Backend) -> Vec<u8> {
         ],
         &body,
     )
+}
+
+/// The era of the legacy HTTP+SSE transport.
+pub const LEGACY_SSE_VERSION: &str = "2024-11-05";
+
+/// `GET <base>/sse`: the legacy HTTP+SSE transport's stream (the probe closes it as
+/// soon as the `endpoint` event came, which ends that session on the backend).
+pub fn legacy_sse_request(b: &Backend) -> Vec<u8> {
+    let path = format!("{}/sse", b.base_path.trim_end_matches('/'));
+    request_at(b, &path, "GET", &[("Accept", "text/event-stream")], "")
+}
+
+/// The `endpoint` event of a legacy SSE stream read so far: `Some` once the head and
+/// that event are in (`None` inside: not an event stream, or no such event yet).
+pub fn legacy_endpoint(raw: &[u8]) -> Option<String> {
+    let end = head_end(raw)?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") && !head.starts_with("http/1.0 200") {
+        return None;
+    }
+    if !head.contains("text/event-stream") {
+        return None;
+    }
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(&raw[end..])
+    } else {
+        raw[end..].to_vec()
+    };
+    let text = String::from_utf8_lossy(&body).replace("\r\n", "\n");
+    text.split("\n\n")
+        .filter(|e| {
+            e.lines()
+                .any(|l| l.trim_end() == "event: endpoint" || l.trim_end() == "event:endpoint")
+        })
+        .find_map(|e| {
+            e.lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.trim().to_string())
+        })
+        .filter(|_| text.contains("\n\n"))
 }
 
 /// What one HTTP answer was: status, content type, session id and the first
@@ -195,6 +244,8 @@ pub struct Probe {
     pub delete: Option<Result<u16, String>>,
     /// The `server/discover` answer.
     pub discover: Option<Result<HttpAnswer, String>>,
+    /// `GET <base>/sse` sent an `endpoint` event (the legacy HTTP+SSE transport).
+    pub legacy_sse: bool,
 }
 
 /// The protocol version an `initialize` answer agreed to, if it was an MCP answer.
@@ -234,6 +285,9 @@ impl Probe {
                     eras.push(v);
                 }
             }
+        }
+        if self.legacy_sse && !eras.iter().any(|e| e == LEGACY_SSE_VERSION) {
+            eras.push(format!("{LEGACY_SSE_VERSION}(sse)"));
         }
         eras
     }
@@ -295,6 +349,7 @@ pub fn hints(b: &Backend, p: &Probe) -> Vec<String> {
             if let Some(x) = base_path_hint(b, a.status, &a.content_type) {
                 h.push(x);
             } else if handshake_version(a).is_none() && !p.speaks_mcp() {
+                // (a backend that speaks only legacy SSE answers MCP: no hint)
                 let ct = if a.content_type.is_empty() {
                     "no content type"
                 } else {
@@ -438,6 +493,27 @@ mod tests {
             session: Some("s".into()),
             message: msg,
         }
+    }
+
+    #[test]
+    fn the_legacy_endpoint_event_is_found() {
+        let r = String::from_utf8(legacy_sse_request(&b("http://h:1/base"))).unwrap();
+        assert!(
+            r.starts_with("GET /base/sse HTTP/1.1\r\n") && r.contains("Accept: text/event-stream")
+        );
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n";
+        let ev = "event: endpoint\ndata: /messages?sessionId=abc\n\n";
+        assert_eq!(legacy_endpoint(head.as_bytes()), None);
+        assert_eq!(
+            legacy_endpoint(format!("{head}{}", &ev[..20]).as_bytes()),
+            None
+        );
+        assert_eq!(
+            legacy_endpoint(format!("{head}{ev}").as_bytes()).as_deref(),
+            Some("/messages?sessionId=abc")
+        );
+        let html = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\nevent: endpoint\ndata: x\n\n";
+        assert_eq!(legacy_endpoint(html.as_bytes()), None);
     }
 
     #[test]

@@ -71,8 +71,55 @@ fn exchange(addr: SocketAddr, req: &[u8], connect: Duration) -> Result<HttpAnswe
     }
 }
 
-/// Probe one backend: resolve, connect, `initialize` then `DELETE` its session, and
-/// `server/discover`.
+/// `GET <base>/sse`: does a legacy HTTP+SSE stream start with an `endpoint` event?
+/// The connection is closed at once after it (ending that session on the backend).
+fn legacy_sse(addr: SocketAddr, b: &Backend, connect: Duration) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, connect) else {
+        return false;
+    };
+    if s.write_all(&probe::legacy_sse_request(b)).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut raw = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    while raw.len() < 64 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut chunk) {
+            Ok(0) => return probe::legacy_endpoint(&raw).is_some(),
+            Ok(n) => {
+                raw.extend_from_slice(&chunk[..n]);
+                if probe::legacy_endpoint(&raw).is_some() {
+                    return true;
+                }
+                // a head that is not an event stream ends the wait
+                if let Some(a) = probe::read_answer(&raw, false) {
+                    if !a
+                        .content_type
+                        .to_ascii_lowercase()
+                        .starts_with("text/event-stream")
+                    {
+                        return false;
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Probe one backend: resolve, connect, `initialize` then `DELETE` its session,
+/// `server/discover`, and `GET <base>/sse` (legacy HTTP+SSE).
 pub fn probe_backend(b: &Backend, connect: Duration) -> Probe {
     let mut p = Probe::default();
     let addrs = match resolve(b) {
@@ -107,6 +154,7 @@ pub fn probe_backend(b: &Backend, connect: Duration) -> Probe {
     }
     p.initialize = Some(init);
     p.discover = Some(exchange(addr, &probe::discover_request(b), connect));
+    p.legacy_sse = legacy_sse(addr, b, connect);
     p
 }
 

@@ -290,6 +290,58 @@ fn check_fails_on_http_that_is_not_mcp() {
     );
 }
 
+/// The official reference server, `server-everything`, in `mode` (`streamable` or
+/// `sse`); needs `.ci/install-interop.sh`.
+fn everything(mode: &str) -> Proc {
+    let dir = mcp_router_testkit::harness::interop_dir();
+    let port = mcp_router_testkit::harness::free_port();
+    let mut cmd = Command::new(dir.join("start-everything.sh"));
+    cmd.args([mode, &port.to_string()]).current_dir(&dir);
+    Proc::start(mode, cmd, |l| {
+        let l = l.trim();
+        if l.contains("listening on port") || l.contains("running on port") {
+            let port = l.rsplit(' ').next()?;
+            return Some(format!("127.0.0.1:{port}"));
+        }
+        None
+    })
+}
+
+fn check_against_server_everything() {
+    let st = everything("streamable");
+    let sse = everything("sse");
+    let (code, out) = check(&[
+        "--backend",
+        &format!("st=http://{}", st.addr),
+        "--backend",
+        &format!("sse=http://{}", sse.addr),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let l = line(&out, "st");
+    assert!(
+        l.starts_with("OK ") && l.contains("content-type=text/event-stream eras=2025-"),
+        "{l}"
+    );
+    assert!(l.contains("delete=200"), "{l}");
+    let l = line(&out, "sse");
+    assert!(
+        l.starts_with("OK ") && l.contains("eras=2024-11-05(sse)"),
+        "{l}"
+    );
+    // the mistake as a newcomer makes it: the URL the server prints
+    let (code, out) = check(&["--backend", &format!("st=http://{}/mcp", st.addr)]);
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "st");
+    assert!(
+        l.contains("status=404 content-type=text/html")
+            && l.contains(&format!(
+                "hint: clients' /mcp reaches this backend as /mcp/mcp; did you mean http://{} ?",
+                st.addr
+            )),
+        "{l}"
+    );
+}
+
 fn base_path_mistake_is_logged_once_at_start() {
     let b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
@@ -416,6 +468,7 @@ mcp_router_testkit::behaviour_suite!(
     check_names_the_base_path_mistake,
     check_fails_on_a_backend_that_is_down,
     check_fails_on_http_that_is_not_mcp,
+    check_against_server_everything,
     base_path_mistake_is_logged_once_at_start,
     base_path_mistake_of_a_reloaded_backend_is_logged_on_its_first_404,
     json_logs_are_one_object_per_line,
