@@ -178,6 +178,16 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // a clean exit takes the browser's helper processes along
+        let close = format!("{}\0", json!({"id": u64::MAX, "method": "Browser.close"}));
+        let _ = self.to.write_all(close.as_bytes());
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._profile);
