@@ -202,7 +202,8 @@ pub struct Cli {
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Load the configuration as a start would, probe every backend with MCP
-    /// (`initialize` then `DELETE`, and `server/discover`), print one line per backend
+    /// (`initialize` then `DELETE`, `server/discover`, and the legacy `GET /sse`), print
+    /// one line per backend
     /// with hints for known mistakes, and exit: 0 only if every backend answers MCP.
     Check,
 }
