@@ -203,8 +203,8 @@ pub struct Cli {
 pub enum Command {
     /// Load the configuration as a start would, probe every backend with MCP
     /// (`initialize` then `DELETE`, `server/discover`, and the legacy `GET /sse`), print
-    /// one line per backend
-    /// with hints for known mistakes, and exit: 0 only if every backend answers MCP.
+    /// one line per backend with hints for known mistakes, and exit: 0 only if every
+    /// backend answers MCP.
     Check,
 }
 
