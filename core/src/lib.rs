@@ -123,6 +123,7 @@ pub mod http;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
+pub mod probe;
 pub mod router;
 pub mod stdio;
 pub mod store;

@@ -7,8 +7,9 @@ use crate::redis::RemoteStore;
 use crate::rt::{self, Io, Runtime, Shutdown, TaskGuard, Tasks, Timer};
 use crate::shared::Shared;
 use bytes::BytesMut;
+use mcp_router_core::admin::AdminRequest;
 use mcp_router_core::http::{
-    parse_request, write_simple_response, HttpLimits, RequestHead, Version,
+    parse_request, write_simple_response, BodyKind, HttpLimits, RequestHead, Version,
 };
 use mcp_router_core::{
     BackendId, Buffers, Conn, ConnRefusal, Limit, Output, Side, StoreOp, StoreReply,
@@ -325,7 +326,7 @@ pub async fn drive<R: Runtime>(
                         let t = Instant::now();
                         let r = fe.execute(&op).await;
                         let now = Instant::now();
-                        shared.metrics.observe_store(&op, &r, now - t);
+                        shared.metrics.observe_store_at(&op, &r, now - t, now);
                         conn.handle_store_reply(r, now);
                     }
                     Output::CloseClient => {
@@ -510,12 +511,31 @@ pub async fn admin_conn<S: Io>(mut s: S, shared: &Shared) -> io::Result<()> {
             }
         }
     }
-    let a = shared.admin_answer(head.method, head.path());
+    // Read a small body to its end (an admin action carries `{}` at most), so that
+    // closing the connection does not reset it under the answer.
+    if let BodyKind::Length(n) = head.body {
+        let want = (n as usize).min(ADMIN_MAX_BODY);
+        while buf.len() < want {
+            if rt::read_buf(&mut s, &mut buf).await? == 0 {
+                break;
+            }
+        }
+    }
+    let req = AdminRequest {
+        method: head.method,
+        target: head.target(),
+        authorization: head.header("authorization"),
+        origin: head.header("origin"),
+        host: head.header("host"),
+        content_type: head.header("content-type"),
+    };
+    let a = shared.admin_answer(&req);
+    let extra: Vec<(&str, &[u8])> = a.headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
     write_simple_response(
         &mut out,
         a.status,
         a.content_type,
-        &[],
+        &extra,
         a.body.as_bytes(),
         Version::Http11,
         false,
@@ -523,6 +543,9 @@ pub async fn admin_conn<S: Io>(mut s: S, shared: &Shared) -> io::Result<()> {
     rt::write_all(&mut s, &out).await?;
     rt::close(&mut s).await
 }
+
+/// Most body bytes an admin request may carry that are read (and ignored).
+const ADMIN_MAX_BODY: usize = 64 * 1024;
 
 /// How long one admin connection may take.
 pub const ADMIN_CONN_TIMEOUT: Duration = Duration::from_secs(10);
