@@ -345,10 +345,30 @@ fn the_session_cap_is_the_fleets_on_redis() {
     assert_refused(&as_carol(&rd, 8), 429, 8);
 }
 
+fn the_listen_backlog_is_the_configured_one() {
+    let b0 = Proc::fake_backend("b0");
+    let (r, _) = router(&[&b0], &["--accept-backlog", "777"]);
+    let port = r.addr.rsplit(':').next().unwrap();
+    // a listening socket's Send-Q in `ss` is its backlog
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlogs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(!backlogs.is_empty(), "no listener on {port}: {text}");
+    // glommio has one listener per executor, all with the same backlog
+    assert!(backlogs.iter().all(|b| *b == "777"), "{text}");
+}
+
 mcp_router_testkit::behaviour_suite!(
     a_client_that_never_reads_releases_its_connections_at_the_send_timeout,
     connections_past_max_connections_get_503_and_a_close,
     max_sessions_refuses_initialize_and_spares_live_sessions,
     per_client_quotas_answer_429_and_spare_other_clients,
     the_session_cap_is_the_fleets_on_redis,
+    the_listen_backlog_is_the_configured_one,
 );
