@@ -143,41 +143,15 @@ async fn send<S: Io, T: Timer>(
     conn: &mut Conn,
     clock: &mut Clock<T>,
 ) -> io::Result<()> {
-    use bytes::Buf;
     let mut i = 0;
     let mut blocked = false;
     let r = loop {
         let step = poll_fn(|cx| {
             let mut progressed = false;
             loop {
-                while i < bufs.len() && bufs[i].is_empty() {
-                    i += 1;
-                }
-                if i == bufs.len() {
-                    return Poll::Ready(Step::Done);
-                }
-                let mut slices = [io::IoSlice::new(&[]); 16];
-                let mut k = 0;
-                for b in bufs[i..].iter().take(16) {
-                    slices[k] = io::IoSlice::new(b);
-                    k += 1;
-                }
-                match s.poll_write_vectored(cx, &slices[..k]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Step::Failed(io::ErrorKind::WriteZero.into()))
-                    }
-                    Poll::Ready(Ok(mut n)) => {
-                        progressed = true;
-                        while n > 0 && i < bufs.len() {
-                            let b = &mut bufs[i];
-                            let k = n.min(b.len());
-                            b.advance(k);
-                            n -= k;
-                            if b.is_empty() {
-                                i += 1;
-                            }
-                        }
-                    }
+                match rt::poll_write_some(s, bufs, &mut i, cx) {
+                    Poll::Ready(Ok(true)) => return Poll::Ready(Step::Done),
+                    Poll::Ready(Ok(false)) => progressed = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e)),
                     Poll::Pending => break,
                 }

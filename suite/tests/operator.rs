@@ -290,26 +290,9 @@ fn check_fails_on_http_that_is_not_mcp() {
     );
 }
 
-/// The official reference server, `server-everything`, in `mode` (`streamable` or
-/// `sse`); needs `.ci/install-interop.sh`.
-fn everything(mode: &str) -> Proc {
-    let dir = mcp_router_testkit::harness::interop_dir();
-    let port = mcp_router_testkit::harness::free_port();
-    let mut cmd = Command::new(dir.join("start-everything.sh"));
-    cmd.args([mode, &port.to_string()]).current_dir(&dir);
-    Proc::start(mode, cmd, |l| {
-        let l = l.trim();
-        if l.contains("listening on port") || l.contains("running on port") {
-            let port = l.rsplit(' ').next()?;
-            return Some(format!("127.0.0.1:{port}"));
-        }
-        None
-    })
-}
-
 fn check_against_server_everything() {
-    let st = everything("streamable");
-    let sse = everything("sse");
+    let st = mcp_router_testkit::harness::server_everything("streamable", "streamable");
+    let sse = mcp_router_testkit::harness::server_everything("sse", "sse");
     let (code, out) = check(&[
         "--backend",
         &format!("st=http://{}", st.addr),

@@ -8,29 +8,15 @@
 //! Needs `chromium` (`.ci/run` installs it) and `.ci/install-interop.sh`; without
 //! them the test fails, loudly.
 
-use mcp_router_testkit::harness::{free_port, interop_dir, router_bin, sdk_client, Conn, Proc};
+use mcp_router_testkit::harness::{
+    free_port, router_bin, sdk_client, server_everything, Conn, Proc,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "page-token-51c2";
-
-fn everything(name: &str) -> Proc {
-    let dir = interop_dir();
-    let port = free_port();
-    let mut cmd = Command::new(dir.join("start-everything.sh"));
-    cmd.args(["streamable", &port.to_string()])
-        .current_dir(&dir);
-    Proc::start(name, cmd, |l| {
-        let l = l.trim();
-        if l.contains("listening on port") || l.contains("running on port") {
-            let port = l.rsplit(' ').next()?;
-            return Some(format!("127.0.0.1:{port}"));
-        }
-        None
-    })
-}
 
 /// A DevTools-protocol client over `--remote-debugging-pipe` (messages are JSON
 /// terminated by NUL, commands on the browser's fd 3, answers and events on fd 4).
@@ -210,8 +196,8 @@ fn draining(admin: &str, b: &str) -> f64 {
 }
 
 fn status_page_in_a_browser() {
-    let e0 = everything("everything-0");
-    let e1 = everything("everything-1");
+    let e0 = server_everything("streamable", "everything-0");
+    let e1 = server_everything("streamable", "everything-1");
     let r = Proc::router(
         router_bin(),
         "router",
