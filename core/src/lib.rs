@@ -127,6 +127,7 @@ pub mod http;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
+pub mod probe;
 pub mod router;
 pub mod seal;
 pub mod stdio;

@@ -7,7 +7,7 @@
 
 use crate::config::Backend;
 use crate::conn::{EndCause, Event};
-use crate::router::{BackendId, Router};
+use crate::router::{BackendId, Health, Router};
 use crate::store::{Era, StoreOp, StoreReply};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,8 +54,9 @@ struct OpL {
     op: &'static str,
 }
 
-/// A backend as it was when its latency series was cached, and that series.
-type CachedSeries = (Arc<Backend>, Histogram);
+/// A backend as it was when its latency series was cached, that series, and its
+/// last-minute window.
+type CachedSeries = (Arc<Backend>, Histogram, Arc<Window>);
 
 type Hist = Family<BackendL, Histogram, fn() -> Histogram>;
 type OpHist = Family<OpL, Histogram, fn() -> Histogram>;
@@ -62,6 +64,169 @@ type OpHist = Family<OpL, Histogram, fn() -> Histogram>;
 fn latency_histogram() -> Histogram {
     // 100 µs to ~100 s
     Histogram::new(exponential_buckets(0.0001, 2.5, 16))
+}
+
+/// Seconds a [`Window`] covers.
+pub const WINDOW_SECS: u64 = 60;
+/// Latency buckets of a [`Window`]: bucket `i` holds latencies up to
+/// `50 µs * 2^(i/2)` (the last one everything above, ~50 s).
+const LAT_BUCKETS: usize = 40;
+
+fn lat_bucket(d: Duration) -> usize {
+    let us = d.as_secs_f64() * 1e6;
+    if us <= 50.0 {
+        return 0;
+    }
+    // 2 buckets per doubling
+    let i = (2.0 * (us / 50.0).log2()).ceil() as usize;
+    i.min(LAT_BUCKETS - 1)
+}
+
+fn lat_bound(i: usize) -> Duration {
+    Duration::from_secs_f64(50e-6 * 2f64.powf(i as f64 / 2.0))
+}
+
+/// One second of a [`Window`].
+#[derive(Debug)]
+struct Slot {
+    /// The second it holds, plus one (0: never used).
+    sec: AtomicU64,
+    count: AtomicU64,
+    err5xx: AtomicU64,
+    err4xx: AtomicU64,
+    down: AtomicU64,
+    lat: [AtomicU32; LAT_BUCKETS],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            sec: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            err5xx: AtomicU64::new(0),
+            err4xx: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            lat: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+/// The last [`WINDOW_SECS`] seconds of one backend (or of the store): requests,
+/// errors and a coarse latency histogram per second, in atomics (no lock on the hot
+/// path; a slot reused for a new second is reset by whoever gets there first, so a
+/// count racing that reset may be lost: the window is for people, `/metrics` for
+/// exact counts).
+#[derive(Debug)]
+pub struct Window {
+    slots: Box<[Slot]>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            slots: (0..WINDOW_SECS).map(|_| Slot::default()).collect(),
+        }
+    }
+}
+
+/// What a [`Window`] saw over its last minute.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct WindowSummary {
+    /// Requests (or store operations) answered.
+    pub requests: u64,
+    /// Requests per second over the window (or since the start, if shorter).
+    pub per_second: f64,
+    /// Median latency in milliseconds (a bucket's upper bound), if any request.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency in milliseconds, if any request.
+    pub p99_ms: Option<f64>,
+    /// Answers with a 5xx status (store: failed operations).
+    pub errors_5xx: u64,
+    /// Answers with a 4xx status.
+    pub errors_4xx: u64,
+    /// Times the backend was marked down (refused or timed-out connects).
+    pub marked_down: u64,
+}
+
+impl Window {
+    fn slot(&self, sec: u64) -> &Slot {
+        let s = &self.slots[(sec % WINDOW_SECS) as usize];
+        let cur = s.sec.load(Relaxed);
+        if cur != sec + 1
+            && s.sec
+                .compare_exchange(cur, sec + 1, Relaxed, Relaxed)
+                .is_ok()
+        {
+            s.count.store(0, Relaxed);
+            s.err5xx.store(0, Relaxed);
+            s.err4xx.store(0, Relaxed);
+            s.down.store(0, Relaxed);
+            for b in &s.lat {
+                b.store(0, Relaxed);
+            }
+        }
+        s
+    }
+
+    /// One answer in second `sec`.
+    pub fn record(&self, sec: u64, latency: Option<Duration>, err5xx: bool, err4xx: bool) {
+        let s = self.slot(sec);
+        s.count.fetch_add(1, Relaxed);
+        if let Some(l) = latency {
+            s.lat[lat_bucket(l)].fetch_add(1, Relaxed);
+        }
+        if err5xx {
+            s.err5xx.fetch_add(1, Relaxed);
+        }
+        if err4xx {
+            s.err4xx.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The backend was marked down in second `sec`.
+    pub fn marked_down(&self, sec: u64) {
+        self.slot(sec).down.fetch_add(1, Relaxed);
+    }
+
+    /// The seconds `now_sec - 59 ..= now_sec`, summed.
+    pub fn summary(&self, now_sec: u64) -> WindowSummary {
+        let mut w = WindowSummary::default();
+        let mut lat = [0u64; LAT_BUCKETS];
+        let oldest = now_sec.saturating_sub(WINDOW_SECS - 1);
+        for s in self.slots.iter() {
+            let sec = s.sec.load(Relaxed);
+            if sec == 0 || sec - 1 < oldest || sec - 1 > now_sec {
+                continue;
+            }
+            w.requests += s.count.load(Relaxed);
+            w.errors_5xx += s.err5xx.load(Relaxed);
+            w.errors_4xx += s.err4xx.load(Relaxed);
+            w.marked_down += s.down.load(Relaxed);
+            for (a, b) in lat.iter_mut().zip(&s.lat) {
+                *a += u64::from(b.load(Relaxed));
+            }
+        }
+        let span = (now_sec + 1).min(WINDOW_SECS) as f64;
+        w.per_second = (w.requests as f64 / span * 100.0).round() / 100.0;
+        let n: u64 = lat.iter().sum();
+        let q = |q: f64| -> Option<f64> {
+            if n == 0 {
+                return None;
+            }
+            let want = ((n as f64) * q).ceil().max(1.0) as u64;
+            let mut acc = 0;
+            for (i, c) in lat.iter().enumerate() {
+                acc += c;
+                if acc >= want {
+                    return Some((lat_bound(i).as_secs_f64() * 1e5).round() / 100.0);
+                }
+            }
+            None
+        };
+        w.p50_ms = q(0.5);
+        w.p99_ms = q(0.99);
+        w
+    }
 }
 
 /// Every metric of one router process.
@@ -86,6 +251,10 @@ pub struct Metrics {
     backend_health_changes: Family<BackendL, Counter>,
     store_ops: Family<StoreL, Counter>,
     store_latency: OpHist,
+    /// The store's last minute (all ops together).
+    store_window: Window,
+    /// The first instant [`Metrics::observe_at`] saw: second 0 of the windows.
+    epoch: OnceLock<Instant>,
 }
 
 impl Default for Metrics {
@@ -116,6 +285,8 @@ impl Metrics {
             backend_health_changes: Family::default(),
             store_ops: Family::default(),
             store_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            store_window: Window::default(),
+            epoch: OnceLock::new(),
             registry: Registry::default(),
         };
         r.register(
@@ -204,8 +375,26 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// Count one event of the core.
+    /// Count one event of the core (the Prometheus series only; the status page's
+    /// last-minute windows need [`Metrics::observe_at`]).
     pub fn observe(&self, router: &Router, e: &Event) {
+        self.observe_inner(router, e, None)
+    }
+
+    /// Count one event of the core that happened at `now`: the Prometheus series and
+    /// the last-minute windows of the status page.
+    pub fn observe_at(&self, router: &Router, e: &Event, now: Instant) {
+        let sec = self.second(now);
+        self.observe_inner(router, e, Some(sec))
+    }
+
+    /// Seconds since the first instant seen.
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(*self.epoch.get_or_init(|| now))
+            .as_secs()
+    }
+
+    fn observe_inner(&self, router: &Router, e: &Event, sec: Option<u64>) {
         match e {
             Event::SessionStarted { era, .. } => {
                 let era = match era {
@@ -240,7 +429,15 @@ impl Metrics {
                         status: *status,
                     })
                     .inc();
-                self.observe_latency(router, *backend, latency.as_secs_f64());
+                let w = self.observe_latency(router, *backend, latency.as_secs_f64());
+                if let (Some(w), Some(sec)) = (w, sec) {
+                    w.record(
+                        sec,
+                        Some(*latency),
+                        *status >= 500,
+                        (400..500).contains(status),
+                    );
+                }
             }
             Event::Limited { limit } => {
                 self.limited
@@ -257,7 +454,12 @@ impl Metrics {
                     })
                     .inc();
             }
-            Event::BackendHealth { backend, .. } => {
+            Event::BackendHealth { backend, health } => {
+                if let (Health::Down(_), Some(sec)) = (health, sec) {
+                    if let Some(w) = self.window(router, *backend) {
+                        w.marked_down(sec);
+                    }
+                }
                 self.backend_health_changes
                     .get_or_create(&BackendL {
                         backend: router.name(*backend),
@@ -277,17 +479,26 @@ impl Metrics {
 
     /// Observe an upstream latency without building the backend label on every request:
     /// the series handle is cached per backend id, and checked against the backend's
-    /// identity so a reused id never reports under an old name.
-    fn observe_latency(&self, router: &Router, id: BackendId, secs: f64) {
-        let Some(current) = router.backend(id) else {
-            return;
-        };
+    /// identity so a reused id never reports under an old name. Returns the backend's
+    /// last-minute window.
+    fn observe_latency(&self, router: &Router, id: BackendId, secs: f64) -> Option<Arc<Window>> {
+        let (h, w) = self.series(router, id)?;
+        h.observe(secs);
+        Some(w)
+    }
+
+    /// The backend's last-minute window (`None` if the id names no backend).
+    fn window(&self, router: &Router, id: BackendId) -> Option<Arc<Window>> {
+        self.series(router, id).map(|(_, w)| w)
+    }
+
+    fn series(&self, router: &Router, id: BackendId) -> Option<(Histogram, Arc<Window>)> {
+        let current = router.backend(id)?;
         {
             let cache = self.latency_by_id.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(Some((b, h))) = cache.get(id.index()) {
+            if let Some(Some((b, h, w))) = cache.get(id.index()) {
                 if Arc::ptr_eq(b, &current) {
-                    h.observe(secs);
-                    return;
+                    return Some((h.clone(), w.clone()));
                 }
             }
         }
@@ -297,7 +508,7 @@ impl Metrics {
                 backend: current.name.clone(),
             })
             .clone();
-        h.observe(secs);
+        let w = Arc::new(Window::default());
         let mut cache = self
             .latency_by_id
             .write()
@@ -305,7 +516,8 @@ impl Metrics {
         if cache.len() <= id.index() {
             cache.resize(id.index() + 1, None);
         }
-        cache[id.index()] = Some((current, h));
+        cache[id.index()] = Some((current, h.clone(), w.clone()));
+        Some((h, w))
     }
 
     /// Count a refusal the driver made itself (a connection over `max_connections`).
@@ -324,6 +536,25 @@ impl Metrics {
                 cause: cause.as_str(),
             })
             .inc();
+    }
+
+    /// Count one store operation that ended at `now`, and its latency, also in the
+    /// status page's last-minute window.
+    pub fn observe_store_at(
+        &self,
+        op: &StoreOp,
+        reply: &StoreReply,
+        elapsed: Duration,
+        now: Instant,
+    ) {
+        let sec = self.second(now);
+        self.store_window.record(
+            sec,
+            Some(elapsed),
+            matches!(reply, StoreReply::Unavailable),
+            false,
+        );
+        self.observe_store(op, reply, elapsed);
     }
 
     /// Count one store operation and its latency.
@@ -348,6 +579,67 @@ impl Metrics {
         self.store_latency
             .get_or_create(&OpL { op })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The last minute of backend `id` at `now` (empty if nothing was seen).
+    pub fn backend_window(&self, router: &Router, id: BackendId, now: Instant) -> WindowSummary {
+        let sec = self.second(now);
+        let Some(current) = router.backend(id) else {
+            return WindowSummary::default();
+        };
+        let cache = self.latency_by_id.read().unwrap_or_else(|e| e.into_inner());
+        match cache.get(id.index()) {
+            Some(Some((b, _, w))) if Arc::ptr_eq(b, &current) => w.summary(sec),
+            _ => WindowSummary::default(),
+        }
+    }
+
+    /// The session store's last minute at `now` (all operations).
+    pub fn store_window(&self, now: Instant) -> WindowSummary {
+        self.store_window.summary(self.second(now))
+    }
+
+    /// Sessions started since the process started, by era label.
+    pub fn sessions_started_by_era(&self) -> Vec<(&'static str, u64)> {
+        ["streamable", "legacy_sse"]
+            .into_iter()
+            .map(|era| {
+                (
+                    era,
+                    self.sessions_started.get_or_create(&EraL { era }).get(),
+                )
+            })
+            .collect()
+    }
+
+    /// Session records removed since the process started, by cause label.
+    pub fn sessions_ended_by_cause(&self) -> Vec<(&'static str, u64)> {
+        [
+            EndCause::Deleted,
+            EndCause::BackendNotFound,
+            EndCause::BackendDown,
+            EndCause::StreamClosed,
+            EndCause::Expired,
+            EndCause::UnknownBackend,
+        ]
+        .into_iter()
+        .map(|c| {
+            let cause = c.as_str();
+            (
+                cause,
+                self.sessions_ended.get_or_create(&CauseL { cause }).get(),
+            )
+        })
+        .collect()
+    }
+
+    /// Times `limit` was hit since the process started.
+    pub fn limited_count(&self, limit: crate::conn::Limit) -> u64 {
+        self.limited
+            .get_or_create(&LimitL {
+                limit: limit.as_str(),
+            })
+            .get()
     }
 
     /// The text exposition, with per-backend gauges read from the router now.

@@ -216,6 +216,43 @@ pub struct Cli {
     /// names it (others get 404) [default: off].
     #[arg(long, env = "MCP_ROUTER_SESSION_BINDING")]
     pub session_binding: Option<String>,
+    // -- operations (issue 19): admin token, log format, `check` --
+    /// Token for state-changing admin requests (drain/undrain): they need
+    /// `Authorization: Bearer <token>`. Without it they are allowed only when the
+    /// admin listener is on loopback. Prefer the environment or the file to the
+    /// command line.
+    #[arg(long, env = "MCP_ROUTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log format: `text` (the default) or `json` (one JSON object per line).
+    #[arg(long, env = "MCP_ROUTER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Check the configuration and probe every backend with MCP, print one line per
+    /// backend, and exit: 0 only if every backend answers MCP (same as `check`).
+    #[arg(long)]
+    pub check: bool,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Load the configuration as a start would, probe every backend with MCP
+    /// (`initialize` then `DELETE`, `server/discover`, and the legacy `GET /sse`), print
+    /// one line per backend with hints for known mistakes, and exit: 0 only if every
+    /// backend answers MCP.
+    Check,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The TOML file: the same fields as the flags.
@@ -273,6 +310,9 @@ struct File {
     session_keys: Option<PathBuf>,
     session_max_age: Option<toml::Value>,
     session_binding: Option<toml::Value>,
+    // -- operations (issue 19) --
+    admin_token: Option<String>,
+    log_format: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -326,6 +366,11 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// Listen backlog.
     pub accept_backlog: u32,
+    /// Who may change state through the admin listener (the token's `Debug` is
+    /// redacted).
+    pub admin_auth: mcp_router_core::admin::AdminAuth,
+    /// Log format.
+    pub log_format: LogFormat,
 }
 
 /// `--stdio`: serve a stdio MCP server (tokio binary only) instead of proxying backends.
@@ -776,6 +821,24 @@ impl Cli {
             stdio,
             workers,
             accept_backlog,
+            admin_auth: mcp_router_core::admin::AdminAuth {
+                loopback: admin_listen.is_some_and(|a| a.ip().is_loopback()),
+                token: match self.admin_token.clone().or(file.admin_token) {
+                    Some(t) if t.is_empty() => {
+                        return Err(ConfigError("admin_token: must not be empty".into()))
+                    }
+                    t => t,
+                },
+            },
+            log_format: match self.log_format.as_deref().or(file.log_format.as_deref()) {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(f) => {
+                    return Err(ConfigError(format!(
+                        "log_format: {f:?}: use \"text\" or \"json\""
+                    )))
+                }
+            },
         })
     }
 
@@ -1262,5 +1325,64 @@ mod tests {
             .to_string();
         assert!(help.contains("--session-keys") && !help.contains(&key));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    // -- operations (issue 19) --
+    #[test]
+    fn admin_token_log_format_and_check() {
+        let b = ["--backend", "http://127.0.0.1:1"];
+        let s = cli(&b).settings().unwrap();
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert!(s.admin_auth.token.is_none() && !s.admin_auth.loopback);
+        let s = cli(&[
+            b[0],
+            b[1],
+            "--log-format",
+            "json",
+            "--admin-listen",
+            "127.0.0.1:9090",
+            "--admin-token",
+            "t0k",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.admin_auth.loopback);
+        assert_eq!(s.admin_auth.token.as_deref(), Some("t0k"));
+        assert!(
+            !format!("{s:?}").contains("t0k"),
+            "the token stays out of Debug"
+        );
+        let s = cli(&[b[0], b[1], "--admin-listen", "0.0.0.0:9090"])
+            .settings()
+            .unwrap();
+        assert!(!s.admin_auth.actions_enabled());
+        for (args, field) in [
+            (&["--log-format", "xml"][..], "log_format"),
+            (&["--admin-token", ""][..], "admin_token"),
+        ] {
+            let mut a = b.to_vec();
+            a.extend_from_slice(args);
+            let e = cli(&a).settings().unwrap_err().0;
+            assert!(e.starts_with(field), "{e}");
+        }
+        // `check` as a subcommand after the flags, or `--check`
+        assert_eq!(cli(&[b[0], b[1], "check"]).command, Some(Command::Check));
+        assert!(cli(&["--check", b[0], b[1]]).check);
+        // the file
+        let dir = std::env::temp_dir().join(format!("mcp-router-ops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "backends = [\"http://127.0.0.1:1\"]\nadmin_token = \"ft\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let s = cli(&["--config", f.to_str().unwrap()]).settings().unwrap();
+        assert_eq!(
+            (s.admin_auth.token.as_deref(), s.log_format),
+            (Some("ft"), LogFormat::Json)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,8 +7,9 @@ use crate::redis::RemoteStore;
 use crate::rt::{self, Io, Runtime, Shutdown, TaskGuard, Tasks, Timer};
 use crate::shared::Shared;
 use bytes::BytesMut;
+use mcp_router_core::admin::AdminRequest;
 use mcp_router_core::http::{
-    parse_request, write_simple_response, HttpLimits, RequestHead, Version,
+    parse_request, write_simple_response, BodyKind, HttpLimits, RequestHead, Version,
 };
 use mcp_router_core::{
     BackendId, Buffers, Conn, ConnRefusal, Limit, Output, Side, StoreOp, StoreReply,
@@ -142,41 +143,15 @@ async fn send<S: Io, T: Timer>(
     conn: &mut Conn,
     clock: &mut Clock<T>,
 ) -> io::Result<()> {
-    use bytes::Buf;
     let mut i = 0;
     let mut blocked = false;
     let r = loop {
         let step = poll_fn(|cx| {
             let mut progressed = false;
             loop {
-                while i < bufs.len() && bufs[i].is_empty() {
-                    i += 1;
-                }
-                if i == bufs.len() {
-                    return Poll::Ready(Step::Done);
-                }
-                let mut slices = [io::IoSlice::new(&[]); 16];
-                let mut k = 0;
-                for b in bufs[i..].iter().take(16) {
-                    slices[k] = io::IoSlice::new(b);
-                    k += 1;
-                }
-                match s.poll_write_vectored(cx, &slices[..k]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Step::Failed(io::ErrorKind::WriteZero.into()))
-                    }
-                    Poll::Ready(Ok(mut n)) => {
-                        progressed = true;
-                        while n > 0 && i < bufs.len() {
-                            let b = &mut bufs[i];
-                            let k = n.min(b.len());
-                            b.advance(k);
-                            n -= k;
-                            if b.is_empty() {
-                                i += 1;
-                            }
-                        }
-                    }
+                match rt::poll_write_some(s, bufs, &mut i, cx) {
+                    Poll::Ready(Ok(true)) => return Poll::Ready(Step::Done),
+                    Poll::Ready(Ok(false)) => progressed = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e)),
                     Poll::Pending => break,
                 }
@@ -325,7 +300,7 @@ pub async fn drive<R: Runtime>(
                         let t = Instant::now();
                         let r = fe.execute(&op).await;
                         let now = Instant::now();
-                        shared.metrics.observe_store(&op, &r, now - t);
+                        shared.metrics.observe_store_at(&op, &r, now - t, now);
                         conn.handle_store_reply(r, now);
                     }
                     Output::CloseClient => {
@@ -510,12 +485,31 @@ pub async fn admin_conn<S: Io>(mut s: S, shared: &Shared) -> io::Result<()> {
             }
         }
     }
-    let a = shared.admin_answer(head.method, head.path());
+    // Read a small body to its end (an admin action carries `{}` at most), so that
+    // closing the connection does not reset it under the answer.
+    if let BodyKind::Length(n) = head.body {
+        let want = (n as usize).min(ADMIN_MAX_BODY);
+        while buf.len() < want {
+            if rt::read_buf(&mut s, &mut buf).await? == 0 {
+                break;
+            }
+        }
+    }
+    let req = AdminRequest {
+        method: head.method,
+        target: head.target(),
+        authorization: head.header("authorization"),
+        origin: head.header("origin"),
+        host: head.header("host"),
+        content_type: head.header("content-type"),
+    };
+    let a = shared.admin_answer(&req);
+    let extra: Vec<(&str, &[u8])> = a.headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
     write_simple_response(
         &mut out,
         a.status,
         a.content_type,
-        &[],
+        &extra,
         a.body.as_bytes(),
         Version::Http11,
         false,
@@ -523,6 +517,9 @@ pub async fn admin_conn<S: Io>(mut s: S, shared: &Shared) -> io::Result<()> {
     rt::write_all(&mut s, &out).await?;
     rt::close(&mut s).await
 }
+
+/// Most body bytes an admin request may carry that are read (and ignored).
+const ADMIN_MAX_BODY: usize = 64 * 1024;
 
 /// How long one admin connection may take.
 pub const ADMIN_CONN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,6 +1,7 @@
 //! What every frontend of **mcp-router** shares, whatever runtime drives it (tokio in
 //! `mcp-router`, smol in `mcp-router-smol`, glommio in `mcp-router-glommio`):
 //!
+//! - [`check`]: `mcp-router check`, probing each backend with MCP.
 //! - [`config`]: the CLI flags, `MCP_ROUTER_*` environment and TOML file: all three
 //!   binaries take the same configuration.
 //! - [`shared`]: the process-wide [`Shared`] state, logs and metrics of the core's
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod config;
 pub mod drive;
 pub mod pool;

@@ -120,42 +120,58 @@ pub fn poll_read_zeroed(
     r
 }
 
+/// One vectored write of `bufs[*i..]` (empty buffers skipped, written bytes consumed,
+/// `*i` moved past finished buffers): `Ready(Ok(true))` once nothing is left to write,
+/// `Ready(Ok(false))` after a write that made progress, `Pending` when the socket takes
+/// nothing now.
+pub fn poll_write_some<S: Io>(
+    s: &mut S,
+    bufs: &mut [bytes::Bytes],
+    i: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<bool>> {
+    use bytes::Buf;
+    while *i < bufs.len() && bufs[*i].is_empty() {
+        *i += 1;
+    }
+    if *i == bufs.len() {
+        return Poll::Ready(Ok(true));
+    }
+    let mut slices = [IoSlice::new(&[]); 16];
+    let mut k = 0;
+    for b in bufs[*i..].iter().take(16) {
+        slices[k] = IoSlice::new(b);
+        k += 1;
+    }
+    let mut n = match s.poll_write_vectored(cx, &slices[..k]) {
+        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        Poll::Ready(Ok(n)) => n,
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Pending => return Poll::Pending,
+    };
+    while n > 0 && *i < bufs.len() {
+        let b = &mut bufs[*i];
+        let k = n.min(b.len());
+        b.advance(k);
+        n -= k;
+        if b.is_empty() {
+            *i += 1;
+        }
+    }
+    Poll::Ready(Ok(false))
+}
+
 /// Write every buffer in order with as few (vectored) writes as possible; `bufs` is
 /// empty afterwards, whatever the outcome.
 pub async fn write_all_vectored<S: Io>(s: &mut S, bufs: &mut Vec<bytes::Bytes>) -> io::Result<()> {
-    use bytes::Buf;
-    let r = async {
-        let mut i = 0;
-        loop {
-            while i < bufs.len() && bufs[i].is_empty() {
-                i += 1;
-            }
-            if i == bufs.len() {
-                break;
-            }
-            let mut slices = [IoSlice::new(&[]); 16];
-            let mut k = 0;
-            for b in bufs[i..].iter().take(16) {
-                slices[k] = IoSlice::new(b);
-                k += 1;
-            }
-            let mut n = poll_fn(|cx| s.poll_write_vectored(cx, &slices[..k])).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            while n > 0 && i < bufs.len() {
-                let b = &mut bufs[i];
-                let k = n.min(b.len());
-                b.advance(k);
-                n -= k;
-                if b.is_empty() {
-                    i += 1;
-                }
-            }
+    let mut i = 0;
+    let r = loop {
+        match poll_fn(|cx| poll_write_some(s, bufs, &mut i, cx)).await {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e),
         }
-        Ok(())
-    }
-    .await;
+    };
     bufs.clear();
     r
 }

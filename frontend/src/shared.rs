@@ -52,6 +52,8 @@ pub struct Shared {
     resolver: Arc<dyn Resolve>,
     /// Per limit: the second (since `started`) of its last log line, plus one.
     limit_logged: [std::sync::atomic::AtomicU64; 6],
+    /// Backends whose URL was probed for the `/mcp` base-path mistake (once each).
+    base_path_probed: Mutex<std::collections::HashSet<String>>,
     started: Instant,
 }
 
@@ -117,6 +119,7 @@ impl Shared {
             settings: RwLock::new(settings.clone()),
             resolver,
             limit_logged: Default::default(),
+            base_path_probed: Mutex::default(),
             started: Instant::now(),
         }))
     }
@@ -193,7 +196,7 @@ impl Shared {
     /// Log an event of the core and count it.
     pub fn report(&self, e: &Event, peer: Option<SocketAddr>) {
         let router = &self.router;
-        self.metrics.observe(router, e);
+        self.metrics.observe_at(router, e, Instant::now());
         match e {
             Event::SessionStarted {
                 session,
@@ -215,6 +218,12 @@ impl Shared {
             Event::Rejected { status, reason } => {
                 info!(peer = ?peer, status, reason, "request rejected")
             }
+            // the only work a response costs here is this compare
+            Event::Response {
+                backend,
+                status: 404,
+                ..
+            } => self.probe_base_path(*backend),
             Event::Response { .. } => {}
             Event::Aborted => debug!(peer = ?peer, "exchange aborted"),
             Event::BackendHealth { backend, health } => match health {
@@ -229,6 +238,27 @@ impl Shared {
             Event::SessionRefused { cause } => {
                 info!(peer = ?peer, cause = cause.as_str(), "session id refused")
             }
+        }
+    }
+
+    /// Once per backend whose URL ends in `/mcp`: probe it on a thread and log the
+    /// base-path hint if it answers a non-JSON `404` (at start for the configured
+    /// backends, and on a backend's first `404` for those added later by discovery or
+    /// a reload).
+    pub fn probe_base_path(&self, id: mcp_router_core::BackendId) {
+        let Some(b) = self.router.backend(id) else {
+            return;
+        };
+        if !b.base_path.trim_end_matches('/').ends_with("/mcp") {
+            return;
+        }
+        let first = self
+            .base_path_probed
+            .lock()
+            .map(|mut p| p.insert(b.name.clone()))
+            .unwrap_or(false);
+        if first {
+            crate::check::hint_base_path((*b).clone(), self.router.config().timeouts.connect);
         }
     }
 
@@ -354,22 +384,29 @@ impl Shared {
         Ok(())
     }
 
-    /// Answer one parsed admin request.
-    pub fn admin_answer(
-        &self,
-        method: mcp_router_core::http::Method,
-        path: &[u8],
-    ) -> admin::AdminAnswer {
+    /// Answer one parsed admin request (the verdicts and the page are the core's).
+    pub fn admin_answer(&self, req: &admin::AdminRequest<'_>) -> admin::AdminAnswer {
+        let auth = self.settings().admin_auth.clone();
         let a = admin::answer(
-            method,
-            path,
+            req,
+            &auth,
             &self.router,
             &self.metrics,
-            self.store_ready(),
+            admin::StoreState {
+                kind: self.store_kind(),
+                reachable: self.store_ready(),
+            },
             Instant::now(),
         );
         if let Some((name, draining)) = &a.drained {
             info!(backend = %name, draining, "backend drain state changed (admin)");
+        } else if matches!(a.status, 401 | 403) {
+            // the reason only: never the credential
+            warn!(
+                status = a.status,
+                reason = a.body.trim_end(),
+                "admin request refused"
+            );
         }
         a
     }
@@ -509,34 +546,64 @@ pub fn log_listening(shared: &Shared, frontend: &str, addr: SocketAddr) {
         .map(|m| m.backend.name.clone())
         .collect();
     info!(listen = %addr, ?backends, store = shared.store_kind(), ttl_s = settings.core.session_ttl.as_secs(), session_ids = if sealed { "sealed" } else { "passthrough" }, session_keys = ?settings.core.session_keys.as_ref().map(|r| r.ids().join(",")), frontend, "mcp-router listening");
+    drop(settings);
+    for id in shared.router.ids() {
+        shared.probe_base_path(id);
+    }
 }
 
 /// Parse the command line (with `name` in help and errors), set up logging to stderr
-/// (`RUST_LOG`, default `info`) and build the settings; a bad configuration exits 2
-/// with a message naming the field.
+/// (`RUST_LOG`, default `info`; `--log-format json` for one JSON object per line) and
+/// build the settings; a bad configuration exits 2 with a message naming the field.
+/// `check` (or `--check`) probes the backends and exits instead of returning.
 pub fn load_cli(name: &'static str) -> (Cli, Settings) {
     use clap::{CommandFactory, FromArgMatches};
-    let m = Cli::command().name(name).bin_name(name).get_matches();
+    // `mcp-router check --backend ...`: clap wants a subcommand after the flags it
+    // does not own, so the word moves to the end.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "check") {
+        let c = args.remove(1);
+        args.push(c);
+    }
+    let m = Cli::command()
+        .name(name)
+        .bin_name(name)
+        .get_matches_from(args);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .init();
-    match cli.settings() {
+    let settings = match cli.settings() {
         // The stdio bridge is the tokio binary's (it spawns and reaps children with
         // tokio's process support); another binary must not start and ignore it.
         Ok(s) if s.stdio.is_some() && name != "mcp-router" => {
             eprintln!("{name}: bad configuration: stdio: the stdio bridge is served by `mcp-router` (tokio) only");
             std::process::exit(2);
         }
-        Ok(s) => (cli, s),
+        Ok(s) => s,
         Err(e) => {
             eprintln!("{name}: bad configuration: {e}");
             std::process::exit(2);
         }
+    };
+    if cli.check || cli.command == Some(crate::config::Command::Check) {
+        let ok = crate::check::run(&settings, &mut std::io::stdout());
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    init_logging(settings.log_format);
+    if settings.admin_listen.is_some() && !settings.admin_auth.actions_enabled() {
+        warn!("admin listener is not on loopback and no --admin-token is set: drain/undrain are refused (403)");
+    }
+    (cli, settings)
+}
+
+/// Logging to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(format: crate::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match format {
+        crate::config::LogFormat::Text => b.init(),
+        crate::config::LogFormat::Json => b.json().flatten_event(true).init(),
     }
 }
 

@@ -388,7 +388,7 @@ pub fn run(cli: Cli, settings: Settings) {
             Ok(Ok(b)) => {
                 listen = b.addr;
                 if let Some(a) = b.admin {
-                    info!(admin = %a, "admin listener: /metrics /healthz /readyz /admin/backends/<name>/drain");
+                    info!(admin = %a, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
                 }
             }
             Ok(Err(e)) => {

@@ -17,7 +17,7 @@ use crate::Glommio;
 use async_channel::{Receiver, Sender};
 use bytes::{Buf, BytesMut};
 use mcp_router_core::{ConfigError, Router, StoreOp, StoreReply};
-use mcp_router_frontend::rt::{self, Io, Shutdown};
+use mcp_router_frontend::rt::{self, Io, Runtime, Shutdown};
 use mcp_router_frontend::{RedisCodec, RedisSettings, RemoteStore};
 use redis::{ConnectionAddr, Value};
 use std::cell::Cell;
@@ -43,6 +43,8 @@ pub struct GlommioRedis {
     timeout: Duration,
     queue: Sender<Request>,
     up: Rc<Cell<bool>>,
+    /// The first connection attempt is over (up or failed).
+    tried: Rc<Cell<bool>>,
 }
 
 /// The connection side, run by [`Worker::run`] on the executor.
@@ -55,6 +57,7 @@ pub struct Worker {
     timeout: Duration,
     queue: Receiver<Request>,
     up: Rc<Cell<bool>>,
+    tried: Rc<Cell<bool>>,
 }
 
 impl GlommioRedis {
@@ -99,12 +102,14 @@ impl GlommioRedis {
         }
         let (tx, rx) = async_channel::bounded(QUEUE);
         let up = Rc::new(Cell::new(false));
+        let tried = Rc::new(Cell::new(false));
         Ok((
             GlommioRedis {
                 codec: RedisCodec::new(s, router),
                 timeout: s.timeout,
                 queue: tx,
                 up: up.clone(),
+                tried: tried.clone(),
             },
             Worker {
                 host,
@@ -114,11 +119,25 @@ impl GlommioRedis {
                 timeout: s.timeout,
                 queue: rx,
                 up,
+                tried,
             },
         ))
     }
 
     async fn request(&self, cmd: Vec<u8>) -> Option<Value> {
+        if !self.up.get() && !self.tried.get() {
+            // Just started: the executor's first connection is still being made. Wait
+            // for it (within the store timeout) rather than answer 503 to the first
+            // requests of a replica whose Redis is up; once it has been tried, a down
+            // connection fails ops at once.
+            let tried = self.tried.clone();
+            let _ = rt::timeout::<Glommio, _>(self.timeout, async move {
+                while !tried.get() {
+                    Glommio::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+        }
         if !self.up.get() {
             return None;
         }
@@ -161,7 +180,9 @@ impl Worker {
     pub async fn run(self, shutdown: Arc<Shutdown>) {
         let mut backoff = Duration::from_millis(50);
         while !shutdown.is_set() {
-            match self.connect().await {
+            let connected = self.connect().await;
+            self.tried.set(true);
+            match connected {
                 Ok((s, buf)) => {
                     backoff = Duration::from_millis(50);
                     self.up.set(true);

@@ -208,7 +208,7 @@ pub fn run(cli: Cli, settings: Settings) {
             .get_ref()
             .local_addr()
             .expect("bound listener has an address");
-        info!(admin = %a, "admin listener: /metrics /healthz /readyz /admin/backends/<name>/drain");
+        info!(admin = %a, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
         ex.spawn(serve_admin(ex.clone(), l, shared.clone(), shutdown.clone()))
             .detach();
     }

@@ -185,7 +185,7 @@ pub fn run(cli: Cli, settings: Settings) {
         if let Some(admin) = settings.admin_listen {
             let l = bind_or_exit(admin, 128, " (admin)").await;
             let a = l.local_addr().expect("bound listener has an address");
-            info!(admin = %a, "admin listener: /metrics /healthz /readyz /admin/backends/<name>/drain");
+            info!(admin = %a, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
             tokio::spawn(serve_admin(l, shared.clone(), shutdown.clone()));
         }
         mcp_router_frontend::shared::start_ops(&shared, &cli, &shutdown);

@@ -703,21 +703,7 @@ fn requests_with_two_readings_get_400_and_the_backend_receives_nothing() {
 fn dns_rebinding_protection_survives_the_router() {
     let b0 = Proc::fake_backend("b0");
     let r = router(std::slice::from_ref(&b0.addr), &[]);
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"conformance-dns-rebinding-test","version":"1.0.0"}}}"#;
-    let attempt = |host: &str| {
-        let origin = format!("http://{host}");
-        let mut k = Conn::open(&r.addr);
-        k.request(
-            "POST",
-            "/mcp",
-            &[
-                ("Host", host),
-                ("Origin", &origin),
-                ("Accept", "application/json, text/event-stream"),
-            ],
-            init,
-        )
-    };
+    let attempt = |host: &str| mcp_router_testkit::harness::rebinding_request(&r.addr, host);
     let before = served(&b0);
     let v = attempt("evil.example.com");
     assert_eq!(v.status, 403, "{}", v.text());

@@ -10,27 +10,14 @@
 //! the session), so a client that completes is a session that stuck. Needs
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
-use mcp_router_testkit::harness::{free_port, interop_dir, router_bin, sdk_client, Conn, Proc};
+use mcp_router_testkit::harness::{
+    free_port, interop_dir, rebinding_request, router_bin, sdk_client, server_everything, Proc,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-fn everything(mode: &str, name: &str) -> Proc {
-    let dir = interop_dir();
-    let port = free_port();
-    let mut cmd = Command::new(dir.join("start-everything.sh"));
-    cmd.args([mode, &port.to_string()]).current_dir(&dir);
-    Proc::start(name, cmd, |l| {
-        let l = l.trim();
-        if l.contains("listening on port") || l.contains("running on port") {
-            let port = l.rsplit(' ').next()?;
-            return Some(format!("127.0.0.1:{port}"));
-        }
-        None
-    })
-}
 
 /// Run one SDK client; returns its JSON summary line.
 fn client(sdk: &str, base: &str, mode: &str) -> serde_json::Value {
@@ -43,8 +30,8 @@ fn client(sdk: &str, base: &str, mode: &str) -> serde_json::Value {
 }
 
 fn run(mode: &str, end_cause: &str) {
-    let e0 = everything(mode, "everything-0");
-    let e1 = everything(mode, "everything-1");
+    let e0 = server_everything(mode, "everything-0");
+    let e1 = server_everything(mode, "everything-1");
     let r = Proc::router(
         router_bin(),
         "router",
@@ -174,8 +161,8 @@ fn one_request(client: TcpStream, to: &str) -> bool {
 /// two router replicas with no store, so each session's requests alternate between
 /// replicas; `server-everything` replicas behind.
 fn run_sealed(mode: &str) {
-    let e0 = everything(mode, "everything-0");
-    let e1 = everything(mode, "everything-1");
+    let e0 = server_everything(mode, "everything-0");
+    let e1 = server_everything(mode, "everything-1");
     let dir = std::env::temp_dir().join(format!(
         "mcp-interop-sealed-{}-{:?}",
         std::process::id(),
@@ -261,20 +248,7 @@ fn rebinding_reference() -> Proc {
 /// The scenario's two requests: `initialize` with `Host: <host>` and
 /// `Origin: http://<host>`; returns the status.
 fn rebinding_attempt(router: &str, host: &str) -> u16 {
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"conformance-dns-rebinding-test","version":"1.0.0"}}}"#;
-    let origin = format!("http://{host}");
-    Conn::open(router)
-        .request(
-            "POST",
-            "/mcp",
-            &[
-                ("Host", host),
-                ("Origin", &origin),
-                ("Accept", "application/json, text/event-stream"),
-            ],
-            init,
-        )
-        .status
+    rebinding_request(router, host).status
 }
 
 /// Issue 12, point 7. The conformance suite's `dns-rebinding-protection` scenario

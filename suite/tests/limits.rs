@@ -278,6 +278,34 @@ fn per_client_quotas_answer_429_and_spare_other_clients() {
     initialize(&mut c, json!(4));
 }
 
+/// Wait until each router's Redis connections are up (a glommio replica connects one
+/// per executor: a request on an executor still connecting gets 503).
+fn store_ready(routers: &[&Proc]) {
+    for r in routers {
+        assert!(
+            r.wait_count("session store ready", 1, Duration::from_secs(10)),
+            "the store never became ready"
+        );
+    }
+}
+
+/// `send()` again while the answer is the store's `503` (a glommio executor whose Redis
+/// connection is still coming up), for up to 5 s.
+fn once_the_store_answers(
+    send: impl Fn() -> mcp_router_testkit::harness::Response,
+) -> mcp_router_testkit::harness::Response {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = send();
+        if !(r.status == 503 && r.text().contains("Session store unavailable"))
+            || Instant::now() > until
+        {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn the_session_cap_is_the_fleets_on_redis() {
     let rp = free_port();
     let _redis = redis_server(rp);
@@ -293,8 +321,15 @@ fn the_session_cap_is_the_fleets_on_redis() {
     ];
     let (ra, _) = router(&[&b0], &extra);
     let (rb, admin_b) = router(&[&b0], &extra);
-    let (_, s1) = initialize(&mut ra.conn(), json!(1));
-    initialize(&mut rb.conn(), json!(2));
+    store_ready(&[&ra, &rb]);
+    let init_on = |r: &Proc, id| {
+        let resp =
+            once_the_store_answers(|| post_json(&mut r.conn(), "/mcp", None, &init_body(id)));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.header("mcp-session-id").unwrap().to_string()
+    };
+    let s1 = init_on(&ra, 1);
+    init_on(&rb, 2);
     // the third is refused on either replica: the count is the fleet's
     assert_refused(
         &post_json(&mut ra.conn(), "/mcp", None, &init_body(3)),
@@ -308,11 +343,12 @@ fn the_session_cap_is_the_fleets_on_redis() {
     );
     assert_eq!(limited(&admin_b, "max_sessions"), 1);
     // a DELETE through the other replica frees a slot for both
-    let d = rb
-        .conn()
-        .request("DELETE", "/mcp", &[("Mcp-Session-Id", &s1)], "");
+    let d = once_the_store_answers(|| {
+        rb.conn()
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", &s1)], "")
+    });
     assert_eq!(d.status, 200);
-    initialize(&mut ra.conn(), json!(5));
+    init_on(&ra, 5);
     assert_refused(
         &post_json(&mut rb.conn(), "/mcp", None, &init_body(6)),
         503,
@@ -330,6 +366,7 @@ fn the_session_cap_is_the_fleets_on_redis() {
     ];
     let (rc, _) = router(&[&b0], &extra);
     let (rd, _) = router(&[&b0], &extra);
+    store_ready(&[&rc, &rd]);
     let as_carol = |r: &Proc, id: u64| {
         r.conn().request(
             "POST",
@@ -341,8 +378,27 @@ fn the_session_cap_is_the_fleets_on_redis() {
             &init_body(id).to_string(),
         )
     };
-    assert_eq!(as_carol(&rc, 7).status, 200);
-    assert_refused(&as_carol(&rd, 8), 429, 8);
+    assert_eq!(once_the_store_answers(|| as_carol(&rc, 7)).status, 200);
+    assert_refused(&once_the_store_answers(|| as_carol(&rd, 8)), 429, 8);
+}
+
+fn the_listen_backlog_is_the_configured_one() {
+    let b0 = Proc::fake_backend("b0");
+    let (r, _) = router(&[&b0], &["--accept-backlog", "777"]);
+    let port = r.addr.rsplit(':').next().unwrap();
+    // a listening socket's Send-Q in `ss` is its backlog
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlogs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(!backlogs.is_empty(), "no listener on {port}: {text}");
+    // glommio has one listener per executor, all with the same backlog
+    assert!(backlogs.iter().all(|b| *b == "777"), "{text}");
 }
 
 mcp_router_testkit::behaviour_suite!(
@@ -351,4 +407,5 @@ mcp_router_testkit::behaviour_suite!(
     max_sessions_refuses_initialize_and_spares_live_sessions,
     per_client_quotas_answer_429_and_spare_other_clients,
     the_session_cap_is_the_fleets_on_redis,
+    the_listen_backlog_is_the_configured_one,
 );

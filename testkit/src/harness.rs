@@ -636,6 +636,40 @@ pub fn open_session_stream(addr: &str, sid: &str) -> (Conn, Response) {
 
 /// `tests/interop` (absolute), with its Node and Python dependencies installed by
 /// `.ci/install-interop.sh`; fails loudly when they are not.
+/// The official reference server, `server-everything`, in `mode` (`streamable` or
+/// `sse`) on a free port, named `name` in the logs; needs `.ci/install-interop.sh`.
+pub fn server_everything(mode: &str, name: &str) -> Proc {
+    let dir = interop_dir();
+    let port = free_port();
+    let mut cmd = Command::new(dir.join("start-everything.sh"));
+    cmd.args([mode, &port.to_string()]).current_dir(&dir);
+    Proc::start(name, cmd, |l| {
+        let l = l.trim();
+        if l.contains("listening on port") || l.contains("running on port") {
+            let port = l.rsplit(' ').next()?;
+            return Some(format!("127.0.0.1:{port}"));
+        }
+        None
+    })
+}
+
+/// The MCP conformance suite's `dns-rebinding-protection` request: `initialize` to
+/// `addr` with `Host: <host>` and `Origin: http://<host>`.
+pub fn rebinding_request(addr: &str, host: &str) -> Response {
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"conformance-dns-rebinding-test","version":"1.0.0"}}}"#;
+    let origin = format!("http://{host}");
+    Conn::open(addr).request(
+        "POST",
+        "/mcp",
+        &[
+            ("Host", host),
+            ("Origin", &origin),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        init,
+    )
+}
+
 pub fn interop_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
     assert!(
