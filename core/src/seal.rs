@@ -47,7 +47,12 @@ use crate::limits::ClientId;
 use crate::mcp::SessionKey;
 use crate::store::Era;
 use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aes_gcm_siv::{AesGcmSiv, Nonce, Tag};
+
+/// AES-256-GCM-SIV over the encrypt-only AES-256: the mode derives a fresh AES key
+/// for every nonce and only ever encrypts with it, so the decryption key schedule the
+/// crate's default `Aes256` also expands (13 inverse mix-columns per message) is waste.
+type Aes256GcmSiv = AesGcmSiv<aes::Aes256Enc>;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
