@@ -112,3 +112,14 @@ ids = [
     bytes([0x00]) + b"\x7f\x00",
 ]
 put("session_id", ids)
+
+# sealed_id: even first byte = a client's id (never opens), odd = fields to seal
+put("sealed_id", [
+    b"\x00" + b"not-a-token",
+    b"\x00" + b"AQAA" * 40,
+    b"\x02" + b"_" * 300,
+    b"\x01" + bytes(range(45)) + b"6c1f3a9e-2b7d-4c58-9e1a-0123456789ab",
+    b"\x03" + bytes(range(100, 145)) + b"x" * 200,
+    b"\x01" + bytes([255] * 45) + b"s",
+    b"\x01" + bytes(45) + b"y" * 128,
+])

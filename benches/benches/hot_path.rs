@@ -15,7 +15,10 @@ use mcp_router_benches::*;
 use mcp_router_core::http::{parse_request, BodyDecoder, BodyKind, HttpLimits, RequestHead};
 use mcp_router_core::mcp::{endpoint_session_id, SessionKey, Sniffer, SseParser};
 use mcp_router_core::metrics::Metrics;
-use mcp_router_core::{BackendId, Era, Event, MemStore, Record, Router, StoreOp, StoreReply};
+use mcp_router_core::seal::{name_digest, Fields};
+use mcp_router_core::{
+    BackendId, ClientId, Era, Event, KeyRing, MemStore, Record, Router, StoreOp, StoreReply,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +78,37 @@ fn report_allocations() {
             i += 1;
             h.exchange(&init, resp);
             black_box(h.exchange(del, &ok));
+        }),
+    ));
+
+    // sealed ids: the same request through a store-less sealed replica
+    let token = sealed_token(SESSION, 1_800_000_000);
+    let sreq = tools_call_request(&token);
+    let mut h = Harness::with_config(sealed_config(2));
+    rows.push((
+        format!(
+            "conn: established sealed session request ({} B token, no store)",
+            token.len()
+        ),
+        allocs_per_call(N, || {
+            black_box(h.exchange(&sreq, &resp));
+        }),
+    ));
+    let (ring, fields) = seal_inputs();
+    let mut out = Vec::with_capacity(512);
+    rows.push((
+        "seal: seal a 36 B upstream id".into(),
+        allocs_per_call(N, || {
+            out.clear();
+            ring.seal(&fields, &[3; mcp_router_core::seal::NONCE], 256, &mut out)
+                .unwrap();
+            black_box(out.len());
+        }),
+    ));
+    rows.push((
+        "seal: open a sealed id".into(),
+        allocs_per_call(N, || {
+            black_box(ring.open(token.as_bytes(), 256).unwrap());
         }),
     ));
 
@@ -148,6 +182,19 @@ fn report_allocations() {
     for (name, (allocs, bytes)) in rows {
         println!("  {name:<78} {allocs:>6.2} allocations {bytes:>8.0} bytes");
     }
+}
+
+/// A key ring and the fields of a session as the router seals them.
+fn seal_inputs() -> (KeyRing, Fields<'static>) {
+    let ring = KeyRing::parse(BENCH_KEY).unwrap();
+    let fields = Fields {
+        era: Era::Streamable,
+        issued: 1_800_000_000,
+        client: ClientId(7),
+        backend: name_digest("b0"),
+        upstream: SESSION.as_bytes(),
+    };
+    (ring, fields)
 }
 
 /// What a driver feeds its metrics for one established-session request: the
@@ -230,6 +277,12 @@ fn hot_path(c: &mut Criterion) {
         })
         .collect();
     let ok = empty_ok();
+    let token = sealed_token(SESSION, 1_800_000_000);
+    let sreq = tools_call_request(&token);
+    let mut hs = Harness::with_config(sealed_config(2));
+    g.bench_function("established_sealed_session_request", |b| {
+        b.iter(|| black_box(hs.exchange(&sreq, &resp)))
+    });
     g.bench_function("session_recorded_and_ended", |b| {
         b.iter(|| {
             let (_, del, resp) = &sids[(i % 4096) as usize];
@@ -237,6 +290,29 @@ fn hot_path(c: &mut Criterion) {
             h.exchange(&init, resp);
             black_box(h.exchange(del, &ok))
         })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("seal");
+    g.throughput(Throughput::Elements(1));
+    let (ring, fields) = seal_inputs();
+    let mut out = Vec::with_capacity(512);
+    let mut n = 0u8;
+    g.bench_function("seal", |b| {
+        b.iter(|| {
+            out.clear();
+            n = n.wrapping_add(1);
+            ring.seal(
+                black_box(&fields),
+                &[n; mcp_router_core::seal::NONCE],
+                256,
+                &mut out,
+            )
+            .unwrap();
+            black_box(out.len())
+        })
+    });
+    g.bench_function("open", |b| {
+        b.iter(|| black_box(ring.open(black_box(token.as_bytes()), 256).unwrap()))
     });
     g.finish();
     let mut g = c.benchmark_group("metrics");

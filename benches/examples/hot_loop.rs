@@ -10,7 +10,8 @@
 //! Modes: `established` (tools/call of a recorded session through to the response
 //! relayed), `lifecycle` (initialize recorded + DELETE ended), and the items of
 //! `benches/hot_path.rs` on their own: `head`, `sniff300`, `sniff64k`, `store100k`,
-//! `sse`, `chunked`, `metrics`. The loop runs 1000 warm-up iterations, then N;
+//! `sse`, `chunked`, `metrics`; sealed session ids: `seal`, `open` and `sealed` (an
+//! established session's request through a store-less sealed router). The loop runs 1000 warm-up iterations, then N;
 //! subtract a run with N = 0 to get the per-iteration cost exactly.
 
 use bytes::BytesMut;
@@ -164,6 +165,37 @@ fn main() {
                 metrics.observe(&router, black_box(&ev));
                 metrics.observe_store(&op, &reply, Duration::from_micros(3));
             });
+        }
+        "seal" | "open" | "sealed" => {
+            let ring = mcp_router_core::KeyRing::parse(BENCH_KEY).unwrap();
+            let fields = mcp_router_core::seal::Fields {
+                era: Era::Streamable,
+                issued: 1_800_000_000,
+                client: mcp_router_core::ClientId(7),
+                backend: mcp_router_core::seal::name_digest("b0"),
+                upstream: SESSION.as_bytes(),
+            };
+            let token = sealed_token(SESSION, 1_800_000_000);
+            if mode == "sealed" {
+                let mut hs = Harness::with_config(sealed_config(2));
+                let req = tools_call_request(&token);
+                let resp = tools_call_response();
+                run(n, || {
+                    black_box(hs.exchange(&req, &resp));
+                });
+            } else if mode == "seal" {
+                let mut out = Vec::with_capacity(512);
+                run(n, || {
+                    out.clear();
+                    ring.seal(&fields, &[3; mcp_router_core::seal::NONCE], 256, &mut out)
+                        .unwrap();
+                    black_box(out.len());
+                });
+            } else {
+                run(n, || {
+                    black_box(ring.open(black_box(token.as_bytes()), 256).unwrap());
+                });
+            }
         }
         m => panic!("unknown mode {m}"),
     }

@@ -170,13 +170,54 @@ pub struct Harness {
     pub released: usize,
 }
 
+/// A 32-byte key for sealed-id benchmarks (hex).
+pub const BENCH_KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+
+/// [`config`] in `--session-ids sealed` mode without records (no store).
+pub fn sealed_config(n: usize) -> Config {
+    let mut c = config(n);
+    c.session_ids = mcp_router_core::SessionIds::Sealed;
+    c.session_keys = Some(Arc::new(
+        mcp_router_core::KeyRing::parse(BENCH_KEY).expect("key"),
+    ));
+    c.session_records = false;
+    c
+}
+
+/// A sealed id for `upstream` on backend `b0`, as the router with [`sealed_config`] and
+/// a wall clock of `unix` would hand out.
+pub fn sealed_token(upstream: &str, unix: u32) -> String {
+    let ring = mcp_router_core::KeyRing::parse(BENCH_KEY).expect("key");
+    let mut out = Vec::new();
+    ring.seal(
+        &mcp_router_core::seal::Fields {
+            era: mcp_router_core::Era::Streamable,
+            issued: unix,
+            client: mcp_router_core::ClientId(7),
+            backend: mcp_router_core::seal::name_digest("b0"),
+            upstream: upstream.as_bytes(),
+        },
+        &[9; mcp_router_core::seal::NONCE],
+        256,
+        &mut out,
+    )
+    .expect("seal");
+    String::from_utf8(out).expect("ascii")
+}
+
 impl Harness {
     /// A router with two backends, one connection.
     pub fn new() -> Harness {
-        let c = config(2);
+        Harness::with_config(config(2))
+    }
+
+    /// A router with this configuration, one connection.
+    pub fn with_config(c: Config) -> Harness {
         let now = Instant::now();
         let store = MemStore::new(c.session_ttl, 4096, now);
         let router = Arc::new(Router::new(Arc::new(c), now));
+        router.set_unix_time(now, 1_800_000_000);
+        router.set_entropy([5; 16]);
         let conn = Conn::new(
             router.clone(),
             Some("192.0.2.7".parse().expect("ip")),

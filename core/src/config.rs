@@ -3,7 +3,9 @@
 
 use crate::http::HttpLimits;
 use crate::limits::{ClientIdentity, IpNet, Limits};
+use crate::seal::KeyRing;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest `max_inspect_body` accepted (1 GiB).
@@ -223,6 +225,44 @@ pub struct Config {
     /// forwarded unchanged by default, as HAProxy and Envoy do). `X-Forwarded-Host`
     /// carries the client's `Host` either way.
     pub rewrite_host: bool,
+    /// How client-facing session ids are made: the backend's own (default) or sealed
+    /// tokens ([`crate::seal`]).
+    pub session_ids: SessionIds,
+    /// The key ring of sealed session ids (required with [`SessionIds::Sealed`]).
+    pub session_keys: Option<Arc<KeyRing>>,
+    /// Absolute lifetime of a sealed session id, from its issue time.
+    pub session_max_age: Duration,
+    /// A session answers only the client that opened it (as `client_identity` names
+    /// it): sealed ids carry the caller's digest, records store it.
+    pub session_binding: bool,
+    /// Sealed mode: keep session records in the store as well (precise `404` after
+    /// `DELETE`, idle TTL, live-session counts). `false`: no store operation at all
+    /// for a sealed session. Ignored in passthrough mode (records are how it routes).
+    pub session_records: bool,
+}
+
+/// How client-facing session ids are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionIds {
+    /// The backend's session id goes to the client unchanged; the router routes by
+    /// its record in the store.
+    #[default]
+    Passthrough,
+    /// The client gets a sealed token carrying the backend and the upstream id.
+    Sealed,
+}
+
+impl SessionIds {
+    /// Parse `passthrough` or `sealed`.
+    pub fn parse(s: &str) -> Result<SessionIds, ConfigError> {
+        match s {
+            "passthrough" => Ok(SessionIds::Passthrough),
+            "sealed" => Ok(SessionIds::Sealed),
+            _ => Err(ConfigError(format!(
+                "session_ids: {s:?}: expected passthrough or sealed"
+            ))),
+        }
+    }
 }
 
 impl Default for Config {
@@ -246,6 +286,11 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             rebinding: crate::guard::RebindingGuard::off(),
             rewrite_host: false,
+            session_ids: SessionIds::Passthrough,
+            session_keys: None,
+            session_max_age: Duration::from_secs(24 * 3600),
+            session_binding: false,
+            session_records: true,
         }
     }
 }
@@ -260,6 +305,20 @@ impl Config {
         for (i, b) in self.backends.iter().enumerate() {
             if self.backends[..i].iter().any(|o| o.name == b.name) {
                 return bad("backends", &format!("duplicate backend name {:?}", b.name));
+            }
+            // a sealed id names its backend by this digest
+            let d = crate::seal::name_digest(&b.name);
+            if let Some(o) = self.backends[..i]
+                .iter()
+                .find(|o| crate::seal::name_digest(&o.name) == d)
+            {
+                return bad(
+                    "backends",
+                    &format!(
+                        "backend names {:?} and {:?} share a digest: rename one",
+                        o.name, b.name
+                    ),
+                );
             }
         }
         if self.session_ttl.is_zero() {
@@ -298,6 +357,7 @@ impl Config {
             ("backoff_initial", self.backoff_initial),
             ("backoff_max", self.backoff_max),
             ("expiry_interval", self.expiry_interval),
+            ("session_max_age", self.session_max_age),
         ] {
             if d.is_zero() {
                 return bad(f, "must be > 0");
@@ -305,6 +365,20 @@ impl Config {
             if d > MAX_DURATION {
                 return bad(f, "must be at most 365 days");
             }
+        }
+        if self.session_ids == SessionIds::Sealed && self.session_keys.is_none() {
+            return bad(
+                "session_keys",
+                "sealed session ids need a key file (--session-keys FILE)",
+            );
+        }
+        if self.session_ids == SessionIds::Sealed
+            && self.max_session_id_len < crate::seal::token_len(1)
+        {
+            return bad(
+                "max_session_id_len",
+                "too short for a sealed session id (at least 87)",
+            );
         }
         if let Some(h) = self.health_check_interval {
             if h.is_zero() || h > MAX_DURATION {

@@ -5,18 +5,19 @@
 //! no socket: the driver owns the read buffers ([`Buffers`]), reads into them, calls
 //! [`Conn::handle_io`], and carries out the [`Output`]s. See the crate docs for the loop.
 
-use crate::config::Config;
+use crate::config::{Config, SessionIds};
 use crate::http::{
     parse_request, parse_response, write_forwarded_head, write_response_head,
-    write_simple_response, BodyDecoder, BodyKind, Forward, IpText, Method, Name, RequestHead,
-    ResponseHead, Version,
+    write_response_head_sid, write_simple_response, BodyDecoder, BodyKind, Forward, IpText, Method,
+    Name, RequestHead, ResponseHead, Version,
 };
 use crate::limits::{Admission, AdmitRequest, ClientId};
 use crate::mcp::{
-    endpoint_session_id, is_stateless_version, write_error_body, ErrorCode, SessionKey, Sniffer,
-    SseParser,
+    endpoint_session_id, is_stateless_version, replace_query_session_id, valid_session_id,
+    write_error_body, ErrorCode, SessionKey, Sniffer, SseParser,
 };
 use crate::router::{BackendId, Health, PickKind, Router};
+use crate::seal::{Fields, OpenError, Opened, Refusal};
 use crate::store::{Era, Record, StoreOp, StoreReply};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -170,6 +171,13 @@ pub enum Event {
     /// An exchange was cut off mid-way (client gone, broken framing, backend closed
     /// mid-response, idle body): the connection was closed.
     Aborted,
+    /// A request's session id was refused (answered `404` `-32001` like an unknown
+    /// session; no backend saw it). The id itself is not carried: a sealed id is a
+    /// bearer credential and stays out of logs.
+    SessionRefused {
+        /// Why.
+        cause: Refusal,
+    },
 }
 
 /// Which peer of the connection a write goes to.
@@ -291,6 +299,22 @@ enum Waiting {
     Touch,
 }
 
+/// What an opened sealed session id said (the upstream id is `Exchange::session`).
+#[derive(Clone, Copy, Debug)]
+struct SealedSession {
+    client: ClientId,
+    era: Era,
+    issued: u32,
+}
+
+/// The session a request names, read once.
+enum Named {
+    None,
+    Invalid,
+    Key(SessionKey),
+    Sealed(Result<Opened, OpenError>),
+}
+
 /// Per-request state, reset for every request of a keep-alive connection.
 #[derive(Debug)]
 struct Exchange {
@@ -344,6 +368,20 @@ struct Exchange {
     sent_at: Option<Instant>,
     /// The client that opens a new session (set when it was admitted).
     client: Option<ClientId>,
+    /// The request's sealed session id opened to this (`session` holds the upstream id).
+    sealed: Option<SealedSession>,
+    /// Sealed mode: the `Mcp-Session-Id` value the response head carries to the client
+    /// instead of the backend's (empty: none).
+    sid_out: Vec<u8>,
+    /// Sealed mode: the request target sent upstream instead of the client's (legacy
+    /// `?sessionId=` opened; empty: none).
+    target_out: Vec<u8>,
+    /// Sealed legacy stream: the decoded body goes to the client re-chunked.
+    reframe: bool,
+    /// Sealed legacy stream: decoded body bytes wait in `watch_buf` until the
+    /// `endpoint` event's session id is replaced by a sealed one.
+    seal_watch: bool,
+    watch_buf: Vec<u8>,
 }
 
 impl Exchange {
@@ -383,6 +421,12 @@ impl Exchange {
             touch_at: None,
             sent_at: None,
             client: None,
+            sealed: None,
+            sid_out: Vec::new(),
+            target_out: Vec::new(),
+            reframe: false,
+            seal_watch: false,
+            watch_buf: Vec::new(),
         }
     }
 
@@ -425,6 +469,12 @@ impl Exchange {
             touch_at,
             sent_at,
             client,
+            sealed,
+            sid_out,
+            target_out,
+            reframe,
+            seal_watch,
+            watch_buf,
         } = self;
         *route = Route::Sniffing;
         *kind = Kind::Stateless;
@@ -460,6 +510,16 @@ impl Exchange {
         *touch_at = None;
         *sent_at = None;
         *client = None;
+        *sealed = None;
+        sid_out.clear();
+        target_out.clear();
+        *reframe = false;
+        *seal_watch = false;
+        if watch_buf.capacity() > 4096 {
+            *watch_buf = Vec::new();
+        } else {
+            watch_buf.clear();
+        }
     }
 }
 
@@ -901,6 +961,11 @@ impl Conn {
         if !self.x.req_done {
             self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
         }
+        if self.cfg.session_ids == SessionIds::Sealed {
+            // A reload's key ring applies to the next request of every open
+            // connection: a key removed from the ring stops opening at once.
+            self.cfg = self.router.config();
+        }
         let req = &self.req;
         // One reading of every request (see `guard::read_request`).
         let reading = crate::guard::read_request(req, &self.cfg);
@@ -916,8 +981,19 @@ impl Conn {
                 b"HTTP/1.1 100 Continue\r\n\r\n",
             )));
         }
-        let (stateless, session) = match reading {
-            Ok(r) => (r.stateless, r.session),
+        let max_sid = self.cfg.max_session_id_len;
+        let (stateless, named) = match reading {
+            Ok(r) => {
+                let named = match r.session {
+                    None => Named::None,
+                    Some(raw) if !valid_session_id(&raw, max_sid) => Named::Invalid,
+                    Some(raw) => match (self.cfg.session_ids, &self.cfg.session_keys) {
+                        (SessionIds::Sealed, Some(ring)) => Named::Sealed(ring.open(&raw, max_sid)),
+                        _ => SessionKey::new(&raw, max_sid).map_or(Named::Invalid, Named::Key),
+                    },
+                };
+                (r.stateless, named)
+            }
             Err((status, code, msg)) => {
                 // A 403 carries "a JSON-RPC error response that has no id" (2025-11-25):
                 // its body is not read.
@@ -926,20 +1002,21 @@ impl Conn {
                 return;
             }
         };
-        match session {
+        match named {
             // "The session ID MUST only contain visible ASCII characters (ranging from
             // 0x21 to 0x7E)."
-            Some(None) => {
+            Named::Invalid => {
                 self.x.sniff = post;
                 self.answer(400, ErrorCode::InvalidRequest, "Invalid session id", now);
             }
-            Some(Some(key)) => {
+            Named::Key(key) => {
                 self.x.kind = Kind::Pinned;
                 self.x.session = Some(key.clone());
                 self.x.route = Route::Lookup;
                 self.store(StoreOp::Get(key), Waiting::Lookup);
             }
-            None => {
+            Named::Sealed(opened) => self.open_sealed(opened, now),
+            Named::None => {
                 if post && !stateless {
                     self.x.sniff = true;
                     self.x.route = Route::Sniffing;
@@ -954,6 +1031,107 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// A request carrying a sealed session id: check what it says, then route it by
+    /// it (and by its record too, when records are kept). Every refusal is a `404`
+    /// `-32001`, exactly like an unknown session (see [`Conn::not_found`]): "A request
+    /// with a terminated or unknown session id MUST get `404`, and a client receiving
+    /// `404` for a session MUST start over with a new `initialize`"
+    /// (shared/mcp-transport.md). A token that does not open, is too old, names no
+    /// backend of ours or belongs to another caller names no session this router
+    /// knows, so it is an unknown session; a `400` would strand the client.
+    fn open_sealed(&mut self, opened: Result<Opened, OpenError>, now: Instant) {
+        let o = match opened {
+            Ok(o) => o,
+            Err(e) => return self.refuse_session(e.into(), now),
+        };
+        let age = self
+            .router
+            .unix_now(now)
+            .saturating_sub(u64::from(o.issued));
+        if age > self.cfg.session_max_age.as_secs() {
+            return self.refuse_session(Refusal::Expired, now);
+        }
+        let Some(b) = self.router.backend_by_digest(&o.backend) else {
+            return self.refuse_session(Refusal::UnknownBackend, now);
+        };
+        if self.cfg.session_binding && self.client_id() != o.client {
+            return self.refuse_session(Refusal::Binding, now);
+        }
+        self.x.kind = Kind::Pinned;
+        self.x.sealed = Some(SealedSession {
+            client: o.client,
+            era: o.era,
+            issued: o.issued,
+        });
+        if self.cfg.session_records {
+            self.x.session = Some(o.upstream.clone());
+            self.x.route = Route::Lookup;
+            self.store(StoreOp::Get(o.upstream), Waiting::Lookup);
+            return;
+        }
+        self.x.session = Some(o.upstream);
+        if !self.router.is_up(b, now) {
+            // as for a record naming a backend marked down: its sessions are gone
+            self.not_found(now);
+        } else {
+            self.connect(b, false, now);
+        }
+    }
+
+    /// The client making the request in flight, as `client_identity` names it.
+    fn client_id(&self) -> ClientId {
+        ClientId::of(
+            &self.cfg.client_identity,
+            &self.cfg.trusted_proxies,
+            self.peer,
+            &self.req,
+        )
+    }
+
+    /// Refuse the request's session id: `404` `-32001`, counted by cause.
+    fn refuse_session(&mut self, cause: Refusal, now: Instant) {
+        self.event(Event::SessionRefused { cause });
+        self.not_found(now);
+    }
+
+    /// Whether sessions have records in the store: always in passthrough mode, in
+    /// sealed mode only with `session_records`.
+    fn records(&self) -> bool {
+        self.cfg.session_ids == SessionIds::Passthrough || self.cfg.session_records
+    }
+
+    /// Sealed mode: seal `upstream` into `sid_out` for the response head. `false` when
+    /// it cannot be sealed (the token would pass `max_session_id_len`).
+    fn seal_sid(&mut self, upstream: &[u8], era: Era, issued: u32, client: ClientId) -> bool {
+        let (Some(ring), Some(b)) = (self.cfg.session_keys.as_ref(), self.x.backend) else {
+            return false;
+        };
+        let Some(backend) = self.router.digest_of(b) else {
+            return false;
+        };
+        let fields = Fields {
+            era,
+            issued,
+            client,
+            backend,
+            upstream,
+        };
+        self.x.sid_out.clear();
+        let nonce = self.router.next_nonce();
+        ring.seal(
+            &fields,
+            &nonce,
+            self.cfg.max_session_id_len,
+            &mut self.x.sid_out,
+        )
+        .is_ok()
+    }
+
+    /// The issue time of a token sealed now.
+    fn issue_time(&self, now: Instant) -> u32 {
+        self.router.unix_now(now).min(u64::from(u32::MAX)) as u32
     }
 
     /// Move request body bytes from the client buffer to where the state says.
@@ -1194,6 +1372,14 @@ impl Conn {
                 self.end_session(key.clone(), EndCause::UnknownBackend);
                 self.not_found(now);
             }
+            StoreReply::Found(Some(rec))
+                if self.cfg.session_binding
+                    && self.x.sealed.is_none()
+                    && rec.client != self.client_id() =>
+            {
+                // passthrough binding: the record keeps the opener's digest
+                self.refuse_session(Refusal::Binding, now);
+            }
             StoreReply::Found(Some(rec)) => {
                 if !self.router.is_up(rec.backend, now) {
                     // "its sessions are gone, as when a pod restarts"
@@ -1298,7 +1484,7 @@ impl Conn {
         }
         self.x.tried.push(b);
         if self.x.kind == Kind::Pinned {
-            if let Some(key) = self.x.session.clone() {
+            if let Some(key) = self.x.session.clone().filter(|_| self.records()) {
                 self.end_session(key, EndCause::BackendDown);
             }
             self.sniff_pending();
@@ -1321,6 +1507,20 @@ impl Conn {
             Some(h) if !h.is_empty() && !self.cfg.rewrite_host => h,
             _ => backend.authority.as_bytes(),
         };
+        // A sealed id goes upstream as the backend's own id: in the header, and in a
+        // legacy POST's query.
+        let x = &mut self.x;
+        let upstream = x.sealed.and(x.session.as_ref()).map(SessionKey::as_bytes);
+        let session_id = upstream.filter(|_| self.req.known(Name::McpSessionId).is_some());
+        if let (Some(up), true, Some(_)) = (
+            upstream,
+            x.target_out.is_empty(),
+            self.req.query().filter(|_| self.req.method == Method::Post),
+        ) {
+            if !replace_query_session_id(self.req.target(), up, &mut x.target_out) {
+                x.target_out.clear();
+            }
+        }
         let fwd = Forward {
             host,
             path_prefix: backend.base_path.as_bytes(),
@@ -1331,6 +1531,8 @@ impl Conn {
                 .req
                 .known(Name::McpProtocolVersion)
                 .is_some_and(is_stateless_version),
+            session_id,
+            target: (!x.target_out.is_empty()).then_some(&x.target_out[..]),
         };
         write_forwarded_head(&mut self.scratch, &self.req, &fwd, self.peer_text.as_ref());
         let head = self.scratch.split().freeze();
@@ -1436,6 +1638,7 @@ impl Conn {
                 latency,
             });
         }
+        let records = self.records();
         let x = &mut self.x;
         let ok = (200..300).contains(&status);
         x.streaming = self.resp.is_event_stream();
@@ -1443,7 +1646,7 @@ impl Conn {
         match x.kind {
             Kind::Pinned => {
                 // Cloned only when the session ends: relaying costs no copy.
-                if let Some(key) = &x.session {
+                if let Some(key) = x.session.as_ref().filter(|_| records) {
                     if status == 404 {
                         // The backend no longer holds the session: drop the record
                         // and pass the 404 on, so the client initializes again.
@@ -1456,6 +1659,11 @@ impl Conn {
                         self.x.touch_at = Some(now + self.touch_period());
                     }
                 }
+                if let Some(s) = self.x.sealed {
+                    if !self.reseal_response_sid(s, now) {
+                        return;
+                    }
+                }
             }
             Kind::NewSession | Kind::Stateless if self.req.method == Method::Post => {
                 // "A server using the Streamable HTTP transport MAY assign a session ID
@@ -1465,13 +1673,43 @@ impl Conn {
                     .resp
                     .known(Name::McpSessionId)
                     .and_then(|v| SessionKey::new(v, self.cfg.max_session_id_len));
-                if let (true, Some(key)) = (ok, minted) {
-                    self.record_new_session(key, b, Era::Streamable, Hold::Head);
+                match (ok, minted) {
+                    (true, Some(key)) if self.cfg.session_ids == SessionIds::Sealed => {
+                        let client = self.x.client.unwrap_or_else(|| self.client_id());
+                        let issued = self.issue_time(now);
+                        if !self.seal_sid(key.as_bytes(), Era::Streamable, issued, client) {
+                            self.unsealable();
+                            return;
+                        }
+                        if records {
+                            self.record_new_session(key, b, Era::Streamable, Hold::Head);
+                        } else {
+                            self.event(Event::SessionStarted {
+                                session: key,
+                                backend: b,
+                                era: Era::Streamable,
+                            });
+                        }
+                    }
+                    (true, Some(key)) => {
+                        self.record_new_session(key, b, Era::Streamable, Hold::Head)
+                    }
+                    (true, None)
+                        if self.cfg.session_ids == SessionIds::Sealed
+                            && self.resp.known(Name::McpSessionId).is_some() =>
+                    {
+                        // an id the router cannot read back (too long, not visible
+                        // ASCII) is not handed out unsealed either
+                        self.unsealable();
+                        return;
+                    }
+                    _ => {}
                 }
             }
             Kind::NewSession => {
                 if ok && self.x.streaming {
                     self.x.watch = Some(SseParser::new(MAX_WATCH_EVENT));
+                    self.x.seal_watch = self.cfg.session_ids == SessionIds::Sealed;
                 }
             }
             Kind::Stateless => {}
@@ -1480,7 +1718,19 @@ impl Conn {
         let client_11 = self.req.version == Version::Http11;
         let body = self.resp.body;
         x.dechunk = body == BodyKind::Chunked && !client_11;
-        let client_framing = if x.dechunk { BodyKind::Close } else { body };
+        if x.seal_watch && body != BodyKind::Close {
+            // The endpoint event will be rewritten (its length changes): the decoded
+            // body is re-chunked for an HTTP/1.1 client, delimited by close otherwise.
+            x.reframe = client_11;
+            x.dechunk = !client_11;
+        }
+        let client_framing = if x.reframe {
+            BodyKind::Chunked
+        } else if x.dechunk {
+            BodyKind::Close
+        } else {
+            body
+        };
         x.client_keep_alive = self.req.keep_alive
             && !self.shutting_down
             && client_framing != BodyKind::Close
@@ -1497,17 +1747,21 @@ impl Conn {
     }
 
     fn send_response_head(&mut self) {
-        let framing = if self.x.dechunk {
+        let framing = if self.x.reframe {
+            BodyKind::Chunked
+        } else if self.x.dechunk {
             BodyKind::Close
         } else {
             self.resp.body
         };
-        write_response_head(
+        let sid = &self.x.sid_out;
+        write_response_head_sid(
             &mut self.scratch,
             &self.resp,
             framing,
             self.req.version,
             self.x.client_keep_alive,
+            (!sid.is_empty()).then_some(&sid[..]),
         );
         let h = self.scratch.split().freeze();
         self.send_to_client(h);
@@ -1522,10 +1776,12 @@ impl Conn {
         if bufs.upstream.is_empty() {
             return false;
         }
-        let dechunk = x.dechunk;
+        let dechunk = x.dechunk || x.reframe;
+        let seal_watch = x.seal_watch;
         let scratch = &mut self.scratch;
         let watch = &mut x.watch;
         let mut endpoint: Option<Option<SessionKey>> = None;
+        let mut endpoint_uri: Vec<u8> = Vec::new();
         let max_sid = self.cfg.max_session_id_len;
         let n = match x.resp_body.decode(&bufs.upstream, &mut |d| {
             if dechunk {
@@ -1537,6 +1793,9 @@ impl Conn {
                         endpoint = Some(
                             endpoint_session_id(ev.data).and_then(|s| SessionKey::new(&s, max_sid)),
                         );
+                        if seal_watch {
+                            endpoint_uri.extend_from_slice(ev.data.trim_ascii());
+                        }
                     }
                 });
             }
@@ -1567,9 +1826,17 @@ impl Conn {
                 x.watch = None;
             }
         }
+        if x.seal_watch {
+            self.sealed_watch(data, endpoint, &endpoint_uri, now);
+            if self.x.resp_body.is_done() && matches!(self.x.hold, Hold::No) {
+                self.complete_response(bufs, now);
+            }
+            return true;
+        }
+        let data = self.frame(data);
         match endpoint {
             Some(Some(key)) => {
-                let b = x.backend.unwrap_or(BackendId(0));
+                let b = self.x.backend.unwrap_or(BackendId(0));
                 self.record_new_session(key, b, Era::LegacySse, Hold::Body(data));
             }
             Some(None) => {
@@ -1593,13 +1860,129 @@ impl Conn {
         true
     }
 
+    /// Decoded body bytes as the client gets them: one chunk each when re-chunking.
+    fn frame(&mut self, data: Bytes) -> Bytes {
+        if !self.x.reframe || data.is_empty() {
+            return data;
+        }
+        let s = &mut self.scratch;
+        s.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        s.extend_from_slice(&data);
+        s.extend_from_slice(b"\r\n");
+        s.split().freeze()
+    }
+
+    /// Sealed mode, a legacy stream's start: hold the decoded bytes until its
+    /// `endpoint` event is seen, then replace the event's session id by a sealed one
+    /// and let everything go. "The server's first SSE event is `event: endpoint` whose
+    /// `data:` is a URI for posting messages" and "Every client message is a `POST` to
+    /// that URI" (shared/mcp-transport.md, 2024-11-05): the client posts to the URI it
+    /// is given, so it posts the sealed id, and the router opens it.
+    fn sealed_watch(
+        &mut self,
+        data: Bytes,
+        endpoint: Option<Option<SessionKey>>,
+        uri: &[u8],
+        now: Instant,
+    ) {
+        self.x.watch_buf.extend_from_slice(&data);
+        let key = match endpoint {
+            None if self.x.watch.is_some() => return,
+            None => None,
+            Some(None) => {
+                self.event(Event::Rejected {
+                    status: 0,
+                    reason: "legacy endpoint event without a valid session id",
+                });
+                None
+            }
+            Some(Some(key)) => Some(key),
+        };
+        self.x.seal_watch = false;
+        let mut held = std::mem::take(&mut self.x.watch_buf);
+        let Some(key) = key else {
+            // nothing to seal: the bytes go as they came
+            let data = self.frame(Bytes::from(held));
+            if !data.is_empty() {
+                self.send_to_client(data);
+            }
+            return;
+        };
+        let b = self.x.backend.unwrap_or(BackendId(0));
+        let client = self.x.client.unwrap_or_else(|| self.client_id());
+        let issued = self.issue_time(now);
+        let at = held.windows(uri.len().max(1)).position(|w| w == uri);
+        let mut new_uri = Vec::new();
+        let ok = self.seal_sid(key.as_bytes(), Era::LegacySse, issued, client)
+            && replace_query_session_id(uri, &self.x.sid_out, &mut new_uri);
+        self.x.sid_out.clear();
+        let (true, Some(at)) = (ok, at) else {
+            // The id cannot be hidden (too long to seal, or the event's data is not
+            // one line): end the stream rather than reveal the backend's id.
+            self.event(Event::Rejected {
+                status: 502,
+                reason: "legacy endpoint event cannot be sealed",
+            });
+            self.abort(now);
+            return;
+        };
+        held.splice(at..at + uri.len(), new_uri);
+        let data = self.frame(Bytes::from(held));
+        if self.records() {
+            self.record_new_session(key, b, Era::LegacySse, Hold::Body(data));
+        } else {
+            self.event(Event::SessionStarted {
+                session: key,
+                backend: b,
+                era: Era::LegacySse,
+            });
+            self.send_to_client(data);
+        }
+    }
+
+    /// Sealed mode, a session's response: a backend's `Mcp-Session-Id` never reaches
+    /// the client as it is. The upstream id the request named goes back as the
+    /// client's own token; another id is sealed afresh. `false`: answered `502`.
+    fn reseal_response_sid(&mut self, s: SealedSession, now: Instant) -> bool {
+        let Some(v) = self.resp.known(Name::McpSessionId) else {
+            return true;
+        };
+        let same = self.x.session.as_ref().is_some_and(|k| k.as_bytes() == v);
+        if let (true, Some(token)) = (same, self.req.known(Name::McpSessionId)) {
+            self.x.sid_out.clear();
+            self.x.sid_out.extend_from_slice(token);
+            return true;
+        }
+        let v = v.to_vec();
+        let issued = if same { s.issued } else { self.issue_time(now) };
+        if valid_session_id(&v, usize::MAX) && self.seal_sid(&v, s.era, issued, s.client) {
+            return true;
+        }
+        self.unsealable();
+        false
+    }
+
+    /// A backend's session id cannot be sealed: `502`, the id is not handed out.
+    fn unsealable(&mut self) {
+        self.release_upstream(false);
+        self.x.resp_head = false;
+        self.x.session = None;
+        self.respond_local(
+            502,
+            ErrorCode::Server,
+            "Bad gateway: the backend's session id is too long to seal",
+            true,
+        );
+    }
+
     /// Record a session a backend just minted. What would reveal the id to the client
     /// is held until the store confirms: the record must exist before the client can
     /// use the id, or its next request may reach another router replica first.
     fn record_new_session(&mut self, key: SessionKey, b: BackendId, era: Era, hold: Hold) {
         self.x.session = Some(key.clone());
         self.x.hold = hold;
-        let client = self.x.client.unwrap_or_default();
+        // the opener's digest, for the quotas and for binding
+        let client = self.x.client.unwrap_or_else(|| self.client_id());
         let rec = Record {
             backend: b,
             era,
@@ -1685,6 +2068,15 @@ impl Conn {
             && bufs.upstream.is_empty()
             && !self.x.upstream_eof;
         self.release_upstream(reuse);
+        if !self.x.watch_buf.is_empty() {
+            // a sealed legacy stream that ended before its endpoint event
+            let held = std::mem::take(&mut self.x.watch_buf);
+            let data = self.frame(Bytes::from(held));
+            self.send_to_client(data);
+        }
+        if self.x.reframe {
+            self.send_to_client(Bytes::from_static(b"0\r\n\r\n"));
+        }
         self.end_legacy_stream();
         if self.x.client_keep_alive && !self.shutting_down {
             self.phase = Phase::Idle;

@@ -12,7 +12,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::http::{Method, Name, RequestHead};
-use crate::mcp::{is_stateless_version, query_session_id_strict, ErrorCode, SessionKey};
+use crate::mcp::{is_stateless_version, query_session_id_strict, ErrorCode};
 use std::borrow::Cow;
 
 /// One allowed `Host` (or the host part of an allowed `Origin`): a name or IP literal
@@ -208,12 +208,13 @@ impl RebindingGuard {
 
 /// How the router reads a request it may forward: the era and the session it routes by.
 #[derive(Debug)]
-pub(crate) struct Reading {
+pub(crate) struct Reading<'a> {
     /// `MCP-Protocol-Version` names the stateless era: no session, and no
     /// `Mcp-Session-Id` is forwarded.
     pub stateless: bool,
-    /// The session named: `None` for none, `Some(None)` for an invalid id.
-    pub session: Option<Option<SessionKey>>,
+    /// The session id named (header, or legacy query), not yet validated: the caller
+    /// makes a [`SessionKey`](crate::mcp::SessionKey) of it, or opens it as a sealed id, without a copy.
+    pub session: Option<Cow<'a, [u8]>>,
 }
 
 /// A request the router answers itself: status, JSON-RPC code, message.
@@ -237,7 +238,7 @@ pub(crate) type Refusal = (u16, ErrorCode, &'static str);
 ///   the id up, so it does not forward it either (a dual-era backend would otherwise
 ///   act on a session the router never checked); a legacy query session id in such a
 ///   request has no reading the router could route by, and is refused.
-pub(crate) fn read_request(req: &RequestHead, cfg: &Config) -> Result<Reading, Refusal> {
+pub(crate) fn read_request<'a>(req: &'a RequestHead, cfg: &Config) -> Result<Reading<'a>, Refusal> {
     let bad = |msg| (400, ErrorCode::InvalidRequest, msg);
     if let Some(why) = req.conflict() {
         return Err(bad(why));
@@ -270,7 +271,7 @@ pub(crate) fn read_request(req: &RequestHead, cfg: &Config) -> Result<Reading, R
     };
     Ok(Reading {
         stateless,
-        session: raw.map(|r| SessionKey::new(&r, cfg.max_session_id_len)),
+        session: raw,
     })
 }
 

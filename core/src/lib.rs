@@ -5,7 +5,9 @@
 //! (`Mcp-Session-Id`, `MCP-Protocol-Version`, the legacy `sessionId`/`session_id`
 //! query parameter, the JSON-RPC `method` and `id`), runs the session lifecycle and
 //! makes every routing decision. It performs **no IO**: no sockets, no clock reads, no
-//! threads, no randomness. Bytes and [`std::time::Instant`]s go in; bytes to write,
+//! threads, no randomness of its own (sealed session ids take their nonces' random
+//! part from [`Router::set_entropy`] and the wall clock from
+//! [`Router::set_unix_time`]). Bytes and [`std::time::Instant`]s go in; bytes to write,
 //! connections to open, session-store operations, deadlines and events come out. The
 //! same inputs always give the same outputs, so everything here is tested with virtual
 //! time and scripted peers, and can be fuzzed and benchmarked in isolation.
@@ -22,6 +24,7 @@
 //!   each op against its store (the embedded [`MemStore`], or a remote one) and feeds
 //!   the reply back.
 //! - [`http`] and [`mcp`]: the parsers, usable on their own.
+//! - [`seal`]: sealed session ids (`--session-ids sealed`): the token, the key ring.
 //! - [`stdio`]: the stdio bridge ([`stdio::Bridge`]): serving a stdio MCP server's
 //!   children as Streamable HTTP and HTTP+SSE sessions.
 //!
@@ -32,6 +35,7 @@
 //! | `MCP-Protocol-Version` >= 2026-07-28 | stateless era: load-balanced; any `Mcp-Session-Id` ignored for routing |
 //! | `Mcp-Session-Id` (or legacy `sessionId`/`session_id` on a POST), recorded | to the session's backend; the record's idle deadline slides |
 //! | session id not recorded | `404`, JSON-RPC `-32001` echoing the request id; no backend sees it |
+//! | sealed id ([`SessionIds::Sealed`], [`seal`]) | opened and checked (key, age, backend, binding), then to the backend it names with the upstream id; a refused one is answered like an unknown session |
 //! | session id not visible ASCII or too long | `400`, JSON-RPC `-32600` |
 //! | session's backend marked down | `404 -32001`, record removed |
 //! | POST `initialize` without session | new session: backend with fewest live sessions; a 2xx response with `Mcp-Session-Id` records it before the client sees it |
@@ -125,13 +129,15 @@ pub mod mcp;
 pub mod metrics;
 pub mod probe;
 pub mod router;
+pub mod seal;
 pub mod stdio;
 pub mod store;
 
-pub use config::{Backend, Config, ConfigError, Timeouts};
+pub use config::{Backend, Config, ConfigError, SessionIds, Timeouts};
 pub use conn::{Buffers, Conn, EndCause, Event, Limit, Output, Side};
 pub use limits::{Admission, AdmitRequest, ClientId, ClientIdentity, IpNet, Limits};
 pub use router::{
     BackendId, Balancer, ConnPermit, ConnRefusal, Health, LeastSessions, PickKind, Router,
 };
+pub use seal::{KeyRing, Refusal};
 pub use store::{Era, MemStore, Record, StoreOp, StoreReply};

@@ -242,6 +242,7 @@ pub struct Metrics {
     latency_by_id: RwLock<Vec<Option<CachedSeries>>>,
     rejected: Family<ReasonL, Counter>,
     limited: Family<LimitL, Counter>,
+    session_refused: Family<CauseL, Counter>,
     connections_open: Gauge,
     duplicate_sessions: Counter,
     backend_up: Family<BackendL, Gauge>,
@@ -275,6 +276,7 @@ impl Metrics {
             latency_by_id: RwLock::default(),
             rejected: Family::default(),
             limited: Family::default(),
+            session_refused: Family::default(),
             connections_open: Gauge::default(),
             duplicate_sessions: Counter::default(),
             backend_up: Family::default(),
@@ -292,6 +294,13 @@ impl Metrics {
             "Requests and connections refused, or connections closed, because a cap, quota \
              or send timeout was reached, by limit",
             m.limited.clone(),
+        );
+        r.register(
+            "session_refused",
+            "Requests answered 404 because their session id was refused, by cause: a sealed \
+             id that is malformed, tampered, sealed by an unknown key, expired or names an \
+             unknown backend, or a session bound to another client",
+            m.session_refused.clone(),
         );
         r.register(
             "client_connections",
@@ -458,6 +467,13 @@ impl Metrics {
                     .inc();
             }
             Event::StoreUnavailable => {}
+            Event::SessionRefused { cause } => {
+                self.session_refused
+                    .get_or_create(&CauseL {
+                        cause: cause.as_str(),
+                    })
+                    .inc();
+            }
         }
     }
 

@@ -105,6 +105,8 @@ pub enum Health {
 #[derive(Debug, Clone)]
 struct Member {
     backend: Arc<Backend>,
+    /// [`crate::seal::name_digest`] of its name: how a sealed session id names it.
+    digest: [u8; 8],
     state: Arc<BackendState>,
     /// `Some(t)`: removed from the configuration at `t` (a tombstone: its id names no
     /// configured backend until the slot is reused, a full session TTL later).
@@ -157,6 +159,12 @@ pub struct Router {
     connections: AtomicUsize,
     /// Connections being refused right now (each answered `503`, then closed).
     refusing: AtomicUsize,
+    /// Unix seconds at `epoch` (see [`Router::set_unix_time`]).
+    unix_at_epoch: AtomicU64,
+    /// The random part of sealing nonces (see [`Router::set_entropy`]).
+    nonce_seed: [AtomicU64; 2],
+    /// The counting part of sealing nonces.
+    nonce_counter: AtomicU64,
 }
 
 /// Most connections refused with a `503` at once; past it a refused connection is
@@ -211,6 +219,7 @@ impl Router {
             .iter()
             .map(|b| Member {
                 backend: Arc::new(b.clone()),
+                digest: crate::seal::name_digest(&b.name),
                 state: Arc::default(),
                 removed_at: None,
             })
@@ -221,7 +230,69 @@ impl Router {
             balancer,
             connections: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
+            unix_at_epoch: AtomicU64::new(0),
+            nonce_seed: [AtomicU64::new(0), AtomicU64::new(0)],
+            nonce_counter: AtomicU64::new(0),
         }
+    }
+
+    /// Tell the router the wall-clock time (unix seconds) at `now`, for the issue time
+    /// and age of sealed session ids. The driver calls it at start and then now and
+    /// then (each expiry tick), so that a stepped wall clock is followed.
+    pub fn set_unix_time(&self, now: Instant, unix_secs: u64) {
+        let since = now.saturating_duration_since(self.epoch).as_secs();
+        self.unix_at_epoch
+            .store(unix_secs.saturating_sub(since), Relaxed);
+    }
+
+    /// The wall-clock time at `now`, unix seconds (as last told by
+    /// [`Router::set_unix_time`]).
+    pub fn unix_now(&self, now: Instant) -> u64 {
+        self.unix_at_epoch.load(Relaxed) + now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// Give the router 16 random bytes (the core has no randomness of its own). Each
+    /// sealed session id's 12-byte nonce is 4 of them and a 64-bit counter that starts
+    /// at a random offset (the other 8), so nonces never repeat within a process, and
+    /// two processes sharing a key repeat one only if both their random parts line up.
+    /// AES-GCM-SIV is nonce-misuse resistant besides: a repeat would reveal only whether
+    /// two tokens carry identical contents. The driver calls this from the operating
+    /// system's random source before serving in sealed mode.
+    pub fn set_entropy(&self, seed: [u8; 16]) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&seed[..8]);
+        self.nonce_seed[0].store(u64::from_le_bytes(a), Relaxed);
+        a.copy_from_slice(&seed[8..]);
+        self.nonce_seed[1].store(u64::from_le_bytes(a), Relaxed);
+    }
+
+    /// A fresh nonce for a sealed session id.
+    pub fn next_nonce(&self) -> [u8; crate::seal::NONCE] {
+        let n = self.nonce_counter.fetch_add(1, Relaxed);
+        let mut out = [0u8; crate::seal::NONCE];
+        out[..4].copy_from_slice(&self.nonce_seed[0].load(Relaxed).to_le_bytes()[..4]);
+        let c = n.wrapping_add(self.nonce_seed[1].load(Relaxed));
+        out[4..].copy_from_slice(&c.to_le_bytes());
+        out
+    }
+
+    /// The configured backend a sealed session id names (by
+    /// [`crate::seal::name_digest`]).
+    pub fn backend_by_digest(&self, digest: &[u8; 8]) -> Option<BackendId> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .iter()
+            .position(|m| m.removed_at.is_none() && m.digest == *digest)
+            .map(|i| BackendId(i as u16))
+    }
+
+    /// [`crate::seal::name_digest`] of a configured backend's name.
+    pub fn digest_of(&self, id: BackendId) -> Option<[u8; 8]> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .get(id.index())
+            .filter(|m| m.removed_at.is_none())
+            .map(|m| m.digest)
     }
 
     fn table(&self) -> Arc<Table> {
@@ -269,6 +340,7 @@ impl Router {
             changes.added.push(b.name.clone());
             let fresh = Member {
                 backend: Arc::new(b.clone()),
+                digest: crate::seal::name_digest(&b.name),
                 state: Arc::default(),
                 removed_at: None,
             };

@@ -196,6 +196,26 @@ pub struct Cli {
     /// (capped by net.core.somaxconn) [default: 1024].
     #[arg(long, env = "MCP_ROUTER_ACCEPT_BACKLOG")]
     pub accept_backlog: Option<u32>,
+
+    // ----- sealed session ids (issue 13) -----
+    /// How client-facing session ids are made: `passthrough` (the backend's own id,
+    /// routed by its record in the store) or `sealed` (an encrypted token carrying the
+    /// backend and the upstream id: any replica routes it without a store; needs
+    /// --session-keys) [default: passthrough].
+    #[arg(long, env = "MCP_ROUTER_SESSION_IDS")]
+    pub session_ids: Option<String>,
+    /// Key file of sealed session ids: one key per line, 64 hex characters (`openssl
+    /// rand -hex 32`), optionally `id:` before it; the first line seals, every line
+    /// opens. Re-read on SIGHUP.
+    #[arg(long, env = "MCP_ROUTER_SESSION_KEYS_FILE")]
+    pub session_keys: Option<PathBuf>,
+    /// Absolute lifetime of a sealed session id, from its issue [default: 24h].
+    #[arg(long, env = "MCP_ROUTER_SESSION_MAX_AGE")]
+    pub session_max_age: Option<String>,
+    /// `on`: a session answers only the client that opened it, as --client-identity
+    /// names it (others get 404) [default: off].
+    #[arg(long, env = "MCP_ROUTER_SESSION_BINDING")]
+    pub session_binding: Option<String>,
     // -- operations (issue 19): admin token, log format, `check` --
     /// Token for state-changing admin requests (drain/undrain): they need
     /// `Authorization: Bearer <token>`. Without it they are allowed only when the
@@ -285,6 +305,11 @@ struct File {
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     rewrite_host: Option<bool>,
+    // sealed session ids (issue 13)
+    session_ids: Option<String>,
+    session_keys: Option<PathBuf>,
+    session_max_age: Option<toml::Value>,
+    session_binding: Option<toml::Value>,
     // -- operations (issue 19) --
     admin_token: Option<String>,
     log_format: Option<String>,
@@ -295,6 +320,14 @@ struct File {
 enum FileBackend {
     Url(String),
     Named { name: Option<String>, url: String },
+}
+
+fn on_off(field: &str, s: &str) -> Result<bool, ConfigError> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(ConfigError(format!("{field}: {s:?}: expected on or off"))),
+    }
 }
 
 /// Which session store to use.
@@ -497,7 +530,10 @@ impl Cli {
             None => File::default(),
         };
         let stdio = self.stdio_settings(&file)?;
+        // sealed mode keeps session records only in a store named explicitly
+        let explicit_store = self.store.is_some() || file.store.is_some();
         let mut c = Config::default();
+        self.session_settings(&file, explicit_store, &mut c)?;
         let dur = |field: &str,
                    cli: &Option<String>,
                    file: &Option<toml::Value>,
@@ -804,6 +840,45 @@ impl Cli {
                 }
             },
         })
+    }
+
+    /// The `session_*` settings of sealed session ids (flag, then file). In sealed
+    /// mode, records are kept only when a store was named explicitly.
+    fn session_settings(
+        &self,
+        file: &File,
+        explicit_store: bool,
+        c: &mut Config,
+    ) -> Result<(), ConfigError> {
+        if let Some(m) = self.session_ids.as_ref().or(file.session_ids.as_ref()) {
+            c.session_ids = mcp_router_core::SessionIds::parse(m)?;
+        }
+        c.session_records = explicit_store;
+        c.session_max_age = match (&self.session_max_age, &file.session_max_age) {
+            (Some(s), _) => parse_duration("session_max_age", s)?,
+            (None, Some(v)) => file_duration("session_max_age", v)?,
+            (None, None) => c.session_max_age,
+        };
+        c.session_binding = match (&self.session_binding, &file.session_binding) {
+            (Some(s), _) => on_off("session_binding", s)?,
+            (None, Some(toml::Value::Boolean(b))) => *b,
+            (None, Some(toml::Value::String(s))) => on_off("session_binding", s)?,
+            (None, Some(_)) => {
+                return Err(ConfigError("session_binding: expected on or off".into()))
+            }
+            (None, None) => false,
+        };
+        let path = self.session_keys.as_ref().or(file.session_keys.as_ref());
+        if let Some(p) = path {
+            // the error names the file and line, never a key
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                ConfigError(format!("session_keys: cannot read {}: {e}", p.display()))
+            })?;
+            let ring = mcp_router_core::KeyRing::parse(&text)
+                .map_err(|e| ConfigError(format!("session_keys: {}: {e}", p.display())))?;
+            c.session_keys = Some(std::sync::Arc::new(ring));
+        }
+        Ok(())
     }
 
     /// The `stdio*` settings (flag, then file).
@@ -1172,6 +1247,84 @@ mod tests {
             arg.get_env().and_then(|e| e.to_str()),
             Some("MCP_ROUTER_STDIO_UNATTACHED_TIMEOUT")
         );
+    }
+
+    #[test]
+    fn sealed_session_flags_need_a_good_key_file_and_never_show_a_key() {
+        let dir = std::env::temp_dir().join(format!("mcp-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        let key = "ab".repeat(32);
+        std::fs::write(&good, format!("2026q4:{key}\n{}\n", "cd".repeat(32))).unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "abcd\n").unwrap();
+        let b = ["--backend", "http://127.0.0.1:1"];
+        // sealed without a key: refused
+        let e = cli(&[b[0], b[1], "--session-ids", "sealed"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("session_keys"), "{e}");
+        // a short key: refused, naming the line, not the key
+        let e = cli(&[
+            b[0],
+            b[1],
+            "--session-ids",
+            "sealed",
+            "--session-keys",
+            short.to_str().unwrap(),
+        ])
+        .settings()
+        .unwrap_err();
+        assert!(
+            e.0.contains("shorter than 32 bytes") && !e.0.contains("abcd"),
+            "{e}"
+        );
+        // good: no store named, so no records; binding and max age read
+        let s = cli(&[
+            b[0],
+            b[1],
+            "--session-ids",
+            "sealed",
+            "--session-keys",
+            good.to_str().unwrap(),
+            "--session-binding",
+            "on",
+            "--session-max-age",
+            "1h",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.core.session_ids, mcp_router_core::SessionIds::Sealed);
+        assert!(!s.core.session_records && s.core.session_binding);
+        assert_eq!(s.core.session_max_age, Duration::from_secs(3600));
+        assert_eq!(s.core.session_keys.as_ref().unwrap().ids()[0], "2026q4");
+        assert!(!format!("{s:?}").contains(&key), "a key in Debug output");
+        // an explicit store keeps records
+        let s = cli(&[
+            b[0],
+            b[1],
+            "--session-ids",
+            "sealed",
+            "--session-keys",
+            good.to_str().unwrap(),
+            "--store",
+            "memory",
+        ])
+        .settings()
+        .unwrap();
+        assert!(s.core.session_records);
+        assert!(cli(&[b[0], b[1], "--session-ids", "opaque"])
+            .settings()
+            .is_err());
+        assert!(cli(&[b[0], b[1], "--session-binding", "maybe"])
+            .settings()
+            .is_err());
+        // --help shows no default key
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--session-keys") && !help.contains(&key));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     // -- operations (issue 19) --

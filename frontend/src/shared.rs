@@ -80,6 +80,21 @@ impl Shared {
         let cfg = Arc::new(settings.core.clone());
         let epoch = Instant::now();
         let router = Arc::new(Router::new(cfg.clone(), epoch));
+        // The core has no clock of the wall and no randomness: sealed session ids take
+        // both from here.
+        router.set_unix_time(epoch, unix_now());
+        let mut seed = [0u8; 16];
+        match std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        {
+            Ok(()) => router.set_entropy(seed),
+            Err(e) if cfg.session_ids == mcp_router_core::SessionIds::Sealed => {
+                return Err(ConfigError(format!(
+                    "session_ids: sealed ids need randomness, /dev/urandom: {e}"
+                )))
+            }
+            Err(_) => {}
+        }
         let memory = match &settings.store {
             StoreSettings::Memory => Some(Mutex::new(MemStore::new(
                 cfg.session_ttl,
@@ -220,6 +235,9 @@ impl Shared {
             },
             Event::StoreUnavailable => warn!("session store unavailable"),
             Event::Limited { limit } => self.log_limit(*limit),
+            Event::SessionRefused { cause } => {
+                info!(peer = ?peer, cause = cause.as_str(), "session id refused")
+            }
         }
     }
 
@@ -356,7 +374,13 @@ impl Shared {
             self.router
                 .set_draining(&m.backend.name, drain.contains(&m.backend.name));
         }
-        info!(backends = self.router.ids().len(), draining = ?drain, "configuration reloaded");
+        let keys = self
+            .router
+            .config()
+            .session_keys
+            .as_ref()
+            .map(|r| r.ids().join(","));
+        info!(backends = self.router.ids().len(), draining = ?drain, session_keys = ?keys, "configuration reloaded");
         Ok(())
     }
 
@@ -388,6 +412,13 @@ impl Shared {
     }
 }
 
+/// The wall-clock time, unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Run `tick` every `every` (read anew each round) on a named thread until `shutdown`.
 fn every(
     name: &str,
@@ -411,6 +442,16 @@ fn every(
 /// Start the background work of a serving router on threads: the embedded store's
 /// expiry and, when configured, the active health check. Both stop at `shutdown`.
 pub fn start_background(shared: &Arc<Shared>, shutdown: &Arc<Shutdown>) {
+    {
+        // the wall clock for sealed ids' issue times and ages, followed if stepped
+        let sh = shared.clone();
+        every(
+            "mcp-clock",
+            shutdown,
+            || Duration::from_secs(1),
+            move || sh.router.set_unix_time(Instant::now(), unix_now()),
+        );
+    }
     if shared.memory.is_some() {
         let sh = shared.clone();
         let period = shared.router.config().expiry_interval;
@@ -484,7 +525,13 @@ pub fn start_ops(shared: &Arc<Shared>, cli: &Cli, shutdown: &Arc<Shutdown>) {
 /// (with `listen=<addr>`, which operators and the test harness read).
 pub fn log_listening(shared: &Shared, frontend: &str, addr: SocketAddr) {
     let settings = shared.settings();
-    if settings.replicas_expected > 1 && shared.memory.is_some() {
+    let sealed = settings.core.session_ids == mcp_router_core::SessionIds::Sealed;
+    // Sealed ids route on any replica; with records kept in the embedded store the
+    // precise end of a session is still this replica's alone.
+    if settings.replicas_expected > 1
+        && shared.memory.is_some()
+        && (!sealed || settings.core.session_records)
+    {
         warn!(
             replicas_expected = settings.replicas_expected,
             "several router replicas expected but the session store is embedded: \
@@ -498,7 +545,7 @@ pub fn log_listening(shared: &Shared, frontend: &str, addr: SocketAddr) {
         .into_iter()
         .map(|m| m.backend.name.clone())
         .collect();
-    info!(listen = %addr, ?backends, store = shared.store_kind(), ttl_s = settings.core.session_ttl.as_secs(), frontend, "mcp-router listening");
+    info!(listen = %addr, ?backends, store = shared.store_kind(), ttl_s = settings.core.session_ttl.as_secs(), session_ids = if sealed { "sealed" } else { "passthrough" }, session_keys = ?settings.core.session_keys.as_ref().map(|r| r.ids().join(",")), frontend, "mcp-router listening");
     drop(settings);
     for id in shared.router.ids() {
         shared.probe_base_path(id);

@@ -13,7 +13,11 @@
 use mcp_router_testkit::harness::{
     free_port, interop_dir, rebinding_request, router_bin, sdk_client, server_everything, Proc,
 };
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Run one SDK client; returns its JSON summary line.
 fn client(sdk: &str, base: &str, mode: &str) -> serde_json::Value {
@@ -81,6 +85,151 @@ fn official_sdk_clients_over_legacy_sse() {
     run("sse", "cause=\"stream_closed\"");
 }
 
+/// A non-sticky round-robin balancer in front of router replicas: every request goes
+/// to the next replica in turn (each client connection carries one request, answered
+/// with `Connection: close`, so keep-alive cannot pin a client to a replica). Returns
+/// its address and the requests sent to each replica.
+fn round_robin(replicas: Vec<String>) -> (String, Arc<Vec<AtomicUsize>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let counts: Arc<Vec<AtomicUsize>> =
+        Arc::new(replicas.iter().map(|_| AtomicUsize::new(0)).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let c = counts.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let i = next.fetch_add(1, Ordering::Relaxed) % replicas.len();
+            let (to, c) = (replicas[i].clone(), c.clone());
+            std::thread::spawn(move || {
+                if one_request(client, &to) {
+                    c[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// Carry one request from `client` to `to` and the whole response back.
+fn one_request(client: TcpStream, to: &str) -> bool {
+    let mut r = BufReader::new(client.try_clone().unwrap());
+    let mut head = String::new();
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return false;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        assert!(!lower.starts_with("transfer-encoding:"), "chunked request");
+        if !lower.starts_with("connection:") && !lower.starts_with("keep-alive:") {
+            head.push_str(&line);
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let mut body = vec![0; len];
+    if r.read_exact(&mut body).is_err() {
+        return false;
+    }
+    let Ok(mut up) = TcpStream::connect(to) else {
+        return false;
+    };
+    up.write_all(head.as_bytes()).unwrap();
+    up.write_all(&body).unwrap();
+    // the response, streams included, until the replica closes (or the client goes)
+    let mut down = up.try_clone().unwrap();
+    let mut client_w = client;
+    let mut c2 = client_w.try_clone().unwrap();
+    std::thread::spawn(move || {
+        // the client hanging up ends the exchange upstream too
+        let mut sink = [0u8; 1024];
+        while matches!(c2.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = up.shutdown(std::net::Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut down, &mut client_w);
+    let _ = client_w.shutdown(std::net::Shutdown::Both);
+    true
+}
+
+/// Sealed session ids: the official SDK clients through a round-robin balancer over
+/// two router replicas with no store, so each session's requests alternate between
+/// replicas; `server-everything` replicas behind.
+fn run_sealed(mode: &str) {
+    let e0 = server_everything(mode, "everything-0");
+    let e1 = server_everything(mode, "everything-1");
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-interop-sealed-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(
+        &keys,
+        "k1:0101010101010101010101010101010101010101010101010101010101010101\n",
+    )
+    .unwrap();
+    let b0 = format!("e0=http://{}", e0.addr);
+    let b1 = format!("e1=http://{}", e1.addr);
+    let keys = keys.display().to_string();
+    let args = [
+        "--backend",
+        &b0,
+        "--backend",
+        &b1,
+        "--session-ids",
+        "sealed",
+        "--session-keys",
+        &keys,
+        // every request reaches the router from the balancer's address
+        "--client-session-rate",
+        "0",
+    ];
+    let ra = Proc::router(router_bin(), "router-a", &args);
+    let rb = Proc::router(router_bin(), "router-b", &args);
+    let (lb, counts) = round_robin(vec![ra.addr.clone(), rb.addr.clone()]);
+    let base = format!("http://{lb}");
+    let mut sessions = 0;
+    for round in 0..2 {
+        for sdk in ["ts", "py"] {
+            let v = client(sdk, &base, mode);
+            assert!(v["tools"].as_u64().unwrap_or(0) > 0, "{v}");
+            assert_eq!(
+                v["echo"].as_str().map(|s| s.contains("hello")),
+                Some(true),
+                "round {round} {sdk}: {v}"
+            );
+            sessions += 1;
+        }
+    }
+    let (a, b) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
+    eprintln!("{mode}: {sessions} sessions, requests per replica: {a}, {b}");
+    assert!(
+        a >= sessions * 2 && b >= sessions * 2,
+        "requests per replica: {a}, {b}"
+    );
+    for r in [&ra, &rb] {
+        assert_eq!(r.count_logs("session id refused"), 0, "{:?}", r.logs());
+    }
+}
+
+fn official_sdk_clients_through_store_less_sealed_replicas_streamable() {
+    run_sealed("streamable");
+}
+
+fn official_sdk_clients_through_store_less_sealed_replicas_legacy_sse() {
+    run_sealed("sse");
+}
+
 /// The reference server of the conformance suite's `dns-rebinding-protection`
 /// scenario: the TypeScript SDK's `createMcpExpressApp()` on 127.0.0.1, which refuses a
 /// foreign `Host` itself (`rebinding_server.mjs`).
@@ -141,4 +290,6 @@ mcp_router_testkit::behaviour_suite!(
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
     a_backends_dns_rebinding_protection_survives_the_router,
+    official_sdk_clients_through_store_less_sealed_replicas_streamable,
+    official_sdk_clients_through_store_less_sealed_replicas_legacy_sse,
 );

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! `bench` starts two `mcp-fake-backend`s (pinned to the load CPU), then for each
-//! configuration (`direct`, `router`, `router-redis`, `router-smol`, `router-glommio`, `haproxy`) starts the frontend
-//! pinned to the proxy CPU, runs W clients doing whole MCP session lifecycles
+//! configuration (`direct`, `router`, `router-redis`, `router-sealed` (sealed ids, no
+//! store), `router-smol`, `router-glommio`, `haproxy`) starts the frontend pinned to
+//! the proxy CPU, runs W clients doing whole MCP session lifecycles
 //! (initialize, notifications/initialized, K tools/call, DELETE) over keep-alive
 //! connections for the duration, and reports throughput, latency percentiles, errors,
 //! stickiness violations (a tools/call answered by another backend than the
@@ -63,6 +64,7 @@ fn opts(args: &[String]) -> Res<Opts> {
             "direct".into(),
             "router".into(),
             "router-redis".into(),
+            "router-sealed".into(),
             "router-smol".into(),
             "router-glommio".into(),
             "haproxy".into(),
@@ -221,6 +223,24 @@ struct Frontend {
     addr: SocketAddr,
     redis_port: Option<u16>,
     admin: Option<SocketAddr>,
+    /// Further replicas (address, pid): clients alternate over all of them, and the
+    /// CPU per request counts all of them.
+    more: Vec<(SocketAddr, u32)>,
+}
+
+impl Frontend {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.more.iter().map(|m| m.0))
+            .collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.pid
+            .into_iter()
+            .chain(self.more.iter().map(|m| m.1))
+            .collect()
+    }
 }
 
 fn start_router(
@@ -290,6 +310,7 @@ fn start_router_bin(
         addr,
         redis_port: None,
         admin: Some(admin_listen.parse().map_err(|e| format!("{e}"))?),
+        more: vec![],
     })
 }
 
@@ -365,6 +386,7 @@ fn start_haproxy(o: &Opts, backends: &[SocketAddr]) -> Res<Frontend> {
         addr,
         redis_port: None,
         admin: None,
+        more: vec![],
     })
 }
 
@@ -376,15 +398,50 @@ struct Resp {
     body: Vec<u8>,
 }
 
+/// One client: a keep-alive connection to each replica, requests taken in turn (one
+/// replica: every request on the same connection).
 struct Client {
+    links: Vec<Link>,
+    turn: usize,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        Client::over(&[addr])
+    }
+
+    /// A client whose successive requests alternate over `addrs`, as a non-sticky
+    /// round-robin balancer in front of the replicas would send them.
+    fn over(addrs: &[SocketAddr]) -> Client {
+        Client {
+            links: addrs.iter().map(|&a| Link::new(a)).collect(),
+            turn: 0,
+        }
+    }
+
+    async fn request(&mut self, req: &[u8]) -> Res<Resp> {
+        let i = self.turn % self.links.len();
+        self.turn = self.turn.wrapping_add(1);
+        self.links[i].request(req).await
+    }
+
+    /// Drop every connection (after an error).
+    fn reset(&mut self) {
+        for l in &mut self.links {
+            l.conn = None;
+        }
+    }
+}
+
+struct Link {
     addr: SocketAddr,
     conn: Option<TcpStream>,
     buf: Vec<u8>,
 }
 
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        Client {
+impl Link {
+    fn new(addr: SocketAddr) -> Link {
+        Link {
             addr,
             conn: None,
             buf: Vec::with_capacity(16 * 1024),
@@ -608,13 +665,13 @@ struct Run {
 /// W clients doing lifecycles: for `warmup + duration` seconds (measuring the last
 /// `duration`), or until `limit` lifecycles have started.
 async fn run_clients(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     clients: usize,
     plan: Plan,
     warmup: f64,
     duration: f64,
     limit: Option<u64>,
-    cpu_pid: Option<u32>,
+    cpu_pids: &[u32],
 ) -> Res<Run> {
     let stats = Arc::new(Stats::default());
     let measuring = Arc::new(AtomicBool::new(warmup <= 0.0));
@@ -624,8 +681,10 @@ async fn run_clients(
     let args: Arc<str> = args[..290].into();
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let mut tasks = Vec::new();
+    let addrs: Arc<[SocketAddr]> = addrs.into();
     for _ in 0..clients {
-        let (stats, measuring, stop, started, args, first_error) = (
+        let (addrs, stats, measuring, stop, started, args, first_error) = (
+            addrs.clone(),
             stats.clone(),
             measuring.clone(),
             stop.clone(),
@@ -635,7 +694,7 @@ async fn run_clients(
         );
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
-            let mut c = Client::new(addr);
+            let mut c = Client::over(&addrs);
             while !stop.load(Relaxed) {
                 if let Some(l) = limit {
                     if started.fetch_add(1, Relaxed) >= l {
@@ -659,7 +718,7 @@ async fn run_clients(
                                 *f = Some(e);
                             }
                         }
-                        c.conn = None;
+                        c.reset();
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
@@ -671,7 +730,17 @@ async fn run_clients(
         tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
     }
     measuring.store(true, Relaxed);
-    let cpu0 = cpu_pid.map(cpu_time).transpose()?;
+    let cpu_all = || -> Res<Option<Duration>> {
+        if cpu_pids.is_empty() {
+            return Ok(None);
+        }
+        let mut t = Duration::ZERO;
+        for &p in cpu_pids {
+            t += cpu_time(p)?;
+        }
+        Ok(Some(t))
+    };
+    let cpu0 = cpu_all()?;
     let t0 = Instant::now();
     if limit.is_none() {
         tokio::time::sleep(Duration::from_secs_f64(duration)).await;
@@ -683,8 +752,8 @@ async fn run_clients(
         hist.add(h).map_err(|e| e.to_string())?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = match (cpu_pid, cpu0) {
-        (Some(p), Some(c0)) => Some(cpu_time(p)?.saturating_sub(c0)),
+    let cpu = match (cpu_all()?, cpu0) {
+        (Some(c1), Some(c0)) => Some(c1.saturating_sub(c0)),
         _ => None,
     };
     let first_error = first_error.lock().expect("lock").take();
@@ -704,6 +773,21 @@ fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Wait (up to 5 s) for a router's `/readyz` to answer 200 (it has reached its store).
+fn wait_ready(rt: &tokio::runtime::Runtime, admin: Option<SocketAddr>) {
+    let Some(a) = admin else { return };
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if rt
+            .block_on(http_get(a, "/readyz"))
+            .is_ok_and(|(s, _)| s == 200)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn bench(o: &Opts) -> Res<()> {
@@ -734,31 +818,53 @@ fn bench(o: &Opts) -> Res<()> {
                 addr: a0,
                 redis_port: None,
                 admin: None,
+                more: vec![],
             },
             "router" => start_router(o, &backends, None, &[])?,
-            "router-redis" => {
+            "router-redis" | "router-redis-two" => {
+                // `-two`: two replicas sharing the Redis, clients alternating over them
+                // (the same two-process set-up as router-sealed, with a store)
                 let (redis, port) = start_redis(o)?;
-                let mut fe = start_router(
-                    o,
-                    &backends,
-                    Some(&format!("redis://127.0.0.1:{port}")),
-                    &[],
-                )?;
+                let url = format!("redis://127.0.0.1:{port}");
+                let mut fe = start_router(o, &backends, Some(&url), &[])?;
+                if cfg == "router-redis-two" {
+                    let other = start_router(o, &backends, Some(&url), &[])?;
+                    fe.more.push((other.addr, other.pid.expect("pid")));
+                    fe.procs.extend(other.procs);
+                    wait_ready(&rt, other.admin);
+                }
                 fe.procs.push(redis);
                 fe.redis_port = Some(port);
-                // wait for the router to reach Redis (readyz)
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_secs(5) {
-                    if let Some(a) = fe.admin {
-                        if rt
-                            .block_on(http_get(a, "/readyz"))
-                            .is_ok_and(|(s, _)| s == 200)
-                        {
-                            break;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                wait_ready(&rt, fe.admin);
+                fe
+            }
+            "router-sealed-one" => {
+                // the same, one replica: the sealing's own cost, without a second
+                // process sharing the proxy CPU
+                std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
+                let keys = format!("{}/session-keys", o.out);
+                std::fs::write(&keys, format!("bench:{}\n", "5a".repeat(32)))
+                    .map_err(|e| e.to_string())?;
+                start_router(
+                    o,
+                    &backends,
+                    None,
+                    &["--session-ids", "sealed", "--session-keys", &keys],
+                )?
+            }
+            "router-sealed" => {
+                // Sealed session ids, no store, two replicas: every client's requests
+                // alternate between them (a non-sticky balancer), so most requests of a
+                // session reach a replica that did not mint its id; CPU is both's.
+                std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
+                let keys = format!("{}/session-keys", o.out);
+                std::fs::write(&keys, format!("bench:{}\n", "5a".repeat(32)))
+                    .map_err(|e| e.to_string())?;
+                let sealed = ["--session-ids", "sealed", "--session-keys", &keys];
+                let mut fe = start_router(o, &backends, None, &sealed)?;
+                let other = start_router(o, &backends, None, &sealed)?;
+                fe.more.push((other.addr, other.pid.expect("pid")));
+                fe.procs.extend(other.procs);
                 fe
             }
             "router-smol" => start_router_bin(o, "mcp-router-smol", &backends, None, &[])?,
@@ -768,7 +874,13 @@ fn bench(o: &Opts) -> Res<()> {
         };
         let redis0 = fe.redis_port.map(redis_commands).transpose()?;
         let run = rt.block_on(run_clients(
-            fe.addr, o.clients, plan, o.warmup, o.duration, None, fe.pid,
+            &fe.addrs(),
+            o.clients,
+            plan,
+            o.warmup,
+            o.duration,
+            None,
+            &fe.pids(),
         ))?;
         let redis1 = fe.redis_port.map(redis_commands).transpose()?;
         let n = run.stats.requests.load(Relaxed);
@@ -919,13 +1031,13 @@ fn mem(o: &Opts) -> Res<()> {
         let t = Instant::now();
         for &cp in &checkpoints {
             let run = rt.block_on(run_clients(
-                fe.addr,
+                &[fe.addr],
                 o.clients,
                 plan,
                 0.0,
                 0.0,
                 Some(cp - done),
-                None,
+                &[],
             ))?;
             done = cp;
             let live = rt.block_on(sessions_active(admin));
@@ -962,13 +1074,13 @@ fn mem(o: &Opts) -> Res<()> {
         };
         // warm the connections and buffers first
         rt.block_on(run_clients(
-            fe.addr,
+            &[fe.addr],
             o.clients,
             plan,
             0.0,
             0.0,
             Some(1_000),
-            None,
+            &[],
         ))?;
         let base = rss_kib(pid)?;
         let base_live = rt.block_on(sessions_active(admin)).unwrap_or(0);
@@ -981,13 +1093,13 @@ fn mem(o: &Opts) -> Res<()> {
         }
         for cp in cps {
             let run = rt.block_on(run_clients(
-                fe.addr,
+                &[fe.addr],
                 o.clients,
                 plan,
                 0.0,
                 0.0,
                 Some(cp - (done - 1_000)),
-                None,
+                &[],
             ))?;
             done = cp + 1_000;
             let live = rt.block_on(sessions_active(admin)).unwrap_or(0);

@@ -18,8 +18,10 @@ use crate::mcp::{
 };
 use bytes::BytesMut;
 
+mod sealed;
 mod session;
 mod stdio;
+pub use sealed::sealed_id;
 pub use session::{session_reading, session_sequence};
 pub use stdio::stdio_bridge;
 
@@ -37,6 +39,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("session_sequence", session_sequence),
     ("session_reading", session_reading),
     ("stdio_bridge", stdio_bridge),
+    ("sealed_id", sealed_id),
 ];
 
 /// Split `data` into a control prefix of `n` bytes (zero-padded) and the rest.
@@ -165,6 +168,8 @@ pub fn request_head(data: &[u8]) {
         client_ip: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         proto: "http",
         drop_session_id: false,
+        session_id: None,
+        target: None,
     };
     let mut out = BytesMut::new();
     write_request_head(&mut out, &head, &fwd);

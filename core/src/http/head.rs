@@ -1394,6 +1394,12 @@ pub struct Forward<'a> {
     /// Leave out every `Mcp-Session-Id` field (stateless-era requests: the router did
     /// not route by it, so the backend must not read one).
     pub drop_session_id: bool,
+    /// Write `Mcp-Session-Id: <this>` in place of the client's field (sealed session
+    /// ids: the backend gets its own id back).
+    pub session_id: Option<&'a [u8]>,
+    /// Send this request target (path and query) instead of the client's (sealed
+    /// legacy session ids in the query).
+    pub target: Option<&'a [u8]>,
 }
 
 /// Copies kept fields to the output. A field that sits in the head exactly as
@@ -1508,6 +1514,7 @@ pub(crate) fn write_forwarded_head(
     let (m, t) = (head.method_range, head.target);
     let line_end = t.1 as usize + 11;
     if fwd.path_prefix.is_empty()
+        && fwd.target.is_none()
         && m.0 == 0
         && t.0 == m.1 + 1
         && raw.get(m.1 as usize) == Some(&b' ')
@@ -1518,7 +1525,7 @@ pub(crate) fn write_forwarded_head(
         out.extend_from_slice(head.method_str());
         out.extend_from_slice(b" ");
         out.extend_from_slice(fwd.path_prefix);
-        out.extend_from_slice(head.target());
+        out.extend_from_slice(fwd.target.unwrap_or(head.target()));
         out.extend_from_slice(b" HTTP/1.1\r\n");
     }
     // One pass over the fields, whose names were recognized while parsing. Only a
@@ -1538,6 +1545,7 @@ pub(crate) fn write_forwarded_head(
             }
             k if k.is_hop_by_hop() => continue,
             Name::McpSessionId if fwd.drop_session_id => continue,
+            Name::McpSessionId if fwd.session_id.is_some() => continue,
             _ => {}
         }
         let name = at(raw, f.name);
@@ -1547,6 +1555,9 @@ pub(crate) fn write_forwarded_head(
         copier.put(out, f);
     }
     copier.flush(out);
+    if let (Some(sid), false) = (fwd.session_id, fwd.drop_session_id) {
+        put_field(out, b"Mcp-Session-Id", sid);
+    }
     put_field(out, b"Host", fwd.host);
 
     let mut wrote_xff = false;
@@ -1696,6 +1707,19 @@ pub fn write_response_head(
     client_version: Version,
     keep_alive: bool,
 ) {
+    write_response_head_sid(out, head, body, client_version, keep_alive, None)
+}
+
+/// [`write_response_head`], writing `Mcp-Session-Id: <session_id>` in place of the
+/// backend's field(s) when `session_id` is given (sealed session ids).
+pub fn write_response_head_sid(
+    out: &mut BytesMut,
+    head: &ResponseHead,
+    body: BodyKind,
+    client_version: Version,
+    keep_alive: bool,
+    session_id: Option<&[u8]>,
+) {
     out.reserve(head.raw.len() + 64);
     let raw = &head.raw[..];
     // The status line as received when it already reads `HTTP/1.1 SSS reason` CRLF
@@ -1729,12 +1753,18 @@ pub fn write_response_head(
         if f.kind == Name::ContentLength || f.kind.is_hop_by_hop() {
             continue;
         }
+        if f.kind == Name::McpSessionId && session_id.is_some() {
+            continue;
+        }
         if connection && head.fields.named_by_connection(raw, at(raw, f.name)) {
             continue;
         }
         copier.put(out, f);
     }
     copier.flush(out);
+    if let Some(sid) = session_id {
+        put_field(out, b"Mcp-Session-Id", sid);
+    }
     put_framing(out, body);
     put_connection(out, client_version, keep_alive);
     out.extend_from_slice(b"\r\n");
@@ -1916,6 +1946,8 @@ mod tests {
             client_ip: None,
             proto: "http",
             drop_session_id: false,
+            session_id: None,
+            target: None,
         };
         write_request_head(&mut out, &h, &fwd);
         let mut want = String::from("POST /a HTTP/1.1\r\n");
@@ -2636,6 +2668,8 @@ mod tests {
                 client_ip: Some("192.0.2.44".parse().unwrap()),
                 proto: "https",
                 drop_session_id: false,
+                session_id: None,
+                target: None,
             },
         );
         assert_eq!(
@@ -2671,6 +2705,8 @@ mod tests {
                 client_ip: Some("2001:db8::1".parse().unwrap()),
                 proto: "http",
                 drop_session_id: false,
+                session_id: None,
+                target: None,
             },
         );
         assert_eq!(
@@ -2694,6 +2730,8 @@ mod tests {
                 client_ip: None,
                 proto: "http",
                 drop_session_id: false,
+                session_id: None,
+                target: None,
             },
         );
         assert_eq!(

@@ -10,7 +10,8 @@ mod head;
 pub use body::{BodyDecoder, BodyError};
 pub use head::{
     has_dot_segment, parse_request, parse_response, write_request_head, write_response_head,
-    write_simple_response, Forward, HeadError, Method, RequestHead, ResponseHead, Version,
+    write_response_head_sid, write_simple_response, Forward, HeadError, Method, RequestHead,
+    ResponseHead, Version,
 };
 pub(crate) use head::{write_forwarded_head, IpText, Name};
 

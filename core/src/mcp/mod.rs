@@ -9,7 +9,8 @@ mod sse;
 pub use jsonrpc::{write_error_body, ErrorCode};
 pub use session::{
     endpoint_session_id, is_stateless_version, query_session_id, query_session_id_strict,
-    valid_session_id, SessionKey, INLINE_SESSION_ID_LEN, MAX_SESSION_ID_LEN,
+    replace_query_session_id, valid_session_id, SessionKey, INLINE_SESSION_ID_LEN,
+    MAX_SESSION_ID_LEN,
 };
 pub use sniff::Sniffer;
 pub use sse::{write_event, SseEvent, SseParser};

@@ -176,6 +176,56 @@ pub fn query_session_id_strict(query: &[u8]) -> Result<Option<Cow<'_, [u8]>>, &'
     Ok(found)
 }
 
+/// Write `target` (a request target, or an `endpoint` event's URI) to `out` with the
+/// value of every parameter naming the legacy session (`sessionId` / `session_id`,
+/// names read as [`query_session_id_strict`] reads them) replaced by `value`,
+/// percent-encoded where it is not an unreserved character. A `#fragment` is kept.
+/// Returns whether a parameter was replaced.
+pub fn replace_query_session_id(target: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
+    let (uri, frag) = match target.iter().position(|&b| b == b'#') {
+        Some(h) => target.split_at(h),
+        None => (target, &[][..]),
+    };
+    let Some(q) = uri.iter().position(|&b| b == b'?') else {
+        out.extend_from_slice(target);
+        return false;
+    };
+    out.extend_from_slice(&uri[..=q]);
+    let mut replaced = false;
+    for (i, param) in uri[q + 1..].split(|&b| b == b'&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        let name = match param.iter().position(|&b| b == b'=') {
+            Some(eq) => &param[..eq],
+            None => param,
+        };
+        let is_session = |n: &[u8]| n == b"sessionId" || n == b"session_id";
+        let named = if name.contains(&b'%') {
+            percent_decode(name).is_some_and(|n| is_session(&n))
+        } else {
+            is_session(name)
+        };
+        if !named {
+            out.extend_from_slice(param);
+            continue;
+        }
+        replaced = true;
+        out.extend_from_slice(name);
+        out.push(b'=');
+        for &b in value {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(b);
+            } else {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            }
+        }
+    }
+    out.extend_from_slice(frag);
+    replaced
+}
+
 /// Percent-decode `s`, borrowing when there is nothing to decode. `None` when a `%` is
 /// not followed by two hex digits.
 fn percent_decode(s: &[u8]) -> Option<Cow<'_, [u8]>> {
