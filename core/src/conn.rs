@@ -14,7 +14,7 @@ use crate::http::{
 use crate::limits::{Admission, AdmitRequest, ClientId};
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, replace_query_session_id, valid_session_id,
-    write_error_body, ErrorCode, SessionKey, Sniffer, SseParser,
+    write_error_body, ErrorCode, Expect, SessionKey, Sniffer, SseParser,
 };
 use crate::router::{BackendId, Health, PickKind, Router};
 use crate::seal::{Fields, OpenError, Opened, Refusal};
@@ -328,6 +328,9 @@ struct Exchange {
     /// Feed request body bytes to the sniffer.
     sniff: bool,
     sniffer: Sniffer,
+    /// A 2026-07-28 POST: the whole body is read, and its mirrored headers checked
+    /// ([`crate::guard::check_mirrored`]), before a backend is picked.
+    modern: bool,
     /// Request body bytes read before the upstream connection was ready.
     pending: VecDeque<Bytes>,
     pending_len: usize,
@@ -396,6 +399,7 @@ impl Exchange {
             req_done: true,
             sniff: false,
             sniffer: Sniffer::new(),
+            modern: false,
             pending: VecDeque::new(),
             pending_len: 0,
             drained: 0,
@@ -430,6 +434,17 @@ impl Exchange {
         }
     }
 
+    /// Whether the sniffer has read what routing needs: the method, or for a 2026-07-28
+    /// request the whole message (its mirrored members may come anywhere, and a member
+    /// repeated later would give the body a second reading).
+    fn decided(&self) -> bool {
+        if self.modern {
+            self.sniffer.finished()
+        } else {
+            self.sniffer.method_settled()
+        }
+    }
+
     /// Reset for the next request, keeping allocations.
     fn reset(&mut self) {
         // Field by field (the pattern names every field, so a new one cannot be
@@ -444,6 +459,7 @@ impl Exchange {
             req_done,
             sniff,
             sniffer,
+            modern,
             pending,
             pending_len,
             drained,
@@ -485,6 +501,7 @@ impl Exchange {
         *req_done = true;
         *sniff = false;
         sniffer.reset();
+        *modern = false;
         pending.clear();
         *pending_len = 0;
         *drained = 0;
@@ -1017,8 +1034,9 @@ impl Conn {
             }
             Named::Sealed(opened) => self.open_sealed(opened, now),
             Named::None => {
-                if post && !stateless {
+                if post {
                     self.x.sniff = true;
+                    self.x.modern = stateless;
                     self.x.route = Route::Sniffing;
                     self.try_route(now);
                 } else {
@@ -1174,9 +1192,14 @@ impl Conn {
             _ => &bufs.client[..],
         };
         let sniffer = &mut x.sniffer;
+        let expect = if x.modern {
+            crate::guard::expect_of(&self.req)
+        } else {
+            Expect::default()
+        };
         let n = match x.req_body.decode(input, &mut |d| {
             if sniff {
-                sniffer.feed(d)
+                sniffer.feed_with(d, &expect)
             }
         }) {
             Ok(n) => n,
@@ -1219,7 +1242,7 @@ impl Conn {
             Route::Sniffing => {
                 x.pending_len += raw.len();
                 x.pending.push_back(raw);
-                if x.pending_len > self.cfg.max_inspect_body && !x.sniffer.method_settled() {
+                if x.pending_len > self.cfg.max_inspect_body && !x.decided() {
                     x.sniff = false;
                     self.respond_local(
                         413,
@@ -1257,8 +1280,18 @@ impl Conn {
         if self.x.route != Route::Sniffing {
             return;
         }
-        if !(self.x.sniffer.method_settled() || self.x.req_done) {
+        if !(self.x.decided() || self.x.req_done) {
             return;
+        }
+        if self.x.modern {
+            if let Err((status, code, msg)) =
+                crate::guard::check_mirrored(&self.req, &self.x.sniffer)
+            {
+                return self.answer(status, code, msg, now);
+            }
+            self.x.kind = Kind::Stateless;
+            self.x.sniff = !self.x.sniffer.id_settled();
+            return self.pick_and_connect(now);
         }
         self.x.kind = if self.x.sniffer.is_initialize() {
             Kind::NewSession

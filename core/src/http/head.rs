@@ -113,10 +113,12 @@ pub(crate) enum Name {
     Trailer,
     Upgrade,
     Origin,
+    McpMethod,
+    McpTarget,
 }
 
 /// Number of [`Name`] variants.
-const NAMES: usize = 19;
+const NAMES: usize = 21;
 
 impl Name {
     /// Which known name `n` is (case-insensitive), dispatching on the length first.
@@ -128,10 +130,12 @@ impl Name {
             6 if is(b"accept") => Name::Accept,
             6 if is(b"expect") => Name::Expect,
             6 if is(b"origin") => Name::Origin,
+            8 if is(b"mcp-name") => Name::McpTarget,
             7 if is(b"trailer") => Name::Trailer,
             7 if is(b"upgrade") => Name::Upgrade,
             10 if is(b"connection") => Name::Connection,
             10 if is(b"keep-alive") => Name::KeepAlive,
+            10 if is(b"mcp-method") => Name::McpMethod,
             12 if is(b"content-type") => Name::ContentType,
             14 if is(b"mcp-session-id") => Name::McpSessionId,
             14 if is(b"content-length") => Name::ContentLength,
@@ -260,9 +264,11 @@ impl Fields {
 /// with the same name as the connection-option", so the backend would never see the
 /// field the router decided by. Such a request is refused instead (see
 /// [`RequestHead::conflict`]).
-const READ_FIELDS: [&[u8]; 5] = [
+const READ_FIELDS: [&[u8]; 7] = [
     b"mcp-session-id",
     b"mcp-protocol-version",
+    b"mcp-method",
+    b"mcp-name",
     b"last-event-id",
     b"host",
     b"origin",
@@ -2091,6 +2097,8 @@ mod tests {
             "trailer",
             "upgrade",
             "origin",
+            "mcp-method",
+            "mcp-name",
         ];
         let mut seen = std::collections::HashSet::new();
         for n in names {
