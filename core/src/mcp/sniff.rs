@@ -228,6 +228,23 @@ impl Cmp {
         }
         self.pos = self.pos.saturating_add(1);
     }
+
+    /// [`Cmp::step`] for each byte of `run`.
+    fn run(&mut self, run: &[u8], m: &Mirror<'_>) {
+        match *m {
+            Mirror::Plain(v) => {
+                if self.equal {
+                    self.equal = v.get(self.pos..self.pos.saturating_add(run.len())) == Some(run);
+                }
+                self.pos = self.pos.saturating_add(run.len());
+            }
+            Mirror::Base64(_) => {
+                for &b in run {
+                    self.step(b, m);
+                }
+            }
+        }
+    }
 }
 
 /// How a mirrored body string compares with its header.
@@ -539,14 +556,19 @@ impl Sniffer {
         while let Some((&b, tail)) = rest.split_first() {
             match self.mode {
                 Mode::Failed => return,
-                Mode::Str if self.skippable() => {
-                    // Fast path through the plain ASCII of a string nobody captures.
+                Mode::Str if self.esc == Esc::None && self.utf8_need == 0 => {
+                    // Fast path through a run of plain ASCII inside a string: skipped
+                    // when nobody captures it, else taken in one piece (exactly as
+                    // stepping each byte would).
                     let n = rest
                         .iter()
                         .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))
                         .unwrap_or(rest.len());
                     if n > 0 {
-                        // `n <= rest.len()`, so the range is in bounds.
+                        // `n <= rest.len()`, so both ranges are in bounds.
+                        if !self.skippable() {
+                            self.plain_run(rest.get(..n).unwrap_or_default(), expect);
+                        }
                         rest = rest.get(n..).unwrap_or_default();
                         continue;
                     }
@@ -667,6 +689,55 @@ impl Sniffer {
             && self.utf8_need == 0
             && self.capture == Capture::None
             && !self.top_key
+    }
+
+    /// A run of plain ASCII (0x20..0x7F, no `"` or `\\`) inside a string that is
+    /// captured or is a tracked key: what [`Sniffer::string_byte`] does for each of its
+    /// bytes, in one piece.
+    fn plain_run(&mut self, run: &[u8], e: &Expect<'_>) {
+        let n = run.len();
+        if self.capture == Capture::Id {
+            match self.id_buf.get_mut(self.id_len..self.id_len + n) {
+                Some(slots) => {
+                    slots.copy_from_slice(run);
+                    self.id_len += n;
+                }
+                None => {
+                    self.id = Field::Unusable;
+                    self.capture = Capture::None;
+                }
+            }
+            return;
+        }
+        if self.top_key {
+            let room = KEY_CAP.saturating_sub(self.key_len).min(n);
+            if let (Some(slots), Some(bytes)) = (
+                self.key_buf.get_mut(self.key_len..self.key_len + room),
+                run.get(..room),
+            ) {
+                slots.copy_from_slice(bytes);
+            }
+            self.key_len = self.key_len.saturating_add(n);
+            return;
+        }
+        match self.capture {
+            Capture::Method if !self.method_too_long => {
+                match self
+                    .method_buf
+                    .get_mut(self.method_len..self.method_len + n)
+                {
+                    Some(slots) => {
+                        slots.copy_from_slice(run);
+                        self.method_len += n;
+                    }
+                    None => self.method_too_long = true,
+                }
+            }
+            Capture::Name => self.name_cmp.run(run, &e.name),
+            Capture::Uri => self.uri_cmp.run(run, &e.name),
+            Capture::Version => self.version_cmp.run(run, &e.version),
+            _ => {}
+        }
     }
 
     /// Whether a key read now belongs to an object whose keys matter: the top-level
