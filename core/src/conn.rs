@@ -998,6 +998,23 @@ impl Conn {
                 b"HTTP/1.1 100 Continue\r\n\r\n",
             )));
         }
+        if self.cfg.modern_only
+            && reading.is_ok()
+            && matches!(req.method, Method::Get | Method::Delete)
+        {
+            // 2026-07-28, Backward Compatibility: "A server that supports only this
+            // revision and receives such traffic from an older client **SHOULD** respond
+            // as follows: HTTP GET or DELETE to the MCP endpoint: respond with `405
+            // Method Not Allowed`." With `modern_only` the backends are such servers, so
+            // the router answers for them.
+            self.answer(
+                405,
+                ErrorCode::InvalidRequest,
+                "Method Not Allowed: this endpoint serves MCP 2026-07-28 (POST only)",
+                now,
+            );
+            return;
+        }
         let max_sid = self.cfg.max_session_id_len;
         let (stateless, named) = match reading {
             Ok(r) => {
@@ -1284,6 +1301,10 @@ impl Conn {
             return;
         }
         if self.x.modern {
+            if self.x.req_done && !self.x.sniffer.finished() {
+                // an empty body, which no read fed: not JSON
+                self.x.sniffer.end();
+            }
             if let Err((status, code, msg)) =
                 crate::guard::check_mirrored(&self.req, &self.x.sniffer)
             {
@@ -1559,8 +1580,12 @@ impl Conn {
             path_prefix: backend.base_path.as_bytes(),
             client_ip: self.peer,
             proto: self.proto,
-            // the stateless era: the router did not route by a session id
-            drop_session_id: self
+            // The stateless era: the router did not route by a session id. 2026-07-28,
+            // Backward Compatibility: a server that supports only this revision "SHOULD"
+            // treat "An `Mcp-Session-Id` header on a request: ignore it, and do not mint
+            // or echo session IDs." and "A `Last-Event-ID` header: ignore it; streams are
+            // not resumable." Neither is looked up, so neither is forwarded.
+            drop_session_fields: self
                 .req
                 .known(Name::McpProtocolVersion)
                 .is_some_and(is_stateless_version),
@@ -2286,6 +2311,11 @@ impl Conn {
         let digits = retry.to_string();
         let extra: &[(&str, &[u8])] = if retry > 0 {
             &[("Retry-After", digits.as_bytes())]
+        } else if status == 405 {
+            // RFC 9110 section 15.5.6: "The origin server MUST generate an Allow header
+            // field in a 405 response containing a list of the target resource's
+            // currently supported methods."
+            &[("Allow", b"POST")]
         } else {
             &[]
         };

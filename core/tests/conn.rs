@@ -1511,6 +1511,7 @@ fn modern_cases() -> Vec<ModernCase> {
         ("a response", m("get_weather"), r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#.into(), bad),
         ("a scalar", m("get_weather"), r#""tools/call""#.into(), bad),
         ("not JSON", m("get_weather"), call.replace("\"id\":", "\"id\" "), Some((400, -32700))),
+        ("empty body", m("get_weather"), String::new(), Some((400, -32700))),
         ("method twice", m("get_weather"), call.replace(r#""id":"req-7""#, r#""id":"req-7","method":"tools/list""#), bad),
         ("name twice", m("get_weather"), call.replace(r#""arguments""#, r#""name":"other","arguments""#), bad),
         ("params twice", m("get_weather"), call.replace(r#""id":"req-7""#, r#""id":"req-7","params":{}"#), bad),
@@ -1602,4 +1603,132 @@ fn a_modern_body_past_the_inspection_limit_is_413_not_forwarded() {
     h.send(modern("", &big).as_bytes());
     assert!(h.connects.is_empty());
     assert_eq!(status_of(&h.take_client()), 413);
+}
+
+/// A 2026-07-28 request of `method` (POST: with its mirrored headers and body).
+fn modern_request(method: &str, rpc: &str, extra: &str) -> String {
+    if method != "POST" {
+        return format!(
+            "{method} /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n{extra}\r\n"
+        );
+    }
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"{rpc}","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}}}}"#
+    );
+    modern_with(
+        &format!("MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: {rpc}\r\n"),
+        extra,
+        &body,
+    )
+}
+
+#[test]
+fn modern_requests_forward_no_session_fields_and_look_nothing_up() {
+    let mut h = H::new(2);
+    init(&mut h, "s");
+    let legacy = "Mcp-Session-Id: s\r\nLast-Event-ID: 7\r\n";
+    for req in [
+        modern_request("GET", "", legacy),
+        modern_request("DELETE", "", legacy),
+        modern_request("POST", "server/discover", legacy),
+    ] {
+        h.reconnect();
+        h.auto_store = false;
+        h.send(req.as_bytes());
+        assert!(h.ops.is_empty(), "no store lookup: {req}");
+        assert_eq!(h.connects.len(), 1, "forwarded: {req}");
+        h.connect_ok(false);
+        let up = h.take_upstream().to_ascii_lowercase();
+        assert!(up.contains("mcp-protocol-version: 2026-07-28"), "{up}");
+        assert!(!up.contains("mcp-session-id"), "{up}");
+        assert!(!up.contains("last-event-id"), "{up}");
+        // a modern backend refuses GET and DELETE itself; the answer goes through
+        h.reply(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(status_of(&h.take_client()), 405);
+    }
+    // an older version still sends both on
+    h.reconnect();
+    h.auto_store = true;
+    let req = format!(
+        "GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n{legacy}\r\n"
+    );
+    h.send(req.as_bytes());
+    h.connect_ok(false);
+    let up = h.take_upstream().to_ascii_lowercase();
+    assert!(
+        up.contains("mcp-session-id: s") && up.contains("last-event-id: 7"),
+        "{up}"
+    );
+}
+
+#[test]
+fn modern_only_answers_get_and_delete_405_itself() {
+    let mut c = config(1);
+    c.modern_only = true;
+    let mut h = H::with(c);
+    for req in [
+        modern_request("GET", "", ""),
+        modern_request("DELETE", "", "Mcp-Session-Id: s\r\n"),
+        // a legacy client's GET stream gets the same answer a modern-only server gives
+        "GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\n\r\n".to_string(),
+    ] {
+        h.reconnect();
+        h.send(req.as_bytes());
+        assert!(h.connects.is_empty(), "{req}");
+        let resp = h.take_client();
+        assert_eq!(status_of(&resp), 405, "{resp}");
+        assert!(resp.contains("\r\nAllow: POST\r\n"), "{resp}");
+        assert!(!h.closed, "the connection stays open");
+    }
+    h.reconnect();
+    h.send(modern_request("POST", "server/discover", "").as_bytes());
+    assert_eq!(h.connects.len(), 1, "POST is forwarded");
+}
+
+#[test]
+fn a_listen_stream_has_no_response_timeout_and_keeps_its_comments() {
+    let mut h = H::new(1);
+    h.send(modern_request("POST", "subscriptions/listen", "").as_bytes());
+    h.connect_ok(false);
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+    let ack = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/subscriptions/acknowledged\"}\n\n";
+    h.reply(format!("{head}{}", chunk(ack)).as_bytes());
+    let first = h.take_client();
+    assert!(first.contains("X-Accel-Buffering: no"), "{first}");
+    assert!(first.contains(ack), "{first}");
+    // quiet for longer than every timeout, with keep-alive comments now and then
+    let t = Timeouts::default();
+    let quiet = t.response.max(t.body_idle) * 2;
+    for round in 0..3 {
+        h.advance(quiet);
+        assert!(!h.closed, "round {round}: the stream was cut");
+        h.reply(chunk(":\r\n\r\n").as_bytes());
+        assert!(h.take_client().contains(":\r\n\r\n"), "round {round}");
+    }
+    let change = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
+    h.reply(chunk(change).as_bytes());
+    assert!(h.take_client().contains(change));
+    assert!(h.rejected().is_empty(), "{:?}", h.events);
+}
+
+#[test]
+fn an_unsupported_version_answer_reaches_the_client_unchanged() {
+    let mut h = H::new(1);
+    h.send(modern_request("POST", "server/discover", "").as_bytes());
+    h.connect_ok(false);
+    let body = r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2025-11-25"],"requested":"2026-07-28"}}}"#;
+    h.reply(
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400);
+    assert!(resp.ends_with(body), "{resp}");
+    // and the client's fallback, an initialize on the same connection, is forwarded
+    h.send(&post("/mcp", None, INIT));
+    assert_eq!(h.connects.len(), 2);
 }

@@ -167,7 +167,7 @@ pub fn request_head(data: &[u8]) {
         path_prefix: b"/base",
         client_ip: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         proto: "http",
-        drop_session_id: false,
+        drop_session_fields: false,
         session_id: None,
         target: None,
     };
