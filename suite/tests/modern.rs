@@ -6,8 +6,14 @@ use mcp_router_testkit::harness::{router_bin, Conn, Proc};
 use serde_json::{json, Value};
 
 fn router(backend: &Proc) -> Proc {
+    router_with(backend, &[])
+}
+
+fn router_with(backend: &Proc, extra: &[&str]) -> Proc {
     let b = format!("b0=http://{}", backend.addr);
-    Proc::router(router_bin(), "router", &["--backend", &b])
+    let mut args = vec!["--backend", &b];
+    args.extend_from_slice(extra);
+    Proc::router(router_bin(), "router", &args)
 }
 
 fn served(b: &Proc) -> u64 {
@@ -134,6 +140,49 @@ fn mismatched_headers_get_400_32020_and_the_backend_receives_nothing() {
     );
 }
 
+/// Without `--modern-only` a modern GET or DELETE goes to the backend (a modern one
+/// answers 405), without its session fields; with it the router answers 405 itself.
+fn get_and_delete_reach_the_backend_unless_modern_only() {
+    let b0 = Proc::fake_backend("b0");
+    let legacy = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Session-Id", "s"),
+        ("Last-Event-ID", "4"),
+    ];
+    let r = router(&b0);
+    let mut c = Conn::open(&r.addr);
+    let resp = c.request("GET", "/headers", &legacy, "");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = resp.json()["headers"].to_string().to_ascii_lowercase();
+    assert!(!seen.contains("mcp-session-id"), "{seen}");
+    assert!(!seen.contains("last-event-id"), "{seen}");
+    let before = served(&b0);
+    c.request("DELETE", "/mcp", &legacy, "");
+    assert_eq!(served(&b0), before + 1, "DELETE forwarded");
+
+    let r = router_with(&b0, &["--modern-only"]);
+    let mut c = Conn::open(&r.addr);
+    let before = served(&b0);
+    for method in ["GET", "DELETE"] {
+        let resp = c.request(method, "/mcp", &legacy, "");
+        assert_eq!(resp.status, 405, "{method}: {}", resp.text());
+        assert_eq!(resp.header("allow"), Some("POST"), "{method}");
+    }
+    assert_eq!(served(&b0), before, "the backend received nothing");
+    let resp = c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "echo"),
+        ],
+        &call("echo"),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
 mcp_router_testkit::behaviour_suite!(
     mismatched_headers_get_400_32020_and_the_backend_receives_nothing,
+    get_and_delete_reach_the_backend_unless_modern_only,
 );
