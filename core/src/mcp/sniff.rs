@@ -560,10 +560,7 @@ impl Sniffer {
                     // Fast path through a run of plain ASCII inside a string: skipped
                     // when nobody captures it, else taken in one piece (exactly as
                     // stepping each byte would).
-                    let n = rest
-                        .iter()
-                        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))
-                        .unwrap_or(rest.len());
+                    let n = plain_len(rest);
                     if n > 0 {
                         // `n <= rest.len()`, so both ranges are in bounds.
                         if !self.skippable() {
@@ -1240,6 +1237,39 @@ fn compared(field: Field, cmp: Cmp, m: &Mirror<'_>) -> Compared {
     }
 }
 
+/// Whether a byte inside a string is plain: not `"`, `\\`, a control byte or the start
+/// of a UTF-8 sequence.
+fn is_plain(c: u8) -> bool {
+    c != b'"' && c != b'\\' && (0x20..0x80).contains(&c)
+}
+
+/// Length of the run of plain bytes ([`is_plain`]) that starts `s`. Eight bytes at a
+/// time: for each test the lowest flagged byte of a word is exact (a borrow only runs
+/// upward from a byte that is itself flagged), so the lowest flag of all is the first
+/// byte that is not plain.
+fn plain_len(s: &[u8]) -> usize {
+    const L: u64 = 0x0101_0101_0101_0101;
+    const H: u64 = 0x8080_8080_8080_8080;
+    let zero = |y: u64| y.wrapping_sub(L) & !y & H;
+    let mut i = 0;
+    while let Some(w) = s.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+        let x = u64::from_le_bytes(w);
+        let flags = (x & H)
+            | (x.wrapping_sub(0x20 * L) & !x & H)
+            | zero(x ^ (u64::from(b'"') * L))
+            | zero(x ^ (u64::from(b'\\') * L));
+        if flags != 0 {
+            return i + (flags.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    let tail = s.get(i..).unwrap_or_default();
+    i + tail
+        .iter()
+        .position(|&c| !is_plain(c))
+        .unwrap_or(tail.len())
+}
+
 /// JSON whitespace.
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
@@ -1907,6 +1937,28 @@ mod tests {
     }
 
     const MODERN: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"name":"x","uri":"y","_meta":{}},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","x":{"name":"z"}},"uri":"file:///a"}}"#;
+
+    #[test]
+    fn plain_len_matches_a_byte_scan() {
+        let mut rng = XorShift(0x5EED_0000_0000_0001);
+        const BYTES: &[u8] = b"\"\\\x00\x1f\x20\x21\x7e\x7f\x80\xff\x5b\x5d\x01aZ";
+        for _ in 0..20_000 {
+            let len = rng.below(40);
+            let s: Vec<u8> = (0..len)
+                .map(|_| match rng.below(3) {
+                    0 => BYTES[rng.below(BYTES.len())],
+                    _ => b'a' + rng.below(26) as u8,
+                })
+                .collect();
+            let want = s.iter().position(|&c| !is_plain(c)).unwrap_or(s.len());
+            assert_eq!(plain_len(&s), want, "{s:?}");
+        }
+        for b in 0..=255u8 {
+            let mut s = vec![b'x'; 17];
+            s[11] = b;
+            assert_eq!(plain_len(&s), if is_plain(b) { 17 } else { 11 }, "{b:#x}");
+        }
+    }
 
     #[test]
     fn mirrors_decode_like_base64() {
