@@ -113,6 +113,32 @@ pub struct Cli {
     /// reload (SIGHUP) makes this list authoritative again.
     #[arg(long, env = "MCP_ROUTER_DRAIN", value_delimiter = ',')]
     pub drain: Vec<String>,
+    /// A draining backend's remaining sessions end this long after its drain began:
+    /// their clients get 404 and the backend a DELETE for each [default: 10m].
+    #[arg(long, env = "MCP_ROUTER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+    /// `on`: send DELETE to the backend for each session the router ends itself (idle
+    /// expiry, drain timeout), carrying its Mcp-Session-Id and the --reap-header
+    /// fields only [default: on].
+    #[arg(long, env = "MCP_ROUTER_REAP")]
+    pub reap: Option<String>,
+    /// Most reap DELETEs in flight at once [default: 4].
+    #[arg(long, env = "MCP_ROUTER_REAP_CONCURRENCY")]
+    pub reap_concurrency: Option<usize>,
+    /// Most reap DELETEs started per second, 0 for no limit [default: 100].
+    #[arg(long, env = "MCP_ROUTER_REAP_RATE")]
+    pub reap_rate: Option<u32>,
+    /// Most reap DELETEs waiting; past it they are dropped [default: 10000].
+    #[arg(long, env = "MCP_ROUTER_REAP_QUEUE")]
+    pub reap_queue: Option<usize>,
+    /// A header field added to every reap DELETE, `Name: value` (repeatable), e.g. a
+    /// credential the backend accepts, or `MCP-Protocol-Version: 2025-06-18`. The
+    /// client's own headers (Authorization included) are not kept.
+    #[arg(long, env = "MCP_ROUTER_REAP_HEADER")]
+    pub reap_header: Vec<String>,
+    /// Path of the MCP endpoint on each backend, after its base path [default: /mcp].
+    #[arg(long, env = "MCP_ROUTER_REAP_PATH")]
+    pub reap_path: Option<String>,
     /// How many router replicas run side by side; with more than one, the embedded
     /// store cannot share sessions and the router warns [default: 1].
     #[arg(long, env = "MCP_ROUTER_REPLICAS_EXPECTED")]
@@ -288,6 +314,13 @@ struct File {
     discover: Option<Vec<String>>,
     discover_interval: Option<toml::Value>,
     drain: Option<Vec<String>>,
+    drain_timeout: Option<toml::Value>,
+    reap: Option<toml::Value>,
+    reap_concurrency: Option<usize>,
+    reap_rate: Option<u32>,
+    reap_queue: Option<usize>,
+    reap_header: Option<Vec<String>>,
+    reap_path: Option<String>,
     stdio: Option<String>,
     stdio_mode: Option<String>,
     stdio_max_children: Option<usize>,
@@ -741,6 +774,43 @@ impl Cli {
             .expiry_batch
             .or(file.expiry_batch)
             .unwrap_or(c.expiry_batch);
+        c.drain_timeout = dur(
+            "drain_timeout",
+            &self.drain_timeout,
+            &file.drain_timeout,
+            c.drain_timeout,
+        )?;
+        let r = &mut c.reap;
+        r.enabled = match (&self.reap, &file.reap) {
+            (Some(s), _) => on_off("reap", s)?,
+            (None, Some(toml::Value::Boolean(b))) => *b,
+            (None, Some(toml::Value::String(s))) => on_off("reap", s)?,
+            (None, Some(_)) => return Err(ConfigError("reap: expected on or off".into())),
+            (None, None) => r.enabled,
+        };
+        r.concurrency = self
+            .reap_concurrency
+            .or(file.reap_concurrency)
+            .unwrap_or(r.concurrency);
+        r.rate = self.reap_rate.or(file.reap_rate).unwrap_or(r.rate);
+        r.queue = self.reap_queue.or(file.reap_queue).unwrap_or(r.queue);
+        if let Some(p) = self.reap_path.as_ref().or(file.reap_path.as_ref()) {
+            r.path = p.trim_end_matches('/').to_string();
+        }
+        let headers = if !self.reap_header.is_empty() {
+            self.reap_header.clone()
+        } else {
+            file.reap_header.clone().unwrap_or_default()
+        };
+        r.headers = headers
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                None => Err(ConfigError(format!(
+                    "reap_header: {h:?}: use \"Name: value\""
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
         let shutdown_grace = dur(
             "shutdown_grace",
             &self.shutdown_grace,

@@ -44,6 +44,8 @@ pub struct Shared {
     pub memory: Option<Mutex<MemStore>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// `DELETE`s to send upstream for sessions the router ended itself.
+    pub reaper: crate::reap::ReapQueue,
     /// The settings in force (replaced by a reload).
     pub settings: RwLock<Settings>,
     store_ready: AtomicBool,
@@ -107,7 +109,7 @@ impl Shared {
             }
         };
         for name in &settings.drain {
-            router.set_draining(name, true);
+            router.set_draining(name, true, epoch);
         }
         Ok(Arc::new(Shared {
             store_ready: AtomicBool::new(memory.is_some()),
@@ -115,6 +117,7 @@ impl Shared {
             router,
             memory,
             metrics: Metrics::new(),
+            reaper: crate::reap::ReapQueue::new(cfg.reap.clone()),
             discovered: Mutex::new(vec![Vec::new(); settings.discover.len()]),
             settings: RwLock::new(settings.clone()),
             resolver,
@@ -262,17 +265,45 @@ impl Shared {
         }
     }
 
-    /// One expiry tick of the embedded store: a bounded batch of idle records ends.
+    /// One expiry tick of the embedded store: a bounded batch of idle records ends,
+    /// and a bounded batch of those of backends drained for `drain_timeout`; each
+    /// ended session the core says to reap is queued for a `DELETE` upstream.
     pub fn expire_memory(&self, now: Instant) {
         let mut expired = Vec::new();
+        let mut drained = Vec::new();
+        let mut overdue = Vec::new();
+        self.router.drain_overdue(now, &mut overdue);
         if let Some(Ok(mut s)) = self.memory.as_ref().map(Mutex::lock) {
             s.expire(now, &mut expired);
+            s.end_backends(&overdue, &mut drained);
         }
-        for (session, rec) in expired {
-            self.router.session_ended(rec.backend);
-            if self.router.is_configured(rec.backend) {
-                info!(session = %session, backend = %self.router.name(rec.backend), cause = EndCause::Expired.as_str(), "session ended");
-                self.metrics.session_ended(EndCause::Expired);
+        let all = expired
+            .into_iter()
+            .map(|e| (e, EndCause::Expired))
+            .chain(drained.into_iter().map(|e| (e, EndCause::DrainTimeout)));
+        for ((session, rec), cause) in all {
+            self.session_ended_here(session, rec, cause);
+        }
+    }
+
+    /// A record the router removed itself (not through a connection): count and log
+    /// it, and queue its `DELETE` upstream when the core says so.
+    pub fn session_ended_here(
+        &self,
+        session: mcp_router_core::mcp::SessionKey,
+        rec: mcp_router_core::Record,
+        cause: EndCause,
+    ) {
+        self.router.session_ended(rec.backend);
+        if !self.router.is_configured(rec.backend) {
+            return;
+        }
+        info!(session = %session, backend = %self.router.name(rec.backend), cause = cause.as_str(), "session ended");
+        self.metrics.session_ended(cause);
+        if mcp_router_core::reap::reaps(rec.era, cause) {
+            let job = mcp_router_core::ReapJob::new(session, rec.backend, cause);
+            if let Some(r) = self.reaper.push(job) {
+                self.metrics.session_reaped(r);
             }
         }
     }
@@ -371,8 +402,11 @@ impl Shared {
         self.discover_once();
         let drain = self.settings().drain.clone();
         for m in self.router.status(Instant::now()) {
-            self.router
-                .set_draining(&m.backend.name, drain.contains(&m.backend.name));
+            self.router.set_draining(
+                &m.backend.name,
+                drain.contains(&m.backend.name),
+                Instant::now(),
+            );
         }
         let keys = self
             .router
@@ -442,6 +476,7 @@ fn every(
 /// Start the background work of a serving router on threads: the embedded store's
 /// expiry and, when configured, the active health check. Both stop at `shutdown`.
 pub fn start_background(shared: &Arc<Shared>, shutdown: &Arc<Shutdown>) {
+    crate::reap::start_reapers(shared, shutdown);
     {
         // the wall clock for sealed ids' issue times and ages, followed if stepped
         let sh = shared.clone();
