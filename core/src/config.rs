@@ -365,6 +365,8 @@ impl Config {
             ("backoff_max", self.backoff_max),
             ("expiry_interval", self.expiry_interval),
             ("drain_timeout", self.drain_timeout),
+            ("reap_claim_interval", self.reap.claim_interval),
+            ("reap_claim_lease", self.reap.claim_lease),
             ("session_max_age", self.session_max_age),
         ] {
             if d.is_zero() {

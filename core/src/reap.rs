@@ -59,6 +59,12 @@ pub struct ReapSettings {
     pub headers: Vec<(String, String)>,
     /// Wait before the one retry of a failed `DELETE`.
     pub retry_after: Duration,
+    /// Shared store: how often each replica claims expired sessions from the store's
+    /// expiry index.
+    pub claim_interval: Duration,
+    /// Shared store: how long a claim is held before another replica may take it over
+    /// (a replica that died between its claim and its acknowledgement).
+    pub claim_lease: Duration,
 }
 
 impl Default for ReapSettings {
@@ -71,6 +77,8 @@ impl Default for ReapSettings {
             path: "/mcp".into(),
             headers: Vec::new(),
             retry_after: Duration::from_secs(1),
+            claim_interval: Duration::from_secs(1),
+            claim_lease: Duration::from_secs(60),
         }
     }
 }
@@ -86,6 +94,9 @@ pub struct ReapJob {
     pub cause: EndCause,
     /// Attempts made so far.
     pub attempts: u8,
+    /// Claimed from a shared store's expiry index: acknowledge it there once done
+    /// (whatever the result), so that no other replica takes it over.
+    pub claimed: bool,
 }
 
 impl ReapJob {
@@ -96,6 +107,7 @@ impl ReapJob {
             backend,
             cause,
             attempts: 0,
+            claimed: false,
         }
     }
 }

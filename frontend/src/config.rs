@@ -136,6 +136,10 @@ pub struct Cli {
     /// client's own headers (Authorization included) are not kept.
     #[arg(long, env = "MCP_ROUTER_REAP_HEADER")]
     pub reap_header: Vec<String>,
+    /// With --store redis: how often each replica claims expired sessions from the
+    /// shared expiry index to reap them [default: 1s].
+    #[arg(long, env = "MCP_ROUTER_REAP_CLAIM_INTERVAL")]
+    pub reap_claim_interval: Option<String>,
     /// Path of the MCP endpoint on each backend, after its base path [default: /mcp].
     #[arg(long, env = "MCP_ROUTER_REAP_PATH")]
     pub reap_path: Option<String>,
@@ -321,6 +325,7 @@ struct File {
     reap_queue: Option<usize>,
     reap_header: Option<Vec<String>>,
     reap_path: Option<String>,
+    reap_claim_interval: Option<toml::Value>,
     stdio: Option<String>,
     stdio_mode: Option<String>,
     stdio_max_children: Option<usize>,
@@ -779,6 +784,12 @@ impl Cli {
             &self.drain_timeout,
             &file.drain_timeout,
             c.drain_timeout,
+        )?;
+        c.reap.claim_interval = dur(
+            "reap_claim_interval",
+            &self.reap_claim_interval,
+            &file.reap_claim_interval,
+            c.reap.claim_interval,
         )?;
         let r = &mut c.reap;
         r.enabled = match (&self.reap, &file.reap) {

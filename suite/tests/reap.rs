@@ -3,7 +3,9 @@
 //! backend's side (its session count returns to where it started, and each session is
 //! named by exactly one `DELETE`).
 
-use mcp_router_testkit::harness::{post_json, router_bin, Conn, Proc};
+use mcp_router_testkit::harness::{
+    free_port, initialize, post_json, redis_cmd, redis_server, router_bin, Conn, Proc,
+};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -301,7 +303,202 @@ fn a_drained_backends_sessions_end_by_the_drain_timeout() {
     assert_eq!(metric(&admin, reaped_ok), n0 as f64);
 }
 
+/// Open and delete sessions through `r` until it serves ten in a row (a glommio
+/// replica connects to Redis once per executor, and answers 503 for a moment).
+fn warm(r: &Proc) {
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(Instant::now() < end, "{} never served steadily", r.addr);
+        let mut c = r.conn();
+        let resp = post_json(
+            &mut c,
+            "/mcp",
+            None,
+            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}),
+        );
+        match resp.header("mcp-session-id") {
+            Some(sid) if resp.status == 200 => {
+                let sid = sid.to_string();
+                c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+                in_a_row += 1;
+            }
+            _ => {
+                in_a_row = 0;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+const PREFIX: &str = "mcp-router:session:";
+
+/// Two replicas on one Redis: Redis expires idle records silently, the replicas claim
+/// them from the shared expiry index, and each session is deleted on its backend
+/// exactly once, whichever replica opened or used it. A claim left by a replica that
+/// died before acknowledging it is taken over once its lease runs out.
+fn two_replicas_on_redis_reap_each_expired_session_exactly_once() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let b0 = Proc::fake_backend("b0");
+    let store = format!("redis://127.0.0.1:{rp}");
+    let extra = [
+        "--store",
+        &store,
+        "--session-ttl",
+        "1s",
+        "--reap-claim-interval",
+        "100ms",
+    ];
+    let (a, admin_a) = router("router-a", &[("b0", &b0)], &extra);
+    let (b, admin_b) = router("router-b", &[("b0", &b0)], &extra);
+    warm(&a);
+    warm(&b);
+    let start = sessions(&b0);
+    let deletes_before = b0.stats()["deletes"].as_u64().unwrap();
+    // what a replica that died mid-reap leaves behind: a claim whose lease has run
+    // out, and the record's copy, for a session its backend still holds
+    let (_, orphan) = initialize(&mut b0.conn(), json!(1));
+    let r = |args: &[&str]| redis_cmd(&redis.addr, args);
+    r(&[
+        "HSET",
+        &format!("{PREFIX} reap records"),
+        &orphan,
+        "2|s|0|0000000000000000|b0",
+    ]);
+    r(&["ZADD", &format!("{PREFIX} reap claims"), "0", &orphan]);
+    // ten sessions, opened on either replica, each used once through the other
+    let mut sids = Vec::new();
+    for i in 0..10 {
+        let (open_on, use_on) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let sid = open(open_on);
+        assert_eq!(ping(use_on, &sid), 200);
+        sids.push(sid);
+    }
+    assert!(
+        until(Duration::from_secs(15), || {}, || sessions(&b0) == start),
+        "b0 still holds {} sessions (started at {start})",
+        sessions(&b0)
+    );
+    let d = deleted(&b0);
+    for sid in sids.iter().chain([&orphan]) {
+        assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
+    }
+    let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    assert!(until(Duration::from_secs(5), || {}, || total() >= 11.0));
+    // a while longer: nothing is reaped twice
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(total(), 11.0);
+    assert_eq!(
+        b0.stats()["deletes"].as_u64().unwrap(),
+        deletes_before + 11,
+        "{:?}",
+        deleted(&b0)
+    );
+    // the index is empty again once the claims are acknowledged
+    let empty = || {
+        [" reap", " reap claims"]
+            .iter()
+            .all(|k| r(&["ZCARD", &format!("{PREFIX}{k}")]) == ":0")
+            && r(&["HLEN", &format!("{PREFIX} reap records")]) == ":0"
+    };
+    assert!(until(Duration::from_secs(5), || {}, empty));
+    // the expired sessions' clients get 404 on either replica
+    assert_eq!(ping(&a, &sids[0]), 404);
+    assert_eq!(ping(&b, &sids[1]), 404);
+}
+
+/// `--drain-timeout` with two replicas on Redis: the drained backend's sessions end
+/// on time, each deleted on the backend exactly once, and their clients get `404`
+/// from either replica; the other backend's sessions go on.
+fn two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let store = format!("redis://127.0.0.1:{rp}");
+    let extra = [
+        "--store",
+        &store,
+        "--session-ttl",
+        "1h",
+        "--drain-timeout",
+        "2s",
+        "--reap-claim-interval",
+        "100ms",
+    ];
+    let backends = [("b0", &b0), ("b1", &b1)];
+    let (a, admin_a) = router("router-a", &backends, &extra);
+    let (b, admin_b) = router("router-b", &backends, &extra);
+    warm(&a);
+    warm(&b);
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    let mut i = 0;
+    while on.get("b0").map_or(0, Vec::len) < 4 || on.get("b1").map_or(0, Vec::len) < 2 {
+        let sid = open(if i % 2 == 0 { &a } else { &b });
+        i += 1;
+        let owner = sid.split('-').next().unwrap().to_string();
+        on.entry(owner).or_default().push(sid);
+    }
+    let n0 = on["b0"].len();
+    assert_eq!(sessions(&b0), n0 as u64);
+    let before = Instant::now();
+    for admin in [&admin_a, &admin_b] {
+        let s = Conn::open(admin)
+            .request("POST", "/admin/backends/b0/drain", &[], "{}")
+            .status;
+        assert_eq!(s, 200);
+    }
+    let drained_at = Instant::now();
+    assert!(until(Duration::from_secs(10), || {}, || sessions(&b0) == 0));
+    let earliest = before.elapsed();
+    let took = drained_at.elapsed();
+    assert!(
+        earliest >= Duration::from_secs(2),
+        "ended after {earliest:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "ended {took:?} after the drain"
+    );
+    let d = deleted(&b0);
+    for sid in &on["b0"] {
+        assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
+        assert_eq!(ping(&a, sid), 404, "{sid}");
+        assert_eq!(ping(&b, sid), 404, "{sid}");
+    }
+    for sid in &on["b1"] {
+        assert_eq!(ping(&a, sid), 200, "{sid}");
+        assert_eq!(ping(&b, sid), 200, "{sid}");
+    }
+    let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || total() >= n0 as f64
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(total(), n0 as f64, "reaped twice?");
+    let ended = "mcp_router_sessions_ended_total{cause=\"drain_timeout\"}";
+    assert_eq!(metric(&admin_a, ended) + metric(&admin_b, ended), n0 as f64);
+    assert_eq!(sessions(&b1), on["b1"].len() as u64);
+    // nothing of b0's is left in the index, b1's are all there
+    let r = |args: &[&str]| redis_cmd(&redis.addr, args);
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || r(&["ZCARD", &format!("{PREFIX} reap claims")]) == ":0"
+    ));
+    assert_eq!(
+        r(&["HLEN", &format!("{PREFIX} reap records")]),
+        format!(":{}", on["b1"].len())
+    );
+}
+
 mcp_router_testkit::behaviour_suite!(
+    two_replicas_on_redis_reap_each_expired_session_exactly_once,
+    two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once,
     idle_sessions_are_deleted_on_their_backend,
     a_backend_that_forgot_or_died_is_counted_not_retried_forever,
     a_drained_backends_sessions_end_by_the_drain_timeout,
