@@ -1116,6 +1116,70 @@ mod tests {
     }
 
     #[test]
+    fn reap_settings_from_flags_and_file_and_bad_headers_refused() {
+        let s = cli(&[
+            "--backend",
+            "http://x:1",
+            "--drain-timeout",
+            "30s",
+            "--reap-header",
+            "Authorization: Bearer a:b",
+            "--reap-header",
+            "MCP-Protocol-Version: 2025-06-18",
+            "--reap-concurrency",
+            "2",
+            "--reap-rate",
+            "0",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.core.drain_timeout, Duration::from_secs(30));
+        let r = &s.core.reap;
+        assert!(r.enabled);
+        assert_eq!((r.concurrency, r.rate, r.path.as_str()), (2, 0, "/mcp"));
+        assert_eq!(
+            r.headers,
+            [
+                ("Authorization".to_string(), "Bearer a:b".to_string()),
+                ("MCP-Protocol-Version".into(), "2025-06-18".into())
+            ]
+        );
+        let defaults = cli(&["--backend", "http://x:1"]).settings().unwrap();
+        assert_eq!(defaults.core.drain_timeout, Duration::from_secs(600));
+        assert!(defaults.core.reap.headers.is_empty());
+        for (bad, field) in [
+            ("no colon", "reap_header"),
+            ("Bad Name: x", "reap_header"),
+            ("Mcp-Session-Id: x", "reap_header"),
+            ("X: caf\u{e9}", "reap_header"),
+        ] {
+            let e = cli(&["--backend", "http://x:1", "--reap-header", bad])
+                .settings()
+                .unwrap_err();
+            assert!(e.0.starts_with(field), "{bad}: {e}");
+        }
+        let e = cli(&["--backend", "http://x:1", "--reap-concurrency", "0"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("reap_concurrency"), "{e}");
+        // the README's keys, from a file
+        let dir = std::env::temp_dir().join(format!("mcp-router-cfg-reap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            "backends = [\"http://x:1\"]\ndrain_timeout = \"10m\"\nreap = false\n\
+             reap_header = [\"Authorization: Bearer reaper-token\"]\nreap_concurrency = 4\n\
+             reap_rate = 100\nreap_queue = 10000\n",
+        )
+        .unwrap();
+        let s = cli(&["--config", p.to_str().unwrap()]).settings().unwrap();
+        assert!(!s.core.reap.enabled);
+        assert_eq!(s.core.reap.headers.len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn flags_build_a_config() {
         let s = cli(&[
             "--backend",
