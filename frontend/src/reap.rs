@@ -118,10 +118,12 @@ fn work(shared: &Shared, job: ReapJob) {
         }
         return;
     };
-    let settings = shared.reaper.lock().settings().clone();
-    let connect = shared.router.config().timeouts.connect;
+    // headers and path as the configuration in force has them (a reload changes
+    // them); the queue's bounds are the ones it was built with
+    let cfg = shared.router.config();
+    let connect = cfg.timeouts.connect;
     let mut req = Vec::with_capacity(256);
-    write_delete(&mut req, &backend, &job.session, &settings);
+    write_delete(&mut req, &backend, &job.session, &cfg.reap);
     let status = send(&backend.host, backend.port, &req, connect);
     let (session, attempt) = (job.session.clone(), job.attempts + 1);
     let result = {
