@@ -261,6 +261,7 @@ fn a_drained_backends_sessions_end_by_the_drain_timeout() {
         || sessions(&b0) == 0,
     );
     let took = drained_at.elapsed();
+    eprintln!("embedded store: the drained backend's sessions gone {took:?} after the drain (timeout 2 s)");
     assert!(ended, "b0 still holds {} sessions", sessions(&b0));
     // the drain began between `before` and `drained_at`
     let earliest = before.elapsed();
@@ -453,6 +454,7 @@ fn two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once() {
     assert!(until(Duration::from_secs(10), || {}, || sessions(&b0) == 0));
     let earliest = before.elapsed();
     let took = drained_at.elapsed();
+    eprintln!("redis, two replicas: the drained backend's sessions gone {took:?} after the drain (timeout 2 s)");
     assert!(
         earliest >= Duration::from_secs(2),
         "ended after {earliest:?}"
