@@ -289,7 +289,7 @@ pub fn answer(
                 return refusal;
             }
             let name = percent_decode(name);
-            if router.set_draining(&name, drain) {
+            if router.set_draining(&name, drain, now) {
                 AdminAnswer {
                     drained: Some((name.clone(), drain)),
                     ..text(200, format!("{name}: draining={drain}\n"))
@@ -544,7 +544,7 @@ mod tests {
             t,
         );
         r.session_ended(b0);
-        r.set_draining("b@1", true);
+        r.set_draining("b@1", true, t);
         let auth = loopback();
         let now = t + std::time::Duration::from_secs(2);
         let req = AdminRequest::new(Method::Get, b"/?format=json");

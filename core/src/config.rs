@@ -206,6 +206,11 @@ pub struct Config {
     pub expiry_batch: usize,
     /// Period of the embedded store's expiry tick.
     pub expiry_interval: Duration,
+    /// A draining backend's sessions end this long after its drain began (their
+    /// clients get `404`; the backend gets a `DELETE` for each, see [`crate::reap`]).
+    pub drain_timeout: Duration,
+    /// Ending sessions on their backend when the router ends them itself.
+    pub reap: crate::reap::ReapSettings,
     /// Most idle pooled connections kept per backend.
     pub pool_max_idle: usize,
     /// Backend choices tried for one request that has no session yet (new sessions,
@@ -283,6 +288,8 @@ impl Default for Config {
             health_check_interval: None,
             expiry_batch: 4096,
             expiry_interval: Duration::from_millis(250),
+            drain_timeout: Duration::from_secs(600),
+            reap: crate::reap::ReapSettings::default(),
             pool_max_idle: 64,
             connect_attempts: 3,
             limits: Limits::default(),
@@ -362,6 +369,9 @@ impl Config {
             ("backoff_initial", self.backoff_initial),
             ("backoff_max", self.backoff_max),
             ("expiry_interval", self.expiry_interval),
+            ("drain_timeout", self.drain_timeout),
+            ("reap_claim_interval", self.reap.claim_interval),
+            ("reap_claim_lease", self.reap.claim_lease),
             ("session_max_age", self.session_max_age),
         ] {
             if d.is_zero() {
@@ -384,6 +394,39 @@ impl Config {
                 "max_session_id_len",
                 "too short for a sealed session id (at least 87)",
             );
+        }
+        let r = &self.reap;
+        if !(1..=1024).contains(&r.concurrency) {
+            return bad("reap_concurrency", "must be 1..=1024");
+        }
+        if r.rate > 1_000_000 {
+            return bad("reap_rate", "must be at most 1000000 (0: no limit)");
+        }
+        if !(1..=1 << 24).contains(&r.queue) {
+            return bad("reap_queue", "must be 1..=16777216");
+        }
+        if !r.path.starts_with('/') || !r.path.bytes().all(|c| c.is_ascii_graphic()) {
+            return bad("reap_path", "must start with / and be visible ASCII");
+        }
+        for (k, v) in &r.headers {
+            let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+            if k.is_empty() || !k.bytes().all(token) {
+                return bad("reap_header", &format!("{k:?}: not a header name"));
+            }
+            if !v
+                .bytes()
+                .all(|c| c == b' ' || c == b'\t' || c.is_ascii_graphic())
+            {
+                return bad("reap_header", &format!("{k}: value must be visible ASCII"));
+            }
+            if k.eq_ignore_ascii_case("host")
+                || k.eq_ignore_ascii_case("mcp-session-id")
+                || k.eq_ignore_ascii_case("content-length")
+                || k.eq_ignore_ascii_case("connection")
+                || k.eq_ignore_ascii_case("transfer-encoding")
+            {
+                return bad("reap_header", &format!("{k}: set by the router"));
+            }
         }
         if let Some(h) = self.health_check_interval {
             if h.is_zero() || h > MAX_DURATION {

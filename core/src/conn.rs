@@ -63,6 +63,8 @@ pub enum EndCause {
     Expired,
     /// The record named a backend that is not configured.
     UnknownBackend,
+    /// Its backend had been draining for `--drain-timeout`.
+    DrainTimeout,
 }
 
 impl EndCause {
@@ -75,6 +77,7 @@ impl EndCause {
             EndCause::StreamClosed => "stream_closed",
             EndCause::Expired => "idle_expiry",
             EndCause::UnknownBackend => "unknown_backend",
+            EndCause::DrainTimeout => "drain_timeout",
         }
     }
 }

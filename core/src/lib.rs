@@ -129,6 +129,7 @@ pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod probe;
+pub mod reap;
 pub mod router;
 pub mod seal;
 pub mod stdio;
@@ -137,6 +138,7 @@ pub mod store;
 pub use config::{Backend, Config, ConfigError, SessionIds, Timeouts};
 pub use conn::{Buffers, Conn, EndCause, Event, Limit, Output, Side};
 pub use limits::{Admission, AdmitRequest, ClientId, ClientIdentity, IpNet, Limits};
+pub use reap::{ReapJob, ReapResult, ReapSettings, Reaper};
 pub use router::{
     BackendId, Balancer, ConnPermit, ConnRefusal, Health, LeastSessions, PickKind, Router,
 };

@@ -28,6 +28,10 @@ struct CauseL {
     cause: &'static str,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultL {
+    result: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestL {
     outcome: &'static str,
     status: u16,
@@ -235,6 +239,7 @@ pub struct Metrics {
     registry: Registry,
     sessions_started: Family<EraL, Counter>,
     sessions_ended: Family<CauseL, Counter>,
+    sessions_reaped: Family<ResultL, Counter>,
     sessions_active: Gauge,
     requests: Family<RequestL, Counter>,
     upstream_latency: Hist,
@@ -270,6 +275,7 @@ impl Metrics {
         let m = Metrics {
             sessions_started: Family::default(),
             sessions_ended: Family::default(),
+            sessions_reaped: Family::default(),
             sessions_active: Gauge::default(),
             requests: Family::default(),
             upstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -316,6 +322,14 @@ impl Metrics {
             "sessions_ended",
             "Session records removed, by cause",
             m.sessions_ended.clone(),
+        );
+        r.register(
+            "sessions_reaped",
+            "Sessions the router ended itself (idle expiry, drain timeout) and sent a DELETE \
+             for to their backend, by result: deleted (2xx), gone (404 or 405), failed (no \
+             answer or another status, after one retry), dropped (queue full or backend \
+             no longer configured)",
+            m.sessions_reaped.clone(),
         );
         r.register(
             "sessions_active",
@@ -612,6 +626,24 @@ impl Metrics {
             .collect()
     }
 
+    /// Count one finished reap.
+    pub fn session_reaped(&self, result: crate::reap::ReapResult) {
+        self.sessions_reaped
+            .get_or_create(&ResultL {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// Reaps finished with `result` since the process started.
+    pub fn reaped_count(&self, result: crate::reap::ReapResult) -> u64 {
+        self.sessions_reaped
+            .get_or_create(&ResultL {
+                result: result.as_str(),
+            })
+            .get()
+    }
+
     /// Session records removed since the process started, by cause label.
     pub fn sessions_ended_by_cause(&self) -> Vec<(&'static str, u64)> {
         [
@@ -621,6 +653,7 @@ impl Metrics {
             EndCause::StreamClosed,
             EndCause::Expired,
             EndCause::UnknownBackend,
+            EndCause::DrainTimeout,
         ]
         .into_iter()
         .map(|c| {
@@ -724,7 +757,7 @@ mod tests {
             &StoreReply::Unavailable,
             Duration::from_millis(1),
         );
-        r.set_draining("b0", true);
+        r.set_draining("b0", true, t);
         let text = m.render(&r, t);
         for line in [
             "mcp_router_sessions_started_total{era=\"streamable\"} 1",

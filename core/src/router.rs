@@ -89,6 +89,9 @@ struct BackendState {
     failures: AtomicU32,
     /// Takes no new sessions; its sessions go on.
     draining: AtomicBool,
+    /// Milliseconds since the router's epoch at which draining began, plus one; 0:
+    /// not draining.
+    drain_since: AtomicU64,
 }
 
 /// A change of a backend's health worth logging.
@@ -426,9 +429,10 @@ impl Router {
         self.status(now).iter().any(|m| m.up)
     }
 
-    /// Mark a backend draining (no new sessions; its sessions go on) or not. `false`
-    /// when no configured backend has that name.
-    pub fn set_draining(&self, name: &str, draining: bool) -> bool {
+    /// Mark a backend draining (no new sessions; its sessions go on until
+    /// `drain_timeout` after `now`) or not. Marking a draining backend again keeps its
+    /// first `now`. `false` when no configured backend has that name.
+    pub fn set_draining(&self, name: &str, draining: bool, now: Instant) -> bool {
         let t = self.table();
         match t
             .members
@@ -436,10 +440,34 @@ impl Router {
             .find(|m| m.removed_at.is_none() && m.backend.name == name)
         {
             Some(m) => {
-                m.state.draining.store(draining, Relaxed);
+                let was = m.state.draining.swap(draining, Relaxed);
+                if !draining {
+                    m.state.drain_since.store(0, Relaxed);
+                } else if !was {
+                    m.state.drain_since.store(self.ms(now) + 1, Relaxed);
+                }
                 true
             }
             None => false,
+        }
+    }
+
+    /// The configured backends that have been draining for at least `drain_timeout`
+    /// at `now` (never a millisecond early): their remaining sessions end (appended to
+    /// `out`).
+    pub fn drain_overdue(&self, now: Instant, out: &mut Vec<BackendId>) {
+        let t = self.table();
+        let timeout = t.config.drain_timeout.as_millis() as u64;
+        let now_ms = self.ms(now);
+        for (i, m) in t.members.iter().enumerate() {
+            let since = m.state.drain_since.load(Relaxed);
+            if m.removed_at.is_none()
+                && since != 0
+                && m.state.draining.load(Relaxed)
+                && now_ms >= since.saturating_add(timeout)
+            {
+                out.push(BackendId(i as u16));
+            }
         }
     }
 
@@ -677,17 +705,41 @@ mod tests {
     #[test]
     fn draining_backends_take_no_new_sessions_but_stay_up() {
         let (r, t) = router(2);
-        assert!(r.set_draining("127.0.0.1:1000", true));
+        assert!(r.set_draining("127.0.0.1:1000", true, t));
         for _ in 0..4 {
             assert_eq!(r.pick(PickKind::NewSession, &[], t), Some(BackendId(1)));
         }
         assert!(r.is_up(BackendId(0), t), "its sessions go on");
-        assert!(!r.set_draining("nope", true));
-        r.set_draining("127.0.0.1:1000", false);
+        assert!(!r.set_draining("nope", true, t));
+        r.set_draining("127.0.0.1:1000", false, t);
         let picks: std::collections::HashSet<_> = (0..4)
             .map(|_| r.pick(PickKind::Stateless, &[], t))
             .collect();
         assert_eq!(picks.len(), 2);
+    }
+
+    #[test]
+    fn a_drain_is_overdue_drain_timeout_after_it_began() {
+        let (r, t) = router(2);
+        let s = Duration::from_secs;
+        let overdue = |at| {
+            let mut out = Vec::new();
+            r.drain_overdue(at, &mut out);
+            out
+        };
+        assert!(overdue(t + s(10_000)).is_empty(), "nothing draining");
+        r.set_draining("127.0.0.1:1000", true, t + s(100));
+        let ms = Duration::from_millis;
+        assert!(overdue(t + s(700) - ms(1)).is_empty());
+        // marking it again (a reload with the same list) keeps the first start
+        r.set_draining("127.0.0.1:1000", true, t + s(400));
+        assert_eq!(overdue(t + s(700) + ms(1)), [BackendId(0)]);
+        // undrained, then drained anew: the timeout starts over
+        r.set_draining("127.0.0.1:1000", false, t + s(700));
+        assert!(overdue(t + s(700)).is_empty());
+        r.set_draining("127.0.0.1:1000", true, t + s(800));
+        assert!(overdue(t + s(1400) - ms(1)).is_empty());
+        assert_eq!(overdue(t + s(1400) + ms(1)), [BackendId(0)]);
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub struct MemStore {
     ttl_ticks: u32,
     epoch: Instant,
     cursor: usize,
+    /// The cursor of [`MemStore::end_backends`]'s sweep.
+    end_cursor: usize,
     batch: usize,
     /// Records inserted since the last sweep: each adds 4 to the next sweep's budget.
     inserted: usize,
@@ -134,6 +136,7 @@ impl MemStore {
             ttl_ticks: Self::to_ticks(ttl).max(1),
             epoch,
             cursor: 0,
+            end_cursor: 0,
             batch: batch.max(1),
             inserted: 0,
             lazily_expired: Vec::new(),
@@ -271,6 +274,42 @@ impl MemStore {
         self.forget(&e.record);
         self.lazily_expired.push((key, e.record));
         None
+    }
+
+    /// End the records of `backends` (a draining backend past its drain timeout),
+    /// examining at most `batch` records per call: a sweep of its own, with its own
+    /// cursor, so a full pass over `n` records takes `n / batch` calls. Appends the
+    /// ended records to `out` and returns how many. A no-op for an empty `backends`.
+    pub fn end_backends(
+        &mut self,
+        backends: &[BackendId],
+        out: &mut Vec<(SessionKey, Record)>,
+    ) -> usize {
+        if backends.is_empty() {
+            return 0;
+        }
+        let before = out.len();
+        let budget = self.batch.min(self.map.len());
+        let mut examined = 0;
+        while examined < budget && !self.map.is_empty() {
+            if self.end_cursor >= self.map.len() {
+                self.end_cursor = 0;
+            }
+            examined += 1;
+            let ends = match self.map.get_index(self.end_cursor) {
+                Some((_, e)) => backends.contains(&e.record.backend),
+                None => break,
+            };
+            if ends {
+                if let Some((k, e)) = self.map.swap_remove_index(self.end_cursor) {
+                    self.forget(&e.record);
+                    out.push((k, e.record));
+                }
+            } else {
+                self.end_cursor += 1;
+            }
+        }
+        out.len() - before
     }
 
     /// Expire up to `batch` records whose deadline has passed (examining at most
@@ -489,6 +528,30 @@ mod tests {
             "expired before the TTL: {peak}"
         );
         assert_eq!(out.len() + s.len(), 200 * per_tick);
+    }
+
+    #[test]
+    fn a_drained_backends_records_end_in_bounded_sweeps() {
+        let t = Instant::now();
+        let mut s = MemStore::new(Duration::from_secs(60), 10, t);
+        for i in 0..25 {
+            let rec = if i % 5 == 0 { R1 } else { R0 };
+            s.execute(&StoreOp::Insert(key(&format!("s{i}")), rec), t);
+        }
+        let mut out = Vec::new();
+        assert_eq!(s.end_backends(&[], &mut out), 0);
+        let mut calls = 0;
+        while out.len() < 20 {
+            let n = s.end_backends(&[BackendId(0)], &mut out);
+            assert!(n <= 10, "one call ended {n} > batch");
+            calls += 1;
+            assert!(calls < 10, "the sweep does not make progress");
+        }
+        assert!(out.iter().all(|(_, r)| r.backend == BackendId(0)));
+        assert_eq!(s.len(), 5, "the other backend's records stay");
+        assert_eq!(s.client_sessions(ClientId(0)), 0);
+        assert_eq!(s.client_sessions(ClientId(1)), 5);
+        assert_eq!(s.end_backends(&[BackendId(0)], &mut out), 0);
     }
 
     #[test]

@@ -113,6 +113,36 @@ pub struct Cli {
     /// reload (SIGHUP) makes this list authoritative again.
     #[arg(long, env = "MCP_ROUTER_DRAIN", value_delimiter = ',')]
     pub drain: Vec<String>,
+    /// A draining backend's remaining sessions end this long after its drain began:
+    /// their clients get 404 and the backend a DELETE for each [default: 10m].
+    #[arg(long, env = "MCP_ROUTER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+    /// `on`: send DELETE to the backend for each session the router ends itself (idle
+    /// expiry, drain timeout), carrying its Mcp-Session-Id and the --reap-header
+    /// fields only [default: on].
+    #[arg(long, env = "MCP_ROUTER_REAP")]
+    pub reap: Option<String>,
+    /// Most reap DELETEs in flight at once [default: 4].
+    #[arg(long, env = "MCP_ROUTER_REAP_CONCURRENCY")]
+    pub reap_concurrency: Option<usize>,
+    /// Most reap DELETEs started per second, 0 for no limit [default: 100].
+    #[arg(long, env = "MCP_ROUTER_REAP_RATE")]
+    pub reap_rate: Option<u32>,
+    /// Most reap DELETEs waiting; past it they are dropped [default: 10000].
+    #[arg(long, env = "MCP_ROUTER_REAP_QUEUE")]
+    pub reap_queue: Option<usize>,
+    /// A header field added to every reap DELETE, `Name: value` (repeatable), e.g. a
+    /// credential the backend accepts, or `MCP-Protocol-Version: 2025-06-18`. The
+    /// client's own headers (Authorization included) are not kept.
+    #[arg(long, env = "MCP_ROUTER_REAP_HEADER")]
+    pub reap_header: Vec<String>,
+    /// With --store redis: how often each replica claims expired sessions from the
+    /// shared expiry index to reap them [default: 1s].
+    #[arg(long, env = "MCP_ROUTER_REAP_CLAIM_INTERVAL")]
+    pub reap_claim_interval: Option<String>,
+    /// Path of the MCP endpoint on each backend, after its base path [default: /mcp].
+    #[arg(long, env = "MCP_ROUTER_REAP_PATH")]
+    pub reap_path: Option<String>,
     /// How many router replicas run side by side; with more than one, the embedded
     /// store cannot share sessions and the router warns [default: 1].
     #[arg(long, env = "MCP_ROUTER_REPLICAS_EXPECTED")]
@@ -292,6 +322,14 @@ struct File {
     discover: Option<Vec<String>>,
     discover_interval: Option<toml::Value>,
     drain: Option<Vec<String>>,
+    drain_timeout: Option<toml::Value>,
+    reap: Option<toml::Value>,
+    reap_concurrency: Option<usize>,
+    reap_rate: Option<u32>,
+    reap_queue: Option<usize>,
+    reap_header: Option<Vec<String>>,
+    reap_path: Option<String>,
+    reap_claim_interval: Option<toml::Value>,
     stdio: Option<String>,
     stdio_mode: Option<String>,
     stdio_max_children: Option<usize>,
@@ -746,6 +784,49 @@ impl Cli {
             .expiry_batch
             .or(file.expiry_batch)
             .unwrap_or(c.expiry_batch);
+        c.drain_timeout = dur(
+            "drain_timeout",
+            &self.drain_timeout,
+            &file.drain_timeout,
+            c.drain_timeout,
+        )?;
+        c.reap.claim_interval = dur(
+            "reap_claim_interval",
+            &self.reap_claim_interval,
+            &file.reap_claim_interval,
+            c.reap.claim_interval,
+        )?;
+        let r = &mut c.reap;
+        r.enabled = match (&self.reap, &file.reap) {
+            (Some(s), _) => on_off("reap", s)?,
+            (None, Some(toml::Value::Boolean(b))) => *b,
+            (None, Some(toml::Value::String(s))) => on_off("reap", s)?,
+            (None, Some(_)) => return Err(ConfigError("reap: expected on or off".into())),
+            (None, None) => r.enabled,
+        };
+        r.concurrency = self
+            .reap_concurrency
+            .or(file.reap_concurrency)
+            .unwrap_or(r.concurrency);
+        r.rate = self.reap_rate.or(file.reap_rate).unwrap_or(r.rate);
+        r.queue = self.reap_queue.or(file.reap_queue).unwrap_or(r.queue);
+        if let Some(p) = self.reap_path.as_ref().or(file.reap_path.as_ref()) {
+            r.path = p.trim_end_matches('/').to_string();
+        }
+        let headers = if !self.reap_header.is_empty() {
+            self.reap_header.clone()
+        } else {
+            file.reap_header.clone().unwrap_or_default()
+        };
+        r.headers = headers
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                None => Err(ConfigError(format!(
+                    "reap_header: {h:?}: use \"Name: value\""
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
         let shutdown_grace = dur(
             "shutdown_grace",
             &self.shutdown_grace,
@@ -1038,6 +1119,70 @@ mod tests {
             let e = cli(&a).settings().unwrap_err().0;
             assert!(e.starts_with(field), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn reap_settings_from_flags_and_file_and_bad_headers_refused() {
+        let s = cli(&[
+            "--backend",
+            "http://x:1",
+            "--drain-timeout",
+            "30s",
+            "--reap-header",
+            "Authorization: Bearer a:b",
+            "--reap-header",
+            "MCP-Protocol-Version: 2025-06-18",
+            "--reap-concurrency",
+            "2",
+            "--reap-rate",
+            "0",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.core.drain_timeout, Duration::from_secs(30));
+        let r = &s.core.reap;
+        assert!(r.enabled);
+        assert_eq!((r.concurrency, r.rate, r.path.as_str()), (2, 0, "/mcp"));
+        assert_eq!(
+            r.headers,
+            [
+                ("Authorization".to_string(), "Bearer a:b".to_string()),
+                ("MCP-Protocol-Version".into(), "2025-06-18".into())
+            ]
+        );
+        let defaults = cli(&["--backend", "http://x:1"]).settings().unwrap();
+        assert_eq!(defaults.core.drain_timeout, Duration::from_secs(600));
+        assert!(defaults.core.reap.headers.is_empty());
+        for (bad, field) in [
+            ("no colon", "reap_header"),
+            ("Bad Name: x", "reap_header"),
+            ("Mcp-Session-Id: x", "reap_header"),
+            ("X: caf\u{e9}", "reap_header"),
+        ] {
+            let e = cli(&["--backend", "http://x:1", "--reap-header", bad])
+                .settings()
+                .unwrap_err();
+            assert!(e.0.starts_with(field), "{bad}: {e}");
+        }
+        let e = cli(&["--backend", "http://x:1", "--reap-concurrency", "0"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("reap_concurrency"), "{e}");
+        // the README's keys, from a file
+        let dir = std::env::temp_dir().join(format!("mcp-router-cfg-reap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            "backends = [\"http://x:1\"]\ndrain_timeout = \"10m\"\nreap = false\n\
+             reap_header = [\"Authorization: Bearer reaper-token\"]\nreap_concurrency = 4\n\
+             reap_rate = 100\nreap_queue = 10000\n",
+        )
+        .unwrap();
+        let s = cli(&["--config", p.to_str().unwrap()]).settings().unwrap();
+        assert!(!s.core.reap.enabled);
+        assert_eq!(s.core.reap.headers.len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`redis`]: the Redis record format, commands and reply reading, plus the
 //!   `ConnectionManager` transport the tokio and smol frontends use.
 //! - [`pool`]: idle upstream connections.
+//! - [`reap`]: the `DELETE`s sent upstream for sessions the router ended itself.
 //!
 //! A frontend implements [`Runtime`] for its sockets and timers, accepts connections
 //! and spawns [`drive`](drive::drive) for each.
@@ -23,6 +24,7 @@ pub mod check;
 pub mod config;
 pub mod drive;
 pub mod pool;
+pub mod reap;
 pub mod redis;
 pub mod rt;
 pub mod shared;

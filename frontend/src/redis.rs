@@ -90,7 +90,8 @@ pub fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
 ///
 /// Deleting also takes the session out of the live sets the caps count: `ARGV[2]` is
 /// the live set, `ARGV[3]` the session id, `ARGV[4]` the client sets' name prefix (the
-/// client is read from the record).
+/// client is read from the record); and out of the expiry index: `ARGV[5]` its sorted
+/// set, `ARGV[6]` its hash of records (a session ended this way is not reaped).
 ///
 /// Replies: nil when there is no key; the record when the key held a well-formed one
 /// (then deleted or slid); an integer when the key holds something else (the length of
@@ -108,6 +109,8 @@ if not (string.find(v, '^1|[sl]|%d+|.') or string.find(v, '^2|[sl]|%d+|%x+|.')) 
 if ARGV[1] == 'del' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', ARGV[2], ARGV[3])
+  redis.call('ZREM', ARGV[5], ARGV[3])
+  redis.call('HDEL', ARGV[6], ARGV[3])
   local c = string.match(v, '^2|[sl]|%d+|(%x+)|')
   if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
 else
@@ -123,6 +126,10 @@ static INSERT_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(INSERT_SCRIPT).get_hash().to_owned());
 static ADMIT_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(ADMIT_SCRIPT).get_hash().to_owned());
+static CLAIM_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT).get_hash().to_owned());
+static DRAIN_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(DRAIN_SCRIPT).get_hash().to_owned());
 
 /// `EVALSHA <sha>` of a script, or (`source`) `EVAL <source>`.
 fn eval(source: bool, script: &'static str, sha: &LazyLock<String>) -> redis::Cmd {
@@ -228,6 +235,121 @@ impl RedisCodec {
         format!("{} live", self.prefix)
     }
 
+    /// The expiry index: every recorded session, scored by its idle deadline (ms,
+    /// Redis's clock) as last known.
+    fn reap_key(&self) -> String {
+        format!("{} reap", self.prefix)
+    }
+
+    /// The expiry index's copy of each indexed record (the record itself is gone by
+    /// the time Redis has expired it).
+    fn reap_meta_key(&self) -> String {
+        format!("{} reap records", self.prefix)
+    }
+
+    /// Claimed expiries being reaped, scored by the claim's lease deadline (ms).
+    fn reap_claims_key(&self) -> String {
+        format!("{} reap claims", self.prefix)
+    }
+
+    /// [`CLAIM_SCRIPT`]: claim up to `limit` expired sessions (and claims whose lease
+    /// ran out) for `lease`.
+    pub fn claim_command(&self, lease: Duration, limit: usize, source: bool) -> redis::Cmd {
+        let mut c = eval(source, CLAIM_SCRIPT, &CLAIM_SCRIPT_SHA);
+        c.arg(3)
+            .arg(self.reap_key())
+            .arg(self.reap_meta_key())
+            .arg(self.reap_claims_key())
+            .arg(&self.prefix)
+            .arg(lease.as_millis().max(1) as u64)
+            .arg(limit.max(1));
+        c
+    }
+
+    /// [`DRAIN_SCRIPT`]: end and claim the records of the backends named `names`
+    /// among about `count` entries of the expiry index from `cursor` on.
+    pub fn drain_command(
+        &self,
+        names: &[String],
+        cursor: u64,
+        count: usize,
+        lease: Duration,
+        source: bool,
+    ) -> redis::Cmd {
+        let mut c = eval(source, DRAIN_SCRIPT, &DRAIN_SCRIPT_SHA);
+        c.arg(4)
+            .arg(self.reap_key())
+            .arg(self.reap_meta_key())
+            .arg(self.reap_claims_key())
+            .arg(self.live_key())
+            .arg(&self.prefix)
+            .arg(lease.as_millis().max(1) as u64)
+            .arg(cursor)
+            .arg(count.max(1))
+            .arg(format!("{} client ", self.prefix));
+        for n in names {
+            c.arg(n);
+        }
+        c
+    }
+
+    /// A [`DRAIN_SCRIPT`] reply: the next cursor (0: the scan is complete) and the
+    /// ended sessions; `None` for a reply of another shape.
+    #[allow(clippy::type_complexity)]
+    pub fn drained(&self, v: Value) -> Option<(u64, Vec<(SessionKey, Option<Record>)>)> {
+        let Value::Array(mut items) = v else {
+            return None;
+        };
+        if items.is_empty() {
+            return None;
+        }
+        let cursor = match items.remove(0) {
+            Value::BulkString(b) => std::str::from_utf8(&b).ok()?.parse().ok()?,
+            Value::Int(n) => u64::try_from(n).ok()?,
+            _ => return None,
+        };
+        Some((cursor, self.claimed(Value::Array(items))?))
+    }
+
+    /// The claimed sessions of a [`CLAIM_SCRIPT`] reply: each id and its record
+    /// (`None` when the stored copy does not read as one); `None` for a reply of
+    /// another shape.
+    pub fn claimed(&self, v: Value) -> Option<Vec<(SessionKey, Option<Record>)>> {
+        let Value::Array(items) = v else {
+            return None;
+        };
+        let bytes = |v: &Value| match v {
+            Value::BulkString(b) => Some(b.clone()),
+            Value::SimpleString(s) => Some(s.clone().into_bytes()),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(items.len() / 2);
+        for pair in items.chunks(2) {
+            let [id, rec] = pair else { return None };
+            let id = SessionKey::new(&bytes(id)?, usize::MAX)?;
+            out.push((id, self.decode(&bytes(rec)?)));
+        }
+        Some(out)
+    }
+
+    /// The commands that acknowledge finished claims (their `DELETE` was answered, or
+    /// will not be sent): the stored copy first, then the claim, in one transaction.
+    pub fn ack_pipeline(&self, ids: &[SessionKey]) -> redis::Pipeline {
+        let mut p = redis::pipe();
+        p.atomic();
+        for id in ids {
+            p.cmd("HDEL")
+                .arg(self.reap_meta_key())
+                .arg(id.as_str())
+                .ignore();
+            p.cmd("ZREM")
+                .arg(self.reap_claims_key())
+                .arg(id.as_str())
+                .ignore();
+        }
+        p
+    }
+
     /// A client's sorted set of live sessions.
     fn client_key(&self, c: ClientId) -> String {
         format!("{} client {:016x}", self.prefix, c.0)
@@ -290,7 +412,9 @@ impl RedisCodec {
             c.arg("del")
                 .arg(self.live_key())
                 .arg(k.as_str())
-                .arg(format!("{} client ", self.prefix));
+                .arg(format!("{} client ", self.prefix))
+                .arg(self.reap_key())
+                .arg(self.reap_meta_key());
         } else {
             c.arg("slide").arg(self.ttl_secs);
         }
@@ -302,10 +426,12 @@ impl RedisCodec {
         match op {
             StoreOp::Insert(k, r) => {
                 let mut c = eval(source, INSERT_SCRIPT, &INSERT_SCRIPT_SHA);
-                c.arg(3)
+                c.arg(5)
                     .arg(self.key(k))
                     .arg(self.live_key())
                     .arg(self.client_key(r.client))
+                    .arg(self.reap_key())
+                    .arg(self.reap_meta_key())
                     .arg(self.encode(r))
                     .arg(self.ttl_secs)
                     .arg(k.as_str());
@@ -417,9 +543,10 @@ impl RedisCodec {
     }
 }
 
-/// `StoreOp::Insert`: KEYS = record, live set, client set; ARGV = value, TTL (s),
-/// session id. `SET NX EX`, and on success the session joins both sets with its
-/// deadline (ms, Redis's clock). Replies `OK` or nil, like `SET NX`.
+/// `StoreOp::Insert`: KEYS = record, live set, client set, expiry index, its records;
+/// ARGV = value, TTL (s), session id. `SET NX EX`, and on success the session joins
+/// both sets and the expiry index with its deadline (ms, Redis's clock), and its value
+/// is copied into the index's records. Replies `OK` or nil, like `SET NX`.
 pub const INSERT_SCRIPT: &str = r"
 local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
 if not ok then return false end
@@ -428,7 +555,94 @@ local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ton
 redis.call('ZADD', KEYS[2], deadline, ARGV[3])
 redis.call('ZADD', KEYS[3], deadline, ARGV[3])
 redis.call('PEXPIREAT', KEYS[3], deadline)
+redis.call('ZADD', KEYS[4], deadline, ARGV[3])
+redis.call('HSET', KEYS[5], ARGV[3], ARGV[1])
 return ok
+";
+
+/// Claim expired sessions for reaping. KEYS = expiry index, its records, claims;
+/// ARGV = record key prefix, lease (ms), most sessions to claim.
+///
+/// Redis expires records silently, so the index keeps every recorded session with the
+/// deadline it had when last scored; requests slide the record's TTL, never the index
+/// (the request path stays one command). The script re-checks members whose score has
+/// passed against their record: one that still lives is re-scored with its remaining
+/// TTL; one whose key is gone has expired, and is claimed: moved to the claims set with
+/// a lease, and returned with its stored record. Claims whose lease ran out (the
+/// replica that held them died before acknowledging) are claimed again first. A script
+/// runs atomically, so no two replicas claim the same expiry; only a replica that dies
+/// between its `DELETE` and its acknowledgement leaves one to be sent twice. Replies a
+/// flat array `id, record, id, record, ...`.
+pub const CLAIM_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, n = {}, 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
+  local v = redis.call('HGET', KEYS[2], id)
+  if v then
+    redis.call('ZADD', KEYS[3], now + lease, id)
+    out[#out + 1] = id
+    out[#out + 1] = v
+    n = n + 1
+  else
+    redis.call('ZREM', KEYS[3], id)
+  end
+end
+if n < limit then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - n)) do
+    local ttl = redis.call('PTTL', ARGV[1] .. id)
+    if ttl >= 0 then
+      redis.call('ZADD', KEYS[1], now + ttl + 1, id)
+    else
+      redis.call('ZREM', KEYS[1], id)
+      local v = redis.call('HGET', KEYS[2], id)
+      if v and ttl == -2 then
+        redis.call('ZADD', KEYS[3], now + lease, id)
+        out[#out + 1] = id
+        out[#out + 1] = v
+      else
+        redis.call('HDEL', KEYS[2], id)
+      end
+    end
+  end
+end
+return out
+";
+
+/// End the records of drained backends (past their drain timeout) and claim them for
+/// reaping. KEYS = expiry index, its records, claims, live set; ARGV = record key
+/// prefix, lease (ms), `HSCAN` cursor, `HSCAN` count, client sets' name prefix, then
+/// the backend names.
+///
+/// Walks the index's records with `HSCAN` (a bounded step per call; the caller keeps
+/// the cursor). A record naming one of the backends, whose key still holds it, is
+/// deleted as a `DELETE` would (key, live sets, index) and moved to the claims, like
+/// an expiry: atomically, so no two replicas end and reap the same session. Replies
+/// `{cursor, id, record, id, record, ...}`.
+pub const DRAIN_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local names = {}
+for i = 6, #ARGV do names[ARGV[i]] = true end
+local scan = redis.call('HSCAN', KEYS[2], ARGV[3], 'COUNT', tonumber(ARGV[4]))
+local out = {scan[1]}
+local kv = scan[2]
+for i = 1, #kv, 2 do
+  local id, v = kv[i], kv[i + 1]
+  local c, name = string.match(v, '^2|[sl]|%d+|(%x+)|(.+)$')
+  if not name then name = string.match(v, '^1|[sl]|%d+|(.+)$') end
+  if name and names[name] and redis.call('GET', ARGV[1] .. id) == v then
+    redis.call('DEL', ARGV[1] .. id)
+    redis.call('ZREM', KEYS[4], id)
+    if c then redis.call('ZREM', ARGV[5] .. c, id) end
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), id)
+    out[#out + 1] = id
+    out[#out + 1] = v
+  end
+end
+return out
 ";
 
 /// `StoreOp::Admit`: KEYS = live set, client set, client bucket; ARGV = max sessions,
@@ -682,6 +896,60 @@ mod tests {
         );
     }
 
+    /// The expiry index's claim and drain replies: pairs of id and stored record, the
+    /// drain's after its cursor; a stored copy that is not a record reads as none, a
+    /// reply of another shape as nothing claimed.
+    #[test]
+    fn claim_and_drain_replies_read_as_sessions_and_records() {
+        let c = codec();
+        let claim = packed(c.claim_command(Duration::from_secs(60), 100, false));
+        assert!(claim.contains("EVALSHA\r\n"), "{claim}");
+        for k in [
+            "p: reap\r\n",
+            "p: reap records\r\n",
+            "p: reap claims\r\n",
+            "60000\r\n",
+        ] {
+            assert!(claim.contains(k), "{k}: {claim}");
+        }
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            bulk("abc"),
+            bulk("2|s|0|00000000000000ab|b0"),
+            bulk("def"),
+            bulk("not a record"),
+        ]);
+        let got = c.claimed(reply).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0.as_str(), "abc");
+        assert_eq!(
+            got[0].1,
+            Some(Record {
+                backend: BackendId(0),
+                era: Era::Streamable,
+                client: ClientId(0xab),
+            })
+        );
+        assert_eq!((got[1].0.as_str(), got[1].1), ("def", None));
+        assert_eq!(c.claimed(Value::Array(vec![bulk("odd")])), None);
+        assert_eq!(c.claimed(Value::Nil), None);
+        let (cursor, ended) = c
+            .drained(Value::Array(vec![
+                bulk("17"),
+                bulk("abc"),
+                bulk("1|s|0|b0"),
+            ]))
+            .unwrap();
+        assert_eq!((cursor, ended.len()), (17, 1));
+        assert_eq!(c.drained(Value::Array(vec![])), None);
+        let drain = packed(c.drain_command(&["b0".into()], 17, 64, Duration::from_secs(1), true));
+        assert!(drain.contains("HSCAN"), "the source: {drain}");
+        assert!(
+            drain.ends_with("$10\r\np: client \r\n$2\r\nb0\r\n"),
+            "{drain}"
+        );
+    }
+
     /// Read, slide and delete are the verifying script, by SHA, on the prefixed key;
     /// the NOSCRIPT retry carries the source. Nothing but `SET NX` writes blindly.
     #[test]
@@ -699,7 +967,7 @@ mod tests {
             assert!(
                 by_sha.starts_with(&format!(
                     "*{}\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n1\r\n$5\r\np:abc\r\n{tail}",
-                    if tail.contains("del") { 8 } else { 6 }
+                    if tail.contains("del") { 10 } else { 6 }
                 )),
                 "{by_sha}"
             );

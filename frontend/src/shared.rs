@@ -44,6 +44,10 @@ pub struct Shared {
     pub memory: Option<Mutex<MemStore>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// `DELETE`s to send upstream for sessions the router ended itself.
+    pub reaper: crate::reap::ReapQueue,
+    /// Shared store: claimed expiries whose reap is over, to acknowledge in the store.
+    pub reap_acks: Mutex<Vec<mcp_router_core::mcp::SessionKey>>,
     /// The settings in force (replaced by a reload).
     pub settings: RwLock<Settings>,
     store_ready: AtomicBool,
@@ -107,7 +111,7 @@ impl Shared {
             }
         };
         for name in &settings.drain {
-            router.set_draining(name, true);
+            router.set_draining(name, true, epoch);
         }
         Ok(Arc::new(Shared {
             store_ready: AtomicBool::new(memory.is_some()),
@@ -115,6 +119,8 @@ impl Shared {
             router,
             memory,
             metrics: Metrics::new(),
+            reaper: crate::reap::ReapQueue::new(cfg.reap.clone()),
+            reap_acks: Mutex::default(),
             discovered: Mutex::new(vec![Vec::new(); settings.discover.len()]),
             settings: RwLock::new(settings.clone()),
             resolver,
@@ -262,19 +268,69 @@ impl Shared {
         }
     }
 
-    /// One expiry tick of the embedded store: a bounded batch of idle records ends.
+    /// One expiry tick of the embedded store: a bounded batch of idle records ends,
+    /// and a bounded batch of those of backends drained for `drain_timeout`; each
+    /// ended session the core says to reap is queued for a `DELETE` upstream.
     pub fn expire_memory(&self, now: Instant) {
         let mut expired = Vec::new();
+        let mut drained = Vec::new();
+        let mut overdue = Vec::new();
+        self.router.drain_overdue(now, &mut overdue);
         if let Some(Ok(mut s)) = self.memory.as_ref().map(Mutex::lock) {
             s.expire(now, &mut expired);
+            s.end_backends(&overdue, &mut drained);
         }
-        for (session, rec) in expired {
-            self.router.session_ended(rec.backend);
-            if self.router.is_configured(rec.backend) {
-                info!(session = %session, backend = %self.router.name(rec.backend), cause = EndCause::Expired.as_str(), "session ended");
-                self.metrics.session_ended(EndCause::Expired);
+        let all = expired
+            .into_iter()
+            .map(|e| (e, EndCause::Expired))
+            .chain(drained.into_iter().map(|e| (e, EndCause::DrainTimeout)));
+        for ((session, rec), cause) in all {
+            self.session_ended_here(session, rec, cause, false);
+        }
+    }
+
+    /// A record the router removed itself (not through a connection), or one of
+    /// the shared store's expiries this replica `claimed`: count and log it, and
+    /// queue its `DELETE` upstream when the core says so. A claim whose `DELETE` is
+    /// not sent is acknowledged at once.
+    pub fn session_ended_here(
+        &self,
+        session: mcp_router_core::mcp::SessionKey,
+        rec: mcp_router_core::Record,
+        cause: EndCause,
+        claimed: bool,
+    ) {
+        self.router.session_ended(rec.backend);
+        if !self.router.is_configured(rec.backend) {
+            if claimed {
+                self.reap_done(session);
+            }
+            return;
+        }
+        info!(session = %session, backend = %self.router.name(rec.backend), cause = cause.as_str(), "session ended");
+        self.metrics.session_ended(cause);
+        if !self.router.config().reap.enabled || !mcp_router_core::reap::reaps(rec.era, cause) {
+            if claimed {
+                self.reap_done(session);
+            }
+            return;
+        }
+        let mut job = mcp_router_core::ReapJob::new(session.clone(), rec.backend, cause);
+        job.claimed = claimed;
+        if let Some(r) = self.reaper.push(job) {
+            self.metrics.session_reaped(r);
+            if claimed {
+                self.reap_done(session);
             }
         }
+    }
+
+    /// A claimed expiry is over: acknowledged in the store by the next claim round.
+    pub fn reap_done(&self, session: mcp_router_core::mcp::SessionKey) {
+        self.reap_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(session);
     }
 
     /// Active health check: a TCP connect to every backend.
@@ -371,8 +427,11 @@ impl Shared {
         self.discover_once();
         let drain = self.settings().drain.clone();
         for m in self.router.status(Instant::now()) {
-            self.router
-                .set_draining(&m.backend.name, drain.contains(&m.backend.name));
+            self.router.set_draining(
+                &m.backend.name,
+                drain.contains(&m.backend.name),
+                Instant::now(),
+            );
         }
         let keys = self
             .router
@@ -442,6 +501,10 @@ fn every(
 /// Start the background work of a serving router on threads: the embedded store's
 /// expiry and, when configured, the active health check. Both stop at `shutdown`.
 pub fn start_background(shared: &Arc<Shared>, shutdown: &Arc<Shutdown>) {
+    crate::reap::start_reapers(shared, shutdown);
+    if let StoreSettings::Redis(r) = &shared.settings().store {
+        crate::reap::start_redis_claims(shared, r, shutdown);
+    }
     {
         // the wall clock for sealed ids' issue times and ages, followed if stepped
         let sh = shared.clone();

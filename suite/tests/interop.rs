@@ -29,6 +29,25 @@ fn client(sdk: &str, base: &str, mode: &str) -> serde_json::Value {
     sdk_client(script, &[base, mode, "--rounds", "3"]).0
 }
 
+/// `rounds` rounds of the TS then the Python SDK client against `base`, each listing
+/// the tools and calling `echo`; returns the number of sessions run.
+fn clients_complete(base: &str, mode: &str, rounds: usize) -> usize {
+    let mut sessions = 0;
+    for round in 0..rounds {
+        for sdk in ["ts", "py"] {
+            let v = client(sdk, base, mode);
+            assert!(v["tools"].as_u64().unwrap_or(0) > 0, "{v}");
+            assert_eq!(
+                v["echo"].as_str().map(|s| s.contains("hello")),
+                Some(true),
+                "round {round} {sdk}: {v}"
+            );
+            sessions += 1;
+        }
+    }
+    sessions
+}
+
 fn run(mode: &str, end_cause: &str) {
     let e0 = server_everything(mode, "everything-0");
     let e1 = server_everything(mode, "everything-1");
@@ -42,20 +61,7 @@ fn run(mode: &str, end_cause: &str) {
             &format!("e1=http://{}", e1.addr),
         ],
     );
-    let base = format!("http://{}", r.addr);
-    let mut sessions = 0;
-    for round in 0..3 {
-        for sdk in ["ts", "py"] {
-            let v = client(sdk, &base, mode);
-            assert!(v["tools"].as_u64().unwrap_or(0) > 0, "{v}");
-            assert_eq!(
-                v["echo"].as_str().map(|s| s.contains("hello")),
-                Some(true),
-                "round {round}: {v}"
-            );
-            sessions += 1;
-        }
-    }
+    let sessions = clients_complete(&format!("http://{}", r.addr), mode, 3);
     assert!(r.wait_count(
         "session started",
         sessions,
@@ -194,20 +200,7 @@ fn run_sealed(mode: &str) {
     let ra = Proc::router(router_bin(), "router-a", &args);
     let rb = Proc::router(router_bin(), "router-b", &args);
     let (lb, counts) = round_robin(vec![ra.addr.clone(), rb.addr.clone()]);
-    let base = format!("http://{lb}");
-    let mut sessions = 0;
-    for round in 0..2 {
-        for sdk in ["ts", "py"] {
-            let v = client(sdk, &base, mode);
-            assert!(v["tools"].as_u64().unwrap_or(0) > 0, "{v}");
-            assert_eq!(
-                v["echo"].as_str().map(|s| s.contains("hello")),
-                Some(true),
-                "round {round} {sdk}: {v}"
-            );
-            sessions += 1;
-        }
-    }
+    let sessions = clients_complete(&format!("http://{lb}"), mode, 2);
     let (a, b) = (
         counts[0].load(Ordering::Relaxed),
         counts[1].load(Ordering::Relaxed),

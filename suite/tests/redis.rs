@@ -526,7 +526,9 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     let rp = free_port();
     let redis = redis_server(rp);
     let b0 = Proc::fake_backend("b0");
-    let a = replica("router-a", rp, &[&b0], &[]);
+    // the reap claims (a background round every --reap-claim-interval, not a
+    // request's) are held off so that the counts below are the requests' alone
+    let a = replica("router-a", rp, &[&b0], &["--reap-claim-interval", "1h"]);
     let mut c = a.conn();
     let (_, sid) = initialize(&mut c, json!(1));
     for i in 0..100 {

@@ -194,6 +194,12 @@ struct Backend {
     sessions: Mutex<HashMap<String, u64>>,
     /// Legacy HTTP+SSE sessions.
     legacy: Mutex<HashMap<String, Legacy>>,
+    /// `DELETE /mcp` requests received, whatever their answer.
+    deletes: AtomicU64,
+    /// Session ids named by `DELETE`s, in order (repeats kept).
+    deleted_ids: Mutex<Vec<String>>,
+    /// The header fields of the last `DELETE`, `[name, value]` pairs.
+    last_delete: Mutex<Value>,
     random: RandomState,
 }
 
@@ -394,6 +400,9 @@ impl Backend {
             connections: Arc::default(),
             sessions: Mutex::new(HashMap::new()),
             legacy: Mutex::new(HashMap::new()),
+            deletes: AtomicU64::new(0),
+            deleted_ids: Mutex::new(Vec::new()),
+            last_delete: Mutex::new(Value::Null),
             random: RandomState::new(),
         }
     }
@@ -450,6 +459,9 @@ impl Backend {
                 "sse_sessions": sse_sessions,
                 "requests": self.requests.load(Ordering::Relaxed),
                 "connections": self.connections.load(Ordering::Relaxed),
+                "deletes": self.deletes.load(Ordering::Relaxed),
+                "deleted_ids": &*lock(&self.deleted_ids),
+                "last_delete_headers": &*lock(&self.last_delete),
             }),
         )
     }
@@ -654,6 +666,16 @@ impl Backend {
     }
 
     fn mcp_delete(&self, req: Request<Incoming>) -> Response<ResBody> {
+        self.deletes.fetch_add(1, Ordering::Relaxed);
+        let headers: Vec<Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+            .collect();
+        *lock(&self.last_delete) = Value::Array(headers);
+        if let Some(Some(sid)) = session_header(&req) {
+            lock(&self.deleted_ids).push(sid);
+        }
         match session_header(&req) {
             None => rpc_error(
                 StatusCode::BAD_REQUEST,

@@ -1,0 +1,507 @@
+//! Reaping (issue 14, points 1 and 2) on every frontend: sessions the router ends
+//! itself (idle expiry, drain timeout) are deleted on their backend, checked on the
+//! backend's side (its session count returns to where it started, and each session is
+//! named by exactly one `DELETE`).
+
+use mcp_router_testkit::harness::{
+    free_port, initialize, post_json, redis_cmd, redis_server, router_bin, Conn, Proc,
+};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn router(name: &str, backends: &[(&str, &Proc)], extra: &[&str]) -> (Proc, String) {
+    let mut args: Vec<String> = vec!["--admin-listen".into(), "127.0.0.1:0".into()];
+    for (n, b) in backends {
+        args.push("--backend".into());
+        args.push(format!("{n}=http://{}", b.addr));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = Proc::router(router_bin(), name, &refs);
+    let admin = r
+        .log_field("admin", Duration::from_secs(5))
+        .expect("admin address logged");
+    (r, admin)
+}
+
+fn metric(admin: &str, series: &str) -> f64 {
+    let text = Conn::open(admin).request("GET", "/metrics", &[], "").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn sessions(b: &Proc) -> u64 {
+    b.stats()["sessions"].as_u64().expect("sessions")
+}
+
+/// How many `DELETE`s named each session id.
+fn deleted(b: &Proc) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for v in b.stats()["deleted_ids"].as_array().expect("deleted_ids") {
+        *m.entry(v.as_str().unwrap().to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// A session opened through `r` by a client that sends `Authorization`.
+fn open(r: &Proc) -> String {
+    let mut c = r.conn();
+    let resp = c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", "Bearer client-secret"),
+        ],
+        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}).to_string(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.header("mcp-session-id").unwrap().to_string()
+}
+
+fn ping(r: &Proc, sid: &str) -> u16 {
+    post_json(
+        &mut r.conn(),
+        "/mcp",
+        Some(sid),
+        &json!({"jsonrpc":"2.0","id":2,"method":"ping"}),
+    )
+    .status
+}
+
+/// Poll `done` every 50 ms until it holds or `limit` passes, calling `meanwhile`
+/// between polls; whether it held.
+fn until(limit: Duration, mut meanwhile: impl FnMut(), mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        meanwhile();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+/// Idle sessions are deleted on their backend once the TTL ran out, each exactly
+/// once, with the configured header and without the client's credential; a session
+/// in use is not, and one the client deleted itself is not deleted again.
+fn idle_sessions_are_deleted_on_their_backend() {
+    let b0 = Proc::fake_backend("b0");
+    let start = sessions(&b0);
+    let (r, admin) = router(
+        "router",
+        &[("b0", &b0)],
+        &[
+            "--session-ttl",
+            "2s",
+            "--reap-header",
+            "Authorization: Bearer reaper-token",
+        ],
+    );
+    let idle: Vec<String> = (0..3).map(|_| open(&r)).collect();
+    let busy = open(&r);
+    let gone = open(&r);
+    assert_eq!(
+        r.conn()
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", &gone)], "")
+            .status,
+        200
+    );
+    assert_eq!(sessions(&b0), start + 4);
+    // the busy session is used every 50 ms or so, well inside its 2 s TTL
+    let reaped = until(
+        Duration::from_secs(10),
+        || assert_eq!(ping(&r, &busy), 200, "a session in use was ended"),
+        || sessions(&b0) == start + 1,
+    );
+    assert!(
+        reaped,
+        "idle sessions still on the backend: {} (started at {start})",
+        sessions(&b0)
+    );
+    assert_eq!(ping(&r, &busy), 200);
+    let d = deleted(&b0);
+    for sid in idle.iter().chain([&gone]) {
+        assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
+    }
+    assert_eq!(d.get(&busy), None);
+    assert_eq!(b0.stats()["deletes"], 4);
+    let headers = b0.stats()["last_delete_headers"].clone();
+    let h = |name: &str| -> Vec<String> {
+        headers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|p| p[1].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(h("authorization"), ["Bearer reaper-token"], "{headers}");
+    assert_eq!(h("mcp-session-id").len(), 1, "{headers}");
+    assert!(idle.contains(&h("mcp-session-id")[0]), "{headers}");
+    // the expired sessions' clients are told at once
+    assert_eq!(ping(&r, &idle[0]), 404);
+    // counted once the worker has read the answer
+    let reaped_ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || metric(&admin, reaped_ok) >= 3.0
+    ));
+    assert_eq!(metric(&admin, reaped_ok), 3.0);
+    assert_eq!(
+        metric(
+            &admin,
+            "mcp_router_sessions_ended_total{cause=\"idle_expiry\"}"
+        ),
+        3.0
+    );
+    // left alone, the last one goes too: back to where the backend started
+    assert!(until(
+        Duration::from_secs(10),
+        || {},
+        || sessions(&b0) == start
+    ));
+    assert_eq!(deleted(&b0).get(&busy), Some(&1));
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || metric(&admin, reaped_ok) >= 4.0
+    ));
+    assert_eq!(metric(&admin, reaped_ok), 4.0);
+    assert_eq!(b0.stats()["deletes"], 5, "no session deleted twice");
+}
+
+/// A session the backend already forgot (`404`) counts as reaped (`gone`), and a
+/// backend that does not answer is tried twice, then counted `failed`.
+fn a_backend_that_forgot_or_died_is_counted_not_retried_forever() {
+    let b0 = Proc::fake_backend("b0");
+    let mut b1 = Proc::fake_backend("b1");
+    let (r, admin) = router(
+        "router",
+        &[("b0", &b0), ("b1", &b1)],
+        &["--session-ttl", "1s"],
+    );
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    while on.get("b0").map_or(0, Vec::len) < 1 || on.get("b1").map_or(0, Vec::len) < 1 {
+        let sid = open(&r);
+        let owner = sid.split('-').next().unwrap().to_string();
+        on.entry(owner).or_default().push(sid);
+    }
+    // b0 forgets its sessions behind the router's back
+    for sid in &on["b0"] {
+        let status = b0
+            .conn()
+            .request("DELETE", "/mcp", &[("Mcp-Session-Id", sid)], "")
+            .status;
+        assert_eq!(status, 200);
+    }
+    b1.kill();
+    let gone = "mcp_router_sessions_reaped_total{result=\"gone\"}";
+    let failed = "mcp_router_sessions_reaped_total{result=\"failed\"}";
+    let n0 = on["b0"].len() as f64;
+    let n1 = on["b1"].len() as f64;
+    assert!(
+        until(
+            Duration::from_secs(15),
+            || {},
+            || metric(&admin, gone) == n0 && metric(&admin, failed) == n1
+        ),
+        "gone {} (want {n0}), failed {} (want {n1})",
+        metric(&admin, gone),
+        metric(&admin, failed)
+    );
+    // each forgotten session was asked about once more, by the reaper
+    for sid in &on["b0"] {
+        assert_eq!(deleted(&b0).get(sid), Some(&2), "{sid}");
+    }
+}
+
+/// `--drain-timeout`: a draining backend's sessions end on time, in use or not:
+/// deleted on the backend, and their clients get `404`; the other backend's stay.
+fn a_drained_backends_sessions_end_by_the_drain_timeout() {
+    let b0 = Proc::fake_backend("b0");
+    let b1 = Proc::fake_backend("b1");
+    let (r, admin) = router(
+        "router",
+        &[("b0", &b0), ("b1", &b1)],
+        &["--session-ttl", "1h", "--drain-timeout", "2s"],
+    );
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    while on.get("b0").map_or(0, Vec::len) < 3 || on.get("b1").map_or(0, Vec::len) < 1 {
+        let sid = open(&r);
+        let owner = sid.split('-').next().unwrap().to_string();
+        on.entry(owner).or_default().push(sid);
+    }
+    let n0 = on["b0"].len() as u64;
+    assert_eq!(sessions(&b0), n0);
+    let before = Instant::now();
+    let drain = Conn::open(&admin)
+        .request("POST", "/admin/backends/b0/drain", &[], "{}")
+        .status;
+    assert_eq!(drain, 200);
+    let drained_at = Instant::now();
+    let busy = on["b0"][0].clone();
+    // well before the timeout the sessions go on (a session in use, and the others)
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ping(&r, &busy), 200);
+    assert_eq!(sessions(&b0), n0);
+    let mut served_late = None;
+    let ended = until(
+        Duration::from_secs(10),
+        || {
+            if ping(&r, &busy) == 200 {
+                served_late = Some(drained_at.elapsed());
+            }
+        },
+        || sessions(&b0) == 0,
+    );
+    let took = drained_at.elapsed();
+    eprintln!("embedded store: the drained backend's sessions gone {took:?} after the drain (timeout 2 s)");
+    assert!(ended, "b0 still holds {} sessions", sessions(&b0));
+    // the drain began between `before` and `drained_at`
+    let earliest = before.elapsed();
+    assert!(
+        earliest >= Duration::from_secs(2),
+        "ended before the drain timeout: {earliest:?}"
+    );
+    // the timeout plus one expiry tick and the DELETEs' round trips
+    assert!(
+        took < Duration::from_secs(4),
+        "ended {took:?} after the drain"
+    );
+    if let Some(t) = served_late {
+        assert!(
+            t < Duration::from_secs(3),
+            "a drained session served at {t:?}"
+        );
+    }
+    for sid in &on["b0"] {
+        assert_eq!(ping(&r, sid), 404, "{sid}");
+        assert_eq!(deleted(&b0).get(sid), Some(&1), "{sid}");
+    }
+    for sid in &on["b1"] {
+        assert_eq!(ping(&r, sid), 200, "{sid}");
+    }
+    assert_eq!(sessions(&b1), on["b1"].len() as u64);
+    assert_eq!(
+        metric(
+            &admin,
+            "mcp_router_sessions_ended_total{cause=\"drain_timeout\"}"
+        ),
+        n0 as f64
+    );
+    let reaped_ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || metric(&admin, reaped_ok) >= n0 as f64
+    ));
+    assert_eq!(metric(&admin, reaped_ok), n0 as f64);
+}
+
+/// Open and delete sessions through `r` until it serves ten in a row (a glommio
+/// replica connects to Redis once per executor, and answers 503 for a moment).
+fn warm(r: &Proc) {
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(Instant::now() < end, "{} never served steadily", r.addr);
+        let mut c = r.conn();
+        let resp = post_json(
+            &mut c,
+            "/mcp",
+            None,
+            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}),
+        );
+        match resp.header("mcp-session-id") {
+            Some(sid) if resp.status == 200 => {
+                let sid = sid.to_string();
+                c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+                in_a_row += 1;
+            }
+            _ => {
+                in_a_row = 0;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+const PREFIX: &str = "mcp-router:session:";
+
+/// Two replicas on one Redis: Redis expires idle records silently, the replicas claim
+/// them from the shared expiry index, and each session is deleted on its backend
+/// exactly once, whichever replica opened or used it. A claim left by a replica that
+/// died before acknowledging it is taken over once its lease runs out.
+fn two_replicas_on_redis_reap_each_expired_session_exactly_once() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let b0 = Proc::fake_backend("b0");
+    let store = format!("redis://127.0.0.1:{rp}");
+    let extra = [
+        "--store",
+        &store,
+        "--session-ttl",
+        "1s",
+        "--reap-claim-interval",
+        "100ms",
+    ];
+    let (a, admin_a) = router("router-a", &[("b0", &b0)], &extra);
+    let (b, admin_b) = router("router-b", &[("b0", &b0)], &extra);
+    warm(&a);
+    warm(&b);
+    let start = sessions(&b0);
+    let deletes_before = b0.stats()["deletes"].as_u64().unwrap();
+    // what a replica that died mid-reap leaves behind: a claim whose lease has run
+    // out, and the record's copy, for a session its backend still holds
+    let (_, orphan) = initialize(&mut b0.conn(), json!(1));
+    let r = |args: &[&str]| redis_cmd(&redis.addr, args);
+    r(&[
+        "HSET",
+        &format!("{PREFIX} reap records"),
+        &orphan,
+        "2|s|0|0000000000000000|b0",
+    ]);
+    r(&["ZADD", &format!("{PREFIX} reap claims"), "0", &orphan]);
+    // ten sessions, opened on either replica, each used once through the other
+    let mut sids = Vec::new();
+    for i in 0..10 {
+        let (open_on, use_on) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let sid = open(open_on);
+        assert_eq!(ping(use_on, &sid), 200);
+        sids.push(sid);
+    }
+    assert!(
+        until(Duration::from_secs(15), || {}, || sessions(&b0) == start),
+        "b0 still holds {} sessions (started at {start})",
+        sessions(&b0)
+    );
+    let d = deleted(&b0);
+    for sid in sids.iter().chain([&orphan]) {
+        assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
+    }
+    let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    assert!(until(Duration::from_secs(5), || {}, || total() >= 11.0));
+    // a while longer: nothing is reaped twice
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(total(), 11.0);
+    assert_eq!(
+        b0.stats()["deletes"].as_u64().unwrap(),
+        deletes_before + 11,
+        "{:?}",
+        deleted(&b0)
+    );
+    // the index is empty again once the claims are acknowledged
+    let empty = || {
+        [" reap", " reap claims"]
+            .iter()
+            .all(|k| r(&["ZCARD", &format!("{PREFIX}{k}")]) == ":0")
+            && r(&["HLEN", &format!("{PREFIX} reap records")]) == ":0"
+    };
+    assert!(until(Duration::from_secs(5), || {}, empty));
+    // the expired sessions' clients get 404 on either replica
+    assert_eq!(ping(&a, &sids[0]), 404);
+    assert_eq!(ping(&b, &sids[1]), 404);
+}
+
+/// `--drain-timeout` with two replicas on Redis: the drained backend's sessions end
+/// on time, each deleted on the backend exactly once, and their clients get `404`
+/// from either replica; the other backend's sessions go on.
+fn two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let store = format!("redis://127.0.0.1:{rp}");
+    let extra = [
+        "--store",
+        &store,
+        "--session-ttl",
+        "1h",
+        "--drain-timeout",
+        "2s",
+        "--reap-claim-interval",
+        "100ms",
+    ];
+    let backends = [("b0", &b0), ("b1", &b1)];
+    let (a, admin_a) = router("router-a", &backends, &extra);
+    let (b, admin_b) = router("router-b", &backends, &extra);
+    warm(&a);
+    warm(&b);
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    let mut i = 0;
+    while on.get("b0").map_or(0, Vec::len) < 4 || on.get("b1").map_or(0, Vec::len) < 2 {
+        let sid = open(if i % 2 == 0 { &a } else { &b });
+        i += 1;
+        let owner = sid.split('-').next().unwrap().to_string();
+        on.entry(owner).or_default().push(sid);
+    }
+    let n0 = on["b0"].len();
+    assert_eq!(sessions(&b0), n0 as u64);
+    let before = Instant::now();
+    for admin in [&admin_a, &admin_b] {
+        let s = Conn::open(admin)
+            .request("POST", "/admin/backends/b0/drain", &[], "{}")
+            .status;
+        assert_eq!(s, 200);
+    }
+    let drained_at = Instant::now();
+    assert!(until(Duration::from_secs(10), || {}, || sessions(&b0) == 0));
+    let earliest = before.elapsed();
+    let took = drained_at.elapsed();
+    eprintln!("redis, two replicas: the drained backend's sessions gone {took:?} after the drain (timeout 2 s)");
+    assert!(
+        earliest >= Duration::from_secs(2),
+        "ended after {earliest:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "ended {took:?} after the drain"
+    );
+    let d = deleted(&b0);
+    for sid in &on["b0"] {
+        assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
+        assert_eq!(ping(&a, sid), 404, "{sid}");
+        assert_eq!(ping(&b, sid), 404, "{sid}");
+    }
+    for sid in &on["b1"] {
+        assert_eq!(ping(&a, sid), 200, "{sid}");
+        assert_eq!(ping(&b, sid), 200, "{sid}");
+    }
+    let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || total() >= n0 as f64
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(total(), n0 as f64, "reaped twice?");
+    let ended = "mcp_router_sessions_ended_total{cause=\"drain_timeout\"}";
+    assert_eq!(metric(&admin_a, ended) + metric(&admin_b, ended), n0 as f64);
+    assert_eq!(sessions(&b1), on["b1"].len() as u64);
+    // nothing of b0's is left in the index, b1's are all there
+    let r = |args: &[&str]| redis_cmd(&redis.addr, args);
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || r(&["ZCARD", &format!("{PREFIX} reap claims")]) == ":0"
+    ));
+    assert_eq!(
+        r(&["HLEN", &format!("{PREFIX} reap records")]),
+        format!(":{}", on["b1"].len())
+    );
+}
+
+mcp_router_testkit::behaviour_suite!(
+    two_replicas_on_redis_reap_each_expired_session_exactly_once,
+    two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once,
+    idle_sessions_are_deleted_on_their_backend,
+    a_backend_that_forgot_or_died_is_counted_not_retried_forever,
+    a_drained_backends_sessions_end_by_the_drain_timeout,
+);
