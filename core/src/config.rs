@@ -230,6 +230,10 @@ pub struct Config {
     /// forwarded unchanged by default, as HAProxy and Envoy do). `X-Forwarded-Host`
     /// carries the client's `Host` either way.
     pub rewrite_host: bool,
+    /// Every backend serves only MCP 2026-07-28: the router answers `GET` and `DELETE`
+    /// itself with `405` (`Allow: POST`) instead of forwarding them for the backend to
+    /// refuse.
+    pub modern_only: bool,
     /// How client-facing session ids are made: the backend's own (default) or sealed
     /// tokens ([`crate::seal`]).
     pub session_ids: SessionIds,
@@ -293,6 +297,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             rebinding: crate::guard::RebindingGuard::off(),
             rewrite_host: false,
+            modern_only: false,
             session_ids: SessionIds::Passthrough,
             session_keys: None,
             session_max_age: Duration::from_secs(24 * 3600),

@@ -14,7 +14,7 @@ use crate::http::{
 use crate::limits::{Admission, AdmitRequest, ClientId};
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, replace_query_session_id, valid_session_id,
-    write_error_body, ErrorCode, SessionKey, Sniffer, SseParser,
+    write_error_body, ErrorCode, Expect, SessionKey, Sniffer, SseParser,
 };
 use crate::router::{BackendId, Health, PickKind, Router};
 use crate::seal::{Fields, OpenError, Opened, Refusal};
@@ -331,6 +331,9 @@ struct Exchange {
     /// Feed request body bytes to the sniffer.
     sniff: bool,
     sniffer: Sniffer,
+    /// A 2026-07-28 POST: the whole body is read, and its mirrored headers checked
+    /// ([`crate::guard::check_mirrored`]), before a backend is picked.
+    modern: bool,
     /// Request body bytes read before the upstream connection was ready.
     pending: VecDeque<Bytes>,
     pending_len: usize,
@@ -399,6 +402,7 @@ impl Exchange {
             req_done: true,
             sniff: false,
             sniffer: Sniffer::new(),
+            modern: false,
             pending: VecDeque::new(),
             pending_len: 0,
             drained: 0,
@@ -433,6 +437,17 @@ impl Exchange {
         }
     }
 
+    /// Whether the sniffer has read what routing needs: the method, or for a 2026-07-28
+    /// request the whole message (its mirrored members may come anywhere, and a member
+    /// repeated later would give the body a second reading).
+    fn decided(&self) -> bool {
+        if self.modern {
+            self.sniffer.finished()
+        } else {
+            self.sniffer.method_settled()
+        }
+    }
+
     /// Reset for the next request, keeping allocations.
     fn reset(&mut self) {
         // Field by field (the pattern names every field, so a new one cannot be
@@ -447,6 +462,7 @@ impl Exchange {
             req_done,
             sniff,
             sniffer,
+            modern,
             pending,
             pending_len,
             drained,
@@ -488,6 +504,7 @@ impl Exchange {
         *req_done = true;
         *sniff = false;
         sniffer.reset();
+        *modern = false;
         pending.clear();
         *pending_len = 0;
         *drained = 0;
@@ -984,6 +1001,23 @@ impl Conn {
                 b"HTTP/1.1 100 Continue\r\n\r\n",
             )));
         }
+        if self.cfg.modern_only
+            && reading.is_ok()
+            && matches!(req.method, Method::Get | Method::Delete)
+        {
+            // 2026-07-28, Backward Compatibility: "A server that supports only this
+            // revision and receives such traffic from an older client **SHOULD** respond
+            // as follows: HTTP GET or DELETE to the MCP endpoint: respond with `405
+            // Method Not Allowed`." With `modern_only` the backends are such servers, so
+            // the router answers for them.
+            self.answer(
+                405,
+                ErrorCode::InvalidRequest,
+                "Method Not Allowed: this endpoint serves MCP 2026-07-28 (POST only)",
+                now,
+            );
+            return;
+        }
         let max_sid = self.cfg.max_session_id_len;
         let (stateless, named) = match reading {
             Ok(r) => {
@@ -1020,8 +1054,9 @@ impl Conn {
             }
             Named::Sealed(opened) => self.open_sealed(opened, now),
             Named::None => {
-                if post && !stateless {
+                if post {
                     self.x.sniff = true;
+                    self.x.modern = stateless;
                     self.x.route = Route::Sniffing;
                     self.try_route(now);
                 } else {
@@ -1177,9 +1212,14 @@ impl Conn {
             _ => &bufs.client[..],
         };
         let sniffer = &mut x.sniffer;
+        let expect = if x.modern {
+            crate::guard::expect_of(&self.req)
+        } else {
+            Expect::default()
+        };
         let n = match x.req_body.decode(input, &mut |d| {
             if sniff {
-                sniffer.feed(d)
+                sniffer.feed_with(d, &expect)
             }
         }) {
             Ok(n) => n,
@@ -1222,7 +1262,7 @@ impl Conn {
             Route::Sniffing => {
                 x.pending_len += raw.len();
                 x.pending.push_back(raw);
-                if x.pending_len > self.cfg.max_inspect_body && !x.sniffer.method_settled() {
+                if x.pending_len > self.cfg.max_inspect_body && !x.decided() {
                     x.sniff = false;
                     self.respond_local(
                         413,
@@ -1260,8 +1300,22 @@ impl Conn {
         if self.x.route != Route::Sniffing {
             return;
         }
-        if !(self.x.sniffer.method_settled() || self.x.req_done) {
+        if !(self.x.decided() || self.x.req_done) {
             return;
+        }
+        if self.x.modern {
+            if self.x.req_done && !self.x.sniffer.finished() {
+                // an empty body, which no read fed: not JSON
+                self.x.sniffer.end();
+            }
+            if let Err((status, code, msg)) =
+                crate::guard::check_mirrored(&self.req, &self.x.sniffer)
+            {
+                return self.answer(status, code, msg, now);
+            }
+            self.x.kind = Kind::Stateless;
+            self.x.sniff = !self.x.sniffer.id_settled();
+            return self.pick_and_connect(now);
         }
         self.x.kind = if self.x.sniffer.is_initialize() {
             Kind::NewSession
@@ -1529,8 +1583,12 @@ impl Conn {
             path_prefix: backend.base_path.as_bytes(),
             client_ip: self.peer,
             proto: self.proto,
-            // the stateless era: the router did not route by a session id
-            drop_session_id: self
+            // The stateless era: the router did not route by a session id. 2026-07-28,
+            // Backward Compatibility: a server that supports only this revision "SHOULD"
+            // treat "An `Mcp-Session-Id` header on a request: ignore it, and do not mint
+            // or echo session IDs." and "A `Last-Event-ID` header: ignore it; streams are
+            // not resumable." Neither is looked up, so neither is forwarded.
+            drop_session_fields: self
                 .req
                 .known(Name::McpProtocolVersion)
                 .is_some_and(is_stateless_version),
@@ -2256,6 +2314,11 @@ impl Conn {
         let digits = retry.to_string();
         let extra: &[(&str, &[u8])] = if retry > 0 {
             &[("Retry-After", digits.as_bytes())]
+        } else if status == 405 {
+            // RFC 9110 section 15.5.6: "The origin server MUST generate an Allow header
+            // field in a 405 response containing a list of the target resource's
+            // currently supported methods."
+            &[("Allow", b"POST")]
         } else {
             &[]
         };

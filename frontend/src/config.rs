@@ -181,6 +181,10 @@ pub struct Cli {
     /// client's either way.
     #[arg(long, env = "MCP_ROUTER_REWRITE_HOST")]
     pub rewrite_host: bool,
+    /// Every backend serves only MCP 2026-07-28: answer GET and DELETE with 405 (Allow:
+    /// POST) here instead of forwarding them for the backend to refuse.
+    #[arg(long, env = "MCP_ROUTER_MODERN_ONLY")]
+    pub modern_only: bool,
     /// Threads that serve clients: tokio and smol worker threads, or glommio executors
     /// (one per core, each with its own listener) [default: one per available CPU].
     #[arg(long, env = "MCP_ROUTER_WORKERS")]
@@ -343,6 +347,7 @@ struct File {
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     rewrite_host: Option<bool>,
+    modern_only: Option<bool>,
     // sealed session ids (issue 13)
     session_ids: Option<String>,
     session_keys: Option<PathBuf>,
@@ -888,6 +893,7 @@ impl Cli {
             &list_or(&self.allowed_origins, &file.allowed_origins),
         )?;
         c.rewrite_host = self.rewrite_host || file.rewrite_host.unwrap_or(false);
+        c.modern_only = self.modern_only || file.modern_only.unwrap_or(false);
         c.validate()?;
         Ok(Settings {
             listen,
@@ -1265,6 +1271,7 @@ mod tests {
         let s = cli(&["--backend", "http://x:1"]).settings().unwrap();
         assert_eq!(s.core.rebinding, RebindingGuard::loopback());
         assert!(!s.core.rewrite_host);
+        assert!(!s.core.modern_only);
         let s = cli(&["--backend", "http://x:1", "--listen", "[::1]:9"])
             .settings()
             .unwrap();
@@ -1290,6 +1297,7 @@ mod tests {
             "--allowed-origins",
             "https://app.example.com",
             "--rewrite-host",
+            "--modern-only",
         ])
         .settings()
         .unwrap();
@@ -1298,6 +1306,7 @@ mod tests {
         assert_eq!(hosts[1].port, Some(8443));
         assert_eq!(s.core.rebinding.origins.unwrap()[0].scheme, "https");
         assert!(s.core.rewrite_host);
+        assert!(s.core.modern_only);
         let s = cli(&["--backend", "http://x:1", "--allowed-hosts", "*"])
             .settings()
             .unwrap();

@@ -15,6 +15,9 @@ pub enum ErrorCode {
     Parse,
     /// -32600: invalid request (bad session header, oversized body, ...).
     InvalidRequest,
+    /// -32020 `HeaderMismatch` (2026-07-28): a mirrored header is missing, malformed or
+    /// disagrees with the body.
+    HeaderMismatch,
 }
 
 impl ErrorCode {
@@ -25,6 +28,7 @@ impl ErrorCode {
             ErrorCode::Server => -32000,
             ErrorCode::Parse => -32700,
             ErrorCode::InvalidRequest => -32600,
+            ErrorCode::HeaderMismatch => -32020,
         }
     }
 }

@@ -12,5 +12,5 @@ pub use session::{
     replace_query_session_id, valid_session_id, SessionKey, INLINE_SESSION_ID_LEN,
     MAX_SESSION_ID_LEN,
 };
-pub use sniff::Sniffer;
+pub use sniff::{Compared, Expect, Mirror, Sniffer};
 pub use sse::{write_event, SseEvent, SseParser};

@@ -1,0 +1,188 @@
+//! The 2026-07-28 era through the real binaries: the headers that mirror the body
+//! (`Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`) are checked against it before any
+//! backend sees the request (issue 16).
+
+use mcp_router_testkit::harness::{router_bin, Conn, Proc};
+use serde_json::{json, Value};
+
+fn router(backend: &Proc) -> Proc {
+    router_with(backend, &[])
+}
+
+fn router_with(backend: &Proc, extra: &[&str]) -> Proc {
+    let b = format!("b0=http://{}", backend.addr);
+    let mut args = vec!["--backend", &b];
+    args.extend_from_slice(extra);
+    Proc::router(router_bin(), "router", &args)
+}
+
+fn served(b: &Proc) -> u64 {
+    b.stats()["requests"].as_u64().expect("requests")
+}
+
+/// A 2026-07-28 `tools/call` of `tool` with id 9.
+fn call(tool: &str) -> String {
+    json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{
+        "name": tool, "arguments": {"region": "us-west1"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+    .to_string()
+}
+
+fn mismatched_headers_get_400_32020_and_the_backend_receives_nothing() {
+    let b0 = Proc::fake_backend("b0");
+    let r = router(&b0);
+    let v = "2026-07-28";
+    /// (case, path, headers, body, status, JSON-RPC code or 0 when forwarded)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String, u16, i64);
+    let named = |name| {
+        vec![
+            ("MCP-Protocol-Version", v),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", name),
+        ]
+    };
+    let cases: Vec<Case> = vec![
+        ("matching", "/mcp", named("echo"), call("echo"), 200, 0),
+        (
+            "matching, base64",
+            "/mcp",
+            named("=?base64?ZWNobw==?="),
+            call("echo"),
+            200,
+            0,
+        ),
+        (
+            "Mcp-Name differs",
+            "/mcp",
+            named("big"),
+            call("echo"),
+            400,
+            -32020,
+        ),
+        (
+            "base64 name differs",
+            "/mcp",
+            named("=?base64?ZWNoMA==?="),
+            call("echo"),
+            400,
+            -32020,
+        ),
+        (
+            "base64 name malformed",
+            "/mcp",
+            named("=?base64?ZWNobw?="),
+            call("echo"),
+            400,
+            -32020,
+        ),
+        (
+            "no Mcp-Method",
+            "/mcp",
+            vec![("MCP-Protocol-Version", v), ("Mcp-Name", "echo")],
+            call("echo"),
+            400,
+            -32020,
+        ),
+        (
+            "version differs from _meta",
+            "/mcp",
+            vec![
+                ("MCP-Protocol-Version", "2026-08-01"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "echo"),
+            ],
+            call("echo"),
+            400,
+            -32020,
+        ),
+        (
+            "a batch",
+            "/mcp",
+            named("echo"),
+            format!("[{}]", call("echo")),
+            400,
+            -32600,
+        ),
+    ];
+    let mut c = Conn::open(&r.addr);
+    for (case, path, headers, body, status, code) in &cases {
+        let before = served(&b0);
+        let resp = c.request("POST", path, headers, body);
+        assert_eq!(resp.status, *status, "{case}: {}", resp.text());
+        let json: Value = resp.json();
+        if *code == 0 {
+            assert_eq!(json["result"]["backend"], "b0", "{case}: {json}");
+            assert_eq!(served(&b0), before + 1, "{case}");
+        } else {
+            assert_eq!(json["error"]["code"], *code, "{case}: {json}");
+            // a batch has no one id to echo
+            let id = if body.starts_with('[') {
+                Value::Null
+            } else {
+                json!(9)
+            };
+            assert_eq!(json["id"], id, "{case}: the request id is echoed");
+            assert_eq!(served(&b0), before, "{case}: the backend received nothing");
+        }
+    }
+    // an Mcp-Param-* header the router does not know goes through untouched
+    let mut headers = named("echo");
+    headers.push(("Mcp-Param-Region", "us-west1"));
+    let resp = c.request("POST", "/headers", &headers, &call("echo"));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = resp.json()["headers"].clone();
+    assert!(
+        seen.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == &json!(["mcp-param-region", "us-west1"])),
+        "{seen}"
+    );
+}
+
+/// Without `--modern-only` a modern GET or DELETE goes to the backend (a modern one
+/// answers 405), without its session fields; with it the router answers 405 itself.
+fn get_and_delete_reach_the_backend_unless_modern_only() {
+    let b0 = Proc::fake_backend("b0");
+    let legacy = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Session-Id", "s"),
+        ("Last-Event-ID", "4"),
+    ];
+    let r = router(&b0);
+    let mut c = Conn::open(&r.addr);
+    let resp = c.request("GET", "/headers", &legacy, "");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = resp.json()["headers"].to_string().to_ascii_lowercase();
+    assert!(!seen.contains("mcp-session-id"), "{seen}");
+    assert!(!seen.contains("last-event-id"), "{seen}");
+    let before = served(&b0);
+    c.request("DELETE", "/mcp", &legacy, "");
+    assert_eq!(served(&b0), before + 1, "DELETE forwarded");
+
+    let r = router_with(&b0, &["--modern-only"]);
+    let mut c = Conn::open(&r.addr);
+    let before = served(&b0);
+    for method in ["GET", "DELETE"] {
+        let resp = c.request(method, "/mcp", &legacy, "");
+        assert_eq!(resp.status, 405, "{method}: {}", resp.text());
+        assert_eq!(resp.header("allow"), Some("POST"), "{method}");
+    }
+    assert_eq!(served(&b0), before, "the backend received nothing");
+    let resp = c.request(
+        "POST",
+        "/mcp",
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "echo"),
+        ],
+        &call("echo"),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+mcp_router_testkit::behaviour_suite!(
+    mismatched_headers_get_400_32020_and_the_backend_receives_nothing,
+    get_and_delete_reach_the_backend_unless_modern_only,
+);
