@@ -222,6 +222,9 @@ pub struct Config {
     pub client_identity: ClientIdentity,
     /// Proxies whose `X-Forwarded-For` is believed (`--client-identity xff`).
     pub trusted_proxies: Vec<IpNet>,
+    /// What keys a stateless request's backend ([`crate::affinity`]); requests of a
+    /// session always go to the session's backend.
+    pub affinity: crate::affinity::Affinity,
     /// `Host` / `Origin` allow-lists checked before anything is forwarded (403 when a
     /// request fails them). Off by default here; the binaries turn the loopback lists
     /// on when they listen on a loopback address.
@@ -295,6 +298,7 @@ impl Default for Config {
             limits: Limits::default(),
             client_identity: ClientIdentity::default(),
             trusted_proxies: Vec::new(),
+            affinity: crate::affinity::Affinity::None,
             rebinding: crate::guard::RebindingGuard::off(),
             rewrite_host: false,
             modern_only: false,

@@ -16,7 +16,7 @@ use crate::mcp::{
     endpoint_session_id, is_stateless_version, replace_query_session_id, valid_session_id,
     write_error_body, ErrorCode, Expect, SessionKey, Sniffer, SseParser,
 };
-use crate::router::{BackendId, Health, PickKind, Router};
+use crate::router::{BackendId, Health, InFlight, PickKind, Router};
 use crate::seal::{Fields, OpenError, Opened, Refusal};
 use crate::store::{Era, Record, StoreOp, StoreReply};
 use bytes::{Bytes, BytesMut};
@@ -374,6 +374,8 @@ struct Exchange {
     sent_at: Option<Instant>,
     /// The client that opens a new session (set when it was admitted).
     client: Option<ClientId>,
+    /// The request counted in flight to `backend` while it is sent and answered.
+    in_flight: Option<InFlight>,
     /// The request's sealed session id opened to this (`session` holds the upstream id).
     sealed: Option<SealedSession>,
     /// Sealed mode: the `Mcp-Session-Id` value the response head carries to the client
@@ -428,6 +430,7 @@ impl Exchange {
             touch_at: None,
             sent_at: None,
             client: None,
+            in_flight: None,
             sealed: None,
             sid_out: Vec::new(),
             target_out: Vec::new(),
@@ -488,6 +491,7 @@ impl Exchange {
             touch_at,
             sent_at,
             client,
+            in_flight,
             sealed,
             sid_out,
             target_out,
@@ -530,6 +534,7 @@ impl Exchange {
         *touch_at = None;
         *sent_at = None;
         *client = None;
+        *in_flight = None;
         *sealed = None;
         sid_out.clear();
         target_out.clear();
@@ -1358,7 +1363,20 @@ impl Conn {
                 return;
             }
         }
-        match self.router.pick(kind, &self.x.tried, now) {
+        // Only requests that belong to no session have an affinity key: a session's
+        // requests go to its backend, a new session to the one with fewest sessions.
+        let key = match kind {
+            PickKind::Stateless => self.cfg.affinity.key(&self.req, || {
+                ClientId::of(
+                    &self.cfg.client_identity,
+                    &self.cfg.trusted_proxies,
+                    self.peer,
+                    &self.req,
+                )
+            }),
+            PickKind::NewSession => None,
+        };
+        match self.router.pick_keyed(kind, key, &self.x.tried, now) {
             Some(b) => self.connect(b, false, now),
             None => {
                 self.sniff_pending();
@@ -1369,6 +1387,9 @@ impl Conn {
 
     fn connect(&mut self, b: BackendId, fresh: bool, now: Instant) {
         self.x.backend = Some(b);
+        // (dropping the guard of a previous attempt first)
+        self.x.in_flight = None;
+        self.x.in_flight = self.router.request_started(b);
         self.x.route = Route::Forward;
         self.x.upstream = Upstream::Connecting {
             deadline: now + self.cfg.timeouts.connect,
@@ -2229,6 +2250,7 @@ impl Conn {
     }
 
     fn release_upstream(&mut self, reuse: bool) {
+        self.x.in_flight = None;
         if self.x.upstream != Upstream::None {
             self.x.upstream = Upstream::None;
             self.out.push_back(Output::ReleaseUpstream { reuse });
