@@ -579,12 +579,47 @@ impl Router {
         exclude: &[BackendId],
         now: Instant,
     ) -> Option<BackendId> {
+        self.pick_inner(kind, key, None, exclude, now)
+    }
+
+    /// [`Router::pick_keyed`] among the backends that serve the request's era
+    /// (`modern`: 2026-07-28 and later; else a session era), as their `;eras=` says.
+    /// `None` also when none serves it; [`Router::serves`] tells the two apart.
+    pub fn pick_in_era(
+        &self,
+        kind: PickKind,
+        key: Option<u64>,
+        modern: bool,
+        exclude: &[BackendId],
+        now: Instant,
+    ) -> Option<BackendId> {
+        self.pick_inner(kind, key, Some(modern), exclude, now)
+    }
+
+    /// Whether any configured backend (up or not) serves the era (`modern`: 2026-07-28
+    /// and later).
+    pub fn serves(&self, modern: bool) -> bool {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .iter()
+            .any(|m| m.removed_at.is_none() && m.backend.eras.serves(modern))
+    }
+
+    fn pick_inner(
+        &self,
+        kind: PickKind,
+        key: Option<u64>,
+        era: Option<bool>,
+        exclude: &[BackendId],
+        now: Instant,
+    ) -> Option<BackendId> {
         let now_ms = self.ms(now);
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         // At most a few dozen backends: a stack array avoids allocating on the hot path.
         const STACK: usize = 32;
         let view = |i: usize, m: &Member| BackendView {
             up: m.removed_at.is_none()
+                && era.is_none_or(|modern| m.backend.eras.serves(modern))
                 && !m.state.draining.load(Relaxed)
                 && m.state.down_until.load(Relaxed) <= now_ms,
             active_sessions: m.state.active.load(Relaxed),

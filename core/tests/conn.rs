@@ -1609,3 +1609,85 @@ fn session_requests_ignore_affinity() {
         assert_eq!(h.connects.last().map(|c| c.0), Some(b));
     }
 }
+
+/// A fleet whose backend `i` serves the eras `eras[i]` (`;eras=` as configured).
+fn fleet(eras: &[&str]) -> H {
+    let mut c = config(eras.len());
+    for (b, e) in c.backends.iter_mut().zip(eras) {
+        b.eras = config::Eras::parse(e).unwrap();
+    }
+    H::with(c)
+}
+
+#[test]
+fn each_era_goes_only_to_backends_that_serve_it() {
+    let mut h = fleet(&["legacy", "modern", "modern,legacy"]);
+    let mut modern_on = std::collections::BTreeSet::new();
+    let mut legacy_on = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        modern_on.insert(lands_on(&mut h, &modern("", MODERN_CALL)));
+        h.reconnect();
+        legacy_on.insert(init(&mut h, &format!("s-{i}")));
+    }
+    assert_eq!(
+        modern_on,
+        [1, 2].into(),
+        "modern: the modern and dual backends"
+    );
+    assert_eq!(
+        legacy_on,
+        [0, 2].into(),
+        "legacy: the legacy and dual backends"
+    );
+    // a legacy session stays pinned to its backend as before
+    h.reconnect();
+    h.send(&post("/mcp", Some("s-0"), CALL));
+    let s0 = h.lookup("s-0").unwrap().backend.0;
+    assert_eq!(h.connects.last().map(|c| c.0), Some(s0));
+}
+
+#[test]
+fn a_modern_request_no_backend_serves_gets_400_32022_listing_the_fleets_versions() {
+    let mut h = fleet(&["legacy", "legacy"]);
+    h.send(modern("", MODERN_CALL).as_bytes());
+    assert!(h.connects.is_empty(), "no backend contacted");
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(v["id"], "req-7");
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2026-07-28");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        serde_json::json!(["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"])
+    );
+    // legacy traffic is served as before
+    h.reconnect();
+    init(&mut h, "s-1");
+
+    // the other way round: a modern-only fleet and a legacy initialize
+    let mut h = fleet(&["modern"]);
+    h.send(&post("/mcp", None, INIT));
+    assert!(h.connects.is_empty(), "no backend contacted");
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2025-03-26", "the default");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        serde_json::json!(["2026-07-28"])
+    );
+    assert!(h.store.is_empty(), "no session, no admission");
+}
+
+#[test]
+fn a_capable_backend_that_is_down_is_503_not_32022() {
+    let mut h = fleet(&["legacy", "modern"]);
+    h.router.connect_failed(BackendId(1), h.now);
+    h.send(modern("", MODERN_CALL).as_bytes());
+    assert!(h.connects.is_empty());
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert_eq!(body_json(&resp)["error"]["code"], -32000);
+}

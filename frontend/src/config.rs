@@ -1075,6 +1075,35 @@ mod tests {
     }
 
     #[test]
+    fn backends_say_which_eras_they_serve() {
+        let s = cli(&[
+            "--backend",
+            "old=http://a:1;eras=legacy,new=http://b:2/mcp;eras=modern,both=http://c:3;eras=modern+legacy,http://d:4",
+        ])
+        .settings()
+        .unwrap();
+        let eras: Vec<_> = s
+            .core
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.eras.legacy, b.eras.modern))
+            .collect();
+        assert_eq!(
+            eras,
+            [
+                ("old", true, false),
+                ("new", false, true),
+                ("both", true, true),
+                ("d:4", true, true)
+            ]
+        );
+        assert_eq!(s.core.backends[1].base_path, "/mcp");
+        assert!(cli(&["--backend", "http://a:1;eras=future"])
+            .settings()
+            .is_err());
+    }
+
+    #[test]
     fn limit_flags_reach_the_core_and_bad_values_name_the_field() {
         let s = cli(&[
             "--backend",
