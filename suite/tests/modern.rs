@@ -245,8 +245,54 @@ fn affinity_header_sends_one_handle_to_one_backend() {
     );
 }
 
+/// Dual-era fleets (issue 16, point 4): with one backend configured legacy-only and
+/// one modern-only, each era reaches only its own; with only the legacy one, a
+/// 2026-07-28 request gets `400` `-32022` listing the versions the fleet serves.
+fn each_era_reaches_only_backends_that_serve_it() {
+    let old = Proc::fake_backend("old");
+    let new = Proc::fake_backend("new");
+    let old_spec = format!("old=http://{};eras=legacy", old.addr);
+    let new_spec = format!("new=http://{};eras=modern", new.addr);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "echo"),
+    ];
+    let r = Proc::router(
+        router_bin(),
+        "router",
+        &["--backend", &old_spec, "--backend", &new_spec],
+    );
+    for _ in 0..4 {
+        let resp = Conn::open(&r.addr).request("POST", "/mcp", &headers, &call("echo"));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["result"]["backend"], "new");
+        let mut c = Conn::open(&r.addr);
+        let (resp, _sid) = mcp_router_testkit::harness::initialize(&mut c, json!(1));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["result"]["backend"], "old");
+    }
+
+    let r = Proc::router(router_bin(), "router", &["--backend", &old_spec]);
+    let before = served(&old);
+    let resp = Conn::open(&r.addr).request("POST", "/mcp", &headers, &call("echo"));
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["id"], 9);
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2026-07-28");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        json!(["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"])
+    );
+    assert_eq!(served(&old), before, "the legacy backend received nothing");
+}
+
 mcp_router_testkit::behaviour_suite!(
     mismatched_headers_get_400_32020_and_the_backend_receives_nothing,
     get_and_delete_reach_the_backend_unless_modern_only,
     affinity_header_sends_one_handle_to_one_backend,
+    each_era_reaches_only_backends_that_serve_it,
 );
