@@ -14,12 +14,14 @@ use crate::http::{
 use crate::limits::{Admission, AdmitRequest, ClientId};
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, replace_query_session_id, valid_session_id,
-    write_error_body, ErrorCode, Expect, SessionKey, Sniffer, SseParser,
+    write_error_body, write_unsupported_version_body, ErrorCode, Expect, SessionKey, Sniffer,
+    SseParser, LEGACY_VERSIONS, MODERN_VERSIONS,
 };
-use crate::router::{BackendId, Health, PickKind, Router};
+use crate::router::{BackendId, Health, InFlight, PickKind, Router};
 use crate::seal::{Fields, OpenError, Opened, Refusal};
 use crate::store::{Era, Record, StoreOp, StoreReply};
 use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -374,6 +376,11 @@ struct Exchange {
     sent_at: Option<Instant>,
     /// The client that opens a new session (set when it was admitted).
     client: Option<ClientId>,
+    /// The request counted in flight to `backend` while it is sent and answered.
+    in_flight: Option<InFlight>,
+    /// The request is of the 2026-07-28 era or later (by `MCP-Protocol-Version`): it
+    /// may only go to a backend that serves that era (see [`crate::config::Eras`]).
+    era_modern: bool,
     /// The request's sealed session id opened to this (`session` holds the upstream id).
     sealed: Option<SealedSession>,
     /// Sealed mode: the `Mcp-Session-Id` value the response head carries to the client
@@ -428,6 +435,8 @@ impl Exchange {
             touch_at: None,
             sent_at: None,
             client: None,
+            in_flight: None,
+            era_modern: false,
             sealed: None,
             sid_out: Vec::new(),
             target_out: Vec::new(),
@@ -488,6 +497,8 @@ impl Exchange {
             touch_at,
             sent_at,
             client,
+            in_flight,
+            era_modern,
             sealed,
             sid_out,
             target_out,
@@ -530,6 +541,8 @@ impl Exchange {
         *touch_at = None;
         *sent_at = None;
         *client = None;
+        *in_flight = None;
+        *era_modern = false;
         *sealed = None;
         sid_out.clear();
         target_out.clear();
@@ -1054,6 +1067,7 @@ impl Conn {
             }
             Named::Sealed(opened) => self.open_sealed(opened, now),
             Named::None => {
+                self.x.era_modern = stateless;
                 if post {
                     self.x.sniff = true;
                     self.x.modern = stateless;
@@ -1333,6 +1347,10 @@ impl Conn {
             Kind::NewSession => PickKind::NewSession,
             _ => PickKind::Stateless,
         };
+        if kind == PickKind::NewSession && !self.router.serves(self.x.era_modern) {
+            // refused before admission: a session no backend can serve costs no quota
+            return self.unsupported_version(now);
+        }
         if kind == PickKind::NewSession && self.x.client.is_none() {
             // A new session is admitted (caps, quotas) before any backend sees it, so
             // that a refused client creates nothing anywhere.
@@ -1358,8 +1376,25 @@ impl Conn {
                 return;
             }
         }
-        match self.router.pick(kind, &self.x.tried, now) {
+        // Only requests that belong to no session have an affinity key: a session's
+        // requests go to its backend, a new session to the one with fewest sessions.
+        let key = match kind {
+            PickKind::Stateless => self.cfg.affinity.key(&self.req, || {
+                ClientId::of(
+                    &self.cfg.client_identity,
+                    &self.cfg.trusted_proxies,
+                    self.peer,
+                    &self.req,
+                )
+            }),
+            PickKind::NewSession => None,
+        };
+        match self
+            .router
+            .pick_in_era(kind, key, self.x.era_modern, &self.x.tried, now)
+        {
             Some(b) => self.connect(b, false, now),
+            None if !self.router.serves(self.x.era_modern) => self.unsupported_version(now),
             None => {
                 self.sniff_pending();
                 self.answer(503, ErrorCode::Server, "No backend available", now);
@@ -1367,8 +1402,28 @@ impl Conn {
         }
     }
 
+    /// No configured backend serves the request's era (each backend's `;eras=`): the
+    /// router answers as a server that does not implement the version would. The
+    /// 2026-07-28 schema, `UnsupportedProtocolVersionError`: "Returned when the
+    /// request's protocol version is unknown to the server or unsupported [...]. For
+    /// HTTP, the response status code MUST be 400 Bad Request." Its `data` lists the
+    /// versions the fleet does serve, so that a client can "choose a mutually supported
+    /// version from this list and retry".
+    fn unsupported_version(&mut self, now: Instant) {
+        self.sniff_pending();
+        self.answer(
+            400,
+            ErrorCode::UnsupportedVersion,
+            "Unsupported protocol version: no backend serves it",
+            now,
+        );
+    }
+
     fn connect(&mut self, b: BackendId, fresh: bool, now: Instant) {
         self.x.backend = Some(b);
+        // (dropping the guard of a previous attempt first)
+        self.x.in_flight = None;
+        self.x.in_flight = self.router.request_started(b);
         self.x.route = Route::Forward;
         self.x.upstream = Upstream::Connecting {
             deadline: now + self.cfg.timeouts.connect,
@@ -2229,6 +2284,7 @@ impl Conn {
     }
 
     fn release_upstream(&mut self, reuse: bool) {
+        self.x.in_flight = None;
         if self.x.upstream != Upstream::None {
             self.x.upstream = Upstream::None;
             self.out.push_back(Output::ReleaseUpstream { reuse });
@@ -2281,7 +2337,15 @@ impl Conn {
             msg,
             retry,
         };
-        let bytes = Self::error_response(&mut self.scratch, &answer, id, self.req.version, keep);
+        let requested = self.req.header("mcp-protocol-version");
+        let bytes = Self::error_response(
+            &mut self.scratch,
+            &answer,
+            id,
+            requested,
+            self.req.version,
+            keep,
+        );
         self.send_to_client(bytes);
         self.end_legacy_stream();
         self.x.route = Route::Done;
@@ -2299,6 +2363,7 @@ impl Conn {
         scratch: &mut BytesMut,
         a: &LocalAnswer,
         id: Option<&[u8]>,
+        requested: Option<&[u8]>,
         version: Version,
         keep_alive: bool,
     ) -> Bytes {
@@ -2309,7 +2374,21 @@ impl Conn {
             retry,
         } = *a;
         let mut body = BytesMut::with_capacity(96);
-        write_error_body(&mut body, id, code, msg);
+        if code == ErrorCode::UnsupportedVersion {
+            // The request's version (absent: 2025-03-26, as the spec allows). The fleet
+            // has no backend of its era, so it supports the other era's versions.
+            let requested = requested.map_or(Cow::Borrowed("2025-03-26"), |v| {
+                String::from_utf8_lossy(v.trim_ascii())
+            });
+            let supported: &[&str] = if is_stateless_version(requested.as_bytes()) {
+                &LEGACY_VERSIONS
+            } else {
+                &MODERN_VERSIONS
+            };
+            write_unsupported_version_body(&mut body, id, msg, supported, &requested);
+        } else {
+            write_error_body(&mut body, id, code, msg);
+        }
         // only on a refusal: the allocation is off the hot path
         let digits = retry.to_string();
         let extra: &[(&str, &[u8])] = if retry > 0 {
@@ -2343,7 +2422,14 @@ impl Conn {
             msg: reason,
             retry: 0,
         };
-        let bytes = Self::error_response(&mut self.scratch, &answer, None, Version::Http11, false);
+        let bytes = Self::error_response(
+            &mut self.scratch,
+            &answer,
+            None,
+            None,
+            Version::Http11,
+            false,
+        );
         self.out.push_back(Output::ToClient(bytes));
         self.close();
     }
@@ -2384,7 +2470,7 @@ pub fn over_capacity_response(retry_after: Duration) -> Bytes {
         msg: "Too many connections: try again later",
         retry: retry_after.as_secs().max(1) as u32,
     };
-    Conn::error_response(&mut out, &answer, None, Version::Http11, false)
+    Conn::error_response(&mut out, &answer, None, None, Version::Http11, false)
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {

@@ -118,6 +118,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod affinity;
 pub mod config;
 pub mod conn;
 #[cfg(feature = "fuzzing")]
@@ -135,6 +136,7 @@ pub mod seal;
 pub mod stdio;
 pub mod store;
 
+pub use affinity::Affinity;
 pub use config::{Backend, Config, ConfigError, SessionIds, Timeouts};
 pub use conn::{Buffers, Conn, EndCause, Event, Limit, Output, Side};
 pub use limits::{Admission, AdmitRequest, ClientId, ClientIdentity, IpNet, Limits};

@@ -1497,3 +1497,197 @@ fn an_unsupported_version_answer_reaches_the_client_unchanged() {
     h.send(&post("/mcp", None, INIT));
     assert_eq!(h.connects.len(), 2);
 }
+
+/// The backend a fresh connection's request `req` is sent to (left unanswered).
+fn lands_on(h: &mut H, req: &str) -> u16 {
+    h.reconnect();
+    h.send(req.as_bytes());
+    h.connects.last().expect("connect").0
+}
+
+#[test]
+fn affinity_header_keys_stateless_requests_and_counts_them_in_flight() {
+    let mut c = config(3);
+    c.affinity = Affinity::parse("header:Mcp-Param-Handle").unwrap();
+    let mut h = H::with(c);
+    let with = |handle: &str| modern(&format!("Mcp-Param-Handle: {handle}\r\n"), MODERN_CALL);
+    // the same handle, the same backend, every time (requests held in flight are few
+    // enough to stay under the load cap: ceil(1.25 * 3 / 3) = 2)
+    let a = lands_on(&mut h, &with("h-a"));
+    h.connect_ok(false);
+    assert_eq!(
+        h.router.in_flight(BackendId(a)),
+        1,
+        "counted while unanswered"
+    );
+    h.reply(&json_ok(
+        "",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    assert_eq!(status_of(&h.take_client()), 200);
+    assert_eq!(
+        h.router.in_flight(BackendId(a)),
+        0,
+        "released with the response"
+    );
+    for _ in 0..5 {
+        assert_eq!(lands_on(&mut h, &with("h-a")), a);
+        h.connect_ok(false);
+        h.reply(&json_ok(
+            "",
+            r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+        ));
+    }
+    // different handles spread over all three
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        seen.insert(lands_on(&mut h, &with(&format!("h-{i}"))));
+        h.connect_ok(false);
+        h.reply(&json_ok(
+            "",
+            r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+        ));
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // a connection that goes away mid-request releases its count
+    let b = lands_on(&mut h, &with("h-a"));
+    assert_eq!(h.router.in_flight(BackendId(b)), 1);
+    h.reconnect();
+    assert_eq!(
+        h.router.in_flight(BackendId(b)),
+        0,
+        "dropped with the connection"
+    );
+    // its backend down: the key goes elsewhere, and comes back when it is up
+    h.router.connect_failed(BackendId(a), h.now);
+    let other = lands_on(&mut h, &with("h-a"));
+    assert_ne!(other, a);
+    h.router.connect_ok(BackendId(a));
+    assert_eq!(lands_on(&mut h, &with("h-a")), a);
+}
+
+#[test]
+fn without_affinity_stateless_requests_go_to_the_fewest_in_flight() {
+    let mut h = H::new(3);
+    // two requests held open on two backends: the next goes to the idle third
+    let first = lands_on(&mut h, &modern("", MODERN_CALL));
+    let held1 = std::mem::replace(&mut h.conn, {
+        Conn::new(h.router.clone(), None, "http", h.now)
+    });
+    let second = lands_on(&mut h, &modern("", MODERN_CALL));
+    let held2 = std::mem::replace(&mut h.conn, {
+        Conn::new(h.router.clone(), None, "http", h.now)
+    });
+    assert_ne!(first, second);
+    for _ in 0..4 {
+        let third = lands_on(&mut h, &modern("", MODERN_CALL));
+        assert!(
+            third != first && third != second,
+            "{first} {second} {third}"
+        );
+    }
+    drop((held1, held2));
+}
+
+#[test]
+fn session_requests_ignore_affinity() {
+    let mut c = config(3);
+    c.affinity = Affinity::parse("header:mcp-param-handle").unwrap();
+    let mut h = H::with(c);
+    let b = init(&mut h, "s-1");
+    // whatever the handle says, a session's request goes to its backend
+    for i in 0..6 {
+        h.reconnect();
+        let req = String::from_utf8(post("/mcp", Some("s-1"), CALL))
+            .unwrap()
+            .replacen(
+                "\r\n\r\n",
+                &format!("\r\nMcp-Param-Handle: h-{i}\r\n\r\n"),
+                1,
+            );
+        h.send(req.as_bytes());
+        assert_eq!(h.connects.last().map(|c| c.0), Some(b));
+    }
+}
+
+/// A fleet whose backend `i` serves the eras `eras[i]` (`;eras=` as configured).
+fn fleet(eras: &[&str]) -> H {
+    let mut c = config(eras.len());
+    for (b, e) in c.backends.iter_mut().zip(eras) {
+        b.eras = config::Eras::parse(e).unwrap();
+    }
+    H::with(c)
+}
+
+#[test]
+fn each_era_goes_only_to_backends_that_serve_it() {
+    let mut h = fleet(&["legacy", "modern", "modern,legacy"]);
+    let mut modern_on = std::collections::BTreeSet::new();
+    let mut legacy_on = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        modern_on.insert(lands_on(&mut h, &modern("", MODERN_CALL)));
+        h.reconnect();
+        legacy_on.insert(init(&mut h, &format!("s-{i}")));
+    }
+    assert_eq!(
+        modern_on,
+        [1, 2].into(),
+        "modern: the modern and dual backends"
+    );
+    assert_eq!(
+        legacy_on,
+        [0, 2].into(),
+        "legacy: the legacy and dual backends"
+    );
+    // a legacy session stays pinned to its backend as before
+    h.reconnect();
+    h.send(&post("/mcp", Some("s-0"), CALL));
+    let s0 = h.lookup("s-0").unwrap().backend.0;
+    assert_eq!(h.connects.last().map(|c| c.0), Some(s0));
+}
+
+#[test]
+fn a_modern_request_no_backend_serves_gets_400_32022_listing_the_fleets_versions() {
+    let mut h = fleet(&["legacy", "legacy"]);
+    h.send(modern("", MODERN_CALL).as_bytes());
+    assert!(h.connects.is_empty(), "no backend contacted");
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(v["id"], "req-7");
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2026-07-28");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        serde_json::json!(["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"])
+    );
+    // legacy traffic is served as before
+    h.reconnect();
+    init(&mut h, "s-1");
+
+    // the other way round: a modern-only fleet and a legacy initialize
+    let mut h = fleet(&["modern"]);
+    h.send(&post("/mcp", None, INIT));
+    assert!(h.connects.is_empty(), "no backend contacted");
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2025-03-26", "the default");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        serde_json::json!(["2026-07-28"])
+    );
+    assert!(h.store.is_empty(), "no session, no admission");
+}
+
+#[test]
+fn a_capable_backend_that_is_down_is_503_not_32022() {
+    let mut h = fleet(&["legacy", "modern"]);
+    h.router.connect_failed(BackendId(1), h.now);
+    h.send(modern("", MODERN_CALL).as_bytes());
+    assert!(h.connects.is_empty());
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert_eq!(body_json(&resp)["error"]["code"], -32000);
+}

@@ -218,6 +218,13 @@ pub struct Cli {
     /// `bearer-sub` (the iss and sub claims of a Bearer JWT, read unverified).
     #[arg(long, env = "MCP_ROUTER_CLIENT_IDENTITY")]
     pub client_identity: Option<String>,
+    /// Affinity of stateless requests (no session: 2026-07-28, and sessionless
+    /// earlier-era ones): `none` (the backend with the fewest requests in flight, the
+    /// default), `principal` (the caller as --client-identity names it), `header:NAME`
+    /// (a header's value, e.g. header:Mcp-Param-Handle) or `mcp-name` (the tool or
+    /// resource). Rendezvous hashing with a load cap of 1.25x the average in flight.
+    #[arg(long, env = "MCP_ROUTER_AFFINITY")]
+    pub affinity: Option<String>,
     /// Proxies whose X-Forwarded-For is believed: addresses or CIDR ranges
     /// (environment: comma-separated).
     #[arg(
@@ -341,6 +348,7 @@ struct File {
     client_session_rate: Option<u32>,
     client_session_burst: Option<u32>,
     client_identity: Option<String>,
+    affinity: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     accept_backlog: Option<u32>,
     stdio_unattached_timeout: Option<toml::Value>,
@@ -740,6 +748,10 @@ impl Cli {
             c.client_identity = mcp_router_core::ClientIdentity::parse(id)
                 .map_err(|e| ConfigError(format!("client_identity: {e}")))?;
         }
+        if let Some(a) = self.affinity.as_ref().or(file.affinity.as_ref()) {
+            c.affinity = mcp_router_core::Affinity::parse(a)
+                .map_err(|e| ConfigError(format!("affinity: {e}")))?;
+        }
         let proxies = if !self.trusted_proxies.is_empty() {
             self.trusted_proxies.clone()
         } else {
@@ -1063,6 +1075,35 @@ mod tests {
     }
 
     #[test]
+    fn backends_say_which_eras_they_serve() {
+        let s = cli(&[
+            "--backend",
+            "old=http://a:1;eras=legacy,new=http://b:2/mcp;eras=modern,both=http://c:3;eras=modern+legacy,http://d:4",
+        ])
+        .settings()
+        .unwrap();
+        let eras: Vec<_> = s
+            .core
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.eras.legacy, b.eras.modern))
+            .collect();
+        assert_eq!(
+            eras,
+            [
+                ("old", true, false),
+                ("new", false, true),
+                ("both", true, true),
+                ("d:4", true, true)
+            ]
+        );
+        assert_eq!(s.core.backends[1].base_path, "/mcp");
+        assert!(cli(&["--backend", "http://a:1;eras=future"])
+            .settings()
+            .is_err());
+    }
+
+    #[test]
     fn limit_flags_reach_the_core_and_bad_values_name_the_field() {
         let s = cli(&[
             "--backend",
@@ -1085,9 +1126,15 @@ mod tests {
             "10.0.0.0/8,::1",
             "--accept-backlog",
             "4096",
+            "--affinity",
+            "header:Mcp-Param-Handle",
         ])
         .settings()
         .unwrap();
+        assert_eq!(
+            s.core.affinity,
+            mcp_router_core::Affinity::Header("mcp-param-handle".into())
+        );
         let l = &s.core.limits;
         assert_eq!(s.core.timeouts.client_send, Duration::from_secs(5));
         assert_eq!(
@@ -1105,6 +1152,7 @@ mod tests {
             ),
             (&["--max-head", "18446744073709551615"], "max_head"),
             (&["--client-identity", "cookie"], "client_identity"),
+            (&["--affinity", "sticky"], "affinity"),
             (&["--client-identity", "xff"], "client_identity"),
             (&["--trusted-proxies", "10.0.0.0/99"], "trusted_proxies"),
             (&["--accept-backlog", "0"], "accept_backlog"),

@@ -182,7 +182,117 @@ fn get_and_delete_reach_the_backend_unless_modern_only() {
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
 
+/// `--affinity header:Mcp-Param-Handle` (issue 16, point 3): 2026-07-28 requests
+/// carrying the same handle land on the same backend, different handles spread over
+/// all three; without the flag one handle is spread (the fewest requests in flight).
+fn affinity_header_sends_one_handle_to_one_backend() {
+    let bs: Vec<Proc> = ["b0", "b1", "b2"].map(Proc::fake_backend).into();
+    let specs: Vec<String> = bs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("b{i}=http://{}", b.addr))
+        .collect();
+    let start = |extra: &[&str]| {
+        let mut args = Vec::new();
+        for s in &specs {
+            args.extend(["--backend", s.as_str()]);
+        }
+        args.extend_from_slice(extra);
+        Proc::router(router_bin(), "router", &args)
+    };
+    /// The backend that answered a `tools/call` carrying handle `h`, over a fresh
+    /// connection each time (no connection reuse hides the choice).
+    fn answered_by(r: &Proc, h: &str) -> String {
+        let mut c = Conn::open(&r.addr);
+        let resp = c.request(
+            "POST",
+            "/mcp",
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "echo"),
+                ("Mcp-Param-Handle", h),
+            ],
+            &call("echo"),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let v: Value = resp.json();
+        v["result"]["backend"]
+            .as_str()
+            .expect("backend")
+            .to_string()
+    }
+    let r = start(&["--affinity", "header:Mcp-Param-Handle"]);
+    let mut homes = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let h = format!("handle-{i}");
+        let first = answered_by(&r, &h);
+        for _ in 0..3 {
+            assert_eq!(answered_by(&r, &h), first, "{h}");
+        }
+        homes.insert(first);
+    }
+    assert_eq!(homes.len(), 3, "12 handles over 3 backends: {homes:?}");
+
+    let r = start(&[]);
+    let spread: std::collections::BTreeSet<_> =
+        (0..6).map(|_| answered_by(&r, "handle-0")).collect();
+    assert!(
+        spread.len() > 1,
+        "no affinity: one handle spreads ({spread:?})"
+    );
+}
+
+/// Dual-era fleets (issue 16, point 4): with one backend configured legacy-only and
+/// one modern-only, each era reaches only its own; with only the legacy one, a
+/// 2026-07-28 request gets `400` `-32022` listing the versions the fleet serves.
+fn each_era_reaches_only_backends_that_serve_it() {
+    let old = Proc::fake_backend("old");
+    let new = Proc::fake_backend("new");
+    let old_spec = format!("old=http://{};eras=legacy", old.addr);
+    let new_spec = format!("new=http://{};eras=modern", new.addr);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "echo"),
+    ];
+    let r = Proc::router(
+        router_bin(),
+        "router",
+        &["--backend", &old_spec, "--backend", &new_spec],
+    );
+    for _ in 0..4 {
+        let resp = Conn::open(&r.addr).request("POST", "/mcp", &headers, &call("echo"));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["result"]["backend"], "new");
+        let mut c = Conn::open(&r.addr);
+        let (resp, _sid) = mcp_router_testkit::harness::initialize(&mut c, json!(1));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["result"]["backend"], "old");
+    }
+
+    let r = Proc::router(router_bin(), "router", &["--backend", &old_spec]);
+    let before = served(&old);
+    let resp = Conn::open(&r.addr).request("POST", "/mcp", &headers, &call("echo"));
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["id"], 9);
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2026-07-28");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        json!(["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"])
+    );
+    assert_eq!(served(&old), before, "the legacy backend received nothing");
+}
+
 mcp_router_testkit::behaviour_suite!(
     mismatched_headers_get_400_32020_and_the_backend_receives_nothing,
     get_and_delete_reach_the_backend_unless_modern_only,
+    affinity_header_sends_one_handle_to_one_backend,
+    each_era_reaches_only_backends_that_serve_it,
 );
