@@ -279,19 +279,23 @@ fn a_backends_dns_rebinding_protection_survives_the_router() {
     }
 }
 
-/// The official Python SDK's dual-era server (`MCPServer` over Streamable HTTP, which
-/// serves the 2026-07-28 revision and the initialize handshake on one endpoint), two
-/// replicas behind one router, and its `mcp.Client` in all three connect modes at once:
-/// pinned to `2026-07-28` (every request a self-contained POST whose `Mcp-Method` /
-/// `Mcp-Name` / version headers the router checks against the body), `auto` (probes
-/// `server/discover`) and `legacy` (initialize). Every answer is the client's own and the
-/// router refuses nothing.
-fn python_sdk_clients_of_every_era_through_the_router_to_dual_era_servers() {
+/// The official Python SDK on both sides of a dual-era fleet: a modern-only server
+/// (`MCPServer`'s app answering earlier eras 400 -32022, `fastmcp_server.py
+/// --modern-only`, configured `;eras=modern`) and a dual-era one (`MCPServer` over
+/// Streamable HTTP, both eras on one endpoint) behind two store-less sealed router
+/// replicas, a per-request round-robin balancer in front; `mcp.Client` pinned to
+/// `2026-07-28` (every request a self-contained POST whose `Mcp-Method` / `Mcp-Name` /
+/// version headers the router checks against the body), in `auto` (probes
+/// `server/discover`) and in `legacy` (initialize) mode, all at once. Every answer is the
+/// client's own, the router refuses nothing, and no legacy session lands on the
+/// modern-only server (without `;eras=modern` the legacy clients fail: their
+/// `initialize` meets -32022 there).
+fn python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet() {
     let dir = interop_dir();
-    let server = |name: &str| {
+    let server = |name: &str, flag: &str| {
         let port = free_port();
         let mut cmd = Command::new(dir.join(".venv/bin/python"));
-        cmd.args(["fastmcp_server.py", "--http", &port.to_string()])
+        cmd.args(["fastmcp_server.py", flag, &port.to_string()])
             .current_dir(&dir);
         let p = Proc::start(name, cmd, |l| {
             let rest = l.split("streamable HTTP on ").nth(1)?;
@@ -308,18 +312,38 @@ fn python_sdk_clients_of_every_era_through_the_router_to_dual_era_servers() {
         }
         p
     };
-    let (s0, s1) = (server("py-server-0"), server("py-server-1"));
-    let r = Proc::router(
-        router_bin(),
-        "router",
-        &[
-            "--backend",
-            &format!("s0=http://{}", s0.addr),
-            "--backend",
-            &format!("s1=http://{}", s1.addr),
-        ],
-    );
-    let url = format!("http://{}/mcp", r.addr);
+    let modern = server("py-modern-only", "--modern-only");
+    let dual = server("py-dual-era", "--http");
+    let keys = std::env::temp_dir().join(format!(
+        "mcp-interop-eras-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(
+        &keys,
+        "k1:0101010101010101010101010101010101010101010101010101010101010101\n",
+    )
+    .unwrap();
+    let m = format!("modern=http://{};eras=modern", modern.addr);
+    let d = format!("dual=http://{}", dual.addr);
+    let keys_arg = keys.display().to_string();
+    let args = [
+        "--backend",
+        &m,
+        "--backend",
+        &d,
+        "--session-ids",
+        "sealed",
+        "--session-keys",
+        &keys_arg,
+        // every request reaches the routers from the balancer's address
+        "--client-session-rate",
+        "0",
+    ];
+    let ra = Proc::router(router_bin(), "router-a", &args);
+    let rb = Proc::router(router_bin(), "router-b", &args);
+    let (lb, counts) = round_robin(vec![ra.addr.clone(), rb.addr.clone()]);
+    let url = format!("http://{lb}/mcp");
     let runs: Vec<_> = [
         "2026-07-28",
         "auto",
@@ -338,11 +362,36 @@ fn python_sdk_clients_of_every_era_through_the_router_to_dual_era_servers() {
         let v = h.join().expect("client thread");
         assert_eq!(v["ok"], true, "{v}");
     }
-    assert_eq!(r.count_logs("request rejected"), 0, "{:?}", r.logs());
+    let (a, b) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
+    assert!(a >= 6 && b >= 6, "requests per replica: {a}, {b}");
+    let mut sessions = 0;
+    for r in [&ra, &rb] {
+        assert_eq!(r.count_logs("request rejected"), 0, "{:?}", r.logs());
+        assert_eq!(r.count_logs("session id refused"), 0, "{:?}", r.logs());
+        // the legacy clients' sessions all went to the server that has that era
+        let started: Vec<String> = r
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("session started"))
+            .collect();
+        assert!(
+            started.iter().all(|l| l.contains("backend=dual")),
+            "{started:?}"
+        );
+        sessions += started.len();
+    }
+    assert!(
+        sessions >= 2,
+        "the two legacy clients' sessions: {sessions}"
+    );
+    let _ = std::fs::remove_file(&keys);
 }
 
 mcp_router_testkit::behaviour_suite!(
-    python_sdk_clients_of_every_era_through_the_router_to_dual_era_servers,
+    python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet,
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
     a_backends_dns_rebinding_protection_survives_the_router,

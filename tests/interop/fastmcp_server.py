@@ -38,6 +38,7 @@ Stdout carries only JSON-RPC (stdio transport); the SDK logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -117,13 +118,75 @@ def greet(name: str) -> str:
     return f"Please greet {name} warmly."
 
 
+MODERN = "2026-07-28"
+
+
+def modern_only(app):
+    """Wrap the SDK's dual-era ASGI app so that it serves only the 2026-07-28 revision, as
+    a modern-only server does: a POST whose MCP-Protocol-Version is older (or absent, as
+    on `initialize`) gets 400 with JSON-RPC -32022 (unsupported protocol version) listing
+    the supported versions; GET and DELETE get 405."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        version = headers.get("mcp-protocol-version", "")
+        if scope["method"] != "POST":
+            await send({"type": "http.response.start", "status": 405, "headers": [(b"allow", b"POST")]})
+            return await send({"type": "http.response.body", "body": b""})
+        if version >= MODERN:
+            return await app(scope, receive, send)
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        try:
+            rid = json.loads(body).get("id")
+        except Exception:
+            rid = None
+        err = {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "error": {
+                "code": -32022,
+                "message": "Unsupported protocol version",
+                "data": {"supported": [MODERN], "requested": version or None},
+            },
+        }
+        out = json.dumps(err).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": out})
+
+    return wrapped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="FastMCP (MCPServer) interop server")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT/mcp")
     group.add_argument("--sse", type=int, metavar="PORT", help="serve HTTP+SSE on 127.0.0.1:PORT/sse")
+    group.add_argument(
+        "--modern-only",
+        type=int,
+        metavar="PORT",
+        help="serve only the 2026-07-28 revision on 127.0.0.1:PORT/mcp (earlier eras get 400 -32022)",
+    )
     args = parser.parse_args()
-    if args.http is not None:
+    if args.modern_only is not None:
+        import uvicorn
+
+        print(f"fastmcp_server: modern-only streamable HTTP on 127.0.0.1:{args.modern_only}/mcp", file=sys.stderr, flush=True)
+        uvicorn.run(modern_only(mcp.streamable_http_app()), host="127.0.0.1", port=args.modern_only, log_level="warning")
+    elif args.http is not None:
         print(f"fastmcp_server: streamable HTTP on 127.0.0.1:{args.http}/mcp", file=sys.stderr, flush=True)
         mcp.run("streamable-http", host="127.0.0.1", port=args.http)
     elif args.sse is not None:
