@@ -119,6 +119,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod failover;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

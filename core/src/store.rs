@@ -5,11 +5,13 @@
 //! or a remote one such as Redis) and feeds the [`StoreReply`] back, in the order the
 //! ops were emitted. So a remote store fits without any change to routing logic.
 
+use crate::failover::Failover;
 use crate::limits::{Admission, AdmitRequest, Bucket, ClientId};
 use crate::mcp::SessionKey;
 use crate::router::BackendId;
 use indexmap::IndexMap;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which transport era a session belongs to.
@@ -50,10 +52,27 @@ pub enum StoreOp {
     /// live sessions (all, and the client's) and takes a token from the client's
     /// bucket. Replies [`StoreReply::Admitted`].
     Admit(AdmitRequest),
+    /// `--failover reinitialize`: [`StoreOp::Insert`] with what a failover needs (the
+    /// client's `initialize` body). Replies [`StoreReply::Inserted`]. Only the
+    /// embedded store holds these (the router refuses failover with Redis).
+    InsertFailover(SessionKey, Record, Arc<Failover>),
+    /// A failover happened: the record now names `record.backend` and `state` (its new
+    /// upstream id), if its state is still of generation `from` (another connection did
+    /// not fail it over first). Replies [`StoreReply::FailedOver`].
+    FailOver {
+        /// The session (the client's id).
+        key: SessionKey,
+        /// The record with the new backend.
+        record: Record,
+        /// The new state (generation `from + 1`).
+        state: Arc<Failover>,
+        /// The generation the failover started from.
+        from: u32,
+    },
 }
 
 /// The outcome of a [`StoreOp`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreReply {
     /// `Get`: the record, or `None` when there is none.
     Found(Option<Record>),
@@ -66,6 +85,11 @@ pub enum StoreReply {
     Touched(bool),
     /// `Admit`: the verdict.
     Admitted(Admission),
+    /// `Get` of a record that carries failover state (only with `--failover`).
+    FoundFailover(Record, Arc<Failover>),
+    /// `FailOver`: whether it was stored (`false`: the record is gone, or another
+    /// failover of it came first).
+    FailedOver(bool),
     /// The store could not be reached or did not answer in time.
     Unavailable,
 }
@@ -73,9 +97,12 @@ pub enum StoreReply {
 /// Records the table keeps room for however empty it gets.
 const SHRINK_FLOOR: usize = 512;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     record: Record,
+    /// `--failover reinitialize`: the client's `initialize` body and the session's
+    /// current upstream id (`None` when failover is off: 8 bytes, no allocation).
+    failover: Option<Arc<Failover>>,
     /// Idle deadline, in sixteenths of a second since the store's epoch (rounded up):
     /// 4 bytes that last 8.5 years of uptime, precise to 62.5 ms.
     deadline: u32,
@@ -183,22 +210,35 @@ impl MemStore {
         // (and at most 1/16 s more), however close to a tick boundary it was used.
         let deadline = t + self.ttl_ticks + 1;
         match op {
-            StoreOp::Get(k) => StoreReply::Found(self.slide(k, t, deadline)),
+            StoreOp::Get(k) => match self.slide(k, t, deadline) {
+                Some(e) => match &e.failover {
+                    Some(f) => StoreReply::FoundFailover(e.record, f.clone()),
+                    None => StoreReply::Found(Some(e.record)),
+                },
+                None => StoreReply::Found(None),
+            },
             StoreOp::Touch(k) => StoreReply::Touched(self.slide(k, t, deadline).is_some()),
-            StoreOp::Insert(k, record) => {
-                if self.slide(k, t, deadline).is_some() {
-                    return StoreReply::Inserted(false);
+            StoreOp::Insert(k, record) => self.insert(k, record, None, t, deadline),
+            StoreOp::InsertFailover(k, record, f) => {
+                self.insert(k, record, Some(f.clone()), t, deadline)
+            }
+            StoreOp::FailOver {
+                key,
+                record,
+                state,
+                from,
+            } => {
+                let Some(e) = self.slide(key, t, deadline) else {
+                    return StoreReply::FailedOver(false);
+                };
+                if e.failover.as_ref().map(|f| f.generation) != Some(*from)
+                    || e.record.client != record.client
+                {
+                    return StoreReply::FailedOver(false);
                 }
-                self.map.insert(
-                    k.clone(),
-                    Entry {
-                        record: *record,
-                        deadline,
-                    },
-                );
-                *self.per_client.entry(record.client).or_default() += 1;
-                self.inserted += 1;
-                StoreReply::Inserted(true)
+                e.record = *record;
+                e.failover = Some(state.clone());
+                StoreReply::FailedOver(true)
             }
             StoreOp::Delete(k) => match self.map.swap_remove_entry(k) {
                 Some((_, e)) if e.deadline > t => {
@@ -207,7 +247,7 @@ impl MemStore {
                 }
                 Some((key, e)) => {
                     self.forget(&e.record);
-                    self.lazily_expired.push((key, e.record));
+                    self.lazily_expired.push((reap_key(key, &e), e.record));
                     StoreReply::Deleted(None)
                 }
                 None => StoreReply::Deleted(None),
@@ -245,6 +285,30 @@ impl MemStore {
         }
     }
 
+    fn insert(
+        &mut self,
+        k: &SessionKey,
+        record: &Record,
+        failover: Option<Arc<Failover>>,
+        t: u32,
+        deadline: u32,
+    ) -> StoreReply {
+        if self.slide(k, t, deadline).is_some() {
+            return StoreReply::Inserted(false);
+        }
+        self.map.insert(
+            k.clone(),
+            Entry {
+                record: *record,
+                failover,
+                deadline,
+            },
+        );
+        *self.per_client.entry(record.client).or_default() += 1;
+        self.inserted += 1;
+        StoreReply::Inserted(true)
+    }
+
     /// A record left the map: it no longer counts for its client.
     fn forget(&mut self, r: &Record) {
         if let Some(n) = self.per_client.get_mut(&r.client) {
@@ -261,18 +325,19 @@ impl MemStore {
     }
 
     /// Look up a live record and move its deadline; an expired one is removed.
-    fn slide(&mut self, k: &SessionKey, t: u32, deadline: u32) -> Option<Record> {
+    fn slide(&mut self, k: &SessionKey, t: u32, deadline: u32) -> Option<&mut Entry> {
         let idx = self.map.get_index_of(k)?;
-        let (_, e) = self.map.get_index_mut(idx)?;
-        if e.deadline > t {
+        let live = self.map.get_index(idx).is_some_and(|(_, e)| e.deadline > t);
+        if live {
+            let (_, e) = self.map.get_index_mut(idx)?;
             e.deadline = deadline;
-            return Some(e.record);
+            return Some(e);
         }
         // Expired but not yet swept: it is gone now, and its end is reported by the
         // next `expire` call.
         let (key, e) = self.map.swap_remove_index(idx)?;
         self.forget(&e.record);
-        self.lazily_expired.push((key, e.record));
+        self.lazily_expired.push((reap_key(key, &e), e.record));
         None
     }
 
@@ -303,7 +368,7 @@ impl MemStore {
             if ends {
                 if let Some((k, e)) = self.map.swap_remove_index(self.end_cursor) {
                     self.forget(&e.record);
-                    out.push((k, e.record));
+                    out.push((reap_key(k, &e), e.record));
                 }
             } else {
                 self.end_cursor += 1;
@@ -338,7 +403,7 @@ impl MemStore {
                 // swap_remove moves the last record into `cursor`: examine it next.
                 if let Some((k, e)) = self.map.swap_remove_index(self.cursor) {
                     self.forget(&e.record);
-                    out.push((k, e.record));
+                    out.push((reap_key(k, &e), e.record));
                 }
             } else {
                 self.cursor += 1;
@@ -351,6 +416,15 @@ impl MemStore {
             self.map.shrink_to((self.map.len() * 2).max(SHRINK_FLOOR));
         }
         out.len() - before
+    }
+}
+
+/// The id an ended record is reported (and reaped upstream) by: the backend's own,
+/// which after a failover is no longer the key.
+fn reap_key(key: SessionKey, e: &Entry) -> SessionKey {
+    match e.failover.as_ref().and_then(|f| f.upstream.clone()) {
+        Some(up) => up,
+        None => key,
     }
 }
 

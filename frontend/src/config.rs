@@ -246,6 +246,21 @@ pub struct Cli {
     /// names it (others get 404) [default: off].
     #[arg(long, env = "MCP_ROUTER_SESSION_BINDING")]
     pub session_binding: Option<String>,
+    // ----- failover (issue 14, point 3) -----
+    /// `reinitialize`: a session whose backend is down (connect failed, marked down,
+    /// removed) is initialized again on a healthy backend by replaying the client's
+    /// initialize; the client's session id stays. Needs the embedded store
+    /// (--store memory) [default: off].
+    #[arg(long, env = "MCP_ROUTER_FAILOVER")]
+    pub failover: Option<String>,
+    /// At most one failover per session within this time; a session whose replacement
+    /// also dies within it gets 404 [default: 60s].
+    #[arg(long, env = "MCP_ROUTER_FAILOVER_WINDOW")]
+    pub failover_window: Option<String>,
+    /// Largest initialize body kept for a failover; a session whose initialize was
+    /// larger is not failed over [default: 16384].
+    #[arg(long, env = "MCP_ROUTER_FAILOVER_MAX_PARAMS")]
+    pub failover_max_params: Option<usize>,
     // -- operations (issue 19): admin token, log format, `check` --
     /// Token for state-changing admin requests (drain/undrain): they need
     /// `Authorization: Bearer <token>`. Without it they are allowed only when the
@@ -348,6 +363,10 @@ struct File {
     session_keys: Option<PathBuf>,
     session_max_age: Option<toml::Value>,
     session_binding: Option<toml::Value>,
+    // failover (issue 14)
+    failover: Option<String>,
+    failover_window: Option<toml::Value>,
+    failover_max_params: Option<usize>,
     // -- operations (issue 19) --
     admin_token: Option<String>,
     log_format: Option<String>,
@@ -646,6 +665,49 @@ impl Cli {
             &file.session_ttl,
             c.session_ttl,
         )?;
+        let mode = self.failover.as_deref().or(file.failover.as_deref());
+        c.failover = match mode {
+            None | Some("off") => None,
+            Some("reinitialize") => {
+                if matches!(store, StoreSettings::Redis(_)) {
+                    return Err(ConfigError(
+                        "failover: reinitialize needs the embedded store (--store memory): \
+                         the client's initialize parameters it replays are never written to \
+                         Redis"
+                            .into(),
+                    ));
+                }
+                if c.session_ids == mcp_router_core::SessionIds::Sealed && !c.session_records {
+                    return Err(ConfigError(
+                        "failover: reinitialize with --session-ids sealed needs --store memory \
+                         (the new upstream id is kept in the session's record)"
+                            .into(),
+                    ));
+                }
+                let d = mcp_router_core::failover::FailoverSettings::default();
+                let window = dur(
+                    "failover_window",
+                    &self.failover_window,
+                    &file.failover_window,
+                    d.window,
+                )?;
+                let max_params = self
+                    .failover_max_params
+                    .or(file.failover_max_params)
+                    .unwrap_or(d.max_params);
+                if !(1024..=1024 * 1024).contains(&max_params) {
+                    return Err(ConfigError(
+                        "failover_max_params: must be 1024 bytes ..= 1 MiB".into(),
+                    ));
+                }
+                Some(mcp_router_core::failover::FailoverSettings { window, max_params })
+            }
+            Some(m) => {
+                return Err(ConfigError(format!(
+                    "failover: {m:?}: use \"off\" or \"reinitialize\""
+                )))
+            }
+        };
         c.http.max_head = self.max_head.or(file.max_head).unwrap_or(c.http.max_head);
         c.http.max_headers = self
             .max_headers

@@ -15,6 +15,8 @@ pub enum ErrorCode {
     Parse,
     /// -32600: invalid request (bad session header, oversized body, ...).
     InvalidRequest,
+    /// -32603: internal error (a request lost with its backend, `--failover`).
+    Internal,
 }
 
 impl ErrorCode {
@@ -25,6 +27,7 @@ impl ErrorCode {
             ErrorCode::Server => -32000,
             ErrorCode::Parse => -32700,
             ErrorCode::InvalidRequest => -32600,
+            ErrorCode::Internal => -32603,
         }
     }
 }

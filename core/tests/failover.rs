@@ -1,0 +1,221 @@
+//! `--failover reinitialize` on the connection machine: the replay, the client's id that
+//! never changes, the request lost with its backend, the window, what is not eligible.
+
+mod util;
+
+use mcp_router_core::failover::{FailoverSettings, Outcome};
+use mcp_router_core::*;
+use std::time::Duration;
+use util::*;
+
+fn failover_config(n: usize) -> Config {
+    let mut c = config(n);
+    c.failover = Some(FailoverSettings {
+        window: Duration::from_secs(60),
+        max_params: 1024,
+    });
+    c
+}
+
+/// Initialize `sid` on the backend the router picks; returns it.
+fn init_with(h: &mut H, sid: &str, body: &str) -> u16 {
+    h.send(&post("/mcp", None, body));
+    let b = h.connects.last().expect("connect").0;
+    h.connect_ok(false);
+    h.reply(&json_ok(
+        &format!("Mcp-Session-Id: {sid}\r\n"),
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    b
+}
+
+fn outcomes(h: &H) -> Vec<Outcome> {
+    h.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Failover { outcome, .. } => Some(*outcome),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The replay on the backend the router picked: `initialize` (answered with
+/// `new_sid`), then `notifications/initialized`. Returns the backend.
+fn replay(h: &mut H, new_sid: &str) -> u16 {
+    let (to, fresh) = *h.connects.last().unwrap();
+    assert!(fresh, "a replay never takes a pooled connection");
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert!(up.starts_with("POST /mcp HTTP/1.1\r\n"), "{up}");
+    assert!(
+        up.ends_with(INIT),
+        "the client's initialize, byte for byte: {up}"
+    );
+    assert_eq!(header(&up, "Mcp-Session-Id"), None, "{up}");
+    h.reply(&json_ok(
+        &format!("Mcp-Session-Id: {new_sid}\r\n"),
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
+    assert_eq!(h.connects.last().unwrap().0, to);
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert!(up.contains("notifications/initialized"), "{up}");
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some(new_sid), "{up}");
+    h.reply(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    to
+}
+
+#[test]
+fn a_refused_connect_fails_the_session_over_and_the_client_keeps_its_id() {
+    let mut h = H::with(failover_config(2));
+    let old = init_with(&mut h, "s1", INIT);
+    h.take_upstream();
+    h.send(&post("/mcp", Some("s1"), CALL));
+    assert_eq!(h.connects.last().unwrap().0, old);
+    h.connect_fail();
+    // nothing answered yet: the replay runs first
+    assert!(h.client.is_empty(), "{}", h.take_client());
+    let to = replay(&mut h, "new-1");
+    assert_ne!(to, old);
+    // then the client's request, under the new upstream id
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert!(up.ends_with(CALL), "{up}");
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some("new-1"), "{up}");
+    h.reply(&json_ok(
+        "Mcp-Session-Id: new-1\r\n",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    // the backend's new id never reaches the client
+    assert_eq!(header(&resp, "Mcp-Session-Id"), Some("s1"), "{resp}");
+    assert_eq!(outcomes(&h), vec![Outcome::Done]);
+    assert!(h.ended().is_empty(), "{:?}", h.ended());
+    // the next request goes straight to the new backend, one store op
+    let ops = h.store_ops;
+    h.send(&post("/mcp", Some("s1"), CALL));
+    assert_eq!(h.store_ops, ops + 1);
+    assert_eq!(h.connects.last().unwrap(), &(to, false));
+    h.connect_ok(true);
+    let up = h.take_upstream();
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some("new-1"), "{up}");
+    assert_eq!(h.router.active_sessions(BackendId(to)), 1);
+    assert_eq!(h.router.active_sessions(BackendId(old)), 0);
+}
+
+#[test]
+fn a_request_written_to_a_backend_that_went_away_is_answered_32603_not_resent() {
+    let mut h = H::with(failover_config(2));
+    let old = init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_ok(false);
+    assert!(h.take_upstream().ends_with(CALL));
+    let connects = h.connects.len();
+    h.upstream_eof();
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(v["error"]["code"], -32603, "{resp}");
+    assert_eq!(v["error"]["message"], "backend lost; retry", "{resp}");
+    assert_eq!(v["id"], "req-7", "the request's own id: {resp}");
+    assert_eq!(h.connects.len(), connects, "never sent again");
+    assert_eq!(outcomes(&h), vec![Outcome::Lost]);
+    // the session moves on: its next request fails over
+    h.send(&post("/mcp", Some("s1"), CALL));
+    assert_eq!(h.connects.last().unwrap().0, old);
+    h.connect_fail();
+    replay(&mut h, "new-1");
+    h.connect_ok(false);
+    assert!(h.take_upstream().ends_with(CALL));
+    assert_eq!(outcomes(&h), vec![Outcome::Lost, Outcome::Done]);
+}
+
+#[test]
+fn one_failover_per_window_a_replacement_that_dies_too_ends_the_session() {
+    let mut h = H::with(failover_config(3));
+    init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    replay(&mut h, "new-1");
+    h.connect_ok(false);
+    h.reply(&json_ok(
+        "",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    h.take_client();
+    // the replacement refuses too, within the window: 404, the record ends
+    h.advance(Duration::from_secs(10));
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert_eq!(body_json(&resp)["error"]["code"], -32001);
+    assert_eq!(outcomes(&h), vec![Outcome::Done, Outcome::Window]);
+    assert_eq!(h.ended(), vec![EndCause::BackendDown]);
+}
+
+#[test]
+fn after_the_window_a_session_may_fail_over_again() {
+    let mut h = H::with(failover_config(3));
+    init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    replay(&mut h, "new-1");
+    h.connect_ok(false);
+    h.reply(&json_ok(
+        "",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    h.take_client();
+    h.advance(Duration::from_secs(61));
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    replay(&mut h, "new-2");
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some("new-2"), "{up}");
+    assert_eq!(outcomes(&h), vec![Outcome::Done, Outcome::Done]);
+}
+
+#[test]
+fn an_initialize_over_the_bound_is_not_eligible() {
+    let mut h = H::with(failover_config(2));
+    let big = INIT.replace(
+        r#""name":"t""#,
+        &format!(r#""name":"{}""#, "x".repeat(2000)),
+    );
+    init_with(&mut h, "s1", &big);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert_eq!(outcomes(&h), vec![Outcome::Ineligible]);
+}
+
+#[test]
+fn a_failed_replay_is_a_404_as_without_failover() {
+    let mut h = H::with(failover_config(2));
+    init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    h.connect_ok(false);
+    // the new backend answers initialize without a session id
+    h.reply(&json_ok("", r#"{"jsonrpc":"2.0","id":1,"result":{}}"#));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert_eq!(outcomes(&h), vec![Outcome::Failed]);
+    assert_eq!(h.ended(), vec![EndCause::BackendDown]);
+}
+
+#[test]
+fn without_failover_a_refused_connect_is_a_404() {
+    let mut h = H::new(2);
+    init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    assert_eq!(status_of(&h.take_client()), 404);
+    assert!(outcomes(&h).is_empty());
+}
