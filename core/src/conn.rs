@@ -1591,26 +1591,12 @@ impl Conn {
             return self.replay_failed(now);
         }
         if self.x.retried {
-            if let Some((rec, state)) = self.x.looked_up.take() {
-                // failover: the request went to a pooled connection the backend had
-                // closed (nothing of it was processed, which is why it is resent at
-                // all); resend it to the new backend, when the whole of it was kept
-                if self.x.retaining && !self.x.retained.is_empty() {
-                    let x = &mut self.x;
-                    // the head was written for the old backend: a new one is written
-                    for chunk in x.retained.drain(..).skip(1).rev() {
-                        x.pending_len += chunk.len();
-                        x.pending.push_front(chunk);
-                    }
-                    x.retained_len = 0;
-                    x.retaining = false;
-                    x.retried = false;
-                    return self.fail_over(rec, state, Cause::ConnectFailed, now);
-                }
-                self.x.looked_up = Some((rec, state));
-                if self.lose_request(Cause::ConnectFailed, now) {
-                    return;
-                }
+            // failover: the request was written to a pooled connection that ended
+            // without an answer. The pool hands out only connections that look open,
+            // so the backend may have read it and died executing it: never sent
+            // again, to this backend or another (a suite test saw exactly this).
+            if self.x.looked_up.is_some() && self.lose_request(Cause::ConnectionLost, now) {
+                return;
             }
             // The fresh connection of a retry failed too: the request may or may not
             // have been seen; say so.

@@ -219,3 +219,22 @@ fn without_failover_a_refused_connect_is_a_404() {
     assert_eq!(status_of(&h.take_client()), 404);
     assert!(outcomes(&h).is_empty());
 }
+
+#[test]
+fn a_request_on_a_pooled_connection_that_ends_unanswered_is_not_failed_over() {
+    let mut h = H::with(failover_config(2));
+    let old = init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_ok(true);
+    assert!(h.take_upstream().ends_with(CALL));
+    // the pooled connection ends without an answer: resent on a fresh one (to the same
+    // backend only), which is refused
+    h.upstream_eof();
+    assert_eq!(h.connects.last().unwrap(), &(old, true));
+    let connects = h.connects.len();
+    h.connect_fail();
+    let resp = h.take_client();
+    assert_eq!(body_json(&resp)["error"]["code"], -32603, "{resp}");
+    assert_eq!(h.connects.len(), connects, "no replay, no resend elsewhere");
+    assert_eq!(outcomes(&h), vec![Outcome::Lost]);
+}
