@@ -1457,6 +1457,75 @@ mod tests {
     }
 
     #[test]
+    fn failover_flags_and_the_stores_it_refuses() {
+        let b = ["--backend", "http://127.0.0.1:1"];
+        let s = cli(&[b[0], b[1]]).settings().unwrap();
+        assert_eq!(s.core.failover, None, "off by default");
+        let s = cli(&[b[0], b[1], "--failover", "reinitialize"])
+            .settings()
+            .unwrap();
+        let f = s.core.failover.expect("on");
+        assert_eq!(f.window, Duration::from_secs(60));
+        assert_eq!(f.max_params, 16 * 1024);
+        let s = cli(&[
+            b[0],
+            b[1],
+            "--failover",
+            "reinitialize",
+            "--failover-window",
+            "5m",
+            "--failover-max-params",
+            "4096",
+        ])
+        .settings()
+        .unwrap();
+        let f = s.core.failover.unwrap();
+        assert_eq!((f.window, f.max_params), (Duration::from_secs(300), 4096));
+        let refused = |extra: &[&str], field: &str| {
+            let mut args = vec![b[0], b[1], "--failover", "reinitialize"];
+            args.extend_from_slice(extra);
+            let e = cli(&args).settings().unwrap_err();
+            assert!(e.0.starts_with(field), "{extra:?}: {e}");
+            e.0
+        };
+        let e = refused(&["--store", "redis://127.0.0.1:6379"], "failover");
+        assert!(e.contains("--store memory"), "{e}");
+        refused(&["--failover-max-params", "100"], "failover_max_params");
+        refused(&["--failover-window", "soon"], "failover_window");
+        let e = cli(&[b[0], b[1], "--failover", "sometimes"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("failover"), "{e}");
+        let dir = std::env::temp_dir().join(format!("mcp-fo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys");
+        std::fs::write(&keys, format!("{}\n", "ab".repeat(32))).unwrap();
+        let k = keys.to_str().unwrap();
+        let sealed = [b[0], b[1], "--session-ids", "sealed", "--session-keys", k];
+        // sealed ids keep the new upstream id in a record: a store is needed
+        let mut args = sealed.to_vec();
+        args.extend_from_slice(&["--failover", "reinitialize"]);
+        let e = cli(&args).settings().unwrap_err();
+        assert!(e.0.contains("sealed"), "{e}");
+        args.extend_from_slice(&["--store", "memory"]);
+        assert!(cli(&args).settings().unwrap().core.failover.is_some());
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "backends = [\"http://x:1\"]\nfailover = \"reinitialize\"\nfailover_window = \"2m\"\nfailover_max_params = 2048\n",
+        )
+        .unwrap();
+        let f = cli(&["--config", file.to_str().unwrap()])
+            .settings()
+            .unwrap()
+            .core
+            .failover
+            .unwrap();
+        assert_eq!((f.window, f.max_params), (Duration::from_secs(120), 2048));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn sealed_session_flags_need_a_good_key_file_and_never_show_a_key() {
         let dir = std::env::temp_dir().join(format!("mcp-keys-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

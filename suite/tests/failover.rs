@@ -4,7 +4,7 @@
 //! at the kill gets JSON-RPC `-32603` and ran exactly once (the fake backend's `effect`
 //! tool prints a line per execution, readable after the process is gone).
 
-use mcp_router_testkit::harness::{post_json, router_bin, Conn, Proc};
+use mcp_router_testkit::harness::{open_session_stream, post_json, router_bin, Conn, Proc};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,18 @@ fn a_dead_backends_sessions_continue_on_the_other() {
         assert_eq!(st, 200);
         assert_eq!(v["result"]["backend"], b.as_str());
     }
+    // the other b1 session has its GET stream open
+    let (mut g, head) = open_session_stream(&r.addr, on_b1[1]);
+    assert_eq!(head.status, 200);
+    assert_eq!(g.next_json_event()["params"]["backend"], "b1");
+    let stream = std::thread::spawn(move || {
+        let t = Instant::now();
+        // ends cleanly or breaks off: either way it is over
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while g.next_event().is_some() {}
+        }));
+        t.elapsed()
+    });
     // a request of a b1 session that is executing when b1 dies
     let addr = r.addr.clone();
     let victim = on_b1[0].clone();
@@ -122,6 +134,26 @@ fn a_dead_backends_sessions_continue_on_the_other() {
     assert_eq!(v["error"]["code"], -32603, "{v}");
     assert_eq!(v["error"]["message"], "backend lost; retry", "{v}");
     assert_eq!(v["id"], 7, "{v}");
+    // the GET stream on b1 ended with it; the client's reconnect (here with a
+    // Last-Event-ID, which the new backend cannot know) fails the session over and
+    // lands on b2
+    let ended_after = stream.join().unwrap();
+    assert!(ended_after < Duration::from_secs(5), "{ended_after:?}");
+    let mut g = Conn::open(&r.addr);
+    g.send(
+        "GET",
+        "/mcp",
+        &[
+            ("Mcp-Session-Id", on_b1[1]),
+            ("Accept", "text/event-stream"),
+            ("Last-Event-ID", "b1-stream-42"),
+        ],
+        "",
+    );
+    let head = g.read_head();
+    assert_eq!(head.status, 200);
+    assert_eq!(g.next_json_event()["params"]["backend"], "b2");
+    drop(g);
     // every session's next call succeeds, on b2, with the client's own id
     for (sid, _) in &sessions {
         let t = Instant::now();
