@@ -279,7 +279,93 @@ fn a_backends_dns_rebinding_protection_survives_the_router() {
     }
 }
 
+/// `--failover reinitialize` with the official TypeScript SDK: four clients hold
+/// sessions (with their GET streams open) on two server-everything replicas; one
+/// replica is killed; every client's next `tools/call` succeeds, under the session id
+/// it already had, without a second `initialize` and without a `404`.
+fn official_sdk_clients_keep_their_sessions_when_a_replica_dies() {
+    use std::process::Stdio;
+    let mut e0 = server_everything("streamable", "everything-0");
+    let e1 = server_everything("streamable", "everything-1");
+    let r = Proc::router(
+        router_bin(),
+        "router",
+        &[
+            "--backend",
+            &format!("e0=http://{}", e0.addr),
+            "--backend",
+            &format!("e1=http://{}", e1.addr),
+            "--failover",
+            "reinitialize",
+        ],
+    );
+    let base = format!("http://{}", r.addr);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut child = Command::new("node")
+            .arg("ts_failover_client.mjs")
+            .arg(&base)
+            .current_dir(interop_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let sid = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("client did not get ready: {line:?}"))
+            .to_string();
+        clients.push((child, out, sid));
+    }
+    let on_e0 = clients
+        .iter()
+        .filter(|(_, _, sid)| r.count_logs(&format!("session={sid} backend=e0")) == 1)
+        .count();
+    assert_eq!(on_e0, 2, "placement: {:?}", r.logs());
+    e0.kill();
+    let killed = std::time::Instant::now();
+    for (mut child, mut out, sid) in clients {
+        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut line = String::new();
+        out.read_to_string(&mut line).unwrap();
+        assert!(child.wait().unwrap().success(), "{line}");
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["before"], sid.as_str(), "{v}");
+        assert_eq!(
+            v["after"],
+            sid.as_str(),
+            "the client's id never changed: {v}"
+        );
+        assert_eq!(
+            v["initializes"], 1,
+            "no re-initialize on the client side: {v}"
+        );
+        let statuses = v["statuses"].as_array().unwrap();
+        assert!(
+            !statuses
+                .iter()
+                .any(|s| s.as_str().unwrap().ends_with(" 404")),
+            "{v}"
+        );
+    }
+    eprintln!(
+        "all four clients' calls after the kill done {:?} after it",
+        killed.elapsed()
+    );
+    assert!(
+        r.wait_count("outcome=\"done\"", 2, std::time::Duration::from_secs(5)),
+        "{:?}",
+        r.logs()
+    );
+}
+
 mcp_router_testkit::behaviour_suite!(
+    official_sdk_clients_keep_their_sessions_when_a_replica_dies,
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
     a_backends_dns_rebinding_protection_survives_the_router,
