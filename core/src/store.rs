@@ -97,12 +97,9 @@ pub enum StoreReply {
 /// Records the table keeps room for however empty it gets.
 const SHRINK_FLOOR: usize = 512;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Entry {
     record: Record,
-    /// `--failover reinitialize`: the client's `initialize` body and the session's
-    /// current upstream id (`None` when failover is off: 8 bytes, no allocation).
-    failover: Option<Arc<Failover>>,
     /// Idle deadline, in sixteenths of a second since the store's epoch (rounded up):
     /// 4 bytes that last 8.5 years of uptime, precise to 62.5 ms.
     deadline: u32,
@@ -149,6 +146,11 @@ pub struct MemStore {
     buckets: HashMap<ClientId, Bucket>,
     /// Size of `buckets` at which full buckets are forgotten.
     prune_buckets_at: usize,
+    /// `--failover reinitialize`: per record that has it, the client's `initialize`
+    /// body and the session's current upstream id. A map of its own, so that records
+    /// cost nothing more when failover is off (and a lookup checks it only when it is
+    /// not empty).
+    failover: HashMap<SessionKey, Arc<Failover>>,
 }
 
 /// Buckets kept before full ones are forgotten (and at least this many afterwards).
@@ -170,6 +172,7 @@ impl MemStore {
             per_client: HashMap::new(),
             buckets: HashMap::new(),
             prune_buckets_at: BUCKETS_FLOOR,
+            failover: HashMap::new(),
         }
     }
 
@@ -211,11 +214,11 @@ impl MemStore {
         let deadline = t + self.ttl_ticks + 1;
         match op {
             StoreOp::Get(k) => match self.slide(k, t, deadline) {
-                Some(e) => match &e.failover {
-                    Some(f) => StoreReply::FoundFailover(e.record, f.clone()),
-                    None => StoreReply::Found(Some(e.record)),
+                Some(rec) if !self.failover.is_empty() => match self.failover.get(k) {
+                    Some(f) => StoreReply::FoundFailover(rec, f.clone()),
+                    None => StoreReply::Found(Some(rec)),
                 },
-                None => StoreReply::Found(None),
+                found => StoreReply::Found(found),
             },
             StoreOp::Touch(k) => StoreReply::Touched(self.slide(k, t, deadline).is_some()),
             StoreOp::Insert(k, record) => self.insert(k, record, None, t, deadline),
@@ -228,26 +231,28 @@ impl MemStore {
                 state,
                 from,
             } => {
-                let Some(e) = self.slide(key, t, deadline) else {
+                let Some(rec) = self.slide(key, t, deadline) else {
                     return StoreReply::FailedOver(false);
                 };
-                if e.failover.as_ref().map(|f| f.generation) != Some(*from)
-                    || e.record.client != record.client
+                if self.failover.get(key).map(|f| f.generation) != Some(*from)
+                    || rec.client != record.client
                 {
                     return StoreReply::FailedOver(false);
                 }
-                e.record = *record;
-                e.failover = Some(state.clone());
+                if let Some(e) = self.map.get_mut(key) {
+                    e.record = *record;
+                }
+                self.failover.insert(key.clone(), state.clone());
                 StoreReply::FailedOver(true)
             }
             StoreOp::Delete(k) => match self.map.swap_remove_entry(k) {
-                Some((_, e)) if e.deadline > t => {
-                    self.forget(&e.record);
+                Some((key, e)) if e.deadline > t => {
+                    self.removed(key, &e.record);
                     StoreReply::Deleted(Some(e.record))
                 }
                 Some((key, e)) => {
-                    self.forget(&e.record);
-                    self.lazily_expired.push((reap_key(key, &e), e.record));
+                    let key = self.removed(key, &e.record);
+                    self.lazily_expired.push((key, e.record));
                     StoreReply::Deleted(None)
                 }
                 None => StoreReply::Deleted(None),
@@ -300,10 +305,12 @@ impl MemStore {
             k.clone(),
             Entry {
                 record: *record,
-                failover,
                 deadline,
             },
         );
+        if let Some(f) = failover {
+            self.failover.insert(k.clone(), f);
+        }
         *self.per_client.entry(record.client).or_default() += 1;
         self.inserted += 1;
         StoreReply::Inserted(true)
@@ -325,20 +332,33 @@ impl MemStore {
     }
 
     /// Look up a live record and move its deadline; an expired one is removed.
-    fn slide(&mut self, k: &SessionKey, t: u32, deadline: u32) -> Option<&mut Entry> {
+    fn slide(&mut self, k: &SessionKey, t: u32, deadline: u32) -> Option<Record> {
         let idx = self.map.get_index_of(k)?;
-        let live = self.map.get_index(idx).is_some_and(|(_, e)| e.deadline > t);
-        if live {
-            let (_, e) = self.map.get_index_mut(idx)?;
+        let (_, e) = self.map.get_index_mut(idx)?;
+        if e.deadline > t {
             e.deadline = deadline;
-            return Some(e);
+            return Some(e.record);
         }
         // Expired but not yet swept: it is gone now, and its end is reported by the
         // next `expire` call.
         let (key, e) = self.map.swap_remove_index(idx)?;
-        self.forget(&e.record);
-        self.lazily_expired.push((reap_key(key, &e), e.record));
+        let key = self.removed(key, &e.record);
+        self.lazily_expired.push((key, e.record));
         None
+    }
+
+    /// A record left the map: it no longer counts for its client, and its failover
+    /// state goes with it. Returns the id its end is reported (and reaped upstream)
+    /// by: the backend's own, which after a failover is no longer the key.
+    fn removed(&mut self, key: SessionKey, record: &Record) -> SessionKey {
+        self.forget(record);
+        if self.failover.is_empty() {
+            return key;
+        }
+        match self.failover.remove(&key).and_then(|f| f.upstream.clone()) {
+            Some(up) => up,
+            None => key,
+        }
     }
 
     /// End the records of `backends` (a draining backend past its drain timeout),
@@ -367,8 +387,8 @@ impl MemStore {
             };
             if ends {
                 if let Some((k, e)) = self.map.swap_remove_index(self.end_cursor) {
-                    self.forget(&e.record);
-                    out.push((reap_key(k, &e), e.record));
+                    let k = self.removed(k, &e.record);
+                    out.push((k, e.record));
                 }
             } else {
                 self.end_cursor += 1;
@@ -402,8 +422,8 @@ impl MemStore {
             if expired {
                 // swap_remove moves the last record into `cursor`: examine it next.
                 if let Some((k, e)) = self.map.swap_remove_index(self.cursor) {
-                    self.forget(&e.record);
-                    out.push((reap_key(k, &e), e.record));
+                    let k = self.removed(k, &e.record);
+                    out.push((k, e.record));
                 }
             } else {
                 self.cursor += 1;
@@ -415,16 +435,12 @@ impl MemStore {
         if cap > SHRINK_FLOOR && self.map.len() < cap / 4 {
             self.map.shrink_to((self.map.len() * 2).max(SHRINK_FLOOR));
         }
+        let cap = self.failover.capacity();
+        if cap > SHRINK_FLOOR && self.failover.len() < cap / 4 {
+            self.failover
+                .shrink_to((self.failover.len() * 2).max(SHRINK_FLOOR));
+        }
         out.len() - before
-    }
-}
-
-/// The id an ended record is reported (and reaped upstream) by: the backend's own,
-/// which after a failover is no longer the key.
-fn reap_key(key: SessionKey, e: &Entry) -> SessionKey {
-    match e.failover.as_ref().and_then(|f| f.upstream.clone()) {
-        Some(up) => up,
-        None => key,
     }
 }
 

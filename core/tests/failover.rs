@@ -238,3 +238,70 @@ fn a_request_on_a_pooled_connection_that_ends_unanswered_is_not_failed_over() {
     assert_eq!(h.connects.len(), connects, "no replay, no resend elsewhere");
     assert_eq!(outcomes(&h), vec![Outcome::Lost]);
 }
+
+/// The embedded store keeps the failover state beside the record: handed out with it,
+/// replaced only over the generation it started from, gone with it, and an expired
+/// failed-over record is reported (and reaped) by the backend's new id.
+#[test]
+fn the_store_keeps_failover_state_with_its_record() {
+    use std::sync::Arc;
+    let now = std::time::Instant::now();
+    let mut s = MemStore::new(Duration::from_secs(10), 100, now);
+    let rec = Record {
+        backend: BackendId(0),
+        era: Era::Streamable,
+        client: ClientId::of_addr("192.0.2.1".parse().unwrap()),
+    };
+    let state = |upstream: Option<&str>, generation| {
+        Arc::new(failover::Failover {
+            params: bytes::Bytes::from_static(INIT.as_bytes()),
+            upstream: upstream.map(key),
+            at: None,
+            generation,
+        })
+    };
+    s.execute(&StoreOp::Insert(key("plain"), rec), now);
+    assert_eq!(
+        s.execute(&StoreOp::Get(key("plain")), now),
+        StoreReply::Found(Some(rec))
+    );
+    s.execute(
+        &StoreOp::InsertFailover(key("s1"), rec, state(None, 0)),
+        now,
+    );
+    assert_eq!(
+        s.execute(&StoreOp::Get(key("s1")), now),
+        StoreReply::FoundFailover(rec, state(None, 0))
+    );
+    let moved = Record {
+        backend: BackendId(1),
+        ..rec
+    };
+    let fail_over = |from| StoreOp::FailOver {
+        key: key("s1"),
+        record: moved,
+        state: state(Some("new-1"), from + 1),
+        from,
+    };
+    assert_eq!(s.execute(&fail_over(0), now), StoreReply::FailedOver(true));
+    // a second connection that started from generation 0 as well loses
+    assert_eq!(s.execute(&fail_over(0), now), StoreReply::FailedOver(false));
+    assert_eq!(
+        s.execute(&StoreOp::Get(key("s1")), now),
+        StoreReply::FoundFailover(moved, state(Some("new-1"), 1))
+    );
+    // expired: reported by the new upstream id, and its state is gone
+    let mut out = Vec::new();
+    s.expire(now + Duration::from_secs(11), &mut out);
+    let ids: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(ids.contains(&"new-1") && ids.contains(&"plain"), "{ids:?}");
+    s.execute(
+        &StoreOp::Insert(key("s1"), rec),
+        now + Duration::from_secs(12),
+    );
+    assert_eq!(
+        s.execute(&StoreOp::Get(key("s1")), now + Duration::from_secs(12)),
+        StoreReply::Found(Some(rec)),
+        "a new record under the same id starts without the old state"
+    );
+}
