@@ -305,3 +305,108 @@ fn the_store_keeps_failover_state_with_its_record() {
         "a new record under the same id starts without the old state"
     );
 }
+
+/// Sealed ids with the embedded store: the token the client holds names the old
+/// backend and upstream id; after a failover its record maps it to the new ones, and
+/// the client's token comes back unchanged.
+#[test]
+fn a_sealed_session_fails_over_through_its_record_and_keeps_its_token() {
+    let mut c = failover_config(2);
+    c.session_ids = SessionIds::Sealed;
+    c.session_keys = Some(std::sync::Arc::new(
+        KeyRing::parse("0101010101010101010101010101010101010101010101010101010101010101").unwrap(),
+    ));
+    c.session_records = true;
+    let mut h = H::with(c);
+    h.send(&post("/mcp", None, INIT));
+    let old = h.connects[0].0;
+    h.connect_ok(false);
+    h.reply(&json_ok(
+        "Mcp-Session-Id: up-1\r\n",
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
+    let resp = h.take_client();
+    let token = header(&resp, "mcp-session-id").unwrap().to_string();
+    assert_ne!(token, "up-1");
+    h.send(&post("/mcp", Some(&token), CALL));
+    assert_eq!(h.connects.last().unwrap().0, old);
+    h.connect_fail();
+    replay(&mut h, "up-2");
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some("up-2"), "{up}");
+    assert!(!up.contains(&token), "{up}");
+    h.reply(&json_ok(
+        "Mcp-Session-Id: up-2\r\n",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(
+        header(&resp, "mcp-session-id"),
+        Some(token.as_str()),
+        "{resp}"
+    );
+    assert!(!resp.contains("up-2"), "{resp}");
+    assert_eq!(outcomes(&h), vec![Outcome::Done]);
+}
+
+/// Two connections fail the same session over at once: the store takes the first
+/// mapping only; the second connection follows it (its own replayed session is left
+/// to its backend's expiry).
+#[test]
+fn a_connection_that_loses_the_race_follows_the_winners_mapping() {
+    let mut h = H::with(failover_config(3));
+    let old = init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    let (to, _) = *h.connects.last().unwrap();
+    h.connect_ok(false);
+    h.reply(&json_ok(
+        "Mcp-Session-Id: mine\r\n",
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
+    h.connect_ok(false);
+    h.auto_store = false;
+    h.reply(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    // meanwhile another connection stored its failover to the third backend
+    let winner = (0..3).find(|b| *b != old && *b != to).unwrap();
+    let Some(StoreReply::FoundFailover(rec, st)) =
+        Some(h.store.execute(&StoreOp::Get(key("s1")), h.now))
+    else {
+        panic!("no failover state")
+    };
+    let theirs = StoreOp::FailOver {
+        key: key("s1"),
+        record: Record {
+            backend: BackendId(winner),
+            ..rec
+        },
+        state: std::sync::Arc::new(failover::Failover {
+            params: st.params.clone(),
+            upstream: Some(key("theirs")),
+            at: Some(h.now),
+            generation: 1,
+        }),
+        from: 0,
+    };
+    assert_eq!(
+        h.store.execute(&theirs, h.now),
+        StoreReply::FailedOver(true)
+    );
+    // ours is refused, and the request is looked up again
+    let op = h.ops.front().unwrap().clone();
+    let r = h.store.execute(&op, h.now);
+    assert_eq!(r, StoreReply::FailedOver(false));
+    h.store_reply(r);
+    let op = h.ops.front().unwrap().clone();
+    assert!(matches!(op, StoreOp::Get(_)), "{op:?}");
+    let r = h.store.execute(&op, h.now);
+    h.store_reply(r);
+    assert_eq!(h.connects.last().unwrap().0, winner);
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some("theirs"), "{up}");
+    assert!(up.ends_with(CALL), "{up}");
+    assert_eq!(outcomes(&h), vec![Outcome::Joined]);
+}
