@@ -637,7 +637,11 @@ impl Backend {
             // A side effect the tests can count after the backend is gone: one line on
             // stdout per execution, written before the (optional) delay, so a request
             // cut off during the delay was executed.
-            println!("EFFECT {} {key}", self.name);
+            // never `println!`: with stdout closed it would panic the handler
+            let _ = io::Write::write_all(
+                &mut io::stdout(),
+                format!("EFFECT {} {key}\n", self.name).as_bytes(),
+            );
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
