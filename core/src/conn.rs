@@ -195,8 +195,8 @@ pub enum Event {
         cause: crate::failover::Cause,
         /// How it ended.
         outcome: crate::failover::Outcome,
-        /// From the decision to fail over to the client's request written to the new
-        /// backend (zero when it did not move).
+        /// From the decision to fail over to the new mapping stored (zero when it did
+        /// not move).
         took: Duration,
     },
 }
