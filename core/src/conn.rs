@@ -592,7 +592,11 @@ impl Exchange {
         }
         *capture = false;
         *capture_over = false;
-        captured.clear();
+        if captured.capacity() > 4096 {
+            *captured = Vec::new();
+        } else {
+            captured.clear();
+        }
         *looked_up = None;
         *upstream_sid = None;
         *replay = None;
