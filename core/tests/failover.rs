@@ -410,3 +410,77 @@ fn a_connection_that_loses_the_race_follows_the_winners_mapping() {
     assert!(up.ends_with(CALL), "{up}");
     assert_eq!(outcomes(&h), vec![Outcome::Joined]);
 }
+
+/// Whatever the new backend answers to the replayed `initialize`, the router does not
+/// panic and the session ends with `404` unless the answer is a 2xx with a usable
+/// session id and a well-framed body.
+#[test]
+fn a_hostile_or_broken_replay_answer_is_a_404() {
+    let long_sid = format!("Mcp-Session-Id: {}\r\n", "x".repeat(300));
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("garbage", b"NOT HTTP AT ALL\r\n\r\n".to_vec(), true),
+        (
+            "500",
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "101",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".to_vec(),
+            false,
+        ),
+        ("no session id", json_ok("", "{}"), false),
+        ("session id too long", json_ok(&long_sid, "{}"), false),
+        (
+            "control character in the id",
+            json_ok("Mcp-Session-Id: a\x01b\r\n", "{}"),
+            false,
+        ),
+        (
+            "bad chunk size",
+            b"HTTP/1.1 200 OK\r\nMcp-Session-Id: n\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+                .to_vec(),
+            false,
+        ),
+        (
+            "cut mid-body",
+            b"HTTP/1.1 200 OK\r\nMcp-Session-Id: n\r\nContent-Length: 50\r\n\r\n{".to_vec(),
+            true,
+        ),
+        (
+            "cut mid-head",
+            b"HTTP/1.1 200 OK\r\nMcp-Sess".to_vec(),
+            true,
+        ),
+    ];
+    for (what, answer, then_eof) in cases {
+        let mut h = H::with(failover_config(2));
+        init_with(&mut h, "s1", INIT);
+        h.send(&post("/mcp", Some("s1"), CALL));
+        h.connect_fail();
+        h.connect_ok(false);
+        h.reply(&answer);
+        if then_eof {
+            h.upstream_eof();
+        }
+        let resp = h.take_client();
+        assert_eq!(status_of(&resp), 404, "{what}: {resp}");
+        assert_eq!(body_json(&resp)["id"], "req-7", "{what}: {resp}");
+        assert_eq!(outcomes(&h), vec![Outcome::Failed], "{what}");
+        assert_eq!(h.ended(), vec![EndCause::BackendDown], "{what}");
+    }
+}
+
+/// A replay that gets no answer in `--response-timeout` is a `404` too.
+#[test]
+fn a_replay_without_an_answer_times_out_into_a_404() {
+    let mut h = H::with(failover_config(2));
+    init_with(&mut h, "s1", INIT);
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    h.connect_ok(false);
+    h.advance(h.router.config().timeouts.response + Duration::from_secs(1));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert_eq!(outcomes(&h), vec![Outcome::Failed]);
+}
