@@ -72,7 +72,7 @@ pub const INITIALIZED: &[u8] = br#"{"jsonrpc":"2.0","method":"notifications/init
 pub const LOST: &str = "backend lost; retry";
 
 /// Why a session was failed over (or tried to be).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cause {
     /// Connecting to the session's backend failed (refused, unreachable, timed out).
     ConnectFailed,
@@ -97,7 +97,7 @@ impl Cause {
 }
 
 /// How a failover ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The session lives on the new backend; the request was forwarded there.
     Done,

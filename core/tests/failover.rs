@@ -484,3 +484,80 @@ fn a_replay_without_an_answer_times_out_into_a_404() {
     assert_eq!(status_of(&resp), 404, "{resp}");
     assert_eq!(outcomes(&h), vec![Outcome::Failed]);
 }
+
+/// A small deterministic fuzzer around a failover: random interleavings of connect
+/// results, backend answers (whole, split, broken), EOFs, timeouts, client EOFs and
+/// more client requests. Nothing panics (the harness also checks that nothing is
+/// written upstream while not connected), and whatever reaches the client is HTTP.
+#[test]
+fn random_event_sequences_around_a_failover_never_panic() {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let answers: Vec<Vec<u8>> = vec![
+        json_ok(
+            "Mcp-Session-Id: new-1\r\n",
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        ),
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        json_ok("Mcp-Session-Id: new-1\r\n", r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#),
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: new-2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ndata:\r\n0\r\n\r\n".to_vec(),
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+        b"\x00\xff garbage\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9".to_vec(),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..3000 {
+        let mut h = H::with(failover_config(3));
+        init_with(&mut h, "s1", INIT);
+        h.send(&post("/mcp", Some("s1"), CALL));
+        let mut answered = h.connects.len() - 1;
+        for _ in 0..16 {
+            if h.closed {
+                break;
+            }
+            let pending = h.connects.len() > answered && !h.connected;
+            match rnd(9) {
+                0 | 1 if pending => {
+                    answered = h.connects.len();
+                    if rnd(3) == 0 {
+                        h.connect_fail();
+                    } else {
+                        h.connect_ok(rnd(2) == 0);
+                    }
+                }
+                2..=4 => {
+                    let a = &answers[rnd(answers.len() as u64) as usize];
+                    let cut = rnd(a.len() as u64 + 1) as usize;
+                    h.reply(&a[..cut]);
+                    if rnd(2) == 0 {
+                        h.reply(&a[cut..]);
+                    }
+                }
+                5 => h.upstream_eof(),
+                6 => h.advance(Duration::from_millis(rnd(400_000))),
+                7 if rnd(4) == 0 => h.client_eof(),
+                _ => h.send(&post("/mcp", Some("s1"), CALL)),
+            }
+        }
+        let out = String::from_utf8_lossy(&h.client).into_owned();
+        assert!(
+            out.is_empty() || out.starts_with("HTTP/1.1 "),
+            "round {round}: {out:?}"
+        );
+        seen.extend(outcomes(&h));
+    }
+    // the sequences reach the failover's paths, not only the ones around it
+    for o in [
+        Outcome::Done,
+        Outcome::Failed,
+        Outcome::Lost,
+        Outcome::Window,
+    ] {
+        assert!(seen.contains(&o), "{o:?} never reached: {seen:?}");
+    }
+}
