@@ -1510,8 +1510,10 @@ impl Conn {
             // a GET stream of the session keeps its record alive
             self.x.touch_at = Some(now + self.touch_period());
         }
+        // a failed-over session goes out under its new upstream id, also once a reload
+        // has turned failover off
+        self.x.upstream_sid = state.as_ref().and_then(|f| f.upstream.clone());
         if self.cfg.failover.is_some() {
-            self.x.upstream_sid = state.as_ref().and_then(|f| f.upstream.clone());
             self.x.looked_up = Some((rec, state));
         }
         self.connect(rec.backend, false, now);

@@ -561,3 +561,51 @@ fn random_event_sequences_around_a_failover_never_panic() {
         assert!(seen.contains(&o), "{o:?} never reached: {seen:?}");
     }
 }
+
+/// A session failed over before a reload turned failover off keeps its mapping: its
+/// requests still go out under the new upstream id, and the client keeps its id.
+#[test]
+fn a_failed_over_session_keeps_its_mapping_when_failover_is_turned_off() {
+    use std::sync::Arc;
+    let mut h = H::new(2);
+    let rec = Record {
+        backend: BackendId(0),
+        era: Era::Streamable,
+        client: ClientId::of_addr("192.0.2.7".parse().unwrap()),
+    };
+    let state = |upstream: Option<&str>, generation| {
+        Arc::new(failover::Failover {
+            params: bytes::Bytes::from_static(INIT.as_bytes()),
+            upstream: upstream.map(key),
+            at: None,
+            generation,
+        })
+    };
+    let now = h.now;
+    h.store.execute(
+        &StoreOp::InsertFailover(key("s1"), rec, state(None, 0)),
+        now,
+    );
+    let moved = Record {
+        backend: BackendId(1),
+        ..rec
+    };
+    let op = StoreOp::FailOver {
+        key: key("s1"),
+        record: moved,
+        state: state(Some("new-1"), 1),
+        from: 0,
+    };
+    assert_eq!(h.store.execute(&op, now), StoreReply::FailedOver(true));
+    h.send(&post("/mcp", Some("s1"), CALL));
+    assert_eq!(h.connects.last().unwrap().0, 1);
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some("new-1"), "{up}");
+    h.reply(&json_ok(
+        "Mcp-Session-Id: new-1\r\n",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    let resp = h.take_client();
+    assert_eq!(header(&resp, "Mcp-Session-Id"), Some("s1"), "{resp}");
+}
