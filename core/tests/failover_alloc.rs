@@ -1,6 +1,7 @@
 //! The hot path with `--failover reinitialize`: a request of an established session,
-//! failed over or not, allocates nothing, as the same request with failover off
-//! (counted by a counting global allocator, harness included).
+//! failed over or not, allocates exactly as much as the same request with failover
+//! off (nothing, in this crate's own build), counted by a counting global allocator on
+//! the test's thread, harness included.
 
 mod util;
 
@@ -131,6 +132,8 @@ fn an_established_request_allocates_no_more_with_failover_on() {
         "allocations per request: failover off {base:.2}, on {eligible:.2}, \
          failed over {failed_over:.2}"
     );
-    // zero, like the request without failover (which the harness also keeps at zero)
-    assert_eq!((base, eligible, failed_over), (0.0, 0.0, 0.0));
+    // As many as without failover: zero when this crate is built alone; a workspace
+    // build that unifies other crates' features into the dependencies counts a few per
+    // request in the harness, the same with failover on or off.
+    assert_eq!((eligible, failed_over), (base, base));
 }
