@@ -94,6 +94,10 @@ json = [
     b'{"id":01,"method":"x"}',
     b'{"method":"\xc3\x28"}',
     b'{"method":"' + b'm' * 200 + b'","id":2}',
+    # 2026-07-28: the members compared with Mcp-Name and MCP-Protocol-Version
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"name":"x","_meta":{}},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}',
+    b'{"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-27"},"uri":"get_w\\u0065ather"}}',
+    b'{"method":"prompts/get","params":{"name":"get_weather","name":"other","_meta":{"io.modelcontextprotocol/protocolVersion":2026}}}',
 ]
 put("sniff", [bytes([1, 9, 17, 33, 65, 129, 200, 250]) + j for j in json])
 

@@ -59,6 +59,28 @@ fn report_allocations() {
         }),
     ));
 
+    // a request without a session: the legacy era's (sniffed for `method`), and a
+    // 2026-07-28 one (read to its end, its mirrored headers checked)
+    for (name, req) in [
+        (
+            "conn: stateless request (2025-06-18, no session)",
+            stateless_tools_call_request(),
+        ),
+        (
+            "conn: modern tools/call, headers checked (2026-07-28)",
+            modern_tools_call_request(),
+        ),
+    ] {
+        let mut h = Harness::new();
+        assert!(h.exchange(&req, &resp) > 0, "{name}: not forwarded");
+        rows.push((
+            format!("{name} ({} B)", req.len()),
+            allocs_per_call(N, || {
+                black_box(h.exchange(&req, &resp));
+            }),
+        ));
+    }
+
     // response side of the session lifecycle: an initialize answer recorded, a DELETE
     // answered and the record ended (distinct sessions, inputs prepared up front)
     let init = initialize_request();
@@ -265,6 +287,18 @@ fn hot_path(c: &mut Criterion) {
     g.bench_function("established_session_request", |b| {
         b.iter(|| black_box(h.exchange(&req, &resp)))
     });
+    for (name, req) in [
+        ("stateless_request", stateless_tools_call_request()),
+        ("modern_checked_request", modern_tools_call_request()),
+    ] {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.exchange(&req, &resp),
+            resp.len(),
+            "{name}: the response is relayed unchanged"
+        );
+        g.bench_function(name, |b| b.iter(|| black_box(h.exchange(&req, &resp))));
+    }
     let init = initialize_request();
     let mut h = Harness::new();
     let mut i = 0u64;

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Modes: `established` (tools/call of a recorded session through to the response
-//! relayed), `lifecycle` (initialize recorded + DELETE ended), and the items of
+//! relayed), `lifecycle` (initialize recorded + DELETE ended), `stateless` and `modern`
+//! (a sessionless tools/call of 2025-06-18, and of 2026-07-28 with its mirrored headers
+//! checked), and the items of
 //! `benches/hot_path.rs` on their own: `head`, `sniff300`, `sniff64k`, `store100k`,
 //! `sse`, `chunked`, `metrics`; sealed session ids: `seal`, `open` and `sealed` (an
 //! established session's request through a store-less sealed router). The loop runs 1000 warm-up iterations, then N;
@@ -59,6 +61,19 @@ fn main() {
             }
             let (a1, _) = alloc_count();
             println!("{} allocations in {n} requests", a1 - a0);
+        }
+        "stateless" | "modern" => {
+            // a request without a session: 2025-06-18 (sniffed for `method`), or
+            // 2026-07-28 (read to its end, its mirrored headers checked)
+            let req = if mode == "modern" {
+                modern_tools_call_request()
+            } else {
+                stateless_tools_call_request()
+            };
+            let resp = tools_call_response();
+            run(n, || {
+                black_box(h.exchange(&req, &resp));
+            });
         }
         "lifecycle" => {
             // ids are reused round-robin: each lifecycle deletes its record

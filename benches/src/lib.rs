@@ -63,6 +63,37 @@ pub fn tools_call_request(session: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The same `tools/call` without a session (2025-06-18): a stateless request as the
+/// router has always routed one (the body sniffed for `method`, then load-balanced).
+pub fn stateless_tools_call_request() -> Vec<u8> {
+    let body = tools_call_body(300);
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: router.example:8080\r\nUser-Agent: mcp-bench/1\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Mcp-Protocol-Version: 2025-06-18\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The same `tools/call` in the 2026-07-28 era: `Mcp-Method`, `Mcp-Name` and the
+/// version in `params._meta`, which the router checks against the headers.
+pub fn modern_tools_call_request() -> Vec<u8> {
+    let body = tools_call_body(300).replace(
+        r#""name":"echo","#,
+        r#""name":"echo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"},"#,
+    );
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: router.example:8080\r\nUser-Agent: mcp-bench/1\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Mcp-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: echo\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A `tools/call` JSON-RPC body whose `arguments` hold about `args` bytes.
 pub fn tools_call_body(args: usize) -> String {
     let text = "lorem ipsum dolor sit amet ".repeat(args / 27 + 1);

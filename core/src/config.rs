@@ -31,6 +31,63 @@ pub struct Backend {
     /// Base path prepended to every forwarded request target, without a trailing slash
     /// (empty for none).
     pub base_path: String,
+    /// The protocol eras it serves (`;eras=` after its URL; default both).
+    pub eras: Eras,
+}
+
+/// The protocol eras a backend serves: legacy (2024-11-05 .. 2025-11-25, sessions)
+/// and modern (2026-07-28 and later, stateless).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eras {
+    /// Serves the session eras.
+    pub legacy: bool,
+    /// Serves 2026-07-28 and later.
+    pub modern: bool,
+}
+
+impl Default for Eras {
+    fn default() -> Self {
+        Eras::BOTH
+    }
+}
+
+impl Eras {
+    /// A dual-era backend (what a backend is unless configured otherwise).
+    pub const BOTH: Eras = Eras {
+        legacy: true,
+        modern: true,
+    };
+
+    /// Parse a list of `modern` and `legacy` (at least one), separated by `,` or `+`
+    /// (`+` where a comma already separates backends: `--backend`,
+    /// `MCP_ROUTER_BACKENDS`).
+    pub fn parse(s: &str) -> Result<Eras, ConfigError> {
+        let mut e = Eras {
+            legacy: false,
+            modern: false,
+        };
+        for part in s.split([',', '+']) {
+            match part.trim() {
+                "modern" => e.modern = true,
+                "legacy" => e.legacy = true,
+                other => {
+                    return Err(ConfigError(format!(
+                        "eras {s:?}: {other:?} is not modern or legacy"
+                    )))
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    /// Whether it serves a request of the modern era (`true`) or a legacy one.
+    pub fn serves(self, modern: bool) -> bool {
+        if modern {
+            self.modern
+        } else {
+            self.legacy
+        }
+    }
 }
 
 /// A configuration value that cannot be used. The text names the field.
@@ -46,10 +103,18 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Backend {
-    /// Parse a backend URL `http://host[:port][/base/path]`. `name` defaults to
+    /// Parse a backend URL `http://host[:port][/base/path]`, optionally followed by
+    /// `;eras=modern,legacy` (the eras it serves; default both). `name` defaults to
     /// `host:port`. Only `http` is accepted: TLS to backends is not implemented, and a
     /// URL that asks for it is refused rather than silently downgraded.
     pub fn parse(url: &str, name: Option<&str>) -> Result<Backend, ConfigError> {
+        let (url, eras) = match url.rsplit_once(";eras=") {
+            Some((u, e)) => (
+                u,
+                Eras::parse(e).map_err(|e| ConfigError(format!("backend {url:?}: {e}")))?,
+            ),
+            None => (url, Eras::BOTH),
+        };
         let err = |why: &str| ConfigError(format!("backend URL {url:?}: {why}"));
         let rest = if let Some(r) = url.strip_prefix("http://") {
             r
@@ -118,6 +183,7 @@ impl Backend {
             port,
             authority,
             base_path,
+            eras,
         })
     }
 }
@@ -133,6 +199,7 @@ impl Backend {
             port: addr.port(),
             authority: self.authority.clone(),
             base_path: self.base_path.clone(),
+            eras: self.eras,
         }
     }
 }
@@ -222,6 +289,9 @@ pub struct Config {
     pub client_identity: ClientIdentity,
     /// Proxies whose `X-Forwarded-For` is believed (`--client-identity xff`).
     pub trusted_proxies: Vec<IpNet>,
+    /// What keys a stateless request's backend ([`crate::affinity`]); requests of a
+    /// session always go to the session's backend.
+    pub affinity: crate::affinity::Affinity,
     /// `Host` / `Origin` allow-lists checked before anything is forwarded (403 when a
     /// request fails them). Off by default here; the binaries turn the loopback lists
     /// on when they listen on a loopback address.
@@ -230,6 +300,10 @@ pub struct Config {
     /// forwarded unchanged by default, as HAProxy and Envoy do). `X-Forwarded-Host`
     /// carries the client's `Host` either way.
     pub rewrite_host: bool,
+    /// Every backend serves only MCP 2026-07-28: the router answers `GET` and `DELETE`
+    /// itself with `405` (`Allow: POST`) instead of forwarding them for the backend to
+    /// refuse.
+    pub modern_only: bool,
     /// How client-facing session ids are made: the backend's own (default) or sealed
     /// tokens ([`crate::seal`]).
     pub session_ids: SessionIds,
@@ -294,8 +368,10 @@ impl Default for Config {
             limits: Limits::default(),
             client_identity: ClientIdentity::default(),
             trusted_proxies: Vec::new(),
+            affinity: crate::affinity::Affinity::None,
             rebinding: crate::guard::RebindingGuard::off(),
             rewrite_host: false,
+            modern_only: false,
             session_ids: SessionIds::Passthrough,
             session_keys: None,
             session_max_age: Duration::from_secs(24 * 3600),
@@ -502,6 +578,25 @@ mod tests {
             ("::1", "[::1]:9000")
         );
         assert_eq!(Backend::parse("http://example", None).unwrap().port, 80);
+        assert_eq!(
+            Backend::parse("http://example", None).unwrap().eras,
+            Eras::BOTH
+        );
+        let b = Backend::parse("http://a:1/mcp;eras=modern", Some("m")).unwrap();
+        assert_eq!((b.base_path.as_str(), b.port), ("/mcp", 1));
+        assert!(b.eras.modern && !b.eras.legacy);
+        let b = Backend::parse("http://a:1;eras=legacy, modern", None).unwrap();
+        assert_eq!(b.eras, Eras::BOTH);
+        let b = Backend::parse("http://a:1;eras=modern+legacy", None).unwrap();
+        assert_eq!(b.eras, Eras::BOTH);
+        assert_eq!(b.authority, "a:1");
+        for bad in [
+            "http://a:1;eras=",
+            "http://a:1;eras=new",
+            "http://a:1;eras=modern,",
+        ] {
+            assert!(Backend::parse(bad, None).is_err(), "{bad}");
+        }
     }
 
     #[test]

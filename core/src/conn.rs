@@ -15,12 +15,14 @@ use crate::http::{
 use crate::limits::{Admission, AdmitRequest, ClientId};
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, replace_query_session_id, valid_session_id,
-    write_error_body, ErrorCode, SessionKey, Sniffer, SseParser,
+    write_error_body, write_unsupported_version_body, ErrorCode, Expect, SessionKey, Sniffer,
+    SseParser, LEGACY_VERSIONS, MODERN_VERSIONS,
 };
-use crate::router::{BackendId, Health, PickKind, Router};
+use crate::router::{BackendId, Health, InFlight, PickKind, Router};
 use crate::seal::{Fields, OpenError, Opened, Refusal};
 use crate::store::{Era, Record, StoreOp, StoreReply};
 use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -375,6 +377,9 @@ struct Exchange {
     /// Feed request body bytes to the sniffer.
     sniff: bool,
     sniffer: Sniffer,
+    /// A 2026-07-28 POST: the whole body is read, and its mirrored headers checked
+    /// ([`crate::guard::check_mirrored`]), before a backend is picked.
+    modern: bool,
     /// Request body bytes read before the upstream connection was ready.
     pending: VecDeque<Bytes>,
     pending_len: usize,
@@ -415,6 +420,11 @@ struct Exchange {
     sent_at: Option<Instant>,
     /// The client that opens a new session (set when it was admitted).
     client: Option<ClientId>,
+    /// The request counted in flight to `backend` while it is sent and answered.
+    in_flight: Option<InFlight>,
+    /// The request is of the 2026-07-28 era or later (by `MCP-Protocol-Version`): it
+    /// may only go to a backend that serves that era (see [`crate::config::Eras`]).
+    era_modern: bool,
     /// The request's sealed session id opened to this (`session` holds the upstream id).
     sealed: Option<SealedSession>,
     /// Sealed mode: the `Mcp-Session-Id` value the response head carries to the client
@@ -454,6 +464,7 @@ impl Exchange {
             req_done: true,
             sniff: false,
             sniffer: Sniffer::new(),
+            modern: false,
             pending: VecDeque::new(),
             pending_len: 0,
             drained: 0,
@@ -479,6 +490,8 @@ impl Exchange {
             touch_at: None,
             sent_at: None,
             client: None,
+            in_flight: None,
+            era_modern: false,
             sealed: None,
             sid_out: Vec::new(),
             target_out: Vec::new(),
@@ -491,6 +504,17 @@ impl Exchange {
             looked_up: None,
             upstream_sid: None,
             replay: None,
+        }
+    }
+
+    /// Whether the sniffer has read what routing needs: the method, or for a 2026-07-28
+    /// request the whole message (its mirrored members may come anywhere, and a member
+    /// repeated later would give the body a second reading).
+    fn decided(&self) -> bool {
+        if self.modern {
+            self.sniffer.finished()
+        } else {
+            self.sniffer.method_settled()
         }
     }
 
@@ -508,6 +532,7 @@ impl Exchange {
             req_done,
             sniff,
             sniffer,
+            modern,
             pending,
             pending_len,
             drained,
@@ -533,6 +558,8 @@ impl Exchange {
             touch_at,
             sent_at,
             client,
+            in_flight,
+            era_modern,
             sealed,
             sid_out,
             target_out,
@@ -555,6 +582,7 @@ impl Exchange {
         *req_done = true;
         *sniff = false;
         sniffer.reset();
+        *modern = false;
         pending.clear();
         *pending_len = 0;
         *drained = 0;
@@ -580,6 +608,8 @@ impl Exchange {
         *touch_at = None;
         *sent_at = None;
         *client = None;
+        *in_flight = None;
+        *era_modern = false;
         *sealed = None;
         sid_out.clear();
         target_out.clear();
@@ -1068,6 +1098,23 @@ impl Conn {
                 b"HTTP/1.1 100 Continue\r\n\r\n",
             )));
         }
+        if self.cfg.modern_only
+            && reading.is_ok()
+            && matches!(req.method, Method::Get | Method::Delete)
+        {
+            // 2026-07-28, Backward Compatibility: "A server that supports only this
+            // revision and receives such traffic from an older client **SHOULD** respond
+            // as follows: HTTP GET or DELETE to the MCP endpoint: respond with `405
+            // Method Not Allowed`." With `modern_only` the backends are such servers, so
+            // the router answers for them.
+            self.answer(
+                405,
+                ErrorCode::InvalidRequest,
+                "Method Not Allowed: this endpoint serves MCP 2026-07-28 (POST only)",
+                now,
+            );
+            return;
+        }
         let max_sid = self.cfg.max_session_id_len;
         let (stateless, named) = match reading {
             Ok(r) => {
@@ -1106,8 +1153,10 @@ impl Conn {
             }
             Named::Sealed(opened) => self.open_sealed(opened, now),
             Named::None => {
-                if post && !stateless {
+                self.x.era_modern = stateless;
+                if post {
                     self.x.sniff = true;
+                    self.x.modern = stateless;
                     // failover: keep what may be an `initialize`, to replay it
                     self.x.capture = self.cfg.failover.is_some();
                     self.x.route = Route::Sniffing;
@@ -1267,12 +1316,17 @@ impl Conn {
             _ => &bufs.client[..],
         };
         let sniffer = &mut x.sniffer;
+        let expect = if x.modern {
+            crate::guard::expect_of(&self.req)
+        } else {
+            Expect::default()
+        };
         let capture = x.capture;
         let max_params = self.cfg.failover.map_or(0, |f| f.max_params);
         let (captured, over) = (&mut x.captured, &mut x.capture_over);
         let n = match x.req_body.decode(input, &mut |d| {
             if sniff {
-                sniffer.feed(d)
+                sniffer.feed_with(d, &expect)
             }
             if capture && !*over {
                 if captured.len() + d.len() <= max_params {
@@ -1323,7 +1377,7 @@ impl Conn {
             Route::Sniffing => {
                 x.pending_len += raw.len();
                 x.pending.push_back(raw);
-                if x.pending_len > self.cfg.max_inspect_body && !x.sniffer.method_settled() {
+                if x.pending_len > self.cfg.max_inspect_body && !x.decided() {
                     x.sniff = false;
                     self.respond_local(
                         413,
@@ -1361,8 +1415,22 @@ impl Conn {
         if self.x.route != Route::Sniffing {
             return;
         }
-        if !(self.x.sniffer.method_settled() || self.x.req_done) {
+        if !(self.x.decided() || self.x.req_done) {
             return;
+        }
+        if self.x.modern {
+            if self.x.req_done && !self.x.sniffer.finished() {
+                // an empty body, which no read fed: not JSON
+                self.x.sniffer.end();
+            }
+            if let Err((status, code, msg)) =
+                crate::guard::check_mirrored(&self.req, &self.x.sniffer)
+            {
+                return self.answer(status, code, msg, now);
+            }
+            self.x.kind = Kind::Stateless;
+            self.x.sniff = !self.x.sniffer.id_settled();
+            return self.pick_and_connect(now);
         }
         self.x.kind = if self.x.sniffer.is_initialize() {
             Kind::NewSession
@@ -1384,6 +1452,10 @@ impl Conn {
             Kind::NewSession => PickKind::NewSession,
             _ => PickKind::Stateless,
         };
+        if kind == PickKind::NewSession && !self.router.serves(self.x.era_modern) {
+            // refused before admission: a session no backend can serve costs no quota
+            return self.unsupported_version(now);
+        }
         if kind == PickKind::NewSession && self.x.client.is_none() {
             // A new session is admitted (caps, quotas) before any backend sees it, so
             // that a refused client creates nothing anywhere.
@@ -1409,8 +1481,25 @@ impl Conn {
                 return;
             }
         }
-        match self.router.pick(kind, &self.x.tried, now) {
+        // Only requests that belong to no session have an affinity key: a session's
+        // requests go to its backend, a new session to the one with fewest sessions.
+        let key = match kind {
+            PickKind::Stateless => self.cfg.affinity.key(&self.req, || {
+                ClientId::of(
+                    &self.cfg.client_identity,
+                    &self.cfg.trusted_proxies,
+                    self.peer,
+                    &self.req,
+                )
+            }),
+            PickKind::NewSession => None,
+        };
+        match self
+            .router
+            .pick_in_era(kind, key, self.x.era_modern, &self.x.tried, now)
+        {
             Some(b) => self.connect(b, false, now),
+            None if !self.router.serves(self.x.era_modern) => self.unsupported_version(now),
             None => {
                 self.sniff_pending();
                 self.answer(503, ErrorCode::Server, "No backend available", now);
@@ -1418,8 +1507,28 @@ impl Conn {
         }
     }
 
+    /// No configured backend serves the request's era (each backend's `;eras=`): the
+    /// router answers as a server that does not implement the version would. The
+    /// 2026-07-28 schema, `UnsupportedProtocolVersionError`: "Returned when the
+    /// request's protocol version is unknown to the server or unsupported [...]. For
+    /// HTTP, the response status code MUST be 400 Bad Request." Its `data` lists the
+    /// versions the fleet does serve, so that a client can "choose a mutually supported
+    /// version from this list and retry".
+    fn unsupported_version(&mut self, now: Instant) {
+        self.sniff_pending();
+        self.answer(
+            400,
+            ErrorCode::UnsupportedVersion,
+            "Unsupported protocol version: no backend serves it",
+            now,
+        );
+    }
+
     fn connect(&mut self, b: BackendId, fresh: bool, now: Instant) {
         self.x.backend = Some(b);
+        // (dropping the guard of a previous attempt first)
+        self.x.in_flight = None;
+        self.x.in_flight = self.router.request_started(b);
         self.x.route = Route::Forward;
         self.x.upstream = Upstream::Connecting {
             deadline: now + self.cfg.timeouts.connect,
@@ -1669,7 +1778,11 @@ impl Conn {
         if !self.x.tried.contains(&rec.backend) {
             self.x.tried.push(rec.backend);
         }
-        let Some(to) = self.router.pick(PickKind::NewSession, &self.x.tried, now) else {
+        // like a new session's backend: one that serves the session eras (`;eras=`)
+        let picked = self
+            .router
+            .pick_in_era(PickKind::NewSession, None, false, &self.x.tried, now);
+        let Some(to) = picked else {
             return end(self, Outcome::Failed, None);
         };
         self.x.replay = Some(Box::new(Replay {
@@ -1981,8 +2094,12 @@ impl Conn {
             path_prefix: backend.base_path.as_bytes(),
             client_ip: self.peer,
             proto: self.proto,
-            // the stateless era: the router did not route by a session id
-            drop_session_id: self
+            // The stateless era: the router did not route by a session id. 2026-07-28,
+            // Backward Compatibility: a server that supports only this revision "SHOULD"
+            // treat "An `Mcp-Session-Id` header on a request: ignore it, and do not mint
+            // or echo session IDs." and "A `Last-Event-ID` header: ignore it; streams are
+            // not resumable." Neither is looked up, so neither is forwarded.
+            drop_session_fields: self
                 .req
                 .known(Name::McpProtocolVersion)
                 .is_some_and(is_stateless_version),
@@ -2657,6 +2774,7 @@ impl Conn {
     }
 
     fn release_upstream(&mut self, reuse: bool) {
+        self.x.in_flight = None;
         if self.x.upstream != Upstream::None {
             self.x.upstream = Upstream::None;
             self.out.push_back(Output::ReleaseUpstream { reuse });
@@ -2709,7 +2827,15 @@ impl Conn {
             msg,
             retry,
         };
-        let bytes = Self::error_response(&mut self.scratch, &answer, id, self.req.version, keep);
+        let requested = self.req.header("mcp-protocol-version");
+        let bytes = Self::error_response(
+            &mut self.scratch,
+            &answer,
+            id,
+            requested,
+            self.req.version,
+            keep,
+        );
         self.send_to_client(bytes);
         self.end_legacy_stream();
         self.x.route = Route::Done;
@@ -2727,6 +2853,7 @@ impl Conn {
         scratch: &mut BytesMut,
         a: &LocalAnswer,
         id: Option<&[u8]>,
+        requested: Option<&[u8]>,
         version: Version,
         keep_alive: bool,
     ) -> Bytes {
@@ -2737,11 +2864,30 @@ impl Conn {
             retry,
         } = *a;
         let mut body = BytesMut::with_capacity(96);
-        write_error_body(&mut body, id, code, msg);
+        if code == ErrorCode::UnsupportedVersion {
+            // The request's version (absent: 2025-03-26, as the spec allows). The fleet
+            // has no backend of its era, so it supports the other era's versions.
+            let requested = requested.map_or(Cow::Borrowed("2025-03-26"), |v| {
+                String::from_utf8_lossy(v.trim_ascii())
+            });
+            let supported: &[&str] = if is_stateless_version(requested.as_bytes()) {
+                &LEGACY_VERSIONS
+            } else {
+                &MODERN_VERSIONS
+            };
+            write_unsupported_version_body(&mut body, id, msg, supported, &requested);
+        } else {
+            write_error_body(&mut body, id, code, msg);
+        }
         // only on a refusal: the allocation is off the hot path
         let digits = retry.to_string();
         let extra: &[(&str, &[u8])] = if retry > 0 {
             &[("Retry-After", digits.as_bytes())]
+        } else if status == 405 {
+            // RFC 9110 section 15.5.6: "The origin server MUST generate an Allow header
+            // field in a 405 response containing a list of the target resource's
+            // currently supported methods."
+            &[("Allow", b"POST")]
         } else {
             &[]
         };
@@ -2766,7 +2912,14 @@ impl Conn {
             msg: reason,
             retry: 0,
         };
-        let bytes = Self::error_response(&mut self.scratch, &answer, None, Version::Http11, false);
+        let bytes = Self::error_response(
+            &mut self.scratch,
+            &answer,
+            None,
+            None,
+            Version::Http11,
+            false,
+        );
         self.out.push_back(Output::ToClient(bytes));
         self.close();
     }
@@ -2807,7 +2960,7 @@ pub fn over_capacity_response(retry_after: Duration) -> Bytes {
         msg: "Too many connections: try again later",
         retry: retry_after.as_secs().max(1) as u32,
     };
-    Conn::error_response(&mut out, &answer, None, Version::Http11, false)
+    Conn::error_response(&mut out, &answer, None, None, Version::Http11, false)
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {

@@ -12,7 +12,9 @@
 
 use crate::config::{Config, ConfigError};
 use crate::http::{Method, Name, RequestHead};
-use crate::mcp::{is_stateless_version, query_session_id_strict, ErrorCode};
+use crate::mcp::{
+    is_stateless_version, query_session_id_strict, Compared, ErrorCode, Expect, Mirror, Sniffer,
+};
 use std::borrow::Cow;
 
 /// One allowed `Host` (or the host part of an allowed `Origin`): a name or IP literal
@@ -273,6 +275,145 @@ pub(crate) fn read_request<'a>(req: &'a RequestHead, cfg: &Config) -> Result<Rea
         stateless,
         session: raw,
     })
+}
+
+/// What a 2026-07-28 body is compared with: `Mcp-Name` and `MCP-Protocol-Version` as
+/// sent (`Mcp-Method` is compared with the sniffed `method` afterwards).
+pub(crate) fn expect_of(req: &RequestHead) -> Expect<'_> {
+    Expect {
+        name: Mirror::of(req.known(Name::McpTarget).unwrap_or_default()),
+        version: Mirror::Plain(req.known(Name::McpProtocolVersion).unwrap_or_default()),
+    }
+}
+
+/// Methods whose target the client mirrors into `Mcp-Name`, and the `params` member it
+/// mirrors (`true`: `params.uri`, `false`: `params.name`). 2026-07-28, Standard Request
+/// Headers: "`Mcp-Name` | `params.name` or `params.uri` | `tools/call`,
+/// `resources/read`, `prompts/get` requests".
+fn named_target(method: &[u8]) -> Option<bool> {
+    match method {
+        b"tools/call" | b"prompts/get" => Some(false),
+        b"resources/read" => Some(true),
+        _ => None,
+    }
+}
+
+/// Check a 2026-07-28 POST, its body read to the end by `s` (fed with
+/// [`expect_of`]`(req)`), before any backend sees it. The router routes such requests
+/// without a session, and the headers exist so that it and other intermediaries can
+/// ("The Streamable HTTP transport mirrors selected JSON-RPC body fields into HTTP
+/// headers so that intermediaries (load balancers, gateways, observability tooling)
+/// can route and inspect requests without parsing the body"); the router reads the
+/// body anyway, so it holds each request to one reading:
+///
+/// - "The body of the HTTP POST **MUST** be a single JSON-RPC _request_ or
+///   _notification_. The client **MUST NOT** send JSON-RPC _responses_." Not JSON:
+///   400 -32700; a batch, a scalar, an object without a string `method` (a response):
+///   400 -32600. A tracked member twice (`method`, `id`, `params`, `params.name`,
+///   `params.uri`, `params._meta`, the `_meta` version; see
+///   [`Sniffer::has_duplicate`]): 400 -32600, as parsers disagree on which counts.
+/// - "Servers that process the request body **MUST** reject requests where the values
+///   specified in the headers do not match the corresponding values in the request
+///   body." and "When rejecting a request due to header validation failure, servers
+///   **MUST** return HTTP status `400 Bad Request` and **MUST** include a JSON-RPC
+///   error response using the following error code: `-32020` `HeaderMismatch`".
+///   Validation failure conditions: "A required standard header
+///   (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) is missing.", "A header value
+///   does not match the corresponding request body value.", "A header value contains
+///   invalid characters." So, for a request (a message with an `id`):
+///   - `Mcp-Method` must be present once and equal `method`. "Header _values_ (such as
+///     method names) are case-sensitive." A `method` longer than
+///     [`Sniffer::MAX_METHOD`] bytes is not kept, so it cannot be compared: -32020.
+///   - "The header value **MUST** match the `io.modelcontextprotocol/protocolVersion`
+///     field carried in the request body's `_meta`. If the values do not match, the
+///     server **MUST** reject the request with `400 Bad Request` and a
+///     `HeaderMismatch` JSON-RPC error": `params._meta` must carry it, equal.
+///   - For `tools/call` and `prompts/get` `Mcp-Name` must equal `params.name`, for
+///     `resources/read` `params.uri`; "servers **MUST** decode an encoded `Mcp-Name`
+///     or `Mcp-Param-{Name}` value before comparing it to the corresponding request
+///     body value" ([`Mirror`]). A body without that member needs no header (there is
+///     nothing to mirror); a header with no member to match is a mismatch. The
+///     comparison keeps no copy (see [`Expect`]), so no length bound applies beyond
+///     the head size limit (`max_head`): a body value longer than the header's can
+///     only differ.
+///
+///   "header requirements for notification POSTs are not defined by this revision":
+///   for a notification a missing header or `_meta` version is not refused, but a
+///   header that is present must match, as for a request.
+/// - `Mcp-Param-{Name}` headers are not checked: "Intermediate servers that do not
+///   recognize an `Mcp-Param-{Name}` header **MUST** forward it and otherwise ignore
+///   it"; the router recognizes none (it does not know the tools' schemas).
+///
+/// Intermediaries "are not required to return a JSON-RPC error response"; the router
+/// returns one anyway, echoing the request id, so that an SDK probing `server/discover`
+/// recognizes a modern error and does not fall back to `initialize`.
+pub(crate) fn check_mirrored(req: &RequestHead, s: &Sniffer) -> Result<(), Refusal> {
+    let invalid = |msg| Err((400, ErrorCode::InvalidRequest, msg));
+    let mismatch = |msg| Err((400, ErrorCode::HeaderMismatch, msg));
+    if s.failed() {
+        return Err((400, ErrorCode::Parse, "Parse error: the body is not JSON"));
+    }
+    if s.is_batch() {
+        return invalid("A 2026-07-28 body is one JSON-RPC request or notification, not a batch");
+    }
+    let Some(method) = s.method() else {
+        if s.method_too_long() {
+            return mismatch("Header mismatch: method too long to compare with Mcp-Method");
+        }
+        return invalid("The body is not a JSON-RPC request or notification");
+    };
+    if s.has_duplicate() {
+        return invalid("A JSON-RPC member appears twice in the body");
+    }
+    let request = s.has_id();
+    let expect = expect_of(req);
+    let twice = |name| req.all(name).nth(1).is_some();
+    match req.known(Name::McpMethod) {
+        _ if twice(Name::McpMethod) => {
+            return mismatch("Header mismatch: more than one Mcp-Method header")
+        }
+        None if request => return mismatch("Header mismatch: Mcp-Method header missing"),
+        None => {}
+        Some(h) if Mirror::Plain(h).len().is_none() => {
+            return mismatch("Header mismatch: Mcp-Method header has invalid characters")
+        }
+        Some(h) if h != method => {
+            return mismatch("Header mismatch: Mcp-Method header does not match the body's method")
+        }
+        Some(_) => {}
+    }
+    match s.version(&expect) {
+        Compared::Equal => {}
+        Compared::Absent if !request => {}
+        Compared::Absent => {
+            return mismatch(
+                "Header mismatch: params._meta carries no io.modelcontextprotocol/protocolVersion",
+            )
+        }
+        Compared::NotString | Compared::Different => {
+            return mismatch(
+                "Header mismatch: MCP-Protocol-Version header does not match the body's _meta",
+            )
+        }
+    }
+    let header = req.known(Name::McpTarget);
+    if twice(Name::McpTarget) {
+        return mismatch("Header mismatch: more than one Mcp-Name header");
+    }
+    if header.is_some() && expect.name.len().is_none() {
+        return mismatch("Header mismatch: Mcp-Name header is malformed");
+    }
+    let Some(uri) = named_target(method) else {
+        return Ok(());
+    };
+    let body = if uri { s.uri(&expect) } else { s.name(&expect) };
+    match (header, body) {
+        (None, Compared::Absent) => Ok(()),
+        (None, _) if !request => Ok(()),
+        (None, _) => mismatch("Header mismatch: Mcp-Name header missing"),
+        (Some(_), Compared::Equal) => Ok(()),
+        (Some(_), _) => mismatch("Header mismatch: Mcp-Name header does not match the body"),
+    }
 }
 
 #[cfg(test)]

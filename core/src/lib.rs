@@ -32,7 +32,8 @@
 //!
 //! | request | decision |
 //! |---|---|
-//! | `MCP-Protocol-Version` >= 2026-07-28 | stateless era: load-balanced; any `Mcp-Session-Id` ignored for routing |
+//! | `MCP-Protocol-Version` >= 2026-07-28 | stateless era: load-balanced; any `Mcp-Session-Id` ignored for routing and not forwarded |
+//! | ... a POST of that era | the whole body read first; `Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version` checked against it; a mismatch is `400` `-32020`, a batch or a non-message `400` `-32600` (see `guard::check_mirrored`) |
 //! | `Mcp-Session-Id` (or legacy `sessionId`/`session_id` on a POST), recorded | to the session's backend; the record's idle deadline slides |
 //! | session id not recorded | `404`, JSON-RPC `-32001` echoing the request id; no backend sees it |
 //! | sealed id ([`SessionIds::Sealed`], [`seal`]) | opened and checked (key, age, backend, binding), then to the backend it names with the upstream id; a refused one is answered like an unknown session |
@@ -117,6 +118,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod affinity;
 pub mod config;
 pub mod conn;
 pub mod failover;
@@ -135,6 +137,7 @@ pub mod seal;
 pub mod stdio;
 pub mod store;
 
+pub use affinity::Affinity;
 pub use config::{Backend, Config, ConfigError, SessionIds, Timeouts};
 pub use conn::{Buffers, Conn, EndCause, Event, Limit, Output, Side};
 pub use limits::{Admission, AdmitRequest, ClientId, ClientIdentity, IpNet, Limits};

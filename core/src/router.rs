@@ -41,24 +41,36 @@ pub struct BackendView {
     pub active_sessions: u64,
     /// Already tried for this request (connecting failed): do not pick again.
     pub excluded: bool,
+    /// Requests this router process has in flight to the backend (sent, response not
+    /// yet complete; an open stream counts until it ends).
+    pub in_flight: u64,
+    /// A digest of the backend's name: its seed for rendezvous hashing
+    /// ([`crate::affinity::score`]), stable across restarts and reordering.
+    pub seed: u64,
 }
 
 /// A pluggable balancing policy. It must pick an `up`, non-`excluded` backend, or
 /// return `None` when there is none.
 pub trait Balancer: Send + Sync + std::fmt::Debug {
-    /// Choose a backend index for a request of `kind`.
-    fn pick(&self, backends: &[BackendView], kind: PickKind) -> Option<usize>;
+    /// Choose a backend index for a request of `kind`; `key` is the request's
+    /// affinity key ([`crate::affinity::Affinity::key`]), `None` when it has none.
+    fn pick(&self, backends: &[BackendView], kind: PickKind, key: Option<u64>) -> Option<usize>;
 }
 
-/// The default policy: fewest active sessions, round-robin among ties. Stateless
-/// requests use the same rule, so with no sessions anywhere it is plain round-robin.
+/// The default policy. A new session goes to the backend with the fewest active
+/// sessions (sessions are long-lived; requests in flight would say little about the
+/// load to come). A stateless request with an affinity key goes to the backend of
+/// highest rendezvous score among those under the load cap
+/// ([`crate::affinity::load_cap`]); without a key, to the one with the fewest requests
+/// in flight. Ties go round-robin.
 #[derive(Debug, Default)]
 pub struct LeastSessions {
     next: AtomicUsize,
 }
 
-impl Balancer for LeastSessions {
-    fn pick(&self, backends: &[BackendView], _kind: PickKind) -> Option<usize> {
+impl LeastSessions {
+    /// The usable backend minimising `load`, round-robin among ties.
+    fn least(&self, backends: &[BackendView], load: impl Fn(&BackendView) -> u64) -> Option<usize> {
         let n = backends.len();
         if n == 0 {
             return None;
@@ -67,15 +79,68 @@ impl Balancer for LeastSessions {
         let mut best: Option<(usize, u64)> = None;
         for k in 0..n {
             let i = (start + k) % n;
-            let b = backends[i];
+            let b = &backends[i];
             if !b.up || b.excluded {
                 continue;
             }
-            if best.is_none_or(|(_, s)| b.active_sessions < s) {
-                best = Some((i, b.active_sessions));
+            let l = load(b);
+            if best.is_none_or(|(_, s)| l < s) {
+                best = Some((i, l));
             }
         }
         best.map(|(i, _)| i)
+    }
+}
+
+/// Rendezvous hashing with bounded load: the usable backend of highest
+/// [`crate::affinity::score`] for `key` whose requests in flight are under the cap.
+/// Allocates nothing: two passes over the views.
+pub fn rendezvous(backends: &[BackendView], key: u64) -> Option<usize> {
+    let usable = |b: &&BackendView| b.up && !b.excluded;
+    let (mut total, mut eligible) = (0u64, 0u64);
+    for b in backends.iter().filter(usable) {
+        total = total.saturating_add(b.in_flight);
+        eligible += 1;
+    }
+    let cap = crate::affinity::load_cap(total, eligible);
+    let mut best: Option<(usize, u64)> = None;
+    for (i, b) in backends.iter().enumerate() {
+        if !usable(&b) || b.in_flight >= cap {
+            continue;
+        }
+        let s = crate::affinity::score(key, b.seed);
+        if best.is_none_or(|(_, t)| s > t) {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+impl Balancer for LeastSessions {
+    fn pick(&self, backends: &[BackendView], kind: PickKind, key: Option<u64>) -> Option<usize> {
+        match (kind, key) {
+            (PickKind::NewSession, _) => self.least(backends, |b| b.active_sessions),
+            // the cap always leaves a backend at or under the average; the fallback
+            // only guards that arithmetic
+            (PickKind::Stateless, Some(k)) => {
+                rendezvous(backends, k).or_else(|| self.least(backends, |b| b.in_flight))
+            }
+            (PickKind::Stateless, None) => self.least(backends, |b| b.in_flight),
+        }
+    }
+}
+
+/// One request counted in flight to a backend until dropped (see
+/// [`Router::request_started`]). Holds no lock; dropping it is one atomic decrement.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
     }
 }
 
@@ -83,6 +148,8 @@ impl Balancer for LeastSessions {
 struct BackendState {
     /// Sessions recorded for this backend and not yet ended (this process's view).
     active: AtomicU64,
+    /// Requests in flight to it ([`InFlight`] guards alive).
+    in_flight: AtomicU64,
     /// Milliseconds since the router's epoch until which the backend is down; 0: up.
     down_until: AtomicU64,
     /// Consecutive failures, for the exponential backoff.
@@ -498,16 +565,67 @@ impl Router {
     /// Choose a backend for a request that has no session (yet), skipping `exclude`,
     /// down, draining and removed backends. `None` when none is left.
     pub fn pick(&self, kind: PickKind, exclude: &[BackendId], now: Instant) -> Option<BackendId> {
+        self.pick_keyed(kind, None, exclude, now)
+    }
+
+    /// [`Router::pick`] for a request with affinity key `key` (see
+    /// [`crate::affinity`]): a stateless request with a key goes to the same backend as
+    /// every other request with that key while that backend is up, not draining and
+    /// under the load cap.
+    pub fn pick_keyed(
+        &self,
+        kind: PickKind,
+        key: Option<u64>,
+        exclude: &[BackendId],
+        now: Instant,
+    ) -> Option<BackendId> {
+        self.pick_inner(kind, key, None, exclude, now)
+    }
+
+    /// [`Router::pick_keyed`] among the backends that serve the request's era
+    /// (`modern`: 2026-07-28 and later; else a session era), as their `;eras=` says.
+    /// `None` also when none serves it; [`Router::serves`] tells the two apart.
+    pub fn pick_in_era(
+        &self,
+        kind: PickKind,
+        key: Option<u64>,
+        modern: bool,
+        exclude: &[BackendId],
+        now: Instant,
+    ) -> Option<BackendId> {
+        self.pick_inner(kind, key, Some(modern), exclude, now)
+    }
+
+    /// Whether any configured backend (up or not) serves the era (`modern`: 2026-07-28
+    /// and later).
+    pub fn serves(&self, modern: bool) -> bool {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .iter()
+            .any(|m| m.removed_at.is_none() && m.backend.eras.serves(modern))
+    }
+
+    fn pick_inner(
+        &self,
+        kind: PickKind,
+        key: Option<u64>,
+        era: Option<bool>,
+        exclude: &[BackendId],
+        now: Instant,
+    ) -> Option<BackendId> {
         let now_ms = self.ms(now);
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         // At most a few dozen backends: a stack array avoids allocating on the hot path.
         const STACK: usize = 32;
         let view = |i: usize, m: &Member| BackendView {
             up: m.removed_at.is_none()
+                && era.is_none_or(|modern| m.backend.eras.serves(modern))
                 && !m.state.draining.load(Relaxed)
                 && m.state.down_until.load(Relaxed) <= now_ms,
             active_sessions: m.state.active.load(Relaxed),
             excluded: exclude.contains(&BackendId(i as u16)),
+            in_flight: m.state.in_flight.load(Relaxed),
+            seed: u64::from_le_bytes(m.digest),
         };
         let n = t.members.len();
         let picked = if n <= STACK {
@@ -515,11 +633,13 @@ impl Router {
                 up: false,
                 active_sessions: 0,
                 excluded: true,
+                in_flight: 0,
+                seed: 0,
             }; STACK];
             for (i, m) in t.members.iter().enumerate() {
                 arr[i] = view(i, m);
             }
-            self.balancer.pick(&arr[..n], kind)
+            self.balancer.pick(&arr[..n], kind, key)
         } else {
             let v: Vec<_> = t
                 .members
@@ -527,7 +647,7 @@ impl Router {
                 .enumerate()
                 .map(|(i, m)| view(i, m))
                 .collect();
-            self.balancer.pick(&v, kind)
+            self.balancer.pick(&v, kind, key)
         };
         picked.filter(|&i| i < n).map(|i| BackendId(i as u16))
     }
@@ -592,6 +712,20 @@ impl Router {
     /// Client connections held now.
     pub fn connections(&self) -> usize {
         self.connections.load(Relaxed)
+    }
+
+    /// A request is being sent to the backend: counted in flight until the guard is
+    /// dropped (the response complete, the exchange abandoned or the connection gone).
+    /// `None` for an id that names no slot. No allocation: an `Arc` clone.
+    pub fn request_started(&self, id: BackendId) -> Option<InFlight> {
+        let s = self.state(id)?;
+        s.in_flight.fetch_add(1, Relaxed);
+        Some(InFlight(s))
+    }
+
+    /// Requests in flight to the backend from this process.
+    pub fn in_flight(&self, id: BackendId) -> u64 {
+        self.state(id).map_or(0, |s| s.in_flight.load(Relaxed))
     }
 
     /// A session was recorded for the backend.

@@ -9,6 +9,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use util::*;
 
+/// A 2026-07-28 `tools/call`: the version in `_meta`, the id last.
+const MODERN_CALL: &str = r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"get_weather","arguments":{"location":"Seattle, WA","name":"not this one"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"ExampleClient","version":"1.0.0"}}},"id":"req-7"}"#;
+
+/// A 2026-07-28 POST of `body` with the headers mirroring [`MODERN_CALL`], then
+/// `extra` (whole header lines).
+fn modern(extra: &str, body: &str) -> String {
+    modern_with(
+        "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: get_weather\r\n",
+        extra,
+        body,
+    )
+}
+
+/// A 2026-07-28 POST of `body` with exactly the mirrored headers `mirrored`.
+fn modern_with(mirrored: &str, extra: &str, body: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{mirrored}{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Initialize a session on whichever backend the router picks; returns that backend.
 fn init(h: &mut H, sid: &str) -> u16 {
     h.send(&post("/mcp", None, INIT));
@@ -167,12 +188,7 @@ fn requests_without_session_are_load_balanced_and_never_rejected() {
 #[test]
 fn stateless_era_ignores_session_header() {
     let mut h = H::new(2);
-    let mut req = String::from_utf8(post("/mcp", Some("whatever"), CALL)).unwrap();
-    req = req.replacen(
-        "\r\n\r\n",
-        "\r\nMCP-Protocol-Version: 2026-07-28\r\n\r\n",
-        1,
-    );
+    let req = modern("Mcp-Session-Id: whatever\r\n", MODERN_CALL);
     h.auto_store = false;
     h.send(req.as_bytes());
     assert!(h.ops.is_empty(), "no store lookup in the stateless era");
@@ -1126,10 +1142,7 @@ fn the_stateless_era_forwards_no_session_id() {
     let mut h = H::new(1);
     init(&mut h, "s");
     h.reconnect();
-    let req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: r\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: s\r\nContent-Length: {}\r\n\r\n{CALL}",
-        CALL.len()
-    );
+    let req = modern("Mcp-Session-Id: s\r\n", MODERN_CALL);
     h.send(req.as_bytes());
     h.connect_ok(false);
     let up = h.take_upstream().to_ascii_lowercase();
@@ -1198,4 +1211,483 @@ fn foreign_host_or_origin_gets_403_before_any_backend() {
         let up = h.take_upstream();
         assert!(up.contains(&format!("\r\nHost: {host}\r\n")), "{up}");
     }
+}
+
+/// One 2026-07-28 header-check case: what, mirrored headers, body, and the refusal
+/// (status, JSON-RPC code), or `None`: forwarded.
+type ModernCase = (&'static str, String, String, Option<(u16, i32)>);
+
+/// Every 2026-07-28 header-check case.
+fn modern_cases() -> Vec<ModernCase> {
+    const V: &str = "MCP-Protocol-Version: 2026-07-28\r\n";
+    let call = MODERN_CALL.to_string();
+    let m = |name: &str| format!("{V}Mcp-Method: tools/call\r\nMcp-Name: {name}\r\n");
+    let body = |method: &str, params: &str, id: &str| {
+        format!(r#"{{"jsonrpc":"2.0",{id}"method":"{method}","params":{params}}}"#)
+    };
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#;
+    let read = body(
+        "resources/read",
+        &format!(r#"{{"uri":"file:///projects/myapp/config.json",{meta}}}"#),
+        r#""id":"req-7","#,
+    );
+    let read_h = |name: &str| format!("{V}Mcp-Method: resources/read\r\nMcp-Name: {name}\r\n");
+    let unicode = body(
+        "prompts/get",
+        &format!(r#"{{"name":"Hello, \u4e16界",{meta}}}"#),
+        r#""id":"req-7","#,
+    );
+    let prompt_h = |name: &str| format!("{V}Mcp-Method: prompts/get\r\nMcp-Name: {name}\r\n");
+    let list = body("tools/list", &format!("{{{meta}}}"), r#""id":"req-7","#);
+    let list_h = format!("{V}Mcp-Method: tools/list\r\n");
+    let hmm = Some((400, -32020));
+    let bad = Some((400, -32600));
+    let cases = vec![
+        ("matching tools/call", m("get_weather"), call.clone(), None),
+        ("matching, base64 name", m("=?base64?Z2V0X3dlYXRoZXI=?="), call.clone(), None),
+        ("matching resources/read", read_h("file:///projects/myapp/config.json"), read.clone(), None),
+        ("matching non-ASCII name, base64", prompt_h("=?base64?SGVsbG8sIOS4lueVjA==?="), unicode.clone(), None),
+        ("tools/list needs no Mcp-Name", list_h.clone(), list.clone(), None),
+        ("unknown Mcp-Name on tools/list is ignored", format!("{list_h}Mcp-Name: x\r\n"), list.clone(), None),
+        ("Mcp-Param-* passes unchecked", format!("{}Mcp-Param-Region: nowhere\r\n", m("get_weather")), call.clone(), None),
+        ("no Mcp-Method", format!("{V}Mcp-Name: get_weather\r\n"), call.clone(), hmm),
+        ("Mcp-Method differs", format!("{V}Mcp-Method: tools/list\r\nMcp-Name: get_weather\r\n"), call.clone(), hmm),
+        ("Mcp-Method differs in case", format!("{V}Mcp-Method: Tools/Call\r\nMcp-Name: get_weather\r\n"), call.clone(), hmm),
+        ("two Mcp-Method", format!("{}Mcp-Method: tools/call\r\n", m("get_weather")), call.clone(), hmm),
+        ("no Mcp-Name", format!("{V}Mcp-Method: tools/call\r\n"), call.clone(), hmm),
+        ("Mcp-Name differs", m("get_weathe"), call.clone(), hmm),
+        ("Mcp-Name longer", m("get_weatherx"), call.clone(), hmm),
+        ("Mcp-Name is arguments.name", m("not this one"), call.clone(), hmm),
+        ("two Mcp-Name", format!("{}Mcp-Name: get_weather\r\n", m("get_weather")), call.clone(), hmm),
+        ("base64 name differs (get_weathex)", m("=?base64?Z2V0X3dlYXRoZXg=?="), call.clone(), hmm),
+        ("base64 of a prefix", m("=?base64?Z2V0X3dlYXRo?="), call.clone(), hmm),
+        ("base64 name malformed", m("=?base64?Z2V0X3dlYXRoZXI?="), call.clone(), hmm),
+        ("base64 name with a bad character", m("=?base64?Z2V0X3dlYXRoZX*=?="), call.clone(), hmm),
+        ("base64 name, non-canonical bits", m("=?base64?Z2V0X3dlYXRoZXJ=?="), call.clone(), hmm),
+        ("sentinel markers are case-sensitive", m("=?BASE64?Z2V0X3dlYXRoZXI=?="), call.clone(), hmm),
+        ("plain name of a non-ASCII value", prompt_h("Hello, 世界"), unicode.clone(), hmm),
+        ("resources/read compares the uri", read_h("config.json"), read.clone(), hmm),
+        ("version header differs from _meta", m("get_weather").replace("2026-07-28", "2026-08-01"), call.clone(), hmm),
+        ("_meta carries no version", m("get_weather"), call.replace("io.modelcontextprotocol/protocolVersion", "x"), hmm),
+        ("_meta version is a number", m("get_weather"), call.replace(r#""2026-07-28""#, "20260728"), hmm),
+        ("no params", m("get_weather"), r#"{"jsonrpc":"2.0","id":"req-7","method":"tools/call"}"#.into(), hmm),
+        ("the name is not a string", m("get_weather"), call.replace(r#""get_weather""#, r#"["get_weather"]"#), hmm),
+        ("a batch", m("get_weather"), format!("[{call}]"), bad),
+        ("a response", m("get_weather"), r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#.into(), bad),
+        ("a scalar", m("get_weather"), r#""tools/call""#.into(), bad),
+        ("not JSON", m("get_weather"), call.replace("\"id\":", "\"id\" "), Some((400, -32700))),
+        ("empty body", m("get_weather"), String::new(), Some((400, -32700))),
+        ("method twice", m("get_weather"), call.replace(r#""id":"req-7""#, r#""id":"req-7","method":"tools/list""#), bad),
+        ("name twice", m("get_weather"), call.replace(r#""arguments""#, r#""name":"other","arguments""#), bad),
+        ("params twice", m("get_weather"), call.replace(r#""id":"req-7""#, r#""id":"req-7","params":{}"#), bad),
+        ("version twice", m("get_weather"), call.replace(r#""io.modelcontextprotocol/clientInfo""#, r#""io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo""#), bad),
+        ("escaped key duplicate", m("get_weather"), call.replace(r#""id":"req-7""#, r#""id":"req-7","\u006dethod":"tools/list""#), bad),
+        ("escaped name is the same name", m("get_weather"), call.replace(r#""get_weather""#, r#""get\u005fweather""#), None),
+        ("a notification needs no headers", V.to_string(), r#"{"jsonrpc":"2.0","method":"notifications/x"}"#.into(), None),
+        ("a notification's header must match", format!("{V}Mcp-Method: notifications/y\r\n"), r#"{"jsonrpc":"2.0","method":"notifications/x"}"#.into(), hmm),
+    ];
+    // every edit of the call took effect
+    for (case, mirrored, body, _) in &cases {
+        assert!(
+            body != &call || mirrored != &m("get_weather") || case.starts_with("matching"),
+            "{case}: nothing changed"
+        );
+    }
+    cases
+}
+
+#[test]
+fn modern_mirrored_headers_are_checked_before_any_backend() {
+    let mut h = H::new(2);
+    for (case, mirrored, body, refusal) in modern_cases() {
+        let req = modern_with(&mirrored, "", &body);
+        h.reconnect();
+        h.send(req.as_bytes());
+        match refusal {
+            None => {
+                assert_eq!(h.connects.len(), 1, "{case}: {}", h.take_client());
+                h.connect_ok(false);
+                let up = h.take_upstream();
+                assert!(up.ends_with(&body), "{case}: the body goes on unchanged");
+                if case.contains("Mcp-Param") {
+                    assert!(up.contains("Mcp-Param-Region: nowhere\r\n"), "{up}");
+                }
+            }
+            Some((status, code)) => {
+                assert!(h.connects.is_empty(), "{case}: forwarded");
+                let resp = h.take_client();
+                assert_eq!(status_of(&resp), status, "{case}: {resp}");
+                let json = body_json(&resp);
+                assert_eq!(json["error"]["code"], code, "{case}: {json}");
+                let id = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .filter(|v| v.is_object())
+                    .map_or(serde_json::Value::Null, |v| v["id"].clone());
+                assert_eq!(json["id"], id, "{case}: the request id is echoed");
+                assert!(!h.closed, "{case}: the connection stays open");
+            }
+        }
+    }
+}
+
+#[test]
+fn modern_checks_do_not_depend_on_how_the_body_arrives() {
+    // every case, the body cut in two at every byte, and fed one byte at a time
+    let mut h = H::new(2);
+    for (case, mirrored, body, refusal) in modern_cases() {
+        let req = modern_with(&mirrored, "", &body);
+        let head = req.len() - body.len();
+        let mut cuts: Vec<Vec<usize>> = (head..=req.len()).map(|c| vec![c]).collect();
+        cuts.push((head..=req.len()).collect());
+        for cut in cuts {
+            h.reconnect();
+            let mut at = 0;
+            for &c in &cut {
+                h.send(&req.as_bytes()[at..c]);
+                at = c;
+            }
+            h.send(&req.as_bytes()[at..]);
+            let resp = h.take_client();
+            match refusal {
+                None => assert_eq!(h.connects.len(), 1, "{case} cut at {cut:?}: {resp}"),
+                Some((status, _)) => {
+                    assert!(h.connects.is_empty(), "{case} cut at {cut:?}");
+                    assert_eq!(status_of(&resp), status, "{case} cut at {cut:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_modern_body_past_the_inspection_limit_is_413_not_forwarded() {
+    let mut c = config(1);
+    c.max_inspect_body = 1024;
+    let mut h = H::with(c);
+    let big = MODERN_CALL.replace("Seattle, WA", &"x".repeat(2000));
+    h.send(modern("", &big).as_bytes());
+    assert!(h.connects.is_empty());
+    assert_eq!(status_of(&h.take_client()), 413);
+}
+
+/// A 2026-07-28 request of `method` (POST: with its mirrored headers and body).
+fn modern_request(method: &str, rpc: &str, extra: &str) -> String {
+    if method != "POST" {
+        return format!(
+            "{method} /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n{extra}\r\n"
+        );
+    }
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"{rpc}","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}}}}"#
+    );
+    modern_with(
+        &format!("MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: {rpc}\r\n"),
+        extra,
+        &body,
+    )
+}
+
+#[test]
+fn modern_requests_forward_no_session_fields_and_look_nothing_up() {
+    let mut h = H::new(2);
+    init(&mut h, "s");
+    let legacy = "Mcp-Session-Id: s\r\nLast-Event-ID: 7\r\n";
+    for req in [
+        modern_request("GET", "", legacy),
+        modern_request("DELETE", "", legacy),
+        modern_request("POST", "server/discover", legacy),
+    ] {
+        h.reconnect();
+        h.auto_store = false;
+        h.send(req.as_bytes());
+        assert!(h.ops.is_empty(), "no store lookup: {req}");
+        assert_eq!(h.connects.len(), 1, "forwarded: {req}");
+        h.connect_ok(false);
+        let up = h.take_upstream().to_ascii_lowercase();
+        assert!(up.contains("mcp-protocol-version: 2026-07-28"), "{up}");
+        assert!(!up.contains("mcp-session-id"), "{up}");
+        assert!(!up.contains("last-event-id"), "{up}");
+        // a modern backend refuses GET and DELETE itself; the answer goes through
+        h.reply(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(status_of(&h.take_client()), 405);
+    }
+    // an older version still sends both on
+    h.reconnect();
+    h.auto_store = true;
+    let req = format!(
+        "GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n{legacy}\r\n"
+    );
+    h.send(req.as_bytes());
+    h.connect_ok(false);
+    let up = h.take_upstream().to_ascii_lowercase();
+    assert!(
+        up.contains("mcp-session-id: s") && up.contains("last-event-id: 7"),
+        "{up}"
+    );
+}
+
+#[test]
+fn modern_only_answers_get_and_delete_405_itself() {
+    let mut c = config(1);
+    c.modern_only = true;
+    let mut h = H::with(c);
+    for req in [
+        modern_request("GET", "", ""),
+        modern_request("DELETE", "", "Mcp-Session-Id: s\r\n"),
+        // a legacy client's GET stream gets the same answer a modern-only server gives
+        "GET /mcp HTTP/1.1\r\nHost: r\r\nAccept: text/event-stream\r\n\r\n".to_string(),
+    ] {
+        h.reconnect();
+        h.send(req.as_bytes());
+        assert!(h.connects.is_empty(), "{req}");
+        let resp = h.take_client();
+        assert_eq!(status_of(&resp), 405, "{resp}");
+        assert!(resp.contains("\r\nAllow: POST\r\n"), "{resp}");
+        assert!(!h.closed, "the connection stays open");
+    }
+    h.reconnect();
+    h.send(modern_request("POST", "server/discover", "").as_bytes());
+    assert_eq!(h.connects.len(), 1, "POST is forwarded");
+}
+
+#[test]
+fn a_listen_stream_has_no_response_timeout_and_keeps_its_comments() {
+    let mut h = H::new(1);
+    h.send(modern_request("POST", "subscriptions/listen", "").as_bytes());
+    h.connect_ok(false);
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+    let ack = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/subscriptions/acknowledged\"}\n\n";
+    h.reply(format!("{head}{}", chunk(ack)).as_bytes());
+    let first = h.take_client();
+    assert!(first.contains("X-Accel-Buffering: no"), "{first}");
+    assert!(first.contains(ack), "{first}");
+    // quiet for longer than every timeout, with keep-alive comments now and then
+    let t = Timeouts::default();
+    let quiet = t.response.max(t.body_idle) * 2;
+    for round in 0..3 {
+        h.advance(quiet);
+        assert!(!h.closed, "round {round}: the stream was cut");
+        h.reply(chunk(":\r\n\r\n").as_bytes());
+        assert!(h.take_client().contains(":\r\n\r\n"), "round {round}");
+    }
+    let change = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
+    h.reply(chunk(change).as_bytes());
+    assert!(h.take_client().contains(change));
+    assert!(h.rejected().is_empty(), "{:?}", h.events);
+}
+
+#[test]
+fn an_unsupported_version_answer_reaches_the_client_unchanged() {
+    let mut h = H::new(1);
+    h.send(modern_request("POST", "server/discover", "").as_bytes());
+    h.connect_ok(false);
+    let body = r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2025-11-25"],"requested":"2026-07-28"}}}"#;
+    h.reply(
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400);
+    assert!(resp.ends_with(body), "{resp}");
+    // and the client's fallback, an initialize on the same connection, is forwarded
+    h.send(&post("/mcp", None, INIT));
+    assert_eq!(h.connects.len(), 2);
+}
+
+/// The backend a fresh connection's request `req` is sent to (left unanswered).
+fn lands_on(h: &mut H, req: &str) -> u16 {
+    h.reconnect();
+    h.send(req.as_bytes());
+    h.connects.last().expect("connect").0
+}
+
+#[test]
+fn affinity_header_keys_stateless_requests_and_counts_them_in_flight() {
+    let mut c = config(3);
+    c.affinity = Affinity::parse("header:Mcp-Param-Handle").unwrap();
+    let mut h = H::with(c);
+    let with = |handle: &str| modern(&format!("Mcp-Param-Handle: {handle}\r\n"), MODERN_CALL);
+    // the same handle, the same backend, every time (requests held in flight are few
+    // enough to stay under the load cap: ceil(1.25 * 3 / 3) = 2)
+    let a = lands_on(&mut h, &with("h-a"));
+    h.connect_ok(false);
+    assert_eq!(
+        h.router.in_flight(BackendId(a)),
+        1,
+        "counted while unanswered"
+    );
+    h.reply(&json_ok(
+        "",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    assert_eq!(status_of(&h.take_client()), 200);
+    assert_eq!(
+        h.router.in_flight(BackendId(a)),
+        0,
+        "released with the response"
+    );
+    for _ in 0..5 {
+        assert_eq!(lands_on(&mut h, &with("h-a")), a);
+        h.connect_ok(false);
+        h.reply(&json_ok(
+            "",
+            r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+        ));
+    }
+    // different handles spread over all three
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        seen.insert(lands_on(&mut h, &with(&format!("h-{i}"))));
+        h.connect_ok(false);
+        h.reply(&json_ok(
+            "",
+            r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+        ));
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // a connection that goes away mid-request releases its count
+    let b = lands_on(&mut h, &with("h-a"));
+    assert_eq!(h.router.in_flight(BackendId(b)), 1);
+    h.reconnect();
+    assert_eq!(
+        h.router.in_flight(BackendId(b)),
+        0,
+        "dropped with the connection"
+    );
+    // its backend down: the key goes elsewhere, and comes back when it is up
+    h.router.connect_failed(BackendId(a), h.now);
+    let other = lands_on(&mut h, &with("h-a"));
+    assert_ne!(other, a);
+    h.router.connect_ok(BackendId(a));
+    assert_eq!(lands_on(&mut h, &with("h-a")), a);
+}
+
+#[test]
+fn without_affinity_stateless_requests_go_to_the_fewest_in_flight() {
+    let mut h = H::new(3);
+    // two requests held open on two backends: the next goes to the idle third
+    let first = lands_on(&mut h, &modern("", MODERN_CALL));
+    let held1 = std::mem::replace(&mut h.conn, {
+        Conn::new(h.router.clone(), None, "http", h.now)
+    });
+    let second = lands_on(&mut h, &modern("", MODERN_CALL));
+    let held2 = std::mem::replace(&mut h.conn, {
+        Conn::new(h.router.clone(), None, "http", h.now)
+    });
+    assert_ne!(first, second);
+    for _ in 0..4 {
+        let third = lands_on(&mut h, &modern("", MODERN_CALL));
+        assert!(
+            third != first && third != second,
+            "{first} {second} {third}"
+        );
+    }
+    drop((held1, held2));
+}
+
+#[test]
+fn session_requests_ignore_affinity() {
+    let mut c = config(3);
+    c.affinity = Affinity::parse("header:mcp-param-handle").unwrap();
+    let mut h = H::with(c);
+    let b = init(&mut h, "s-1");
+    // whatever the handle says, a session's request goes to its backend
+    for i in 0..6 {
+        h.reconnect();
+        let req = String::from_utf8(post("/mcp", Some("s-1"), CALL))
+            .unwrap()
+            .replacen(
+                "\r\n\r\n",
+                &format!("\r\nMcp-Param-Handle: h-{i}\r\n\r\n"),
+                1,
+            );
+        h.send(req.as_bytes());
+        assert_eq!(h.connects.last().map(|c| c.0), Some(b));
+    }
+}
+
+/// A fleet whose backend `i` serves the eras `eras[i]` (`;eras=` as configured).
+fn fleet(eras: &[&str]) -> H {
+    let mut c = config(eras.len());
+    for (b, e) in c.backends.iter_mut().zip(eras) {
+        b.eras = config::Eras::parse(e).unwrap();
+    }
+    H::with(c)
+}
+
+#[test]
+fn each_era_goes_only_to_backends_that_serve_it() {
+    let mut h = fleet(&["legacy", "modern", "modern,legacy"]);
+    let mut modern_on = std::collections::BTreeSet::new();
+    let mut legacy_on = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        modern_on.insert(lands_on(&mut h, &modern("", MODERN_CALL)));
+        h.reconnect();
+        legacy_on.insert(init(&mut h, &format!("s-{i}")));
+    }
+    assert_eq!(
+        modern_on,
+        [1, 2].into(),
+        "modern: the modern and dual backends"
+    );
+    assert_eq!(
+        legacy_on,
+        [0, 2].into(),
+        "legacy: the legacy and dual backends"
+    );
+    // a legacy session stays pinned to its backend as before
+    h.reconnect();
+    h.send(&post("/mcp", Some("s-0"), CALL));
+    let s0 = h.lookup("s-0").unwrap().backend.0;
+    assert_eq!(h.connects.last().map(|c| c.0), Some(s0));
+}
+
+#[test]
+fn a_modern_request_no_backend_serves_gets_400_32022_listing_the_fleets_versions() {
+    let mut h = fleet(&["legacy", "legacy"]);
+    h.send(modern("", MODERN_CALL).as_bytes());
+    assert!(h.connects.is_empty(), "no backend contacted");
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(v["id"], "req-7");
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2026-07-28");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        serde_json::json!(["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"])
+    );
+    // legacy traffic is served as before
+    h.reconnect();
+    init(&mut h, "s-1");
+
+    // the other way round: a modern-only fleet and a legacy initialize
+    let mut h = fleet(&["modern"]);
+    h.send(&post("/mcp", None, INIT));
+    assert!(h.connects.is_empty(), "no backend contacted");
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    let v = body_json(&resp);
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "2025-03-26", "the default");
+    assert_eq!(
+        v["error"]["data"]["supported"],
+        serde_json::json!(["2026-07-28"])
+    );
+    assert!(h.store.is_empty(), "no session, no admission");
+}
+
+#[test]
+fn a_capable_backend_that_is_down_is_503_not_32022() {
+    let mut h = fleet(&["legacy", "modern"]);
+    h.router.connect_failed(BackendId(1), h.now);
+    h.send(modern("", MODERN_CALL).as_bytes());
+    assert!(h.connects.is_empty());
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert_eq!(body_json(&resp)["error"]["code"], -32000);
 }

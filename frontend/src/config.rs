@@ -181,6 +181,10 @@ pub struct Cli {
     /// client's either way.
     #[arg(long, env = "MCP_ROUTER_REWRITE_HOST")]
     pub rewrite_host: bool,
+    /// Every backend serves only MCP 2026-07-28: answer GET and DELETE with 405 (Allow:
+    /// POST) here instead of forwarding them for the backend to refuse.
+    #[arg(long, env = "MCP_ROUTER_MODERN_ONLY")]
+    pub modern_only: bool,
     /// Threads that serve clients: tokio and smol worker threads, or glommio executors
     /// (one per core, each with its own listener) [default: one per available CPU].
     #[arg(long, env = "MCP_ROUTER_WORKERS")]
@@ -214,6 +218,13 @@ pub struct Cli {
     /// `bearer-sub` (the iss and sub claims of a Bearer JWT, read unverified).
     #[arg(long, env = "MCP_ROUTER_CLIENT_IDENTITY")]
     pub client_identity: Option<String>,
+    /// Affinity of stateless requests (no session: 2026-07-28, and sessionless
+    /// earlier-era ones): `none` (the backend with the fewest requests in flight, the
+    /// default), `principal` (the caller as --client-identity names it), `header:NAME`
+    /// (a header's value, e.g. header:Mcp-Param-Handle) or `mcp-name` (the tool or
+    /// resource). Rendezvous hashing with a load cap of 1.25x the average in flight.
+    #[arg(long, env = "MCP_ROUTER_AFFINITY")]
+    pub affinity: Option<String>,
     /// Proxies whose X-Forwarded-For is believed: addresses or CIDR ranges
     /// (environment: comma-separated).
     #[arg(
@@ -352,12 +363,14 @@ struct File {
     client_session_rate: Option<u32>,
     client_session_burst: Option<u32>,
     client_identity: Option<String>,
+    affinity: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     accept_backlog: Option<u32>,
     stdio_unattached_timeout: Option<toml::Value>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     rewrite_host: Option<bool>,
+    modern_only: Option<bool>,
     // sealed session ids (issue 13)
     session_ids: Option<String>,
     session_keys: Option<PathBuf>,
@@ -797,6 +810,10 @@ impl Cli {
             c.client_identity = mcp_router_core::ClientIdentity::parse(id)
                 .map_err(|e| ConfigError(format!("client_identity: {e}")))?;
         }
+        if let Some(a) = self.affinity.as_ref().or(file.affinity.as_ref()) {
+            c.affinity = mcp_router_core::Affinity::parse(a)
+                .map_err(|e| ConfigError(format!("affinity: {e}")))?;
+        }
         let proxies = if !self.trusted_proxies.is_empty() {
             self.trusted_proxies.clone()
         } else {
@@ -950,6 +967,7 @@ impl Cli {
             &list_or(&self.allowed_origins, &file.allowed_origins),
         )?;
         c.rewrite_host = self.rewrite_host || file.rewrite_host.unwrap_or(false);
+        c.modern_only = self.modern_only || file.modern_only.unwrap_or(false);
         c.validate()?;
         Ok(Settings {
             listen,
@@ -1119,6 +1137,35 @@ mod tests {
     }
 
     #[test]
+    fn backends_say_which_eras_they_serve() {
+        let s = cli(&[
+            "--backend",
+            "old=http://a:1;eras=legacy,new=http://b:2/mcp;eras=modern,both=http://c:3;eras=modern+legacy,http://d:4",
+        ])
+        .settings()
+        .unwrap();
+        let eras: Vec<_> = s
+            .core
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.eras.legacy, b.eras.modern))
+            .collect();
+        assert_eq!(
+            eras,
+            [
+                ("old", true, false),
+                ("new", false, true),
+                ("both", true, true),
+                ("d:4", true, true)
+            ]
+        );
+        assert_eq!(s.core.backends[1].base_path, "/mcp");
+        assert!(cli(&["--backend", "http://a:1;eras=future"])
+            .settings()
+            .is_err());
+    }
+
+    #[test]
     fn limit_flags_reach_the_core_and_bad_values_name_the_field() {
         let s = cli(&[
             "--backend",
@@ -1141,9 +1188,15 @@ mod tests {
             "10.0.0.0/8,::1",
             "--accept-backlog",
             "4096",
+            "--affinity",
+            "header:Mcp-Param-Handle",
         ])
         .settings()
         .unwrap();
+        assert_eq!(
+            s.core.affinity,
+            mcp_router_core::Affinity::Header("mcp-param-handle".into())
+        );
         let l = &s.core.limits;
         assert_eq!(s.core.timeouts.client_send, Duration::from_secs(5));
         assert_eq!(
@@ -1161,6 +1214,7 @@ mod tests {
             ),
             (&["--max-head", "18446744073709551615"], "max_head"),
             (&["--client-identity", "cookie"], "client_identity"),
+            (&["--affinity", "sticky"], "affinity"),
             (&["--client-identity", "xff"], "client_identity"),
             (&["--trusted-proxies", "10.0.0.0/99"], "trusted_proxies"),
             (&["--accept-backlog", "0"], "accept_backlog"),
@@ -1327,6 +1381,7 @@ mod tests {
         let s = cli(&["--backend", "http://x:1"]).settings().unwrap();
         assert_eq!(s.core.rebinding, RebindingGuard::loopback());
         assert!(!s.core.rewrite_host);
+        assert!(!s.core.modern_only);
         let s = cli(&["--backend", "http://x:1", "--listen", "[::1]:9"])
             .settings()
             .unwrap();
@@ -1352,6 +1407,7 @@ mod tests {
             "--allowed-origins",
             "https://app.example.com",
             "--rewrite-host",
+            "--modern-only",
         ])
         .settings()
         .unwrap();
@@ -1360,6 +1416,7 @@ mod tests {
         assert_eq!(hosts[1].port, Some(8443));
         assert_eq!(s.core.rebinding.origins.unwrap()[0].scheme, "https");
         assert!(s.core.rewrite_host);
+        assert!(s.core.modern_only);
         let s = cli(&["--backend", "http://x:1", "--allowed-hosts", "*"])
             .settings()
             .unwrap();

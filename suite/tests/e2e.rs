@@ -322,10 +322,13 @@ fn stateless_and_sessionless_requests_are_balanced() {
             "/mcp",
             &[
                 ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/list"),
                 ("Mcp-Session-Id", "ignored-in-this-era"),
                 ("Accept", "application/json"),
             ],
-            &json!({"jsonrpc":"2.0","id":i,"method":"tools/list"}).to_string(),
+            &json!({"jsonrpc":"2.0","id":i,"method":"tools/list",
+                "params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}})
+            .to_string(),
         );
         assert_eq!(resp.status, 200, "{}", resp.text());
         *per.entry(resp.json()["result"]["backend"].as_str().unwrap().into())

@@ -659,14 +659,17 @@ fn requests_with_two_readings_get_400_and_the_backend_receives_nothing() {
     );
 
     // the stateless era: the router does not route by the id, so it is not forwarded
+    let modern_call = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
     let v = c.request(
         "POST",
         "/headers",
         &[
             ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "echo"),
             ("Mcp-Session-Id", &sid),
         ],
-        call,
+        modern_call,
     );
     let (_, headers) = echoed(&v);
     assert!(values(&headers, "mcp-session-id").is_empty(), "{headers:?}");

@@ -279,6 +279,68 @@ fn a_backends_dns_rebinding_protection_survives_the_router() {
     }
 }
 
+/// The official Python SDK's dual-era server (`MCPServer` over Streamable HTTP, which
+/// serves the 2026-07-28 revision and the initialize handshake on one endpoint), two
+/// replicas behind one router, and its `mcp.Client` in all three connect modes at once:
+/// pinned to `2026-07-28` (every request a self-contained POST whose `Mcp-Method` /
+/// `Mcp-Name` / version headers the router checks against the body), `auto` (probes
+/// `server/discover`) and `legacy` (initialize). Every answer is the client's own and the
+/// router refuses nothing.
+fn python_sdk_clients_of_every_era_through_the_router_to_dual_era_servers() {
+    let dir = interop_dir();
+    let server = |name: &str| {
+        let port = free_port();
+        let mut cmd = Command::new(dir.join(".venv/bin/python"));
+        cmd.args(["fastmcp_server.py", "--http", &port.to_string()])
+            .current_dir(&dir);
+        let p = Proc::start(name, cmd, |l| {
+            let rest = l.split("streamable HTTP on ").nth(1)?;
+            Some(rest.split('/').next()?.trim().to_string())
+        });
+        // the line comes just before uvicorn binds: wait for the port
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(&p.addr).is_err() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(20),
+                "{name} not listening"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        p
+    };
+    let (s0, s1) = (server("py-server-0"), server("py-server-1"));
+    let r = Proc::router(
+        router_bin(),
+        "router",
+        &[
+            "--backend",
+            &format!("s0=http://{}", s0.addr),
+            "--backend",
+            &format!("s1=http://{}", s1.addr),
+        ],
+    );
+    let url = format!("http://{}/mcp", r.addr);
+    let runs: Vec<_> = [
+        "2026-07-28",
+        "auto",
+        "legacy",
+        "2026-07-28",
+        "auto",
+        "legacy",
+    ]
+    .into_iter()
+    .map(|mode| {
+        let url = url.clone();
+        std::thread::spawn(move || sdk_client("py_modern_client.py", &[&url, mode]).0)
+    })
+    .collect();
+    for h in runs {
+        let v = h.join().expect("client thread");
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    assert_eq!(r.count_logs("request rejected"), 0, "{:?}", r.logs());
+}
+
 /// `--failover reinitialize` with the official SDKs: four clients (TypeScript and
 /// Python, two of each, placed so that each replica holds one of each) hold sessions,
 /// with their GET streams open, on two server-everything replicas; one replica is
@@ -383,6 +445,7 @@ fn official_sdk_clients_keep_their_sessions_when_a_replica_dies() {
 
 mcp_router_testkit::behaviour_suite!(
     official_sdk_clients_keep_their_sessions_when_a_replica_dies,
+    python_sdk_clients_of_every_era_through_the_router_to_dual_era_servers,
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
     a_backends_dns_rebinding_protection_survives_the_router,

@@ -14,7 +14,7 @@ use crate::http::{
 };
 use crate::mcp::{
     endpoint_session_id, is_stateless_version, query_session_id, valid_session_id,
-    write_error_body, ErrorCode, SessionKey, Sniffer, SseParser,
+    write_error_body, Compared, ErrorCode, Expect, Mirror, SessionKey, Sniffer, SseParser,
 };
 use bytes::BytesMut;
 
@@ -167,7 +167,7 @@ pub fn request_head(data: &[u8]) {
         path_prefix: b"/base",
         client_ip: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         proto: "http",
-        drop_session_id: false,
+        drop_session_fields: false,
         session_id: None,
         target: None,
     };
@@ -600,6 +600,33 @@ struct Sniffed {
     id: Option<Vec<u8>>,
     failed: bool,
     batch: bool,
+    name: Compared,
+    uri: Compared,
+    version: Compared,
+    duplicate: bool,
+}
+
+/// What the fuzzed bodies' mirrored members are compared with: `Mcp-Name:
+/// get_weather` in its Base64 form (decoded by position), and a protocol version.
+const FUZZ_EXPECT: Expect<'static> = Expect {
+    name: Mirror::Base64(b"Z2V0X3dlYXRoZXI="),
+    version: Mirror::Plain(b"2026-07-28"),
+};
+
+/// How `serde_json` reads the string at `path` of `v`, compared with `want`.
+fn serde_compared(v: &serde_json::Value, path: &[&str], want: &str) -> Compared {
+    let mut at = v;
+    for p in path {
+        match at.get(p) {
+            Some(next) => at = next,
+            None => return Compared::Absent,
+        }
+    }
+    match at.as_str() {
+        Some(s) if s == want => Compared::Equal,
+        Some(_) => Compared::Different,
+        None => Compared::NotString,
+    }
 }
 
 fn sniff_pieces(parts: &[&[u8]]) -> Sniffed {
@@ -608,7 +635,7 @@ fn sniff_pieces(parts: &[&[u8]]) -> Sniffed {
     let mut method_at_settle: Option<Option<Vec<u8>>> = None;
     let mut id_at_settle: Option<Option<Vec<u8>>> = None;
     for part in parts {
-        s.feed(part);
+        s.feed_with(part, &FUZZ_EXPECT);
         if method_at_settle.is_none() && s.method_settled() {
             method_at_settle = Some(s.method().map(<[u8]>::to_vec));
         }
@@ -627,6 +654,10 @@ fn sniff_pieces(parts: &[&[u8]]) -> Sniffed {
         id: s.id().map(<[u8]>::to_vec),
         failed: s.failed(),
         batch: s.is_batch(),
+        name: s.name(&FUZZ_EXPECT),
+        uri: s.uri(&FUZZ_EXPECT),
+        version: s.version(&FUZZ_EXPECT),
+        duplicate: s.has_duplicate(),
     };
     if let Some(m) = method_at_settle {
         assert_eq!(m, r.method, "method changed after it was settled");
@@ -642,7 +673,10 @@ fn sniff_pieces(parts: &[&[u8]]) -> Sniffed {
 /// method or id never changes afterwards. When `serde_json` accepts the input the
 /// sniffer does not fail and agrees on batch-ness, the first top-level `method`
 /// (decoded) and the first top-level `id` (raw token); when `serde_json` refuses it for
-/// a reason other than a number out of `f64` range, the sniffer fails too.
+/// a reason other than a number out of `f64` range, the sniffer fails too. The
+/// 2026-07-28 comparisons (`params.name`, `params.uri` with a Base64 `Mcp-Name`, the
+/// `_meta` protocol version) are split-invariant too, and agree with `serde_json`
+/// when no member they follow appears twice.
 pub fn sniff(data: &[u8]) {
     let ([s0, s1, s2, s3, s4, s5, s6, s7], data) = ctl::<8>(data);
     let whole = sniff_pieces(&[data]);
@@ -696,6 +730,20 @@ pub fn sniff(data: &[u8]) {
             match id {
                 Some(t) if t.len() > Sniffer::MAX_ID => assert_eq!(whole.id, None),
                 t => assert_eq!(whole.id.as_deref(), t, "id differs from serde_json"),
+            }
+            let params = v
+                .get("params")
+                .filter(|p| p.is_object() && !whole.duplicate);
+            if let Some(p) = params {
+                let m = serde_compared(p, &["name"], "get_weather");
+                assert_eq!(whole.name, m, "params.name differs from serde_json");
+                let u = serde_compared(p, &["uri"], "get_weather");
+                assert_eq!(whole.uri, u, "params.uri differs from serde_json");
+                if p.get("_meta").is_some_and(serde_json::Value::is_object) {
+                    let path = ["_meta", "io.modelcontextprotocol/protocolVersion"];
+                    let ver = serde_compared(p, &path, "2026-07-28");
+                    assert_eq!(whole.version, ver, "_meta version differs from serde_json");
+                }
             }
         }
     }

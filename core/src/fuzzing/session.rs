@@ -1099,8 +1099,15 @@ fn sequence(data: &[u8], hostile: bool) {
 mod tests {
     use super::*;
 
+    /// A `tools/call` POST with `fields`; when they name `Mcp-Method` (a well-formed
+    /// 2026-07-28 request), the body carries the tool name and the `_meta` version the
+    /// mirrored headers are checked against.
     fn post(path: &str, fields: &str) -> Vec<u8> {
-        let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#;
+        let body = if fields.contains("Mcp-Method") {
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#
+        } else {
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#
+        };
         format!(
             "POST {path} HTTP/1.1\r\nHost: r\r\n{fields}Content-Length: {}\r\n\r\n{body}",
             body.len()
@@ -1137,7 +1144,10 @@ mod tests {
             ("/messages?sessionId=s1&session_id=s2", ""),
             ("/messages?sessionId=s1", "Mcp-Session-Id: s1\r\n"),
             ("/messages?sessionId=s1", "MCP-Protocol-Version: 2026-07-28\r\n"),
-            ("/mcp", "MCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: s1\r\n"),
+            (
+                "/mcp",
+                "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: t\r\nMcp-Session-Id: s1\r\n",
+            ),
             ("/mcp", "Connection: Mcp-Session-Id\r\nMcp-Session-Id: s1\r\n"),
             ("/mcp", "Connection: mcp-protocol-version\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: s1\r\n"),
             ("/mcp", "MCP-Protocol-Version: 2026-07-28\r\nMCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: s1\r\n"),

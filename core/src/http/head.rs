@@ -113,10 +113,13 @@ pub(crate) enum Name {
     Trailer,
     Upgrade,
     Origin,
+    McpMethod,
+    McpTarget,
+    LastEventId,
 }
 
 /// Number of [`Name`] variants.
-const NAMES: usize = 19;
+const NAMES: usize = 22;
 
 impl Name {
     /// Which known name `n` is (case-insensitive), dispatching on the length first.
@@ -128,11 +131,14 @@ impl Name {
             6 if is(b"accept") => Name::Accept,
             6 if is(b"expect") => Name::Expect,
             6 if is(b"origin") => Name::Origin,
+            8 if is(b"mcp-name") => Name::McpTarget,
             7 if is(b"trailer") => Name::Trailer,
             7 if is(b"upgrade") => Name::Upgrade,
             10 if is(b"connection") => Name::Connection,
             10 if is(b"keep-alive") => Name::KeepAlive,
+            10 if is(b"mcp-method") => Name::McpMethod,
             12 if is(b"content-type") => Name::ContentType,
+            13 if is(b"last-event-id") => Name::LastEventId,
             14 if is(b"mcp-session-id") => Name::McpSessionId,
             14 if is(b"content-length") => Name::ContentLength,
             15 if is(b"x-forwarded-for") => Name::XForwardedFor,
@@ -260,9 +266,11 @@ impl Fields {
 /// with the same name as the connection-option", so the backend would never see the
 /// field the router decided by. Such a request is refused instead (see
 /// [`RequestHead::conflict`]).
-const READ_FIELDS: [&[u8]; 5] = [
+const READ_FIELDS: [&[u8]; 7] = [
     b"mcp-session-id",
     b"mcp-protocol-version",
+    b"mcp-method",
+    b"mcp-name",
     b"last-event-id",
     b"host",
     b"origin",
@@ -1391,9 +1399,9 @@ pub struct Forward<'a> {
     pub client_ip: Option<IpAddr>,
     /// `http` or `https`: the scheme the client used, sent as `X-Forwarded-Proto`.
     pub proto: &'a str,
-    /// Leave out every `Mcp-Session-Id` field (stateless-era requests: the router did
-    /// not route by it, so the backend must not read one).
-    pub drop_session_id: bool,
+    /// Leave out every `Mcp-Session-Id` and `Last-Event-ID` field (stateless-era
+    /// requests: the router did not route by them, so the backend must not read them).
+    pub drop_session_fields: bool,
     /// Write `Mcp-Session-Id: <this>` in place of the client's field (sealed session
     /// ids: the backend gets its own id back).
     pub session_id: Option<&'a [u8]>,
@@ -1544,7 +1552,7 @@ pub(crate) fn write_forwarded_head(
                 continue;
             }
             k if k.is_hop_by_hop() => continue,
-            Name::McpSessionId if fwd.drop_session_id => continue,
+            Name::McpSessionId | Name::LastEventId if fwd.drop_session_fields => continue,
             Name::McpSessionId if fwd.session_id.is_some() => continue,
             _ => {}
         }
@@ -1555,7 +1563,7 @@ pub(crate) fn write_forwarded_head(
         copier.put(out, f);
     }
     copier.flush(out);
-    if let (Some(sid), false) = (fwd.session_id, fwd.drop_session_id) {
+    if let (Some(sid), false) = (fwd.session_id, fwd.drop_session_fields) {
         put_field(out, b"Mcp-Session-Id", sid);
     }
     put_field(out, b"Host", fwd.host);
@@ -1945,7 +1953,7 @@ mod tests {
             path_prefix: b"",
             client_ip: None,
             proto: "http",
-            drop_session_id: false,
+            drop_session_fields: false,
             session_id: None,
             target: None,
         };
@@ -2091,6 +2099,9 @@ mod tests {
             "trailer",
             "upgrade",
             "origin",
+            "mcp-method",
+            "mcp-name",
+            "last-event-id",
         ];
         let mut seen = std::collections::HashSet::new();
         for n in names {
@@ -2667,7 +2678,7 @@ mod tests {
                 path_prefix: b"/base",
                 client_ip: Some("192.0.2.44".parse().unwrap()),
                 proto: "https",
-                drop_session_id: false,
+                drop_session_fields: false,
                 session_id: None,
                 target: None,
             },
@@ -2704,7 +2715,7 @@ mod tests {
                 path_prefix: b"",
                 client_ip: Some("2001:db8::1".parse().unwrap()),
                 proto: "http",
-                drop_session_id: false,
+                drop_session_fields: false,
                 session_id: None,
                 target: None,
             },
@@ -2729,7 +2740,7 @@ mod tests {
                 path_prefix: b"/p",
                 client_ip: None,
                 proto: "http",
-                drop_session_id: false,
+                drop_session_fields: false,
                 session_id: None,
                 target: None,
             },

@@ -15,6 +15,12 @@ pub enum ErrorCode {
     Parse,
     /// -32600: invalid request (bad session header, oversized body, ...).
     InvalidRequest,
+    /// -32020 `HeaderMismatch` (2026-07-28): a mirrored header is missing, malformed or
+    /// disagrees with the body.
+    HeaderMismatch,
+    /// -32022 `UnsupportedProtocolVersion` (2026-07-28): no backend serves the
+    /// request's protocol version.
+    UnsupportedVersion,
     /// -32603: internal error (a request lost with its backend, `--failover`).
     Internal,
 }
@@ -27,6 +33,8 @@ impl ErrorCode {
             ErrorCode::Server => -32000,
             ErrorCode::Parse => -32700,
             ErrorCode::InvalidRequest => -32600,
+            ErrorCode::HeaderMismatch => -32020,
+            ErrorCode::UnsupportedVersion => -32022,
             ErrorCode::Internal => -32603,
         }
     }
@@ -45,6 +53,39 @@ pub fn write_error_body(out: &mut BytesMut, id: Option<&[u8]>, code: ErrorCode, 
     out.extend_from_slice(b",\"message\":");
     write_json_string(out, message);
     out.extend_from_slice(b"}}");
+}
+
+/// The versions of the session eras, newest first.
+pub const LEGACY_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// The stateless versions the router knows.
+pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
+
+/// Append an `UnsupportedProtocolVersion` error body, `{"jsonrpc":"2.0","id":<id>,
+/// "error":{"code":-32022,"message":"<message>","data":{"supported":[...],
+/// "requested":"<requested>"}}}` (the 2026-07-28 schema's
+/// `UnsupportedProtocolVersionError`: `data` with `requested` and `supported`).
+pub fn write_unsupported_version_body(
+    out: &mut BytesMut,
+    id: Option<&[u8]>,
+    message: &str,
+    supported: &[&str],
+    requested: &str,
+) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.unwrap_or(b"null"));
+    out.extend_from_slice(b",\"error\":{\"code\":-32022,\"message\":");
+    write_json_string(out, message);
+    out.extend_from_slice(b",\"data\":{\"supported\":[");
+    for (i, v) in supported.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        write_json_string(out, v);
+    }
+    out.extend_from_slice(b"],\"requested\":");
+    write_json_string(out, requested);
+    out.extend_from_slice(b"}}}");
 }
 
 /// Append `s` as a JSON string literal: quotes and backslashes escaped, control

@@ -7,6 +7,12 @@
 ///
 /// Only top-level members of a top-level object count; `method`/`id` nested inside
 /// `params` or `result` are ignored. For a batch, `method` and `id` stay `None`.
+///
+/// For the 2026-07-28 header checks it also follows `params.name`, `params.uri` and
+/// `params._meta["io.modelcontextprotocol/protocolVersion"]`, comparing each decoded
+/// byte with the header that mirrors it ([`Sniffer::feed_with`], [`Expect`]) instead of
+/// keeping the value: a comparison is two counters whatever the value's length. It
+/// also notes any of the keys it follows appearing twice ([`Sniffer::has_duplicate`]).
 /// Duplicate keys: the first occurrence wins (even when its value is not reported;
 /// `serde_json::Value` keeps the last instead). Input that is not JSON sets
 /// [`Sniffer::failed`]; what was found before the error is kept.
@@ -33,14 +39,15 @@ pub struct Sniffer {
     utf8_hi: u8,
     /// The string being read is an object key.
     str_key: bool,
-    /// The string being read is a key of the top-level object.
+    /// The string being read is a key of a tracked object (the top-level object,
+    /// `params`, `params._meta`; see [`Sniffer::tracked_object`]).
     top_key: bool,
-    /// The top-level key being read, decoded (first bytes only).
+    /// The tracked key being read, decoded (first bytes only).
     key_buf: [u8; KEY_CAP],
-    /// Decoded bytes of the top-level key so far (may exceed `KEY_CAP`; then the key is
-    /// neither `method` nor `id`).
+    /// Decoded bytes of the tracked key so far (may exceed `KEY_CAP`; then the key is
+    /// none that matters).
     key_len: usize,
-    /// The last top-level key read, waiting for its value.
+    /// The last tracked key read, waiting for its value.
     key: Key,
     /// Which member the scalar value being read is captured for.
     capture: Capture,
@@ -58,6 +65,199 @@ pub struct Sniffer {
     id_buf: [u8; Sniffer::MAX_ID],
     /// Length of the raw `id` token in `id_buf`.
     id_len: usize,
+    /// The level-2 container open now is the value of the top-level `params`.
+    params_open: bool,
+    /// The level-3 container open now is the value of `params._meta`.
+    meta_open: bool,
+    /// Tracked keys seen so far, one bit per [`Key`] (see [`Key::bit`]).
+    seen: u8,
+    /// A tracked key appeared twice in its object: parsers disagree on which one counts.
+    duplicate: bool,
+    /// `params.name`, compared as it streams past with [`Expect::name`].
+    name: Field,
+    /// Progress of the `params.name` comparison.
+    name_cmp: Cmp,
+    /// `params.uri`, compared with [`Expect::name`].
+    uri: Field,
+    /// Progress of the `params.uri` comparison.
+    uri_cmp: Cmp,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, compared with
+    /// [`Expect::version`].
+    version: Field,
+    /// Progress of the version comparison.
+    version_cmp: Cmp,
+}
+
+/// What the body's mirrored values are compared with, as they stream past: the request
+/// headers that mirror them (2026-07-28). Borrowed for one [`Sniffer::feed_with`] call,
+/// so the sniffer keeps no copy of them: comparing costs no memory however long the
+/// values are.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Expect<'a> {
+    /// The `Mcp-Name` header: compared with `params.name` and with `params.uri`.
+    pub name: Mirror<'a>,
+    /// The `MCP-Protocol-Version` header: compared with
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
+    pub version: Mirror<'a>,
+}
+
+/// A header value that mirrors a body string: plain, or in the Base64 sentinel form
+/// `=?base64?{Base64EncodedValue}?=`, decoded byte by byte on demand (no buffer).
+#[derive(Clone, Copy, Debug)]
+pub enum Mirror<'a> {
+    /// The value as sent.
+    Plain(&'a [u8]),
+    /// The text between `=?base64?` and `?=`.
+    Base64(&'a [u8]),
+}
+
+impl Default for Mirror<'_> {
+    fn default() -> Self {
+        Mirror::Plain(b"")
+    }
+}
+
+impl<'a> Mirror<'a> {
+    /// Read a header value. 2026-07-28, Value Encoding: "The prefix `=?base64?` and
+    /// suffix `?=` indicate that the value is Base64-encoded. These markers are
+    /// case-sensitive and **MUST** appear exactly as shown (lowercase)."
+    pub fn of(value: &'a [u8]) -> Mirror<'a> {
+        match value
+            .strip_prefix(b"=?base64?")
+            .and_then(|v| v.strip_suffix(b"?="))
+        {
+            Some(inner) => Mirror::Base64(inner),
+            None => Mirror::Plain(value),
+        }
+    }
+
+    /// Length of the value (decoded), or `None` when it is malformed: a plain value
+    /// with a byte outside visible ASCII, space and tab ("HTTP header field values
+    /// must consist of visible ASCII characters (0x21-0x7E), space (0x20), and
+    /// horizontal tab (0x09)"), or Base64 that is not canonical padded standard Base64
+    /// (RFC 4648 section 4: length a multiple of 4, `=` only as the last one or two
+    /// characters, unused bits zero).
+    pub fn len(&self) -> Option<usize> {
+        match *self {
+            Mirror::Plain(v) => v
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7F).contains(&b))
+                .then_some(v.len()),
+            Mirror::Base64(v) => {
+                if v.len() % 4 != 0 {
+                    return None;
+                }
+                let pad = match v {
+                    [.., b'=', b'='] => 2,
+                    [.., b'='] => 1,
+                    _ => 0,
+                };
+                let data = &v[..v.len() - pad];
+                if !data.iter().all(|&c| b64(c).is_some()) {
+                    return None;
+                }
+                // the bits after the last decoded byte must be zero (one reading)
+                let last = data.last().and_then(|&c| b64(c)).unwrap_or(0);
+                let unused = match pad {
+                    2 => last & 0x0F,
+                    1 => last & 0x03,
+                    _ => 0,
+                };
+                (unused == 0).then_some(v.len() / 4 * 3 - pad)
+            }
+        }
+    }
+
+    /// Whether the value has no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// Decoded byte `k`, when the value has one (a malformed value may read as
+    /// anything; [`Mirror::len`] says whether it is well formed).
+    fn byte(&self, k: usize) -> Option<u8> {
+        match *self {
+            Mirror::Plain(v) => v.get(k).copied(),
+            Mirror::Base64(v) => {
+                let at = k / 3 * 4;
+                let group = v.get(at..at + 4)?;
+                let shift = 16 - 8 * (k % 3);
+                // the `=` of the padding reads as zero bits; a byte inside it is absent
+                if group.get(k % 3 + 1) == Some(&b'=') {
+                    return None;
+                }
+                let bits = group
+                    .iter()
+                    .fold(0u32, |acc, &c| (acc << 6) | u32::from(b64(c).unwrap_or(0)));
+                Some((bits >> shift) as u8)
+            }
+        }
+    }
+}
+
+/// The value of a standard Base64 character (RFC 4648 table 1).
+fn b64(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
+/// An incremental comparison of a decoded body string with a [`Mirror`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cmp {
+    /// Decoded bytes compared so far.
+    pos: usize,
+    /// Every byte so far equals the mirror's byte at its position.
+    equal: bool,
+}
+
+impl Cmp {
+    const START: Cmp = Cmp {
+        pos: 0,
+        equal: true,
+    };
+
+    fn step(&mut self, b: u8, m: &Mirror<'_>) {
+        if self.equal {
+            self.equal = m.byte(self.pos) == Some(b);
+        }
+        self.pos = self.pos.saturating_add(1);
+    }
+
+    /// [`Cmp::step`] for each byte of `run`.
+    fn run(&mut self, run: &[u8], m: &Mirror<'_>) {
+        match *m {
+            Mirror::Plain(v) => {
+                if self.equal {
+                    self.equal = v.get(self.pos..self.pos.saturating_add(run.len())) == Some(run);
+                }
+                self.pos = self.pos.saturating_add(run.len());
+            }
+            Mirror::Base64(_) => {
+                for &b in run {
+                    self.step(b, m);
+                }
+            }
+        }
+    }
+}
+
+/// How a mirrored body string compares with its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compared {
+    /// The body has no such member.
+    Absent,
+    /// The member is not a string (or the body ended inside it).
+    NotString,
+    /// The decoded string equals the header's (decoded) value.
+    Equal,
+    /// It does not.
+    Different,
 }
 
 /// Most containers open at once. Deeper input fails, which bounds the stack; this is the
@@ -65,8 +265,12 @@ pub struct Sniffer {
 /// level).
 const MAX_DEPTH: u8 = 127;
 
-/// Decoded bytes kept of a top-level key: enough for `method`.
-const KEY_CAP: usize = 6;
+/// Decoded bytes kept of a tracked key: enough for
+/// `io.modelcontextprotocol/protocolVersion` (39).
+const KEY_CAP: usize = 40;
+
+/// The member of `params._meta` that carries the protocol version.
+const VERSION_KEY: &[u8] = b"io.modelcontextprotocol/protocolVersion";
 
 /// What the next byte means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,15 +359,41 @@ enum Top {
     Scalar,
 }
 
-/// A top-level key that matters.
+/// A key that matters: a top-level one, one of `params`, or one of `params._meta`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Key {
     /// `method`.
     Method,
     /// `id`.
     Id,
+    /// `params`.
+    Params,
+    /// `params.name`.
+    Name,
+    /// `params.uri`.
+    Uri,
+    /// `params._meta`.
+    Meta,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
+    Version,
     /// Anything else.
     Other,
+}
+
+impl Key {
+    /// This key's bit in [`Sniffer::seen`].
+    fn bit(self) -> u8 {
+        match self {
+            Key::Method => 1,
+            Key::Id => 2,
+            Key::Params => 4,
+            Key::Name => 8,
+            Key::Uri => 16,
+            Key::Meta => 32,
+            Key::Version => 64,
+            Key::Other => 0,
+        }
+    }
 }
 
 /// Which member the value being read is captured for.
@@ -175,6 +405,12 @@ enum Capture {
     Method,
     /// The `id` token, raw into `id_buf`.
     Id,
+    /// `params.name`, compared.
+    Name,
+    /// `params.uri`, compared.
+    Uri,
+    /// The `_meta` protocol version, compared.
+    Version,
 }
 
 /// What is known of a member.
@@ -228,6 +464,16 @@ impl Sniffer {
             id: Field::Unseen,
             id_buf: [0; Sniffer::MAX_ID],
             id_len: 0,
+            params_open: false,
+            meta_open: false,
+            seen: 0,
+            duplicate: false,
+            name: Field::Unseen,
+            name_cmp: Cmp::START,
+            uri: Field::Unseen,
+            uri_cmp: Cmp::START,
+            version: Field::Unseen,
+            version_cmp: Cmp::START,
         }
     }
     /// Forget everything, ready for the next message.
@@ -257,6 +503,16 @@ impl Sniffer {
             id,
             id_buf: _,
             id_len,
+            params_open,
+            meta_open,
+            seen,
+            duplicate,
+            name,
+            name_cmp,
+            uri,
+            uri_cmp,
+            version,
+            version_cmp,
         } = self;
         *fed = 0;
         *mode = Mode::Value { close: false };
@@ -277,29 +533,46 @@ impl Sniffer {
         *method_too_long = false;
         *id = Field::Unseen;
         *id_len = 0;
+        *params_open = false;
+        *meta_open = false;
+        *seen = 0;
+        *duplicate = false;
+        *name = Field::Unseen;
+        *name_cmp = Cmp::START;
+        *uri = Field::Unseen;
+        *uri_cmp = Cmp::START;
+        *version = Field::Unseen;
+        *version_cmp = Cmp::START;
     }
     /// Feed the next bytes of the body.
     pub fn feed(&mut self, data: &[u8]) {
+        self.feed_with(data, &Expect::default())
+    }
+    /// Feed the next bytes of the body, comparing the mirrored members with `expect`
+    /// (the same `expect` for every call on one body).
+    pub fn feed_with(&mut self, data: &[u8], expect: &Expect<'_>) {
         self.fed = self.fed.saturating_add(data.len() as u64);
         let mut rest = data;
         while let Some((&b, tail)) = rest.split_first() {
             match self.mode {
                 Mode::Failed => return,
-                Mode::Str if self.skippable() => {
-                    // Fast path through the plain ASCII of a string nobody captures.
-                    let n = rest
-                        .iter()
-                        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))
-                        .unwrap_or(rest.len());
+                Mode::Str if self.esc == Esc::None && self.utf8_need == 0 => {
+                    // Fast path through a run of plain ASCII inside a string: skipped
+                    // when nobody captures it, else taken in one piece (exactly as
+                    // stepping each byte would).
+                    let n = plain_len(rest);
                     if n > 0 {
-                        // `n <= rest.len()`, so the range is in bounds.
+                        // `n <= rest.len()`, so both ranges are in bounds.
+                        if !self.skippable() {
+                            self.plain_run(rest.get(..n).unwrap_or_default(), expect);
+                        }
                         rest = rest.get(n..).unwrap_or_default();
                         continue;
                     }
                 }
                 _ => {}
             }
-            self.step(b);
+            self.step(b, expect);
             rest = tail;
         }
     }
@@ -366,6 +639,30 @@ impl Sniffer {
     pub fn is_initialize(&self) -> bool {
         self.method() == Some(b"initialize")
     }
+    /// The message has an `id` member (of any type): a request, not a notification.
+    pub fn has_id(&self) -> bool {
+        self.id != Field::Unseen
+    }
+    /// A key that matters (`method`, `id`, `params`, and in `params`: `name`, `uri`,
+    /// `_meta`, and in `_meta` the protocol version) appears twice in its object.
+    /// JSON parsers disagree on which one counts (`serde_json` and `JSON.parse` keep
+    /// the last, the sniffer the first), so such a body has two readings.
+    pub fn has_duplicate(&self) -> bool {
+        self.duplicate
+    }
+    /// `params.name` compared with [`Expect::name`] of `expect` (the one fed).
+    pub fn name(&self, expect: &Expect<'_>) -> Compared {
+        compared(self.name, self.name_cmp, &expect.name)
+    }
+    /// `params.uri` compared with [`Expect::name`] of `expect`.
+    pub fn uri(&self, expect: &Expect<'_>) -> Compared {
+        compared(self.uri, self.uri_cmp, &expect.name)
+    }
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]` compared with
+    /// [`Expect::version`] of `expect`.
+    pub fn version(&self, expect: &Expect<'_>) -> Compared {
+        compared(self.version, self.version_cmp, &expect.version)
+    }
     /// Whether the method is known or can no longer become known (finished, failed,
     /// batch, or the top-level value is not an object).
     pub fn method_settled(&self) -> bool {
@@ -391,6 +688,66 @@ impl Sniffer {
             && !self.top_key
     }
 
+    /// A run of plain ASCII (0x20..0x7F, no `"` or `\\`) inside a string that is
+    /// captured or is a tracked key: what [`Sniffer::string_byte`] does for each of its
+    /// bytes, in one piece.
+    fn plain_run(&mut self, run: &[u8], e: &Expect<'_>) {
+        let n = run.len();
+        if self.capture == Capture::Id {
+            match self.id_buf.get_mut(self.id_len..self.id_len + n) {
+                Some(slots) => {
+                    slots.copy_from_slice(run);
+                    self.id_len += n;
+                }
+                None => {
+                    self.id = Field::Unusable;
+                    self.capture = Capture::None;
+                }
+            }
+            return;
+        }
+        if self.top_key {
+            let room = KEY_CAP.saturating_sub(self.key_len).min(n);
+            if let (Some(slots), Some(bytes)) = (
+                self.key_buf.get_mut(self.key_len..self.key_len + room),
+                run.get(..room),
+            ) {
+                slots.copy_from_slice(bytes);
+            }
+            self.key_len = self.key_len.saturating_add(n);
+            return;
+        }
+        match self.capture {
+            Capture::Method if !self.method_too_long => {
+                match self
+                    .method_buf
+                    .get_mut(self.method_len..self.method_len + n)
+                {
+                    Some(slots) => {
+                        slots.copy_from_slice(run);
+                        self.method_len += n;
+                    }
+                    None => self.method_too_long = true,
+                }
+            }
+            Capture::Name => self.name_cmp.run(run, &e.name),
+            Capture::Uri => self.uri_cmp.run(run, &e.name),
+            Capture::Version => self.version_cmp.run(run, &e.version),
+            _ => {}
+        }
+    }
+
+    /// Whether a key read now belongs to an object whose keys matter: the top-level
+    /// object, `params`, or `params._meta`.
+    fn tracked_object(&self) -> bool {
+        match self.depth {
+            1 => self.top == Top::Object,
+            2 => self.params_open,
+            3 => self.meta_open,
+            _ => false,
+        }
+    }
+
     /// The input is not JSON. What was found so far is kept.
     fn fail(&mut self) {
         self.mode = Mode::Failed;
@@ -399,6 +756,11 @@ impl Sniffer {
         }
         if self.id == Field::Reading {
             self.id = Field::Unusable;
+        }
+        for f in [&mut self.name, &mut self.uri, &mut self.version] {
+            if *f == Field::Reading {
+                *f = Field::Unusable;
+            }
         }
         self.capture = Capture::None;
     }
@@ -448,6 +810,11 @@ impl Sniffer {
         if self.depth == 0 || self.in_object() != object {
             return self.fail();
         }
+        match self.depth {
+            2 => self.params_open = false,
+            3 => self.meta_open = false,
+            _ => {}
+        }
         self.depth -= 1;
         self.value_done();
     }
@@ -469,6 +836,9 @@ impl Sniffer {
                     self.id = Field::Found;
                 }
             }
+            Capture::Name => self.name = Field::Found,
+            Capture::Uri => self.uri = Field::Found,
+            Capture::Version => self.version = Field::Found,
         }
         self.capture = Capture::None;
         self.mode = if self.depth == 0 {
@@ -480,12 +850,14 @@ impl Sniffer {
 
     /// The first byte of a value.
     fn start_value(&mut self, b: u8) {
-        let member = self.depth == 1 && self.top == Top::Object;
         if self.depth == 0 && !matches!(b, b'{' | b'[') {
             self.top = Top::Scalar;
         }
-        if member {
-            match std::mem::replace(&mut self.key, Key::Other) {
+        // Only a tracked key sets `key`, and its value is the next one to start.
+        let key = std::mem::replace(&mut self.key, Key::Other);
+        let mut opens = None;
+        if key != Key::Other {
+            match key {
                 Key::Method if self.method == Field::Unseen => {
                     if b == b'"' {
                         self.method = Field::Reading;
@@ -502,11 +874,35 @@ impl Sniffer {
                         self.id = Field::Unusable;
                     }
                 }
+                Key::Params | Key::Meta if b == b'{' => opens = Some(key),
+                Key::Name | Key::Uri | Key::Version => {
+                    let (field, cmp, capture) = match key {
+                        Key::Name => (&mut self.name, &mut self.name_cmp, Capture::Name),
+                        Key::Uri => (&mut self.uri, &mut self.uri_cmp, Capture::Uri),
+                        _ => (&mut self.version, &mut self.version_cmp, Capture::Version),
+                    };
+                    if *field != Field::Unseen {
+                        // the first occurrence wins, as for `method` and `id`
+                    } else if b == b'"' {
+                        *field = Field::Reading;
+                        *cmp = Cmp::START;
+                        self.capture = capture;
+                    } else {
+                        *field = Field::Unusable;
+                    }
+                }
                 _ => {}
             }
         }
         match b {
-            b'{' => self.push(true),
+            b'{' => {
+                self.push(true);
+                match opens {
+                    Some(Key::Params) => self.params_open = true,
+                    Some(Key::Meta) => self.meta_open = true,
+                    _ => {}
+                }
+            }
             b'[' => self.push(false),
             b'"' => self.start_string(false),
             b'-' => self.mode = Mode::Num(Num::Minus),
@@ -541,7 +937,7 @@ impl Sniffer {
         self.esc = Esc::None;
         self.utf8_need = 0;
         self.str_key = key;
-        self.top_key = key && self.depth == 1;
+        self.top_key = key && self.tracked_object();
         if self.top_key {
             self.key_len = 0;
         }
@@ -566,30 +962,38 @@ impl Sniffer {
     }
 
     /// Keep a decoded byte of the string being read, when it is captured.
-    fn decoded(&mut self, b: u8) {
+    fn decoded(&mut self, b: u8, e: &Expect<'_>) {
         if self.top_key {
             if let Some(slot) = self.key_buf.get_mut(self.key_len) {
                 *slot = b;
             }
             self.key_len = self.key_len.saturating_add(1);
-        } else if self.capture == Capture::Method && !self.method_too_long {
-            match self.method_buf.get_mut(self.method_len) {
-                Some(slot) => {
-                    *slot = b;
-                    self.method_len += 1;
+            return;
+        }
+        match self.capture {
+            Capture::Method if !self.method_too_long => {
+                match self.method_buf.get_mut(self.method_len) {
+                    Some(slot) => {
+                        *slot = b;
+                        self.method_len += 1;
+                    }
+                    None => self.method_too_long = true,
                 }
-                None => self.method_too_long = true,
             }
+            Capture::Name => self.name_cmp.step(b, &e.name),
+            Capture::Uri => self.uri_cmp.step(b, &e.name),
+            Capture::Version => self.version_cmp.step(b, &e.version),
+            _ => {}
         }
     }
 
     /// Keep a decoded code point of the string being read.
-    fn decoded_char(&mut self, cp: u32) {
+    fn decoded_char(&mut self, cp: u32, e: &Expect<'_>) {
         match char::from_u32(cp) {
             Some(c) => {
                 let mut utf8 = [0u8; 4];
                 for &b in c.encode_utf8(&mut utf8).as_bytes() {
-                    self.decoded(b);
+                    self.decoded(b, e);
                 }
             }
             // Surrogates are paired before they get here; anything else is a bug, but
@@ -603,11 +1007,20 @@ impl Sniffer {
         if self.str_key {
             if self.top_key {
                 self.top_key = false;
-                self.key = match self.key_buf.get(..self.key_len) {
-                    Some(b"method") => Key::Method,
-                    Some(b"id") => Key::Id,
+                let k = self.key_buf.get(..self.key_len).unwrap_or_default();
+                self.key = match (self.depth, k) {
+                    (1, b"method") => Key::Method,
+                    (1, b"id") => Key::Id,
+                    (1, b"params") => Key::Params,
+                    (2, b"name") => Key::Name,
+                    (2, b"uri") => Key::Uri,
+                    (2, b"_meta") => Key::Meta,
+                    (3, VERSION_KEY) => Key::Version,
                     _ => Key::Other,
                 };
+                let bit = self.key.bit();
+                self.duplicate |= self.seen & bit != 0;
+                self.seen |= bit;
             }
             self.mode = Mode::Colon;
         } else {
@@ -616,7 +1029,7 @@ impl Sniffer {
     }
 
     /// One byte, outside the fast path.
-    fn step(&mut self, b: u8) {
+    fn step(&mut self, b: u8, e: &Expect<'_>) {
         match self.mode {
             Mode::Failed => {}
             Mode::Done => {
@@ -648,8 +1061,8 @@ impl Sniffer {
                 b']' => self.pop(false),
                 _ => self.fail(),
             },
-            Mode::Str => self.string_byte(b),
-            Mode::Num(n) => self.number_byte(n, b),
+            Mode::Str => self.string_byte(b, e),
+            Mode::Num(n) => self.number_byte(n, b, e),
             Mode::Lit { word, pos } => {
                 if word.get(usize::from(pos)) != Some(&b) {
                     return self.fail();
@@ -671,7 +1084,7 @@ impl Sniffer {
     }
 
     /// A byte inside a number.
-    fn number_byte(&mut self, n: Num, b: u8) {
+    fn number_byte(&mut self, n: Num, b: u8, e: &Expect<'_>) {
         let next = match (n, b) {
             (Num::Minus, b'0') => Num::Zero,
             (Num::Minus | Num::Int, b'1'..=b'9') | (Num::Int, b'0') => Num::Int,
@@ -684,7 +1097,7 @@ impl Sniffer {
                 // The byte after the number ends it, then is read afresh (the mode is no
                 // longer `Num`, so this recurses once at most).
                 self.value_done();
-                return self.step(b);
+                return self.step(b, e);
             }
             _ => return self.fail(),
         };
@@ -693,7 +1106,7 @@ impl Sniffer {
     }
 
     /// A byte inside a string.
-    fn string_byte(&mut self, b: u8) {
+    fn string_byte(&mut self, b: u8, e: &Expect<'_>) {
         match self.esc {
             Esc::None if self.utf8_need > 0 => {
                 if !(self.utf8_lo..=self.utf8_hi).contains(&b) {
@@ -703,7 +1116,7 @@ impl Sniffer {
                 self.utf8_lo = 0x80;
                 self.utf8_hi = 0xBF;
                 self.raw_id(b);
-                self.decoded(b);
+                self.decoded(b, e);
             }
             Esc::None => match b {
                 b'"' => {
@@ -717,7 +1130,7 @@ impl Sniffer {
                 0x00..=0x1F => self.fail(),
                 0x20..=0x7F => {
                     self.raw_id(b);
-                    self.decoded(b);
+                    self.decoded(b, e);
                 }
                 _ => {
                     // A UTF-8 lead byte: how many continuation bytes follow, and the
@@ -737,7 +1150,7 @@ impl Sniffer {
                     self.utf8_lo = lo;
                     self.utf8_hi = hi;
                     self.raw_id(b);
-                    self.decoded(b);
+                    self.decoded(b, e);
                 }
             },
             Esc::Backslash => {
@@ -760,7 +1173,7 @@ impl Sniffer {
                     _ => return self.fail(),
                 };
                 self.raw_id(b);
-                self.decoded(c);
+                self.decoded(c, e);
                 self.esc = Esc::None;
             }
             Esc::Hex { n, acc, high } => {
@@ -782,12 +1195,12 @@ impl Sniffer {
                 match (high, acc) {
                     (None, 0xD800..=0xDBFF) => self.esc = Esc::LowBackslash { high: acc },
                     (None, 0xDC00..=0xDFFF) => self.fail(),
-                    (None, _) => self.decoded_char(u32::from(acc)),
+                    (None, _) => self.decoded_char(u32::from(acc), e),
                     (Some(high), 0xDC00..=0xDFFF) => {
                         let cp = 0x10000
                             + ((u32::from(high) - 0xD800) << 10)
                             + (u32::from(acc) - 0xDC00);
-                        self.decoded_char(cp);
+                        self.decoded_char(cp, e);
                     }
                     (Some(_), _) => self.fail(),
                 }
@@ -812,6 +1225,49 @@ impl Sniffer {
             }
         }
     }
+}
+
+/// Shared by [`Sniffer::name`], [`Sniffer::uri`] and [`Sniffer::version`].
+fn compared(field: Field, cmp: Cmp, m: &Mirror<'_>) -> Compared {
+    match field {
+        Field::Unseen => Compared::Absent,
+        Field::Reading | Field::Unusable => Compared::NotString,
+        Field::Found if cmp.equal && Some(cmp.pos) == m.len() => Compared::Equal,
+        Field::Found => Compared::Different,
+    }
+}
+
+/// Whether a byte inside a string is plain: not `"`, `\\`, a control byte or the start
+/// of a UTF-8 sequence.
+fn is_plain(c: u8) -> bool {
+    c != b'"' && c != b'\\' && (0x20..0x80).contains(&c)
+}
+
+/// Length of the run of plain bytes ([`is_plain`]) that starts `s`. Eight bytes at a
+/// time: for each test the lowest flagged byte of a word is exact (a borrow only runs
+/// upward from a byte that is itself flagged), so the lowest flag of all is the first
+/// byte that is not plain.
+fn plain_len(s: &[u8]) -> usize {
+    const L: u64 = 0x0101_0101_0101_0101;
+    const H: u64 = 0x8080_8080_8080_8080;
+    let zero = |y: u64| y.wrapping_sub(L) & !y & H;
+    let mut i = 0;
+    while let Some(w) = s.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+        let x = u64::from_le_bytes(w);
+        let flags = (x & H)
+            | (x.wrapping_sub(0x20 * L) & !x & H)
+            | zero(x ^ (u64::from(b'"') * L))
+            | zero(x ^ (u64::from(b'\\') * L));
+        if flags != 0 {
+            return i + (flags.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    let tail = s.get(i..).unwrap_or_default();
+    i + tail
+        .iter()
+        .position(|&c| !is_plain(c))
+        .unwrap_or(tail.len())
 }
 
 /// JSON whitespace.
@@ -1443,5 +1899,221 @@ mod tests {
         let r = sniff(br#"[{"method":"initialize","id":1}]"#);
         assert!(r.batch && !r.failed);
         assert_eq!((r.method, r.id), (None, None));
+    }
+
+    /// What [`compare_cut`] reports: (name, uri, version, duplicate, failed).
+    type Comparison = (Compared, Compared, Compared, bool, bool);
+
+    /// Sniff `input` cut at `cut`, comparing with `expect`.
+    fn compare_cut(input: &[u8], cut: usize, expect: &Expect<'_>) -> Comparison {
+        let mut s = Sniffer::new();
+        s.feed_with(&input[..cut], expect);
+        s.feed_with(&input[cut..], expect);
+        s.end();
+        (
+            s.name(expect),
+            s.uri(expect),
+            s.version(expect),
+            s.has_duplicate(),
+            s.failed(),
+        )
+    }
+
+    /// What serde_json reads for a member of `params` (or of `params._meta`), as a
+    /// comparison with `want`.
+    fn serde_compared(v: &Value, path: &[&str], want: &[u8]) -> Compared {
+        let mut at = v;
+        for p in path {
+            match at.get(p) {
+                Some(next) => at = next,
+                None => return Compared::Absent,
+            }
+        }
+        match at.as_str() {
+            Some(s) if s.as_bytes() == want => Compared::Equal,
+            Some(_) => Compared::Different,
+            None => Compared::NotString,
+        }
+    }
+
+    const MODERN: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"name":"x","uri":"y","_meta":{}},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","x":{"name":"z"}},"uri":"file:///a"}}"#;
+
+    #[test]
+    fn plain_len_matches_a_byte_scan() {
+        let mut rng = XorShift(0x5EED_0000_0000_0001);
+        const BYTES: &[u8] = b"\"\\\x00\x1f\x20\x21\x7e\x7f\x80\xff\x5b\x5d\x01aZ";
+        for _ in 0..20_000 {
+            let len = rng.below(40);
+            let s: Vec<u8> = (0..len)
+                .map(|_| match rng.below(3) {
+                    0 => BYTES[rng.below(BYTES.len())],
+                    _ => b'a' + rng.below(26) as u8,
+                })
+                .collect();
+            let want = s.iter().position(|&c| !is_plain(c)).unwrap_or(s.len());
+            assert_eq!(plain_len(&s), want, "{s:?}");
+        }
+        for b in 0..=255u8 {
+            let mut s = vec![b'x'; 17];
+            s[11] = b;
+            assert_eq!(plain_len(&s), if is_plain(b) { 17 } else { 11 }, "{b:#x}");
+        }
+    }
+
+    #[test]
+    fn mirrors_decode_like_base64() {
+        let m = Mirror::of(b"=?base64?SGVsbG8sIOS4lueVjA==?=");
+        assert!(matches!(m, Mirror::Base64(_)));
+        let want = "Hello, 世界".as_bytes();
+        assert_eq!(m.len(), Some(want.len()));
+        let got: Vec<u8> = (0..want.len()).map(|k| m.byte(k).unwrap()).collect();
+        assert_eq!(got, want);
+        assert_eq!(m.byte(want.len()), None);
+        for (v, len) in [
+            (&b"=?base64??="[..], Some(0)),
+            (b"=?base64?YQ==?=", Some(1)),
+            (b"=?base64?YWI=?=", Some(2)),
+            (b"=?base64?YWJj?=", Some(3)),
+            (b"=?base64?YR==?=", None),
+            (b"=?base64?YWJ=?=", None),
+            (b"=?base64?YQ?=", None),
+            (b"=?base64?YQ=?=", None),
+            (b"=?base64?Y===?=", None),
+            (b"=?base64?=YWJ?=", None),
+            (b"=?base64?YW-j?=", None),
+            (b"=?base64?YW j?=", None),
+            (b"plain name", Some(10)),
+            (b"tab\there", Some(8)),
+            (b"caf\xc3\xa9", None),
+            (b"a\x7fb", None),
+            (b"=?BASE64?YQ==?=", Some(15)),
+            (b"=?base64?YQ==", Some(13)),
+        ] {
+            assert_eq!(Mirror::of(v).len(), len, "{}", String::from_utf8_lossy(v));
+        }
+        assert!(Mirror::of(b"").is_empty());
+    }
+
+    #[test]
+    fn mirrored_members_compare_at_every_split() {
+        let exp = |name: &'static [u8], version: &'static [u8]| Expect {
+            name: Mirror::of(name),
+            version: Mirror::Plain(version),
+        };
+        use Compared::*;
+        let plain = exp(b"get_weather", b"2026-07-28");
+        let b64 = exp(b"=?base64?Z2V0X3dlYXRoZXI=?=", b"2026-07-28");
+        let uri = exp(b"file:///a", b"2026-07-27");
+        let short = exp(b"get_weathe", b"2026-07-28 ");
+        let cases: [(&[u8], Expect<'_>, Comparison); 8] = [
+            (MODERN.as_bytes(), plain, (Equal, Different, Equal, false, false)),
+            (MODERN.as_bytes(), b64, (Equal, Different, Equal, false, false)),
+            (MODERN.as_bytes(), uri, (Different, Equal, Different, false, false)),
+            (MODERN.as_bytes(), short, (Different, Different, Different, false, false)),
+            (
+                br#"{"params":{"name":"get\u005fweather","uri":7,"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+                plain,
+                (Equal, NotString, Equal, false, false),
+            ),
+            (
+                br#"{"params":{"name":"Hello, \u4e16\u754c","_meta":[]},"id":2}"#,
+                exp(b"=?base64?SGVsbG8sIOS4lueVjA==?=", b""),
+                (Equal, Absent, Absent, false, false),
+            ),
+            (
+                br#"{"params":{"name":"a","_meta":{},"name":"b"}}"#,
+                exp(b"a", b""),
+                (Equal, Absent, Absent, true, false),
+            ),
+            (
+                br#"{"params":{"name":"get_weather""#,
+                plain,
+                (Equal, Absent, Absent, false, true),
+            ),
+        ];
+        for (input, expect, want) in cases {
+            for cut in 0..=input.len() {
+                assert_eq!(
+                    compare_cut(input, cut, &expect),
+                    want,
+                    "{} cut at {cut}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+        // duplicates at each tracked level, and none for keys elsewhere
+        for (input, dup) in [
+            (&br#"{"id":1,"id":2}"#[..], true),
+            (br#"{"params":{},"params":{}}"#, true),
+            (br#"{"params":{"_meta":{},"_meta":{}}}"#, true),
+            (br#"{"params":{"uri":"a","uri":"a"}}"#, true),
+            (
+                br#"{"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"a","io.modelcontextprotocol/protocolVersion":"a"}}}"#,
+                true,
+            ),
+            (br#"{"result":{"method":1,"method":2}}"#, false),
+            (br#"{"params":{"arguments":{"name":1,"name":2}}}"#, false),
+            (br#"{"params":{"_meta":{"x":{"io.modelcontextprotocol/protocolVersion":1}}},"x":{"params":{"name":1,"name":1}}}"#, false),
+            (br#"[{"id":1},{"id":2}]"#, false),
+        ] {
+            let mut s = Sniffer::new();
+            s.feed(input);
+            assert_eq!(s.has_duplicate(), dup, "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn mirrored_members_agree_with_serde_json_under_mutation() {
+        let mut rng = XorShift(0x2026_0728_0000_0001);
+        let expect = Expect {
+            name: Mirror::Plain(b"get_weather"),
+            version: Mirror::Plain(b"2026-07-28"),
+        };
+        let (mut checked, mut equal) = (0, 0);
+        for _ in 0..20_000 {
+            let mut input = MODERN.as_bytes().to_vec();
+            mutate(&mut rng, &mut input);
+            let mut s = Sniffer::new();
+            s.feed_with(&input, &expect);
+            s.end();
+            let Ok(v) = serde_json::from_slice::<Value>(&input) else {
+                continue;
+            };
+            if s.failed() || s.has_duplicate() || !v.is_object() {
+                continue;
+            }
+            checked += 1;
+            let params_obj = v.get("params").is_some_and(Value::is_object);
+            let meta_obj = params_obj && v["params"].get("_meta").is_some_and(Value::is_object);
+            if params_obj {
+                assert_eq!(
+                    s.name(&expect),
+                    serde_compared(&v, &["params", "name"], b"get_weather"),
+                    "{}",
+                    String::from_utf8_lossy(&input)
+                );
+                assert_eq!(
+                    s.uri(&expect),
+                    serde_compared(&v, &["params", "uri"], b"get_weather")
+                );
+                equal += usize::from(s.name(&expect) == Compared::Equal);
+            }
+            if meta_obj {
+                assert_eq!(
+                    s.version(&expect),
+                    serde_compared(
+                        &v,
+                        &["params", "_meta", "io.modelcontextprotocol/protocolVersion"],
+                        b"2026-07-28"
+                    ),
+                    "{}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+        assert!(
+            checked > 2_000 && equal > 1_000,
+            "{checked} checked, {equal} equal"
+        );
     }
 }
