@@ -609,3 +609,27 @@ fn a_failed_over_session_keeps_its_mapping_when_failover_is_turned_off() {
     let resp = h.take_client();
     assert_eq!(header(&resp, "Mcp-Session-Id"), Some("s1"), "{resp}");
 }
+
+/// The replay goes to a backend that serves the session eras (`;eras=`), never to a
+/// modern-only one, however few sessions that one holds.
+#[test]
+fn a_session_fails_over_only_to_a_backend_serving_the_session_eras() {
+    let mut c = failover_config(0);
+    for (i, eras) in ["legacy", "modern", "modern", "legacy"].iter().enumerate() {
+        c.backends.push(
+            Backend::parse(
+                &format!("http://10.0.0.{}:80;eras={eras}", i + 1),
+                Some(&format!("b{i}")),
+            )
+            .unwrap(),
+        );
+    }
+    let mut h = H::with(c);
+    let old = init_with(&mut h, "s1", INIT);
+    assert!(old == 0 || old == 3, "{old}");
+    h.send(&post("/mcp", Some("s1"), CALL));
+    h.connect_fail();
+    let to = replay(&mut h, "new-1");
+    assert_eq!(to, 3 - old, "the other legacy backend");
+    assert_eq!(outcomes(&h), vec![Outcome::Done]);
+}
