@@ -318,6 +318,9 @@ pub struct Config {
     /// `DELETE`, idle TTL, live-session counts). `false`: no store operation at all
     /// for a sealed session. Ignored in passthrough mode (records are how it routes).
     pub session_records: bool,
+    /// `--failover reinitialize`: a session whose backend is down is initialized
+    /// again on a healthy backend (None: off, the default). See [`crate::failover`].
+    pub failover: Option<crate::failover::FailoverSettings>,
 }
 
 /// How client-facing session ids are made.
@@ -374,6 +377,7 @@ impl Default for Config {
             session_max_age: Duration::from_secs(24 * 3600),
             session_binding: false,
             session_records: true,
+            failover: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! [`Conn::handle_io`], and carries out the [`Output`]s. See the crate docs for the loop.
 
 use crate::config::{Config, SessionIds};
+use crate::failover::{Cause, Failover, Outcome, ReplayHead};
 use crate::http::{
     parse_request, parse_response, write_forwarded_head, write_response_head,
     write_response_head_sid, write_simple_response, BodyDecoder, BodyKind, Forward, IpText, Method,
@@ -183,6 +184,23 @@ pub enum Event {
         /// Why.
         cause: Refusal,
     },
+    /// `--failover reinitialize`: a session's backend was lost (see
+    /// [`crate::failover`]).
+    Failover {
+        /// The session (the client's id).
+        session: SessionKey,
+        /// The backend it was on.
+        from: BackendId,
+        /// The backend it is on now (`None`: it did not move).
+        to: Option<BackendId>,
+        /// Why it moved.
+        cause: crate::failover::Cause,
+        /// How it ended.
+        outcome: crate::failover::Outcome,
+        /// From the decision to fail over to the new mapping stored (zero when it did
+        /// not move).
+        took: Duration,
+    },
 }
 
 /// Which peer of the connection a write goes to.
@@ -302,6 +320,32 @@ enum Waiting {
     Insert(SessionKey, BackendId, Era),
     Delete(SessionKey, EndCause),
     Touch,
+    FailOver,
+}
+
+/// A failover's replay in progress on the exchange's upstream connection (see
+/// [`crate::failover`]).
+#[derive(Debug)]
+struct Replay {
+    step: ReplayStep,
+    from: BackendId,
+    to: BackendId,
+    cause: Cause,
+    started: Instant,
+    record: Record,
+    state: Arc<Failover>,
+    /// The session id the new backend minted.
+    minted: Option<SessionKey>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplayStep {
+    /// `initialize` with the client's parameters.
+    Initialize,
+    /// `notifications/initialized` with the new session id.
+    Initialized,
+    /// Waiting for the store to take the new mapping.
+    Store,
 }
 
 /// What an opened sealed session id said (the upstream id is `Exchange::session`).
@@ -395,6 +439,17 @@ struct Exchange {
     /// `endpoint` event's session id is replaced by a sealed one.
     seal_watch: bool,
     watch_buf: Vec<u8>,
+    /// `--failover`: keeping the body of what may be an `initialize` (at most
+    /// `max_params` bytes; `capture_over`: it was longer).
+    capture: bool,
+    capture_over: bool,
+    captured: Vec<u8>,
+    /// `--failover`: the session's record and failover state, as looked up.
+    looked_up: Option<(Record, Option<Arc<Failover>>)>,
+    /// After a failover: the upstream session id the request goes out with.
+    upstream_sid: Option<SessionKey>,
+    /// A failover's replay in progress.
+    replay: Option<Box<Replay>>,
 }
 
 impl Exchange {
@@ -443,6 +498,12 @@ impl Exchange {
             reframe: false,
             seal_watch: false,
             watch_buf: Vec::new(),
+            capture: false,
+            capture_over: false,
+            captured: Vec::new(),
+            looked_up: None,
+            upstream_sid: None,
+            replay: None,
         }
     }
 
@@ -505,6 +566,12 @@ impl Exchange {
             reframe,
             seal_watch,
             watch_buf,
+            capture,
+            capture_over,
+            captured,
+            looked_up,
+            upstream_sid,
+            replay,
         } = self;
         *route = Route::Sniffing;
         *kind = Kind::Stateless;
@@ -553,6 +620,16 @@ impl Exchange {
         } else {
             watch_buf.clear();
         }
+        *capture = false;
+        *capture_over = false;
+        if captured.capacity() > 4096 {
+            *captured = Vec::new();
+        } else {
+            captured.clear();
+        }
+        *looked_up = None;
+        *upstream_sid = None;
+        *replay = None;
     }
 }
 
@@ -770,6 +847,9 @@ impl Conn {
             self.health(b, self.router.connect_ok(b));
         }
         self.x.upstream = Upstream::Ready { reused };
+        if self.x.replay.is_some() {
+            return self.replay_send(b, now);
+        }
         self.x.sent_at = Some(now);
         if self.x.retried {
             for chunk in self.x.retained.drain(..) {
@@ -834,6 +914,7 @@ impl Conn {
                 }
             }
             Waiting::Touch => {}
+            Waiting::FailOver => self.on_failed_over(reply, now),
         }
     }
 
@@ -920,6 +1001,9 @@ impl Conn {
                 if self.x.response_deadline.is_some_and(|d| now >= d) {
                     self.x.response_deadline = None;
                     self.release_upstream(false);
+                    if self.x.replay.is_some() {
+                        return self.replay_failed(now);
+                    }
                     self.gateway_error(
                         504,
                         "Gateway timeout: the backend did not answer in time",
@@ -1060,6 +1144,8 @@ impl Conn {
                 self.answer(400, ErrorCode::InvalidRequest, "Invalid session id", now);
             }
             Named::Key(key) => {
+                // failover: a request lost with its backend is answered with its id
+                self.x.sniff = post && self.cfg.failover.is_some();
                 self.x.kind = Kind::Pinned;
                 self.x.session = Some(key.clone());
                 self.x.route = Route::Lookup;
@@ -1071,6 +1157,8 @@ impl Conn {
                 if post {
                     self.x.sniff = true;
                     self.x.modern = stateless;
+                    // failover: keep what may be an `initialize`, to replay it
+                    self.x.capture = self.cfg.failover.is_some();
                     self.x.route = Route::Sniffing;
                     self.try_route(now);
                 } else {
@@ -1118,6 +1206,7 @@ impl Conn {
             issued: o.issued,
         });
         if self.cfg.session_records {
+            self.x.sniff = self.req.method == Method::Post && self.cfg.failover.is_some();
             self.x.session = Some(o.upstream.clone());
             self.x.route = Route::Lookup;
             self.store(StoreOp::Get(o.upstream), Waiting::Lookup);
@@ -1192,7 +1281,8 @@ impl Conn {
             return false;
         }
         let x = &mut self.x;
-        let to_upstream = matches!(x.upstream, Upstream::Ready { .. });
+        // during a failover's replay the connection carries the router's own requests
+        let to_upstream = matches!(x.upstream, Upstream::Ready { .. }) && x.replay.is_none();
         match x.route {
             // The body waits until the store has answered (it may not be needed).
             Route::Lookup | Route::Admit => return false,
@@ -1231,9 +1321,20 @@ impl Conn {
         } else {
             Expect::default()
         };
+        let capture = x.capture;
+        let max_params = self.cfg.failover.map_or(0, |f| f.max_params);
+        let (captured, over) = (&mut x.captured, &mut x.capture_over);
         let n = match x.req_body.decode(input, &mut |d| {
             if sniff {
                 sniffer.feed_with(d, &expect)
+            }
+            if capture && !*over {
+                if captured.len() + d.len() <= max_params {
+                    captured.extend_from_slice(d);
+                } else {
+                    *over = true;
+                    captured.clear();
+                }
             }
         }) {
             Ok(n) => n,
@@ -1336,6 +1437,10 @@ impl Conn {
         } else {
             Kind::Stateless
         };
+        if self.x.kind != Kind::NewSession && self.x.capture {
+            self.x.capture = false;
+            self.x.captured.clear();
+        }
         // Keep reading the id if it comes after the method: an error answered later
         // (502, 504) echoes it, whether or not it arrived in the same read.
         self.x.sniff = !self.x.sniffer.id_settled();
@@ -1479,39 +1584,48 @@ impl Conn {
         let Some(key) = self.x.session.as_ref() else {
             return;
         };
-        match reply {
-            StoreReply::Found(Some(rec)) if !self.router.is_configured(rec.backend) => {
-                self.end_session(key.clone(), EndCause::UnknownBackend);
-                self.not_found(now);
-            }
-            StoreReply::Found(Some(rec))
-                if self.cfg.session_binding
-                    && self.x.sealed.is_none()
-                    && rec.client != self.client_id() =>
-            {
-                // passthrough binding: the record keeps the opener's digest
-                self.refuse_session(Refusal::Binding, now);
-            }
-            StoreReply::Found(Some(rec)) => {
-                if !self.router.is_up(rec.backend, now) {
-                    // "its sessions are gone, as when a pod restarts"
-                    self.end_session(key.clone(), EndCause::BackendDown);
-                    self.not_found(now);
-                } else {
-                    if self.req.method == Method::Get {
-                        // a GET stream of the session keeps its record alive
-                        self.x.touch_at = Some(now + self.touch_period());
-                    }
-                    self.connect(rec.backend, false, now);
-                }
-            }
-            StoreReply::Found(None) => self.not_found(now),
+        let (rec, state) = match reply {
+            StoreReply::Found(Some(rec)) => (rec, None),
+            StoreReply::FoundFailover(rec, state) => (rec, Some(state)),
+            StoreReply::Found(None) => return self.not_found(now),
             _ => {
                 // The session may well be alive: not 404, so the client does not drop it.
                 self.x.sniff = self.req.method == Method::Post;
                 self.answer(503, ErrorCode::Server, "Session store unavailable", now);
+                return;
             }
+        };
+        let configured = self.router.is_configured(rec.backend);
+        if !configured && self.cfg.failover.is_none() {
+            self.end_session(key.clone(), EndCause::UnknownBackend);
+            return self.not_found(now);
         }
+        if self.cfg.session_binding && self.x.sealed.is_none() && rec.client != self.client_id() {
+            // passthrough binding: the record keeps the opener's digest
+            return self.refuse_session(Refusal::Binding, now);
+        }
+        if !configured {
+            return self.fail_over(rec, state, Cause::Removed, now);
+        }
+        if !self.router.is_up(rec.backend, now) {
+            if self.cfg.failover.is_some() {
+                return self.fail_over(rec, state, Cause::MarkedDown, now);
+            }
+            // "its sessions are gone, as when a pod restarts"
+            self.end_session(key.clone(), EndCause::BackendDown);
+            return self.not_found(now);
+        }
+        if self.req.method == Method::Get {
+            // a GET stream of the session keeps its record alive
+            self.x.touch_at = Some(now + self.touch_period());
+        }
+        // a failed-over session goes out under its new upstream id, also once a reload
+        // has turned failover off
+        self.x.upstream_sid = state.as_ref().and_then(|f| f.upstream.clone());
+        if self.cfg.failover.is_some() {
+            self.x.looked_up = Some((rec, state));
+        }
+        self.connect(rec.backend, false, now);
     }
 
     /// "The server MAY terminate the session at any time, after which it MUST respond
@@ -1588,13 +1702,27 @@ impl Conn {
         self.release_upstream(false);
         let h = self.router.connect_failed(b, now);
         self.health(b, h);
+        if self.x.replay.is_some() {
+            return self.replay_failed(now);
+        }
         if self.x.retried {
+            // failover: the request was written to a pooled connection that ended
+            // without an answer. The pool hands out only connections that look open,
+            // so the backend may have read it and died executing it: never sent
+            // again, to this backend or another (a suite test saw exactly this).
+            if self.x.looked_up.is_some() && self.lose_request(Cause::ConnectionLost, now) {
+                return;
+            }
             // The fresh connection of a retry failed too: the request may or may not
             // have been seen; say so.
             self.gateway_error(502, "Bad gateway: backend connection failed", now);
             return;
         }
         self.x.tried.push(b);
+        if let Some((rec, state)) = self.x.looked_up.take() {
+            // failover: the request never left the router
+            return self.fail_over(rec, state, Cause::ConnectFailed, now);
+        }
         if self.x.kind == Kind::Pinned {
             if let Some(key) = self.x.session.clone().filter(|_| self.records()) {
                 self.end_session(key, EndCause::BackendDown);
@@ -1607,6 +1735,330 @@ impl Conn {
             self.sniff_pending();
             self.answer(503, ErrorCode::Server, "No backend available", now);
         }
+    }
+
+    /// `--failover reinitialize`: the session's backend is lost and the request in
+    /// flight never left the router. Initialize the session again on a healthy backend
+    /// by replaying the client's `initialize` and `notifications/initialized`, then
+    /// forward the request there under the new upstream id (see [`crate::failover`]).
+    /// When that is not allowed or not possible, the session ends as without failover:
+    /// "When a client receives HTTP 404 in response to a request containing an
+    /// Mcp-Session-Id, it MUST start a new session by sending a new InitializeRequest
+    /// without a session ID attached."
+    fn fail_over(&mut self, rec: Record, state: Option<Arc<Failover>>, cause: Cause, now: Instant) {
+        let Some(key) = self.x.session.clone() else {
+            return self.not_found(now);
+        };
+        let Some(settings) = self.cfg.failover else {
+            return self.not_found(now);
+        };
+        let end = |this: &mut Self, outcome: Outcome, to: Option<BackendId>| {
+            this.event(Event::Failover {
+                session: key.clone(),
+                from: rec.backend,
+                to,
+                cause,
+                outcome,
+                took: Duration::ZERO,
+            });
+            this.end_session(key.clone(), EndCause::BackendDown);
+            this.sniff_pending();
+            this.not_found(now);
+        };
+        let Some(state) = state.filter(|_| rec.era == Era::Streamable) else {
+            return end(self, Outcome::Ineligible, None);
+        };
+        if state
+            .at
+            .is_some_and(|at| now.saturating_duration_since(at) < settings.window)
+        {
+            // "One failover per session per --failover-window": its replacement died too
+            return end(self, Outcome::Window, None);
+        }
+        if !self.x.tried.contains(&rec.backend) {
+            self.x.tried.push(rec.backend);
+        }
+        // like a new session's backend: one that serves the session eras (`;eras=`)
+        let picked = self
+            .router
+            .pick_in_era(PickKind::NewSession, None, false, &self.x.tried, now);
+        let Some(to) = picked else {
+            return end(self, Outcome::Failed, None);
+        };
+        self.x.replay = Some(Box::new(Replay {
+            step: ReplayStep::Initialize,
+            from: rec.backend,
+            to,
+            cause,
+            started: now,
+            record: rec,
+            state,
+            minted: None,
+        }));
+        self.x.upstream_sid = None;
+        // the request's body waits in `pending` (bounded by `max_inspect_body`)
+        self.connect(to, true, now);
+    }
+
+    /// The replay's connection is ready: write its next request.
+    fn replay_send(&mut self, b: BackendId, now: Instant) {
+        let Some(backend) = self.router.backend(b) else {
+            return self.replay_failed(now);
+        };
+        let Some(r) = self.x.replay.as_deref() else {
+            return;
+        };
+        let host = match self.req.known(Name::Host) {
+            Some(h) if !h.is_empty() && !self.cfg.rewrite_host => h,
+            _ => backend.authority.as_bytes(),
+        };
+        let (body, sid, version): (&[u8], _, _) = match r.step {
+            ReplayStep::Initialize => (&r.state.params[..], None, None),
+            _ => (
+                crate::failover::INITIALIZED,
+                r.minted.as_ref().map(SessionKey::as_bytes),
+                self.req.known(Name::McpProtocolVersion),
+            ),
+        };
+        let head = ReplayHead {
+            path_prefix: backend.base_path.as_bytes(),
+            target: self.req.path(),
+            host,
+            session_id: sid,
+            protocol_version: version,
+            authorization: self.req.header("authorization"),
+        };
+        crate::failover::write_replay(&mut self.scratch, &head, body);
+        let bytes = self.scratch.split().freeze();
+        self.out.push_back(Output::ToUpstream(bytes));
+        self.x.resp_seen = false;
+        self.x.resp_head = false;
+        self.x.response_deadline = Some(now + self.cfg.timeouts.response);
+    }
+
+    /// Read the replay's response: its head, then its body to the end.
+    fn replay_pump(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
+        if bufs.upstream.is_empty() {
+            if self.x.upstream_eof {
+                return self.replay_eof(now);
+            }
+            return false;
+        }
+        if !self.x.resp_head {
+            loop {
+                match parse_response(
+                    &mut bufs.upstream,
+                    &self.cfg.http,
+                    Method::Post,
+                    &mut self.resp,
+                ) {
+                    Ok(false) => return false,
+                    Ok(true) if self.resp.is_interim() && self.resp.status != 101 => continue,
+                    Ok(true) => break,
+                    Err(_) => {
+                        self.replay_failed(now);
+                        return false;
+                    }
+                }
+            }
+            self.x.resp_head = true;
+            let ok = (200..300).contains(&self.resp.status);
+            let Some(step) = self.x.replay.as_ref().map(|r| r.step) else {
+                return false;
+            };
+            if !ok {
+                self.replay_failed(now);
+                return false;
+            }
+            if step == ReplayStep::Initialize {
+                let minted = self
+                    .resp
+                    .known(Name::McpSessionId)
+                    .and_then(|v| SessionKey::new(v, self.cfg.max_session_id_len));
+                match (minted, self.x.replay.as_mut()) {
+                    (Some(m), Some(r)) => r.minted = Some(m),
+                    _ => {
+                        self.replay_failed(now);
+                        return false;
+                    }
+                }
+            }
+            self.x.resp_body = BodyDecoder::new(self.resp.body, MAX_CHUNK_LINE);
+        }
+        // the body (the InitializeResult, or nothing) is read and dropped
+        let n = match self.x.resp_body.decode(&bufs.upstream, &mut |_| {}) {
+            Ok(n) => n,
+            Err(_) => {
+                self.replay_failed(now);
+                return false;
+            }
+        };
+        let _ = bufs.upstream.split_to(n);
+        if self.x.resp_body.is_done() {
+            self.replay_step_done(now);
+            return true;
+        }
+        n > 0
+    }
+
+    fn replay_eof(&mut self, now: Instant) -> bool {
+        if self.x.resp_head && self.x.resp_body.finish().is_ok() {
+            self.replay_step_done(now);
+        } else {
+            self.replay_failed(now);
+        }
+        true
+    }
+
+    /// One request of the replay was answered: the next, or the store.
+    fn replay_step_done(&mut self, now: Instant) {
+        self.release_upstream(false);
+        self.release_heads_resp();
+        self.x.upstream_eof = false;
+        self.x.resp_head = false;
+        self.x.resp_seen = false;
+        let Some(r) = self.x.replay.as_mut() else {
+            return;
+        };
+        match r.step {
+            ReplayStep::Initialize => {
+                r.step = ReplayStep::Initialized;
+                let to = r.to;
+                self.connect(to, true, now);
+            }
+            ReplayStep::Initialized => {
+                r.step = ReplayStep::Store;
+                let (Some(key), Some(minted)) = (self.x.session.clone(), r.minted.clone()) else {
+                    return self.replay_failed(now);
+                };
+                let state = Failover {
+                    params: r.state.params.clone(),
+                    upstream: Some(minted),
+                    at: Some(now),
+                    generation: r.state.generation.wrapping_add(1),
+                };
+                let record = Record {
+                    backend: r.to,
+                    ..r.record
+                };
+                let op = StoreOp::FailOver {
+                    key,
+                    record,
+                    state: Arc::new(state),
+                    from: r.state.generation,
+                };
+                self.x.route = Route::Forward;
+                self.store(op, Waiting::FailOver);
+            }
+            ReplayStep::Store => {}
+        }
+    }
+
+    /// The store's answer to a failover: forward the request to the new backend, or
+    /// (another connection failed the session over first) look the session up again
+    /// and follow it.
+    fn on_failed_over(&mut self, reply: StoreReply, now: Instant) {
+        let Some(r) = self.x.replay.take() else {
+            return;
+        };
+        let Some(key) = self.x.session.clone() else {
+            return;
+        };
+        match reply {
+            StoreReply::FailedOver(true) => {
+                self.router.session_ended(r.from);
+                self.router.session_started(r.to);
+                self.event(Event::Failover {
+                    session: key,
+                    from: r.from,
+                    to: Some(r.to),
+                    cause: r.cause,
+                    outcome: Outcome::Done,
+                    took: now.saturating_duration_since(r.started),
+                });
+                self.x.upstream_sid = r.minted;
+                if self.req.method == Method::Get {
+                    self.x.touch_at = Some(now + self.touch_period());
+                }
+                self.connect(r.to, true, now);
+            }
+            StoreReply::FailedOver(false) => {
+                // The session it replayed into on `to` is left to that backend's own
+                // expiry (docs/scaling.md, "Failover").
+                self.event(Event::Failover {
+                    session: key.clone(),
+                    from: r.from,
+                    to: None,
+                    cause: r.cause,
+                    outcome: Outcome::Joined,
+                    took: now.saturating_duration_since(r.started),
+                });
+                self.x.route = Route::Lookup;
+                self.store(StoreOp::Get(key), Waiting::Lookup);
+            }
+            _ => {
+                self.sniff_pending();
+                self.answer(503, ErrorCode::Server, "Session store unavailable", now);
+            }
+        }
+    }
+
+    /// The replay failed (connect, status, no session id, framing, timeout): the
+    /// session ends with `404`, as it would have without failover.
+    fn replay_failed(&mut self, now: Instant) {
+        self.release_upstream(false);
+        let Some(r) = self.x.replay.take() else {
+            return;
+        };
+        self.x.resp_head = false;
+        if let Some(key) = self.x.session.clone() {
+            self.event(Event::Failover {
+                session: key.clone(),
+                from: r.from,
+                to: None,
+                cause: r.cause,
+                outcome: Outcome::Failed,
+                took: Duration::ZERO,
+            });
+            self.end_session(key, EndCause::BackendDown);
+        }
+        self.sniff_pending();
+        self.not_found(now);
+    }
+
+    /// `--failover`: a request of a session that was written to its backend, which
+    /// went away without answering. It may have been executed, so it is never sent
+    /// again: the client gets JSON-RPC `-32603` "backend lost; retry" (HTTP 200, as a
+    /// server answers a request that failed: an HTTP error status would reach an SDK
+    /// client as a transport error, not as this request's error), and the session's
+    /// next request fails over. `false`: not a case for it (failover off, not a
+    /// session's POST, or the response had started).
+    fn lose_request(&mut self, cause: Cause, now: Instant) -> bool {
+        if self.cfg.failover.is_none()
+            || self.x.kind != Kind::Pinned
+            || self.req.method != Method::Post
+            || self.x.client_started
+            || !self.records()
+        {
+            return false;
+        }
+        let _ = now;
+        if let (Some(key), Some(b)) = (self.x.session.clone(), self.x.backend) {
+            self.event(Event::Failover {
+                session: key,
+                from: b,
+                to: None,
+                cause,
+                outcome: Outcome::Lost,
+                took: Duration::ZERO,
+            });
+        }
+        self.respond_local(200, ErrorCode::Internal, crate::failover::LOST, true);
+        true
+    }
+
+    fn release_heads_resp(&mut self) {
+        self.resp.release();
     }
 
     fn send_request_head(&mut self, b: BackendId, reused: bool) {
@@ -1622,7 +2074,11 @@ impl Conn {
         // A sealed id goes upstream as the backend's own id: in the header, and in a
         // legacy POST's query.
         let x = &mut self.x;
-        let upstream = x.sealed.and(x.session.as_ref()).map(SessionKey::as_bytes);
+        let upstream = match &x.upstream_sid {
+            // after a failover: the new backend's id for the session
+            Some(up) => Some(up.as_bytes()),
+            None => x.sealed.and(x.session.as_ref()).map(SessionKey::as_bytes),
+        };
         let session_id = upstream.filter(|_| self.req.known(Name::McpSessionId).is_some());
         if let (Some(up), true, Some(_)) = (
             upstream,
@@ -1679,6 +2135,9 @@ impl Conn {
     fn pump_response(&mut self, bufs: &mut Buffers, now: Instant) -> bool {
         if !matches!(self.x.upstream, Upstream::Ready { .. }) || !matches!(self.x.hold, Hold::No) {
             return false;
+        }
+        if self.x.replay.is_some() {
+            return self.replay_pump(bufs, now);
         }
         if bufs.upstream.is_empty() {
             if self.x.upstream_eof {
@@ -1778,6 +2237,13 @@ impl Conn {
                 if let Some(s) = self.x.sealed {
                     if !self.reseal_response_sid(s, now) {
                         return;
+                    }
+                } else if let (Some(up), Some(key)) = (&self.x.upstream_sid, &self.x.session) {
+                    // after a failover the backend's id stays the router's: a response
+                    // that repeats it carries the client's id back
+                    if self.resp.known(Name::McpSessionId) == Some(up.as_bytes()) {
+                        self.x.sid_out.clear();
+                        self.x.sid_out.extend_from_slice(key.as_bytes());
                     }
                 }
             }
@@ -2063,7 +2529,12 @@ impl Conn {
         let Some(v) = self.resp.known(Name::McpSessionId) else {
             return true;
         };
-        let same = self.x.session.as_ref().is_some_and(|k| k.as_bytes() == v);
+        let same = self.x.session.as_ref().is_some_and(|k| k.as_bytes() == v)
+            || self
+                .x
+                .upstream_sid
+                .as_ref()
+                .is_some_and(|k| k.as_bytes() == v);
         if let (true, Some(token)) = (same, self.req.known(Name::McpSessionId)) {
             self.x.sid_out.clear();
             self.x.sid_out.extend_from_slice(token);
@@ -2104,10 +2575,22 @@ impl Conn {
             era,
             client,
         };
-        self.store(
-            StoreOp::Insert(key.clone(), rec),
-            Waiting::Insert(key, b, era),
-        );
+        let x = &mut self.x;
+        // failover: the whole `initialize` body, within `max_params`, of a Streamable
+        // HTTP session (a legacy session is its stream: nothing to replay into)
+        let op = if x.capture && !x.capture_over && x.req_done && era == Era::Streamable {
+            x.capture = false;
+            let state = Failover {
+                params: Bytes::from(std::mem::take(&mut x.captured)),
+                upstream: None,
+                at: None,
+                generation: 0,
+            };
+            StoreOp::InsertFailover(key.clone(), rec, Arc::new(state))
+        } else {
+            StoreOp::Insert(key.clone(), rec)
+        };
+        self.store(op, Waiting::Insert(key, b, era));
     }
 
     fn on_insert(
@@ -2208,6 +2691,9 @@ impl Conn {
         if !matches!(self.x.hold, Hold::No) {
             return false;
         }
+        if self.x.replay.is_some() {
+            return self.replay_eof(now);
+        }
         if !self.x.resp_seen {
             let stale = matches!(self.x.upstream, Upstream::Ready { reused: true });
             if stale && self.x.retaining && !self.x.retried {
@@ -2221,12 +2707,16 @@ impl Conn {
                 return true;
             }
             self.release_upstream(false);
-            self.gateway_error(502, "Bad gateway: backend closed the connection", now);
+            if !self.lose_request(Cause::ConnectionLost, now) {
+                self.gateway_error(502, "Bad gateway: backend closed the connection", now);
+            }
             return true;
         }
         if !self.x.resp_head {
             self.release_upstream(false);
-            self.gateway_error(502, "Bad gateway: truncated response head", now);
+            if !self.lose_request(Cause::ConnectionLost, now) {
+                self.gateway_error(502, "Bad gateway: truncated response head", now);
+            }
             return true;
         }
         match self.x.resp_body.finish() {

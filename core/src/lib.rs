@@ -121,6 +121,7 @@ pub mod admin;
 pub mod affinity;
 pub mod config;
 pub mod conn;
+pub mod failover;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -28,6 +28,11 @@ struct CauseL {
     cause: &'static str,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverL {
+    cause: &'static str,
+    outcome: &'static str,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultL {
     result: &'static str,
 }
@@ -248,6 +253,7 @@ pub struct Metrics {
     rejected: Family<ReasonL, Counter>,
     limited: Family<LimitL, Counter>,
     session_refused: Family<CauseL, Counter>,
+    failovers: Family<FailoverL, Counter>,
     connections_open: Gauge,
     duplicate_sessions: Counter,
     backend_up: Family<BackendL, Gauge>,
@@ -283,6 +289,7 @@ impl Metrics {
             rejected: Family::default(),
             limited: Family::default(),
             session_refused: Family::default(),
+            failovers: Family::default(),
             connections_open: Gauge::default(),
             duplicate_sessions: Counter::default(),
             backend_up: Family::default(),
@@ -307,6 +314,16 @@ impl Metrics {
              id that is malformed, tampered, sealed by an unknown key, expired or names an \
              unknown backend, or a session bound to another client",
             m.session_refused.clone(),
+        );
+        r.register(
+            "failovers",
+            "--failover reinitialize: sessions whose backend was lost, by cause \
+             (connect_failed, marked_down, removed) and outcome: done (initialized again on \
+             another backend), joined (another connection did it first), window (failed \
+             over within --failover-window already: 404), ineligible (initialize not kept: \
+             404), failed (no backend or the replay failed: 404), lost (a request that may \
+             have reached the lost backend, answered -32603)",
+            m.failovers.clone(),
         );
         r.register(
             "client_connections",
@@ -488,6 +505,14 @@ impl Metrics {
                     })
                     .inc();
             }
+            Event::Failover { cause, outcome, .. } => {
+                self.failovers
+                    .get_or_create(&FailoverL {
+                        cause: cause.as_str(),
+                        outcome: outcome.as_str(),
+                    })
+                    .inc();
+            }
         }
     }
 
@@ -575,7 +600,8 @@ impl Metrics {
     pub fn observe_store(&self, op: &StoreOp, reply: &StoreReply, elapsed: Duration) {
         let op = match op {
             StoreOp::Get(_) => "get",
-            StoreOp::Insert(..) => "insert",
+            StoreOp::Insert(..) | StoreOp::InsertFailover(..) => "insert",
+            StoreOp::FailOver { .. } => "failover",
             StoreOp::Delete(_) => "delete",
             StoreOp::Touch(_) => "touch",
             StoreOp::Admit(_) => "admit",
@@ -585,7 +611,7 @@ impl Metrics {
             StoreReply::Found(None) | StoreReply::Deleted(None) | StoreReply::Touched(false) => {
                 "miss"
             }
-            StoreReply::Inserted(false) => "exists",
+            StoreReply::Inserted(false) | StoreReply::FailedOver(false) => "exists",
             StoreReply::Admitted(a) if *a != crate::limits::Admission::Admit => "refused",
             _ => "ok",
         };

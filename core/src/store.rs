@@ -5,11 +5,13 @@
 //! or a remote one such as Redis) and feeds the [`StoreReply`] back, in the order the
 //! ops were emitted. So a remote store fits without any change to routing logic.
 
+use crate::failover::Failover;
 use crate::limits::{Admission, AdmitRequest, Bucket, ClientId};
 use crate::mcp::SessionKey;
 use crate::router::BackendId;
 use indexmap::IndexMap;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which transport era a session belongs to.
@@ -50,10 +52,27 @@ pub enum StoreOp {
     /// live sessions (all, and the client's) and takes a token from the client's
     /// bucket. Replies [`StoreReply::Admitted`].
     Admit(AdmitRequest),
+    /// `--failover reinitialize`: [`StoreOp::Insert`] with what a failover needs (the
+    /// client's `initialize` body). Replies [`StoreReply::Inserted`]. Only the
+    /// embedded store holds these (the router refuses failover with Redis).
+    InsertFailover(SessionKey, Record, Arc<Failover>),
+    /// A failover happened: the record now names `record.backend` and `state` (its new
+    /// upstream id), if its state is still of generation `from` (another connection did
+    /// not fail it over first). Replies [`StoreReply::FailedOver`].
+    FailOver {
+        /// The session (the client's id).
+        key: SessionKey,
+        /// The record with the new backend.
+        record: Record,
+        /// The new state (generation `from + 1`).
+        state: Arc<Failover>,
+        /// The generation the failover started from.
+        from: u32,
+    },
 }
 
 /// The outcome of a [`StoreOp`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreReply {
     /// `Get`: the record, or `None` when there is none.
     Found(Option<Record>),
@@ -66,6 +85,11 @@ pub enum StoreReply {
     Touched(bool),
     /// `Admit`: the verdict.
     Admitted(Admission),
+    /// `Get` of a record that carries failover state (only with `--failover`).
+    FoundFailover(Record, Arc<Failover>),
+    /// `FailOver`: whether it was stored (`false`: the record is gone, or another
+    /// failover of it came first).
+    FailedOver(bool),
     /// The store could not be reached or did not answer in time.
     Unavailable,
 }
@@ -122,6 +146,11 @@ pub struct MemStore {
     buckets: HashMap<ClientId, Bucket>,
     /// Size of `buckets` at which full buckets are forgotten.
     prune_buckets_at: usize,
+    /// `--failover reinitialize`: per record that has it, the client's `initialize`
+    /// body and the session's current upstream id. A map of its own, so that records
+    /// cost nothing more when failover is off (and a lookup checks it only when it is
+    /// not empty).
+    failover: HashMap<SessionKey, Arc<Failover>>,
 }
 
 /// Buckets kept before full ones are forgotten (and at least this many afterwards).
@@ -143,6 +172,7 @@ impl MemStore {
             per_client: HashMap::new(),
             buckets: HashMap::new(),
             prune_buckets_at: BUCKETS_FLOOR,
+            failover: HashMap::new(),
         }
     }
 
@@ -183,30 +213,45 @@ impl MemStore {
         // (and at most 1/16 s more), however close to a tick boundary it was used.
         let deadline = t + self.ttl_ticks + 1;
         match op {
-            StoreOp::Get(k) => StoreReply::Found(self.slide(k, t, deadline)),
+            StoreOp::Get(k) => match self.slide(k, t, deadline) {
+                Some(rec) if !self.failover.is_empty() => match self.failover.get(k) {
+                    Some(f) => StoreReply::FoundFailover(rec, f.clone()),
+                    None => StoreReply::Found(Some(rec)),
+                },
+                found => StoreReply::Found(found),
+            },
             StoreOp::Touch(k) => StoreReply::Touched(self.slide(k, t, deadline).is_some()),
-            StoreOp::Insert(k, record) => {
-                if self.slide(k, t, deadline).is_some() {
-                    return StoreReply::Inserted(false);
+            StoreOp::Insert(k, record) => self.insert(k, record, None, t, deadline),
+            StoreOp::InsertFailover(k, record, f) => {
+                self.insert(k, record, Some(f.clone()), t, deadline)
+            }
+            StoreOp::FailOver {
+                key,
+                record,
+                state,
+                from,
+            } => {
+                let Some(rec) = self.slide(key, t, deadline) else {
+                    return StoreReply::FailedOver(false);
+                };
+                if self.failover.get(key).map(|f| f.generation) != Some(*from)
+                    || rec.client != record.client
+                {
+                    return StoreReply::FailedOver(false);
                 }
-                self.map.insert(
-                    k.clone(),
-                    Entry {
-                        record: *record,
-                        deadline,
-                    },
-                );
-                *self.per_client.entry(record.client).or_default() += 1;
-                self.inserted += 1;
-                StoreReply::Inserted(true)
+                if let Some(e) = self.map.get_mut(key) {
+                    e.record = *record;
+                }
+                self.failover.insert(key.clone(), state.clone());
+                StoreReply::FailedOver(true)
             }
             StoreOp::Delete(k) => match self.map.swap_remove_entry(k) {
-                Some((_, e)) if e.deadline > t => {
-                    self.forget(&e.record);
+                Some((key, e)) if e.deadline > t => {
+                    self.removed(key, &e.record);
                     StoreReply::Deleted(Some(e.record))
                 }
                 Some((key, e)) => {
-                    self.forget(&e.record);
+                    let key = self.removed(key, &e.record);
                     self.lazily_expired.push((key, e.record));
                     StoreReply::Deleted(None)
                 }
@@ -245,6 +290,32 @@ impl MemStore {
         }
     }
 
+    fn insert(
+        &mut self,
+        k: &SessionKey,
+        record: &Record,
+        failover: Option<Arc<Failover>>,
+        t: u32,
+        deadline: u32,
+    ) -> StoreReply {
+        if self.slide(k, t, deadline).is_some() {
+            return StoreReply::Inserted(false);
+        }
+        self.map.insert(
+            k.clone(),
+            Entry {
+                record: *record,
+                deadline,
+            },
+        );
+        if let Some(f) = failover {
+            self.failover.insert(k.clone(), f);
+        }
+        *self.per_client.entry(record.client).or_default() += 1;
+        self.inserted += 1;
+        StoreReply::Inserted(true)
+    }
+
     /// A record left the map: it no longer counts for its client.
     fn forget(&mut self, r: &Record) {
         if let Some(n) = self.per_client.get_mut(&r.client) {
@@ -271,9 +342,23 @@ impl MemStore {
         // Expired but not yet swept: it is gone now, and its end is reported by the
         // next `expire` call.
         let (key, e) = self.map.swap_remove_index(idx)?;
-        self.forget(&e.record);
+        let key = self.removed(key, &e.record);
         self.lazily_expired.push((key, e.record));
         None
+    }
+
+    /// A record left the map: it no longer counts for its client, and its failover
+    /// state goes with it. Returns the id its end is reported (and reaped upstream)
+    /// by: the backend's own, which after a failover is no longer the key.
+    fn removed(&mut self, key: SessionKey, record: &Record) -> SessionKey {
+        self.forget(record);
+        if self.failover.is_empty() {
+            return key;
+        }
+        match self.failover.remove(&key).and_then(|f| f.upstream.clone()) {
+            Some(up) => up,
+            None => key,
+        }
     }
 
     /// End the records of `backends` (a draining backend past its drain timeout),
@@ -302,7 +387,7 @@ impl MemStore {
             };
             if ends {
                 if let Some((k, e)) = self.map.swap_remove_index(self.end_cursor) {
-                    self.forget(&e.record);
+                    let k = self.removed(k, &e.record);
                     out.push((k, e.record));
                 }
             } else {
@@ -337,7 +422,7 @@ impl MemStore {
             if expired {
                 // swap_remove moves the last record into `cursor`: examine it next.
                 if let Some((k, e)) = self.map.swap_remove_index(self.cursor) {
-                    self.forget(&e.record);
+                    let k = self.removed(k, &e.record);
                     out.push((k, e.record));
                 }
             } else {
@@ -349,6 +434,11 @@ impl MemStore {
         let cap = self.map.capacity();
         if cap > SHRINK_FLOOR && self.map.len() < cap / 4 {
             self.map.shrink_to((self.map.len() * 2).max(SHRINK_FLOOR));
+        }
+        let cap = self.failover.capacity();
+        if cap > SHRINK_FLOOR && self.failover.len() < cap / 4 {
+            self.failover
+                .shrink_to((self.failover.len() * 2).max(SHRINK_FLOOR));
         }
         out.len() - before
     }

@@ -257,6 +257,21 @@ pub struct Cli {
     /// names it (others get 404) [default: off].
     #[arg(long, env = "MCP_ROUTER_SESSION_BINDING")]
     pub session_binding: Option<String>,
+    // ----- failover (issue 14, point 3) -----
+    /// `reinitialize`: a session whose backend is down (connect failed, marked down,
+    /// removed) is initialized again on a healthy backend by replaying the client's
+    /// initialize; the client's session id stays. Needs the embedded store
+    /// (--store memory) [default: off].
+    #[arg(long, env = "MCP_ROUTER_FAILOVER")]
+    pub failover: Option<String>,
+    /// At most one failover per session within this time; a session whose replacement
+    /// also dies within it gets 404 [default: 60s].
+    #[arg(long, env = "MCP_ROUTER_FAILOVER_WINDOW")]
+    pub failover_window: Option<String>,
+    /// Largest initialize body kept for a failover; a session whose initialize was
+    /// larger is not failed over [default: 16384].
+    #[arg(long, env = "MCP_ROUTER_FAILOVER_MAX_PARAMS")]
+    pub failover_max_params: Option<usize>,
     // -- operations (issue 19): admin token, log format, `check` --
     /// Token for state-changing admin requests (drain/undrain): they need
     /// `Authorization: Bearer <token>`. Without it they are allowed only when the
@@ -361,6 +376,10 @@ struct File {
     session_keys: Option<PathBuf>,
     session_max_age: Option<toml::Value>,
     session_binding: Option<toml::Value>,
+    // failover (issue 14)
+    failover: Option<String>,
+    failover_window: Option<toml::Value>,
+    failover_max_params: Option<usize>,
     // -- operations (issue 19) --
     admin_token: Option<String>,
     log_format: Option<String>,
@@ -659,6 +678,49 @@ impl Cli {
             &file.session_ttl,
             c.session_ttl,
         )?;
+        let mode = self.failover.as_deref().or(file.failover.as_deref());
+        c.failover = match mode {
+            None | Some("off") => None,
+            Some("reinitialize") => {
+                if matches!(store, StoreSettings::Redis(_)) {
+                    return Err(ConfigError(
+                        "failover: reinitialize needs the embedded store (--store memory): \
+                         the client's initialize parameters it replays are never written to \
+                         Redis"
+                            .into(),
+                    ));
+                }
+                if c.session_ids == mcp_router_core::SessionIds::Sealed && !c.session_records {
+                    return Err(ConfigError(
+                        "failover: reinitialize with --session-ids sealed needs --store memory \
+                         (the new upstream id is kept in the session's record)"
+                            .into(),
+                    ));
+                }
+                let d = mcp_router_core::failover::FailoverSettings::default();
+                let window = dur(
+                    "failover_window",
+                    &self.failover_window,
+                    &file.failover_window,
+                    d.window,
+                )?;
+                let max_params = self
+                    .failover_max_params
+                    .or(file.failover_max_params)
+                    .unwrap_or(d.max_params);
+                if !(1024..=1024 * 1024).contains(&max_params) {
+                    return Err(ConfigError(
+                        "failover_max_params: must be 1024 bytes ..= 1 MiB".into(),
+                    ));
+                }
+                Some(mcp_router_core::failover::FailoverSettings { window, max_params })
+            }
+            Some(m) => {
+                return Err(ConfigError(format!(
+                    "failover: {m:?}: use \"off\" or \"reinitialize\""
+                )))
+            }
+        };
         c.http.max_head = self.max_head.or(file.max_head).unwrap_or(c.http.max_head);
         c.http.max_headers = self
             .max_headers
@@ -1449,6 +1511,75 @@ mod tests {
             arg.get_env().and_then(|e| e.to_str()),
             Some("MCP_ROUTER_STDIO_UNATTACHED_TIMEOUT")
         );
+    }
+
+    #[test]
+    fn failover_flags_and_the_stores_it_refuses() {
+        let b = ["--backend", "http://127.0.0.1:1"];
+        let s = cli(&[b[0], b[1]]).settings().unwrap();
+        assert_eq!(s.core.failover, None, "off by default");
+        let s = cli(&[b[0], b[1], "--failover", "reinitialize"])
+            .settings()
+            .unwrap();
+        let f = s.core.failover.expect("on");
+        assert_eq!(f.window, Duration::from_secs(60));
+        assert_eq!(f.max_params, 16 * 1024);
+        let s = cli(&[
+            b[0],
+            b[1],
+            "--failover",
+            "reinitialize",
+            "--failover-window",
+            "5m",
+            "--failover-max-params",
+            "4096",
+        ])
+        .settings()
+        .unwrap();
+        let f = s.core.failover.unwrap();
+        assert_eq!((f.window, f.max_params), (Duration::from_secs(300), 4096));
+        let refused = |extra: &[&str], field: &str| {
+            let mut args = vec![b[0], b[1], "--failover", "reinitialize"];
+            args.extend_from_slice(extra);
+            let e = cli(&args).settings().unwrap_err();
+            assert!(e.0.starts_with(field), "{extra:?}: {e}");
+            e.0
+        };
+        let e = refused(&["--store", "redis://127.0.0.1:6379"], "failover");
+        assert!(e.contains("--store memory"), "{e}");
+        refused(&["--failover-max-params", "100"], "failover_max_params");
+        refused(&["--failover-window", "soon"], "failover_window");
+        let e = cli(&[b[0], b[1], "--failover", "sometimes"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("failover"), "{e}");
+        let dir = std::env::temp_dir().join(format!("mcp-fo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys");
+        std::fs::write(&keys, format!("{}\n", "ab".repeat(32))).unwrap();
+        let k = keys.to_str().unwrap();
+        let sealed = [b[0], b[1], "--session-ids", "sealed", "--session-keys", k];
+        // sealed ids keep the new upstream id in a record: a store is needed
+        let mut args = sealed.to_vec();
+        args.extend_from_slice(&["--failover", "reinitialize"]);
+        let e = cli(&args).settings().unwrap_err();
+        assert!(e.0.contains("sealed"), "{e}");
+        args.extend_from_slice(&["--store", "memory"]);
+        assert!(cli(&args).settings().unwrap().core.failover.is_some());
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "backends = [\"http://x:1\"]\nfailover = \"reinitialize\"\nfailover_window = \"2m\"\nfailover_max_params = 2048\n",
+        )
+        .unwrap();
+        let f = cli(&["--config", file.to_str().unwrap()])
+            .settings()
+            .unwrap()
+            .core
+            .failover
+            .unwrap();
+        assert_eq!((f.window, f.max_params), (Duration::from_secs(120), 2048));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

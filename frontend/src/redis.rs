@@ -468,6 +468,8 @@ impl RedisCodec {
             StoreOp::Get(k) | StoreOp::Touch(k) => self.script(k, false, true),
             StoreOp::Delete(k) => self.script(k, true, true),
             StoreOp::Insert(..) | StoreOp::Admit(_) => self.write_script(op, true),
+            // never sent: the router refuses `--failover` with Redis at start
+            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => redis::cmd("PING"),
         }
     }
 
@@ -485,6 +487,8 @@ impl RedisCodec {
             // Compare-and-delete: the script deletes the key only if it holds a record,
             // and returns it, so the end can be attributed to its backend.
             StoreOp::Delete(k) => self.script(k, true, false),
+            // never sent: the router refuses `--failover` with Redis at start
+            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => redis::cmd("PING"),
         }
     }
 
@@ -516,6 +520,8 @@ impl RedisCodec {
                 Value::Nil => Ok(StoreReply::Inserted(false)),
                 _ => Err(()),
             },
+            // never sent: the router refuses `--failover` with Redis at start
+            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => Err(()),
             StoreOp::Admit(_) => match v {
                 Value::Array(a) => match a.as_slice() {
                     [Value::Int(0), _] => Ok(StoreReply::Admitted(Admission::Admit)),

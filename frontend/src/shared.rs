@@ -244,6 +244,17 @@ impl Shared {
             Event::SessionRefused { cause } => {
                 info!(peer = ?peer, cause = cause.as_str(), "session id refused")
             }
+            Event::Failover {
+                session,
+                from,
+                to,
+                cause,
+                outcome,
+                took,
+            } => {
+                let to = to.map(|b| router.name(b));
+                warn!(session = %session, old_backend = %router.name(*from), new_backend = ?to, cause = cause.as_str(), outcome = outcome.as_str(), took_ms = took.as_secs_f64() * 1000.0, "session failover")
+            }
         }
     }
 

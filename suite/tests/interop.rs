@@ -390,8 +390,111 @@ fn python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet() {
     let _ = std::fs::remove_file(&keys);
 }
 
+/// `--failover reinitialize` with the official SDKs: four clients (TypeScript and
+/// Python, two of each, placed so that each replica holds one of each) hold sessions,
+/// with their GET streams open, on two server-everything replicas; one replica is
+/// killed; every client's next `tools/call` succeeds, under the session id it already
+/// had, without a second `initialize` and without a `404`.
+fn official_sdk_clients_keep_their_sessions_when_a_replica_dies() {
+    use std::process::Stdio;
+    let mut e0 = server_everything("streamable", "everything-0");
+    let e1 = server_everything("streamable", "everything-1");
+    let r = Proc::router(
+        router_bin(),
+        "router",
+        &[
+            "--backend",
+            &format!("e0=http://{}", e0.addr),
+            "--backend",
+            &format!("e1=http://{}", e1.addr),
+            "--failover",
+            "reinitialize",
+        ],
+    );
+    let base = format!("http://{}", r.addr);
+    let dir = interop_dir();
+    let mut clients = Vec::new();
+    for sdk in ["ts", "py", "py", "ts"] {
+        let mut cmd = if sdk == "ts" {
+            let mut c = Command::new("node");
+            c.arg("ts_failover_client.mjs");
+            c
+        } else {
+            let mut c = Command::new(dir.join(".venv/bin/python"));
+            c.arg("py_failover_client.py");
+            c
+        };
+        let mut child = cmd
+            .arg(&base)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("SDK client");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let sid = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("{sdk} client did not get ready: {line:?}"))
+            .to_string();
+        clients.push((sdk, child, out, sid));
+    }
+    let on_e0: Vec<&str> = clients
+        .iter()
+        .filter(|(_, _, _, sid)| r.count_logs(&format!("session={sid} backend=e0")) == 1)
+        .map(|(sdk, ..)| *sdk)
+        .collect();
+    assert_eq!(on_e0.len(), 2, "placement: {:?}", r.logs());
+    assert!(on_e0.contains(&"ts") && on_e0.contains(&"py"), "{on_e0:?}");
+    e0.kill();
+    let killed = std::time::Instant::now();
+    for (sdk, mut child, mut out, sid) in clients {
+        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut line = String::new();
+        out.read_to_string(&mut line).unwrap();
+        assert!(child.wait().unwrap().success(), "{sdk}: {line}");
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["ok"], true, "{sdk}: {v}");
+        assert_eq!(v["before"], sid.as_str(), "{sdk}: {v}");
+        if sdk == "ts" {
+            assert_eq!(
+                v["after"],
+                sid.as_str(),
+                "the client's id never changed: {v}"
+            );
+        } else {
+            // every response of the session carried the client's id, never another
+            assert_eq!(v["ids"], serde_json::json!([sid]), "{v}");
+        }
+        assert_eq!(
+            v["initializes"], 1,
+            "{sdk}: no re-initialize on the client side: {v}"
+        );
+        let statuses = v["statuses"].as_array().unwrap();
+        assert!(
+            !statuses
+                .iter()
+                .any(|s| s.as_str().unwrap().ends_with(" 404")),
+            "{sdk}: {v}"
+        );
+    }
+    eprintln!(
+        "all four clients' calls after the kill done {:?} after it",
+        killed.elapsed()
+    );
+    assert!(
+        r.wait_count("outcome=\"done\"", 2, std::time::Duration::from_secs(5)),
+        "{:?}",
+        r.logs()
+    );
+}
+
 mcp_router_testkit::behaviour_suite!(
     python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet,
+    official_sdk_clients_keep_their_sessions_when_a_replica_dies,
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
     a_backends_dns_rebinding_protection_survives_the_router,

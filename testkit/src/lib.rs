@@ -378,6 +378,32 @@ async fn read_message(req: Request<Incoming>) -> Result<Value, Response<ResBody>
 
 /// A request has both `method` and `id`; anything else is a notification or
 /// a response.
+/// `tools/call` of the `effect` tool: its `key` argument and `delay_ms` (at most 60 s).
+fn effect_call(msg: &Value) -> Option<(String, u64)> {
+    if method_of(msg) != "tools/call" {
+        return None;
+    }
+    let params = msg.get("params")?;
+    if params.get("name").and_then(Value::as_str) != Some("effect") {
+        return None;
+    }
+    let args = params.get("arguments");
+    let key = args
+        .and_then(|a| a.get("key"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    let delay = args
+        .and_then(|a| a.get("delay_ms"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(60_000);
+    Some((key, delay))
+}
+
 fn is_request(msg: &Value) -> bool {
     msg.get("method").is_some() && msg.get("id").is_some()
 }
@@ -606,6 +632,24 @@ impl Backend {
 
         if !request {
             return empty(StatusCode::ACCEPTED);
+        }
+        if let Some((key, delay)) = effect_call(&msg) {
+            // A side effect the tests can count after the backend is gone: one line on
+            // stdout per execution, written before the (optional) delay, so a request
+            // cut off during the delay was executed.
+            // never `println!`: with stdout closed it would panic the handler
+            let _ = io::Write::write_all(
+                &mut io::stdout(),
+                format!("EFFECT {} {key}\n", self.name).as_bytes(),
+            );
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let body = json!({"jsonrpc":"2.0","id":id_of(&msg),"result":{
+                "backend": &*self.name, "session": session, "seq": seq, "effect": key,
+                "content": [{"type":"text","text":"done"}],
+            }});
+            return json_response(StatusCode::OK, &body);
         }
         match self.request_reply(&msg, session.as_deref(), seq) {
             Reply::Json(body) if want_sse => sse_response(ResBody::Chunked(Some(sse_event(&body)))),

@@ -429,13 +429,36 @@ fn legacy_sse_sessions() {
 }
 
 #[test]
+fn the_effect_tool_answers_after_its_delay() {
+    // (its stdout line is read by the suite's failover test, through the harness)
+    let b = Backend::start("b8");
+    let mut c = b.conn();
+    let (_, sid) = initialize(&mut c, json!(1));
+    let t = Instant::now();
+    let r = post_json(
+        &mut c,
+        "/mcp",
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+                "params":{"name":"effect","arguments":{"key":"k1","delay_ms":200}}}),
+    );
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["id"], 2);
+    assert_eq!(v["result"]["effect"], "k1");
+    assert_eq!(v["result"]["session"], sid.as_str());
+}
+
+#[test]
 fn stats_count_sessions_and_requests() {
     let b = Backend::start("b7");
     let s = b.stats();
     // the stats connection itself is the one open connection
     assert_eq!(
         s,
-        json!({"name":"b7","sessions":0,"sse_sessions":0,"requests":0,"connections":1})
+        json!({"name":"b7","sessions":0,"sse_sessions":0,"requests":0,"connections":1,
+               "deletes":0,"deleted_ids":[],"last_delete_headers":null})
     );
     let mut c = b.conn();
     let (_, sid) = initialize(&mut c, json!(1));

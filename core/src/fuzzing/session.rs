@@ -463,7 +463,7 @@ impl World {
     fn exec(&mut self, op: &StoreOp) -> StoreReply {
         let r = self.store.execute(op, self.now);
         self.seq += 1;
-        if let (StoreOp::Insert(k, rec), StoreReply::Inserted(true)) = (op, r) {
+        if let (StoreOp::Insert(k, rec), StoreReply::Inserted(true)) = (op, &r) {
             self.owner.insert(k.clone(), (rec.backend, self.seq));
         }
         r

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     /// -32022 `UnsupportedProtocolVersion` (2026-07-28): no backend serves the
     /// request's protocol version.
     UnsupportedVersion,
+    /// -32603: internal error (a request lost with its backend, `--failover`).
+    Internal,
 }
 
 impl ErrorCode {
@@ -33,6 +35,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => -32600,
             ErrorCode::HeaderMismatch => -32020,
             ErrorCode::UnsupportedVersion => -32022,
+            ErrorCode::Internal => -32603,
         }
     }
 }
