@@ -290,7 +290,13 @@ fn a_backends_dns_rebinding_protection_survives_the_router() {
 /// client's own, the router refuses nothing, and no legacy session lands on the
 /// modern-only server (without `;eras=modern` the legacy clients fail: their
 /// `initialize` meets -32022 there).
-fn python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet() {
+fn python_sdk_clients_of_every_era_through_one_router_and_two_replicas_to_a_dual_era_fleet() {
+    // through one router, then through two replicas behind the balancer
+    every_era_fleet(1);
+    every_era_fleet(2);
+}
+
+fn every_era_fleet(replicas: usize) {
     let dir = interop_dir();
     let server = |name: &str, flag: &str| {
         let port = free_port();
@@ -340,9 +346,10 @@ fn python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet() {
         "--client-session-rate",
         "0",
     ];
-    let ra = Proc::router(router_bin(), "router-a", &args);
-    let rb = Proc::router(router_bin(), "router-b", &args);
-    let (lb, counts) = round_robin(vec![ra.addr.clone(), rb.addr.clone()]);
+    let routers: Vec<Proc> = (0..replicas)
+        .map(|i| Proc::router(router_bin(), &format!("router-{i}"), &args))
+        .collect();
+    let (lb, counts) = round_robin(routers.iter().map(|r| r.addr.clone()).collect());
     let url = format!("http://{lb}/mcp");
     let runs: Vec<_> = [
         "2026-07-28",
@@ -362,13 +369,13 @@ fn python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet() {
         let v = h.join().expect("client thread");
         assert_eq!(v["ok"], true, "{v}");
     }
-    let (a, b) = (
-        counts[0].load(Ordering::Relaxed),
-        counts[1].load(Ordering::Relaxed),
+    let per_replica: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    assert!(
+        per_replica.iter().all(|&n| n >= 6),
+        "requests per replica: {per_replica:?}"
     );
-    assert!(a >= 6 && b >= 6, "requests per replica: {a}, {b}");
     let mut sessions = 0;
-    for r in [&ra, &rb] {
+    for r in &routers {
         assert_eq!(r.count_logs("request rejected"), 0, "{:?}", r.logs());
         assert_eq!(r.count_logs("session id refused"), 0, "{:?}", r.logs());
         // the legacy clients' sessions all went to the server that has that era
@@ -493,7 +500,7 @@ fn official_sdk_clients_keep_their_sessions_when_a_replica_dies() {
 }
 
 mcp_router_testkit::behaviour_suite!(
-    python_sdk_clients_of_every_era_through_two_replicas_to_a_dual_era_fleet,
+    python_sdk_clients_of_every_era_through_one_router_and_two_replicas_to_a_dual_era_fleet,
     official_sdk_clients_keep_their_sessions_when_a_replica_dies,
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
