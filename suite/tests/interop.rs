@@ -294,6 +294,37 @@ fn python_sdk_clients_of_every_era_through_one_router_and_two_replicas_to_a_dual
     // through one router, then through two replicas behind the balancer
     every_era_fleet(1);
     every_era_fleet(2);
+    // a fleet with no modern backend: the router answers the `auto` client's
+    // `server/discover` probe with -32022 itself, and the SDK falls back to initialize
+    let dir = interop_dir();
+    let port = free_port();
+    let mut cmd = Command::new(dir.join(".venv/bin/python"));
+    cmd.args(["fastmcp_server.py", "--http", &port.to_string()])
+        .current_dir(&dir);
+    let legacy = Proc::start("py-as-legacy", cmd, |l| {
+        let rest = l.split("streamable HTTP on ").nth(1)?;
+        Some(rest.split('/').next()?.trim().to_string())
+    });
+    wait_listening(&legacy.addr);
+    let b = format!("old=http://{};eras=legacy", legacy.addr);
+    let r = Proc::router(router_bin(), "router", &["--backend", &b]);
+    let url = format!("http://{}/mcp", r.addr);
+    let v = sdk_client("py_modern_client.py", &[&url, "auto", "fallback"]).0;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(r.count_logs("session started"), 1, "{:?}", r.logs());
+}
+
+/// Wait until `addr` accepts connections (a Python server prints its address just
+/// before uvicorn binds).
+fn wait_listening(addr: &str) {
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{addr} not listening"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn every_era_fleet(replicas: usize) {
@@ -307,15 +338,7 @@ fn every_era_fleet(replicas: usize) {
             let rest = l.split("streamable HTTP on ").nth(1)?;
             Some(rest.split('/').next()?.trim().to_string())
         });
-        // the line comes just before uvicorn binds: wait for the port
-        let t = std::time::Instant::now();
-        while std::net::TcpStream::connect(&p.addr).is_err() {
-            assert!(
-                t.elapsed() < std::time::Duration::from_secs(20),
-                "{name} not listening"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_listening(&p.addr);
         p
     };
     let modern = server("py-modern-only", "--modern-only");
@@ -360,9 +383,12 @@ fn every_era_fleet(replicas: usize) {
         "legacy",
     ]
     .into_iter()
-    .map(|mode| {
+    .enumerate()
+    .map(|(i, mode)| {
         let url = url.clone();
-        std::thread::spawn(move || sdk_client("py_modern_client.py", &[&url, mode]).0)
+        std::thread::spawn(move || {
+            sdk_client("py_modern_client.py", &[&url, mode, &i.to_string()]).0
+        })
     })
     .collect();
     for h in runs {
