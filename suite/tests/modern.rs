@@ -290,7 +290,55 @@ fn each_era_reaches_only_backends_that_serve_it() {
     assert_eq!(served(&old), before, "the legacy backend received nothing");
 }
 
+/// A 2026-07-28 `subscriptions/listen` stream through the router (issue 16, point 2):
+/// it outlives the response timeout and the body-idle timeout (quiet gaps longer than
+/// both), its `:` keep-alive comments and `X-Accel-Buffering: no` reach the client,
+/// and so do the notifications after them.
+fn a_listen_stream_outlives_the_timeouts_with_its_comments() {
+    let b0 = Proc::fake_backend("b0");
+    let r = router_with(
+        &b0,
+        &["--response-timeout", "1s", "--body-idle-timeout", "1s"],
+    );
+    let body = json!({"jsonrpc":"2.0","id":3,"method":"subscriptions/listen","params":{
+        "count": 2, "gap_ms": 1300,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+    .to_string();
+    let mut c = Conn::open(&r.addr);
+    let t = std::time::Instant::now();
+    c.send(
+        "POST",
+        "/mcp",
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "subscriptions/listen"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        &body,
+    );
+    let head = c.read_head();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-accel-buffering"), Some("no"));
+    let mut text = String::new();
+    while let Some(chunk) = c.read_chunk() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(2500),
+        "the stream ended early, after {took:?}: {text}"
+    );
+    assert!(
+        text.contains("notifications/subscriptions/acknowledged"),
+        "{text}"
+    );
+    assert_eq!(text.matches(": keep-alive\n\n").count(), 2, "{text}");
+    assert!(text.contains("notifications/tools/list_changed"), "{text}");
+    assert_eq!(r.count_logs("request rejected"), 0, "{:?}", r.logs());
+}
+
 mcp_router_testkit::behaviour_suite!(
+    a_listen_stream_outlives_the_timeouts_with_its_comments,
     mismatched_headers_get_400_32020_and_the_backend_receives_nothing,
     get_and_delete_reach_the_backend_unless_modern_only,
     affinity_header_sends_one_handle_to_one_backend,

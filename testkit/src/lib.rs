@@ -651,6 +651,9 @@ impl Backend {
             }});
             return json_response(StatusCode::OK, &body);
         }
+        if method_of(&msg) == "subscriptions/listen" {
+            return listen_stream(&msg);
+        }
         match self.request_reply(&msg, session.as_deref(), seq) {
             Reply::Json(body) if want_sse => sse_response(ResBody::Chunked(Some(sse_event(&body)))),
             Reply::Json(body) => json_response(StatusCode::OK, &body),
@@ -797,6 +800,42 @@ impl Backend {
         }
         plain(StatusCode::ACCEPTED, "Accepted")
     }
+}
+
+/// A 2026-07-28 `subscriptions/listen` stream: an acknowledgement event, then
+/// `params.count` (default 2, at most 100) `: keep-alive` comments `params.gap_ms`
+/// apart (default 100, at most 10 s), then `notifications/tools/list_changed`, then the
+/// end of the body; `X-Accel-Buffering: no` as a server behind nginx-like proxies sends.
+fn listen_stream(msg: &Value) -> Response<ResBody> {
+    let params = msg.get("params");
+    let arg = |k: &str, d: u64, max: u64| {
+        params
+            .and_then(|p| p.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(d)
+            .min(max)
+    };
+    let (count, gap) = (arg("count", 2, 100), arg("gap_ms", 100, 10_000));
+    let (tx, rx) = unbounded_channel();
+    tokio::spawn(async move {
+        let ack = json!({"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged"});
+        if tx.send(sse_event(&ack)).is_err() {
+            return;
+        }
+        for _ in 0..count {
+            if !pause(&tx, Duration::from_millis(gap)).await
+                || tx.send(Bytes::from_static(b": keep-alive\n\n")).is_err()
+            {
+                return;
+            }
+        }
+        let change = json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"});
+        let _ = tx.send(sse_event(&change));
+    });
+    let mut res = sse_response(ResBody::Channel(rx, None));
+    res.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
 }
 
 /// Sleeps one tick; false if the receiving side went away meanwhile.
