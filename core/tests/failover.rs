@@ -13,6 +13,7 @@ fn failover_config(n: usize) -> Config {
     c.failover = Some(FailoverSettings {
         window: Duration::from_secs(60),
         max_params: 1024,
+        remote: false,
     });
     c
 }
