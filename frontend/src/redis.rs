@@ -38,6 +38,7 @@
 //! scripts name the set keys they derive from a record (its client's set): on a Redis
 //! Cluster they would need hash tags, which this single-Redis store does not use yet.
 
+use mcp_router_core::failover::Failover;
 use mcp_router_core::mcp::SessionKey;
 use mcp_router_core::{
     Admission, BackendId, ClientId, ConfigError, Era, Record, Router, StoreOp, StoreReply,
@@ -93,6 +94,11 @@ pub fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
 /// client is read from the record); and out of the expiry index: `ARGV[5]` its sorted
 /// set, `ARGV[6]` its hash of records (a session ended this way is not reaped).
 ///
+/// With `--failover reinitialize`, `ARGV[3]` (slide) or `ARGV[7]` (delete) names the
+/// session's failover hash ([`RedisCodec::failover_key`]): sliding slides it too and,
+/// once the session has failed over, replies `{record, new upstream id}`; deleting
+/// deletes it. The sealed `initialize` body in it is never read here.
+///
 /// Replies: nil when there is no key; the record when the key held a well-formed one
 /// (then deleted or slid); an integer when the key holds something else (the length of
 /// a string that is not a record, -1 for another type), which is left untouched: no
@@ -108,6 +114,7 @@ if type(v) ~= 'string' then return -1 end
 if not (string.find(v, '^1|[sl]|%d+|.') or string.find(v, '^2|[sl]|%d+|%x+|.')) then return #v end
 if ARGV[1] == 'del' then
   redis.call('DEL', KEYS[1])
+  if ARGV[7] then redis.call('DEL', ARGV[7]) end
   redis.call('ZREM', ARGV[2], ARGV[3])
   redis.call('ZREM', ARGV[5], ARGV[3])
   redis.call('HDEL', ARGV[6], ARGV[3])
@@ -115,6 +122,10 @@ if ARGV[1] == 'del' then
   if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
 else
   redis.call('EXPIRE', KEYS[1], ARGV[2])
+  if ARGV[3] and redis.call('EXPIRE', ARGV[3], ARGV[2]) == 1 then
+    local u = redis.call('HGET', ARGV[3], 'u')
+    if u then return {v, u} end
+  end
 end
 return v
 ";
@@ -128,6 +139,8 @@ static ADMIT_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(ADMIT_SCRIPT).get_hash().to_owned());
 static CLAIM_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT).get_hash().to_owned());
+static FAILOVER_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(FAILOVER_SCRIPT).get_hash().to_owned());
 static DRAIN_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(DRAIN_SCRIPT).get_hash().to_owned());
 
@@ -196,6 +209,8 @@ pub struct RedisCodec {
     prefix: String,
     ttl_secs: u64,
     router: Arc<Router>,
+    /// `--failover reinitialize` at start: lookups read (and slide) the failover hash.
+    failover: bool,
 }
 
 impl RedisCodec {
@@ -204,6 +219,7 @@ impl RedisCodec {
         RedisCodec {
             prefix: settings.key_prefix.clone(),
             ttl_secs: router.config().session_ttl.as_secs().max(1),
+            failover: router.config().failover.is_some(),
             router,
         }
     }
@@ -228,6 +244,15 @@ impl RedisCodec {
             r.client.0,
             self.router.name(r.backend)
         )
+    }
+
+    /// `--failover reinitialize`: the session's failover hash, beside its record (the
+    /// space keeps it apart from every session key): `p` the client's `initialize`
+    /// body sealed with the session key ring ([`mcp_router_core::KeyRing::seal_value`],
+    /// bound to the session id), `g` the generation, and once failed over `u` the new
+    /// upstream id and `a` when (unix ms).
+    pub fn failover_key(&self, k: &SessionKey) -> String {
+        format!("{} failover {}", self.prefix, k.as_str())
     }
 
     /// The sorted set of every live session.
@@ -415,8 +440,14 @@ impl RedisCodec {
                 .arg(format!("{} client ", self.prefix))
                 .arg(self.reap_key())
                 .arg(self.reap_meta_key());
+            if self.failover {
+                c.arg(self.failover_key(k));
+            }
         } else {
             c.arg("slide").arg(self.ttl_secs);
+            if self.failover {
+                c.arg(self.failover_key(k));
+            }
         }
         c
     }
@@ -424,17 +455,48 @@ impl RedisCodec {
     /// [`INSERT_SCRIPT`] or [`ADMIT_SCRIPT`] for `op`.
     fn write_script(&self, op: &StoreOp, source: bool) -> redis::Cmd {
         match op {
-            StoreOp::Insert(k, r) => {
+            StoreOp::Insert(k, r) | StoreOp::InsertFailover(k, r, _) => {
+                // failover: the body sealed, or (no key ring: the router refuses that at
+                // start) not kept at all, never in plaintext
+                let sealed = match op {
+                    StoreOp::InsertFailover(_, _, f) => self.seal_params(k, &f.params),
+                    _ => None,
+                };
                 let mut c = eval(source, INSERT_SCRIPT, &INSERT_SCRIPT_SHA);
-                c.arg(5)
+                c.arg(if sealed.is_some() { 6 } else { 5 })
                     .arg(self.key(k))
                     .arg(self.live_key())
                     .arg(self.client_key(r.client))
                     .arg(self.reap_key())
+                    .arg(self.reap_meta_key());
+                if sealed.is_some() {
+                    c.arg(self.failover_key(k));
+                }
+                c.arg(self.encode(r)).arg(self.ttl_secs).arg(k.as_str());
+                if let Some(p) = sealed {
+                    c.arg(p);
+                }
+                c
+            }
+            StoreOp::FailOver {
+                key,
+                record,
+                state,
+                from,
+            } => {
+                let mut c = eval(source, FAILOVER_SCRIPT, &FAILOVER_SCRIPT_SHA);
+                c.arg(3)
+                    .arg(self.key(key))
+                    .arg(self.failover_key(key))
                     .arg(self.reap_meta_key())
-                    .arg(self.encode(r))
+                    .arg(*from)
+                    .arg(state.generation)
+                    .arg(state.upstream.as_ref().map_or(key.as_str(), |u| u.as_str()))
+                    .arg(unix_ms_of(state.at))
+                    .arg(self.encode(record))
                     .arg(self.ttl_secs)
-                    .arg(k.as_str());
+                    .arg(format!("{:016x}", record.client.0))
+                    .arg(key.as_str());
                 c
             }
             StoreOp::Admit(a) => {
@@ -467,9 +529,11 @@ impl RedisCodec {
         match op {
             StoreOp::Get(k) | StoreOp::Touch(k) => self.script(k, false, true),
             StoreOp::Delete(k) => self.script(k, true, true),
-            StoreOp::Insert(..) | StoreOp::Admit(_) => self.write_script(op, true),
-            // never sent: the router refuses `--failover` with Redis at start
-            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => redis::cmd("PING"),
+            StoreOp::Insert(..)
+            | StoreOp::InsertFailover(..)
+            | StoreOp::FailOver { .. }
+            | StoreOp::Admit(_) => self.write_script(op, true),
+            StoreOp::LoadFailover(_) => self.command(op),
         }
     }
 
@@ -483,12 +547,25 @@ impl RedisCodec {
             StoreOp::Get(k) | StoreOp::Touch(k) => self.script(k, false, false),
             // SET NX: an id minted twice is detected, never overwritten (and neither is
             // anything else the key holds); a new session joins the live sets.
-            StoreOp::Insert(..) | StoreOp::Admit(_) => self.write_script(op, false),
+            // failover: the body rides in the insert's round trip; the mapping to a
+            // new backend is compared on the generation (first writer wins)
+            StoreOp::Insert(..)
+            | StoreOp::InsertFailover(..)
+            | StoreOp::FailOver { .. }
+            | StoreOp::Admit(_) => self.write_script(op, false),
+            // only when a failover is decided: the whole state, body included
+            StoreOp::LoadFailover(k) => {
+                let mut c = redis::cmd("HMGET");
+                c.arg(self.failover_key(k))
+                    .arg("p")
+                    .arg("g")
+                    .arg("u")
+                    .arg("a");
+                c
+            }
             // Compare-and-delete: the script deletes the key only if it holds a record,
             // and returns it, so the end can be attributed to its backend.
             StoreOp::Delete(k) => self.script(k, true, false),
-            // never sent: the router refuses `--failover` with Redis at start
-            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => redis::cmd("PING"),
         }
     }
 
@@ -500,9 +577,16 @@ impl RedisCodec {
     /// respond to requests containing that session ID with HTTP 404 Not Found.").
     pub fn reply(&self, op: &StoreOp, v: Value) -> StoreReply {
         let record = |v: Value| match v {
+            // a failed-over session's record and its new upstream id
+            Value::Array(a) => match <[Value; 2]>::try_from(a) {
+                Ok([Value::BulkString(r), Value::BulkString(u)]) => Ok(self
+                    .verified(&r)
+                    .map(|rec| (rec, SessionKey::new(&u, usize::MAX)))),
+                _ => Err(()),
+            },
             Value::Nil => Ok(None),
-            Value::BulkString(b) => Ok(self.verified(&b)),
-            Value::SimpleString(s) => Ok(self.verified(s.as_bytes())),
+            Value::BulkString(b) => Ok(self.verified(&b).map(|r| (r, None))),
+            Value::SimpleString(s) => Ok(self.verified(s.as_bytes()).map(|r| (r, None))),
             // the script's "not a record"
             Value::Int(len) => {
                 foreign_value(len);
@@ -511,17 +595,36 @@ impl RedisCodec {
             _ => Err(()),
         };
         let r = match op {
-            StoreOp::Get(_) => record(v).map(StoreReply::Found),
-            StoreOp::Delete(_) => record(v).map(StoreReply::Deleted),
+            StoreOp::Get(_) => record(v).map(|r| match r {
+                Some((rec, Some(up))) => StoreReply::FoundFailover(
+                    rec,
+                    // the upstream id only: the rest is read when a failover needs it
+                    Arc::new(Failover {
+                        params: bytes::Bytes::new(),
+                        upstream: Some(up),
+                        at: None,
+                        generation: 0,
+                    }),
+                ),
+                r => StoreReply::Found(r.map(|(rec, _)| rec)),
+            }),
+            StoreOp::Delete(_) => record(v).map(|r| StoreReply::Deleted(r.map(|(rec, _)| rec))),
             StoreOp::Touch(_) => record(v).map(|r| StoreReply::Touched(r.is_some())),
-            StoreOp::Insert(..) => match v {
+            StoreOp::LoadFailover(k) => match v {
+                Value::Array(a) => Ok(StoreReply::FailoverState(self.loaded(k, a).map(Arc::new))),
+                _ => Err(()),
+            },
+            StoreOp::FailOver { .. } => match v {
+                Value::Int(1) => Ok(StoreReply::FailedOver(true)),
+                Value::Int(0) => Ok(StoreReply::FailedOver(false)),
+                _ => Err(()),
+            },
+            StoreOp::Insert(..) | StoreOp::InsertFailover(..) => match v {
                 Value::Okay => Ok(StoreReply::Inserted(true)),
                 Value::SimpleString(s) if s == "OK" => Ok(StoreReply::Inserted(true)),
                 Value::Nil => Ok(StoreReply::Inserted(false)),
                 _ => Err(()),
             },
-            // never sent: the router refuses `--failover` with Redis at start
-            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => Err(()),
             StoreOp::Admit(_) => match v {
                 Value::Array(a) => match a.as_slice() {
                     [Value::Int(0), _] => Ok(StoreReply::Admitted(Admission::Admit)),
@@ -538,6 +641,45 @@ impl RedisCodec {
         r.unwrap_or(StoreReply::Unavailable)
     }
 
+    /// The `initialize` body sealed for the session `k` with the sealing key of the
+    /// running key ring (the nonce from the router's generator, as tokens get);
+    /// `None` without a key ring, when nothing is kept.
+    fn seal_params(&self, k: &SessionKey, params: &[u8]) -> Option<Vec<u8>> {
+        let ring = self.router.config().session_keys.clone()?;
+        ring.seal_value(k.as_bytes(), params, &self.router.next_nonce())
+            .ok()
+    }
+
+    /// A session's failover hash as `HMGET p g u a` read it: `None` without a body, or
+    /// with one no key of the ring opens (tampered, another session's, or sealed by a
+    /// key rotated out): that session is not eligible.
+    fn loaded(&self, k: &SessionKey, a: Vec<Value>) -> Option<Failover> {
+        let [p, g, u, at] = <[Value; 4]>::try_from(a).ok()?;
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+            _ => None,
+        };
+        let Value::BulkString(sealed) = p else {
+            return None;
+        };
+        let ring = self.router.config().session_keys.clone()?;
+        let params = ring.open_value(k.as_bytes(), &sealed)?;
+        let generation = text(&g).and_then(|g| g.parse().ok()).unwrap_or(0);
+        let upstream = match &u {
+            Value::BulkString(b) => SessionKey::new(b, usize::MAX),
+            _ => None,
+        };
+        let at = text(&at)
+            .and_then(|a| a.parse::<u64>().ok())
+            .map(instant_of_unix_ms);
+        Some(Failover {
+            params: params.into(),
+            upstream,
+            at,
+            generation,
+        })
+    }
+
     /// A value the script passed as a record; `None` (and logged) should the two
     /// readings ever disagree.
     fn verified(&self, v: &[u8]) -> Option<Record> {
@@ -549,8 +691,10 @@ impl RedisCodec {
     }
 }
 
-/// `StoreOp::Insert`: KEYS = record, live set, client set, expiry index, its records;
-/// ARGV = value, TTL (s), session id. `SET NX EX`, and on success the session joins
+/// `StoreOp::Insert`: KEYS = record, live set, client set, expiry index, its records
+/// (and with failover, the failover hash); ARGV = value, TTL (s), session id (and the
+/// sealed `initialize` body, stored as the hash's `p` with generation 0 and the
+/// record's TTL, in the same round trip). `SET NX EX`, and on success the session joins
 /// both sets and the expiry index with its deadline (ms, Redis's clock), and its value
 /// is copied into the index's records. Replies `OK` or nil, like `SET NX`.
 pub const INSERT_SCRIPT: &str = r"
@@ -563,8 +707,55 @@ redis.call('ZADD', KEYS[3], deadline, ARGV[3])
 redis.call('PEXPIREAT', KEYS[3], deadline)
 redis.call('ZADD', KEYS[4], deadline, ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[1])
+if KEYS[6] then
+  redis.call('DEL', KEYS[6])
+  redis.call('HSET', KEYS[6], 'p', ARGV[4], 'g', 0)
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
+end
 return ok
 ";
+
+/// `StoreOp::FailOver`: KEYS = record, failover hash, the expiry index's records;
+/// ARGV = the generation the failover started from, the new generation, the new
+/// upstream id, when (unix ms), the new record value, TTL (s), the client (16 hex), the
+/// session id.
+///
+/// First writer wins, as in the embedded store: the mapping is stored only if the key
+/// still holds a record of the same client and the hash is still of generation
+/// `ARGV[1]`; a replica that lost the race gets 0 and follows the winner's mapping.
+/// The record now names the new backend (so draining it and `DELETE` find it) and its
+/// copy in the expiry index follows. Replies 1 (stored) or 0.
+pub const FAILOVER_SCRIPT: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+if type(v) ~= 'string' then return 0 end
+if string.match(v, '^2|[sl]|%d+|(%x+)|') ~= ARGV[7] then return 0 end
+if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[5], 'XX', 'EX', ARGV[6])
+redis.call('HSET', KEYS[2], 'g', ARGV[2], 'u', ARGV[3], 'a', ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 1 then redis.call('HSET', KEYS[3], ARGV[8], ARGV[5]) end
+return 1
+";
+
+/// Unix milliseconds of `at` (`None`: now), by the wall clock.
+fn unix_ms_of(at: Option<std::time::Instant>) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ago = at.map_or(Duration::ZERO, |at| at.elapsed());
+    now.saturating_sub(ago).as_millis() as u64
+}
+
+/// The instant a wall-clock time in unix milliseconds was (clamped to now).
+fn instant_of_unix_ms(ms: u64) -> std::time::Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let ago = Duration::from_millis(now_ms.saturating_sub(ms));
+    let now = std::time::Instant::now();
+    now.checked_sub(ago).unwrap_or(now)
+}
 
 /// Claim expired sessions for reaping. KEYS = expiry index, its records, claims;
 /// ARGV = record key prefix, lease (ms), most sessions to claim.
@@ -900,6 +1091,130 @@ mod tests {
                 client: ClientId(0),
             })
         );
+    }
+
+    /// `--failover reinitialize` on Redis: the insert carries the body sealed (never the
+    /// plaintext) in the same script; a lookup reads only the new upstream id; the load
+    /// opens the body again; the mapping's script says whether it won.
+    #[test]
+    fn failover_state_is_sealed_in_the_insert_and_read_only_by_the_load() {
+        let ring = mcp_router_core::KeyRing::parse(&format!("k:{}\n", "5a".repeat(32))).unwrap();
+        let c = Config {
+            backends: vec![Backend::parse("http://127.0.0.1:1", Some("b0")).unwrap()],
+            failover: Some(mcp_router_core::failover::FailoverSettings {
+                remote: true,
+                ..Default::default()
+            }),
+            session_keys: Some(Arc::new(ring)),
+            ..Config::default()
+        };
+        let router = Arc::new(Router::new(Arc::new(c), Instant::now()));
+        let s = RedisSettings {
+            url: "redis://127.0.0.1:1".into(),
+            password: None,
+            key_prefix: "p:".into(),
+            timeout: Duration::from_millis(10),
+        };
+        let c = RedisCodec::new(&s, router);
+        let k = SessionKey::new(b"abc", 256).unwrap();
+        let rec = Record {
+            backend: BackendId(0),
+            era: Era::Streamable,
+            client: ClientId(0xab),
+        };
+        let params = br#"{"method":"initialize","params":{"clientInfo":{"name":"plain-name"}}}"#;
+        let state = Arc::new(Failover {
+            params: bytes::Bytes::from_static(params),
+            upstream: None,
+            at: None,
+            generation: 0,
+        });
+        let insert = c
+            .command(&StoreOp::InsertFailover(k.clone(), rec, state))
+            .get_packed_command();
+        let text = String::from_utf8_lossy(&insert);
+        assert!(
+            text.contains("EVALSHA\r\n") && text.contains("\r\n$1\r\n6\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("p: failover abc\r\n"), "{text}");
+        assert!(
+            !text.contains("plain-name"),
+            "the body goes out sealed: {text}"
+        );
+        // the sealed body is the last argument
+        let sealed = insert[insert.len() - (params.len() + 31) - 2..insert.len() - 2].to_vec();
+        assert_eq!(sealed[0], mcp_router_core::seal::VALUE_VERSION);
+        // the lookup names the hash (to slide it) and reads the upstream id only
+        let get = packed(c.command(&StoreOp::Get(k.clone())));
+        assert!(get.contains("p: failover abc"), "{get}");
+        let stored = "2|s|0|00000000000000ab|b0";
+        assert_eq!(
+            c.reply(&StoreOp::Get(k.clone()), Value::BulkString(stored.into())),
+            StoreReply::Found(Some(rec))
+        );
+        let StoreReply::FoundFailover(r, f) = c.reply(
+            &StoreOp::Get(k.clone()),
+            Value::Array(vec![
+                Value::BulkString(stored.into()),
+                Value::BulkString(b"new-up".to_vec()),
+            ]),
+        ) else {
+            panic!("a failed-over lookup carries the upstream id");
+        };
+        assert_eq!(
+            (r, f.upstream.as_ref().map(SessionKey::as_str)),
+            (rec, Some("new-up"))
+        );
+        assert!(
+            f.params.is_empty(),
+            "the body is not read on the request path"
+        );
+        // the load opens it
+        let load = |p: Vec<u8>, key: &SessionKey| {
+            c.reply(
+                &StoreOp::LoadFailover(key.clone()),
+                Value::Array(vec![
+                    Value::BulkString(p),
+                    Value::BulkString(b"1".to_vec()),
+                    Value::BulkString(b"new-up".to_vec()),
+                    Value::BulkString(b"1".to_vec()),
+                ]),
+            )
+        };
+        let StoreReply::FailoverState(Some(f)) = load(sealed.clone(), &k) else {
+            panic!("loaded");
+        };
+        assert_eq!(&f.params[..], &params[..]);
+        assert_eq!(
+            (f.generation, f.upstream.as_ref().map(SessionKey::as_str)),
+            (1, Some("new-up"))
+        );
+        assert!(f.at.is_some());
+        // copied under another session's key, or tampered: not eligible
+        let other = SessionKey::new(b"abd", 256).unwrap();
+        assert_eq!(
+            load(sealed.clone(), &other),
+            StoreReply::FailoverState(None)
+        );
+        let mut bad = sealed;
+        bad[20] ^= 1;
+        assert_eq!(load(bad, &k), StoreReply::FailoverState(None));
+        let fo = StoreOp::FailOver {
+            key: k.clone(),
+            record: rec,
+            state: Arc::new(Failover {
+                params: bytes::Bytes::new(),
+                upstream: Some(other.clone()),
+                at: Some(Instant::now()),
+                generation: 1,
+            }),
+            from: 0,
+        };
+        assert!(packed(c.command_with_source(&fo)).contains("'HGET', KEYS[2], 'g'"));
+        assert_eq!(c.reply(&fo, Value::Int(1)), StoreReply::FailedOver(true));
+        assert_eq!(c.reply(&fo, Value::Int(0)), StoreReply::FailedOver(false));
+        assert_eq!(c.reply(&fo, Value::Nil), StoreReply::Unavailable);
     }
 
     /// The expiry index's claim and drain replies: pairs of id and stored record, the
