@@ -273,6 +273,26 @@ fn redis_dump(addr: &str) -> String {
 /// without a failover of its own. The body in Redis is sealed: the client's name
 /// appears in no key or value.
 fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
+    on_redis(&[]);
+}
+
+/// The same with `--session-ids sealed`: the token the client holds never changes, and
+/// the record (keyed by the token's upstream id) with its failover hash is the only
+/// store state the mapping needs.
+fn sealed_ids_on_redis_fail_over_from_the_sealed_params_in_redis() {
+    on_redis(&["--session-ids", "sealed"]);
+}
+
+/// The failover keys in Redis.
+fn failover_keys(addr: &str) -> Vec<String> {
+    let keys = redis_cmd(addr, &["KEYS", "mcp-router:session: failover *"]);
+    keys.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn on_redis(ids: &[&str]) {
     const NAME: &str = "client-name-that-must-not-leak";
     let rp = free_port();
     let redis = redis_server(rp);
@@ -281,7 +301,7 @@ fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
     let keys = dir.join("keys");
     std::fs::write(&keys, format!("k1:{}\n", "3c".repeat(32))).unwrap();
     let store = format!("redis://127.0.0.1:{rp}");
-    let extra = [
+    let mut extra = vec![
         "--store",
         &store,
         "--session-keys",
@@ -289,6 +309,7 @@ fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
         "--failover",
         "reinitialize",
     ];
+    extra.extend_from_slice(ids);
     let mut b1 = Proc::fake_backend("b1");
     let b2 = Proc::fake_backend("b2");
     let (a, admin_a) = router(&[("b1", &b1), ("b2", &b2)], &extra);
@@ -332,10 +353,12 @@ fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
     // the raw look: the failover hashes are there, the session ids are in the dump (so
     // it does show values), and the client's name is nowhere
     let dump = redis_dump(&redis.addr);
-    for (sid, _) in &sessions {
-        assert!(dump.contains(&format!(" failover {sid}")), "{dump}");
-    }
-    assert!(dump.contains("|b1"), "records are in the dump: {dump}");
+    let hashes = failover_keys(&redis.addr);
+    assert_eq!(hashes.len(), sessions.len(), "{dump}");
+    assert!(hashes.iter().all(|k| dump.contains(k.as_str())));
+    let on_b1_records = |dump: &str| dump.lines().filter(|l| l.ends_with("|b1")).count();
+    // each record and its copy in the expiry index
+    assert_eq!(on_b1_records(&dump), 4, "records are in the dump: {dump}");
     assert!(
         !dump.contains(NAME),
         "the initialize body is in Redis in plaintext"
@@ -344,14 +367,7 @@ fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
         !dump.contains("clientInfo"),
         "the initialize body is in Redis in plaintext"
     );
-    let sealed = redis_cmd(
-        &redis.addr,
-        &[
-            "HSTRLEN",
-            &format!("mcp-router:session: failover {}", sessions[0].0),
-            "p",
-        ],
-    );
+    let sealed = redis_cmd(&redis.addr, &["HSTRLEN", &hashes[0], "p"]);
     let sealed: usize = sealed.trim_start_matches(':').parse().unwrap();
     assert_eq!(sealed, init.len() + 31, "the body, sealed (header and tag)");
 
@@ -410,11 +426,8 @@ fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
     // the stored mapping names b2 now, and still nothing in plaintext
     let dump = redis_dump(&redis.addr);
     assert!(!dump.contains(NAME));
-    let rec = redis_cmd(
-        &redis.addr,
-        &["GET", &format!("mcp-router:session:{}", on_b1[0])],
-    );
-    assert!(rec.ends_with("|b2"), "{rec}");
+    // no record names b1 any more: the mapping names b2, in the records and the index
+    assert_eq!(on_b1_records(&dump), 0, "{dump}");
     // DELETE through A ends the session and its failover hash
     let d = a.conn().request(
         "DELETE",
@@ -423,14 +436,7 @@ fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
         "",
     );
     assert!((200..300).contains(&d.status), "{}", d.status);
-    let left = redis_cmd(
-        &redis.addr,
-        &[
-            "EXISTS",
-            &format!("mcp-router:session: failover {}", on_b1[0]),
-        ],
-    );
-    assert_eq!(left, ":0");
+    assert_eq!(failover_keys(&redis.addr).len(), sessions.len() - 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -438,4 +444,5 @@ mcp_router_testkit::behaviour_suite!(
     a_dead_backends_sessions_continue_on_the_other,
     a_second_loss_within_the_window_is_a_404,
     replicas_on_redis_fail_over_from_the_sealed_params_in_redis,
+    sealed_ids_on_redis_fail_over_from_the_sealed_params_in_redis,
 );
