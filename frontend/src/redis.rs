@@ -94,8 +94,10 @@ pub fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
 /// client is read from the record); and out of the expiry index: `ARGV[5]` its sorted
 /// set, `ARGV[6]` its hash of records (a session ended this way is not reaped).
 ///
-/// With `--failover reinitialize`, `ARGV[3]` (slide) or `ARGV[7]` (delete) names the
-/// session's failover hash ([`RedisCodec::failover_key`]): sliding slides it too and,
+/// With `--failover reinitialize`, `ARGV[3] .. ARGV[4]` (slide: the hashes' name prefix
+/// and the session id, so that a request builds no name of its own) or `ARGV[7]`
+/// (delete) names the session's failover hash ([`RedisCodec::failover_key`]): sliding
+/// slides it too and,
 /// once the session has failed over, replies `{record, new upstream id}`; deleting
 /// deletes it. The sealed `initialize` body in it is never read here.
 ///
@@ -122,9 +124,12 @@ if ARGV[1] == 'del' then
   if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
 else
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  if ARGV[3] and redis.call('EXPIRE', ARGV[3], ARGV[2]) == 1 then
-    local u = redis.call('HGET', ARGV[3], 'u')
-    if u then return {v, u} end
+  if ARGV[3] then
+    local f = ARGV[3] .. ARGV[4]
+    if redis.call('EXPIRE', f, ARGV[2]) == 1 then
+      local u = redis.call('HGET', f, 'u')
+      if u then return {v, u} end
+    end
   end
 end
 return v
@@ -209,8 +214,10 @@ pub struct RedisCodec {
     prefix: String,
     ttl_secs: u64,
     router: Arc<Router>,
-    /// `--failover reinitialize` at start: lookups read (and slide) the failover hash.
+    /// `--failover reinitialize` at start: deletes delete the failover hash, lookups
+    /// read (and slide) it, named by this prefix and the session id.
     failover: bool,
+    failover_prefix: Option<String>,
 }
 
 impl RedisCodec {
@@ -220,6 +227,11 @@ impl RedisCodec {
             prefix: settings.key_prefix.clone(),
             ttl_secs: router.config().session_ttl.as_secs().max(1),
             failover: router.config().failover.is_some(),
+            failover_prefix: router
+                .config()
+                .failover
+                .is_some()
+                .then(|| format!("{} failover ", settings.key_prefix)),
             router,
         }
     }
@@ -445,8 +457,8 @@ impl RedisCodec {
             }
         } else {
             c.arg("slide").arg(self.ttl_secs);
-            if self.failover {
-                c.arg(self.failover_key(k));
+            if let Some(p) = &self.failover_prefix {
+                c.arg(p.as_str()).arg(k.as_str());
             }
         }
         c
@@ -1147,7 +1159,8 @@ mod tests {
         assert_eq!(sealed[0], mcp_router_core::seal::VALUE_VERSION);
         // the lookup names the hash (to slide it) and reads the upstream id only
         let get = packed(c.command(&StoreOp::Get(k.clone())));
-        assert!(get.contains("p: failover abc"), "{get}");
+        assert!(get.contains("\r\np: failover \r\n$3\r\nabc\r\n"), "{get}");
+        assert!(packed(c.command(&StoreOp::Delete(k.clone()))).contains("p: failover abc"));
         let stored = "2|s|0|00000000000000ab|b0";
         assert_eq!(
             c.reply(&StoreOp::Get(k.clone()), Value::BulkString(stored.into())),
