@@ -119,7 +119,7 @@ if ARGV[1] == 'del' then
   if ARGV[7] then redis.call('DEL', ARGV[7]) end
   redis.call('ZREM', ARGV[2], ARGV[3])
   redis.call('ZREM', ARGV[5], ARGV[3])
-  redis.call('HDEL', ARGV[6], ARGV[3])
+  redis.call('HDEL', ARGV[6], ARGV[3], ARGV[3] .. ' up')
   local c = string.match(v, '^2|[sl]|%d+|(%x+)|')
   if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
 else
@@ -206,6 +206,17 @@ pub trait RemoteStore {
     fn execute(&self, op: &StoreOp) -> impl Future<Output = StoreReply>;
     /// Whether the store answers a `PING` within the store timeout.
     fn ping(&self) -> impl Future<Output = bool>;
+}
+
+/// A session claimed for reaping from the expiry index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The session (the client's id): what the claim is acknowledged by.
+    pub id: SessionKey,
+    /// Its stored record (`None` when the copy does not read as one).
+    pub record: Option<Record>,
+    /// After a failover: the new backend's id for it, which the `DELETE` names.
+    pub upstream: Option<SessionKey>,
 }
 
 /// Session records as Redis keys, values and commands.
@@ -333,7 +344,7 @@ impl RedisCodec {
     /// A [`DRAIN_SCRIPT`] reply: the next cursor (0: the scan is complete) and the
     /// ended sessions; `None` for a reply of another shape.
     #[allow(clippy::type_complexity)]
-    pub fn drained(&self, v: Value) -> Option<(u64, Vec<(SessionKey, Option<Record>)>)> {
+    pub fn drained(&self, v: Value) -> Option<(u64, Vec<Claimed>)> {
         let Value::Array(mut items) = v else {
             return None;
         };
@@ -351,7 +362,7 @@ impl RedisCodec {
     /// The claimed sessions of a [`CLAIM_SCRIPT`] reply: each id and its record
     /// (`None` when the stored copy does not read as one); `None` for a reply of
     /// another shape.
-    pub fn claimed(&self, v: Value) -> Option<Vec<(SessionKey, Option<Record>)>> {
+    pub fn claimed(&self, v: Value) -> Option<Vec<Claimed>> {
         let Value::Array(items) = v else {
             return None;
         };
@@ -364,7 +375,17 @@ impl RedisCodec {
         for pair in items.chunks(2) {
             let [id, rec] = pair else { return None };
             let id = SessionKey::new(&bytes(id)?, usize::MAX)?;
-            out.push((id, self.decode(&bytes(rec)?)));
+            let rec = bytes(rec)?;
+            // a failed-over session's copy carries its upstream id after a newline
+            let (rec, upstream) = match rec.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rec[..i], SessionKey::new(&rec[i + 1..], usize::MAX)),
+                None => (&rec[..], None),
+            };
+            out.push(Claimed {
+                id,
+                record: self.decode(rec),
+                upstream,
+            });
         }
         Some(out)
     }
@@ -378,6 +399,7 @@ impl RedisCodec {
             p.cmd("HDEL")
                 .arg(self.reap_meta_key())
                 .arg(id.as_str())
+                .arg(format!("{} up", id.as_str()))
                 .ignore();
             p.cmd("ZREM")
                 .arg(self.reap_claims_key())
@@ -736,7 +758,8 @@ return ok
 /// still holds a record of the same client and the hash is still of generation
 /// `ARGV[1]`; a replica that lost the race gets 0 and follows the winner's mapping.
 /// The record now names the new backend (so draining it and `DELETE` find it) and its
-/// copy in the expiry index follows. Replies 1 (stored) or 0.
+/// copy in the expiry index follows, with the new upstream id beside it (field
+/// `<id> up`: ids have no space), which an expiry reaps. Replies 1 (stored) or 0.
 pub const FAILOVER_SCRIPT: &str = r"
 local v = redis.pcall('GET', KEYS[1])
 if type(v) ~= 'string' then return 0 end
@@ -745,7 +768,9 @@ if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[5], 'XX', 'EX', ARGV[6])
 redis.call('HSET', KEYS[2], 'g', ARGV[2], 'u', ARGV[3], 'a', ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
-if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 1 then redis.call('HSET', KEYS[3], ARGV[8], ARGV[5]) end
+if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[8], ARGV[5], ARGV[8] .. ' up', ARGV[3])
+end
 return 1
 ";
 
@@ -781,7 +806,8 @@ fn instant_of_unix_ms(ms: u64) -> std::time::Instant {
 /// replica that held them died before acknowledging) are claimed again first. A script
 /// runs atomically, so no two replicas claim the same expiry; only a replica that dies
 /// between its `DELETE` and its acknowledgement leaves one to be sent twice. Replies a
-/// flat array `id, record, id, record, ...`.
+/// flat array `id, record, id, record, ...`; the record of a session that failed over
+/// is followed by a newline and its upstream id (what the `DELETE` names).
 pub const CLAIM_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -790,6 +816,8 @@ local out, n = {}, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
   local v = redis.call('HGET', KEYS[2], id)
   if v then
+    local up = redis.call('HGET', KEYS[2], id .. ' up')
+    if up then v = v .. '\n' .. up end
     redis.call('ZADD', KEYS[3], now + lease, id)
     out[#out + 1] = id
     out[#out + 1] = v
@@ -807,11 +835,13 @@ if n < limit then
       redis.call('ZREM', KEYS[1], id)
       local v = redis.call('HGET', KEYS[2], id)
       if v and ttl == -2 then
+        local up = redis.call('HGET', KEYS[2], id .. ' up')
+        if up then v = v .. '\n' .. up end
         redis.call('ZADD', KEYS[3], now + lease, id)
         out[#out + 1] = id
         out[#out + 1] = v
       else
-        redis.call('HDEL', KEYS[2], id)
+        redis.call('HDEL', KEYS[2], id, id .. ' up')
       end
     end
   end
@@ -847,6 +877,8 @@ for i = 1, #kv, 2 do
     if c then redis.call('ZREM', ARGV[5] .. c, id) end
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), id)
+    local up = redis.call('HGET', KEYS[2], id .. ' up')
+    if up then v = v .. '\n' .. up end
     out[#out + 1] = id
     out[#out + 1] = v
   end
@@ -1252,19 +1284,29 @@ mod tests {
             bulk("2|s|0|00000000000000ab|b0"),
             bulk("def"),
             bulk("not a record"),
+            bulk("ghi"),
+            bulk("2|s|0|00000000000000ab|b0\nnew-up"),
         ]);
         let got = c.claimed(reply).unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].0.as_str(), "abc");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].id.as_str(), "abc");
+        let rec = Record {
+            backend: BackendId(0),
+            era: Era::Streamable,
+            client: ClientId(0xab),
+        };
+        assert_eq!((got[0].record, got[0].upstream.as_ref()), (Some(rec), None));
+        assert_eq!((got[1].id.as_str(), got[1].record), ("def", None));
+        // a session that failed over: acknowledged by its id, reaped by the new one
+        assert_eq!(got[2].id.as_str(), "ghi");
+        assert_eq!(got[2].record, Some(rec));
         assert_eq!(
-            got[0].1,
-            Some(Record {
-                backend: BackendId(0),
-                era: Era::Streamable,
-                client: ClientId(0xab),
-            })
+            got[2].upstream.as_ref().map(SessionKey::as_str),
+            Some("new-up")
         );
-        assert_eq!((got[1].0.as_str(), got[1].1), ("def", None));
+        let ack =
+            String::from_utf8(c.ack_pipeline(&[got[2].id.clone()]).get_packed_pipeline()).unwrap();
+        assert!(ack.contains("$6\r\nghi up\r\n"), "{ack}");
         assert_eq!(c.claimed(Value::Array(vec![bulk("odd")])), None);
         assert_eq!(c.claimed(Value::Nil), None);
         let (cursor, ended) = c
