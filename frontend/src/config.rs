@@ -260,8 +260,8 @@ pub struct Cli {
     // ----- failover (issue 14, point 3) -----
     /// `reinitialize`: a session whose backend is down (connect failed, marked down,
     /// removed) is initialized again on a healthy backend by replaying the client's
-    /// initialize; the client's session id stays. Needs the embedded store
-    /// (--store memory) [default: off].
+    /// initialize; the client's session id stays. With a Redis store it needs
+    /// --session-keys (the initialize is kept there only sealed) [default: off].
     #[arg(long, env = "MCP_ROUTER_FAILOVER")]
     pub failover: Option<String>,
     /// At most one failover per session within this time; a session whose replacement
