@@ -321,6 +321,7 @@ enum Waiting {
     Delete(SessionKey, EndCause),
     Touch,
     FailOver,
+    LoadFailover,
 }
 
 /// A failover's replay in progress on the exchange's upstream connection (see
@@ -450,6 +451,9 @@ struct Exchange {
     upstream_sid: Option<SessionKey>,
     /// A failover's replay in progress.
     replay: Option<Box<Replay>>,
+    /// A failover waiting for the store's [`StoreOp::LoadFailover`]: the record as
+    /// looked up and why the backend is lost.
+    loading: Option<(Record, Cause)>,
 }
 
 impl Exchange {
@@ -504,6 +508,7 @@ impl Exchange {
             looked_up: None,
             upstream_sid: None,
             replay: None,
+            loading: None,
         }
     }
 
@@ -572,6 +577,7 @@ impl Exchange {
             looked_up,
             upstream_sid,
             replay,
+            loading,
         } = self;
         *route = Route::Sniffing;
         *kind = Kind::Stateless;
@@ -630,6 +636,7 @@ impl Exchange {
         *looked_up = None;
         *upstream_sid = None;
         *replay = None;
+        *loading = None;
     }
 }
 
@@ -915,6 +922,7 @@ impl Conn {
             }
             Waiting::Touch => {}
             Waiting::FailOver => self.on_failed_over(reply, now),
+            Waiting::LoadFailover => self.on_failover_loaded(reply, now),
         }
     }
 
@@ -1746,6 +1754,48 @@ impl Conn {
     /// Mcp-Session-Id, it MUST start a new session by sending a new InitializeRequest
     /// without a session ID attached."
     fn fail_over(&mut self, rec: Record, state: Option<Arc<Failover>>, cause: Cause, now: Instant) {
+        let Some(key) = self.x.session.clone() else {
+            return self.not_found(now);
+        };
+        let Some(settings) = self.cfg.failover else {
+            return self.not_found(now);
+        };
+        if settings.remote && rec.era == Era::Streamable {
+            // The lookup left the `initialize` body in the store (off the request
+            // path): read the whole state now, then decide on it.
+            self.x.loading = Some((rec, cause));
+            self.store(StoreOp::LoadFailover(key), Waiting::LoadFailover);
+            return;
+        }
+        self.fail_over_with(rec, state, cause, now);
+    }
+
+    /// The store's answer to [`StoreOp::LoadFailover`]: fail over with that state.
+    fn on_failover_loaded(&mut self, reply: StoreReply, now: Instant) {
+        let Some((rec, cause)) = self.x.loading.take() else {
+            return;
+        };
+        match reply {
+            StoreReply::FailoverState(state) => {
+                // a state without a body (it could not be kept) is not eligible
+                let state = state.filter(|f| !f.params.is_empty());
+                self.fail_over_with(rec, state, cause, now);
+            }
+            _ => {
+                self.sniff_pending();
+                self.answer(503, ErrorCode::Server, "Session store unavailable", now);
+            }
+        }
+    }
+
+    /// [`Conn::fail_over`] with the session's whole failover state at hand.
+    fn fail_over_with(
+        &mut self,
+        rec: Record,
+        state: Option<Arc<Failover>>,
+        cause: Cause,
+        now: Instant,
+    ) {
         let Some(key) = self.x.session.clone() else {
             return self.not_found(now);
         };

@@ -37,6 +37,12 @@ pub struct FailoverSettings {
     /// Largest `initialize` body kept for a replay (`--failover-max-params`); a session
     /// whose `initialize` was larger is not eligible for failover.
     pub max_params: usize,
+    /// The store keeps the `initialize` body away from the request path (Redis: sealed
+    /// with the session key, in a hash beside the record): a lookup hands out at most
+    /// the new upstream id, and a failover first loads the whole state
+    /// ([`crate::StoreOp::LoadFailover`]). `false`: the embedded store, whose lookup
+    /// hands out the whole state by reference count.
+    pub remote: bool,
 }
 
 impl Default for FailoverSettings {
@@ -44,6 +50,7 @@ impl Default for FailoverSettings {
         FailoverSettings {
             window: Duration::from_secs(60),
             max_params: 16 * 1024,
+            remote: false,
         }
     }
 }

@@ -601,7 +601,7 @@ impl Metrics {
         let op = match op {
             StoreOp::Get(_) => "get",
             StoreOp::Insert(..) | StoreOp::InsertFailover(..) => "insert",
-            StoreOp::FailOver { .. } => "failover",
+            StoreOp::FailOver { .. } | StoreOp::LoadFailover(_) => "failover",
             StoreOp::Delete(_) => "delete",
             StoreOp::Touch(_) => "touch",
             StoreOp::Admit(_) => "admit",

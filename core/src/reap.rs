@@ -97,6 +97,10 @@ pub struct ReapJob {
     /// Claimed from a shared store's expiry index: acknowledge it there once done
     /// (whatever the result), so that no other replica takes it over.
     pub claimed: bool,
+    /// The id the claim is acknowledged by when it is not `session` (a session that
+    /// failed over on a shared store: the client's id, while the `DELETE` names the new
+    /// upstream id).
+    pub ack: Option<SessionKey>,
 }
 
 impl ReapJob {
@@ -108,6 +112,7 @@ impl ReapJob {
             cause,
             attempts: 0,
             claimed: false,
+            ack: None,
         }
     }
 }

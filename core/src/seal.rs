@@ -428,6 +428,69 @@ impl KeyRing {
     }
 }
 
+/// Format version of a sealed stored value ([`KeyRing::seal_value`]); distinct from
+/// [`VERSION`] so that a token can never be taken for a value or the other way round.
+pub const VALUE_VERSION: u8 = 0x81;
+
+impl KeyRing {
+    /// Seal an opaque value the router stores (a session's `initialize` body in Redis,
+    /// for `--failover reinitialize`) with the first key and `nonce`:
+    /// `VALUE_VERSION | key id (2) | nonce (12) | ciphertext | tag (16)`, binary. The
+    /// header and `context` (the session id: a value copied to another session's key
+    /// does not open there) are authenticated, not stored.
+    pub fn seal_value(
+        &self,
+        context: &[u8],
+        plaintext: &[u8],
+        nonce: &[u8; NONCE],
+    ) -> Result<Vec<u8>, SealError> {
+        let key = self.keys.first().ok_or(SealError::NoKey)?;
+        let mut out = Vec::with_capacity(HEADER + plaintext.len() + TAG);
+        out.push(VALUE_VERSION);
+        out.extend_from_slice(&key.kid);
+        out.extend_from_slice(nonce);
+        let aad = value_aad(&out[..3], context);
+        out.extend_from_slice(plaintext);
+        let tag = key
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut out[HEADER..])
+            .map_err(|_| SealError::TooLong)?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Open a value sealed by [`KeyRing::seal_value`] for the same `context`, by any key
+    /// of the ring. `None`: malformed, tampered, another context, or a key not in the
+    /// ring (rotated out).
+    pub fn open_value(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < HEADER + TAG || sealed[0] != VALUE_VERSION {
+            return None;
+        }
+        let kid = [sealed[1], sealed[2]];
+        let key = self.keys.iter().find(|k| k.kid == kid)?;
+        let aad = value_aad(&sealed[..3], context);
+        let (body, tag) = sealed[HEADER..].split_at(sealed.len() - HEADER - TAG);
+        let mut plain = body.to_vec();
+        key.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&sealed[3..HEADER]),
+                &aad,
+                &mut plain,
+                Tag::from_slice(tag),
+            )
+            .ok()?;
+        Some(plain)
+    }
+}
+
+/// The associated data of a sealed value: its version and key id, then the context.
+fn value_aad(head: &[u8], context: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(head.len() + context.len());
+    aad.extend_from_slice(head);
+    aad.extend_from_slice(context);
+    aad
+}
+
 /// Characters of the token sealing an upstream id of `n` bytes.
 pub fn token_len(n: usize) -> usize {
     (4 * (OVERHEAD + n)).div_ceil(3)
@@ -545,6 +608,33 @@ mod tests {
             backend: name_digest("b0"),
             upstream: up,
         }
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_for_its_context_and_ring() {
+        let ring = KeyRing::parse(&format!("a:{}\n", "11".repeat(32))).unwrap();
+        let plain = br#"{"method":"initialize","params":{"clientInfo":{"name":"zed"}}}"#;
+        let v = ring.seal_value(b"s1", plain, &[7; NONCE]).unwrap();
+        assert_eq!(v.len(), plain.len() + HEADER + TAG);
+        assert!(
+            !v.windows(3).any(|w| w == b"zed"),
+            "ciphertext carries the name"
+        );
+        assert_eq!(ring.open_value(b"s1", &v).as_deref(), Some(&plain[..]));
+        assert_eq!(ring.open_value(b"s2", &v), None, "another session's value");
+        let mut bad = v.clone();
+        bad[HEADER] ^= 1;
+        assert_eq!(ring.open_value(b"s1", &bad), None, "tampered");
+        let other = KeyRing::parse(&format!("b:{}\n", "22".repeat(32))).unwrap();
+        assert_eq!(other.open_value(b"s1", &v), None, "a key not in the ring");
+        let rotated =
+            KeyRing::parse(&format!("b:{}\na:{}\n", "22".repeat(32), "11".repeat(32))).unwrap();
+        assert_eq!(rotated.open_value(b"s1", &v).as_deref(), Some(&plain[..]));
+        assert_eq!(
+            ring.open_value(b"s1", &v[..HEADER + TAG - 1]),
+            None,
+            "short"
+        );
     }
 
     fn seal(r: &KeyRing, up: &[u8], nonce: u8) -> Vec<u8> {

@@ -53,9 +53,13 @@ pub enum StoreOp {
     /// bucket. Replies [`StoreReply::Admitted`].
     Admit(AdmitRequest),
     /// `--failover reinitialize`: [`StoreOp::Insert`] with what a failover needs (the
-    /// client's `initialize` body). Replies [`StoreReply::Inserted`]. Only the
-    /// embedded store holds these (the router refuses failover with Redis).
+    /// client's `initialize` body). Replies [`StoreReply::Inserted`]. Redis keeps the
+    /// body sealed with the session key ring's sealing key, beside the record.
     InsertFailover(SessionKey, Record, Arc<Failover>),
+    /// A failover is about to happen with a store whose lookups leave the `initialize`
+    /// body out ([`crate::failover::FailoverSettings::remote`]): read the session's whole
+    /// failover state. Replies [`StoreReply::FailoverState`].
+    LoadFailover(SessionKey),
     /// A failover happened: the record now names `record.backend` and `state` (its new
     /// upstream id), if its state is still of generation `from` (another connection did
     /// not fail it over first). Replies [`StoreReply::FailedOver`].
@@ -87,6 +91,9 @@ pub enum StoreReply {
     Admitted(Admission),
     /// `Get` of a record that carries failover state (only with `--failover`).
     FoundFailover(Record, Arc<Failover>),
+    /// `LoadFailover`: the session's failover state (`None`: it has none, or it could
+    /// not be opened, e.g. sealed by a key no longer in the ring: not eligible).
+    FailoverState(Option<Arc<Failover>>),
     /// `FailOver`: whether it was stored (`false`: the record is gone, or another
     /// failover of it came first).
     FailedOver(bool),
@@ -225,6 +232,12 @@ impl MemStore {
             StoreOp::InsertFailover(k, record, f) => {
                 self.insert(k, record, Some(f.clone()), t, deadline)
             }
+            StoreOp::LoadFailover(k) => StoreReply::FailoverState(
+                self.map
+                    .get(k)
+                    .filter(|e| e.deadline > t)
+                    .and_then(|_| self.failover.get(k).cloned()),
+            ),
             StoreOp::FailOver {
                 key,
                 record,

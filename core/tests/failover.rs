@@ -13,6 +13,7 @@ fn failover_config(n: usize) -> Config {
     c.failover = Some(FailoverSettings {
         window: Duration::from_secs(60),
         max_params: 1024,
+        remote: false,
     });
     c
 }
@@ -632,4 +633,84 @@ fn a_session_fails_over_only_to_a_backend_serving_the_session_eras() {
     let to = replay(&mut h, "new-1");
     assert_eq!(to, 3 - old, "the other legacy backend");
     assert_eq!(outcomes(&h), vec![Outcome::Done]);
+}
+
+fn record_of(h: &mut H, sid: &str) -> Record {
+    match h.store.execute(&StoreOp::Get(key(sid)), h.now) {
+        StoreReply::FoundFailover(rec, _) | StoreReply::Found(Some(rec)) => rec,
+        r => panic!("{r:?}"),
+    }
+}
+
+/// A store that keeps the `initialize` body off the request path (Redis): a lookup
+/// hands out the record alone, and only once a failover is decided does the
+/// connection ask for the whole state ([`StoreOp::LoadFailover`]), then replays it. A
+/// state the store cannot hand out (no body kept, or one that no longer opens) is
+/// not eligible.
+#[test]
+fn a_remote_store_is_asked_for_the_state_only_when_a_failover_is_decided() {
+    let mut c = failover_config(2);
+    if let Some(f) = c.failover.as_mut() {
+        f.remote = true;
+    }
+    let mut h = H::with(c);
+    let old = init_with(&mut h, "s1", INIT);
+    h.take_upstream();
+    let rec = record_of(&mut h, "s1");
+    // an ordinary request: one lookup, answered as Redis does (the record alone)
+    h.auto_store = false;
+    h.send(&post("/mcp", Some("s1"), CALL));
+    assert!(matches!(h.ops.front(), Some(StoreOp::Get(_))));
+    assert_eq!(h.ops.len(), 1);
+    h.store_reply(StoreReply::Found(Some(rec)));
+    assert_eq!(h.connects.last().unwrap().0, old);
+    h.connect_ok(false);
+    assert!(h.take_upstream().ends_with(CALL));
+    h.reply(&json_ok(
+        "",
+        r#"{"jsonrpc":"2.0","id":"req-7","result":{}}"#,
+    ));
+    assert_eq!(status_of(&h.take_client()), 200);
+    // the backend is lost: the lookup is the same, then the state is asked for
+    h.send(&post("/mcp", Some("s1"), CALL));
+    assert!(matches!(h.ops.front(), Some(StoreOp::Get(_))));
+    h.store_reply(StoreReply::Found(Some(rec)));
+    h.connect_fail();
+    assert!(
+        matches!(h.ops.front(), Some(StoreOp::LoadFailover(k)) if *k == key("s1")),
+        "the state is read once the failover is decided"
+    );
+    assert!(h.client.is_empty());
+    let state = h.store.execute(&StoreOp::LoadFailover(key("s1")), h.now);
+    assert!(
+        matches!(&state, StoreReply::FailoverState(Some(f)) if f.params.as_ref() == INIT.as_bytes())
+    );
+    h.auto_store = true;
+    h.store_reply(state);
+    let to = replay(&mut h, "new-1");
+    assert_ne!(to, old);
+    h.connect_ok(false);
+    let up = h.take_upstream();
+    assert_eq!(header(&up, "Mcp-Session-Id"), Some("new-1"), "{up}");
+    assert_eq!(outcomes(&h), vec![Outcome::Done]);
+
+    // a session whose state the store does not have: not eligible, 404
+    let mut c = failover_config(2);
+    if let Some(f) = c.failover.as_mut() {
+        f.remote = true;
+    }
+    let mut h = H::with(c);
+    init_with(&mut h, "s2", INIT);
+    h.take_upstream();
+    let rec = record_of(&mut h, "s2");
+    h.auto_store = false;
+    h.send(&post("/mcp", Some("s2"), CALL));
+    h.store_reply(StoreReply::Found(Some(rec)));
+    h.connect_fail();
+    assert!(matches!(h.ops.front(), Some(StoreOp::LoadFailover(_))));
+    h.auto_store = true;
+    h.store_reply(StoreReply::FailoverState(None));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 404, "{resp}");
+    assert_eq!(outcomes(&h), vec![Outcome::Ineligible]);
 }

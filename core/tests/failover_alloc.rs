@@ -109,6 +109,7 @@ fn an_established_request_allocates_no_more_with_failover_on() {
     c.failover = Some(FailoverSettings {
         window: Duration::from_secs(60),
         max_params: 16 * 1024,
+        remote: false,
     });
     let mut on = H::with(c);
     init(&mut on, "s1");

@@ -260,8 +260,8 @@ pub struct Cli {
     // ----- failover (issue 14, point 3) -----
     /// `reinitialize`: a session whose backend is down (connect failed, marked down,
     /// removed) is initialized again on a healthy backend by replaying the client's
-    /// initialize; the client's session id stays. Needs the embedded store
-    /// (--store memory) [default: off].
+    /// initialize; the client's session id stays. With a Redis store it needs
+    /// --session-keys (the initialize is kept there only sealed) [default: off].
     #[arg(long, env = "MCP_ROUTER_FAILOVER")]
     pub failover: Option<String>,
     /// At most one failover per session within this time; a session whose replacement
@@ -682,18 +682,20 @@ impl Cli {
         c.failover = match mode {
             None | Some("off") => None,
             Some("reinitialize") => {
-                if matches!(store, StoreSettings::Redis(_)) {
+                let remote = matches!(store, StoreSettings::Redis(_));
+                if remote && c.session_keys.is_none() {
                     return Err(ConfigError(
-                        "failover: reinitialize needs the embedded store (--store memory): \
-                         the client's initialize parameters it replays are never written to \
-                         Redis"
+                        "failover: reinitialize with a Redis store needs --session-keys: the \
+                         client's initialize parameters it replays are kept in Redis only \
+                         sealed with the session key, never in plaintext"
                             .into(),
                     ));
                 }
                 if c.session_ids == mcp_router_core::SessionIds::Sealed && !c.session_records {
                     return Err(ConfigError(
-                        "failover: reinitialize with --session-ids sealed needs --store memory \
-                         (the new upstream id is kept in the session's record)"
+                        "failover: reinitialize with --session-ids sealed needs a store \
+                         (--store memory or redis://: the new upstream id is kept in the \
+                         session's record)"
                             .into(),
                     ));
                 }
@@ -713,7 +715,11 @@ impl Cli {
                         "failover_max_params: must be 1024 bytes ..= 1 MiB".into(),
                     ));
                 }
-                Some(mcp_router_core::failover::FailoverSettings { window, max_params })
+                Some(mcp_router_core::failover::FailoverSettings {
+                    window,
+                    max_params,
+                    remote,
+                })
             }
             Some(m) => {
                 return Err(ConfigError(format!(
@@ -1546,7 +1552,11 @@ mod tests {
             e.0
         };
         let e = refused(&["--store", "redis://127.0.0.1:6379"], "failover");
-        assert!(e.contains("--store memory"), "{e}");
+        assert!(
+            e.contains("--session-keys") && e.contains("plaintext"),
+            "{e}"
+        );
+        assert!(!f.remote, "the embedded store hands the state out itself");
         refused(&["--failover-max-params", "100"], "failover_max_params");
         refused(&["--failover-window", "soon"], "failover_window");
         let e = cli(&[b[0], b[1], "--failover", "sometimes"])
@@ -1566,6 +1576,15 @@ mod tests {
         assert!(e.0.contains("sealed"), "{e}");
         args.extend_from_slice(&["--store", "memory"]);
         assert!(cli(&args).settings().unwrap().core.failover.is_some());
+        // with a key ring, Redis keeps the body sealed: sealed or passthrough ids
+        let on_redis = |args: &[&str]| {
+            let mut a = args.to_vec();
+            a.extend_from_slice(&["--failover", "reinitialize"]);
+            a.extend_from_slice(&["--store", "redis://127.0.0.1:6379"]);
+            cli(&a).settings().unwrap().core.failover.expect("on")
+        };
+        assert!(on_redis(&sealed).remote);
+        assert!(on_redis(&[b[0], b[1], "--session-keys", k]).remote);
         let file = dir.join("c.toml");
         std::fs::write(
             &file,

@@ -109,12 +109,14 @@ pub fn start_reapers(shared: &Arc<Shared>, shutdown: &Arc<Shutdown>) {
 
 fn work(shared: &Shared, job: ReapJob) {
     let claimed = job.claimed;
+    // a claim is acknowledged by the client's id (after a failover the DELETE names
+    // another)
+    let ack = job.ack.clone().unwrap_or_else(|| job.session.clone());
     let Some(backend) = shared.router.backend(job.backend) else {
-        let session = job.session.clone();
         let r = shared.reaper.lock().abandon(job);
         shared.metrics.session_reaped(r);
         if claimed {
-            shared.reap_done(session);
+            shared.reap_done(ack);
         }
         return;
     };
@@ -137,7 +139,7 @@ fn work(shared: &Shared, job: ReapJob) {
         Some(r) => {
             shared.metrics.session_reaped(r);
             if claimed {
-                shared.reap_done(session.clone());
+                shared.reap_done(ack);
             }
             if r == ReapResult::Failed {
                 warn!(session = %session, backend = %backend.name, status = ?status, "reap: DELETE upstream failed twice; the backend keeps the session until its own expiry");
@@ -268,10 +270,10 @@ fn claim_round(
         warn!("reap: unexpected reply to the claim script");
         return Ok(());
     };
-    for (session, rec) in claimed {
-        match rec {
-            Some(rec) => shared.session_ended_here(session, rec, EndCause::Expired, true),
-            None => shared.reap_done(session),
+    for c in claimed {
+        match c.record {
+            Some(rec) => shared.claimed_session_ended(c.id, c.upstream, rec, EndCause::Expired),
+            None => shared.reap_done(c.id),
         }
     }
     Ok(())
@@ -325,10 +327,12 @@ fn drain_round(
     };
     scan.cursor = cursor;
     scan.done = cursor == 0;
-    for (session, rec) in ended {
-        match rec {
-            Some(rec) => shared.session_ended_here(session, rec, EndCause::DrainTimeout, true),
-            None => shared.reap_done(session),
+    for c in ended {
+        match c.record {
+            Some(rec) => {
+                shared.claimed_session_ended(c.id, c.upstream, rec, EndCause::DrainTimeout)
+            }
+            None => shared.reap_done(c.id),
         }
     }
     Ok(())

@@ -38,6 +38,7 @@
 //! scripts name the set keys they derive from a record (its client's set): on a Redis
 //! Cluster they would need hash tags, which this single-Redis store does not use yet.
 
+use mcp_router_core::failover::Failover;
 use mcp_router_core::mcp::SessionKey;
 use mcp_router_core::{
     Admission, BackendId, ClientId, ConfigError, Era, Record, Router, StoreOp, StoreReply,
@@ -93,6 +94,13 @@ pub fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
 /// client is read from the record); and out of the expiry index: `ARGV[5]` its sorted
 /// set, `ARGV[6]` its hash of records (a session ended this way is not reaped).
 ///
+/// With `--failover reinitialize`, `ARGV[3] .. ARGV[4]` (slide: the hashes' name prefix
+/// and the session id, so that a request builds no name of its own) or `ARGV[7]`
+/// (delete) names the session's failover hash ([`RedisCodec::failover_key`]): sliding
+/// slides it too and,
+/// once the session has failed over, replies `{record, new upstream id}`; deleting
+/// deletes it. The sealed `initialize` body in it is never read here.
+///
 /// Replies: nil when there is no key; the record when the key held a well-formed one
 /// (then deleted or slid); an integer when the key holds something else (the length of
 /// a string that is not a record, -1 for another type), which is left untouched: no
@@ -108,13 +116,21 @@ if type(v) ~= 'string' then return -1 end
 if not (string.find(v, '^1|[sl]|%d+|.') or string.find(v, '^2|[sl]|%d+|%x+|.')) then return #v end
 if ARGV[1] == 'del' then
   redis.call('DEL', KEYS[1])
+  if ARGV[7] then redis.call('DEL', ARGV[7]) end
   redis.call('ZREM', ARGV[2], ARGV[3])
   redis.call('ZREM', ARGV[5], ARGV[3])
-  redis.call('HDEL', ARGV[6], ARGV[3])
+  redis.call('HDEL', ARGV[6], ARGV[3], ARGV[3] .. ' up')
   local c = string.match(v, '^2|[sl]|%d+|(%x+)|')
   if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
 else
   redis.call('EXPIRE', KEYS[1], ARGV[2])
+  if ARGV[3] then
+    local f = ARGV[3] .. ARGV[4]
+    if redis.call('EXPIRE', f, ARGV[2]) == 1 then
+      local u = redis.call('HGET', f, 'u')
+      if u then return {v, u} end
+    end
+  end
 end
 return v
 ";
@@ -128,6 +144,8 @@ static ADMIT_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(ADMIT_SCRIPT).get_hash().to_owned());
 static CLAIM_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT).get_hash().to_owned());
+static FAILOVER_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(FAILOVER_SCRIPT).get_hash().to_owned());
 static DRAIN_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(DRAIN_SCRIPT).get_hash().to_owned());
 
@@ -190,12 +208,27 @@ pub trait RemoteStore {
     fn ping(&self) -> impl Future<Output = bool>;
 }
 
+/// A session claimed for reaping from the expiry index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The session (the client's id): what the claim is acknowledged by.
+    pub id: SessionKey,
+    /// Its stored record (`None` when the copy does not read as one).
+    pub record: Option<Record>,
+    /// After a failover: the new backend's id for it, which the `DELETE` names.
+    pub upstream: Option<SessionKey>,
+}
+
 /// Session records as Redis keys, values and commands.
 #[derive(Debug, Clone)]
 pub struct RedisCodec {
     prefix: String,
     ttl_secs: u64,
     router: Arc<Router>,
+    /// `--failover reinitialize` at start: deletes delete the failover hash, lookups
+    /// read (and slide) it, named by this prefix and the session id.
+    failover: bool,
+    failover_prefix: Option<String>,
 }
 
 impl RedisCodec {
@@ -204,6 +237,12 @@ impl RedisCodec {
         RedisCodec {
             prefix: settings.key_prefix.clone(),
             ttl_secs: router.config().session_ttl.as_secs().max(1),
+            failover: router.config().failover.is_some(),
+            failover_prefix: router
+                .config()
+                .failover
+                .is_some()
+                .then(|| format!("{} failover ", settings.key_prefix)),
             router,
         }
     }
@@ -228,6 +267,15 @@ impl RedisCodec {
             r.client.0,
             self.router.name(r.backend)
         )
+    }
+
+    /// `--failover reinitialize`: the session's failover hash, beside its record (the
+    /// space keeps it apart from every session key): `p` the client's `initialize`
+    /// body sealed with the session key ring ([`mcp_router_core::KeyRing::seal_value`],
+    /// bound to the session id), `g` the generation, and once failed over `u` the new
+    /// upstream id and `a` when (unix ms).
+    pub fn failover_key(&self, k: &SessionKey) -> String {
+        format!("{} failover {}", self.prefix, k.as_str())
     }
 
     /// The sorted set of every live session.
@@ -296,7 +344,7 @@ impl RedisCodec {
     /// A [`DRAIN_SCRIPT`] reply: the next cursor (0: the scan is complete) and the
     /// ended sessions; `None` for a reply of another shape.
     #[allow(clippy::type_complexity)]
-    pub fn drained(&self, v: Value) -> Option<(u64, Vec<(SessionKey, Option<Record>)>)> {
+    pub fn drained(&self, v: Value) -> Option<(u64, Vec<Claimed>)> {
         let Value::Array(mut items) = v else {
             return None;
         };
@@ -314,7 +362,7 @@ impl RedisCodec {
     /// The claimed sessions of a [`CLAIM_SCRIPT`] reply: each id and its record
     /// (`None` when the stored copy does not read as one); `None` for a reply of
     /// another shape.
-    pub fn claimed(&self, v: Value) -> Option<Vec<(SessionKey, Option<Record>)>> {
+    pub fn claimed(&self, v: Value) -> Option<Vec<Claimed>> {
         let Value::Array(items) = v else {
             return None;
         };
@@ -327,7 +375,17 @@ impl RedisCodec {
         for pair in items.chunks(2) {
             let [id, rec] = pair else { return None };
             let id = SessionKey::new(&bytes(id)?, usize::MAX)?;
-            out.push((id, self.decode(&bytes(rec)?)));
+            let rec = bytes(rec)?;
+            // a failed-over session's copy carries its upstream id after a newline
+            let (rec, upstream) = match rec.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rec[..i], SessionKey::new(&rec[i + 1..], usize::MAX)),
+                None => (&rec[..], None),
+            };
+            out.push(Claimed {
+                id,
+                record: self.decode(rec),
+                upstream,
+            });
         }
         Some(out)
     }
@@ -341,6 +399,7 @@ impl RedisCodec {
             p.cmd("HDEL")
                 .arg(self.reap_meta_key())
                 .arg(id.as_str())
+                .arg(format!("{} up", id.as_str()))
                 .ignore();
             p.cmd("ZREM")
                 .arg(self.reap_claims_key())
@@ -415,8 +474,14 @@ impl RedisCodec {
                 .arg(format!("{} client ", self.prefix))
                 .arg(self.reap_key())
                 .arg(self.reap_meta_key());
+            if self.failover {
+                c.arg(self.failover_key(k));
+            }
         } else {
             c.arg("slide").arg(self.ttl_secs);
+            if let Some(p) = &self.failover_prefix {
+                c.arg(p.as_str()).arg(k.as_str());
+            }
         }
         c
     }
@@ -424,17 +489,48 @@ impl RedisCodec {
     /// [`INSERT_SCRIPT`] or [`ADMIT_SCRIPT`] for `op`.
     fn write_script(&self, op: &StoreOp, source: bool) -> redis::Cmd {
         match op {
-            StoreOp::Insert(k, r) => {
+            StoreOp::Insert(k, r) | StoreOp::InsertFailover(k, r, _) => {
+                // failover: the body sealed, or (no key ring: the router refuses that at
+                // start) not kept at all, never in plaintext
+                let sealed = match op {
+                    StoreOp::InsertFailover(_, _, f) => self.seal_params(k, &f.params),
+                    _ => None,
+                };
                 let mut c = eval(source, INSERT_SCRIPT, &INSERT_SCRIPT_SHA);
-                c.arg(5)
+                c.arg(if sealed.is_some() { 6 } else { 5 })
                     .arg(self.key(k))
                     .arg(self.live_key())
                     .arg(self.client_key(r.client))
                     .arg(self.reap_key())
+                    .arg(self.reap_meta_key());
+                if sealed.is_some() {
+                    c.arg(self.failover_key(k));
+                }
+                c.arg(self.encode(r)).arg(self.ttl_secs).arg(k.as_str());
+                if let Some(p) = sealed {
+                    c.arg(p);
+                }
+                c
+            }
+            StoreOp::FailOver {
+                key,
+                record,
+                state,
+                from,
+            } => {
+                let mut c = eval(source, FAILOVER_SCRIPT, &FAILOVER_SCRIPT_SHA);
+                c.arg(3)
+                    .arg(self.key(key))
+                    .arg(self.failover_key(key))
                     .arg(self.reap_meta_key())
-                    .arg(self.encode(r))
+                    .arg(*from)
+                    .arg(state.generation)
+                    .arg(state.upstream.as_ref().map_or(key.as_str(), |u| u.as_str()))
+                    .arg(unix_ms_of(state.at))
+                    .arg(self.encode(record))
                     .arg(self.ttl_secs)
-                    .arg(k.as_str());
+                    .arg(format!("{:016x}", record.client.0))
+                    .arg(key.as_str());
                 c
             }
             StoreOp::Admit(a) => {
@@ -467,9 +563,11 @@ impl RedisCodec {
         match op {
             StoreOp::Get(k) | StoreOp::Touch(k) => self.script(k, false, true),
             StoreOp::Delete(k) => self.script(k, true, true),
-            StoreOp::Insert(..) | StoreOp::Admit(_) => self.write_script(op, true),
-            // never sent: the router refuses `--failover` with Redis at start
-            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => redis::cmd("PING"),
+            StoreOp::Insert(..)
+            | StoreOp::InsertFailover(..)
+            | StoreOp::FailOver { .. }
+            | StoreOp::Admit(_) => self.write_script(op, true),
+            StoreOp::LoadFailover(_) => self.command(op),
         }
     }
 
@@ -483,12 +581,25 @@ impl RedisCodec {
             StoreOp::Get(k) | StoreOp::Touch(k) => self.script(k, false, false),
             // SET NX: an id minted twice is detected, never overwritten (and neither is
             // anything else the key holds); a new session joins the live sets.
-            StoreOp::Insert(..) | StoreOp::Admit(_) => self.write_script(op, false),
+            // failover: the body rides in the insert's round trip; the mapping to a
+            // new backend is compared on the generation (first writer wins)
+            StoreOp::Insert(..)
+            | StoreOp::InsertFailover(..)
+            | StoreOp::FailOver { .. }
+            | StoreOp::Admit(_) => self.write_script(op, false),
+            // only when a failover is decided: the whole state, body included
+            StoreOp::LoadFailover(k) => {
+                let mut c = redis::cmd("HMGET");
+                c.arg(self.failover_key(k))
+                    .arg("p")
+                    .arg("g")
+                    .arg("u")
+                    .arg("a");
+                c
+            }
             // Compare-and-delete: the script deletes the key only if it holds a record,
             // and returns it, so the end can be attributed to its backend.
             StoreOp::Delete(k) => self.script(k, true, false),
-            // never sent: the router refuses `--failover` with Redis at start
-            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => redis::cmd("PING"),
         }
     }
 
@@ -500,9 +611,16 @@ impl RedisCodec {
     /// respond to requests containing that session ID with HTTP 404 Not Found.").
     pub fn reply(&self, op: &StoreOp, v: Value) -> StoreReply {
         let record = |v: Value| match v {
+            // a failed-over session's record and its new upstream id
+            Value::Array(a) => match <[Value; 2]>::try_from(a) {
+                Ok([Value::BulkString(r), Value::BulkString(u)]) => Ok(self
+                    .verified(&r)
+                    .map(|rec| (rec, SessionKey::new(&u, usize::MAX)))),
+                _ => Err(()),
+            },
             Value::Nil => Ok(None),
-            Value::BulkString(b) => Ok(self.verified(&b)),
-            Value::SimpleString(s) => Ok(self.verified(s.as_bytes())),
+            Value::BulkString(b) => Ok(self.verified(&b).map(|r| (r, None))),
+            Value::SimpleString(s) => Ok(self.verified(s.as_bytes()).map(|r| (r, None))),
             // the script's "not a record"
             Value::Int(len) => {
                 foreign_value(len);
@@ -511,17 +629,36 @@ impl RedisCodec {
             _ => Err(()),
         };
         let r = match op {
-            StoreOp::Get(_) => record(v).map(StoreReply::Found),
-            StoreOp::Delete(_) => record(v).map(StoreReply::Deleted),
+            StoreOp::Get(_) => record(v).map(|r| match r {
+                Some((rec, Some(up))) => StoreReply::FoundFailover(
+                    rec,
+                    // the upstream id only: the rest is read when a failover needs it
+                    Arc::new(Failover {
+                        params: bytes::Bytes::new(),
+                        upstream: Some(up),
+                        at: None,
+                        generation: 0,
+                    }),
+                ),
+                r => StoreReply::Found(r.map(|(rec, _)| rec)),
+            }),
+            StoreOp::Delete(_) => record(v).map(|r| StoreReply::Deleted(r.map(|(rec, _)| rec))),
             StoreOp::Touch(_) => record(v).map(|r| StoreReply::Touched(r.is_some())),
-            StoreOp::Insert(..) => match v {
+            StoreOp::LoadFailover(k) => match v {
+                Value::Array(a) => Ok(StoreReply::FailoverState(self.loaded(k, a).map(Arc::new))),
+                _ => Err(()),
+            },
+            StoreOp::FailOver { .. } => match v {
+                Value::Int(1) => Ok(StoreReply::FailedOver(true)),
+                Value::Int(0) => Ok(StoreReply::FailedOver(false)),
+                _ => Err(()),
+            },
+            StoreOp::Insert(..) | StoreOp::InsertFailover(..) => match v {
                 Value::Okay => Ok(StoreReply::Inserted(true)),
                 Value::SimpleString(s) if s == "OK" => Ok(StoreReply::Inserted(true)),
                 Value::Nil => Ok(StoreReply::Inserted(false)),
                 _ => Err(()),
             },
-            // never sent: the router refuses `--failover` with Redis at start
-            StoreOp::InsertFailover(..) | StoreOp::FailOver { .. } => Err(()),
             StoreOp::Admit(_) => match v {
                 Value::Array(a) => match a.as_slice() {
                     [Value::Int(0), _] => Ok(StoreReply::Admitted(Admission::Admit)),
@@ -538,6 +675,45 @@ impl RedisCodec {
         r.unwrap_or(StoreReply::Unavailable)
     }
 
+    /// The `initialize` body sealed for the session `k` with the sealing key of the
+    /// running key ring (the nonce from the router's generator, as tokens get);
+    /// `None` without a key ring, when nothing is kept.
+    fn seal_params(&self, k: &SessionKey, params: &[u8]) -> Option<Vec<u8>> {
+        let ring = self.router.config().session_keys.clone()?;
+        ring.seal_value(k.as_bytes(), params, &self.router.next_nonce())
+            .ok()
+    }
+
+    /// A session's failover hash as `HMGET p g u a` read it: `None` without a body, or
+    /// with one no key of the ring opens (tampered, another session's, or sealed by a
+    /// key rotated out): that session is not eligible.
+    fn loaded(&self, k: &SessionKey, a: Vec<Value>) -> Option<Failover> {
+        let [p, g, u, at] = <[Value; 4]>::try_from(a).ok()?;
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+            _ => None,
+        };
+        let Value::BulkString(sealed) = p else {
+            return None;
+        };
+        let ring = self.router.config().session_keys.clone()?;
+        let params = ring.open_value(k.as_bytes(), &sealed)?;
+        let generation = text(&g).and_then(|g| g.parse().ok()).unwrap_or(0);
+        let upstream = match &u {
+            Value::BulkString(b) => SessionKey::new(b, usize::MAX),
+            _ => None,
+        };
+        let at = text(&at)
+            .and_then(|a| a.parse::<u64>().ok())
+            .map(instant_of_unix_ms);
+        Some(Failover {
+            params: params.into(),
+            upstream,
+            at,
+            generation,
+        })
+    }
+
     /// A value the script passed as a record; `None` (and logged) should the two
     /// readings ever disagree.
     fn verified(&self, v: &[u8]) -> Option<Record> {
@@ -549,8 +725,10 @@ impl RedisCodec {
     }
 }
 
-/// `StoreOp::Insert`: KEYS = record, live set, client set, expiry index, its records;
-/// ARGV = value, TTL (s), session id. `SET NX EX`, and on success the session joins
+/// `StoreOp::Insert`: KEYS = record, live set, client set, expiry index, its records
+/// (and with failover, the failover hash); ARGV = value, TTL (s), session id (and the
+/// sealed `initialize` body, stored as the hash's `p` with generation 0 and the
+/// record's TTL, in the same round trip). `SET NX EX`, and on success the session joins
 /// both sets and the expiry index with its deadline (ms, Redis's clock), and its value
 /// is copied into the index's records. Replies `OK` or nil, like `SET NX`.
 pub const INSERT_SCRIPT: &str = r"
@@ -563,8 +741,58 @@ redis.call('ZADD', KEYS[3], deadline, ARGV[3])
 redis.call('PEXPIREAT', KEYS[3], deadline)
 redis.call('ZADD', KEYS[4], deadline, ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[1])
+if KEYS[6] then
+  redis.call('DEL', KEYS[6])
+  redis.call('HSET', KEYS[6], 'p', ARGV[4], 'g', 0)
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
+end
 return ok
 ";
+
+/// `StoreOp::FailOver`: KEYS = record, failover hash, the expiry index's records;
+/// ARGV = the generation the failover started from, the new generation, the new
+/// upstream id, when (unix ms), the new record value, TTL (s), the client (16 hex), the
+/// session id.
+///
+/// First writer wins, as in the embedded store: the mapping is stored only if the key
+/// still holds a record of the same client and the hash is still of generation
+/// `ARGV[1]`; a replica that lost the race gets 0 and follows the winner's mapping.
+/// The record now names the new backend (so draining it and `DELETE` find it) and its
+/// copy in the expiry index follows, with the new upstream id beside it (field
+/// `<id> up`: ids have no space), which an expiry reaps. Replies 1 (stored) or 0.
+pub const FAILOVER_SCRIPT: &str = r"
+local v = redis.pcall('GET', KEYS[1])
+if type(v) ~= 'string' then return 0 end
+if string.match(v, '^2|[sl]|%d+|(%x+)|') ~= ARGV[7] then return 0 end
+if redis.call('HGET', KEYS[2], 'g') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[5], 'XX', 'EX', ARGV[6])
+redis.call('HSET', KEYS[2], 'g', ARGV[2], 'u', ARGV[3], 'a', ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+if redis.call('HEXISTS', KEYS[3], ARGV[8]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[8], ARGV[5], ARGV[8] .. ' up', ARGV[3])
+end
+return 1
+";
+
+/// Unix milliseconds of `at` (`None`: now), by the wall clock.
+fn unix_ms_of(at: Option<std::time::Instant>) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ago = at.map_or(Duration::ZERO, |at| at.elapsed());
+    now.saturating_sub(ago).as_millis() as u64
+}
+
+/// The instant a wall-clock time in unix milliseconds was (clamped to now).
+fn instant_of_unix_ms(ms: u64) -> std::time::Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let ago = Duration::from_millis(now_ms.saturating_sub(ms));
+    let now = std::time::Instant::now();
+    now.checked_sub(ago).unwrap_or(now)
+}
 
 /// Claim expired sessions for reaping. KEYS = expiry index, its records, claims;
 /// ARGV = record key prefix, lease (ms), most sessions to claim.
@@ -578,7 +806,8 @@ return ok
 /// replica that held them died before acknowledging) are claimed again first. A script
 /// runs atomically, so no two replicas claim the same expiry; only a replica that dies
 /// between its `DELETE` and its acknowledgement leaves one to be sent twice. Replies a
-/// flat array `id, record, id, record, ...`.
+/// flat array `id, record, id, record, ...`; the record of a session that failed over
+/// is followed by a newline and its upstream id (what the `DELETE` names).
 pub const CLAIM_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -587,6 +816,8 @@ local out, n = {}, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
   local v = redis.call('HGET', KEYS[2], id)
   if v then
+    local up = redis.call('HGET', KEYS[2], id .. ' up')
+    if up then v = v .. '\n' .. up end
     redis.call('ZADD', KEYS[3], now + lease, id)
     out[#out + 1] = id
     out[#out + 1] = v
@@ -604,11 +835,13 @@ if n < limit then
       redis.call('ZREM', KEYS[1], id)
       local v = redis.call('HGET', KEYS[2], id)
       if v and ttl == -2 then
+        local up = redis.call('HGET', KEYS[2], id .. ' up')
+        if up then v = v .. '\n' .. up end
         redis.call('ZADD', KEYS[3], now + lease, id)
         out[#out + 1] = id
         out[#out + 1] = v
       else
-        redis.call('HDEL', KEYS[2], id)
+        redis.call('HDEL', KEYS[2], id, id .. ' up')
       end
     end
   end
@@ -644,6 +877,8 @@ for i = 1, #kv, 2 do
     if c then redis.call('ZREM', ARGV[5] .. c, id) end
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), id)
+    local up = redis.call('HGET', KEYS[2], id .. ' up')
+    if up then v = v .. '\n' .. up end
     out[#out + 1] = id
     out[#out + 1] = v
   end
@@ -902,6 +1137,131 @@ mod tests {
         );
     }
 
+    /// `--failover reinitialize` on Redis: the insert carries the body sealed (never the
+    /// plaintext) in the same script; a lookup reads only the new upstream id; the load
+    /// opens the body again; the mapping's script says whether it won.
+    #[test]
+    fn failover_state_is_sealed_in_the_insert_and_read_only_by_the_load() {
+        let ring = mcp_router_core::KeyRing::parse(&format!("k:{}\n", "5a".repeat(32))).unwrap();
+        let c = Config {
+            backends: vec![Backend::parse("http://127.0.0.1:1", Some("b0")).unwrap()],
+            failover: Some(mcp_router_core::failover::FailoverSettings {
+                remote: true,
+                ..Default::default()
+            }),
+            session_keys: Some(Arc::new(ring)),
+            ..Config::default()
+        };
+        let router = Arc::new(Router::new(Arc::new(c), Instant::now()));
+        let s = RedisSettings {
+            url: "redis://127.0.0.1:1".into(),
+            password: None,
+            key_prefix: "p:".into(),
+            timeout: Duration::from_millis(10),
+        };
+        let c = RedisCodec::new(&s, router);
+        let k = SessionKey::new(b"abc", 256).unwrap();
+        let rec = Record {
+            backend: BackendId(0),
+            era: Era::Streamable,
+            client: ClientId(0xab),
+        };
+        let params = br#"{"method":"initialize","params":{"clientInfo":{"name":"plain-name"}}}"#;
+        let state = Arc::new(Failover {
+            params: bytes::Bytes::from_static(params),
+            upstream: None,
+            at: None,
+            generation: 0,
+        });
+        let insert = c
+            .command(&StoreOp::InsertFailover(k.clone(), rec, state))
+            .get_packed_command();
+        let text = String::from_utf8_lossy(&insert);
+        assert!(
+            text.contains("EVALSHA\r\n") && text.contains("\r\n$1\r\n6\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("p: failover abc\r\n"), "{text}");
+        assert!(
+            !text.contains("plain-name"),
+            "the body goes out sealed: {text}"
+        );
+        // the sealed body is the last argument
+        let sealed = insert[insert.len() - (params.len() + 31) - 2..insert.len() - 2].to_vec();
+        assert_eq!(sealed[0], mcp_router_core::seal::VALUE_VERSION);
+        // the lookup names the hash (to slide it) and reads the upstream id only
+        let get = packed(c.command(&StoreOp::Get(k.clone())));
+        assert!(get.contains("\r\np: failover \r\n$3\r\nabc\r\n"), "{get}");
+        assert!(packed(c.command(&StoreOp::Delete(k.clone()))).contains("p: failover abc"));
+        let stored = "2|s|0|00000000000000ab|b0";
+        assert_eq!(
+            c.reply(&StoreOp::Get(k.clone()), Value::BulkString(stored.into())),
+            StoreReply::Found(Some(rec))
+        );
+        let StoreReply::FoundFailover(r, f) = c.reply(
+            &StoreOp::Get(k.clone()),
+            Value::Array(vec![
+                Value::BulkString(stored.into()),
+                Value::BulkString(b"new-up".to_vec()),
+            ]),
+        ) else {
+            panic!("a failed-over lookup carries the upstream id");
+        };
+        assert_eq!(
+            (r, f.upstream.as_ref().map(SessionKey::as_str)),
+            (rec, Some("new-up"))
+        );
+        assert!(
+            f.params.is_empty(),
+            "the body is not read on the request path"
+        );
+        // the load opens it
+        let load = |p: Vec<u8>, key: &SessionKey| {
+            c.reply(
+                &StoreOp::LoadFailover(key.clone()),
+                Value::Array(vec![
+                    Value::BulkString(p),
+                    Value::BulkString(b"1".to_vec()),
+                    Value::BulkString(b"new-up".to_vec()),
+                    Value::BulkString(b"1".to_vec()),
+                ]),
+            )
+        };
+        let StoreReply::FailoverState(Some(f)) = load(sealed.clone(), &k) else {
+            panic!("loaded");
+        };
+        assert_eq!(&f.params[..], &params[..]);
+        assert_eq!(
+            (f.generation, f.upstream.as_ref().map(SessionKey::as_str)),
+            (1, Some("new-up"))
+        );
+        assert!(f.at.is_some());
+        // copied under another session's key, or tampered: not eligible
+        let other = SessionKey::new(b"abd", 256).unwrap();
+        assert_eq!(
+            load(sealed.clone(), &other),
+            StoreReply::FailoverState(None)
+        );
+        let mut bad = sealed;
+        bad[20] ^= 1;
+        assert_eq!(load(bad, &k), StoreReply::FailoverState(None));
+        let fo = StoreOp::FailOver {
+            key: k.clone(),
+            record: rec,
+            state: Arc::new(Failover {
+                params: bytes::Bytes::new(),
+                upstream: Some(other.clone()),
+                at: Some(Instant::now()),
+                generation: 1,
+            }),
+            from: 0,
+        };
+        assert!(packed(c.command_with_source(&fo)).contains("'HGET', KEYS[2], 'g'"));
+        assert_eq!(c.reply(&fo, Value::Int(1)), StoreReply::FailedOver(true));
+        assert_eq!(c.reply(&fo, Value::Int(0)), StoreReply::FailedOver(false));
+        assert_eq!(c.reply(&fo, Value::Nil), StoreReply::Unavailable);
+    }
+
     /// The expiry index's claim and drain replies: pairs of id and stored record, the
     /// drain's after its cursor; a stored copy that is not a record reads as none, a
     /// reply of another shape as nothing claimed.
@@ -924,19 +1284,29 @@ mod tests {
             bulk("2|s|0|00000000000000ab|b0"),
             bulk("def"),
             bulk("not a record"),
+            bulk("ghi"),
+            bulk("2|s|0|00000000000000ab|b0\nnew-up"),
         ]);
         let got = c.claimed(reply).unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].0.as_str(), "abc");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].id.as_str(), "abc");
+        let rec = Record {
+            backend: BackendId(0),
+            era: Era::Streamable,
+            client: ClientId(0xab),
+        };
+        assert_eq!((got[0].record, got[0].upstream.as_ref()), (Some(rec), None));
+        assert_eq!((got[1].id.as_str(), got[1].record), ("def", None));
+        // a session that failed over: acknowledged by its id, reaped by the new one
+        assert_eq!(got[2].id.as_str(), "ghi");
+        assert_eq!(got[2].record, Some(rec));
         assert_eq!(
-            got[0].1,
-            Some(Record {
-                backend: BackendId(0),
-                era: Era::Streamable,
-                client: ClientId(0xab),
-            })
+            got[2].upstream.as_ref().map(SessionKey::as_str),
+            Some("new-up")
         );
-        assert_eq!((got[1].0.as_str(), got[1].1), ("def", None));
+        let ack =
+            String::from_utf8(c.ack_pipeline(&[got[2].id.clone()]).get_packed_pipeline()).unwrap();
+        assert!(ack.contains("$6\r\nghi up\r\n"), "{ack}");
         assert_eq!(c.claimed(Value::Array(vec![bulk("odd")])), None);
         assert_eq!(c.claimed(Value::Nil), None);
         let (cursor, ended) = c

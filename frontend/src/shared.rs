@@ -311,10 +311,24 @@ impl Shared {
         cause: EndCause,
         claimed: bool,
     ) {
+        self.ended(session, None, rec, cause, claimed);
+    }
+
+    /// [`Shared::session_ended_here`], the claim acknowledged by `ack` when given.
+    fn ended(
+        &self,
+        session: mcp_router_core::mcp::SessionKey,
+        ack: Option<mcp_router_core::mcp::SessionKey>,
+        rec: mcp_router_core::Record,
+        cause: EndCause,
+        claimed: bool,
+    ) {
+        let reap_done =
+            |s: mcp_router_core::mcp::SessionKey| self.reap_done(ack.clone().unwrap_or(s));
         self.router.session_ended(rec.backend);
         if !self.router.is_configured(rec.backend) {
             if claimed {
-                self.reap_done(session);
+                reap_done(session);
             }
             return;
         }
@@ -322,17 +336,33 @@ impl Shared {
         self.metrics.session_ended(cause);
         if !self.router.config().reap.enabled || !mcp_router_core::reap::reaps(rec.era, cause) {
             if claimed {
-                self.reap_done(session);
+                reap_done(session);
             }
             return;
         }
         let mut job = mcp_router_core::ReapJob::new(session.clone(), rec.backend, cause);
         job.claimed = claimed;
+        job.ack = ack.clone();
         if let Some(r) = self.reaper.push(job) {
             self.metrics.session_reaped(r);
             if claimed {
-                self.reap_done(session);
+                reap_done(session);
             }
+        }
+    }
+
+    /// A session claimed from the shared store's expiry index (or a drained backend's)
+    /// ended: reaped by `upstream` when it failed over, acknowledged by `id`.
+    pub fn claimed_session_ended(
+        &self,
+        id: mcp_router_core::mcp::SessionKey,
+        upstream: Option<mcp_router_core::mcp::SessionKey>,
+        rec: mcp_router_core::Record,
+        cause: EndCause,
+    ) {
+        match upstream {
+            Some(up) => self.ended(up, Some(id), rec, cause, true),
+            None => self.ended(id, None, rec, cause, true),
         }
     }
 

@@ -4,7 +4,9 @@
 //! at the kill gets JSON-RPC `-32603` and ran exactly once (the fake backend's `effect`
 //! tool prints a line per execution, readable after the process is gone).
 
-use mcp_router_testkit::harness::{open_session_stream, post_json, router_bin, Conn, Proc};
+use mcp_router_testkit::harness::{
+    free_port, open_session_stream, post_json, redis_cmd, redis_server, router_bin, Conn, Proc,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -243,7 +245,204 @@ fn a_second_loss_within_the_window_is_a_404() {
     assert_eq!(r2.json()["error"]["code"], -32001);
 }
 
+/// Every string in Redis, keys and values (strings, hashes, sorted-set members), one
+/// per line (binary values lossily).
+fn redis_dump(addr: &str) -> String {
+    redis_cmd(
+        addr,
+        &[
+            "EVAL",
+            "local out = {} \
+             for _, k in ipairs(redis.call('KEYS', '*')) do \
+               out[#out + 1] = k \
+               local t = redis.call('TYPE', k).ok \
+               if t == 'string' then out[#out + 1] = redis.call('GET', k) \
+               elseif t == 'hash' then for _, v in ipairs(redis.call('HGETALL', k)) do out[#out + 1] = v end \
+               elseif t == 'zset' then for _, v in ipairs(redis.call('ZRANGE', k, 0, -1)) do out[#out + 1] = v end end \
+             end \
+             return table.concat(out, '\\n')",
+            "0",
+        ],
+    )
+}
+
+/// `--failover reinitialize` on a shared Redis store (with a session key ring): two
+/// replicas, sessions opened through one; their backend dies; the next call through
+/// the *other* replica fails the session over from the `initialize` body it reads from
+/// Redis, under the client's own id, and the first replica follows the stored mapping
+/// without a failover of its own. The body in Redis is sealed: the client's name
+/// appears in no key or value.
+fn replicas_on_redis_fail_over_from_the_sealed_params_in_redis() {
+    on_redis(&[]);
+}
+
+/// The same with `--session-ids sealed`: the token the client holds never changes, and
+/// the record (keyed by the token's upstream id) with its failover hash is the only
+/// store state the mapping needs.
+fn sealed_ids_on_redis_fail_over_from_the_sealed_params_in_redis() {
+    on_redis(&["--session-ids", "sealed"]);
+}
+
+/// The failover keys in Redis.
+fn failover_keys(addr: &str) -> Vec<String> {
+    let keys = redis_cmd(addr, &["KEYS", "mcp-router:session: failover *"]);
+    keys.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn on_redis(ids: &[&str]) {
+    const NAME: &str = "client-name-that-must-not-leak";
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let dir = std::env::temp_dir().join(format!("mcp-fo-redis-{}-{rp}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, format!("k1:{}\n", "3c".repeat(32))).unwrap();
+    let store = format!("redis://127.0.0.1:{rp}");
+    let mut extra = vec![
+        "--store",
+        &store,
+        "--session-keys",
+        keys.to_str().unwrap(),
+        "--failover",
+        "reinitialize",
+    ];
+    extra.extend_from_slice(ids);
+    let mut b1 = Proc::fake_backend("b1");
+    let b2 = Proc::fake_backend("b2");
+    let (a, admin_a) = router(&[("b1", &b1), ("b2", &b2)], &extra);
+    let (b, admin_b) = router(&[("b1", &b1), ("b2", &b2)], &extra);
+    let init = INIT.replace("\"suite\"", &format!("{NAME:?}"));
+    assert!(init.contains(NAME));
+    let mut sessions = Vec::new();
+    while sessions.iter().filter(|(_, be)| be == "b1").count() < 2 {
+        assert!(sessions.len() < 20, "{sessions:?}");
+        let resp = a.conn().request(
+            "POST",
+            "/mcp",
+            &[("Accept", "application/json, text/event-stream")],
+            &init,
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let sid = resp.header("mcp-session-id").unwrap().to_string();
+        let be = resp.json()["result"]["backend"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let n = post_json(
+            &mut a.conn(),
+            "/mcp",
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        );
+        assert_eq!(n.status, 202);
+        sessions.push((sid, be));
+    }
+    // before the loss: each session's call works through both replicas
+    for (sid, be) in &sessions {
+        for r in [&a, &b] {
+            let (st, _, v) = effect(&mut r.conn(), sid, &format!("warm-{sid}"), 0);
+            assert_eq!(
+                (st, v["result"]["backend"].as_str()),
+                (200, Some(be.as_str()))
+            );
+        }
+    }
+    // the raw look: the failover hashes are there, the session ids are in the dump (so
+    // it does show values), and the client's name is nowhere
+    let dump = redis_dump(&redis.addr);
+    let hashes = failover_keys(&redis.addr);
+    assert_eq!(hashes.len(), sessions.len(), "{dump}");
+    assert!(hashes.iter().all(|k| dump.contains(k.as_str())));
+    let on_b1_records = |dump: &str| dump.lines().filter(|l| l.ends_with("|b1")).count();
+    // each record and its copy in the expiry index
+    assert_eq!(on_b1_records(&dump), 4, "records are in the dump: {dump}");
+    assert!(
+        !dump.contains(NAME),
+        "the initialize body is in Redis in plaintext"
+    );
+    assert!(
+        !dump.contains("clientInfo"),
+        "the initialize body is in Redis in plaintext"
+    );
+    let sealed = redis_cmd(&redis.addr, &["HSTRLEN", &hashes[0], "p"]);
+    let sealed: usize = sealed.trim_start_matches(':').parse().unwrap();
+    assert_eq!(sealed, init.len() + 31, "the body, sealed (header and tag)");
+
+    b1.kill();
+    let on_b1: Vec<&String> = sessions
+        .iter()
+        .filter(|(_, be)| be == "b1")
+        .map(|(s, _)| s)
+        .collect();
+    // the next call of each b1 session, through the replica that did not open it
+    for sid in &on_b1 {
+        let t = Instant::now();
+        let (st, echoed, v) = effect(&mut b.conn(), sid, &format!("after-{sid}"), 0);
+        assert_eq!(st, 200, "{sid}: {v}");
+        assert_eq!(v["result"]["backend"], "b2", "{sid}: {v}");
+        if let Some(e) = echoed {
+            assert_eq!(&e, *sid, "the client's id never changes");
+        }
+        eprintln!(
+            "session {sid}: first call after the kill, through B, took {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(
+        b.count_logs("session failover"),
+        on_b1.len(),
+        "{:?}",
+        b.logs()
+    );
+    // the replays were initialize requests b2 accepted (the fake backend mints a session
+    // only for a body whose method is `initialize`): read back from Redis and opened
+    assert_eq!(b2.stats()["sessions"], sessions.len());
+    // replica A follows the mapping in Redis: b2, the same id, no failover of its own
+    for (sid, _) in &sessions {
+        let (st, _, v) = effect(&mut a.conn(), sid, &format!("again-{sid}"), 0);
+        assert_eq!(
+            (st, v["result"]["backend"].as_str()),
+            (200, Some("b2")),
+            "{v}"
+        );
+    }
+    assert_eq!(a.count_logs("session failover"), 0, "{:?}", a.logs());
+    let done = |admin: &str| {
+        ["connect_failed", "marked_down"]
+            .iter()
+            .map(|c| {
+                metric(
+                    admin,
+                    &format!("mcp_router_failovers_total{{cause=\"{c}\",outcome=\"done\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(done(&admin_b), on_b1.len() as f64);
+    assert_eq!(done(&admin_a), 0.0);
+    // the stored mapping names b2 now, and still nothing in plaintext
+    let dump = redis_dump(&redis.addr);
+    assert!(!dump.contains(NAME));
+    // no record names b1 any more: the mapping names b2, in the records and the index
+    assert_eq!(on_b1_records(&dump), 0, "{dump}");
+    // DELETE through A ends the session and its failover hash
+    let d = a.conn().request(
+        "DELETE",
+        "/mcp",
+        &[("Mcp-Session-Id", on_b1[0].as_str())],
+        "",
+    );
+    assert!((200..300).contains(&d.status), "{}", d.status);
+    assert_eq!(failover_keys(&redis.addr).len(), sessions.len() - 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mcp_router_testkit::behaviour_suite!(
     a_dead_backends_sessions_continue_on_the_other,
     a_second_loss_within_the_window_is_a_404,
+    replicas_on_redis_fail_over_from_the_sealed_params_in_redis,
+    sealed_ids_on_redis_fail_over_from_the_sealed_params_in_redis,
 );

@@ -498,10 +498,70 @@ fn two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once() {
     );
 }
 
+/// `--failover reinitialize` on Redis: a session that failed over and then expired is
+/// reaped on its new backend by the id that backend minted (not the client's id, which
+/// names the session on the dead one), and its claim is acknowledged.
+fn a_failed_over_session_on_redis_is_reaped_by_its_new_upstream_id() {
+    let rp = free_port();
+    let _redis = redis_server(rp);
+    let dir = std::env::temp_dir().join(format!("mcp-reap-fo-{}-{rp}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, format!("{}\n", "4d".repeat(32))).unwrap();
+    let store = format!("redis://127.0.0.1:{rp}");
+    let extra = [
+        "--store",
+        &store,
+        "--session-ttl",
+        "2s",
+        "--reap-claim-interval",
+        "100ms",
+        "--session-keys",
+        keys.to_str().unwrap(),
+        "--failover",
+        "reinitialize",
+    ];
+    let mut b1 = Proc::fake_backend("b1");
+    let b2 = Proc::fake_backend("b2");
+    let (a, _) = router("router-a", &[("b1", &b1), ("b2", &b2)], &extra);
+    let (b, _) = router("router-b", &[("b1", &b1), ("b2", &b2)], &extra);
+    let mut sids = Vec::new();
+    let sid = loop {
+        assert!(sids.len() < 10, "{sids:?}");
+        let sid = open(&a);
+        sids.push(sid.clone());
+        if sid.starts_with("b1-") {
+            break sid;
+        }
+    };
+    b1.kill();
+    // through the other replica: failed over to b2
+    assert_eq!(ping(&b, &sid), 200);
+    assert_eq!(b.count_logs("session failover"), 1, "{:?}", b.logs());
+    // everything expires; b2 is left with nothing, the failed-over session included
+    assert!(
+        until(Duration::from_secs(15), || {}, || sessions(&b2) == 0),
+        "b2 still holds {} sessions: {:?}",
+        sessions(&b2),
+        deleted(&b2)
+    );
+    let d = deleted(&b2);
+    assert_eq!(
+        d.get(&sid),
+        None,
+        "the client's id names nothing on b2: {d:?}"
+    );
+    assert_eq!(d.len(), sids.len(), "{d:?}");
+    assert!(d.values().all(|n| *n == 1), "{d:?}");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mcp_router_testkit::behaviour_suite!(
     two_replicas_on_redis_reap_each_expired_session_exactly_once,
     two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once,
     idle_sessions_are_deleted_on_their_backend,
     a_backend_that_forgot_or_died_is_counted_not_retried_forever,
     a_drained_backends_sessions_end_by_the_drain_timeout,
+    a_failed_over_session_on_redis_is_reaped_by_its_new_upstream_id,
 );

@@ -550,6 +550,57 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     assert_eq!(counts, [1, 104, 3, 0, 0, 102, 101, 1]);
 }
 
+/// The same with `--failover reinitialize` (the session key ring seals the stored
+/// `initialize`): still one round trip per request, and the body is never read on the
+/// request path (no `HMGET`, the load a failover does): each request's record script
+/// also slides the failover hash (a second `EXPIRE`) and looks for a new upstream id
+/// (one `HGET`), inside the same script.
+fn failover_on_redis_keeps_one_round_trip_and_never_reads_the_body_per_request() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let b0 = Proc::fake_backend("b0");
+    let dir = std::env::temp_dir().join(format!("mcp-rt-fo-{}-{rp}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, format!("{}\n", "7e".repeat(32))).unwrap();
+    let a = replica(
+        "router-a",
+        rp,
+        &[&b0],
+        &[
+            "--reap-claim-interval",
+            "1h",
+            "--failover",
+            "reinitialize",
+            "--session-keys",
+            keys.to_str().unwrap(),
+        ],
+    );
+    let mut c = a.conn();
+    let (_, sid) = initialize(&mut c, json!(1));
+    for i in 0..100 {
+        assert_eq!(call(&mut c, &sid, i).status, 200);
+    }
+    let d = c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
+    assert_eq!(d.status, 200);
+    let names = [
+        "set", "evalsha", "eval", "get", "expire", "del", "hget", "hmget", "hset",
+    ];
+    let counts: Vec<u64> = names.iter().map(|c| calls(&redis.addr, c)).collect();
+    eprintln!(
+        "redis commands for initialize + 100 requests + DELETE, failover on: {names:?} = {counts:?}"
+    );
+    // as without failover: 104 EVALSHA (+3 EVAL loading the scripts), one per request;
+    // 101 slides (100 requests, the DELETE's lookup) each EXPIRE the record and the
+    // hash and HGET the hash once, plus the insert's EXPIRE of the new hash; the
+    // DELETE deletes record and hash, the insert clears the hash's key first. The one
+    // HMGET is the admission script's read of the client's token bucket (a body read
+    // per request would be 101 more); HSET: that bucket, the expiry index's copy and
+    // the hash, at initialize
+    assert_eq!(counts, [1, 104, 3, 102, 203, 3, 101, 1, 3]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A session id is the client's to choose, so it can name any key under the prefix.
 /// The router answers for a key it did not write as for a session it has no record
 /// of: "The server MAY terminate the session at any time, after which it MUST respond
@@ -800,6 +851,7 @@ mcp_router_testkit::behaviour_suite!(
     churn_across_replicas_leaves_no_records_and_flat_memory,
     python_sdk_sessions_survive_requests_alternating_between_replicas,
     one_redis_round_trip_per_request_of_an_established_session,
+    failover_on_redis_keeps_one_round_trip_and_never_reads_the_body_per_request,
     several_replicas_on_the_embedded_store_warn_at_start,
     a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone,
     an_empty_or_blank_store_key_prefix_is_refused_at_start,
