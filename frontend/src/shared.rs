@@ -336,11 +336,14 @@ impl Shared {
     /// has its sessions ended by the expiry tick, each with a `DELETE` (sent once, no
     /// retry); one that does not (usually: the pod is gone) costs nothing more, its
     /// sessions end as if it had died.
+    /// Not with `--failover reinitialize`: there a removed backend's sessions move to
+    /// another backend on their next request, which needs their records.
     fn reap_removed(&self, ids: &[mcp_router_core::BackendId]) {
-        if self.memory.is_none() || !self.router.config().reap.enabled {
+        let cfg = self.router.config();
+        if self.memory.is_none() || !cfg.reap.enabled || cfg.failover.is_some() {
             return;
         }
-        let timeout = self.router.config().timeouts.connect.min(REMOVED_PROBE);
+        let timeout = cfg.timeouts.connect.min(REMOVED_PROBE);
         for &id in ids {
             let Some(b) = self.router.removed_backend(id) else {
                 continue;
