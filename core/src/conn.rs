@@ -68,6 +68,9 @@ pub enum EndCause {
     UnknownBackend,
     /// Its backend had been draining for `--drain-timeout`.
     DrainTimeout,
+    /// Its backend was removed from the configuration (a reload, or discovery) while
+    /// it still answered: the router ends its sessions and sends their `DELETE`s.
+    BackendRemoved,
 }
 
 impl EndCause {
@@ -81,6 +84,7 @@ impl EndCause {
             EndCause::Expired => "idle_expiry",
             EndCause::UnknownBackend => "unknown_backend",
             EndCause::DrainTimeout => "drain_timeout",
+            EndCause::BackendRemoved => "backend_removed",
         }
     }
 }

@@ -680,6 +680,7 @@ impl Metrics {
             EndCause::Expired,
             EndCause::UnknownBackend,
             EndCause::DrainTimeout,
+            EndCause::BackendRemoved,
         ]
         .into_iter()
         .map(|c| {

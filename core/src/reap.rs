@@ -36,10 +36,15 @@ use std::time::{Duration, Instant};
 
 /// Whether the router sends `DELETE` upstream for a session it ended with `cause`.
 /// Only ends the backend cannot know of (no client `DELETE`, no backend `404`, no
-/// backend death), and only Streamable HTTP sessions: a legacy SSE session has no
-/// `DELETE` (it ends when its stream closes).
+/// backend death; a removed backend's sessions only when the frontend found it still
+/// answering), and only Streamable HTTP sessions: a legacy SSE session has no `DELETE`
+/// (it ends when its stream closes).
 pub fn reaps(era: Era, cause: EndCause) -> bool {
-    era == Era::Streamable && matches!(cause, EndCause::Expired | EndCause::DrainTimeout)
+    era == Era::Streamable
+        && matches!(
+            cause,
+            EndCause::Expired | EndCause::DrainTimeout | EndCause::BackendRemoved
+        )
 }
 
 /// Bounds and contents of reaping.
@@ -358,6 +363,7 @@ mod tests {
     fn only_ends_the_backend_cannot_see_are_reaped() {
         assert!(reaps(Era::Streamable, EndCause::Expired));
         assert!(reaps(Era::Streamable, EndCause::DrainTimeout));
+        assert!(reaps(Era::Streamable, EndCause::BackendRemoved));
         assert!(!reaps(Era::LegacySse, EndCause::Expired));
         for c in [
             EndCause::Deleted,

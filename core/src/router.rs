@@ -196,6 +196,8 @@ pub struct Changes {
     pub added: Vec<String>,
     /// Names of backends that left (their sessions end as if they had died).
     pub removed: Vec<String>,
+    /// Their ids (tombstones: see [`Router::removed_backend`]).
+    pub removed_ids: Vec<BackendId>,
 }
 
 /// What metrics and readiness see of one backend.
@@ -391,10 +393,11 @@ impl Router {
         let old = guard.clone();
         let ttl = config.session_ttl;
         let mut members = old.members.clone();
-        for m in members.iter_mut() {
+        for (i, m) in members.iter_mut().enumerate() {
             if m.removed_at.is_none() && !backends.iter().any(|b| b.name == m.backend.name) {
                 m.removed_at = Some(now);
                 changes.removed.push(m.backend.name.clone());
+                changes.removed_ids.push(BackendId(i as u16));
             }
         }
         for b in &backends {
@@ -442,6 +445,16 @@ impl Router {
         t.members
             .get(id.index())
             .filter(|m| m.removed_at.is_none())
+            .map(|m| m.backend.clone())
+    }
+
+    /// A backend removed from the configuration, while its slot is not reused (a full
+    /// session TTL after the removal): where its sessions' `DELETE`s go.
+    pub fn removed_backend(&self, id: BackendId) -> Option<Arc<Backend>> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.members
+            .get(id.index())
+            .filter(|m| m.removed_at.is_some())
             .map(|m| m.backend.clone())
     }
 

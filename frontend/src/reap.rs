@@ -112,7 +112,16 @@ fn work(shared: &Shared, job: ReapJob) {
     // a claim is acknowledged by the client's id (after a failover the DELETE names
     // another)
     let ack = job.ack.clone().unwrap_or_else(|| job.session.clone());
-    let Some(backend) = shared.router.backend(job.backend) else {
+    // a removed backend's session (the backend answered when it was removed): one
+    // attempt, with a connect timeout of at most 500 ms, so that a backend gone since
+    // holds a worker briefly, once
+    let removed = job.cause == EndCause::BackendRemoved;
+    let backend = if removed {
+        shared.router.removed_backend(job.backend)
+    } else {
+        shared.router.backend(job.backend)
+    };
+    let Some(backend) = backend else {
         let r = shared.reaper.lock().abandon(job);
         shared.metrics.session_reaped(r);
         if claimed {
@@ -123,7 +132,12 @@ fn work(shared: &Shared, job: ReapJob) {
     // headers and path as the configuration in force has them (a reload changes
     // them); the queue's bounds are the ones it was built with
     let cfg = shared.router.config();
-    let connect = cfg.timeouts.connect;
+    let mut connect = cfg.timeouts.connect;
+    let mut job = job;
+    if removed {
+        connect = connect.min(Duration::from_millis(500));
+        job.attempts = 1; // no retry
+    }
     let mut req = Vec::with_capacity(256);
     write_delete(&mut req, &backend, &job.session, &cfg.reap);
     let status = send(&backend.host, backend.port, &req, connect);

@@ -35,6 +35,10 @@ impl Resolve for SystemResolver {
     }
 }
 
+/// Longest connect attempt to a backend just removed from the configuration, to
+/// learn whether its sessions' `DELETE`s can reach it.
+const REMOVED_PROBE: Duration = Duration::from_millis(500);
+
 /// State shared by every connection (and every thread or executor) of one router
 /// process.
 pub struct Shared {
@@ -48,6 +52,9 @@ pub struct Shared {
     pub reaper: crate::reap::ReapQueue,
     /// Shared store: claimed expiries whose reap is over, to acknowledge in the store.
     pub reap_acks: Mutex<Vec<mcp_router_core::mcp::SessionKey>>,
+    /// Embedded store: backends removed from the configuration that still answered
+    /// (and when), whose records the expiry tick ends and reaps.
+    removed_live: Mutex<Vec<(mcp_router_core::BackendId, Instant)>>,
     /// The settings in force (replaced by a reload).
     pub settings: RwLock<Settings>,
     store_ready: AtomicBool,
@@ -121,6 +128,7 @@ impl Shared {
             metrics: Metrics::new(),
             reaper: crate::reap::ReapQueue::new(cfg.reap.clone()),
             reap_acks: Mutex::default(),
+            removed_live: Mutex::default(),
             discovered: Mutex::new(vec![Vec::new(); settings.discover.len()]),
             settings: RwLock::new(settings.clone()),
             resolver,
@@ -287,16 +295,73 @@ impl Shared {
         let mut drained = Vec::new();
         let mut overdue = Vec::new();
         self.router.drain_overdue(now, &mut overdue);
+        let removed = self.removed_live(now);
+        let ending = overdue.len();
+        overdue.extend(&removed);
         if let Some(Ok(mut s)) = self.memory.as_ref().map(Mutex::lock) {
             s.expire(now, &mut expired);
             s.end_backends(&overdue, &mut drained);
         }
-        let all = expired
-            .into_iter()
-            .map(|e| (e, EndCause::Expired))
-            .chain(drained.into_iter().map(|e| (e, EndCause::DrainTimeout)));
+        let drain_ended = &overdue[..ending];
+        let all =
+            expired
+                .into_iter()
+                .map(|e| (e, EndCause::Expired))
+                .chain(drained.into_iter().map(|e| {
+                    let cause = if drain_ended.contains(&e.1.backend) {
+                        EndCause::DrainTimeout
+                    } else {
+                        EndCause::BackendRemoved
+                    };
+                    (e, cause)
+                }));
         for ((session, rec), cause) in all {
             self.session_ended_here(session, rec, cause, false);
+        }
+    }
+
+    /// The removed backends whose records still end with a `DELETE` (each for one
+    /// session TTL after its removal: by then every record naming it has expired).
+    fn removed_live(&self, now: Instant) -> Vec<mcp_router_core::BackendId> {
+        let ttl = self.router.config().session_ttl;
+        let mut l = self.removed_live.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|&(id, at)| {
+            now.saturating_duration_since(at) < ttl && self.router.removed_backend(id).is_some()
+        });
+        l.iter().map(|&(id, _)| id).collect()
+    }
+
+    /// Backends just removed from the configuration, on the embedded store with
+    /// reaping on: one connect to each (at most [`REMOVED_PROBE`]); one that answers
+    /// has its sessions ended by the expiry tick, each with a `DELETE` (sent once, no
+    /// retry); one that does not (usually: the pod is gone) costs nothing more, its
+    /// sessions end as if it had died.
+    /// Not with `--failover reinitialize`: there a removed backend's sessions move to
+    /// another backend on their next request, which needs their records.
+    fn reap_removed(&self, ids: &[mcp_router_core::BackendId]) {
+        let cfg = self.router.config();
+        if self.memory.is_none() || !cfg.reap.enabled || cfg.failover.is_some() {
+            return;
+        }
+        let timeout = cfg.timeouts.connect.min(REMOVED_PROBE);
+        for &id in ids {
+            let Some(b) = self.router.removed_backend(id) else {
+                continue;
+            };
+            let answers = (b.host.as_str(), b.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok());
+            if answers {
+                info!(backend = %b.name, "removed backend still answers: its sessions end with a DELETE each");
+                self.removed_live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((id, Instant::now()));
+            } else {
+                info!(backend = %b.name, "removed backend does not answer: its sessions end without DELETE");
+            }
         }
     }
 
@@ -326,13 +391,19 @@ impl Shared {
         let reap_done =
             |s: mcp_router_core::mcp::SessionKey| self.reap_done(ack.clone().unwrap_or(s));
         self.router.session_ended(rec.backend);
-        if !self.router.is_configured(rec.backend) {
+        let name = if self.router.is_configured(rec.backend) {
+            self.router.name(rec.backend)
+        } else if let (EndCause::BackendRemoved, Some(b)) =
+            (cause, self.router.removed_backend(rec.backend))
+        {
+            b.name.clone()
+        } else {
             if claimed {
                 reap_done(session);
             }
             return;
-        }
-        info!(session = %session, backend = %self.router.name(rec.backend), cause = cause.as_str(), "session ended");
+        };
+        info!(session = %session, backend = %name, cause = cause.as_str(), "session ended");
         self.metrics.session_ended(cause);
         if !self.router.config().reap.enabled || !mcp_router_core::reap::reaps(rec.era, cause) {
             if claimed {
@@ -437,6 +508,7 @@ impl Shared {
         for name in &changes.removed {
             warn!(backend = %name, "backend removed: its sessions end");
         }
+        self.reap_removed(&changes.removed_ids);
     }
 
     /// Re-read the configuration (flags, environment, `--config` file) and apply what

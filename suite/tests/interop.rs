@@ -11,13 +11,15 @@
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
 use mcp_router_testkit::harness::{
-    free_port, interop_dir, rebinding_request, router_bin, sdk_client, server_everything, Proc,
+    free_port, interop_dir, post_json, rebinding_request, redis_server, router_bin, sdk_client,
+    server_everything, Conn, Proc,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Run one SDK client; returns its JSON summary line.
 fn client(sdk: &str, base: &str, mode: &str) -> serde_json::Value {
@@ -525,7 +527,181 @@ fn official_sdk_clients_keep_their_sessions_when_a_replica_dies() {
     );
 }
 
+/// Sessions open on a server-everything replica, from its own log: each `Session
+/// initialized with ID` minus each `removing from transports map` (what a `DELETE`
+/// it accepted logs, after closing the session's transport).
+fn everything_sessions(e: &Proc) -> usize {
+    e.count_logs("Session initialized with ID: ") - e.count_logs("removing from transports map")
+}
+
+/// How many `DELETE`s server-everything accepted for `sid`, from its log.
+fn everything_deletes(e: &Proc, sid: &str) -> usize {
+    e.count_logs(&format!(
+        "Received session termination request for session {sid}"
+    ))
+}
+
+/// Poll `done` every 100 ms until it holds or `limit` passes; whether it held.
+fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+/// Open and delete raw sessions through `base` until ten in a row succeed (a glommio
+/// replica connects to Redis once per executor and answers 503 for a moment).
+fn warm(addr: &str) {
+    let init = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"warm","version":"0"}}});
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(Instant::now() < end, "{addr} never served steadily");
+        let mut c = Conn::open(addr);
+        let resp = post_json(&mut c, "/mcp", None, &init);
+        match resp.header("mcp-session-id") {
+            Some(sid) if resp.status == 200 => {
+                let sid = sid.to_string();
+                let s = c
+                    .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "")
+                    .status;
+                assert_eq!(s, 200, "warm-up DELETE");
+                in_a_row += 1;
+            }
+            _ => {
+                in_a_row = 0;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// One SDK session through `base` that stops without `DELETE` (`--no-delete`), or
+/// with it; its session id.
+fn sdk_session(sdk: &str, base: &str, delete: bool) -> String {
+    let script = if sdk == "ts" {
+        "ts_client.mjs"
+    } else {
+        "py_client.py"
+    };
+    let mut args = vec![base, "streamable", "--rounds", "2"];
+    if !delete {
+        args.push("--no-delete");
+    }
+    let v = sdk_client(script, &args).0;
+    v["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{sdk}: no session id: {v}"))
+        .to_string()
+}
+
+/// Issue 14 with the official pieces on both sides: TypeScript and Python SDK
+/// clients that stop without `DELETE`, through `routers` (one on the embedded store,
+/// or two on one Redis), to two server-everything replicas. Each such session is still
+/// held when its client has stopped; after the TTL it gets exactly one `DELETE` on its
+/// replica (from server-everything's own log) and the replicas' session counts return
+/// to where they started; a session the client deleted itself gets no second one.
+fn sdk_sessions_without_delete_are_reaped(store: Option<&str>) {
+    let e0 = server_everything("streamable", "everything-0");
+    let e1 = server_everything("streamable", "everything-1");
+    let mut args: Vec<String> = [
+        "--backend",
+        &format!("e0=http://{}", e0.addr),
+        "--backend",
+        &format!("e1=http://{}", e1.addr),
+        "--session-ttl",
+        "2s",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(url) = store {
+        args.extend(["--store", url, "--reap-claim-interval", "100ms"].map(String::from));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let replicas = if store.is_some() { 2 } else { 1 };
+    let routers: Vec<Proc> = (0..replicas)
+        .map(|i| Proc::router(router_bin(), &format!("router-{i}"), &args))
+        .collect();
+    for r in &routers {
+        warm(&r.addr);
+    }
+    let live = || everything_sessions(&e0) + everything_sessions(&e1);
+    let deletes = |sid: &str| everything_deletes(&e0, sid) + everything_deletes(&e1, sid);
+    let start = live();
+    // two TypeScript and two Python clients that just stop, spread over the replicas,
+    // and one that deletes its session itself
+    let held = |sid: &str| {
+        let closed = format!("Transport closed for session {sid}");
+        deletes(sid) == 0 && e0.count_logs(&closed) + e1.count_logs(&closed) == 0
+    };
+    let mut left = Vec::new();
+    for (i, sdk) in ["ts", "py", "py", "ts"].iter().enumerate() {
+        let base = format!("http://{}", routers[i % replicas].addr);
+        let sid = sdk_session(sdk, &base, false);
+        // the client sent no DELETE: its session is still on its replica (the TTL,
+        // 2 s, runs from its last request, just now)
+        assert!(held(&sid), "{sdk}: {sid} deleted by its client?");
+        left.push(sid);
+    }
+    let deleted_by_client = sdk_session("py", &format!("http://{}", routers[0].addr), true);
+    // (its log line may trail the client's exit a little)
+    assert!(
+        until(Duration::from_secs(5), || deletes(&deleted_by_client) == 1),
+        "the client's own DELETE of {deleted_by_client}: {}",
+        deletes(&deleted_by_client)
+    );
+    let began = Instant::now();
+    assert!(
+        until(Duration::from_secs(20), || live() == start),
+        "server-everything still holds {} sessions (started at {start})",
+        live()
+    );
+    eprintln!(
+        "{} router(s): the SDK sessions left without DELETE all gone from server-everything {:?} after the last client stopped (TTL 2 s)",
+        replicas,
+        began.elapsed()
+    );
+    // a while longer: nothing is deleted twice
+    std::thread::sleep(Duration::from_millis(1500));
+    for sid in &left {
+        assert_eq!(deletes(sid), 1, "{sid}");
+    }
+    assert_eq!(deletes(&deleted_by_client), 1);
+    assert_eq!(live(), start);
+    let reaped: usize = routers
+        .iter()
+        .map(|r| r.count_logs("session reaped upstream"))
+        .sum();
+    assert_eq!(reaped, left.len(), "reaps logged by the router(s)");
+    if replicas == 2 {
+        // the replicas shared the work or one did it all, but each session once
+        let per: Vec<usize> = routers
+            .iter()
+            .map(|r| r.count_logs("session reaped upstream"))
+            .collect();
+        eprintln!("reaps per replica: {per:?}");
+    }
+}
+
+fn sdk_sessions_without_delete_are_reaped_through_one_router_on_the_embedded_store() {
+    sdk_sessions_without_delete_are_reaped(None);
+}
+
+fn sdk_sessions_without_delete_are_reaped_exactly_once_through_two_replicas_on_redis() {
+    let rp = free_port();
+    let _redis = redis_server(rp);
+    sdk_sessions_without_delete_are_reaped(Some(&format!("redis://127.0.0.1:{rp}")));
+}
+
 mcp_router_testkit::behaviour_suite!(
+    sdk_sessions_without_delete_are_reaped_through_one_router_on_the_embedded_store,
+    sdk_sessions_without_delete_are_reaped_exactly_once_through_two_replicas_on_redis,
     python_sdk_clients_of_every_era_through_one_router_and_two_replicas_to_a_dual_era_fleet,
     official_sdk_clients_keep_their_sessions_when_a_replica_dies,
     official_sdk_clients_over_streamable_http,

@@ -557,7 +557,105 @@ fn a_failed_over_session_on_redis_is_reaped_by_its_new_upstream_id() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A backend removed from the configuration (the file, then `SIGHUP`) that still
+/// answers: its sessions end, each with one `DELETE`, and its session count goes to
+/// 0; the kept backend's sessions go on. A removed backend that no longer answers
+/// costs one short connect, and its sessions end without any.
+fn a_removed_backends_sessions_are_deleted_when_it_still_answers() {
+    let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
+    let mut b2 = Proc::fake_backend("b2");
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-router-reap-removed-{}-{}",
+        std::process::id(),
+        router_bin()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("router.toml");
+    let write = |names: &[(&str, &Proc)]| {
+        let list: Vec<String> = names
+            .iter()
+            .map(|(n, b)| format!("{{ name = \"{n}\", url = \"http://{}\" }}", b.addr))
+            .collect();
+        std::fs::write(
+            &file,
+            format!("session_ttl = \"1h\"\nbackends = [{}]\n", list.join(", ")),
+        )
+        .unwrap();
+    };
+    write(&[("b0", &b0), ("b1", &b1), ("b2", &b2)]);
+    let (r, admin) = router("router", &[], &["--config", &file.display().to_string()]);
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    while ["b0", "b1", "b2"]
+        .iter()
+        .any(|n| on.get(*n).map_or(0, Vec::len) < 2)
+    {
+        let sid = open(&r);
+        let owner = sid.split('-').next().unwrap().to_string();
+        on.entry(owner).or_default().push(sid);
+    }
+    let n0 = on["b0"].len() as u64;
+    assert_eq!(sessions(&b0), n0);
+    // b2 goes away for good, b0 is taken out of the file but still runs
+    b2.kill();
+    write(&[("b1", &b1)]);
+    r.signal("HUP");
+    assert!(
+        r.wait_count("configuration reloaded", 1, Duration::from_secs(5)),
+        "{:?}",
+        r.logs()
+    );
+    assert!(
+        until(Duration::from_secs(5), || {}, || sessions(&b0) == 0),
+        "the removed backend still holds {} sessions",
+        sessions(&b0)
+    );
+    let d = deleted(&b0);
+    for sid in &on["b0"] {
+        assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
+    }
+    assert_eq!(b0.stats()["deletes"].as_u64().unwrap(), n0);
+    // the kept backend's sessions go on, untouched
+    assert_eq!(sessions(&b1), on["b1"].len() as u64);
+    assert_eq!(b1.stats()["deletes"], 0);
+    for sid in &on["b1"] {
+        assert_eq!(ping(&r, sid), 200, "{sid}");
+    }
+    let reaped_ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || metric(&admin, reaped_ok) >= n0 as f64
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    // b2's sessions got no attempt: only b0's were reaped, none failed
+    assert_eq!(metric(&admin, reaped_ok), n0 as f64);
+    assert_eq!(
+        metric(
+            &admin,
+            "mcp_router_sessions_reaped_total{result=\"failed\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &admin,
+            "mcp_router_sessions_ended_total{cause=\"backend_removed\"}"
+        ),
+        n0 as f64
+    );
+    assert_eq!(
+        r.count_logs("removed backend does not answer"),
+        1,
+        "{:?}",
+        r.logs()
+    );
+    // the removed backend's clients are told their session is over
+    assert_eq!(ping(&r, &on["b0"][0]), 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mcp_router_testkit::behaviour_suite!(
+    a_removed_backends_sessions_are_deleted_when_it_still_answers,
     two_replicas_on_redis_reap_each_expired_session_exactly_once,
     two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once,
     idle_sessions_are_deleted_on_their_backend,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One MCP session with the official Python SDK (`mcp` on PyPI), for interop tests.
 
-    .venv/bin/python py_client.py <base-url> <streamable|sse> [--rounds N] [--timeout SECONDS]
+    .venv/bin/python py_client.py <base-url> <streamable|sse> [--rounds N] [--timeout SECONDS] [--no-delete]
 
 streamable: mcp.client.streamable_http.streamable_http_client on <base-url>/mcp
 sse:        mcp.client.sse.sse_client (legacy HTTP+SSE) on <base-url>/sse
@@ -10,7 +10,9 @@ Steps: initialize (ClientSession.initialize: the classic handshake, not the 2026
 `server/discover` probe that the high-level mcp.Client does in its default mode="auto"),
 tools/list, N x tools/call echo {"message": "hello-from-py"}, then close. For streamable,
 streamable_http_client(terminate_on_close=True) -- also its default in mcp 2.3.0 -- sends
-DELETE with the session id when its context exits.
+DELETE with the session id when its context exits; --no-delete passes
+terminate_on_close=False instead: the client stops without DELETE, leaving the session to
+the server's or the router's idle expiry.
 
 Prints exactly one JSON line on stdout:
   {"ok":true,"sdk":"py","mode":...,"tools":<count>,"echo":"<text>","sessionId":"<id or null>"}
@@ -76,7 +78,7 @@ async def run_session(session: ClientSession, rounds: int) -> tuple[int, str]:
     return len(listed.tools), echo
 
 
-async def main_async(base: str, mode: str, rounds: int) -> dict:
+async def main_async(base: str, mode: str, rounds: int, delete: bool = True) -> dict:
     session_id: str | None = None
     if mode == "streamable":
         # streamable_http_client yields only the stream pair, not the transport that holds
@@ -91,11 +93,11 @@ async def main_async(base: str, mode: str, rounds: int) -> dict:
         http_client.event_hooks = {"request": [], "response": [on_response]}
         async with http_client:
             async with streamable_http_client(
-                f"{base}/mcp", http_client=http_client, terminate_on_close=True
+                f"{base}/mcp", http_client=http_client, terminate_on_close=delete
             ) as (read, write):
                 async with ClientSession(read, write) as session:
                     tools, echo = await run_session(session, rounds)
-            # leaving streamable_http_client sent DELETE <base>/mcp (terminate_on_close)
+            # leaving streamable_http_client sent DELETE <base>/mcp (unless --no-delete)
     else:
 
         def on_session_created(sid: str) -> None:
@@ -114,6 +116,7 @@ def main() -> int:
     parser.add_argument("mode", choices=["streamable", "sse"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--no-delete", action="store_true")
     try:
         args = parser.parse_args()
         if args.rounds < 1 or args.timeout <= 0:
@@ -138,7 +141,7 @@ def main() -> int:
 
     base = args.base_url.rstrip("/")
     try:
-        result = anyio.run(main_async, base, args.mode, args.rounds)
+        result = anyio.run(main_async, base, args.mode, args.rounds, not args.no_delete)
     except BaseException as e:  # noqa: BLE001 - report everything as one JSON line
         emit({"ok": False, "error": describe(e)})
         return 1

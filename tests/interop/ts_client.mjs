@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // One MCP session with the official TypeScript SDK client, for interop tests.
 //
-//   node ts_client.mjs <base-url> <streamable|sse> [--rounds N] [--timeout SECONDS]
+//   node ts_client.mjs <base-url> <streamable|sse> [--rounds N] [--timeout SECONDS] [--no-delete]
 //
 // streamable: StreamableHTTPClientTransport on <base-url>/mcp
 // sse:        SSEClientTransport (legacy HTTP+SSE) on <base-url>/sse
 //
 // Steps: initialize, tools/list, N x tools/call echo {message: "hello-from-ts"},
 // then (streamable) DELETE the session with transport.terminateSession(), and close.
+// --no-delete: close without the DELETE, as a client that just stops (the session is
+// left for the server's or the router's idle expiry).
 // Prints exactly one JSON line on stdout:
 //   {"ok":true,"sdk":"ts","mode":...,"tools":<count>,"echo":"<text>","sessionId":"<id or null>"}
 // or {"ok":false,"error":"..."} with exit status 1 (also on the hard timeout, default 30 s).
@@ -37,6 +39,7 @@ function parseArgs(argv) {
   const pos = [];
   let rounds = 1;
   let timeout = 30;
+  let noDelete = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--rounds" || a === "--timeout") {
@@ -44,12 +47,13 @@ function parseArgs(argv) {
       if (!Number.isFinite(v) || v < (a === "--rounds" ? 1 : 0.001)) throw new Error(`bad value for ${a}`);
       if (a === "--rounds") rounds = Math.floor(v);
       else timeout = v;
-    } else pos.push(a);
+    } else if (a === "--no-delete") noDelete = true;
+    else pos.push(a);
   }
   if (pos.length !== 2 || !["streamable", "sse"].includes(pos[1])) {
-    throw new Error("usage: ts_client.mjs <base-url> <streamable|sse> [--rounds N] [--timeout SECONDS]");
+    throw new Error("usage: ts_client.mjs <base-url> <streamable|sse> [--rounds N] [--timeout SECONDS] [--no-delete]");
   }
-  return { base: pos[0].replace(/\/+$/, ""), mode: pos[1], rounds, timeout };
+  return { base: pos[0].replace(/\/+$/, ""), mode: pos[1], rounds, timeout, noDelete };
 }
 
 function echoText(result) {
@@ -59,7 +63,7 @@ function echoText(result) {
 }
 
 async function main() {
-  const { base, mode, rounds, timeout } = parseArgs(process.argv.slice(2));
+  const { base, mode, rounds, timeout, noDelete } = parseArgs(process.argv.slice(2));
   const timer = setTimeout(() => fail(new Error(`timeout after ${timeout} s`)), timeout * 1000);
 
   const transport =
@@ -91,8 +95,8 @@ async function main() {
     if (!echo.includes(MESSAGE)) throw new Error(`unexpected echo text: ${echo}`);
   }
 
-  if (mode === "streamable") await transport.terminateSession(); // DELETE /mcp
-  await client.close();
+  if (mode === "streamable" && !noDelete) await transport.terminateSession(); // DELETE /mcp
+  await client.close(); // no request: aborts the transport's streams
   clearTimeout(timer);
   emit({ ok: true, sdk: "ts", mode, tools: tools.length, echo, sessionId }, 0);
 }

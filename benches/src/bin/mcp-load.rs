@@ -21,6 +21,10 @@
 //! and without (short TTL), RSS per idle session at 100k (and `--idle` more), and the
 //! embedded store's heap bytes per record at 1M records in process (counted
 //! allocator). Results go to `OUT/mem.json`.
+//!
+//! `churn` runs 100k lifecycles without DELETE (TTL 2 s) through the router and
+//! reports the fake backends' own session counts (`/stats`) as it goes and after:
+//! flat when reaping keeps up (issue 14). Results go to `OUT/churn.json`.
 
 use hdrhistogram::Histogram;
 use mcp_router_benches::{alloc_count, live_bytes, CountingAlloc};
@@ -1159,12 +1163,139 @@ fn mem(o: &Opts) -> Res<()> {
     Ok(())
 }
 
+// ----- churn without DELETE: the backends' own session counts ---------------------
+
+/// Sessions the fake backend at `addr` holds (`/stats?brief`).
+async fn backend_sessions(addr: SocketAddr) -> Res<u64> {
+    let (status, body) = http_get(addr, "/stats?brief").await?;
+    if status != 200 {
+        return Err(format!("{addr}/stats: {status}"));
+    }
+    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    v["sessions"].as_u64().ok_or("no sessions in /stats".into())
+}
+
+async fn metric(admin: SocketAddr, series: &str) -> u64 {
+    let Ok((_, body)) = http_get(admin, "/metrics").await else {
+        return 0;
+    };
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Issue 14: lifecycles that never send `DELETE` (initialize, notification, one
+/// tools/call), TTL 2 s, through the router (embedded store) to two fake backends;
+/// after every 20k lifecycles and for 8 s after the load stops, the backends' own
+/// session counts (`/stats`), the router's live sessions and its reap counters.
+/// Three times: with the default reap bounds (100 `DELETE`s a second, queue 10 000),
+/// with `--reap-rate 20000 --reap-concurrency 8`, and that with `--reap-queue 100000`.
+/// Results go to `OUT/churn.json`.
+fn churn(o: &Opts) -> Res<()> {
+    std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut out = serde_json::Map::new();
+    out.insert("loadavg".into(), json!(loadavg()));
+    let plan = Plan {
+        calls: 1,
+        notify: true,
+        delete: false,
+    };
+    let runs: [(&str, &[&str]); 3] = [
+        ("default_reap_bounds", &[]),
+        (
+            "reap_rate_20000",
+            &["--reap-rate", "20000", "--reap-concurrency", "8"],
+        ),
+        (
+            "reap_rate_20000_queue_100000",
+            &[
+                "--reap-rate",
+                "20000",
+                "--reap-concurrency",
+                "8",
+                "--reap-queue",
+                "100000",
+            ],
+        ),
+    ];
+    for (name, flags) in runs {
+        let (b0, a0) = fake_backend(o, "b0")?;
+        let (b1, a1) = fake_backend(o, "b1")?;
+        let mut extra = vec!["--session-ttl", "2s"];
+        extra.extend_from_slice(flags);
+        let fe = start_router(o, &[a0, a1], None, &extra)?;
+        let admin = fe.admin.expect("admin");
+        let sample = |phase: &str, lifecycles: u64, t: Instant| -> Res<Value> {
+            rt.block_on(async {
+                let s0 = backend_sessions(a0).await?;
+                let s1 = backend_sessions(a1).await?;
+                let r = |res: &str| format!("mcp_router_sessions_reaped_total{{result=\"{res}\"}}");
+                Ok(json!({
+                    "phase": phase,
+                    "t_s": (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    "lifecycles": lifecycles,
+                    "backend_sessions": s0 + s1,
+                    "router_sessions_active": sessions_active(admin).await,
+                    "reaped_deleted": metric(admin, &r("deleted")).await,
+                    "reaped_dropped": metric(admin, &r("dropped")).await,
+                    "reaped_failed": metric(admin, &r("failed")).await,
+                }))
+            })
+        };
+        let t = Instant::now();
+        let mut rows = vec![sample("load", 0, t)?];
+        let mut done = 0u64;
+        let mut errors = 0;
+        for _ in 0..5 {
+            let run = rt.block_on(run_clients(
+                &[fe.addr],
+                o.clients,
+                plan,
+                0.0,
+                0.0,
+                Some(20_000),
+                &[],
+            ))?;
+            errors += run.stats.errors.load(Relaxed);
+            done += 20_000;
+            let row = sample("load", done, t)?;
+            eprintln!("{name}: {row}");
+            rows.push(row);
+        }
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_secs(2));
+            let row = sample("idle", done, t)?;
+            eprintln!("{name}: {row}");
+            rows.push(row);
+        }
+        out.insert(
+            name.into(),
+            json!({"ttl": "2s", "flags": flags, "errors": errors, "rows": rows}),
+        );
+        drop((fe, b0, b1));
+    }
+    let path = format!("{}/churn.json", o.out);
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&Value::Object(out)).expect("json"),
+    )
+    .map_err(|e| e.to_string())?;
+    eprintln!("wrote {path}");
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("bench") => opts(&args[1..]).and_then(|o| bench(&o)),
         Some("mem") => opts(&args[1..]).and_then(|o| mem(&o)),
-        _ => Err("usage: mcp-load bench|mem [options] (see the source header)".into()),
+        Some("churn") => opts(&args[1..]).and_then(|o| churn(&o)),
+        _ => Err("usage: mcp-load bench|mem|churn [options] (see the source header)".into()),
     };
     if let Err(e) = r {
         eprintln!("mcp-load: {e}");
