@@ -165,27 +165,31 @@ fn one_request(client: TcpStream, to: &str) -> bool {
     true
 }
 
+/// A session key file for sealed-id replicas (one fixed key), its path; named by the
+/// test (`tag`), the process and the thread so that concurrent tests never share one.
+fn key_file(tag: &str) -> String {
+    let path = std::env::temp_dir().join(format!(
+        "mcp-interop-{tag}-{}-{:?}.keys",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(
+        &path,
+        "k1:0101010101010101010101010101010101010101010101010101010101010101\n",
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
 /// Sealed session ids: the official SDK clients through a round-robin balancer over
 /// two router replicas with no store, so each session's requests alternate between
 /// replicas; `server-everything` replicas behind.
 fn run_sealed(mode: &str) {
     let e0 = server_everything(mode, "everything-0");
     let e1 = server_everything(mode, "everything-1");
-    let dir = std::env::temp_dir().join(format!(
-        "mcp-interop-sealed-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let keys = dir.join("keys");
-    std::fs::write(
-        &keys,
-        "k1:0101010101010101010101010101010101010101010101010101010101010101\n",
-    )
-    .unwrap();
+    let keys = key_file("sealed");
     let b0 = format!("e0=http://{}", e0.addr);
     let b1 = format!("e1=http://{}", e1.addr);
-    let keys = keys.display().to_string();
     let args = [
         "--backend",
         &b0,
@@ -345,19 +349,9 @@ fn every_era_fleet(replicas: usize) {
     };
     let modern = server("py-modern-only", "--modern-only");
     let dual = server("py-dual-era", "--http");
-    let keys = std::env::temp_dir().join(format!(
-        "mcp-interop-eras-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::write(
-        &keys,
-        "k1:0101010101010101010101010101010101010101010101010101010101010101\n",
-    )
-    .unwrap();
+    let keys_arg = key_file("eras");
     let m = format!("modern=http://{};eras=modern", modern.addr);
     let d = format!("dual=http://{}", dual.addr);
-    let keys_arg = keys.display().to_string();
     let args = [
         "--backend",
         &m,
@@ -422,7 +416,6 @@ fn every_era_fleet(replicas: usize) {
         sessions >= 2,
         "the two legacy clients' sessions: {sessions}"
     );
-    let _ = std::fs::remove_file(&keys);
 }
 
 /// `--failover reinitialize` with the official SDKs: four clients (TypeScript and
