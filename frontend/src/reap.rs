@@ -304,9 +304,12 @@ fn eval_script(
     }
 }
 
-/// With backends drained past their timeout: one bounded step (`expiry_batch`
-/// entries) of the walk over the expiry index that ends their sessions in Redis; one
-/// full pass per replica and set of drained backends.
+/// With backends drained past their timeout, or removed from the configuration while
+/// still answering (for one session TTL after the removal): one bounded step
+/// (`expiry_batch` entries) of the walk over the expiry index that ends their
+/// sessions in Redis; one full pass per replica and set of such backends. Records are
+/// matched by the backend's name: a removed backend's records read as no backend, so
+/// each ended one is given the removed backend's id again (where its `DELETE` goes).
 fn drain_round(
     shared: &Shared,
     codec: &RedisCodec,
@@ -314,9 +317,15 @@ fn drain_round(
     scan: &mut DrainScan,
     lease: Duration,
 ) -> redis::RedisResult<()> {
+    let now = Instant::now();
     let mut overdue = Vec::new();
-    shared.router.drain_overdue(Instant::now(), &mut overdue);
-    let names: Vec<String> = overdue.iter().map(|&id| shared.router.name(id)).collect();
+    shared.router.drain_overdue(now, &mut overdue);
+    let removed = shared.removed_live_names(now);
+    let names: Vec<String> = overdue
+        .iter()
+        .map(|&id| shared.router.name(id))
+        .chain(removed.iter().map(|(_, n)| n.clone()))
+        .collect();
     if names.is_empty() {
         *scan = DrainScan::default();
         return Ok(());
@@ -342,11 +351,18 @@ fn drain_round(
     scan.cursor = cursor;
     scan.done = cursor == 0;
     for c in ended {
-        match c.record {
-            Some(rec) => {
+        let gone = removed
+            .iter()
+            .find(|(_, n)| c.name.as_deref() == Some(n.as_str()));
+        match (c.record, gone) {
+            (Some(mut rec), Some(&(id, _))) if !shared.router.is_configured(rec.backend) => {
+                rec.backend = id;
+                shared.claimed_session_ended(c.id, c.upstream, rec, EndCause::BackendRemoved)
+            }
+            (Some(rec), _) => {
                 shared.claimed_session_ended(c.id, c.upstream, rec, EndCause::DrainTimeout)
             }
-            None => shared.reap_done(c.id),
+            (None, _) => shared.reap_done(c.id),
         }
     }
     Ok(())

@@ -217,6 +217,10 @@ pub struct Claimed {
     pub record: Option<Record>,
     /// After a failover: the new backend's id for it, which the `DELETE` names.
     pub upstream: Option<SessionKey>,
+    /// The backend's name as the record has it (`None` when the copy does not read
+    /// as a record): a backend removed from this replica's configuration reads as no
+    /// backend in `record`, and is found again by this name.
+    pub name: Option<String>,
 }
 
 /// Session records as Redis keys, values and commands.
@@ -315,7 +319,8 @@ impl RedisCodec {
     }
 
     /// [`DRAIN_SCRIPT`]: end and claim the records of the backends named `names`
-    /// among about `count` entries of the expiry index from `cursor` on.
+    /// (drained past their timeout, or removed and still answering) among about
+    /// `count` entries of the expiry index from `cursor` on.
     pub fn drain_command(
         &self,
         names: &[String],
@@ -381,9 +386,11 @@ impl RedisCodec {
                 Some(i) => (&rec[..i], SessionKey::new(&rec[i + 1..], usize::MAX)),
                 None => (&rec[..], None),
             };
+            let record = self.decode(rec);
             out.push(Claimed {
                 id,
-                record: self.decode(rec),
+                name: record.and_then(|_| record_name(rec)),
+                record,
                 upstream,
             });
         }
@@ -725,6 +732,14 @@ impl RedisCodec {
     }
 }
 
+/// The backend name of a stored record (`1|e|t|<name>` or `2|e|t|<client>|<name>`),
+/// for a record [`RedisCodec::decode`] reads.
+fn record_name(v: &[u8]) -> Option<String> {
+    let fields = if v.starts_with(b"1|") { 4 } else { 5 };
+    let name = v.splitn(fields, |&b| b == b'|').nth(fields - 1)?;
+    std::str::from_utf8(name).ok().map(str::to_owned)
+}
+
 /// `StoreOp::Insert`: KEYS = record, live set, client set, expiry index, its records
 /// (and with failover, the failover hash); ARGV = value, TTL (s), session id (and the
 /// sealed `initialize` body, stored as the hash's `p` with generation 0 and the
@@ -849,8 +864,10 @@ end
 return out
 ";
 
-/// End the records of drained backends (past their drain timeout) and claim them for
-/// reaping. KEYS = expiry index, its records, claims, live set; ARGV = record key
+/// End the records of drained backends (past their drain timeout), and of backends
+/// removed from the configuration that still answered, and claim them for reaping.
+/// Backends are matched by the name in the record, so a removed backend's records
+/// are found although no replica's configuration names it any more. KEYS = expiry index, its records, claims, live set; ARGV = record key
 /// prefix, lease (ms), `HSCAN` cursor, `HSCAN` count, client sets' name prefix, then
 /// the backend names.
 ///
@@ -1296,7 +1313,9 @@ mod tests {
             client: ClientId(0xab),
         };
         assert_eq!((got[0].record, got[0].upstream.as_ref()), (Some(rec), None));
+        assert_eq!(got[0].name.as_deref(), Some("b0"));
         assert_eq!((got[1].id.as_str(), got[1].record), ("def", None));
+        assert_eq!(got[1].name, None);
         // a session that failed over: acknowledged by its id, reaped by the new one
         assert_eq!(got[2].id.as_str(), "ghi");
         assert_eq!(got[2].record, Some(rec));
@@ -1314,9 +1333,18 @@ mod tests {
                 bulk("17"),
                 bulk("abc"),
                 bulk("1|s|0|b0"),
+                bulk("def"),
+                bulk("2|s|0|00000000000000ab|removed|name"),
             ]))
             .unwrap();
-        assert_eq!((cursor, ended.len()), (17, 1));
+        assert_eq!((cursor, ended.len()), (17, 2));
+        assert_eq!(ended[0].name.as_deref(), Some("b0"));
+        // a backend no longer configured here: no id, found again by its name
+        assert_eq!(
+            ended[1].record.map(|r| r.backend),
+            Some(BackendId(u16::MAX))
+        );
+        assert_eq!(ended[1].name.as_deref(), Some("removed|name"));
         assert_eq!(c.drained(Value::Array(vec![])), None);
         let drain = packed(c.drain_command(&["b0".into()], 17, 64, Duration::from_secs(1), true));
         assert!(drain.contains("HSCAN"), "the source: {drain}");

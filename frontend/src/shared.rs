@@ -52,8 +52,9 @@ pub struct Shared {
     pub reaper: crate::reap::ReapQueue,
     /// Shared store: claimed expiries whose reap is over, to acknowledge in the store.
     pub reap_acks: Mutex<Vec<mcp_router_core::mcp::SessionKey>>,
-    /// Embedded store: backends removed from the configuration that still answered
-    /// (and when), whose records the expiry tick ends and reaps.
+    /// Backends removed from the configuration that still answered (and when), whose
+    /// records the expiry tick (embedded store) or the drain sweep (Redis) ends and
+    /// reaps.
     removed_live: Mutex<Vec<(mcp_router_core::BackendId, Instant)>>,
     /// The settings in force (replaced by a reload).
     pub settings: RwLock<Settings>,
@@ -331,16 +332,35 @@ impl Shared {
         l.iter().map(|&(id, _)| id).collect()
     }
 
-    /// Backends just removed from the configuration, on the embedded store with
-    /// reaping on: one connect to each (at most [`REMOVED_PROBE`]); one that answers
-    /// has its sessions ended by the expiry tick, each with a `DELETE` (sent once, no
-    /// retry); one that does not (usually: the pod is gone) costs nothing more, its
-    /// sessions end as if it had died.
+    /// Redis: the removed backends whose records the drain sweep still ends with a
+    /// `DELETE` each, by the name the records carry (a removed backend's records read
+    /// as no backend). A name configured again (a later reload put it back) is not
+    /// swept: its records read as the new backend's.
+    pub fn removed_live_names(&self, now: Instant) -> Vec<(mcp_router_core::BackendId, String)> {
+        self.removed_live(now)
+            .into_iter()
+            .filter_map(|id| {
+                let b = self.router.removed_backend(id)?;
+                self.router
+                    .backend_by_name(&b.name)
+                    .is_none()
+                    .then(|| (id, b.name.clone()))
+            })
+            .collect()
+    }
+
+    /// Backends just removed from the configuration, with reaping on: one connect to
+    /// each (at most [`REMOVED_PROBE`]); one that answers has its sessions ended, each
+    /// with a `DELETE` (sent once, no retry), by the expiry tick on the embedded store
+    /// or by the drain sweep over the expiry index on Redis (every replica that was
+    /// reloaded sweeps; the sweep's script ends and claims each record once); one that
+    /// does not answer (usually: the pod is gone) costs nothing more, its sessions end
+    /// as if it had died.
     /// Not with `--failover reinitialize`: there a removed backend's sessions move to
     /// another backend on their next request, which needs their records.
     fn reap_removed(&self, ids: &[mcp_router_core::BackendId]) {
         let cfg = self.router.config();
-        if self.memory.is_none() || !cfg.reap.enabled || cfg.failover.is_some() {
+        if !cfg.reap.enabled || cfg.failover.is_some() {
             return;
         }
         let timeout = cfg.timeouts.connect.min(REMOVED_PROBE);

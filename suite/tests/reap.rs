@@ -654,8 +654,142 @@ fn a_removed_backends_sessions_are_deleted_when_it_still_answers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The same on Redis, two replicas: a backend taken out of both replicas' files (and
+/// `SIGHUP` to both) that still answers has its sessions ended in Redis, by the name
+/// their records carry (no replica's configuration names it any more), each deleted
+/// on the backend exactly once across the replicas; its clients get `404` from either
+/// replica, the other backends' sessions go on untouched.
+fn two_replicas_on_redis_delete_a_removed_backends_sessions_exactly_once() {
+    let rp = free_port();
+    let redis = redis_server(rp);
+    let (b0, b1, b2) = (
+        Proc::fake_backend("b0"),
+        Proc::fake_backend("b1"),
+        Proc::fake_backend("b2"),
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-router-reap-removed-redis-{}-{rp}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = [dir.join("a.toml"), dir.join("b.toml")];
+    let write = |names: &[(&str, &Proc)]| {
+        let list: Vec<String> = names
+            .iter()
+            .map(|(n, b)| format!("{{ name = \"{n}\", url = \"http://{}\" }}", b.addr))
+            .collect();
+        for f in &files {
+            std::fs::write(
+                f,
+                format!("session_ttl = \"1h\"\nbackends = [{}]\n", list.join(", ")),
+            )
+            .unwrap();
+        }
+    };
+    write(&[("b0", &b0), ("b1", &b1), ("b2", &b2)]);
+    let store = format!("redis://127.0.0.1:{rp}");
+    let replica = |name: &str, file: &std::path::Path| {
+        let file = file.display().to_string();
+        router(
+            name,
+            &[],
+            &[
+                "--config",
+                &file,
+                "--store",
+                &store,
+                "--reap-claim-interval",
+                "100ms",
+            ],
+        )
+    };
+    let (a, admin_a) = replica("router-a", &files[0]);
+    let (b, admin_b) = replica("router-b", &files[1]);
+    warm(&a);
+    warm(&b);
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    let mut i = 0;
+    while ["b0", "b1", "b2"]
+        .iter()
+        .any(|n| on.get(*n).map_or(0, Vec::len) < 3)
+    {
+        let sid = open(if i % 2 == 0 { &a } else { &b });
+        i += 1;
+        let owner = sid.split('-').next().unwrap().to_string();
+        on.entry(owner).or_default().push(sid);
+    }
+    let n0 = on["b0"].len() as u64;
+    assert_eq!(sessions(&b0), n0);
+    let deletes = |b: &Proc| b.stats()["deletes"].as_u64().unwrap();
+    let before = [deletes(&b0), deletes(&b1), deletes(&b2)];
+    // b0 is taken out of both files but still runs
+    write(&[("b1", &b1), ("b2", &b2)]);
+    a.signal("HUP");
+    b.signal("HUP");
+    for r in [&a, &b] {
+        assert!(
+            r.wait_count("configuration reloaded", 1, Duration::from_secs(5)),
+            "{:?}",
+            r.logs()
+        );
+    }
+    assert!(
+        until(Duration::from_secs(10), || {}, || sessions(&b0) == 0),
+        "the removed backend still holds {} sessions: {:?}",
+        sessions(&b0),
+        deleted(&b0)
+    );
+    let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
+    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || total() >= n0 as f64
+    ));
+    // a while longer: nothing is deleted twice
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(total(), n0 as f64, "reaped twice?");
+    let d = deleted(&b0);
+    for sid in &on["b0"] {
+        assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
+    }
+    assert_eq!(deletes(&b0), before[0] + n0, "{d:?}");
+    let ended = "mcp_router_sessions_ended_total{cause=\"backend_removed\"}";
+    assert_eq!(metric(&admin_a, ended) + metric(&admin_b, ended), n0 as f64);
+    let failed = "mcp_router_sessions_reaped_total{result=\"failed\"}";
+    assert_eq!(metric(&admin_a, failed) + metric(&admin_b, failed), 0.0);
+    // the other backends' sessions go on, untouched, through either replica
+    for (k, bk) in [(1, &b1), (2, &b2)] {
+        let n = format!("b{k}");
+        assert_eq!(sessions(bk), on[&n].len() as u64, "{n}");
+        assert_eq!(deletes(bk), before[k], "{n}: {:?}", deleted(bk));
+        for sid in &on[&n] {
+            assert_eq!(ping(&a, sid), 200, "{sid}");
+            assert_eq!(ping(&b, sid), 200, "{sid}");
+        }
+    }
+    // the removed backend's clients are told their session is over, on either replica
+    for sid in &on["b0"] {
+        assert_eq!(ping(&a, sid), 404, "{sid}");
+        assert_eq!(ping(&b, sid), 404, "{sid}");
+    }
+    // nothing of b0's is left in the index, the others' are all there
+    let r = |args: &[&str]| redis_cmd(&redis.addr, args);
+    assert!(until(
+        Duration::from_secs(5),
+        || {},
+        || r(&["ZCARD", &format!("{PREFIX} reap claims")]) == ":0"
+    ));
+    assert_eq!(
+        r(&["HLEN", &format!("{PREFIX} reap records")]),
+        format!(":{}", on["b1"].len() + on["b2"].len())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mcp_router_testkit::behaviour_suite!(
     a_removed_backends_sessions_are_deleted_when_it_still_answers,
+    two_replicas_on_redis_delete_a_removed_backends_sessions_exactly_once,
     two_replicas_on_redis_reap_each_expired_session_exactly_once,
     two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once,
     idle_sessions_are_deleted_on_their_backend,
