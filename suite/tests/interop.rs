@@ -682,6 +682,75 @@ fn sdk_sessions_without_delete_are_reaped(store: Option<&str>) {
     }
 }
 
+/// Issue 14, point 2 with the official pieces: SDK sessions left open (no `DELETE`) on
+/// a server-everything replica that is then drained end by `--drain-timeout` (2 s; the
+/// session TTL is an hour): its own session count returns to where it started, each of
+/// them with exactly one `DELETE`, not before the timeout; the other replica's sessions
+/// stay.
+fn sdk_sessions_on_a_drained_server_everything_end_by_the_drain_timeout() {
+    let e0 = server_everything("streamable", "everything-0");
+    let e1 = server_everything("streamable", "everything-1");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (b0, b1) = (
+        format!("e0=http://{}", e0.addr),
+        format!("e1=http://{}", e1.addr),
+    );
+    let r = Proc::router(
+        router_bin(),
+        "router",
+        &[
+            "--backend",
+            &b0,
+            "--backend",
+            &b1,
+            "--admin-listen",
+            &admin,
+            "--session-ttl",
+            "1h",
+            "--drain-timeout",
+            "2s",
+        ],
+    );
+    let (start0, start1) = (everything_sessions(&e0), everything_sessions(&e1));
+    let base = format!("http://{}", r.addr);
+    let sids: Vec<String> = ["ts", "py", "ts", "py"]
+        .iter()
+        .map(|sdk| sdk_session(sdk, &base, false))
+        .collect();
+    let on0: Vec<&String> = sids
+        .iter()
+        .filter(|s| e0.count_logs(&format!("Session initialized with ID: {s}")) > 0)
+        .collect();
+    assert!(!on0.is_empty(), "no session placed on e0: {sids:?}");
+    let held1 = everything_sessions(&e1);
+    assert_eq!(everything_sessions(&e0), start0 + on0.len());
+    let drain = Conn::open(&admin)
+        .request("POST", "/admin/backends/e0/drain", &[], "{}")
+        .status;
+    assert_eq!(drain, 200);
+    let drained_at = Instant::now();
+    assert!(
+        until(Duration::from_secs(10), || everything_sessions(&e0)
+            == start0),
+        "e0 still holds {} sessions (started at {start0})",
+        everything_sessions(&e0)
+    );
+    let took = drained_at.elapsed();
+    eprintln!(
+        "drained server-everything's SDK sessions gone {took:?} after the drain (timeout 2 s)"
+    );
+    assert!(
+        took >= Duration::from_millis(1800),
+        "ended before the drain timeout: {took:?}"
+    );
+    for sid in &on0 {
+        assert_eq!(everything_deletes(&e0, sid), 1, "{sid}");
+    }
+    // the other replica's sessions are untouched
+    assert_eq!(everything_sessions(&e1), held1);
+    assert!(held1 > start1, "e1 held none of the sessions");
+}
+
 fn sdk_sessions_without_delete_are_reaped_through_one_router_on_the_embedded_store() {
     sdk_sessions_without_delete_are_reaped(None);
 }
@@ -693,6 +762,7 @@ fn sdk_sessions_without_delete_are_reaped_exactly_once_through_two_replicas_on_r
 }
 
 mcp_router_testkit::behaviour_suite!(
+    sdk_sessions_on_a_drained_server_everything_end_by_the_drain_timeout,
     sdk_sessions_without_delete_are_reaped_through_one_router_on_the_embedded_store,
     sdk_sessions_without_delete_are_reaped_exactly_once_through_two_replicas_on_redis,
     python_sdk_clients_of_every_era_through_one_router_and_two_replicas_to_a_dual_era_fleet,
