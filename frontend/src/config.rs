@@ -167,13 +167,13 @@ pub struct Cli {
     pub stdio_unattached_timeout: Option<String>,
     /// `Host` values the router accepts (`host` or `host:port`, comma-separated; `*`:
     /// any). Others get 403 before anything is forwarded (DNS-rebinding protection)
-    /// [default: localhost, 127.0.0.1, [::1] and the --listen address, on any port, when
+    /// [default: localhost, 127.0.0.1, `[::1]` and the --listen address, on any port, when
     /// --listen is a loopback address; otherwise any].
     #[arg(long, env = "MCP_ROUTER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
     /// `Origin` values the router accepts (`scheme://host[:port]`, comma-separated; `*`:
     /// any); a request without `Origin` passes. Others get 403 [default: http and https
-    /// on localhost, 127.0.0.1, [::1] when --listen is a loopback address, otherwise any].
+    /// on localhost, 127.0.0.1, `[::1]` when --listen is a loopback address, otherwise any].
     #[arg(long, env = "MCP_ROUTER_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Send each backend its own authority as `Host` instead of the client's `Host`
