@@ -5,33 +5,10 @@
 //! tool prints a line per execution, readable after the process is gone).
 
 use mcp_router_testkit::harness::{
-    free_port, open_session_stream, post_json, redis_cmd, redis_server, router_bin, Conn, Proc,
+    free_port, metric_at, open_session_stream, post_json, redis_cmd, redis_server, Conn, Proc,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn router(backends: &[(&str, &Proc)], extra: &[&str]) -> (Proc, String) {
-    let mut args: Vec<String> = vec!["--admin-listen".into(), "127.0.0.1:0".into()];
-    for (n, b) in backends {
-        args.push("--backend".into());
-        args.push(format!("{n}=http://{}", b.addr));
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = Proc::router(router_bin(), "router", &refs);
-    let admin = r
-        .log_field("admin", Duration::from_secs(5))
-        .expect("admin address logged");
-    (r, admin)
-}
-
-fn metric(admin: &str, series: &str) -> f64 {
-    let text = Conn::open(admin).request("GET", "/metrics", &[], "").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"suite","version":"1"}}}"#;
 
@@ -91,7 +68,8 @@ fn executions(backends: &[&Proc], key: &str) -> usize {
 fn a_dead_backends_sessions_continue_on_the_other() {
     let b1 = Proc::fake_backend("b1");
     let b2 = Proc::fake_backend("b2");
-    let (r, admin) = router(
+    let (r, admin) = Proc::router_with_admin(
+        "router",
         &[("b1", &b1), ("b2", &b2)],
         &["--failover", "reinitialize", "--failover-window", "60s"],
     );
@@ -194,14 +172,14 @@ fn a_dead_backends_sessions_continue_on_the_other() {
     let done = ["connect_failed", "marked_down"]
         .iter()
         .map(|c| {
-            metric(
+            metric_at(
                 &admin,
                 &format!("mcp_router_failovers_total{{cause=\"{c}\",outcome=\"done\"}}"),
             )
         })
         .sum::<f64>();
     assert_eq!(done, 2.0);
-    let lost = metric(
+    let lost = metric_at(
         &admin,
         "mcp_router_failovers_total{cause=\"connection_lost\",outcome=\"lost\"}",
     );
@@ -213,7 +191,8 @@ fn a_second_loss_within_the_window_is_a_404() {
     let mut b1 = Proc::fake_backend("b1");
     let mut b2 = Proc::fake_backend("b2");
     let b3 = Proc::fake_backend("b3");
-    let (r, _admin) = router(
+    let (r, _admin) = Proc::router_with_admin(
+        "router",
         &[("b1", &b1), ("b2", &b2), ("b3", &b3)],
         &["--failover", "reinitialize", "--failover-window", "60s"],
     );
@@ -312,8 +291,8 @@ fn on_redis(ids: &[&str]) {
     extra.extend_from_slice(ids);
     let mut b1 = Proc::fake_backend("b1");
     let b2 = Proc::fake_backend("b2");
-    let (a, admin_a) = router(&[("b1", &b1), ("b2", &b2)], &extra);
-    let (b, admin_b) = router(&[("b1", &b1), ("b2", &b2)], &extra);
+    let (a, admin_a) = Proc::router_with_admin("router", &[("b1", &b1), ("b2", &b2)], &extra);
+    let (b, admin_b) = Proc::router_with_admin("router", &[("b1", &b1), ("b2", &b2)], &extra);
     let init = INIT.replace("\"suite\"", &format!("{NAME:?}"));
     assert!(init.contains(NAME));
     let mut sessions = Vec::new();
@@ -414,7 +393,7 @@ fn on_redis(ids: &[&str]) {
         ["connect_failed", "marked_down"]
             .iter()
             .map(|c| {
-                metric(
+                metric_at(
                     admin,
                     &format!("mcp_router_failovers_total{{cause=\"{c}\",outcome=\"done\"}}"),
                 )

@@ -11,8 +11,8 @@
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
 use mcp_router_testkit::harness::{
-    free_port, interop_dir, post_json, rebinding_request, redis_server, router_bin, sdk_client,
-    server_everything, Conn, Proc,
+    free_port, interop_dir, rebinding_request, redis_server, router_bin, sdk_client,
+    server_everything, warm, Conn, Proc,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -544,35 +544,6 @@ fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     done()
-}
-
-/// Open and delete raw sessions through `base` until ten in a row succeed (a glommio
-/// replica connects to Redis once per executor and answers 503 for a moment).
-fn warm(addr: &str) {
-    let init = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-        "protocolVersion":"2025-06-18","capabilities":{},
-        "clientInfo":{"name":"warm","version":"0"}}});
-    let end = Instant::now() + Duration::from_secs(20);
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        assert!(Instant::now() < end, "{addr} never served steadily");
-        let mut c = Conn::open(addr);
-        let resp = post_json(&mut c, "/mcp", None, &init);
-        match resp.header("mcp-session-id") {
-            Some(sid) if resp.status == 200 => {
-                let sid = sid.to_string();
-                let s = c
-                    .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "")
-                    .status;
-                assert_eq!(s, 200, "warm-up DELETE");
-                in_a_row += 1;
-            }
-            _ => {
-                in_a_row = 0;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
 }
 
 /// One SDK session through `base` that stops without `DELETE` (`--no-delete`), or

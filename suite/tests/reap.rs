@@ -4,34 +4,12 @@
 //! named by exactly one `DELETE`).
 
 use mcp_router_testkit::harness::{
-    free_port, initialize, post_json, redis_cmd, redis_server, router_bin, Conn, Proc,
+    free_port, initialize, metric_at, post_json, redis_cmd, redis_server, router_bin, warm, Conn,
+    Proc,
 };
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-fn router(name: &str, backends: &[(&str, &Proc)], extra: &[&str]) -> (Proc, String) {
-    let mut args: Vec<String> = vec!["--admin-listen".into(), "127.0.0.1:0".into()];
-    for (n, b) in backends {
-        args.push("--backend".into());
-        args.push(format!("{n}=http://{}", b.addr));
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = Proc::router(router_bin(), name, &refs);
-    let admin = r
-        .log_field("admin", Duration::from_secs(5))
-        .expect("admin address logged");
-    (r, admin)
-}
-
-fn metric(admin: &str, series: &str) -> f64 {
-    let text = Conn::open(admin).request("GET", "/metrics", &[], "").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 fn sessions(b: &Proc) -> u64 {
     b.stats()["sessions"].as_u64().expect("sessions")
@@ -92,7 +70,7 @@ fn until(limit: Duration, mut meanwhile: impl FnMut(), mut done: impl FnMut() ->
 fn idle_sessions_are_deleted_on_their_backend() {
     let b0 = Proc::fake_backend("b0");
     let start = sessions(&b0);
-    let (r, admin) = router(
+    let (r, admin) = Proc::router_with_admin(
         "router",
         &[("b0", &b0)],
         &[
@@ -150,11 +128,11 @@ fn idle_sessions_are_deleted_on_their_backend() {
     assert!(until(
         Duration::from_secs(5),
         || {},
-        || metric(&admin, reaped_ok) >= 3.0
+        || metric_at(&admin, reaped_ok) >= 3.0
     ));
-    assert_eq!(metric(&admin, reaped_ok), 3.0);
+    assert_eq!(metric_at(&admin, reaped_ok), 3.0);
     assert_eq!(
-        metric(
+        metric_at(
             &admin,
             "mcp_router_sessions_ended_total{cause=\"idle_expiry\"}"
         ),
@@ -170,9 +148,9 @@ fn idle_sessions_are_deleted_on_their_backend() {
     assert!(until(
         Duration::from_secs(5),
         || {},
-        || metric(&admin, reaped_ok) >= 4.0
+        || metric_at(&admin, reaped_ok) >= 4.0
     ));
-    assert_eq!(metric(&admin, reaped_ok), 4.0);
+    assert_eq!(metric_at(&admin, reaped_ok), 4.0);
     assert_eq!(b0.stats()["deletes"], 5, "no session deleted twice");
 }
 
@@ -181,7 +159,7 @@ fn idle_sessions_are_deleted_on_their_backend() {
 fn a_backend_that_forgot_or_died_is_counted_not_retried_forever() {
     let b0 = Proc::fake_backend("b0");
     let mut b1 = Proc::fake_backend("b1");
-    let (r, admin) = router(
+    let (r, admin) = Proc::router_with_admin(
         "router",
         &[("b0", &b0), ("b1", &b1)],
         &["--session-ttl", "1s"],
@@ -209,11 +187,11 @@ fn a_backend_that_forgot_or_died_is_counted_not_retried_forever() {
         until(
             Duration::from_secs(15),
             || {},
-            || metric(&admin, gone) == n0 && metric(&admin, failed) == n1
+            || metric_at(&admin, gone) == n0 && metric_at(&admin, failed) == n1
         ),
         "gone {} (want {n0}), failed {} (want {n1})",
-        metric(&admin, gone),
-        metric(&admin, failed)
+        metric_at(&admin, gone),
+        metric_at(&admin, failed)
     );
     // each forgotten session was asked about once more, by the reaper
     for sid in &on["b0"] {
@@ -226,7 +204,7 @@ fn a_backend_that_forgot_or_died_is_counted_not_retried_forever() {
 fn a_drained_backends_sessions_end_by_the_drain_timeout() {
     let b0 = Proc::fake_backend("b0");
     let b1 = Proc::fake_backend("b1");
-    let (r, admin) = router(
+    let (r, admin) = Proc::router_with_admin(
         "router",
         &[("b0", &b0), ("b1", &b1)],
         &["--session-ttl", "1h", "--drain-timeout", "2s"],
@@ -289,7 +267,7 @@ fn a_drained_backends_sessions_end_by_the_drain_timeout() {
     }
     assert_eq!(sessions(&b1), on["b1"].len() as u64);
     assert_eq!(
-        metric(
+        metric_at(
             &admin,
             "mcp_router_sessions_ended_total{cause=\"drain_timeout\"}"
         ),
@@ -299,37 +277,9 @@ fn a_drained_backends_sessions_end_by_the_drain_timeout() {
     assert!(until(
         Duration::from_secs(5),
         || {},
-        || metric(&admin, reaped_ok) >= n0 as f64
+        || metric_at(&admin, reaped_ok) >= n0 as f64
     ));
-    assert_eq!(metric(&admin, reaped_ok), n0 as f64);
-}
-
-/// Open and delete sessions through `r` until it serves ten in a row (a glommio
-/// replica connects to Redis once per executor, and answers 503 for a moment).
-fn warm(r: &Proc) {
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        assert!(Instant::now() < end, "{} never served steadily", r.addr);
-        let mut c = r.conn();
-        let resp = post_json(
-            &mut c,
-            "/mcp",
-            None,
-            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}),
-        );
-        match resp.header("mcp-session-id") {
-            Some(sid) if resp.status == 200 => {
-                let sid = sid.to_string();
-                c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
-                in_a_row += 1;
-            }
-            _ => {
-                in_a_row = 0;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    assert_eq!(metric_at(&admin, reaped_ok), n0 as f64);
 }
 
 const PREFIX: &str = "mcp-router:session:";
@@ -351,10 +301,10 @@ fn two_replicas_on_redis_reap_each_expired_session_exactly_once() {
         "--reap-claim-interval",
         "100ms",
     ];
-    let (a, admin_a) = router("router-a", &[("b0", &b0)], &extra);
-    let (b, admin_b) = router("router-b", &[("b0", &b0)], &extra);
-    warm(&a);
-    warm(&b);
+    let (a, admin_a) = Proc::router_with_admin("router-a", &[("b0", &b0)], &extra);
+    let (b, admin_b) = Proc::router_with_admin("router-b", &[("b0", &b0)], &extra);
+    warm(&a.addr);
+    warm(&b.addr);
     let start = sessions(&b0);
     let deletes_before = b0.stats()["deletes"].as_u64().unwrap();
     // what a replica that died mid-reap leaves behind: a claim whose lease has run
@@ -386,7 +336,7 @@ fn two_replicas_on_redis_reap_each_expired_session_exactly_once() {
         assert_eq!(d.get(sid), Some(&1), "{sid}: {d:?}");
     }
     let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
-    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    let total = || metric_at(&admin_a, ok) + metric_at(&admin_b, ok);
     assert!(until(Duration::from_secs(5), || {}, || total() >= 11.0));
     // a while longer: nothing is reaped twice
     std::thread::sleep(Duration::from_millis(500));
@@ -429,10 +379,10 @@ fn two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once() {
         "100ms",
     ];
     let backends = [("b0", &b0), ("b1", &b1)];
-    let (a, admin_a) = router("router-a", &backends, &extra);
-    let (b, admin_b) = router("router-b", &backends, &extra);
-    warm(&a);
-    warm(&b);
+    let (a, admin_a) = Proc::router_with_admin("router-a", &backends, &extra);
+    let (b, admin_b) = Proc::router_with_admin("router-b", &backends, &extra);
+    warm(&a.addr);
+    warm(&b.addr);
     let mut on: HashMap<String, Vec<String>> = HashMap::new();
     let mut i = 0;
     while on.get("b0").map_or(0, Vec::len) < 4 || on.get("b1").map_or(0, Vec::len) < 2 {
@@ -474,7 +424,7 @@ fn two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once() {
         assert_eq!(ping(&b, sid), 200, "{sid}");
     }
     let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
-    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    let total = || metric_at(&admin_a, ok) + metric_at(&admin_b, ok);
     assert!(until(
         Duration::from_secs(5),
         || {},
@@ -483,7 +433,10 @@ fn two_replicas_on_redis_end_a_drained_backends_sessions_exactly_once() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(total(), n0 as f64, "reaped twice?");
     let ended = "mcp_router_sessions_ended_total{cause=\"drain_timeout\"}";
-    assert_eq!(metric(&admin_a, ended) + metric(&admin_b, ended), n0 as f64);
+    assert_eq!(
+        metric_at(&admin_a, ended) + metric_at(&admin_b, ended),
+        n0 as f64
+    );
     assert_eq!(sessions(&b1), on["b1"].len() as u64);
     // nothing of b0's is left in the index, b1's are all there
     let r = |args: &[&str]| redis_cmd(&redis.addr, args);
@@ -523,8 +476,8 @@ fn a_failed_over_session_on_redis_is_reaped_by_its_new_upstream_id() {
     ];
     let mut b1 = Proc::fake_backend("b1");
     let b2 = Proc::fake_backend("b2");
-    let (a, _) = router("router-a", &[("b1", &b1), ("b2", &b2)], &extra);
-    let (b, _) = router("router-b", &[("b1", &b1), ("b2", &b2)], &extra);
+    let (a, _) = Proc::router_with_admin("router-a", &[("b1", &b1), ("b2", &b2)], &extra);
+    let (b, _) = Proc::router_with_admin("router-b", &[("b1", &b1), ("b2", &b2)], &extra);
     let mut sids = Vec::new();
     let sid = loop {
         assert!(sids.len() < 10, "{sids:?}");
@@ -583,7 +536,8 @@ fn a_removed_backends_sessions_are_deleted_when_it_still_answers() {
         .unwrap();
     };
     write(&[("b0", &b0), ("b1", &b1), ("b2", &b2)]);
-    let (r, admin) = router("router", &[], &["--config", &file.display().to_string()]);
+    let (r, admin) =
+        Proc::router_with_admin("router", &[], &["--config", &file.display().to_string()]);
     let mut on: HashMap<String, Vec<String>> = HashMap::new();
     while ["b0", "b1", "b2"]
         .iter()
@@ -624,20 +578,20 @@ fn a_removed_backends_sessions_are_deleted_when_it_still_answers() {
     assert!(until(
         Duration::from_secs(5),
         || {},
-        || metric(&admin, reaped_ok) >= n0 as f64
+        || metric_at(&admin, reaped_ok) >= n0 as f64
     ));
     std::thread::sleep(Duration::from_millis(500));
     // b2's sessions got no attempt: only b0's were reaped, none failed
-    assert_eq!(metric(&admin, reaped_ok), n0 as f64);
+    assert_eq!(metric_at(&admin, reaped_ok), n0 as f64);
     assert_eq!(
-        metric(
+        metric_at(
             &admin,
             "mcp_router_sessions_reaped_total{result=\"failed\"}"
         ),
         0.0
     );
     assert_eq!(
-        metric(
+        metric_at(
             &admin,
             "mcp_router_sessions_ended_total{cause=\"backend_removed\"}"
         ),
@@ -690,7 +644,7 @@ fn two_replicas_on_redis_delete_a_removed_backends_sessions_exactly_once() {
     let store = format!("redis://127.0.0.1:{rp}");
     let replica = |name: &str, file: &std::path::Path| {
         let file = file.display().to_string();
-        router(
+        Proc::router_with_admin(
             name,
             &[],
             &[
@@ -705,8 +659,8 @@ fn two_replicas_on_redis_delete_a_removed_backends_sessions_exactly_once() {
     };
     let (a, admin_a) = replica("router-a", &files[0]);
     let (b, admin_b) = replica("router-b", &files[1]);
-    warm(&a);
-    warm(&b);
+    warm(&a.addr);
+    warm(&b.addr);
     let mut on: HashMap<String, Vec<String>> = HashMap::new();
     let mut i = 0;
     while ["b0", "b1", "b2"]
@@ -740,7 +694,7 @@ fn two_replicas_on_redis_delete_a_removed_backends_sessions_exactly_once() {
         deleted(&b0)
     );
     let ok = "mcp_router_sessions_reaped_total{result=\"deleted\"}";
-    let total = || metric(&admin_a, ok) + metric(&admin_b, ok);
+    let total = || metric_at(&admin_a, ok) + metric_at(&admin_b, ok);
     assert!(until(
         Duration::from_secs(5),
         || {},
@@ -755,9 +709,15 @@ fn two_replicas_on_redis_delete_a_removed_backends_sessions_exactly_once() {
     }
     assert_eq!(deletes(&b0), before[0] + n0, "{d:?}");
     let ended = "mcp_router_sessions_ended_total{cause=\"backend_removed\"}";
-    assert_eq!(metric(&admin_a, ended) + metric(&admin_b, ended), n0 as f64);
+    assert_eq!(
+        metric_at(&admin_a, ended) + metric_at(&admin_b, ended),
+        n0 as f64
+    );
     let failed = "mcp_router_sessions_reaped_total{result=\"failed\"}";
-    assert_eq!(metric(&admin_a, failed) + metric(&admin_b, failed), 0.0);
+    assert_eq!(
+        metric_at(&admin_a, failed) + metric_at(&admin_b, failed),
+        0.0
+    );
     // the other backends' sessions go on, untouched, through either replica
     for (k, bk) in [(1, &b1), (2, &b2)] {
         let n = format!("b{k}");

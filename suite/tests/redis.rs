@@ -4,7 +4,7 @@
 
 use mcp_router_testkit::harness::{
     free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, router_bin,
-    rss_kib, Conn, Frontend, Proc,
+    rss_kib, warm, Conn, Frontend, Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,39 +38,6 @@ fn keys_but_buckets(addr: &str) -> String {
             "0",
         ],
     )
-}
-
-/// Wait until a replica opens and ends sessions on fresh connections ten times in a
-/// row: a glommio replica connects to Redis once per executor, and a connection that
-/// lands on an executor still connecting gets 503 for a moment after start.
-fn warm(r: &Proc) {
-    let until = Instant::now() + Duration::from_secs(15);
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        assert!(
-            Instant::now() < until,
-            "{} never served sessions steadily",
-            r.addr
-        );
-        let mut c = r.conn();
-        let resp = post_json(
-            &mut c,
-            "/mcp",
-            None,
-            &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}),
-        );
-        match resp.header("mcp-session-id") {
-            Some(sid) if resp.status == 200 => {
-                let sid = sid.to_string();
-                c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
-                in_a_row += 1;
-            }
-            _ => {
-                in_a_row = 0;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
 }
 
 fn call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
@@ -377,8 +344,8 @@ fn churn_across_replicas_leaves_no_records_and_flat_memory() {
     let quota_off = ["--client-session-rate", "0"];
     let a = replica("router-a", rp, &[&b0, &b1], &quota_off);
     let b = replica("router-b", rp, &[&b0, &b1], &quota_off);
-    warm(&a);
-    warm(&b);
+    warm(&a.addr);
+    warm(&b.addr);
     let base = keys_but_buckets(&redis.addr);
     let lifecycles = |n: usize| {
         let threads: Vec<_> = (0..8)

@@ -711,3 +711,69 @@ pub fn sdk_client(script: &str, args: &[&str]) -> (Value, String) {
     );
     (v, stdout)
 }
+
+impl Proc {
+    /// A router (`router_bin()`) named `name` over named backends (`name=http://addr`),
+    /// with an admin listener on a free port; the router and that admin address.
+    pub fn router_with_admin(
+        name: &str,
+        backends: &[(&str, &Proc)],
+        extra: &[&str],
+    ) -> (Proc, String) {
+        let mut args: Vec<String> = vec!["--admin-listen".into(), "127.0.0.1:0".into()];
+        for (n, b) in backends {
+            args.push("--backend".into());
+            args.push(format!("{n}=http://{}", b.addr));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = Proc::router(router_bin(), name, &refs);
+        let admin = r
+            .log_field("admin", Duration::from_secs(5))
+            .expect("admin address logged");
+        (r, admin)
+    }
+}
+
+/// The value of the metric line `series` (name and labels, as exposed) on the admin
+/// listener `admin`; 0 when the series is absent.
+pub fn metric_at(admin: &str, series: &str) -> f64 {
+    let text = Conn::open(admin).request("GET", "/metrics", &[], "").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Open and delete sessions through the router at `addr` until ten in a row succeed
+/// (a glommio replica connects to Redis once per executor and answers 503 for a
+/// moment); panics after 20 s.
+pub fn warm(addr: &str) {
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"warm","version":"0"}}});
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(
+            Instant::now() < end,
+            "{addr} never served sessions steadily"
+        );
+        let mut c = Conn::open(addr);
+        let resp = post_json(&mut c, "/mcp", None, &init);
+        match resp.header("mcp-session-id") {
+            Some(sid) if resp.status == 200 => {
+                let sid = sid.to_string();
+                let s = c
+                    .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "")
+                    .status;
+                assert_eq!(s, 200, "warm-up DELETE through {addr}");
+                in_a_row += 1;
+            }
+            _ => {
+                in_a_row = 0;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
