@@ -261,8 +261,9 @@ impl Shared {
                 outcome,
                 took,
             } => {
-                let to = to.map(|b| router.name(b));
-                warn!(session = %session, old_backend = %router.name(*from), new_backend = ?to, cause = cause.as_str(), outcome = outcome.as_str(), took_ms = took.as_secs_f64() * 1000.0, "session failover")
+                // `-` when no backend took the session (the failover failed)
+                let to = to.map_or_else(|| "-".to_string(), |b| router.name(b).to_string());
+                warn!(session = %session, old_backend = %router.name(*from), new_backend = %to, cause = cause.as_str(), outcome = outcome.as_str(), took_ms = took.as_secs_f64() * 1000.0, "session failover")
             }
         }
     }
