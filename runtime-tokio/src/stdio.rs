@@ -15,7 +15,7 @@
 //!   itself gets the same treatment for what it leaves behind. No orphan, no zombie.
 //! - If the router itself dies without cleaning up (`kill -9`, a crash): the direct
 //!   child has `PR_SET_PDEATHSIG(SIGKILL)` (and `sh` execs a simple command, so the
-//!   server is that child: `shell_command`), and a watcher in each child's process
+//!   server is that child: `mcp_router_core::stdio::shell_command`), and a watcher in each child's process
 //!   group SIGKILLs the whole group when the router's end of its pipe closes
 //!   (`spawn_watcher`). Only a process that left the group (`setsid`, `setpgid`)
 //!   survives (if it kept the child's stdin or stdout, it sees EOF or `EPIPE` there).
@@ -198,7 +198,7 @@ impl Driver {
     fn spawn(&mut self, child: ChildId, session: Option<&str>, me: &Shared) -> std::io::Result<()> {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
-            .arg(shell_command(&self.command))
+            .arg(mcp_router_core::stdio::shell_command(&self.command))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -247,33 +247,6 @@ impl Driver {
         let mut r = [0u8; 32];
         self.urandom.read_exact(&mut r)?;
         Ok(r)
-    }
-}
-
-/// The script given to `sh -c`: `exec <command>` when the command is one simple command
-/// (words and quotes only: no `;&|<>(){}!` backquote, newline, leading assignment or
-/// reserved word), else the command as it is.
-///
-/// `dash` (`/bin/sh` on Debian) forks for the last command of `-c` instead of replacing
-/// itself; with `exec` the server is the router's direct child, so the parent-death
-/// signal ([`die_with_the_router`]) reaches it, and no idle `sh` stays around per
-/// session. A command that is anything more keeps its `sh` parent, and its processes
-/// are grandchildren.
-fn shell_command(command: &str) -> String {
-    const RESERVED: &[&str] = &[
-        "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
-        "in", "exec", "!", "{", "}",
-    ];
-    let t = command.trim();
-    let first = t.split_ascii_whitespace().next().unwrap_or("");
-    let simple = !t.is_empty()
-        && !t.contains(|c| ";&|<>(){}!`\n\r".contains(c))
-        && !first.contains('=')
-        && !RESERVED.contains(&first);
-    if simple {
-        format!("exec {t}")
-    } else {
-        command.to_string()
     }
 }
 
@@ -1043,33 +1016,6 @@ mod tests {
             .unwrap();
         let b = bridge_config(&s, s.stdio.as_ref().unwrap());
         assert_eq!(b.unattached_timeout, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn a_simple_command_is_execed_by_sh() {
-        for (cmd, want) in [
-            ("python3 server.py", "exec python3 server.py"),
-            (
-                "  npx -y @modelcontextprotocol/server-everything ",
-                "exec npx -y @modelcontextprotocol/server-everything",
-            ),
-            (
-                "node \"my server.js\" $PORT",
-                "exec node \"my server.js\" $PORT",
-            ),
-            ("cd /x && exec npx y", "cd /x && exec npx y"),
-            ("a | b", "a | b"),
-            ("a; b", "a; b"),
-            ("a > log", "a > log"),
-            ("x $(y)", "x $(y)"),
-            ("FOO=1 server", "FOO=1 server"),
-            ("exec server", "exec server"),
-            ("while true; do x; done", "while true; do x; done"),
-            ("a\nb", "a\nb"),
-            ("a &", "a &"),
-        ] {
-            assert_eq!(shell_command(cmd), want, "{cmd:?}");
-        }
     }
 
     #[test]

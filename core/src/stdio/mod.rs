@@ -79,6 +79,33 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// The script given to `sh -c`: `exec <command>` when the command is one simple command
+/// (words and quotes only: no `;&|<>(){}!` backquote, newline, leading assignment or
+/// reserved word), else the command as it is.
+///
+/// `dash` (`/bin/sh` on Debian) forks for the last command of `-c` instead of replacing
+/// itself; with `exec` the server is the router's direct child, so the parent-death
+/// signal (the runtime sets one) reaches it, and no idle `sh` stays around per
+/// session. A command that is anything more keeps its `sh` parent, and its processes
+/// are grandchildren.
+pub fn shell_command(command: &str) -> String {
+    const RESERVED: &[&str] = &[
+        "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
+        "in", "exec", "!", "{", "}",
+    ];
+    let t = command.trim();
+    let first = t.split_ascii_whitespace().next().unwrap_or("");
+    let simple = !t.is_empty()
+        && !t.contains(|c| ";&|<>(){}!`\n\r".contains(c))
+        && !first.contains('=')
+        && !RESERVED.contains(&first);
+    if simple {
+        format!("exec {t}")
+    } else {
+        command.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -1037,3 +1037,30 @@ fn per_client_quotas_apply_to_children() {
     let (_, o) = h.post(None, false, req(json!(6), "initialize"));
     assert_eq!(o.spawned().len(), 1);
 }
+
+#[test]
+fn a_simple_command_is_execed_by_sh() {
+    for (cmd, want) in [
+        ("python3 server.py", "exec python3 server.py"),
+        (
+            "  npx -y @modelcontextprotocol/server-everything ",
+            "exec npx -y @modelcontextprotocol/server-everything",
+        ),
+        (
+            "node \"my server.js\" $PORT",
+            "exec node \"my server.js\" $PORT",
+        ),
+        ("cd /x && exec npx y", "cd /x && exec npx y"),
+        ("a | b", "a | b"),
+        ("a; b", "a; b"),
+        ("a > log", "a > log"),
+        ("x $(y)", "x $(y)"),
+        ("FOO=1 server", "FOO=1 server"),
+        ("exec server", "exec server"),
+        ("while true; do x; done", "while true; do x; done"),
+        ("a\nb", "a\nb"),
+        ("a &", "a &"),
+    ] {
+        assert_eq!(shell_command(cmd), want, "{cmd:?}");
+    }
+}
