@@ -272,10 +272,22 @@ pub fn answer(
             ..text(200, metrics.render(router, now))
         },
         "/healthz" if get => text(200, "ok\n"),
-        "/readyz" if get => match readiness(store.reachable, router, now) {
-            Ok(()) => text(200, "ready\n"),
-            Err(why) => text(503, format!("not ready: {why}\n")),
-        },
+        "/readyz" if get => {
+            // the Redis node in use (Sentinel: the primary followed), on a line of its own
+            let node = metrics
+                .store_node_name()
+                .map(|n| {
+                    format!(
+                        "store node: {n}\nstore failovers followed: {}\n",
+                        metrics.store_failovers_followed()
+                    )
+                })
+                .unwrap_or_default();
+            match readiness(store.reachable, router, now) {
+                Ok(()) => text(200, format!("ready\n{node}")),
+                Err(why) => text(503, format!("not ready: {why}\n{node}")),
+            }
+        }
         p if p.starts_with("/admin/backends/") && method == Method::Post => {
             let rest = &p["/admin/backends/".len()..];
             let (name, drain) = if let Some(n) = rest.strip_suffix("/drain") {

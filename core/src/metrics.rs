@@ -20,6 +20,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeL {
+    node: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EraL {
     era: &'static str,
 }
@@ -262,6 +266,10 @@ pub struct Metrics {
     backend_health_changes: Family<BackendL, Counter>,
     store_ops: Family<StoreL, Counter>,
     store_latency: OpHist,
+    /// The Redis node the store talks to (Sentinel: the current primary): one series.
+    store_node: Family<NodeL, Gauge>,
+    store_failovers_followed: Counter,
+    store_node_last: std::sync::Mutex<Option<String>>,
     /// The store's last minute (all ops together).
     store_window: Window,
     /// The first instant [`Metrics::observe_at`] saw: second 0 of the windows.
@@ -298,6 +306,9 @@ impl Metrics {
             backend_health_changes: Family::default(),
             store_ops: Family::default(),
             store_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            store_node: Family::default(),
+            store_failovers_followed: Counter::default(),
+            store_node_last: std::sync::Mutex::new(None),
             store_window: Window::default(),
             epoch: OnceLock::new(),
             registry: Registry::default(),
@@ -403,7 +414,52 @@ impl Metrics {
             "Session store operation latency, by op",
             m.store_latency.clone(),
         );
+        r.register(
+            "store_node_info",
+            "1 for the Redis node the session store talks to (Sentinel: the primary the \
+             sentinels named last; Cluster: the seed nodes)",
+            m.store_node.clone(),
+        );
+        r.register(
+            "store_failovers_followed",
+            "Redis Sentinel promotions followed: the store moved to a new primary",
+            m.store_failovers_followed.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// The store now talks to `node` (a `host:port`, or a list for a cluster); a
+    /// change from a previous node is a failover followed.
+    pub fn store_node(&self, node: &str) {
+        let mut changed = false;
+        self.store_node.clear();
+        self.store_node
+            .get_or_create(&NodeL { node: node.into() })
+            .set(1);
+        let mut last = self
+            .store_node_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = last.as_deref() {
+            changed = old != node;
+        }
+        *last = Some(node.into());
+        if changed {
+            self.store_failovers_followed.inc();
+        }
+    }
+
+    /// The node [`Metrics::store_node`] last named.
+    pub fn store_node_name(&self) -> Option<String> {
+        self.store_node_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Promotions followed so far.
+    pub fn store_failovers_followed(&self) -> u64 {
+        self.store_failovers_followed.get()
     }
 
     /// Count one event of the core (the Prometheus series only; the status page's

@@ -34,7 +34,9 @@ pub struct Cli {
     pub session_ttl: Option<String>,
     /// Session store: `memory` (embedded, the default; one router replica only) or a
     /// Redis URL shared by every replica: `redis://[user[:password]@]host[:port][/db]`,
-    /// `rediss://...` for TLS.
+    /// `rediss://...` for TLS; Sentinel:
+    /// `redis+sentinel://[user[:password]@]host:port,host:port,.../<master name>[/db]`;
+    /// Cluster: `redis-cluster://[user[:password]@]host:port,host:port,...`.
     #[arg(long, env = "MCP_ROUTER_STORE")]
     pub store: Option<String>,
     /// Redis key prefix for session records; non-empty, no whitespace or control
@@ -48,6 +50,11 @@ pub struct Cli {
     /// Redis password, overriding the URL's (keeps it off the command line).
     #[arg(long, env = "MCP_ROUTER_STORE_PASSWORD", hide_env_values = true)]
     pub store_password: Option<String>,
+    /// Redis replicas that must acknowledge a new session record (`WAIT`) before the
+    /// session is acknowledged to its client, so that it survives a primary failover;
+    /// 0: do not wait [default: 0].
+    #[arg(long, env = "MCP_ROUTER_STORE_WAIT_REPLICAS")]
+    pub store_wait_replicas: Option<u32>,
     /// Largest request or response head in bytes; larger request heads get 431 [default: 32768].
     #[arg(long, env = "MCP_ROUTER_MAX_HEAD")]
     pub max_head: Option<usize>,
@@ -322,6 +329,7 @@ struct File {
     store_key_prefix: Option<String>,
     store_timeout: Option<toml::Value>,
     store_password: Option<String>,
+    store_wait_replicas: Option<u32>,
     max_head: Option<usize>,
     max_headers: Option<usize>,
     max_inspect_body: Option<usize>,
@@ -660,16 +668,25 @@ impl Cli {
             .unwrap_or_else(|| "memory".into());
         let store = if store == "memory" {
             StoreSettings::Memory
-        } else if store.starts_with("redis://") || store.starts_with("rediss://") {
-            StoreSettings::Redis(crate::redis::RedisSettings {
+        } else if crate::redis::Topology::is_redis_url(&store) {
+            let password = self.store_password.clone().or(file.store_password);
+            let s = crate::redis::RedisSettings {
+                topology: crate::redis::Topology::parse(&store)?.with_password(password.as_deref()),
                 url: store,
-                password: self.store_password.clone().or(file.store_password),
+                password,
                 key_prefix: key_prefix.unwrap_or_else(|| crate::redis::DEFAULT_PREFIX.into()),
                 timeout: store_timeout,
-            })
+                wait_replicas: self
+                    .store_wait_replicas
+                    .or(file.store_wait_replicas)
+                    .unwrap_or(0),
+            };
+            s.check()?;
+            StoreSettings::Redis(s)
         } else {
             return Err(ConfigError(format!(
-                "store: {store:?}: use \"memory\" or a redis:// / rediss:// URL"
+                "store: {store:?}: use \"memory\", a redis:// / rediss:// URL, \
+                 redis+sentinel://host:port,.../<master name> or redis-cluster://host:port,..."
             )));
         };
         c.session_ttl = dur(

@@ -10,7 +10,8 @@
 //! - [`drive`](mod@drive): the per-connection drive loop and the admin endpoint, written once
 //!   against the small traits of [`rt`] ([`Io`], [`Timer`], [`Runtime`]).
 //! - [`redis`]: the Redis record format, commands and reply reading, plus the
-//!   `ConnectionManager` transport the tokio and smol frontends use.
+//!   `ConnectionManager` transport the tokio and smol frontends use;
+//!   [`redis_link`]: one server, Sentinel or Cluster.
 //! - [`pool`]: idle upstream connections.
 //! - [`reap`]: the `DELETE`s sent upstream for sessions the router ended itself.
 //!
@@ -26,6 +27,7 @@ pub mod drive;
 pub mod pool;
 pub mod reap;
 pub mod redis;
+pub mod redis_link;
 pub mod rt;
 pub mod shared;
 

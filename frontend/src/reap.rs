@@ -211,6 +211,8 @@ pub fn start_redis_claims(shared: &Arc<Shared>, rs: &RedisSettings, shutdown: &A
 #[derive(Default)]
 struct DrainScan {
     cursor: u64,
+    /// The shard being walked (a cluster's index is one per shard).
+    shard: usize,
     /// The drained backends the walk is for (a new set starts a new walk).
     names: Vec<String>,
     /// The walk went once over the whole index: nothing is left to end (a draining
@@ -221,35 +223,25 @@ struct DrainScan {
 fn claim_loop(shared: &Shared, rs: &RedisSettings, shutdown: &Shutdown) {
     let mut scan = DrainScan::default();
     let codec = RedisCodec::new(rs, shared.router.clone());
-    let client = match rs.connection_info().map(redis::Client::open) {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            warn!(error = %e, "reap: cannot use the Redis URL; expired sessions are not reaped");
-            return;
-        }
-        Err(e) => {
-            warn!(error = %e, "reap: cannot use the Redis URL; expired sessions are not reaped");
-            return;
-        }
-    };
-    let mut conn: Option<redis::Connection> = None;
+    let mut conn: Option<Box<dyn redis::ConnectionLike + Send>> = None;
     loop {
         let cfg = shared.router.config();
         if shutdown.wait_blocking(cfg.reap.claim_interval) {
             return;
         }
         if conn.is_none() {
-            conn = client
-                .get_connection_with_timeout(rs.timeout)
-                .ok()
-                .filter(|c| {
-                    c.set_read_timeout(Some(rs.timeout)).is_ok()
-                        && c.set_write_timeout(Some(rs.timeout)).is_ok()
-                });
+            // Sentinel: the primary the sentinels name now
+            conn = crate::redis_link::sync_connection(rs).ok();
         }
         let Some(c) = conn.as_mut() else { continue };
-        let round = claim_round(shared, &codec, c, cfg.reap.claim_lease, cfg.expiry_batch)
-            .and_then(|()| drain_round(shared, &codec, c, &mut scan, cfg.reap.claim_lease));
+        let round = claim_round(
+            shared,
+            &codec,
+            c.as_mut(),
+            cfg.reap.claim_lease,
+            cfg.expiry_batch,
+        )
+        .and_then(|()| drain_round(shared, &codec, c.as_mut(), &mut scan, cfg.reap.claim_lease));
         if let Err(e) = round {
             debug!(error = %e, "reap: claiming from Redis failed; again next round");
             conn = None;
@@ -260,13 +252,19 @@ fn claim_loop(shared: &Shared, rs: &RedisSettings, shutdown: &Shutdown) {
 fn claim_round(
     shared: &Shared,
     codec: &RedisCodec,
-    c: &mut redis::Connection,
+    c: &mut dyn redis::ConnectionLike,
     lease: Duration,
     batch: usize,
 ) -> redis::RedisResult<()> {
     let acks = std::mem::take(&mut *shared.reap_acks.lock().unwrap_or_else(|e| e.into_inner()));
     if !acks.is_empty() {
-        if let Err(e) = codec.ack_pipeline(&acks).query::<()>(c) {
+        // one atomic pipeline per shard (a cluster: per slot)
+        let sent = codec
+            .ack_pipelines(&acks)
+            .iter()
+            .try_for_each(|p| p.query::<()>(c));
+        if let Err(e) = sent {
+            // acknowledging twice is harmless: all of them again next round
             shared
                 .reap_acks
                 .lock()
@@ -275,19 +273,21 @@ fn claim_round(
             return Err(e);
         }
     }
-    let room = shared.reaper.room().min(batch);
-    if room == 0 {
-        return Ok(());
-    }
-    let v = eval_script(c, |src| codec.claim_command(lease, room, src))?;
-    let Some(claimed) = codec.claimed(v) else {
-        warn!("reap: unexpected reply to the claim script");
-        return Ok(());
-    };
-    for c in claimed {
-        match c.record {
-            Some(rec) => shared.claimed_session_ended(c.id, c.upstream, rec, EndCause::Expired),
-            None => shared.reap_done(c.id),
+    for shard in 0..codec.shard_count() {
+        let room = shared.reaper.room().min(batch);
+        if room == 0 {
+            return Ok(());
+        }
+        let v = eval_script(c, |src| codec.claim_command(shard, lease, room, src))?;
+        let Some(claimed) = codec.claimed(v) else {
+            warn!("reap: unexpected reply to the claim script");
+            continue;
+        };
+        for c in claimed {
+            match c.record {
+                Some(rec) => shared.claimed_session_ended(c.id, c.upstream, rec, EndCause::Expired),
+                None => shared.reap_done(c.id),
+            }
         }
     }
     Ok(())
@@ -295,7 +295,7 @@ fn claim_round(
 
 /// Run `cmd` (by SHA), again with the script's source if Redis does not hold it.
 fn eval_script(
-    c: &mut redis::Connection,
+    c: &mut dyn redis::ConnectionLike,
     cmd: impl Fn(bool) -> redis::Cmd,
 ) -> redis::RedisResult<redis::Value> {
     match cmd(false).query::<redis::Value>(c) {
@@ -313,7 +313,7 @@ fn eval_script(
 fn drain_round(
     shared: &Shared,
     codec: &RedisCodec,
-    c: &mut redis::Connection,
+    c: &mut dyn redis::ConnectionLike,
     scan: &mut DrainScan,
     lease: Duration,
 ) -> redis::RedisResult<()> {
@@ -333,6 +333,7 @@ fn drain_round(
     if names != scan.names {
         *scan = DrainScan {
             cursor: 0,
+            shard: 0,
             names: names.clone(),
             done: false,
         };
@@ -342,14 +343,18 @@ fn drain_round(
     }
     let count = shared.router.config().expiry_batch;
     let v = eval_script(c, |src| {
-        codec.drain_command(&names, scan.cursor, count, lease, src)
+        codec.drain_command(scan.shard, &names, scan.cursor, count, lease, src)
     })?;
     let Some((cursor, ended)) = codec.drained(v) else {
         warn!("reap: unexpected reply to the drain script");
         return Ok(());
     };
+    // shard by shard; the walk is done after the last shard's scan comes back to 0
     scan.cursor = cursor;
-    scan.done = cursor == 0;
+    if cursor == 0 {
+        scan.shard += 1;
+        scan.done = scan.shard >= codec.shard_count();
+    }
     for c in ended {
         let gone = removed
             .iter()

@@ -38,10 +38,12 @@
 //! scripts name the set keys they derive from a record (its client's set): on a Redis
 //! Cluster they would need hash tags, which this single-Redis store does not use yet.
 
+pub use crate::redis_link::Topology;
 use mcp_router_core::failover::Failover;
 use mcp_router_core::mcp::SessionKey;
 use mcp_router_core::{
-    Admission, BackendId, ClientId, ConfigError, Era, Record, Router, StoreOp, StoreReply,
+    Admission, AdmitRequest, BackendId, ClientId, ConfigError, Era, Record, Router, StoreOp,
+    StoreReply,
 };
 use redis::{ConnectionInfo, IntoConnectionInfo, Value};
 use std::future::Future;
@@ -61,6 +63,11 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Longest wait for one store operation; past it the operation is `Unavailable`.
     pub timeout: Duration,
+    /// One server, Sentinel or Cluster (from the URL).
+    pub topology: Topology,
+    /// `--store-wait-replicas`: replicas that must acknowledge a new record (`WAIT`)
+    /// before its session is acknowledged; 0: none.
+    pub wait_replicas: u32,
 }
 
 /// Default key prefix.
@@ -146,6 +153,8 @@ static CLAIM_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT).get_hash().to_owned());
 static FAILOVER_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(FAILOVER_SCRIPT).get_hash().to_owned());
+static COUNT_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(COUNT_SCRIPT).get_hash().to_owned());
 static DRAIN_SCRIPT_SHA: LazyLock<String> =
     LazyLock::new(|| redis::Script::new(DRAIN_SCRIPT).get_hash().to_owned());
 
@@ -184,6 +193,30 @@ fn foreign_value(len: i64) {
 }
 
 impl RedisSettings {
+    /// Settings for a single Redis at `url` (no replicas waited for).
+    pub fn single(url: &str, key_prefix: &str, timeout: Duration) -> RedisSettings {
+        RedisSettings {
+            url: url.into(),
+            password: None,
+            key_prefix: key_prefix.into(),
+            timeout,
+            topology: Topology::Single,
+            wait_replicas: 0,
+        }
+    }
+
+    /// What only a whole configuration can check: on a cluster, the key prefix holds
+    /// no `{` or `}` (the shard's hash tag is the first `{...}` of every key).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.topology.sharded() && self.key_prefix.contains(['{', '}']) {
+            return Err(ConfigError(format!(
+                "store_key_prefix: {:?}: no braces on a Redis Cluster (keys carry a hash tag)",
+                self.key_prefix
+            )));
+        }
+        Ok(())
+    }
+
     /// The URL with the password override applied.
     pub fn connection_info(&self) -> Result<ConnectionInfo, ConfigError> {
         let mut info = self
@@ -227,33 +260,103 @@ pub struct Claimed {
 #[derive(Debug, Clone)]
 pub struct RedisCodec {
     prefix: String,
+    /// Each shard's key base: the prefix (one Redis: one shard), or the prefix and
+    /// the shard's hash tag (a cluster: [`SHARDS`] of them).
+    shards: Vec<String>,
     ttl_secs: u64,
     router: Arc<Router>,
     /// `--failover reinitialize` at start: deletes delete the failover hash, lookups
-    /// read (and slide) it, named by this prefix and the session id.
+    /// read (and slide) it, named by this prefix (per shard) and the session id.
     failover: bool,
-    failover_prefix: Option<String>,
+    failover_prefixes: Option<Vec<String>>,
+}
+
+/// Shards of the key space on a Redis Cluster. Every key of a session, and every set
+/// that indexes sessions (the live sets, the expiry index and its claims), carries its
+/// shard's hash tag, so each script touches one slot and every session operation is
+/// one round trip to one node; the 16 tags are chosen so that their slots spread
+/// evenly over the 16384 ([`shard_tags`]): a cluster of up to 16 primaries with
+/// balanced slots holds sessions on each. Admission counts over all shards, and the
+/// reaper sweeps each.
+pub const SHARDS: usize = 16;
+
+/// CRC16/XMODEM, the hash of Redis Cluster's key slots.
+fn crc16(b: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &x in b {
+        crc ^= (x as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The hash tags of the [`SHARDS`] shards: for shard `i`, the smallest decimal number
+/// whose slot lies in the `i`-th sixteenth of the slot space.
+pub fn shard_tags() -> Vec<String> {
+    let width = 16384 / SHARDS as u16;
+    (0..SHARDS as u16)
+        .map(|i| {
+            (0u32..)
+                .map(|n| n.to_string())
+                .find(|t| (crc16(t.as_bytes()) % 16384) / width == i)
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 impl RedisCodec {
     /// The codec for `settings`; record TTLs follow the router's session TTL.
     pub fn new(settings: &RedisSettings, router: Arc<Router>) -> RedisCodec {
+        let prefix = &settings.key_prefix;
+        let shards: Vec<String> = if settings.topology.sharded() {
+            shard_tags()
+                .iter()
+                .map(|t| format!("{prefix}{{{t}}}"))
+                .collect()
+        } else {
+            vec![prefix.clone()]
+        };
         RedisCodec {
-            prefix: settings.key_prefix.clone(),
-            ttl_secs: router.config().session_ttl.as_secs().max(1),
+            prefix: prefix.clone(),
             failover: router.config().failover.is_some(),
-            failover_prefix: router
+            failover_prefixes: router
                 .config()
                 .failover
                 .is_some()
-                .then(|| format!("{} failover ", settings.key_prefix)),
+                .then(|| shards.iter().map(|b| format!("{b} failover ")).collect()),
+            shards,
+            ttl_secs: router.config().session_ttl.as_secs().max(1),
             router,
         }
     }
 
-    fn key(&self, k: &SessionKey) -> String {
-        let mut s = String::with_capacity(self.prefix.len() + k.as_str().len());
-        s.push_str(&self.prefix);
+    /// How many shards the keys are spread over (one Redis: 1).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard of a session (FNV-1a of its id; always 0 on one Redis).
+    pub fn shard(&self, k: &SessionKey) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        let h = k.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        (h % self.shards.len() as u64) as usize
+    }
+
+    /// The key of a session's record.
+    pub fn key(&self, k: &SessionKey) -> String {
+        let base = &self.shards[self.shard(k)];
+        let mut s = String::with_capacity(base.len() + k.as_str().len());
+        s.push_str(base);
         s.push_str(k.as_str());
         s
     }
@@ -279,40 +382,46 @@ impl RedisCodec {
     /// bound to the session id), `g` the generation, and once failed over `u` the new
     /// upstream id and `a` when (unix ms).
     pub fn failover_key(&self, k: &SessionKey) -> String {
-        format!("{} failover {}", self.prefix, k.as_str())
+        format!("{} failover {}", self.shards[self.shard(k)], k.as_str())
     }
 
-    /// The sorted set of every live session.
-    fn live_key(&self) -> String {
-        format!("{} live", self.prefix)
+    /// The sorted set of every live session (of a shard).
+    fn live_key(&self, shard: usize) -> String {
+        format!("{} live", self.shards[shard])
     }
 
-    /// The expiry index: every recorded session, scored by its idle deadline (ms,
-    /// Redis's clock) as last known.
-    fn reap_key(&self) -> String {
-        format!("{} reap", self.prefix)
+    /// The expiry index (of a shard): every recorded session, scored by its idle
+    /// deadline (ms, Redis's clock) as last known.
+    fn reap_key(&self, shard: usize) -> String {
+        format!("{} reap", self.shards[shard])
     }
 
     /// The expiry index's copy of each indexed record (the record itself is gone by
     /// the time Redis has expired it).
-    fn reap_meta_key(&self) -> String {
-        format!("{} reap records", self.prefix)
+    fn reap_meta_key(&self, shard: usize) -> String {
+        format!("{} reap records", self.shards[shard])
     }
 
     /// Claimed expiries being reaped, scored by the claim's lease deadline (ms).
-    fn reap_claims_key(&self) -> String {
-        format!("{} reap claims", self.prefix)
+    fn reap_claims_key(&self, shard: usize) -> String {
+        format!("{} reap claims", self.shards[shard])
     }
 
     /// [`CLAIM_SCRIPT`]: claim up to `limit` expired sessions (and claims whose lease
     /// ran out) for `lease`.
-    pub fn claim_command(&self, lease: Duration, limit: usize, source: bool) -> redis::Cmd {
+    pub fn claim_command(
+        &self,
+        shard: usize,
+        lease: Duration,
+        limit: usize,
+        source: bool,
+    ) -> redis::Cmd {
         let mut c = eval(source, CLAIM_SCRIPT, &CLAIM_SCRIPT_SHA);
         c.arg(3)
-            .arg(self.reap_key())
-            .arg(self.reap_meta_key())
-            .arg(self.reap_claims_key())
-            .arg(&self.prefix)
+            .arg(self.reap_key(shard))
+            .arg(self.reap_meta_key(shard))
+            .arg(self.reap_claims_key(shard))
+            .arg(&self.shards[shard])
             .arg(lease.as_millis().max(1) as u64)
             .arg(limit.max(1));
         c
@@ -323,6 +432,7 @@ impl RedisCodec {
     /// `count` entries of the expiry index from `cursor` on.
     pub fn drain_command(
         &self,
+        shard: usize,
         names: &[String],
         cursor: u64,
         count: usize,
@@ -331,15 +441,15 @@ impl RedisCodec {
     ) -> redis::Cmd {
         let mut c = eval(source, DRAIN_SCRIPT, &DRAIN_SCRIPT_SHA);
         c.arg(4)
-            .arg(self.reap_key())
-            .arg(self.reap_meta_key())
-            .arg(self.reap_claims_key())
-            .arg(self.live_key())
-            .arg(&self.prefix)
+            .arg(self.reap_key(shard))
+            .arg(self.reap_meta_key(shard))
+            .arg(self.reap_claims_key(shard))
+            .arg(self.live_key(shard))
+            .arg(&self.shards[shard])
             .arg(lease.as_millis().max(1) as u64)
             .arg(cursor)
             .arg(count.max(1))
-            .arg(format!("{} client ", self.prefix));
+            .arg(format!("{} client ", self.shards[shard]));
         for n in names {
             c.arg(n);
         }
@@ -399,31 +509,40 @@ impl RedisCodec {
 
     /// The commands that acknowledge finished claims (their `DELETE` was answered, or
     /// will not be sent): the stored copy first, then the claim, in one transaction.
-    pub fn ack_pipeline(&self, ids: &[SessionKey]) -> redis::Pipeline {
-        let mut p = redis::pipe();
-        p.atomic();
+    pub fn ack_pipelines(&self, ids: &[SessionKey]) -> Vec<redis::Pipeline> {
+        let mut by_shard: Vec<Option<redis::Pipeline>> = vec![None; self.shards.len()];
         for id in ids {
+            let shard = self.shard(id);
+            let p = by_shard[shard].get_or_insert_with(|| {
+                let mut p = redis::pipe();
+                p.atomic();
+                p
+            });
             p.cmd("HDEL")
-                .arg(self.reap_meta_key())
+                .arg(self.reap_meta_key(shard))
                 .arg(id.as_str())
                 .arg(format!("{} up", id.as_str()))
                 .ignore();
             p.cmd("ZREM")
-                .arg(self.reap_claims_key())
+                .arg(self.reap_claims_key(shard))
                 .arg(id.as_str())
                 .ignore();
         }
-        p
+        by_shard.into_iter().flatten().collect()
     }
 
-    /// A client's sorted set of live sessions.
-    fn client_key(&self, c: ClientId) -> String {
-        format!("{} client {:016x}", self.prefix, c.0)
+    /// A client's sorted set of live sessions (of a shard).
+    fn client_key(&self, shard: usize, c: ClientId) -> String {
+        format!("{} client {:016x}", self.shards[shard], c.0)
     }
 
-    /// A client's session-creation token bucket.
+    /// A client's session-creation token bucket (on a cluster, tagged by the client).
     fn bucket_key(&self, c: ClientId) -> String {
-        format!("{} bucket {:016x}", self.prefix, c.0)
+        if self.shards.len() == 1 {
+            format!("{} bucket {:016x}", self.prefix, c.0)
+        } else {
+            format!("{}{{c{:016x}}} bucket", self.prefix, c.0)
+        }
     }
 
     /// Read a stored value: `None` unless it is a well-formed record
@@ -473,21 +592,22 @@ impl RedisCodec {
     /// [`RECORD_SCRIPT`] on the key of `k`, by `EVALSHA` or (`source`) by `EVAL`.
     fn script(&self, k: &SessionKey, delete: bool, source: bool) -> redis::Cmd {
         let mut c = eval(source, RECORD_SCRIPT, &RECORD_SCRIPT_SHA);
+        let shard = self.shard(k);
         c.arg(1).arg(self.key(k));
         if delete {
             c.arg("del")
-                .arg(self.live_key())
+                .arg(self.live_key(shard))
                 .arg(k.as_str())
-                .arg(format!("{} client ", self.prefix))
-                .arg(self.reap_key())
-                .arg(self.reap_meta_key());
+                .arg(format!("{} client ", self.shards[shard]))
+                .arg(self.reap_key(shard))
+                .arg(self.reap_meta_key(shard));
             if self.failover {
                 c.arg(self.failover_key(k));
             }
         } else {
             c.arg("slide").arg(self.ttl_secs);
-            if let Some(p) = &self.failover_prefix {
-                c.arg(p.as_str()).arg(k.as_str());
+            if let Some(p) = &self.failover_prefixes {
+                c.arg(p[shard].as_str()).arg(k.as_str());
             }
         }
         c
@@ -504,12 +624,13 @@ impl RedisCodec {
                     _ => None,
                 };
                 let mut c = eval(source, INSERT_SCRIPT, &INSERT_SCRIPT_SHA);
+                let shard = self.shard(k);
                 c.arg(if sealed.is_some() { 6 } else { 5 })
                     .arg(self.key(k))
-                    .arg(self.live_key())
-                    .arg(self.client_key(r.client))
-                    .arg(self.reap_key())
-                    .arg(self.reap_meta_key());
+                    .arg(self.live_key(shard))
+                    .arg(self.client_key(shard, r.client))
+                    .arg(self.reap_key(shard))
+                    .arg(self.reap_meta_key(shard));
                 if sealed.is_some() {
                     c.arg(self.failover_key(k));
                 }
@@ -529,7 +650,7 @@ impl RedisCodec {
                 c.arg(3)
                     .arg(self.key(key))
                     .arg(self.failover_key(key))
-                    .arg(self.reap_meta_key())
+                    .arg(self.reap_meta_key(self.shard(key)))
                     .arg(*from)
                     .arg(state.generation)
                     .arg(state.upstream.as_ref().map_or(key.as_str(), |u| u.as_str()))
@@ -540,21 +661,88 @@ impl RedisCodec {
                     .arg(key.as_str());
                 c
             }
+            // one Redis: the whole admission in one script (on a cluster,
+            // [`RedisCodec::admit_counts`] and [`RedisCodec::admit_bucket`])
             StoreOp::Admit(a) => {
                 let mut c = eval(source, ADMIT_SCRIPT, &ADMIT_SCRIPT_SHA);
                 c.arg(3)
-                    .arg(self.live_key())
-                    .arg(self.client_key(a.client))
+                    .arg(self.live_key(0))
+                    .arg(self.client_key(0, a.client))
                     .arg(self.bucket_key(a.client))
                     .arg(a.max_sessions)
                     .arg(a.client_max_sessions)
                     .arg(a.rate)
                     .arg(a.burst)
-                    .arg(&self.prefix);
+                    .arg(&self.shards[0]);
                 c
             }
             _ => self.command(op),
         }
+    }
+
+    /// Whether admission takes more than one script (a cluster: one
+    /// [`COUNT_SCRIPT`] per shard, then the bucket).
+    pub fn admits_in_parts(&self) -> bool {
+        self.shards.len() > 1
+    }
+
+    /// Whether a cluster's admission counts the shards (a cap is set).
+    pub fn counts_needed(&self, a: &AdmitRequest) -> bool {
+        a.max_sessions > 0 || a.client_max_sessions > 0
+    }
+
+    /// A cluster's admission, first step: [`COUNT_SCRIPT`] on `shard` (one per shard
+    /// when [`RedisCodec::counts_needed`]).
+    pub fn admit_count(&self, shard: usize, a: &AdmitRequest, source: bool) -> redis::Cmd {
+        let mut c = eval(source, COUNT_SCRIPT, &COUNT_SCRIPT_SHA);
+        c.arg(2)
+            .arg(self.live_key(shard))
+            .arg(self.client_key(shard, a.client))
+            .arg(&self.shards[shard]);
+        c
+    }
+
+    /// The caps checked against the shards' counts (the replies to
+    /// [`RedisCodec::admit_counts`]); `None` when a reply has another shape.
+    pub fn admit_verdict(&self, a: &AdmitRequest, counts: &[Value]) -> Option<Admission> {
+        let (mut live, mut mine) = (0u64, 0u64);
+        for v in counts {
+            let Value::Array(a) = v else { return None };
+            match a.as_slice() {
+                [Value::Int(l), Value::Int(c)] => {
+                    live += *l as u64;
+                    mine += *c as u64;
+                }
+                _ => return None,
+            }
+        }
+        Some(if a.max_sessions > 0 && live >= a.max_sessions {
+            Admission::Sessions
+        } else if a.client_max_sessions > 0 && mine >= a.client_max_sessions {
+            Admission::ClientSessions
+        } else {
+            Admission::Admit
+        })
+    }
+
+    /// A cluster's admission, last step: [`ADMIT_SCRIPT`] on the client's bucket
+    /// alone (its caps already checked), or `None` without a rate.
+    pub fn admit_bucket(&self, a: &AdmitRequest, source: bool) -> Option<redis::Cmd> {
+        if a.rate == 0 {
+            return None;
+        }
+        let bucket = self.bucket_key(a.client);
+        let mut c = eval(source, ADMIT_SCRIPT, &ADMIT_SCRIPT_SHA);
+        c.arg(3)
+            .arg(&bucket)
+            .arg(&bucket)
+            .arg(&bucket)
+            .arg(0)
+            .arg(0)
+            .arg(a.rate)
+            .arg(a.burst)
+            .arg(&self.prefix);
+        Some(c)
     }
 
     /// Whether a reply says Redis does not hold [`RECORD_SCRIPT`] (it restarted, or
@@ -903,6 +1091,48 @@ end
 return out
 ";
 
+/// Every future of `futs` run at once; their outputs in order.
+#[cfg(any(feature = "tokio", feature = "smol"))]
+async fn join_all<F: Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match std::pin::Pin::new(&mut *f).poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// The clock and the pruning of a live set that [`ADMIT_SCRIPT`] and [`COUNT_SCRIPT`]
+/// share: `now` (ms, Redis's clock) and `prune(set, record key prefix)`.
+macro_rules! prune_lua {
+    () => {
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function prune(set, prefix)
+  local stale = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 512)
+  for _, id in ipairs(stale) do
+    local ttl = redis.call('PTTL', prefix .. id)
+    if ttl > 0 then redis.call('ZADD', set, now + ttl, id) else redis.call('ZREM', set, id) end
+  end
+end
+"
+    };
+}
+
 /// `StoreOp::Admit`: KEYS = live set, client set, client bucket; ARGV = max sessions,
 /// client max sessions, rate (per s), burst (0: no such cap), record key prefix.
 ///
@@ -914,23 +1144,16 @@ return out
 /// of admission: it counts exactly the records that exist. Then each cap is checked, then takes a token (milli-tokens,
 /// refilled lazily on Redis's clock). Replies `{verdict, retry ms}`: 0 admit, 1 the
 /// fleet's cap, 2 the client's cap, 3 the client's rate.
-pub const ADMIT_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+pub const ADMIT_SCRIPT: &str = concat!(
+    prune_lua!(),
+    r"
 local max, cmax, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local function prune(set)
-  local stale = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 512)
-  for _, id in ipairs(stale) do
-    local ttl = redis.call('PTTL', ARGV[5] .. id)
-    if ttl > 0 then redis.call('ZADD', set, now + ttl, id) else redis.call('ZREM', set, id) end
-  end
-end
 if max > 0 then
-  prune(KEYS[1])
+  prune(KEYS[1], ARGV[5])
   if redis.call('ZCARD', KEYS[1]) >= max then return {1, 0} end
 end
 if cmax > 0 then
-  prune(KEYS[2])
+  prune(KEYS[2], ARGV[5])
   if redis.call('ZCARD', KEYS[2]) >= cmax then return {2, 0} end
 end
 if rate > 0 then
@@ -945,7 +1168,22 @@ if rate > 0 then
   redis.call('PEXPIRE', KEYS[3], math.ceil((cap - level) / rate) + 1000)
 end
 return {0, 0}
-";
+"
+);
+
+/// A cluster's admission, per shard: KEYS = the shard's live set and the client's set
+/// in it; ARGV = the shard's record key prefix. Prunes both as [`ADMIT_SCRIPT`] does
+/// and replies `{live sessions, the client's sessions}` of the shard; the router sums
+/// the shards and checks the caps, then takes a token with [`ADMIT_SCRIPT`] on the
+/// client's bucket alone.
+pub const COUNT_SCRIPT: &str = concat!(
+    prune_lua!(),
+    r"
+prune(KEYS[1], ARGV[1])
+prune(KEYS[2], ARGV[1])
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+"
+);
 
 /// Install the rustls crypto provider `rediss://` needs (installing twice is harmless).
 #[cfg(any(feature = "tokio", feature = "smol"))]
@@ -953,15 +1191,17 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The store over the `redis` crate's [`ConnectionManager`](redis::aio::ConnectionManager):
-/// one multiplexed, auto-reconnecting connection carries every command of the process,
+/// The store over the `redis` crate's own connections ([`Link`](crate::redis_link::Link)):
+/// one multiplexed, auto-reconnecting connection to the one server (or to the primary
+/// the sentinels name, or one per cluster node) carries every command of the process,
 /// pipelined; no request sets up a connection. The `redis` crate runs it on tokio when
 /// a tokio runtime is current, else on smol.
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub struct ManagedRedis<R> {
-    conn: redis::aio::ConnectionManager,
+    link: crate::redis_link::Link,
     codec: RedisCodec,
     timeout: Duration,
+    wait_replicas: u32,
     _rt: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -978,24 +1218,99 @@ impl<R> std::fmt::Debug for ManagedRedis<R> {
 impl<R: crate::rt::Runtime> ManagedRedis<R> {
     /// A store that connects lazily (in the background, retrying): the router starts
     /// even while Redis is unreachable, answering 503 for what needs a record. Call it
-    /// inside the runtime that will drive it.
-    pub fn new(s: &RedisSettings, router: Arc<Router>) -> Result<Self, ConfigError> {
-        use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    /// inside the runtime that will drive it. `shared` hears which node it talks to.
+    pub fn new(
+        s: &RedisSettings,
+        router: Arc<Router>,
+        shared: Option<Arc<crate::Shared>>,
+    ) -> Result<Self, ConfigError> {
         install_crypto_provider();
-        let bad = |e: redis::RedisError| ConfigError(format!("store: invalid Redis URL: {e}"));
-        let client = redis::Client::open(s.connection_info()?).map_err(bad)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(s.timeout))
-            .set_response_timeout(Some(s.timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(bad)?;
+        let link = crate::redis_link::Link::new(s, shared)
+            .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
         Ok(ManagedRedis {
-            conn,
+            link,
             codec: RedisCodec::new(s, router),
             timeout: s.timeout,
+            wait_replicas: s.wait_replicas,
             _rt: std::marker::PhantomData,
         })
+    }
+
+    /// `cmd(false)` (by SHA), again as `cmd(true)` (with the script's source) if
+    /// Redis does not hold the script (it restarted, or `SCRIPT FLUSH`).
+    async fn script(&self, cmd: impl Fn(bool) -> redis::Cmd) -> redis::RedisResult<Value> {
+        match self.link.query(&cmd(false)).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => self.link.query(&cmd(true)).await,
+            Ok(v) if RedisCodec::is_noscript(&v) => self.link.query(&cmd(true)).await,
+            r => r,
+        }
+    }
+
+    /// A cluster's admission: the shards' counts (sent at once), the caps, then the
+    /// client's bucket.
+    async fn admit_in_parts(&self, a: &mcp_router_core::AdmitRequest) -> StoreReply {
+        let shards = if self.codec.counts_needed(a) {
+            self.codec.shard_count()
+        } else {
+            0
+        };
+        let pending: Vec<_> = (0..shards)
+            .map(|i| Box::pin(self.script(move |src| self.codec.admit_count(i, a, src))))
+            .collect();
+        let mut replies = Vec::with_capacity(shards);
+        for r in join_all(pending).await {
+            match r {
+                Ok(v) => replies.push(v),
+                Err(_) => return StoreReply::Unavailable,
+            }
+        }
+        match self.codec.admit_verdict(a, &replies) {
+            Some(Admission::Admit) => {}
+            Some(refused) => return StoreReply::Admitted(refused),
+            None => return StoreReply::Unavailable,
+        }
+        if self.codec.admit_bucket(a, false).is_none() {
+            return StoreReply::Admitted(Admission::Admit);
+        }
+        match self
+            .script(|src| self.codec.admit_bucket(a, src).expect("a rate"))
+            .await
+        {
+            Ok(v) => self.codec.reply(&StoreOp::Admit(*a), v),
+            Err(_) => StoreReply::Unavailable,
+        }
+    }
+
+    /// `--store-wait-replicas`: a new record counts only once that many replicas
+    /// hold it; otherwise it is deleted again and the session refused (503), so that
+    /// no acknowledged session is lost to a failover.
+    async fn replicated(&self, op: &StoreOp) -> StoreReply {
+        let (StoreOp::Insert(k, _) | StoreOp::InsertFailover(k, _, _)) = op else {
+            return StoreReply::Inserted(true);
+        };
+        let got = self
+            .link
+            .wait_replicas(&self.codec.key(k), self.wait_replicas, self.timeout)
+            .await;
+        if matches!(got, Ok(n) if n >= i64::from(self.wait_replicas)) {
+            return StoreReply::Inserted(true);
+        }
+        warn!(
+            replicas = self.wait_replicas,
+            acknowledged = ?got.as_ref().ok(),
+            "store: a new session record was not replicated in time; the session is refused"
+        );
+        let delete = StoreOp::Delete(k.clone());
+        let _ = self
+            .script(|src| {
+                if src {
+                    self.codec.command_with_source(&delete)
+                } else {
+                    self.codec.command(&delete)
+                }
+            })
+            .await;
+        StoreReply::Unavailable
     }
 }
 
@@ -1006,7 +1321,11 @@ impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
     pub fn managed(shared: Arc<crate::Shared>) -> Result<Arc<Self>, ConfigError> {
         let remote = match &shared.settings().store {
             crate::StoreSettings::Memory => None,
-            crate::StoreSettings::Redis(r) => Some(ManagedRedis::new(r, shared.router.clone())?),
+            crate::StoreSettings::Redis(r) => Some(ManagedRedis::new(
+                r,
+                shared.router.clone(),
+                Some(shared.clone()),
+            )?),
         };
         Ok(Arc::new(crate::Frontend::new(shared, remote)))
     }
@@ -1015,40 +1334,44 @@ impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
 #[cfg(any(feature = "tokio", feature = "smol"))]
 impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
     async fn execute(&self, op: &StoreOp) -> StoreReply {
-        let mut c = self.conn.clone();
         let codec = &self.codec;
         let q = async move {
-            match codec.command(op).query_async::<Value>(&mut c).await {
-                // Redis lost the script (restart, `SCRIPT FLUSH`): once more with its
-                // source, within the same timeout
-                Err(e) if e.code() == Some("NOSCRIPT") => {
-                    codec
-                        .command_with_source(op)
-                        .query_async::<Value>(&mut c)
-                        .await
-                }
-                Ok(v) if RedisCodec::is_noscript(&v) => {
-                    codec
-                        .command_with_source(op)
-                        .query_async::<Value>(&mut c)
-                        .await
-                }
-                r => r,
+            if let (StoreOp::Admit(a), true) = (op, codec.admits_in_parts()) {
+                return self.admit_in_parts(a).await;
             }
+            let reply = match self
+                .script(|src| {
+                    if src {
+                        codec.command_with_source(op)
+                    } else {
+                        codec.command(op)
+                    }
+                })
+                .await
+            {
+                Ok(v) => codec.reply(op, v),
+                Err(_) => StoreReply::Unavailable,
+            };
+            if self.wait_replicas > 0 && reply == StoreReply::Inserted(true) {
+                return self.replicated(op).await;
+            }
+            reply
         };
-        match crate::rt::timeout::<R, _>(self.timeout, q).await {
-            Some(Ok(v)) => self.codec.reply(op, v),
-            _ => StoreReply::Unavailable,
-        }
+        // WAIT is bounded by the store timeout itself: room for it after the insert
+        let limit = if self.wait_replicas > 0 {
+            self.timeout * 2
+        } else {
+            self.timeout
+        };
+        crate::rt::timeout::<R, _>(limit, q)
+            .await
+            .unwrap_or(StoreReply::Unavailable)
     }
 
     async fn ping(&self) -> bool {
-        let mut c = self.conn.clone();
-        let q = async move { redis::cmd("PING").query_async::<String>(&mut c).await };
-        matches!(
-            crate::rt::timeout::<R, _>(self.timeout, q).await,
-            Some(Ok(_))
-        )
+        crate::rt::timeout::<R, _>(self.timeout, self.link.ping())
+            .await
+            .unwrap_or(false)
     }
 }
 
@@ -1064,17 +1387,136 @@ mod tests {
             ..Config::default()
         };
         let router = Arc::new(Router::new(Arc::new(c), Instant::now()));
-        let s = RedisSettings {
-            url: "redis://127.0.0.1:1".into(),
-            password: None,
-            key_prefix: "p:".into(),
-            timeout: Duration::from_millis(10),
-        };
+        let s = RedisSettings::single("redis://127.0.0.1:1", "p:", Duration::from_millis(10));
         RedisCodec::new(&s, router)
     }
 
     fn packed(c: redis::Cmd) -> String {
         String::from_utf8(c.get_packed_command()).unwrap()
+    }
+
+    /// The slot Redis Cluster puts `key` in (its first non-empty `{...}`, else the
+    /// whole key).
+    fn slot(key: &str) -> u16 {
+        let tagged = key
+            .find('{')
+            .and_then(|i| key[i + 1..].find('}').map(|j| &key[i + 1..i + 1 + j]))
+            .filter(|t| !t.is_empty())
+            .unwrap_or(key);
+        crc16(tagged.as_bytes()) % 16384
+    }
+
+    /// The arguments of a packed command (bulk strings), in order.
+    fn args(c: &redis::Cmd) -> Vec<String> {
+        let p = String::from_utf8(c.get_packed_command()).unwrap();
+        let mut out = Vec::new();
+        let mut it = p.split("\r\n");
+        while let Some(l) = it.next() {
+            if l.starts_with('$') {
+                out.push(it.next().unwrap().to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn on_a_cluster_every_key_of_a_session_shares_its_shards_slot() {
+        // CRC16/XMODEM as Redis documents it: "123456789" -> 0x31C3
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        let tags = shard_tags();
+        assert_eq!(tags.len(), SHARDS);
+        for (i, t) in tags.iter().enumerate() {
+            assert_eq!(
+                slot(&format!("{{{t}}}")) as usize / (16384 / SHARDS),
+                i,
+                "{t}"
+            );
+        }
+        let cfg = Config {
+            backends: vec![Backend::parse("http://127.0.0.1:1", Some("b0")).unwrap()],
+            failover: Some(Default::default()),
+            ..Config::default()
+        };
+        let router = Arc::new(Router::new(Arc::new(cfg), Instant::now()));
+        let s = RedisSettings {
+            topology: Topology::parse("redis-cluster://127.0.0.1:7000").unwrap(),
+            ..RedisSettings::single("redis://unused", "p:", Duration::from_millis(10))
+        };
+        let c = RedisCodec::new(&s, router);
+        assert_eq!(c.shard_count(), SHARDS);
+        let mut shards_used = std::collections::HashSet::new();
+        for i in 0..200 {
+            let k = SessionKey::new(format!("session-{i}").as_bytes(), 256).unwrap();
+            let shard = c.shard(&k);
+            shards_used.insert(shard);
+            let want = slot(&c.key(&k));
+            assert_eq!(want, slot(&format!("{{{}}}", tags[shard])));
+            let rec = Record {
+                backend: BackendId(0),
+                era: Era::Streamable,
+                client: ClientId(7),
+            };
+            // every key a script names, or builds from a name it is given, is in
+            // the session's slot
+            for op in [
+                StoreOp::Get(k.clone()),
+                StoreOp::Delete(k.clone()),
+                StoreOp::Insert(k.clone(), rec),
+                StoreOp::LoadFailover(k.clone()),
+            ] {
+                for a in args(&c.command(&op)).iter().filter(|a| a.starts_with("p:")) {
+                    assert_eq!(slot(a), want, "{op:?}: {a}");
+                }
+            }
+            for p in c.ack_pipelines(std::slice::from_ref(&k)) {
+                let packed = String::from_utf8(p.get_packed_pipeline()).unwrap();
+                for a in packed.split("\r\n").filter(|a| a.starts_with("p:")) {
+                    assert_eq!(slot(a), want, "ack: {a}");
+                }
+            }
+        }
+        assert_eq!(
+            shards_used.len(),
+            SHARDS,
+            "sessions spread over every shard"
+        );
+        // the reaper's and admission's per-shard scripts stay in their shard
+        for (shard, tag) in tags.iter().enumerate() {
+            let want = slot(&format!("{{{tag}}}"));
+            let a = mcp_router_core::AdmitRequest {
+                client: ClientId(7),
+                max_sessions: 10,
+                client_max_sessions: 5,
+                rate: 1,
+                burst: 1,
+            };
+            for cmd in [
+                c.claim_command(shard, Duration::from_secs(1), 10, false),
+                c.drain_command(shard, &["b0".into()], 0, 10, Duration::from_secs(1), false),
+                c.admit_count(shard, &a, false),
+            ] {
+                for a in args(&cmd).iter().filter(|a| a.starts_with("p:")) {
+                    assert_eq!(slot(a), want, "shard {shard}: {a}");
+                }
+            }
+        }
+        // a client's bucket: one key with the client's own tag
+        let a = mcp_router_core::AdmitRequest {
+            client: ClientId(7),
+            max_sessions: 0,
+            client_max_sessions: 0,
+            rate: 1,
+            burst: 1,
+        };
+        assert!(c.admits_in_parts() && !c.counts_needed(&a));
+        let bucket = args(&c.admit_bucket(&a, false).unwrap());
+        assert!(
+            bucket.contains(&"p:{c0000000000000007} bucket".to_string()),
+            "{bucket:?}"
+        );
+        // a single Redis keeps its layout: no tags
+        assert_eq!(codec().key(&SessionKey::new(b"abc", 256).unwrap()), "p:abc");
+        assert!(!codec().admits_in_parts());
     }
 
     #[test]
@@ -1170,12 +1612,7 @@ mod tests {
             ..Config::default()
         };
         let router = Arc::new(Router::new(Arc::new(c), Instant::now()));
-        let s = RedisSettings {
-            url: "redis://127.0.0.1:1".into(),
-            password: None,
-            key_prefix: "p:".into(),
-            timeout: Duration::from_millis(10),
-        };
+        let s = RedisSettings::single("redis://127.0.0.1:1", "p:", Duration::from_millis(10));
         let c = RedisCodec::new(&s, router);
         let k = SessionKey::new(b"abc", 256).unwrap();
         let rec = Record {
@@ -1285,7 +1722,7 @@ mod tests {
     #[test]
     fn claim_and_drain_replies_read_as_sessions_and_records() {
         let c = codec();
-        let claim = packed(c.claim_command(Duration::from_secs(60), 100, false));
+        let claim = packed(c.claim_command(0, Duration::from_secs(60), 100, false));
         assert!(claim.contains("EVALSHA\r\n"), "{claim}");
         for k in [
             "p: reap\r\n",
@@ -1323,8 +1760,8 @@ mod tests {
             got[2].upstream.as_ref().map(SessionKey::as_str),
             Some("new-up")
         );
-        let ack =
-            String::from_utf8(c.ack_pipeline(&[got[2].id.clone()]).get_packed_pipeline()).unwrap();
+        let ack = String::from_utf8(c.ack_pipelines(&[got[2].id.clone()])[0].get_packed_pipeline())
+            .unwrap();
         assert!(ack.contains("$6\r\nghi up\r\n"), "{ack}");
         assert_eq!(c.claimed(Value::Array(vec![bulk("odd")])), None);
         assert_eq!(c.claimed(Value::Nil), None);
@@ -1346,7 +1783,8 @@ mod tests {
         );
         assert_eq!(ended[1].name.as_deref(), Some("removed|name"));
         assert_eq!(c.drained(Value::Array(vec![])), None);
-        let drain = packed(c.drain_command(&["b0".into()], 17, 64, Duration::from_secs(1), true));
+        let drain =
+            packed(c.drain_command(0, &["b0".into()], 17, 64, Duration::from_secs(1), true));
         assert!(drain.contains("HSCAN"), "the source: {drain}");
         assert!(
             drain.ends_with("$10\r\np: client \r\n$2\r\nb0\r\n"),

@@ -69,13 +69,21 @@ impl GlommioRedis {
     ) -> Result<(GlommioRedis, Worker), ConfigError> {
         let plain_only = || {
             ConfigError(
-                "store: the glommio frontend speaks plain TCP to Redis (redis://host:port); \
-                 rediss:// and unix sockets need mcp-router or mcp-router-smol"
+                "store: the glommio frontend speaks plain TCP to one Redis (redis://host:port); \
+                 rediss://, unix sockets, Redis Sentinel (redis+sentinel://) and Redis Cluster \
+                 (redis-cluster://) need mcp-router or mcp-router-smol"
                     .into(),
             )
         };
         if !s.url.starts_with("redis://") {
             return Err(plain_only());
+        }
+        if s.wait_replicas > 0 {
+            return Err(ConfigError(
+                "store_wait_replicas: the glommio frontend does not wait for Redis replicas; \
+                 use mcp-router or mcp-router-smol"
+                    .into(),
+            ));
         }
         let info = s.connection_info()?;
         let (host, port) = match info.addr() {
@@ -368,14 +376,22 @@ mod tests {
             Instant::now(),
         ));
         let settings = |url: &str| RedisSettings {
-            url: url.into(),
             password: Some("secret".into()),
-            key_prefix: "p:".into(),
-            timeout: Duration::from_millis(10),
+            ..RedisSettings::single(url, "p:", Duration::from_millis(10))
         };
         let e =
             GlommioRedis::new(&settings("rediss://127.0.0.1:6379"), router.clone()).unwrap_err();
         assert!(e.0.starts_with("store:") && e.0.contains("rediss"), "{e}");
+        for url in [
+            "redis+sentinel://127.0.0.1:26379/m",
+            "redis-cluster://127.0.0.1:7000",
+        ] {
+            let e = GlommioRedis::new(&settings(url), router.clone()).unwrap_err();
+            assert!(
+                e.0.contains("Sentinel") && e.0.contains("mcp-router-smol"),
+                "{e}"
+            );
+        }
         let (_, worker) =
             GlommioRedis::new(&settings("redis://u@127.0.0.1:6379/3"), router).unwrap();
         // the password override and the db are sent on connect
