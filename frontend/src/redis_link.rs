@@ -335,6 +335,7 @@ mod managed {
                     settings: s.clone(),
                     current: Mutex::new(None),
                     asking: AtomicBool::new(false),
+                    warned: AtomicBool::new(false),
                     shared,
                 }))),
                 Topology::Cluster { nodes, auth } => {
@@ -413,6 +414,8 @@ mod managed {
         current: Mutex<Option<(String, ConnectionManager)>>,
         /// Someone is asking the sentinels now (one asks at a time).
         asking: AtomicBool,
+        /// The last asking found no primary (and said so).
+        warned: AtomicBool,
         shared: Option<Arc<Shared>>,
     }
 
@@ -479,9 +482,15 @@ mod managed {
                     .await
             };
             let client = match found.await {
-                Ok(c) => c,
+                Ok(c) => {
+                    self.warned.store(false, Ordering::Relaxed);
+                    c
+                }
                 Err(e) => {
-                    warn!(error = %e, master = %master, "store: the sentinels named no reachable primary");
+                    // once per outage, not once per failed request
+                    if !self.warned.swap(true, Ordering::Relaxed) {
+                        warn!(error = %e, master = %master, "store: the sentinels named no reachable primary (a promotion may be under way)");
+                    }
                     return;
                 }
             };

@@ -114,7 +114,9 @@ impl Shared {
                 epoch,
             ))),
             StoreSettings::Redis(r) => {
-                r.connection_info()?;
+                if r.topology == crate::redis::Topology::Single {
+                    r.connection_info()?;
+                }
                 None
             }
         };
