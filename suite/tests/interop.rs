@@ -418,13 +418,96 @@ fn every_era_fleet(replicas: usize) {
     );
 }
 
+/// An official SDK client (`ts_failover_client.mjs` or `py_failover_client.py`)
+/// holding one Streamable HTTP session open (initialized, one `tools/call` done) until
+/// told to go on.
+struct HeldClient {
+    sdk: &'static str,
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    /// The session id it holds.
+    sid: String,
+}
+
+impl HeldClient {
+    /// Start one against `base` and wait until it holds its session.
+    fn start(sdk: &'static str, base: &str) -> HeldClient {
+        use std::process::Stdio;
+        let dir = interop_dir();
+        let mut cmd = if sdk == "ts" {
+            let mut c = Command::new("node");
+            c.arg("ts_failover_client.mjs");
+            c
+        } else {
+            let mut c = Command::new(dir.join(".venv/bin/python"));
+            c.arg("py_failover_client.py");
+            c
+        };
+        let mut child = cmd
+            .arg(base)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("SDK client");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let sid = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("{sdk} client did not get ready: {line:?}"))
+            .to_string();
+        HeldClient {
+            sdk,
+            child,
+            out,
+            sid,
+        }
+    }
+
+    /// Let it make its next `tools/call` and close: it must succeed under the session
+    /// id it already had, without a second `initialize` and without any `404`.
+    fn finish(mut self) {
+        let sdk = self.sdk;
+        writeln!(self.child.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut line = String::new();
+        self.out.read_to_string(&mut line).unwrap();
+        assert!(self.child.wait().unwrap().success(), "{sdk}: {line}");
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["ok"], true, "{sdk}: {v}");
+        assert_eq!(v["before"], self.sid.as_str(), "{sdk}: {v}");
+        if sdk == "ts" {
+            assert_eq!(
+                v["after"],
+                self.sid.as_str(),
+                "the client's id never changed: {v}"
+            );
+        } else {
+            // every response of the session carried the client's id, never another
+            assert_eq!(v["ids"], serde_json::json!([self.sid]), "{v}");
+        }
+        assert_eq!(
+            v["initializes"], 1,
+            "{sdk}: no re-initialize on the client side: {v}"
+        );
+        let statuses = v["statuses"].as_array().unwrap();
+        assert!(
+            !statuses
+                .iter()
+                .any(|s| s.as_str().unwrap().ends_with(" 404")),
+            "{sdk}: {v}"
+        );
+    }
+}
+
 /// `--failover reinitialize` with the official SDKs: four clients (TypeScript and
 /// Python, two of each, placed so that each replica holds one of each) hold sessions,
 /// with their GET streams open, on two server-everything replicas; one replica is
 /// killed; every client's next `tools/call` succeeds, under the session id it already
 /// had, without a second `initialize` and without a `404`.
 fn official_sdk_clients_keep_their_sessions_when_a_replica_dies() {
-    use std::process::Stdio;
     let mut e0 = server_everything("streamable", "everything-0");
     let e1 = server_everything("streamable", "everything-1");
     let r = Proc::router(
@@ -440,74 +523,21 @@ fn official_sdk_clients_keep_their_sessions_when_a_replica_dies() {
         ],
     );
     let base = format!("http://{}", r.addr);
-    let dir = interop_dir();
-    let mut clients = Vec::new();
-    for sdk in ["ts", "py", "py", "ts"] {
-        let mut cmd = if sdk == "ts" {
-            let mut c = Command::new("node");
-            c.arg("ts_failover_client.mjs");
-            c
-        } else {
-            let mut c = Command::new(dir.join(".venv/bin/python"));
-            c.arg("py_failover_client.py");
-            c
-        };
-        let mut child = cmd
-            .arg(&base)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("SDK client");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let sid = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("{sdk} client did not get ready: {line:?}"))
-            .to_string();
-        clients.push((sdk, child, out, sid));
-    }
+    let clients: Vec<HeldClient> = ["ts", "py", "py", "ts"]
+        .into_iter()
+        .map(|sdk| HeldClient::start(sdk, &base))
+        .collect();
     let on_e0: Vec<&str> = clients
         .iter()
-        .filter(|(_, _, _, sid)| r.count_logs(&format!("session={sid} backend=e0")) == 1)
-        .map(|(sdk, ..)| *sdk)
+        .filter(|c| r.count_logs(&format!("session={} backend=e0", c.sid)) == 1)
+        .map(|c| c.sdk)
         .collect();
     assert_eq!(on_e0.len(), 2, "placement: {:?}", r.logs());
     assert!(on_e0.contains(&"ts") && on_e0.contains(&"py"), "{on_e0:?}");
     e0.kill();
     let killed = std::time::Instant::now();
-    for (sdk, mut child, mut out, sid) in clients {
-        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
-        let mut line = String::new();
-        out.read_to_string(&mut line).unwrap();
-        assert!(child.wait().unwrap().success(), "{sdk}: {line}");
-        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-        assert_eq!(v["ok"], true, "{sdk}: {v}");
-        assert_eq!(v["before"], sid.as_str(), "{sdk}: {v}");
-        if sdk == "ts" {
-            assert_eq!(
-                v["after"],
-                sid.as_str(),
-                "the client's id never changed: {v}"
-            );
-        } else {
-            // every response of the session carried the client's id, never another
-            assert_eq!(v["ids"], serde_json::json!([sid]), "{v}");
-        }
-        assert_eq!(
-            v["initializes"], 1,
-            "{sdk}: no re-initialize on the client side: {v}"
-        );
-        let statuses = v["statuses"].as_array().unwrap();
-        assert!(
-            !statuses
-                .iter()
-                .any(|s| s.as_str().unwrap().ends_with(" 404")),
-            "{sdk}: {v}"
-        );
+    for c in clients {
+        c.finish();
     }
     eprintln!(
         "all four clients' calls after the kill done {:?} after it",
