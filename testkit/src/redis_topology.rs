@@ -285,6 +285,10 @@ fn data_node(name: &str, port: u16, dir: &Path, extra: &[&str]) -> Proc {
         "",
         "--appendonly",
         "no",
+        // A replica's first full sync starts at once, not after the default 5 s wait
+        // for more replicas to share a diskless transfer.
+        "--repl-diskless-sync-delay",
+        "0",
         "--dir",
         &dir_s,
     ];
@@ -544,6 +548,8 @@ pub struct RedisCluster {
     killed: Vec<String>,
     /// Replicas of the last primary killed, candidates for [`RedisCluster::wait_failover`].
     orphans: Vec<String>,
+    /// Slots of the last primary killed.
+    orphan_slots: Vec<(u16, u16)>,
     _dir: TempDir,
 }
 
@@ -597,6 +603,7 @@ pub fn redis_cluster(primaries: usize, replicas_per_primary: usize) -> RedisClus
         nodes,
         killed: Vec::new(),
         orphans: Vec::new(),
+        orphan_slots: Vec::new(),
         _dir: dir,
     };
     let formed = poll(FORM_TIMEOUT, || {
@@ -610,6 +617,7 @@ pub fn redis_cluster(primaries: usize, replicas_per_primary: usize) -> RedisClus
                 get("cluster_state") == Some("ok")
                     && get("cluster_slots_assigned") == Some("16384")
                     && get("cluster_known_nodes") == Some(n.to_string().as_str())
+                    && cluster_nodes(&p.addr).is_some_and(|t| view_complete(&t, primaries, n))
                     && (role(&p.addr).as_deref() != Some("slave")
                         || info_field(&p.addr, "replication", "master_link_status").as_deref()
                             == Some("up"))
@@ -618,6 +626,33 @@ pub fn redis_cluster(primaries: usize, replicas_per_primary: usize) -> RedisClus
     });
     assert!(formed.is_some(), "the cluster {} never formed", c.url());
     c
+}
+
+/// Whether a `CLUSTER NODES` view shows `primaries` healthy masters sharing the 16384
+/// slots and every other one of the `n` nodes as a replica of one of them. (`redis-cli
+/// --cluster create` makes replicas only after the join, and the other nodes learn it
+/// by gossip.)
+fn view_complete(t: &[ClusterNode], primaries: usize, n: usize) -> bool {
+    let healthy = |x: &ClusterNode| {
+        !x.flags
+            .iter()
+            .any(|f| matches!(f.as_str(), "fail" | "fail?" | "handshake" | "noaddr"))
+    };
+    let masters: Vec<&ClusterNode> = t
+        .iter()
+        .filter(|x| x.is_live_master() && x.slot_count() > 0)
+        .collect();
+    let replicas = t.iter().filter(|x| {
+        x.flags.iter().any(|f| f == "slave")
+            && masters
+                .iter()
+                .any(|m| Some(m.id.as_str()) == x.master_id.as_deref())
+    });
+    t.len() == n
+        && t.iter().all(healthy)
+        && masters.len() == primaries
+        && masters.iter().map(|m| m.slot_count()).sum::<usize>() == 16384
+        && replicas.count() == n - primaries
 }
 
 /// Run a `redis-cli` command with a 60 s budget; panics with its output unless it
@@ -679,12 +714,12 @@ impl RedisCluster {
             .expect("no live cluster node answers CLUSTER NODES")
     }
 
-    /// Addresses of the live masters (from `CLUSTER NODES`), sorted.
+    /// Addresses of the live masters owning slots (from `CLUSTER NODES`), sorted.
     pub fn primaries(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .topology()
             .into_iter()
-            .filter(|n| n.is_live_master() && !self.killed.contains(&n.addr))
+            .filter(|n| n.is_live_master() && n.slot_count() > 0 && !self.killed.contains(&n.addr))
             .map(|n| n.addr)
             .collect();
         v.sort();
@@ -746,6 +781,12 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no primary {i} among {prims:?}"))
             .clone();
         self.orphans = self.replicas_of(&addr);
+        self.orphan_slots = self
+            .topology()
+            .into_iter()
+            .find(|n| n.addr == addr)
+            .map(|n| n.slots)
+            .unwrap_or_default();
         let p = self
             .nodes
             .iter_mut()
@@ -757,8 +798,8 @@ impl RedisCluster {
     }
 
     /// Wait up to `limit` until a replica of the primary last killed is a master, and
-    /// every live node says `cluster_state:ok` and sees that replica as a master with
-    /// slots. Returns its address, `None` on timeout.
+    /// every live node says `cluster_state:ok` and sees that replica as a master owning
+    /// the dead primary's slots. Returns its address, `None` on timeout.
     pub fn wait_failover(&self, limit: Duration) -> Option<String> {
         assert!(
             !self.orphans.is_empty(),
@@ -774,8 +815,14 @@ impl RedisCluster {
                 .all(|a| {
                     cluster_ok(a)
                         && cluster_nodes(a).is_some_and(|t| {
-                            t.iter()
-                                .any(|n| &n.addr == new && n.is_live_master() && n.slot_count() > 0)
+                            t.iter().any(|n| {
+                                &n.addr == new
+                                    && n.is_live_master()
+                                    && self
+                                        .orphan_slots
+                                        .iter()
+                                        .all(|&(lo, hi)| n.owns(lo) && n.owns(hi))
+                            })
                         })
                 })
                 .then(|| new.clone())

@@ -114,7 +114,7 @@ fn cluster_replica_takes_over_a_killed_primary() {
     let prims = c.primaries();
     let victim = prims[0].clone();
     let replicas = c.replicas_of(&victim);
-    assert_eq!(replicas.len(), 1);
+    assert_eq!(replicas.len(), 1, "{:#?}", c.topology());
     // A key on the victim's slots, to read back from its successor.
     let key = (0..)
         .map(|i| format!("k{i}"))
@@ -140,6 +140,6 @@ fn cluster_replica_takes_over_a_killed_primary() {
     assert_eq!(role(&new).as_deref(), Some("master"));
     assert!(c.primaries().contains(&new));
     assert!(!c.primaries().contains(&victim));
-    assert_eq!(c.node_for_key(&key), new);
+    assert_eq!(c.node_for_key(&key), new, "{:#?}", c.topology());
     assert_eq!(redis_call(&new, &["GET", &key]), Reply::Bulk("v".into()));
 }
