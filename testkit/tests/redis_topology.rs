@@ -46,11 +46,12 @@ fn sentinel_group_forms_and_promotes_the_replica() {
     let promoted = g.wait_promoted(limit);
     let took = t1.elapsed();
     eprintln!("sentinel promotion took {took:?} (limit {limit:?})");
-    assert_eq!(
-        promoted.as_deref(),
-        Some(g.replica_addr().as_str()),
-        "no promotion within {limit:?}"
-    );
+    if promoted.as_deref() != Some(g.replica_addr().as_str()) {
+        for (i, s) in g.sentinels.iter().enumerate() {
+            eprintln!("sentinel {i} log:\n  {}", s.logs().join("\n  "));
+        }
+        panic!("no promotion within {limit:?} (got {promoted:?}); sentinel logs above");
+    }
     // The promoted replica kept the data and takes writes.
     assert_eq!(
         redis_call(&g.replica_addr(), &["GET", "k"]),
@@ -141,5 +142,11 @@ fn cluster_replica_takes_over_a_killed_primary() {
     assert!(c.primaries().contains(&new));
     assert!(!c.primaries().contains(&victim));
     assert_eq!(c.node_for_key(&key), new, "{:#?}", c.topology());
-    assert_eq!(redis_call(&new, &["GET", &key]), Reply::Bulk("v".into()));
+    let got = redis_call(&new, &["GET", &key]);
+    if got != Reply::Bulk("v".into()) {
+        for p in &c.nodes {
+            eprintln!("{} log:\n  {}", p.addr, p.logs().join("\n  "));
+        }
+        panic!("GET {key} on the new primary {new}: {got:?} (victim {victim}); logs above");
+    }
 }
