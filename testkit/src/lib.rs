@@ -13,6 +13,7 @@
 
 pub mod harness;
 pub mod procs;
+pub mod redis_topology;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
