@@ -1091,6 +1091,20 @@ end
 return out
 ";
 
+/// `cmd(false)` (by SHA) on `link`, again as `cmd(true)` (with the script's source)
+/// if Redis does not hold the script (it restarted, or `SCRIPT FLUSH`).
+#[cfg(any(feature = "tokio", feature = "smol"))]
+async fn script_on(
+    link: &crate::redis_link::Link,
+    cmd: impl Fn(bool) -> redis::Cmd,
+) -> redis::RedisResult<Value> {
+    match link.query(&cmd(false)).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => link.query(&cmd(true)).await,
+        Ok(v) if RedisCodec::is_noscript(&v) => link.query(&cmd(true)).await,
+        r => r,
+    }
+}
+
 /// Every future of `futs` run at once; their outputs in order.
 #[cfg(any(feature = "tokio", feature = "smol"))]
 async fn join_all<F: Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
@@ -1199,6 +1213,11 @@ fn install_crypto_provider() {
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub struct ManagedRedis<R> {
     link: crate::redis_link::Link,
+    /// `--store-wait-replicas`: a connection of its own for creating records and
+    /// waiting for their replication. `WAIT` blocks the connection it is sent on, and
+    /// counts the writes of that connection: on the shared one it would hold up every
+    /// request's lookup behind it while a replica is slow or gone.
+    creator: Option<crate::redis_link::Link>,
     codec: RedisCodec,
     timeout: Duration,
     wait_replicas: u32,
@@ -1227,8 +1246,13 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
         install_crypto_provider();
         let link = crate::redis_link::Link::new(s, shared)
             .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
+        let creator = (s.wait_replicas > 0)
+            .then(|| crate::redis_link::Link::new(s, None))
+            .transpose()
+            .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
         Ok(ManagedRedis {
             link,
+            creator,
             codec: RedisCodec::new(s, router),
             timeout: s.timeout,
             wait_replicas: s.wait_replicas,
@@ -1239,11 +1263,7 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
     /// `cmd(false)` (by SHA), again as `cmd(true)` (with the script's source) if
     /// Redis does not hold the script (it restarted, or `SCRIPT FLUSH`).
     async fn script(&self, cmd: impl Fn(bool) -> redis::Cmd) -> redis::RedisResult<Value> {
-        match self.link.query(&cmd(false)).await {
-            Err(e) if e.code() == Some("NOSCRIPT") => self.link.query(&cmd(true)).await,
-            Ok(v) if RedisCodec::is_noscript(&v) => self.link.query(&cmd(true)).await,
-            r => r,
-        }
+        script_on(&self.link, cmd).await
     }
 
     /// A cluster's admission: the shards' counts (sent at once), the caps, then the
@@ -1281,15 +1301,33 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
         }
     }
 
-    /// `--store-wait-replicas`: a new record counts only once that many replicas
-    /// hold it; otherwise it is deleted again and the session refused (503), so that
-    /// no acknowledged session is lost to a failover.
-    async fn replicated(&self, op: &StoreOp) -> StoreReply {
-        let (StoreOp::Insert(k, _) | StoreOp::InsertFailover(k, _, _)) = op else {
-            return StoreReply::Inserted(true);
+    /// `--store-wait-replicas`: a new record (created on the creator connection)
+    /// counts only once that many replicas hold it; otherwise it is deleted again and
+    /// the session refused (503), so that no acknowledged session is lost to a
+    /// failover.
+    async fn create_replicated(
+        &self,
+        creator: &crate::redis_link::Link,
+        op: &StoreOp,
+        k: &SessionKey,
+    ) -> StoreReply {
+        let codec = &self.codec;
+        let reply = match script_on(creator, |src| {
+            if src {
+                codec.command_with_source(op)
+            } else {
+                codec.command(op)
+            }
+        })
+        .await
+        {
+            Ok(v) => codec.reply(op, v),
+            Err(_) => return StoreReply::Unavailable,
         };
-        let got = self
-            .link
+        if reply != StoreReply::Inserted(true) {
+            return reply;
+        }
+        let got = creator
             .wait_replicas(&self.codec.key(k), self.wait_replicas, self.timeout)
             .await;
         if matches!(got, Ok(n) if n >= i64::from(self.wait_replicas)) {
@@ -1339,7 +1377,12 @@ impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
             if let (StoreOp::Admit(a), true) = (op, codec.admits_in_parts()) {
                 return self.admit_in_parts(a).await;
             }
-            let reply = match self
+            if let (StoreOp::Insert(k, _) | StoreOp::InsertFailover(k, _, _), Some(c)) =
+                (op, &self.creator)
+            {
+                return self.create_replicated(c, op, k).await;
+            }
+            match self
                 .script(|src| {
                     if src {
                         codec.command_with_source(op)
@@ -1351,11 +1394,7 @@ impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
             {
                 Ok(v) => codec.reply(op, v),
                 Err(_) => StoreReply::Unavailable,
-            };
-            if self.wait_replicas > 0 && reply == StoreReply::Inserted(true) {
-                return self.replicated(op).await;
             }
-            reply
         };
         // WAIT is bounded by the store timeout itself: room for it after the insert
         let limit = if self.wait_replicas > 0 {

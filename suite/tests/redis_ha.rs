@@ -30,10 +30,7 @@ fn glommio_refuses(url: &str) -> bool {
         .expect("run the router");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("need mcp-router or mcp-router-smol"),
-        "{err}"
-    );
+    assert!(err.contains("need mcp-router or mcp-router-smol"), "{err}");
     true
 }
 
@@ -98,13 +95,17 @@ impl Fleet {
     fn wait_ready(&self, limit: Duration) {
         for (r, admin) in &self.routers {
             let end = Instant::now() + limit;
-            while metric_at(admin, "mcp_router_store_node_info") == 0.0
-                || Conn::open(admin)
-                    .request("GET", "/readyz", &[], "")
-                    .status
-                    != 200
-            {
-                assert!(Instant::now() < end, "{} never ready: {:?}", r.addr, r.logs());
+            loop {
+                let ready = Conn::open(admin).request("GET", "/readyz", &[], "");
+                if ready.status == 200 && ready.text().contains("store node: ") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "{} never ready: {:?}",
+                    r.addr,
+                    r.logs()
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -139,7 +140,11 @@ fn traffic(
                         list[i % list.len()].clone()
                     };
                     let r = tools_call(&mut conns[i % 2], &sid, i as u64);
-                    let who = if r.status == 200 { owner(&r) } else { String::new() };
+                    let who = if r.status == 200 {
+                        owner(&r)
+                    } else {
+                        String::new()
+                    };
                     if r.status == 200 {
                         assert_eq!(who, home, "{sid} answered by another backend");
                     }
@@ -179,7 +184,10 @@ fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
         assert_eq!(
             metric_at(
                 admin,
-                &format!("mcp_router_store_node_info{{node=\"{}\"}}", g.primary_addr())
+                &format!(
+                    "mcp_router_store_node_info{{node=\"{}\"}}",
+                    g.primary_addr()
+                )
             ),
             1.0
         );
@@ -194,8 +202,12 @@ fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
     // the traffic, the refused ones must have been refused with 503
     let opened: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
     if wait_replicas {
-        let (fleet, sessions, stop, opened) =
-            (fleet.clone(), sessions.clone(), stop.clone(), opened.clone());
+        let (fleet, sessions, stop, opened) = (
+            fleet.clone(),
+            sessions.clone(),
+            stop.clone(),
+            opened.clone(),
+        );
         workers.push(std::thread::spawn(move || {
             let mut i = 1000;
             while !stop.load(Ordering::Relaxed) {
@@ -238,7 +250,10 @@ fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(metric_at(admin, "mcp_router_store_failovers_followed_total"), 1.0);
+        assert_eq!(
+            metric_at(admin, "mcp_router_store_failovers_followed_total"),
+            1.0
+        );
         let ready = Conn::open(admin).request("GET", "/readyz", &[], "");
         assert!(
             ready.text().contains(&format!("store node: {promoted_to}")),
@@ -275,7 +290,10 @@ fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
         .iter()
         .filter(|(at, s, _)| *at > followed + Duration::from_millis(500) && *s != 200)
         .collect();
-    assert!(late.is_empty(), "failed after the replicas followed: {late:?}");
+    assert!(
+        late.is_empty(),
+        "failed after the replicas followed: {late:?}"
+    );
     assert!(
         seen.calls
             .iter()
@@ -331,7 +349,11 @@ fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover()
         let parts: Vec<_> = (0..4)
             .map(|t| {
                 let fleet = &fleet;
-                s.spawn(move || (0..250).map(|i| fleet.open(t * 250 + i)).collect::<Vec<_>>())
+                s.spawn(move || {
+                    (0..250)
+                        .map(|i| fleet.open(t * 250 + i))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         parts.into_iter().flat_map(|p| p.join().unwrap()).collect()
@@ -362,7 +384,10 @@ fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover()
     std::thread::sleep(Duration::from_millis(300));
     let began = Instant::now();
     cluster.reshard(&primaries[0], &primaries[1], 1500);
-    eprintln!("1500 slots resharded in {:?} during traffic", began.elapsed());
+    eprintln!(
+        "1500 slots resharded in {:?} during traffic",
+        began.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -373,7 +398,10 @@ fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover()
         let bad: Vec<_> = seen.calls.iter().filter(|(_, s, _)| *s != 200).collect();
         eprintln!("{} calls during the reshard", seen.calls.len());
         assert!(seen.calls.len() > 50, "little traffic during the reshard");
-        assert!(bad.is_empty(), "non-200 answers during the reshard: {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "non-200 answers during the reshard: {bad:?}"
+        );
     }
     // a primary dies; its replica takes over
     let stop = Arc::new(AtomicBool::new(false));
@@ -382,10 +410,10 @@ fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover()
     std::thread::sleep(Duration::from_millis(300));
     let dead = cluster.kill_primary(1);
     let killed = Instant::now();
-    assert!(
-        cluster.wait_failover(Duration::from_secs(30)),
-        "no replica took over from {dead}"
-    );
+    let heir = cluster
+        .wait_failover(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no replica took over from {dead}"));
+    eprintln!("{heir} took over from {dead}");
     eprintln!("cluster failed over {:?} after the kill", killed.elapsed());
     let over = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
