@@ -11,8 +11,8 @@
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
 use mcp_router_testkit::harness::{
-    free_port, interop_dir, rebinding_request, redis_server, router_bin, sdk_client,
-    server_everything, warm, Conn, Proc,
+    free_port, frontend, interop_dir, metric_at, rebinding_request, redis_server, router_bin,
+    sdk_client, server_everything, warm, Conn, Frontend, Proc,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -769,12 +769,88 @@ fn sdk_sessions_without_delete_are_reaped_exactly_once_through_two_replicas_on_r
     sdk_sessions_without_delete_are_reaped(Some(&format!("redis://127.0.0.1:{rp}")));
 }
 
+/// Issue 17 with the official SDKs: two TypeScript and two Python clients hold
+/// sessions (opened more than a second before) through two router replicas whose
+/// shared store is a Redis primary watched by three sentinels, on two server-everything
+/// replicas; the primary is SIGKILLed and the sentinels promote its replica; once both
+/// routers follow it, every client's next `tools/call` succeeds under the session id it
+/// had, without a second `initialize` and without a `404`. (glommio refuses the
+/// Sentinel URL at start: suite/tests/redis_ha.rs.)
+fn official_sdk_clients_keep_their_sessions_across_a_redis_sentinel_failover() {
+    use mcp_router_testkit::redis_topology::sentinel_group;
+    if frontend() == Frontend::Glommio {
+        return;
+    }
+    let mut g = sentinel_group();
+    let e0 = server_everything("streamable", "everything-0");
+    let e1 = server_everything("streamable", "everything-1");
+    let (b0, b1) = (
+        format!("e0=http://{}", e0.addr),
+        format!("e1=http://{}", e1.addr),
+    );
+    let url = g.url();
+    let routers: Vec<(Proc, String)> = ["router-a", "router-b"]
+        .iter()
+        .map(|n| {
+            let admin = format!("127.0.0.1:{}", free_port());
+            let r = Proc::router(
+                router_bin(),
+                n,
+                &[
+                    "--backend",
+                    &b0,
+                    "--backend",
+                    &b1,
+                    "--store",
+                    &url,
+                    "--admin-listen",
+                    &admin,
+                ],
+            );
+            (r, admin)
+        })
+        .collect();
+    for (r, _) in &routers {
+        warm(&r.addr);
+    }
+    let clients: Vec<HeldClient> = ["ts", "py", "py", "ts"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, sdk)| HeldClient::start(sdk, &format!("http://{}", routers[i % 2].0.addr)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1100));
+    g.kill_primary();
+    let killed = Instant::now();
+    let promoted = g
+        .wait_promoted(Duration::from_secs(30))
+        .expect("the sentinels promoted the replica");
+    for (r, admin) in &routers {
+        assert!(
+            until(Duration::from_secs(5), || metric_at(
+                admin,
+                &format!("mcp_router_store_node_info{{node=\"{promoted}\"}}")
+            ) == 1.0),
+            "{} did not follow the promotion: {:?}",
+            r.addr,
+            r.logs()
+        );
+    }
+    eprintln!(
+        "Redis primary killed; both routers on the promoted replica {:?} later",
+        killed.elapsed()
+    );
+    for c in clients {
+        c.finish();
+    }
+}
+
 mcp_router_testkit::behaviour_suite!(
     sdk_sessions_on_a_drained_server_everything_end_by_the_drain_timeout,
     sdk_sessions_without_delete_are_reaped_through_one_router_on_the_embedded_store,
     sdk_sessions_without_delete_are_reaped_exactly_once_through_two_replicas_on_redis,
     python_sdk_clients_of_every_era_through_one_router_and_two_replicas_to_a_dual_era_fleet,
     official_sdk_clients_keep_their_sessions_when_a_replica_dies,
+    official_sdk_clients_keep_their_sessions_across_a_redis_sentinel_failover,
     official_sdk_clients_over_streamable_http,
     official_sdk_clients_over_legacy_sse,
     a_backends_dns_rebinding_protection_survives_the_router,
