@@ -177,6 +177,42 @@ pub fn role(addr: &str) -> Option<String> {
     r.items().first()?.as_str().map(str::to_string)
 }
 
+/// Whether the primary at `primary` has exactly `n` replicas, all in state `online`
+/// (the initial sync done and acknowledged, so writes stream to them).
+pub fn replicas_online(primary: &str, n: usize) -> bool {
+    let Some(info) = redis_info(primary, "replication") else {
+        return false;
+    };
+    let online = info
+        .iter()
+        .filter(|(k, v)| k.starts_with("slave") && v.contains("state=online"))
+        .count();
+    info.iter()
+        .any(|(k, v)| k == "connected_slaves" && *v == n.to_string())
+        && online == n
+}
+
+/// Wait up to `limit` until the replica at `replica` has processed everything the
+/// primary at `primary` had written when this was called (its `slave_repl_offset`
+/// reaches the primary's `master_repl_offset`). Use it before killing a primary when
+/// a test needs an acknowledged write to survive: `WAIT` alone is not enough right
+/// after the initial sync (in one stress run, `WAIT 1` answered 1 while the replica,
+/// still waiting to go `online`, had offset 0 and then lost the write in a failover).
+pub fn wait_replica_caught_up(primary: &str, replica: &str, limit: Duration) -> bool {
+    let Some(want) = info_field(primary, "replication", "master_repl_offset")
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    poll(limit, || {
+        let got: u64 = info_field(replica, "replication", "slave_repl_offset")?
+            .parse()
+            .ok()?;
+        (got >= want).then_some(())
+    })
+    .is_some()
+}
+
 /// Poll `f` every 50 ms until it yields a value or `limit` passes.
 fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + limit;
@@ -225,27 +261,40 @@ impl Drop for TempDir {
     }
 }
 
-/// `n` distinct free ports on 127.0.0.1, all held until every one is chosen. With
-/// `bus`, each port + 10000 (a cluster node's bus port) is free too.
+/// Ports are drawn from here: below Linux's ephemeral range (32768-60999), so that
+/// neither an outgoing connection nor another test's `bind(0)` takes one between its
+/// choice and redis-server's bind; a cluster node's bus port (+10000) stays below it too.
+const PORTS: std::ops::Range<u16> = 10_000..22_768;
+
+/// A pseudo-random number (std only: a randomly keyed hasher over a counter).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+/// `n` distinct free ports on 127.0.0.1 in [`PORTS`], all held until every one is
+/// chosen. With `bus`, each port + 10000 (a cluster node's bus port) is free too.
 fn free_ports(n: usize, bus: bool) -> Vec<u16> {
     let mut held = Vec::new();
     let mut ports = Vec::new();
     let mut tries = 0;
     while ports.len() < n {
         tries += 1;
-        assert!(tries < 10_000, "no {n} free ports found");
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let p = l.local_addr().expect("local addr").port();
-        held.push(l);
+        assert!(tries < 10_000, "no {n} free ports found in {PORTS:?}");
+        let p = PORTS.start + (random() % u64::from(PORTS.end - PORTS.start)) as u16;
+        let Ok(l) = TcpListener::bind(("127.0.0.1", p)) else {
+            continue;
+        };
         if bus {
-            let Some(b) = p.checked_add(10_000) else {
-                continue;
-            };
-            match TcpListener::bind(("127.0.0.1", b)) {
+            match TcpListener::bind(("127.0.0.1", p + 10_000)) {
                 Ok(bl) => held.push(bl),
                 Err(_) => continue,
             }
         }
+        held.push(l);
         ports.push(p);
     }
     ports
@@ -257,43 +306,86 @@ fn need(bin: &str) {
     }
 }
 
-/// `redis-server` with these arguments, ready once it logs `ready_line`; its address
-/// is `127.0.0.1:<port>`.
-fn start_redis(name: &str, port: u16, args: &[&str], ready: fn(&str) -> Option<String>) -> Proc {
-    let mut cmd = Command::new("redis-server");
-    cmd.args(args);
-    let mut p = Proc::start(name, cmd, ready);
-    p.addr = format!("127.0.0.1:{port}");
-    p
+/// What a redis-server log line says about its start: ready, or its port taken.
+fn start_outcome(l: &str, ready: &str) -> Option<String> {
+    if l.contains("Address already in use") {
+        Some("in-use".into())
+    } else {
+        l.contains(ready).then(|| "ready".into())
+    }
 }
 
-fn data_node_ready(l: &str) -> Option<String> {
-    l.contains("Ready to accept connections")
-        .then(|| String::from("redis"))
+/// `redis-server` with the arguments `args(port)` gives, ready once it logs a line
+/// containing `ready` (`sentinel`: `+monitor master`, else `Ready to accept
+/// connections`); its address is `127.0.0.1:<port>`. Should the port be taken by the
+/// time it binds, it starts again on another (`bus`: see [`free_ports`]).
+fn start_redis(
+    name: &str,
+    port: u16,
+    bus: bool,
+    sentinel: bool,
+    args: impl Fn(u16) -> Vec<String>,
+) -> Proc {
+    let mut port = port;
+    for _ in 0..5 {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(args(port));
+        let mut p = if sentinel {
+            Proc::start(name, cmd, |l| start_outcome(l, "+monitor master"))
+        } else {
+            Proc::start(name, cmd, |l| {
+                start_outcome(l, "Ready to accept connections")
+            })
+        };
+        if p.addr == "ready" {
+            p.addr = format!("127.0.0.1:{port}");
+            return p;
+        }
+        drop(p);
+        port = free_ports(1, bus)[0];
+    }
+    panic!("{name}: every port tried was taken");
 }
 
-/// A non-persistent data node on `port` with files in `dir`, plus `extra` arguments.
-fn data_node(name: &str, port: u16, dir: &Path, extra: &[&str]) -> Proc {
-    let port_s = port.to_string();
-    let dir_s = dir.display().to_string();
-    let mut args = vec![
-        "--port",
-        &port_s,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        // A replica's first full sync starts at once, not after the default 5 s wait
-        // for more replicas to share a diskless transfer.
-        "--repl-diskless-sync-delay",
-        "0",
-        "--dir",
-        &dir_s,
-    ];
-    args.extend_from_slice(extra);
-    start_redis(name, port, &args, data_node_ready)
+/// A non-persistent data node on `port` with files in `dir`, plus `extra(port)`
+/// arguments.
+fn data_node(
+    name: &str,
+    port: u16,
+    bus: bool,
+    dir: &Path,
+    extra: impl Fn(u16) -> Vec<String>,
+) -> Proc {
+    start_redis(name, port, bus, false, |port| {
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            // A replica's first full sync starts at once, not after the default 5 s
+            // wait for more replicas to share a diskless transfer.
+            "--repl-diskless-sync-delay",
+            "0",
+            "--dir",
+            &dir.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra(port));
+        args
+    })
+}
+
+/// The port of a `127.0.0.1:<port>` address.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
 }
 
 // ---------------------------------------------------------------------------------
@@ -320,26 +412,23 @@ pub const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
 /// Sentinels' `failover-timeout`.
 pub const SENTINEL_FAILOVER_TIMEOUT_MS: u64 = 5000;
 
-/// Start a [`SentinelGroup`] and return once the replica is in sync and every sentinel
+/// Start a [`SentinelGroup`] and return once the replica is in sync (`online` on the
+/// primary, `master_link_status:up` on itself) and every sentinel
 /// knows the replica and the two other sentinels. Panics if that takes over 30 s.
 pub fn sentinel_group() -> SentinelGroup {
     need("redis-server");
     let dir = TempDir::new("sentinel");
     let master_name = "mymaster".to_string();
     let ports = free_ports(5, false);
-    let (pp, rp) = (ports[0], ports[1]);
-    let primary = data_node("redis-primary", pp, dir.path(), &[]);
-    let pp_s = pp.to_string();
-    let replica = data_node(
-        "redis-replica",
-        rp,
-        dir.path(),
-        &["--replicaof", "127.0.0.1", &pp_s],
-    );
+    let primary = data_node("redis-primary", ports[0], false, dir.path(), |_| vec![]);
+    let pp = port_of(&primary.addr);
+    let replica = data_node("redis-replica", ports[1], false, dir.path(), |_| {
+        vec!["--replicaof".into(), "127.0.0.1".into(), pp.to_string()]
+    });
     // In sync before the sentinels start: a sentinel's first INFO of the primary then
     // already lists the replica (the next one would come 10 s later).
     let synced = poll(FORM_TIMEOUT, || {
-        let up = info_field(&primary.addr, "replication", "connected_slaves")? == "1"
+        let up = replicas_online(&primary.addr, 1)
             && info_field(&replica.addr, "replication", "master_link_status")? == "up";
         up.then_some(())
     });
@@ -353,30 +442,24 @@ pub fn sentinel_group() -> SentinelGroup {
         .iter()
         .enumerate()
         .map(|(i, &port)| {
-            let conf = dir.path().join(format!("sentinel-{port}.conf"));
-            let n = &master_name;
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
-                     sentinel monitor {n} 127.0.0.1 {pp} 2\n\
-                     sentinel down-after-milliseconds {n} {SENTINEL_DOWN_AFTER_MS}\n\
-                     sentinel failover-timeout {n} {SENTINEL_FAILOVER_TIMEOUT_MS}\n\
-                     sentinel parallel-syncs {n} 1\n",
-                    dir.path().display()
-                ),
-            )
-            .unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
-            let conf_s = conf.display().to_string();
-            start_redis(
-                &format!("sentinel-{}", i + 1),
-                port,
-                &[&conf_s, "--sentinel"],
-                |l| {
-                    l.contains("+monitor master")
-                        .then(|| String::from("sentinel"))
-                },
-            )
+            start_redis(&format!("sentinel-{}", i + 1), port, false, true, |port| {
+                // Sentinels rewrite their configuration: one file each.
+                let conf = dir.path().join(format!("sentinel-{port}.conf"));
+                let n = &master_name;
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndir {}\n\
+                         sentinel monitor {n} 127.0.0.1 {pp} 2\n\
+                         sentinel down-after-milliseconds {n} {SENTINEL_DOWN_AFTER_MS}\n\
+                         sentinel failover-timeout {n} {SENTINEL_FAILOVER_TIMEOUT_MS}\n\
+                         sentinel parallel-syncs {n} 1\n",
+                        dir.path().display()
+                    ),
+                )
+                .unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
+                vec![conf.display().to_string(), "--sentinel".into()]
+            })
         })
         .collect();
     let g = SentinelGroup {
@@ -558,7 +641,8 @@ pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1000;
 
 /// Start `primaries × (1 + replicas_per_primary)` cluster nodes, join them with
 /// `redis-cli --cluster create`, and return once every node says `cluster_state:ok`
-/// with all 16384 slots assigned, knows every node, and every replica is in sync.
+/// with all 16384 slots assigned, knows every node, sees every replica attached, and
+/// every primary has its replicas `online`.
 /// Panics if that takes over 30 s (or `--cluster create` fails).
 pub fn redis_cluster(primaries: usize, replicas_per_primary: usize) -> RedisCluster {
     need("redis-server");
@@ -572,22 +656,19 @@ pub fn redis_cluster(primaries: usize, replicas_per_primary: usize) -> RedisClus
     let nodes: Vec<Proc> = free_ports(n, true)
         .into_iter()
         .map(|port| {
-            let conf = dir.path().join(format!("nodes-{port}.conf"));
-            let conf_s = conf.display().to_string();
-            let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
-            data_node(
-                &format!("cluster-{port}"),
-                port,
-                dir.path(),
-                &[
+            data_node(&format!("cluster-{port}"), port, true, dir.path(), |port| {
+                let conf = dir.path().join(format!("nodes-{port}.conf"));
+                [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
-                    &conf_s,
+                    &conf.display().to_string(),
                     "--cluster-node-timeout",
-                    &timeout,
-                ],
-            )
+                    &CLUSTER_NODE_TIMEOUT_MS.to_string(),
+                ]
+                .map(String::from)
+                .to_vec()
+            })
         })
         .collect();
     let mut cmd = Command::new("redis-cli");
@@ -618,9 +699,13 @@ pub fn redis_cluster(primaries: usize, replicas_per_primary: usize) -> RedisClus
                     && get("cluster_slots_assigned") == Some("16384")
                     && get("cluster_known_nodes") == Some(n.to_string().as_str())
                     && cluster_nodes(&p.addr).is_some_and(|t| view_complete(&t, primaries, n))
-                    && (role(&p.addr).as_deref() != Some("slave")
-                        || info_field(&p.addr, "replication", "master_link_status").as_deref()
-                            == Some("up"))
+                    && match role(&p.addr).as_deref() {
+                        Some("slave") => {
+                            info_field(&p.addr, "replication", "master_link_status").as_deref()
+                                == Some("up")
+                        }
+                        _ => replicas_online(&p.addr, replicas_per_primary),
+                    }
             })
             .then_some(())
     });

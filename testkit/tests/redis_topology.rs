@@ -4,8 +4,8 @@
 //! these panic.
 
 use mcp_router_testkit::redis_topology::{
-    command_count, redis_call, redis_cluster, role, sentinel_group, Reply, CLUSTER_NODE_TIMEOUT_MS,
-    SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS,
+    command_count, redis_call, redis_cluster, role, sentinel_group, wait_replica_caught_up, Reply,
+    CLUSTER_NODE_TIMEOUT_MS, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS,
 };
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,11 @@ fn cluster_replica_takes_over_a_killed_primary() {
         redis_call(&victim, &["WAIT", "1", "2000"]),
         Reply::Int(1),
         "the write reached the replica"
+    );
+    assert!(
+        wait_replica_caught_up(&victim, &replicas[0], Duration::from_secs(5)),
+        "replica {} never caught up with {victim}",
+        replicas[0]
     );
 
     assert_eq!(c.kill_primary(0), victim);
