@@ -662,7 +662,7 @@ impl RedisCodec {
                 c
             }
             // one Redis: the whole admission in one script (on a cluster,
-            // [`RedisCodec::admit_counts`] and [`RedisCodec::admit_bucket`])
+            // [`RedisCodec::admit_count`] and [`RedisCodec::admit_bucket`])
             StoreOp::Admit(a) => {
                 let mut c = eval(source, ADMIT_SCRIPT, &ADMIT_SCRIPT_SHA);
                 c.arg(3)
@@ -703,7 +703,7 @@ impl RedisCodec {
     }
 
     /// The caps checked against the shards' counts (the replies to
-    /// [`RedisCodec::admit_counts`]); `None` when a reply has another shape.
+    /// [`RedisCodec::admit_count`]); `None` when a reply has another shape.
     pub fn admit_verdict(&self, a: &AdmitRequest, counts: &[Value]) -> Option<Admission> {
         let (mut live, mut mine) = (0u64, 0u64);
         for v in counts {
