@@ -229,6 +229,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The `redis` crate's settings for a data node (or a sentinel: `db` 0).
+#[cfg(any(feature = "tokio", feature = "smol"))]
 fn redis_info(auth: &Auth, db: i64) -> redis::RedisConnectionInfo {
     let mut r = redis::RedisConnectionInfo::default().set_db(db);
     if let Some(u) = &auth.user {
@@ -241,6 +242,7 @@ fn redis_info(auth: &Auth, db: i64) -> redis::RedisConnectionInfo {
 }
 
 /// Connection settings for each of `nodes` (sentinels or cluster seeds).
+#[cfg(any(feature = "tokio", feature = "smol"))]
 fn infos(nodes: &[(String, u16)], auth: &Auth) -> redis::RedisResult<Vec<redis::ConnectionInfo>> {
     use redis::IntoConnectionInfo;
     nodes
