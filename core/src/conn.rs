@@ -299,11 +299,10 @@ enum Kind {
 enum Upstream {
     #[default]
     None,
-    /// Connecting (bounded by [`Timer::Connect`]).
-    Connecting,
-    Ready {
-        reused: bool,
-    },
+    /// Connecting to `backend` (bounded by [`Timer::Connect`]).
+    Connecting { backend: BackendId },
+    /// Connected to `backend`; `reused`: the connection came from the pool.
+    Ready { backend: BackendId, reused: bool },
 }
 
 /// What the router is waiting for before it forwards more of the response.
@@ -522,6 +521,19 @@ impl Exchange {
     }
 
     /// Reset for the next request, keeping allocations.
+    /// The backend whose connection carries the exchange: a response (or its
+    /// retry) only comes over one, so there is one. Calling it without one is a
+    /// contract violation, caught in debug builds.
+    fn upstream_backend(&self) -> BackendId {
+        match self.upstream {
+            Upstream::Connecting { backend } | Upstream::Ready { backend, .. } => backend,
+            Upstream::None => {
+                debug_assert!(false, "no upstream connection: no backend to name");
+                self.backend.unwrap_or(BackendId(0))
+            }
+        }
+    }
+
     fn reset(&mut self) {
         // Field by field (the pattern names every field, so a new one cannot be
         // forgotten): rebuilding the whole struct cost ~1 200 instructions a request.
@@ -749,7 +761,7 @@ impl Conn {
                 let t = &self.timers;
                 let connect = t
                     .get(Timer::Connect)
-                    .filter(|_| self.x.upstream == Upstream::Connecting);
+                    .filter(|_| matches!(self.x.upstream, Upstream::Connecting { .. }));
                 // A stalled write suspends the body-silence deadline: the peer that
                 // looks silent is only waiting for the router, which waits for the
                 // other peer to read (the send deadline bounds that instead).
@@ -824,7 +836,7 @@ impl Conn {
     /// The upstream connection asked for with [`Output::Connect`] is ready. `reused`:
     /// it came from the pool.
     pub fn handle_upstream_connected(&mut self, reused: bool, now: Instant) {
-        let Upstream::Connecting = self.x.upstream else {
+        let Upstream::Connecting { .. } = self.x.upstream else {
             return;
         };
         let Some(b) = self.x.backend else { return };
@@ -836,7 +848,7 @@ impl Conn {
         if !reused {
             self.health(b, self.router.connect_ok(b));
         }
-        self.x.upstream = Upstream::Ready { reused };
+        self.x.upstream = Upstream::Ready { backend: b, reused };
         if self.x.replay.is_some() {
             return self.replay_send(b, now);
         }
@@ -866,7 +878,7 @@ impl Conn {
 
     /// Connecting to the backend failed (refused, unreachable, timed out in the driver).
     pub fn handle_upstream_failed(&mut self, now: Instant) {
-        if !matches!(self.x.upstream, Upstream::Connecting) {
+        if !matches!(self.x.upstream, Upstream::Connecting { .. }) {
             return;
         }
         self.connect_failed(now);
@@ -878,7 +890,7 @@ impl Conn {
         if let Upstream::Ready { .. } = self.x.upstream {
             self.x.upstream_eof = true;
             self.on_upstream_eof(now);
-        } else if let Upstream::Connecting = self.x.upstream {
+        } else if let Upstream::Connecting { .. } = self.x.upstream {
             self.connect_failed(now);
         }
     }
@@ -990,7 +1002,7 @@ impl Conn {
                 }
             }
             Phase::Exchange => {
-                if self.x.upstream == Upstream::Connecting
+                if matches!(self.x.upstream, Upstream::Connecting { .. })
                     && self.timers.expired(Timer::Connect, now)
                 {
                     self.connect_failed(now);
@@ -1530,7 +1542,7 @@ impl Conn {
         self.x.in_flight = None;
         self.x.in_flight = self.router.request_started(b);
         self.x.route = Route::Forward;
-        self.x.upstream = Upstream::Connecting;
+        self.x.upstream = Upstream::Connecting { backend: b };
         self.timers
             .set(Timer::Connect, now + self.cfg.timeouts.connect);
         self.out.push_back(Output::Connect { backend: b, fresh });
@@ -2260,7 +2272,7 @@ impl Conn {
         let x = &mut self.x;
         let ok = (200..300).contains(&status);
         x.streaming = self.resp.is_event_stream();
-        let b = x.backend.unwrap_or(BackendId(0));
+        let b = x.upstream_backend();
         match x.kind {
             Kind::Pinned => {
                 // Cloned only when the session ends: relaying costs no copy.
@@ -2463,7 +2475,7 @@ impl Conn {
         let data = self.frame(data);
         match endpoint {
             Some(Some(key)) => {
-                let b = self.x.backend.unwrap_or(BackendId(0));
+                let b = self.x.upstream_backend();
                 self.record_new_session(key, b, Era::LegacySse, Hold::Body(data));
             }
             Some(None) => {
@@ -2535,7 +2547,7 @@ impl Conn {
             }
             return;
         };
-        let b = self.x.backend.unwrap_or(BackendId(0));
+        let b = self.x.upstream_backend();
         let client = self.x.client.unwrap_or_else(|| self.client_id());
         let issued = self.issue_time(now);
         let at = held.windows(uri.len().max(1)).position(|w| w == uri);
@@ -2742,13 +2754,13 @@ impl Conn {
             return self.replay_eof(now);
         }
         if !self.x.resp_seen {
-            let stale = matches!(self.x.upstream, Upstream::Ready { reused: true });
+            let stale = matches!(self.x.upstream, Upstream::Ready { reused: true, .. });
             if stale && self.x.retaining && !self.x.retried {
                 // A pooled connection the backend had already closed: nothing of the
                 // request was processed, so send it again once on a fresh connection.
+                let b = self.x.upstream_backend();
                 self.release_upstream(false);
                 self.x.retried = true;
-                let b = self.x.backend.unwrap_or(BackendId(0));
                 self.x.upstream_eof = false;
                 self.connect(b, true, now);
                 return true;
