@@ -21,6 +21,7 @@ use crate::mcp::{
 use crate::router::{BackendId, Health, InFlight, PickKind, Router};
 use crate::seal::{Fields, OpenError, Opened, Refusal};
 use crate::store::{Era, Record, StoreOp, StoreReply};
+use crate::timer::{Timer, TimerTable};
 use bytes::{Bytes, BytesMut};
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -298,12 +299,10 @@ enum Kind {
 enum Upstream {
     #[default]
     None,
-    Connecting {
-        deadline: Instant,
-    },
-    Ready {
-        reused: bool,
-    },
+    /// Connecting to `backend` (bounded by [`Timer::Connect`]).
+    Connecting { backend: BackendId },
+    /// Connected to `backend`; `reused`: the connection came from the pool.
+    Ready { backend: BackendId, reused: bool },
 }
 
 /// What the router is waiting for before it forwards more of the response.
@@ -418,9 +417,6 @@ struct Exchange {
     watched: usize,
     /// The legacy session carried by this stream: its record ends with the stream.
     legacy: Option<SessionKey>,
-    response_deadline: Option<Instant>,
-    idle_deadline: Option<Instant>,
-    touch_at: Option<Instant>,
     /// When the request head went upstream (for the latency metric).
     sent_at: Option<Instant>,
     /// The client that opens a new session (set when it was admitted).
@@ -493,9 +489,6 @@ impl Exchange {
             watch: None,
             watched: 0,
             legacy: None,
-            response_deadline: None,
-            idle_deadline: None,
-            touch_at: None,
             sent_at: None,
             client: None,
             in_flight: None,
@@ -528,6 +521,19 @@ impl Exchange {
     }
 
     /// Reset for the next request, keeping allocations.
+    /// The backend whose connection carries the exchange: a response (or its
+    /// retry) only comes over one, so there is one. Calling it without one is a
+    /// contract violation, caught in debug builds.
+    fn upstream_backend(&self) -> BackendId {
+        match self.upstream {
+            Upstream::Connecting { backend } | Upstream::Ready { backend, .. } => backend,
+            Upstream::None => {
+                debug_assert!(false, "no upstream connection: no backend to name");
+                self.backend.unwrap_or(BackendId(0))
+            }
+        }
+    }
+
     fn reset(&mut self) {
         // Field by field (the pattern names every field, so a new one cannot be
         // forgotten): rebuilding the whole struct cost ~1 200 instructions a request.
@@ -562,9 +568,6 @@ impl Exchange {
             watch,
             watched,
             legacy,
-            response_deadline,
-            idle_deadline,
-            touch_at,
             sent_at,
             client,
             in_flight,
@@ -613,9 +616,6 @@ impl Exchange {
         *watch = None;
         *watched = 0;
         *legacy = None;
-        *response_deadline = None;
-        *idle_deadline = None;
-        *touch_at = None;
         *sent_at = None;
         *client = None;
         *in_flight = None;
@@ -672,14 +672,8 @@ pub struct Conn {
     scratch: BytesMut,
     client_eof: bool,
     shutting_down: bool,
-    /// Idle: close the connection at this time (keep-alive timeout).
-    idle_deadline: Instant,
-    /// Idle with a partial head: answer 408 at this time.
-    head_deadline: Option<Instant>,
-    /// A write to the client is stalled: give up on the client at this time.
-    client_send_at: Option<Instant>,
-    /// A write upstream is stalled: give up on the backend at this time.
-    upstream_send_at: Option<Instant>,
+    /// Every deadline of the connection and of its exchange.
+    timers: TimerTable,
     /// The client (bit 0) or upstream (bit 1) send deadline passed.
     send_expired: u8,
 }
@@ -694,7 +688,8 @@ impl Conn {
         now: Instant,
     ) -> Conn {
         let cfg = router.config().clone();
-        let idle_deadline = now + cfg.timeouts.client_idle;
+        let mut timers = TimerTable::default();
+        timers.set(Timer::KeepAlive, now + cfg.timeouts.client_idle);
         Conn {
             router,
             cfg,
@@ -710,10 +705,7 @@ impl Conn {
             scratch: BytesMut::new(),
             client_eof: false,
             shutting_down: false,
-            idle_deadline,
-            head_deadline: None,
-            client_send_at: None,
-            upstream_send_at: None,
+            timers,
             send_expired: 0,
         }
     }
@@ -743,7 +735,10 @@ impl Conn {
 
     /// The earliest time [`Conn::handle_timeout`] must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let send = match (self.client_send_at, self.upstream_send_at) {
+        let send = match (
+            self.timers.get(Timer::ClientSend),
+            self.timers.get(Timer::UpstreamSend),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -755,27 +750,23 @@ impl Conn {
     }
 
     fn sending(&self) -> bool {
-        self.client_send_at.is_some() || self.upstream_send_at.is_some()
+        self.timers.is_set(Timer::ClientSend) || self.timers.is_set(Timer::UpstreamSend)
     }
 
     fn own_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Closed => None,
-            Phase::Idle => Some(match self.head_deadline {
-                Some(h) => h.min(self.idle_deadline),
-                None => self.idle_deadline,
-            }),
+            Phase::Idle => self.timers.earliest([Timer::Head, Timer::KeepAlive]),
             Phase::Exchange => {
-                let x = &self.x;
-                let connect = match x.upstream {
-                    Upstream::Connecting { deadline } => Some(deadline),
-                    _ => None,
-                };
+                let t = &self.timers;
+                let connect = t
+                    .get(Timer::Connect)
+                    .filter(|_| matches!(self.x.upstream, Upstream::Connecting { .. }));
                 // A stalled write suspends the body-silence deadline: the peer that
                 // looks silent is only waiting for the router, which waits for the
                 // other peer to read (the send deadline bounds that instead).
-                let idle = x.idle_deadline.filter(|_| !self.sending());
-                [connect, x.response_deadline, idle, x.touch_at]
+                let idle = t.get(Timer::BodyIdle).filter(|_| !self.sending());
+                [connect, idle, t.earliest([Timer::Response, Timer::Touch])]
                     .into_iter()
                     .flatten()
                     .min()
@@ -857,7 +848,7 @@ impl Conn {
         if !reused {
             self.health(b, self.router.connect_ok(b));
         }
-        self.x.upstream = Upstream::Ready { reused };
+        self.x.upstream = Upstream::Ready { backend: b, reused };
         if self.x.replay.is_some() {
             return self.replay_send(b, now);
         }
@@ -877,9 +868,11 @@ impl Conn {
             self.x.pending_len = 0;
         }
         if self.x.req_done {
-            self.x.response_deadline = Some(now + self.cfg.timeouts.response);
+            self.timers
+                .set(Timer::Response, now + self.cfg.timeouts.response);
         } else {
-            self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+            self.timers
+                .set(Timer::BodyIdle, now + self.cfg.timeouts.body_idle);
         }
     }
 
@@ -936,20 +929,25 @@ impl Conn {
     /// two successive write operations").
     pub fn handle_send_blocked(&mut self, side: Side, now: Instant) {
         match side {
-            Side::Client => self.client_send_at = Some(now + self.cfg.timeouts.client_send),
-            Side::Upstream => self.upstream_send_at = Some(now + self.cfg.timeouts.body_idle),
+            Side::Client => self
+                .timers
+                .set(Timer::ClientSend, now + self.cfg.timeouts.client_send),
+            Side::Upstream => self
+                .timers
+                .set(Timer::UpstreamSend, now + self.cfg.timeouts.body_idle),
         }
     }
 
     /// A write to `side` that was blocked has finished.
     pub fn handle_send_done(&mut self, side: Side, now: Instant) {
         match side {
-            Side::Client => self.client_send_at = None,
-            Side::Upstream => self.upstream_send_at = None,
+            Side::Client => self.timers.stop(Timer::ClientSend),
+            Side::Upstream => self.timers.stop(Timer::UpstreamSend),
         }
-        if !self.sending() && self.x.idle_deadline.is_some() {
+        if !self.sending() && self.timers.is_set(Timer::BodyIdle) {
             // the silence it measures starts again now
-            self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+            self.timers
+                .set(Timer::BodyIdle, now + self.cfg.timeouts.body_idle);
         }
     }
 
@@ -965,13 +963,13 @@ impl Conn {
 
     /// Time passed: act on any deadline that has come.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.client_send_at.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::ClientSend, now) {
             // The client does not read what it asked for: it holds this connection
             // and a backend connection for nothing. Close both (the backend
             // connection is mid-response, so it is not pooled); the session record
             // stays, so the client can come back.
-            self.client_send_at = None;
-            self.upstream_send_at = None;
+            self.timers.stop(Timer::ClientSend);
+            self.timers.stop(Timer::UpstreamSend);
             self.send_expired |= 1;
             self.event(Event::Limited {
                 limit: Limit::ClientSend,
@@ -979,9 +977,9 @@ impl Conn {
             self.abort(now);
             return;
         }
-        if self.upstream_send_at.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::UpstreamSend, now) {
             // The backend stopped reading the request body.
-            self.upstream_send_at = None;
+            self.timers.stop(Timer::UpstreamSend);
             self.send_expired |= 2;
             self.event(Event::Limited {
                 limit: Limit::UpstreamSend,
@@ -997,21 +995,21 @@ impl Conn {
         match self.phase {
             Phase::Closed => {}
             Phase::Idle => {
-                if self.head_deadline.is_some_and(|d| now >= d) {
+                if self.timers.expired(Timer::Head, now) {
                     self.reject_head(408, "request head timeout");
-                } else if now >= self.idle_deadline {
+                } else if self.timers.expired(Timer::KeepAlive, now) {
                     self.close();
                 }
             }
             Phase::Exchange => {
-                if let Upstream::Connecting { deadline } = self.x.upstream {
-                    if now >= deadline {
-                        self.connect_failed(now);
-                        return;
-                    }
+                if matches!(self.x.upstream, Upstream::Connecting { .. })
+                    && self.timers.expired(Timer::Connect, now)
+                {
+                    self.connect_failed(now);
+                    return;
                 }
-                if self.x.response_deadline.is_some_and(|d| now >= d) {
-                    self.x.response_deadline = None;
+                if self.timers.expired(Timer::Response, now) {
+                    self.timers.stop(Timer::Response);
                     self.release_upstream(false);
                     if self.x.replay.is_some() {
                         return self.replay_failed(now);
@@ -1023,7 +1021,7 @@ impl Conn {
                     );
                     return;
                 }
-                if !self.sending() && self.x.idle_deadline.is_some_and(|d| now >= d) {
+                if !self.sending() && self.timers.expired(Timer::BodyIdle, now) {
                     self.event(Event::Rejected {
                         status: 0,
                         reason: "body idle timeout",
@@ -1031,12 +1029,10 @@ impl Conn {
                     self.abort(now);
                     return;
                 }
-                if let (Some(t), Some(k)) = (self.x.touch_at, &self.x.session) {
-                    if now >= t {
-                        let k = k.clone();
-                        self.store(StoreOp::Touch(k), Waiting::Touch);
-                        self.x.touch_at = Some(now + self.touch_period());
-                    }
+                if let (true, Some(k)) = (self.timers.expired(Timer::Touch, now), &self.x.session) {
+                    let k = k.clone();
+                    self.store(StoreOp::Touch(k), Waiting::Touch);
+                    self.timers.set(Timer::Touch, now + self.touch_period());
                 }
             }
         }
@@ -1060,8 +1056,8 @@ impl Conn {
             }
             return false;
         }
-        if self.head_deadline.is_none() {
-            self.head_deadline = Some(now + self.cfg.timeouts.header);
+        if !self.timers.is_set(Timer::Head) {
+            self.timers.set(Timer::Head, now + self.cfg.timeouts.header);
         }
         match parse_request(&mut bufs.client, &self.cfg.http, &mut self.req) {
             Ok(false) => {
@@ -1075,7 +1071,7 @@ impl Conn {
                 false
             }
             Ok(true) => {
-                self.head_deadline = None;
+                self.timers.stop(Timer::Head);
                 self.phase = Phase::Exchange;
                 self.start_exchange(now);
                 true
@@ -1085,10 +1081,12 @@ impl Conn {
 
     fn start_exchange(&mut self, now: Instant) {
         self.x.reset();
+        self.timers.stop_exchange();
         self.x.req_body = BodyDecoder::new(self.req.body, MAX_CHUNK_LINE);
         self.x.req_done = self.x.req_body.is_done();
         if !self.x.req_done {
-            self.x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+            self.timers
+                .set(Timer::BodyIdle, now + self.cfg.timeouts.body_idle);
         }
         if self.cfg.session_ids == SessionIds::Sealed {
             // A reload's key ring applies to the next request of every open
@@ -1380,11 +1378,12 @@ impl Conn {
             // the whole message was seen: settle what is still open
             x.sniffer.end();
         }
-        x.idle_deadline = if x.req_done {
-            None
+        if x.req_done {
+            self.timers.stop(Timer::BodyIdle);
         } else {
-            Some(now + self.cfg.timeouts.body_idle)
-        };
+            self.timers
+                .set(Timer::BodyIdle, now + self.cfg.timeouts.body_idle);
+        }
         match x.route {
             Route::Sniffing => {
                 x.pending_len += raw.len();
@@ -1406,7 +1405,8 @@ impl Conn {
                     self.retain(&raw);
                     self.out.push_back(Output::ToUpstream(raw));
                     if self.x.req_done {
-                        self.x.response_deadline = Some(now + self.cfg.timeouts.response);
+                        self.timers
+                            .set(Timer::Response, now + self.cfg.timeouts.response);
                     }
                 } else {
                     x.pending_len += raw.len();
@@ -1542,9 +1542,9 @@ impl Conn {
         self.x.in_flight = None;
         self.x.in_flight = self.router.request_started(b);
         self.x.route = Route::Forward;
-        self.x.upstream = Upstream::Connecting {
-            deadline: now + self.cfg.timeouts.connect,
-        };
+        self.x.upstream = Upstream::Connecting { backend: b };
+        self.timers
+            .set(Timer::Connect, now + self.cfg.timeouts.connect);
         self.out.push_back(Output::Connect { backend: b, fresh });
     }
 
@@ -1629,7 +1629,7 @@ impl Conn {
         }
         if self.req.method == Method::Get {
             // a GET stream of the session keeps its record alive
-            self.x.touch_at = Some(now + self.touch_period());
+            self.timers.set(Timer::Touch, now + self.touch_period());
         }
         // a failed-over session goes out under its new upstream id, also once a reload
         // has turned failover off
@@ -1887,7 +1887,8 @@ impl Conn {
         self.out.push_back(Output::ToUpstream(bytes));
         self.x.resp_seen = false;
         self.x.resp_head = false;
-        self.x.response_deadline = Some(now + self.cfg.timeouts.response);
+        self.timers
+            .set(Timer::Response, now + self.cfg.timeouts.response);
     }
 
     /// Read the replay's response: its head, then its body to the end.
@@ -2032,7 +2033,7 @@ impl Conn {
                 });
                 self.x.upstream_sid = r.minted;
                 if self.req.method == Method::Get {
-                    self.x.touch_at = Some(now + self.touch_period());
+                    self.timers.set(Timer::Touch, now + self.touch_period());
                 }
                 self.connect(r.to, true, now);
             }
@@ -2257,7 +2258,7 @@ impl Conn {
     fn on_response_head(&mut self, now: Instant) {
         let x = &mut self.x;
         x.resp_head = true;
-        x.response_deadline = None;
+        self.timers.stop(Timer::Response);
         let status = self.resp.status;
         if let (Some(backend), Some(t)) = (x.backend, x.sent_at) {
             let latency = now.saturating_duration_since(t);
@@ -2271,7 +2272,7 @@ impl Conn {
         let x = &mut self.x;
         let ok = (200..300).contains(&status);
         x.streaming = self.resp.is_event_stream();
-        let b = x.backend.unwrap_or(BackendId(0));
+        let b = x.upstream_backend();
         match x.kind {
             Kind::Pinned => {
                 // Cloned only when the session ends: relaying costs no copy.
@@ -2284,8 +2285,8 @@ impl Conn {
                     } else if self.req.method == Method::Delete && ok {
                         let key = key.clone();
                         self.end_session(key, EndCause::Deleted);
-                    } else if self.x.streaming && self.x.touch_at.is_none() {
-                        self.x.touch_at = Some(now + self.touch_period());
+                    } else if self.x.streaming && !self.timers.is_set(Timer::Touch) {
+                        self.timers.set(Timer::Touch, now + self.touch_period());
                     }
                 }
                 if let Some(s) = self.x.sealed {
@@ -2373,9 +2374,10 @@ impl Conn {
             && x.req_done;
         x.resp_body = BodyDecoder::new(body, MAX_CHUNK_LINE);
         if !x.streaming {
-            x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+            self.timers
+                .set(Timer::BodyIdle, now + self.cfg.timeouts.body_idle);
         } else {
-            x.idle_deadline = None;
+            self.timers.stop(Timer::BodyIdle);
         }
         if matches!(self.x.hold, Hold::No) {
             self.send_response_head();
@@ -2454,7 +2456,8 @@ impl Conn {
         };
         let x = &mut self.x;
         if !x.streaming {
-            x.idle_deadline = Some(now + self.cfg.timeouts.body_idle);
+            self.timers
+                .set(Timer::BodyIdle, now + self.cfg.timeouts.body_idle);
         }
         if x.watch.is_some() {
             x.watched += n;
@@ -2472,7 +2475,7 @@ impl Conn {
         let data = self.frame(data);
         match endpoint {
             Some(Some(key)) => {
-                let b = self.x.backend.unwrap_or(BackendId(0));
+                let b = self.x.upstream_backend();
                 self.record_new_session(key, b, Era::LegacySse, Hold::Body(data));
             }
             Some(None) => {
@@ -2544,7 +2547,7 @@ impl Conn {
             }
             return;
         };
-        let b = self.x.backend.unwrap_or(BackendId(0));
+        let b = self.x.upstream_backend();
         let client = self.x.client.unwrap_or_else(|| self.client_id());
         let issued = self.issue_time(now);
         let at = held.windows(uri.len().max(1)).position(|w| w == uri);
@@ -2710,7 +2713,7 @@ impl Conn {
         }
         // an open legacy stream keeps its session's record alive
         if era == Era::LegacySse {
-            self.x.touch_at = Some(now + self.touch_period());
+            self.timers.set(Timer::Touch, now + self.touch_period());
         }
     }
 
@@ -2733,8 +2736,10 @@ impl Conn {
         self.end_legacy_stream();
         if self.x.client_keep_alive && !self.shutting_down {
             self.phase = Phase::Idle;
-            self.idle_deadline = now + self.cfg.timeouts.client_idle;
+            self.timers
+                .set(Timer::KeepAlive, now + self.cfg.timeouts.client_idle);
             self.x.reset();
+            self.timers.stop_exchange();
             self.release_heads();
         } else {
             self.close();
@@ -2749,13 +2754,13 @@ impl Conn {
             return self.replay_eof(now);
         }
         if !self.x.resp_seen {
-            let stale = matches!(self.x.upstream, Upstream::Ready { reused: true });
+            let stale = matches!(self.x.upstream, Upstream::Ready { reused: true, .. });
             if stale && self.x.retaining && !self.x.retried {
                 // A pooled connection the backend had already closed: nothing of the
                 // request was processed, so send it again once on a fresh connection.
+                let b = self.x.upstream_backend();
                 self.release_upstream(false);
                 self.x.retried = true;
-                let b = self.x.backend.unwrap_or(BackendId(0));
                 self.x.upstream_eof = false;
                 self.connect(b, true, now);
                 return true;
@@ -2833,7 +2838,7 @@ impl Conn {
             self.x.upstream = Upstream::None;
             self.out.push_back(Output::ReleaseUpstream { reuse });
         }
-        self.x.response_deadline = None;
+        self.timers.stop(Timer::Response);
     }
 
     fn end_legacy_stream(&mut self) {
@@ -2896,6 +2901,7 @@ impl Conn {
         if keep {
             self.phase = Phase::Idle;
             self.x.reset();
+            self.timers.stop_exchange();
             self.release_heads();
         } else {
             self.close();

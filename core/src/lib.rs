@@ -136,6 +136,7 @@ pub mod router;
 pub mod seal;
 pub mod stdio;
 pub mod store;
+mod timer;
 
 pub use affinity::Affinity;
 pub use config::{Backend, Config, ConfigError, SessionIds, Timeouts};

@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 pub struct BackendId(pub u16);
 
 impl BackendId {
+    /// A backend this configuration does not have: what a stored record naming an
+    /// unknown backend reads as ([`Router::is_configured`] is false for it; the
+    /// configuration refuses as many backends as would reach it).
+    pub const UNCONFIGURED: BackendId = BackendId(u16::MAX);
+
     /// As a slice index.
     pub fn index(self) -> usize {
         self.0 as usize

@@ -581,7 +581,7 @@ impl RedisCodec {
         let backend = std::str::from_utf8(name)
             .ok()
             .and_then(|n| self.router.backend_by_name(n))
-            .unwrap_or(BackendId(u16::MAX));
+            .unwrap_or(BackendId::UNCONFIGURED);
         Some(Record {
             backend,
             era,
@@ -1628,7 +1628,7 @@ mod tests {
         assert_eq!(
             c.decode(b"1|s|0|elsewhere"),
             Some(Record {
-                backend: BackendId(u16::MAX),
+                backend: BackendId::UNCONFIGURED,
                 era: Era::Streamable,
                 client: ClientId(0),
             })
@@ -1818,7 +1818,7 @@ mod tests {
         // a backend no longer configured here: no id, found again by its name
         assert_eq!(
             ended[1].record.map(|r| r.backend),
-            Some(BackendId(u16::MAX))
+            Some(BackendId::UNCONFIGURED)
         );
         assert_eq!(ended[1].name.as_deref(), Some("removed|name"));
         assert_eq!(c.drained(Value::Array(vec![])), None);
@@ -1893,7 +1893,7 @@ mod tests {
         // a name that is not UTF-8 is still a well-formed record, of no backend here
         assert_eq!(
             c.decode(b"1|l|1|\xff").map(|r| r.backend),
-            Some(BackendId(u16::MAX))
+            Some(BackendId::UNCONFIGURED)
         );
         let k = SessionKey::new(b"foreign", 256).unwrap();
         // the script's "not a record" (a string's length, -1 for another type)
