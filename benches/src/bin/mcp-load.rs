@@ -11,7 +11,9 @@
 //! store), `router-smol`, `router-glommio`, `haproxy`; by `--configs` only:
 //! `router-redis-two`, `router-sealed-one`, `router-redis-sentinel` (a primary, a
 //! replica, three sentinels), `router-redis-sentinel-wait` (the same with
-//! `--store-wait-replicas 1`), `router-redis-cluster` (three primaries)) starts the
+//! `--store-wait-replicas 1`), `router-redis-cluster` (three primaries),
+//! `router-redis-caps` and `router-redis-cluster-caps` (session caps and rate on, so
+//! every initialize runs the store's admission)) starts the
 //! frontend pinned to the proxy CPU (Redis processes go to the load CPU), runs W
 //! clients doing whole MCP session lifecycles (initialize,
 //! notifications/initialized, K tools/call, DELETE) over keep-alive connections for
@@ -304,8 +306,11 @@ fn start_router_bin(
         "--client-max-sessions",
         "--client-session-rate",
     ] {
-        args.push(f.into());
-        args.push("0".into());
+        // unless the configuration sets them (the `-caps` rows)
+        if !extra.contains(&f) {
+            args.push(f.into());
+            args.push("0".into());
+        }
     }
     args.push("--max-connections".into());
     args.push("0".into());
@@ -1049,6 +1054,25 @@ fn wait_ready(rt: &tokio::runtime::Runtime, admin: Option<SocketAddr>) {
     }
 }
 
+/// A `-caps` configuration's flags: the session caps and the per-client rate on,
+/// far above what the load reaches, so that every initialize runs the store's
+/// admission (one script on one Redis; on a cluster one `COUNT` script per shard,
+/// then the client's bucket); otherwise none (all off, as for HAProxy).
+fn caps(cfg: &str) -> &'static [&'static str] {
+    if cfg.ends_with("-caps") {
+        &[
+            "--max-sessions",
+            "1000000000",
+            "--client-max-sessions",
+            "1000000000",
+            "--client-session-rate",
+            "1000000",
+        ]
+    } else {
+        &[]
+    }
+}
+
 fn bench(o: &Opts) -> Res<()> {
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
     let (b0, a0) = fake_backend(o, "b0")?;
@@ -1081,12 +1105,12 @@ fn bench(o: &Opts) -> Res<()> {
                 more: vec![],
             },
             "router" => start_router(o, &backends, None, &[])?,
-            "router-redis" | "router-redis-two" => {
+            "router-redis" | "router-redis-two" | "router-redis-caps" => {
                 // `-two`: two replicas sharing the Redis, clients alternating over them
                 // (the same two-process set-up as router-sealed, with a store)
                 let (redis, port) = start_redis(o)?;
                 let url = format!("redis://127.0.0.1:{port}");
-                let mut fe = start_router(o, &backends, Some(&url), &[])?;
+                let mut fe = start_router(o, &backends, Some(&url), caps(cfg))?;
                 if cfg == "router-redis-two" {
                     let other = start_router(o, &backends, Some(&url), &[])?;
                     fe.more.push((other.addr, other.pid.expect("pid")));
@@ -1115,9 +1139,9 @@ fn bench(o: &Opts) -> Res<()> {
                 wait_ready(&rt, fe.admin);
                 fe
             }
-            "router-redis-cluster" => {
+            "router-redis-cluster" | "router-redis-cluster-caps" => {
                 let (redis, ports, url) = start_cluster(o)?;
-                let mut fe = start_router(o, &backends, Some(&url), &[])?;
+                let mut fe = start_router(o, &backends, Some(&url), caps(cfg))?;
                 fe.store_pids.extend(redis.iter().map(Proc::pid));
                 fe.procs.extend(redis);
                 fe.redis_ports = ports;
