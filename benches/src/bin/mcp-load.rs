@@ -347,7 +347,11 @@ fn start_redis(o: &Opts) -> Res<(Proc, u16)> {
 /// connections.
 fn redis_node(o: &Opts, port: u16, extra: &[&str]) -> Res<Proc> {
     let ps = port.to_string();
+    // a replica writes the RDB it receives to its directory: not the caller's
+    let dir = abs_dir(&format!("{}/redis", o.out))?;
     let mut args = vec![
+        "--dir",
+        &dir,
         "--port",
         &ps,
         "--bind",
@@ -367,6 +371,13 @@ fn redis_node(o: &Opts, port: u16, extra: &[&str]) -> Res<Proc> {
     };
     wait_listening(format!("127.0.0.1:{port}").parse().expect("addr"))?;
     Ok(p)
+}
+
+/// `dir`, created, as an absolute path.
+fn abs_dir(dir: &str) -> Res<String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+    let p = std::fs::canonicalize(dir).map_err(|e| format!("{dir}: {e}"))?;
+    Ok(p.to_string_lossy().into_owned())
 }
 
 /// `redis-cli -p port args..`'s output.
@@ -476,7 +487,8 @@ fn start_cluster(o: &Opts) -> Res<(Vec<Proc>, Vec<u16>, String)> {
     // the previous run's configuration files (their ports are not reused)
     let dir = format!("{}/cluster", o.out);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // absolute: redis-server resolves it after changing to its `--dir`
+    let dir = abs_dir(&dir)?;
     let mut procs = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..3 {
