@@ -8,14 +8,23 @@
 //!
 //! `bench` starts two `mcp-fake-backend`s (pinned to the load CPU), then for each
 //! configuration (`direct`, `router`, `router-redis`, `router-sealed` (sealed ids, no
-//! store), `router-smol`, `router-glommio`, `haproxy`) starts the frontend pinned to
-//! the proxy CPU, runs W clients doing whole MCP session lifecycles
-//! (initialize, notifications/initialized, K tools/call, DELETE) over keep-alive
-//! connections for the duration, and reports throughput, latency percentiles, errors,
-//! stickiness violations (a tools/call answered by another backend than the
-//! initialize) and the frontend process's own CPU time (user+sys from /proc) per
-//! request. Run it pinned itself (`taskset -c 1 mcp-load bench`); results go to
-//! `OUT/load.json`, and a Markdown table to stdout.
+//! store), `router-smol`, `router-glommio`, `haproxy`; by `--configs` only:
+//! `router-redis-two`, `router-sealed-one`, `router-redis-sentinel` (a primary, a
+//! replica, three sentinels), `router-redis-sentinel-wait` (the same with
+//! `--store-wait-replicas 1`), `router-redis-cluster` (three primaries),
+//! `router-redis-caps` and `router-redis-cluster-caps` (session caps and rate on, so
+//! every initialize runs the store's admission)) starts the
+//! frontend pinned to the proxy CPU (Redis processes go to the load CPU), runs W
+//! clients doing whole MCP session lifecycles (initialize,
+//! notifications/initialized, K tools/call, DELETE) over keep-alive connections for
+//! the duration, and reports throughput, latency percentiles (and the initializes'
+//! alone), errors, stickiness violations (a tools/call answered by another backend
+//! than the initialize) and the frontend process's own CPU time (user+sys from
+//! /proc) per request. With a Redis store also the Redis processes' CPU and the
+//! store's round trips per request: `INFO commandstats` calls summed over the data
+//! nodes (primaries), less monitoring, replication and set-up commands. Run it
+//! pinned itself (`taskset -c 1 mcp-load bench`); results go to `OUT/load.json`,
+//! and Markdown tables to stdout.
 //!
 //! `mem` measures the router's RSS after 5k, 25k, 50k and 100k lifecycles with DELETE
 //! and without (short TTL), RSS per idle session at 100k (and `--idle` more), and the
@@ -225,7 +234,12 @@ struct Frontend {
     /// The process whose CPU is measured (none for direct).
     pid: Option<u32>,
     addr: SocketAddr,
-    redis_port: Option<u16>,
+    /// Redis data nodes (the primaries) whose `INFO commandstats` count the store's
+    /// round trips.
+    redis_ports: Vec<u16>,
+    /// Every Redis process of the store (primaries, replicas, sentinels): their CPU
+    /// per request is reported beside the proxy's.
+    store_pids: Vec<u32>,
     admin: Option<SocketAddr>,
     /// Further replicas (address, pid): clients alternate over all of them, and the
     /// CPU per request counts all of them.
@@ -292,8 +306,11 @@ fn start_router_bin(
         "--client-max-sessions",
         "--client-session-rate",
     ] {
-        args.push(f.into());
-        args.push("0".into());
+        // unless the configuration sets them (the `-caps` rows)
+        if !extra.contains(&f) {
+            args.push(f.into());
+            args.push("0".into());
+        }
     }
     args.push("--max-connections".into());
     args.push("0".into());
@@ -312,7 +329,8 @@ fn start_router_bin(
         pid: Some(p.pid()),
         procs: vec![p],
         addr,
-        redis_port: None,
+        redis_ports: vec![],
+        store_pids: vec![],
         admin: Some(admin_listen.parse().map_err(|e| format!("{e}"))?),
         more: vec![],
     })
@@ -320,30 +338,191 @@ fn start_router_bin(
 
 fn start_redis(o: &Opts) -> Res<(Proc, u16)> {
     let port = free_port()?;
+    let p = redis_node(o, port, &[])?;
+    Ok((p, port))
+}
+
+/// A `redis-server` on `port` (no persistence), pinned where the load runs, with
+/// `extra` arguments (`--replicaof`, cluster mode); returns once it accepts
+/// connections.
+fn redis_node(o: &Opts, port: u16, extra: &[&str]) -> Res<Proc> {
     let ps = port.to_string();
-    let child = spawn_pinned(
-        &o.load_cpu,
-        "redis-server",
-        &[
-            "--port",
-            &ps,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-        &[],
-    )?;
+    // a replica writes the RDB it receives to its directory: not the caller's
+    let dir = abs_dir(&format!("{}/redis", o.out))?;
+    let mut args = vec![
+        "--dir",
+        &dir,
+        "--port",
+        &ps,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--loglevel",
+        "warning",
+    ];
+    args.extend_from_slice(extra);
+    let child = spawn_pinned(&o.load_cpu, "redis-server", &args, &[])?;
     let p = Proc {
         child,
-        name: "redis-server".into(),
+        name: format!("redis-server :{port}"),
     };
     wait_listening(format!("127.0.0.1:{port}").parse().expect("addr"))?;
-    Ok((p, port))
+    Ok(p)
+}
+
+/// `dir`, created, as an absolute path.
+fn abs_dir(dir: &str) -> Res<String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+    let p = std::fs::canonicalize(dir).map_err(|e| format!("{dir}: {e}"))?;
+    Ok(p.to_string_lossy().into_owned())
+}
+
+/// `redis-cli -p port args..`'s output.
+fn redis_cli(port: u16, args: &[&str]) -> Res<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("redis-cli: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Poll `redis-cli -p port args..` until `ok` holds of its output (up to 30 s).
+fn redis_wait(port: u16, args: &[&str], what: &str, ok: impl Fn(&str) -> bool) -> Res<()> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if redis_cli(port, args).is_ok_and(|s| ok(&s)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("redis :{port}: no {what} after 30 s"))
+}
+
+/// A port for a cluster node: it and its bus port (+10000) free, below 55536.
+fn cluster_port() -> Res<u16> {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    for i in 0..2000u64 {
+        let port = 20000 + ((seed.wrapping_mul(2654435761) + i * 7919) % 30000) as u16;
+        let a = StdListener::bind(("127.0.0.1", port));
+        let b = StdListener::bind(("127.0.0.1", port + 10000));
+        if a.is_ok() && b.is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free cluster port pair".into())
+}
+
+/// A store of Redis Sentinel: a primary, one replica (`--replicaof`), three
+/// sentinels monitoring it as `m` (quorum 2). Returns the processes, the primary's
+/// port and the router's `redis+sentinel://` URL, once the replica is synced and
+/// every sentinel names the primary.
+fn start_sentinel(o: &Opts) -> Res<(Vec<Proc>, u16, String)> {
+    let primary = free_port()?;
+    let mut procs = vec![redis_node(o, primary, &[])?];
+    let replica = free_port()?;
+    let of = format!("127.0.0.1 {primary}");
+    procs.push(redis_node(o, replica, &["--replicaof", &of])?);
+    redis_wait(replica, &["info", "replication"], "synced replica", |s| {
+        s.contains("master_link_status:up") && s.contains("master_sync_in_progress:0")
+    })?;
+    redis_wait(primary, &["info", "replication"], "online replica", |s| {
+        s.contains("state=online")
+    })?;
+    // the previous run's configuration files (their ports are not reused)
+    let dir = format!("{}/sentinel", o.out);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        let port = free_port()?;
+        let conf = format!("{dir}/sentinel-{port}.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds m 5000\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let child = spawn_pinned(
+            &o.load_cpu,
+            "redis-server",
+            &[&conf, "--sentinel", "--loglevel", "warning"],
+            &[],
+        )?;
+        procs.push(Proc {
+            child,
+            name: format!("redis-sentinel :{port}"),
+        });
+        wait_listening(format!("127.0.0.1:{port}").parse().expect("addr"))?;
+        hosts.push(format!("127.0.0.1:{port}"));
+    }
+    for h in &hosts {
+        let port: u16 = h[h.rfind(':').expect("port") + 1..].parse().expect("port");
+        let want = primary.to_string();
+        redis_wait(
+            port,
+            &["sentinel", "get-master-addr-by-name", "m"],
+            "primary address from the sentinel",
+            |s| s.lines().any(|l| l.trim() == want),
+        )?;
+    }
+    Ok((
+        procs,
+        primary,
+        format!("redis+sentinel://{}/m", hosts.join(",")),
+    ))
+}
+
+/// A Redis Cluster of three primaries (no replicas), formed with `redis-cli --cluster
+/// create`. Returns the processes, the nodes' ports and the router's
+/// `redis-cluster://` URL, once every node says `cluster_state:ok`.
+fn start_cluster(o: &Opts) -> Res<(Vec<Proc>, Vec<u16>, String)> {
+    // the previous run's configuration files (their ports are not reused)
+    let dir = format!("{}/cluster", o.out);
+    let _ = std::fs::remove_dir_all(&dir);
+    // absolute: redis-server resolves it after changing to its `--dir`
+    let dir = abs_dir(&dir)?;
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let port = cluster_port()?;
+        let conf = format!("{dir}/nodes-{port}.conf");
+        let _ = std::fs::remove_file(&conf);
+        procs.push(redis_node(
+            o,
+            port,
+            &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+        )?);
+        ports.push(port);
+    }
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut args = vec!["--cluster", "create"];
+    args.extend(nodes.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    let out = Command::new("redis-cli")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("redis-cli --cluster create: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    for &p in &ports {
+        redis_wait(p, &["cluster", "info"], "cluster_state:ok", |s| {
+            s.contains("cluster_state:ok")
+        })?;
+    }
+    Ok((procs, ports, format!("redis-cluster://{}", nodes.join(","))))
 }
 
 fn redis_commands(port: u16) -> Res<u64> {
@@ -356,6 +535,74 @@ fn redis_commands(port: u16) -> Res<u64> {
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or("no total_commands_processed".into())
+}
+
+/// `total_commands_processed` summed over `ports` (none: no store).
+fn total_commands(ports: &[u16]) -> Res<Option<u64>> {
+    if ports.is_empty() {
+        return Ok(None);
+    }
+    let mut t = 0;
+    for &p in ports {
+        t += redis_commands(p)?;
+    }
+    Ok(Some(t))
+}
+
+/// The commands the router sends for a session op, each one round trip: its Lua
+/// scripts (`EVALSHA`, and `EVAL` after a `NOSCRIPT`), `WAIT`
+/// (`--store-wait-replicas`) and `EXEC` (the reaper's acknowledging `MULTI`
+/// pipeline: one round trip). `INFO commandstats` also counts every `redis.call`
+/// inside a script, so a sum over all commands is the store's work, not its round
+/// trips. Not counted: the failover's top-level `HMGET`, which commandstats cannot
+/// tell from the admission script's own `HMGET` (no failover happens here).
+const ROUND_TRIPS: &[&str] = &["eval", "evalsha", "eval_ro", "evalsha_ro", "wait", "exec"];
+
+/// Commands that are not the store's work: the tool's `INFO`, the router's
+/// readiness `PING`, connection set-up (`HELLO`, `CLIENT`, `SELECT`, `AUTH`), its
+/// cluster topology reads (`CLUSTER`, `COMMAND`), the sentinels' monitoring (`PING`,
+/// `INFO`, `PUBLISH` of their hello messages, `ROLE`) and replication (`REPLCONF`,
+/// `PSYNC`, `SYNC`).
+const NOT_STORE_WORK: &[&str] = &[
+    "info",
+    "ping",
+    "hello",
+    "client",
+    "select",
+    "auth",
+    "cluster",
+    "command",
+    "publish",
+    "subscribe",
+    "role",
+    "replconf",
+    "psync",
+    "sync",
+    "config",
+    "readonly",
+];
+
+/// `INFO commandstats` calls per command, summed over `ports`.
+fn commandstats(ports: &[u16]) -> Res<std::collections::BTreeMap<String, u64>> {
+    let mut m = std::collections::BTreeMap::new();
+    for &p in ports {
+        for l in redis_cli(p, &["info", "commandstats"])?.lines() {
+            // cmdstat_evalsha:calls=123,usec=...
+            let Some(rest) = l.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            let Some((name, stats)) = rest.split_once(':') else {
+                continue;
+            };
+            let calls = stats
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            *m.entry(name.to_string()).or_insert(0) += calls;
+        }
+    }
+    Ok(m)
 }
 
 fn start_haproxy(o: &Opts, backends: &[SocketAddr]) -> Res<Frontend> {
@@ -388,7 +635,8 @@ fn start_haproxy(o: &Opts, backends: &[SocketAddr]) -> Res<Frontend> {
         pid: Some(p.pid()),
         procs: vec![p],
         addr,
-        redis_port: None,
+        redis_ports: vec![],
+        store_pids: vec![],
         admin: None,
         more: vec![],
     })
@@ -586,12 +834,15 @@ struct Plan {
     delete: bool,
 }
 
-/// Run one lifecycle; every request's latency goes to `hist` when `measure`.
+/// Run one lifecycle; every request's latency goes to `hist` when `measure`, the
+/// initialize's to `init_hist` too.
+#[allow(clippy::too_many_arguments)]
 async fn lifecycle(
     c: &mut Client,
     plan: Plan,
     args: &str,
     hist: &mut Histogram<u64>,
+    init_hist: &mut Histogram<u64>,
     measure: bool,
     st: &Stats,
 ) -> Res<()> {
@@ -608,6 +859,9 @@ async fn lifecycle(
             None,
         ))
         .await?;
+    if measure {
+        let _ = init_hist.record(t.elapsed().as_micros().max(1) as u64);
+    }
     timed(hist, t);
     if init.status != 200 {
         return Err(format!("initialize: {}", init.status));
@@ -661,13 +915,17 @@ async fn lifecycle(
 struct Run {
     secs: f64,
     hist: Histogram<u64>,
+    /// The initializes' latencies alone (session creation).
+    init_hist: Histogram<u64>,
     stats: Arc<Stats>,
     cpu: Option<Duration>,
     first_error: Option<String>,
 }
 
 /// W clients doing lifecycles: for `warmup + duration` seconds (measuring the last
-/// `duration`), or until `limit` lifecycles have started.
+/// `duration`), or until `limit` lifecycles have started. `mark` runs once, just
+/// before the measured window opens (the caller samples its own counters there).
+#[allow(clippy::too_many_arguments)]
 async fn run_clients(
     addrs: &[SocketAddr],
     clients: usize,
@@ -676,6 +934,7 @@ async fn run_clients(
     duration: f64,
     limit: Option<u64>,
     cpu_pids: &[u32],
+    mark: &mut dyn FnMut(),
 ) -> Res<Run> {
     let stats = Arc::new(Stats::default());
     let measuring = Arc::new(AtomicBool::new(warmup <= 0.0));
@@ -698,6 +957,7 @@ async fn run_clients(
         );
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+            let mut init = hist.clone();
             let mut c = Client::over(&addrs);
             while !stop.load(Relaxed) {
                 if let Some(l) = limit {
@@ -706,7 +966,7 @@ async fn run_clients(
                     }
                 }
                 let m = measuring.load(Relaxed);
-                match lifecycle(&mut c, plan, &args, &mut hist, m, &stats).await {
+                match lifecycle(&mut c, plan, &args, &mut hist, &mut init, m, &stats).await {
                     Ok(()) => {
                         if m {
                             stats.lifecycles.fetch_add(1, Relaxed);
@@ -727,12 +987,14 @@ async fn run_clients(
                     }
                 }
             }
-            hist
+            (hist, init)
         }));
     }
     if warmup > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
     }
+    // the caller's own counters (Redis), before the measured window opens
+    mark();
     measuring.store(true, Relaxed);
     let cpu_all = || -> Res<Option<Duration>> {
         if cpu_pids.is_empty() {
@@ -751,9 +1013,11 @@ async fn run_clients(
         stop.store(true, Relaxed);
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+    let mut init_hist = hist.clone();
     for t in tasks {
-        let h = t.await.map_err(|e| e.to_string())?;
+        let (h, i) = t.await.map_err(|e| e.to_string())?;
         hist.add(h).map_err(|e| e.to_string())?;
+        init_hist.add(i).map_err(|e| e.to_string())?;
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = match (cpu_all()?, cpu0) {
@@ -764,6 +1028,7 @@ async fn run_clients(
     Ok(Run {
         secs,
         hist,
+        init_hist,
         stats,
         cpu,
         first_error,
@@ -794,6 +1059,25 @@ fn wait_ready(rt: &tokio::runtime::Runtime, admin: Option<SocketAddr>) {
     }
 }
 
+/// A `-caps` configuration's flags: the session caps and the per-client rate on,
+/// far above what the load reaches, so that every initialize runs the store's
+/// admission (one script on one Redis; on a cluster one `COUNT` script per shard,
+/// then the client's bucket); otherwise none (all off, as for HAProxy).
+fn caps(cfg: &str) -> &'static [&'static str] {
+    if cfg.ends_with("-caps") {
+        &[
+            "--max-sessions",
+            "1000000000",
+            "--client-max-sessions",
+            "1000000000",
+            "--client-session-rate",
+            "1000000",
+        ]
+    } else {
+        &[]
+    }
+}
+
 fn bench(o: &Opts) -> Res<()> {
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
     let (b0, a0) = fake_backend(o, "b0")?;
@@ -820,25 +1104,52 @@ fn bench(o: &Opts) -> Res<()> {
                 procs: vec![],
                 pid: None,
                 addr: a0,
-                redis_port: None,
+                redis_ports: vec![],
+                store_pids: vec![],
                 admin: None,
                 more: vec![],
             },
             "router" => start_router(o, &backends, None, &[])?,
-            "router-redis" | "router-redis-two" => {
+            "router-redis" | "router-redis-two" | "router-redis-caps" => {
                 // `-two`: two replicas sharing the Redis, clients alternating over them
                 // (the same two-process set-up as router-sealed, with a store)
                 let (redis, port) = start_redis(o)?;
                 let url = format!("redis://127.0.0.1:{port}");
-                let mut fe = start_router(o, &backends, Some(&url), &[])?;
+                let mut fe = start_router(o, &backends, Some(&url), caps(cfg))?;
                 if cfg == "router-redis-two" {
                     let other = start_router(o, &backends, Some(&url), &[])?;
                     fe.more.push((other.addr, other.pid.expect("pid")));
                     fe.procs.extend(other.procs);
                     wait_ready(&rt, other.admin);
                 }
+                fe.store_pids.push(redis.pid());
                 fe.procs.push(redis);
-                fe.redis_port = Some(port);
+                fe.redis_ports = vec![port];
+                wait_ready(&rt, fe.admin);
+                fe
+            }
+            "router-redis-sentinel" | "router-redis-sentinel-wait" => {
+                // `-wait`: `--store-wait-replicas 1`, every new session's record
+                // acknowledged by the replica (`WAIT 1`) before the answer
+                let (redis, primary, url) = start_sentinel(o)?;
+                let extra: &[&str] = if cfg.ends_with("-wait") {
+                    &["--store-wait-replicas", "1"]
+                } else {
+                    &[]
+                };
+                let mut fe = start_router(o, &backends, Some(&url), extra)?;
+                fe.store_pids.extend(redis.iter().map(Proc::pid));
+                fe.procs.extend(redis);
+                fe.redis_ports = vec![primary];
+                wait_ready(&rt, fe.admin);
+                fe
+            }
+            "router-redis-cluster" | "router-redis-cluster-caps" => {
+                let (redis, ports, url) = start_cluster(o)?;
+                let mut fe = start_router(o, &backends, Some(&url), caps(cfg))?;
+                fe.store_pids.extend(redis.iter().map(Proc::pid));
+                fe.procs.extend(redis);
+                fe.redis_ports = ports;
                 wait_ready(&rt, fe.admin);
                 fe
             }
@@ -876,7 +1187,14 @@ fn bench(o: &Opts) -> Res<()> {
             "haproxy" => start_haproxy(o, &backends)?,
             other => return Err(format!("unknown configuration {other}")),
         };
-        let redis0 = fe.redis_port.map(redis_commands).transpose()?;
+        let store_cpu = || -> Res<Duration> {
+            let mut t = Duration::ZERO;
+            for &p in &fe.store_pids {
+                t += cpu_time(p)?;
+            }
+            Ok(t)
+        };
+        let mut before = Err("not sampled".to_string());
         let run = rt.block_on(run_clients(
             &fe.addrs(),
             o.clients,
@@ -885,15 +1203,47 @@ fn bench(o: &Opts) -> Res<()> {
             o.duration,
             None,
             &fe.pids(),
+            &mut || {
+                before = (|| {
+                    Ok((
+                        total_commands(&fe.redis_ports)?,
+                        commandstats(&fe.redis_ports)?,
+                        store_cpu()?,
+                    ))
+                })()
+            },
         ))?;
-        let redis1 = fe.redis_port.map(redis_commands).transpose()?;
+        let (redis0, stats0, store0) = before?;
+        let store1 = store_cpu()?;
+        let stats1 = commandstats(&fe.redis_ports)?;
+        let redis1 = total_commands(&fe.redis_ports)?;
         let n = run.stats.requests.load(Relaxed);
+        let lifecycles = run.stats.lifecycles.load(Relaxed);
         let h = &run.hist;
+        let ih = &run.init_hist;
+        // the store's commands during the measured window, per command
+        let calls: serde_json::Map<String, Value> = stats1
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v - stats0.get(k).copied().unwrap_or(0);
+                (d > 0).then(|| (k.clone(), json!(d)))
+            })
+            .collect();
+        let sum = |keep: &dyn Fn(&str) -> bool| -> u64 {
+            calls
+                .iter()
+                .filter(|(k, _)| keep(k.split('|').next().unwrap_or(k)))
+                .map(|(_, v)| v.as_u64().unwrap_or(0))
+                .sum()
+        };
+        let round_trips = sum(&|c| ROUND_TRIPS.contains(&c));
+        let redis_work = sum(&|c| !NOT_STORE_WORK.contains(&c));
+        let has_store = !fe.redis_ports.is_empty();
         let r = json!({
             "config": cfg,
             "seconds": run.secs,
             "requests": n,
-            "lifecycles": run.stats.lifecycles.load(Relaxed),
+            "lifecycles": lifecycles,
             "throughput": n as f64 / run.secs,
             "p50_us": h.value_at_quantile(0.50),
             "p99_us": h.value_at_quantile(0.99),
@@ -902,11 +1252,19 @@ fn bench(o: &Opts) -> Res<()> {
             "errors": run.stats.errors.load(Relaxed),
             "stickiness_violations": run.stats.sticky.load(Relaxed),
             "proxy_cpu_us_per_request": run.cpu.map(|c| c.as_micros() as f64 / n.max(1) as f64),
+            "proxy_cpu_us_per_lifecycle": run.cpu.map(|c| c.as_micros() as f64 / lifecycles.max(1) as f64),
             "proxy_cpu_utilisation": run.cpu.map(|c| c.as_secs_f64() / run.secs),
+            "initialize_p50_us": ih.value_at_quantile(0.50),
+            "initialize_p99_us": ih.value_at_quantile(0.99),
             "redis_commands_per_request": match (redis0, redis1) {
                 (Some(a), Some(b)) => Some((b - a) as f64 / n.max(1) as f64),
                 _ => None,
             },
+            "store_round_trips_per_request": has_store.then(|| round_trips as f64 / n.max(1) as f64),
+            "store_round_trips_per_lifecycle": has_store.then(|| round_trips as f64 / lifecycles.max(1) as f64),
+            "store_commands_incl_scripts_per_request": has_store.then(|| redis_work as f64 / n.max(1) as f64),
+            "store_cpu_us_per_request": has_store.then(|| (store1 - store0).as_micros() as f64 / n.max(1) as f64),
+            "store_commands": calls,
             "first_error": run.first_error,
             "loadavg": loadavg(),
         });
@@ -928,6 +1286,7 @@ fn bench(o: &Opts) -> Res<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
         .map_err(|e| e.to_string())?;
     print_table(&results);
+    print_store_table(&results);
     eprintln!("wrote {path}");
     Ok(())
 }
@@ -961,6 +1320,50 @@ fn print_table(results: &[Value]) {
             ratio(r, hap, "throughput"),
             ratio(r, direct, "throughput"),
             ratio(r, hap, "p99_us"),
+        );
+    }
+}
+
+/// The configurations with a Redis store, against `router-redis` of the same run:
+/// round trips (the store's commands from `INFO commandstats`, primaries only) and
+/// session creation (initialize) latency.
+fn print_store_table(results: &[Value]) {
+    let rows: Vec<&Value> = results
+        .iter()
+        .filter(|r| !r["store_round_trips_per_request"].is_null())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let base = results.iter().find(|r| r["config"] == "router-redis");
+    let ratio = |r: &Value, k: &str| -> String {
+        match (r[k].as_f64(), base.and_then(|b| b[k].as_f64())) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "-".into(),
+        }
+    };
+    let f1 = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+    let f2 = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.2}"));
+    println!();
+    println!("| configuration | req/s | p99 µs | initialize p50 µs | initialize p99 µs | proxy CPU µs/req | proxy CPU µs/lifecycle | Redis CPU µs/req | store round trips/req | store round trips/lifecycle | Redis commands/req (incl. in scripts) | req/s vs router-redis | proxy CPU vs router-redis | initialize p99 vs router-redis |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["config"].as_str().unwrap_or(""),
+            r["throughput"].as_f64().unwrap_or(0.0),
+            r["p99_us"],
+            r["initialize_p50_us"],
+            r["initialize_p99_us"],
+            f1(&r["proxy_cpu_us_per_request"]),
+            f1(&r["proxy_cpu_us_per_lifecycle"]),
+            f1(&r["store_cpu_us_per_request"]),
+            f2(&r["store_round_trips_per_request"]),
+            f2(&r["store_round_trips_per_lifecycle"]),
+            f2(&r["store_commands_incl_scripts_per_request"]),
+            ratio(r, "throughput"),
+            ratio(r, "proxy_cpu_us_per_request"),
+            ratio(r, "initialize_p99_us"),
         );
     }
 }
@@ -1042,6 +1445,7 @@ fn mem(o: &Opts) -> Res<()> {
                 0.0,
                 Some(cp - done),
                 &[],
+                &mut || {},
             ))?;
             done = cp;
             let live = rt.block_on(sessions_active(admin));
@@ -1085,6 +1489,7 @@ fn mem(o: &Opts) -> Res<()> {
             0.0,
             Some(1_000),
             &[],
+            &mut || {},
         ))?;
         let base = rss_kib(pid)?;
         let base_live = rt.block_on(sessions_active(admin)).unwrap_or(0);
@@ -1104,6 +1509,7 @@ fn mem(o: &Opts) -> Res<()> {
                 0.0,
                 Some(cp - (done - 1_000)),
                 &[],
+                &mut || {},
             ))?;
             done = cp + 1_000;
             let live = rt.block_on(sessions_active(admin)).unwrap_or(0);
@@ -1260,6 +1666,7 @@ fn churn(o: &Opts) -> Res<()> {
                 0.0,
                 Some(20_000),
                 &[],
+                &mut || {},
             ))?;
             errors += run.stats.errors.load(Relaxed);
             done += 20_000;
