@@ -898,6 +898,9 @@ impl Conn {
     /// The reply to the oldest outstanding [`Output::Store`] op.
     pub fn handle_store_reply(&mut self, reply: StoreReply, now: Instant) {
         let Some(w) = self.waiting.pop_front() else {
+            // The connection never drops an op it asked for, so a reply without one is
+            // the driver's mistake (answering twice, or another connection's op).
+            debug_assert!(false, "handle_store_reply without an outstanding Output::Store");
             return;
         };
         if reply == StoreReply::Unavailable {

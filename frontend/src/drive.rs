@@ -3,7 +3,7 @@
 //! until the next deadline. It makes no routing decision of its own.
 
 use crate::pool::Pool;
-use crate::redis::RemoteStore;
+use crate::rt::RemoteStore;
 use crate::rt::{self, Io, Runtime, Shutdown, TaskGuard, Tasks, Timer};
 use crate::shared::Shared;
 use bytes::BytesMut;

@@ -39,6 +39,7 @@
 //! Cluster they would need hash tags, which this single-Redis store does not use yet.
 
 pub use crate::redis_link::Topology;
+pub use crate::rt::RemoteStore;
 use mcp_router_core::failover::Failover;
 use mcp_router_core::mcp::SessionKey;
 use mcp_router_core::{
@@ -46,7 +47,6 @@ use mcp_router_core::{
     StoreReply,
 };
 use redis::{ConnectionInfo, IntoConnectionInfo, Value};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -230,15 +230,6 @@ impl RedisSettings {
         }
         Ok(info)
     }
-}
-
-/// A session store reached over the network. Implemented once per transport.
-pub trait RemoteStore {
-    /// Run one op: one round trip, bounded by the store timeout; `Unavailable` when
-    /// the store cannot answer in time.
-    fn execute(&self, op: &StoreOp) -> impl Future<Output = StoreReply>;
-    /// Whether the store answers a `PING` within the store timeout.
-    fn ping(&self) -> impl Future<Output = bool>;
 }
 
 /// A session claimed for reaping from the expiry index.
@@ -1107,7 +1098,7 @@ async fn script_on(
 
 /// Every future of `futs` run at once; their outputs in order.
 #[cfg(any(feature = "tokio", feature = "smol"))]
-async fn join_all<F: Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
+async fn join_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
     let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;

@@ -3,7 +3,7 @@
 //! ([`Runtime`]). Plus the runtime-independent signals every frontend uses:
 //! [`Shutdown`] and the in-flight connection count [`Tasks`].
 
-use crate::redis::RemoteStore;
+use mcp_router_core::{StoreOp, StoreReply};
 use bytes::BytesMut;
 use event_listener::{Event, EventListener, Listener};
 use std::future::{poll_fn, Future};
@@ -13,6 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+/// A session store reached over the network. Implemented once per transport.
+pub trait RemoteStore {
+    /// Run one op: one round trip, bounded by the store timeout; `Unavailable` when
+    /// the store cannot answer in time.
+    fn execute(&self, op: &StoreOp) -> impl Future<Output = StoreReply>;
+    /// Whether the store answers a `PING` within the store timeout.
+    fn ping(&self) -> impl Future<Output = bool>;
+}
 
 /// A connected byte stream (a client or an upstream socket).
 pub trait Io: Unpin {

@@ -34,7 +34,7 @@ use mcp_router_core::http::{
     Version,
 };
 use mcp_router_core::stdio::{
-    Bridge, BridgeConfig, BridgeEvent, ChildId, ExchangeId, Output, Request,
+    Bridge, BridgeConfig, BridgeEvent, BridgeOutput, ChildId, ExchangeId, Request,
 };
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -89,18 +89,18 @@ struct Driver {
     reapers: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
 }
 
-type Shared = Arc<Mutex<Driver>>;
+type DriverRef = Arc<Mutex<Driver>>;
 
 /// Lines to write to children, collected under the lock and written after it.
 type Writes = Vec<(mpsc::Sender<Bytes>, Bytes)>;
 
-fn lock(d: &Shared) -> std::sync::MutexGuard<'_, Driver> {
+fn lock(d: &DriverRef) -> std::sync::MutexGuard<'_, Driver> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Driver {
     /// Drain the bridge's outputs and carry them out; returns the stdin writes.
-    fn pump(&mut self, me: &Shared) -> Writes {
+    fn pump(&mut self, me: &DriverRef) -> Writes {
         let mut writes = Vec::new();
         loop {
             let mut overflow = Vec::new();
@@ -108,7 +108,7 @@ impl Driver {
             let mut exited = Vec::new();
             while let Some(o) = self.bridge.poll_output() {
                 match o {
-                    Output::Respond {
+                    BridgeOutput::Respond {
                         exchange,
                         status,
                         headers,
@@ -122,39 +122,39 @@ impl Driver {
                             });
                         }
                     }
-                    Output::StartStream { exchange, headers } => {
+                    BridgeOutput::StartStream { exchange, headers } => {
                         self.send(exchange, ExOut::Start(headers), &mut overflow, &mut closed)
                     }
-                    Output::Event { exchange, data } => {
+                    BridgeOutput::Event { exchange, data } => {
                         self.send(exchange, ExOut::Event(data), &mut overflow, &mut closed)
                     }
-                    Output::EndStream { exchange } => {
+                    BridgeOutput::EndStream { exchange } => {
                         if let Some(tx) = self.exchanges.remove(&exchange) {
                             // a full channel here: the connection is closed without
                             // the terminal chunk when the sender drops
                             let _ = tx.try_send(ExOut::End);
                         }
                     }
-                    Output::Spawn { child, session } => {
+                    BridgeOutput::Spawn { child, session } => {
                         if let Err(e) = self.spawn(child, session.as_ref().map(|s| s.as_str()), me)
                         {
                             warn!(child = child.0, error = %e, "cannot spawn the stdio MCP server");
                             exited.push((child, format!("spawn failed: {e}")));
                         }
                     }
-                    Output::ToChild { child, line } => {
+                    BridgeOutput::ToChild { child, line } => {
                         if let Some(c) = self.children.get(&child) {
                             writes.push((c.stdin.clone(), line));
                         }
                     }
-                    Output::Kill { child } => {
+                    BridgeOutput::Kill { child } => {
                         if let Some(mut c) = self.children.remove(&child) {
                             if let Some(k) = c.kill.take() {
                                 let _ = k.send(());
                             }
                         }
                     }
-                    Output::Log(e) => log_event(&e),
+                    BridgeOutput::Log(e) => log_event(&e),
                 }
             }
             let now = std::time::Instant::now();
@@ -195,7 +195,12 @@ impl Driver {
         }
     }
 
-    fn spawn(&mut self, child: ChildId, session: Option<&str>, me: &Shared) -> std::io::Result<()> {
+    fn spawn(
+        &mut self,
+        child: ChildId,
+        session: Option<&str>,
+        me: &DriverRef,
+    ) -> std::io::Result<()> {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
             .arg(mcp_router_core::stdio::shell_command(&self.command))
@@ -389,7 +394,7 @@ async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-async fn read_stdout(d: Shared, child: ChildId, out: tokio::process::ChildStdout) {
+async fn read_stdout(d: DriverRef, child: ChildId, out: tokio::process::ChildStdout) {
     let mut r = BufReader::with_capacity(64 * 1024, out);
     let mut line = Vec::new();
     loop {
@@ -442,7 +447,7 @@ async fn read_stderr(label: String, pid: u32, err: tokio::process::ChildStderr) 
 /// Own one child: wait for its exit or for the order to kill it; then kill what is left
 /// of its process group and reap everything, and tell the bridge.
 async fn supervise(
-    d: Shared,
+    d: DriverRef,
     child: ChildId,
     mut proc: tokio::process::Child,
     (pid, watcher): (u32, Option<std::process::ChildStdin>),
@@ -543,7 +548,7 @@ pub async fn serve(
         std::sync::atomic::AtomicUsize::new(0),
         tokio::sync::Notify::new(),
     ));
-    let d: Shared = Arc::new(Mutex::new(Driver {
+    let d: DriverRef = Arc::new(Mutex::new(Driver {
         bridge: Bridge::new(bridge_config(settings, stdio)),
         exchanges: HashMap::new(),
         children: HashMap::new(),
@@ -608,7 +613,7 @@ pub async fn serve(
     Ok(())
 }
 
-async fn timer(d: Shared, mut shutdown: watch::Receiver<bool>) {
+async fn timer(d: DriverRef, mut shutdown: watch::Receiver<bool>) {
     loop {
         let next = lock(&d).bridge.poll_timeout();
         let cap = std::time::Instant::now() + Duration::from_millis(500);
@@ -765,7 +770,7 @@ async fn write_out(sock: &mut TcpStream, b: &[u8]) -> bool {
 }
 
 /// One client connection: requests in, the bridge's answers out.
-async fn connection(d: Shared, mut sock: TcpStream, peer: std::net::IpAddr, lim: Arc<Limits>) {
+async fn connection(d: DriverRef, mut sock: TcpStream, peer: std::net::IpAddr, lim: Arc<Limits>) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut head = RequestHead::default();
     loop {
@@ -845,7 +850,7 @@ enum Next {
 /// Wait for the exchange's outputs and write them; notices the client going away.
 #[allow(clippy::too_many_arguments)]
 async fn serve_exchange(
-    d: &Shared,
+    d: &DriverRef,
     sock: &mut TcpStream,
     buf: &mut BytesMut,
     rx: &mut mpsc::Receiver<ExOut>,
@@ -857,7 +862,7 @@ async fn serve_exchange(
     let chunked = version == Version::Http11;
     let mut streaming = false;
     let mut scratch = [0u8; 1024];
-    let gone = |d: &Shared| {
+    let gone = |d: &DriverRef| {
         let writes = {
             let mut g = lock(d);
             g.exchanges.remove(&x);

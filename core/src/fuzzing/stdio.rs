@@ -11,7 +11,7 @@
 //! no session and no child is left.
 
 use crate::http::Method;
-use crate::stdio::{Bridge, BridgeConfig, ChildId, ChildMode, ExchangeId, Output, Request};
+use crate::stdio::{Bridge, BridgeConfig, BridgeOutput, ChildId, ChildMode, ExchangeId, Request};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -217,17 +217,17 @@ impl State {
     fn drain(&mut self, b: &mut Bridge) {
         while let Some(o) = b.poll_output() {
             match o {
-                Output::Respond {
+                BridgeOutput::Respond {
                     exchange, headers, ..
                 } => {
                     self.complete(exchange);
                     self.learn(&headers);
                 }
-                Output::StartStream { exchange, headers } => {
+                BridgeOutput::StartStream { exchange, headers } => {
                     assert!(!self.done.contains(&exchange), "stream after completion");
                     self.learn(&headers);
                 }
-                Output::Event { exchange, data } => {
+                BridgeOutput::Event { exchange, data } => {
                     assert!(!self.done.contains(&exchange), "event after completion");
                     // a legacy endpoint event carries the session id in its URI
                     if let Some(i) = data.windows(10).position(|w| w == b"sessionId=") {
@@ -241,21 +241,21 @@ impl State {
                         }
                     }
                 }
-                Output::EndStream { exchange } => self.complete(exchange),
-                Output::Spawn { child, .. } => {
+                BridgeOutput::EndStream { exchange } => self.complete(exchange),
+                BridgeOutput::Spawn { child, .. } => {
                     assert!(
                         !self.live.contains(&child) && !self.exited.contains(&child),
                         "child id {child:?} reused"
                     );
                     self.live.insert(child);
                 }
-                Output::Kill { child } => {
+                BridgeOutput::Kill { child } => {
                     let k = self.killed.entry(child).or_default();
                     *k += 1;
                     assert_eq!(*k, 1, "child {child:?} killed twice");
                     self.exited.insert(child);
                 }
-                Output::ToChild { .. } | Output::Log(_) => {}
+                BridgeOutput::ToChild { .. } | BridgeOutput::Log(_) => {}
             }
         }
     }

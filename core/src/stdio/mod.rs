@@ -12,9 +12,9 @@
 //! # Driving a [`Bridge`]
 //!
 //! - Each HTTP request: [`Bridge::handle_request`] returns the [`ExchangeId`] every
-//!   later [`Output`] for that request names. The exchange ends with one
-//!   [`Output::Respond`], or with [`Output::StartStream`], any number of
-//!   [`Output::Event`]s and finally [`Output::EndStream`]. If the client goes away
+//!   later [`BridgeOutput`] for that request names. The exchange ends with one
+//!   [`BridgeOutput::Respond`], or with [`BridgeOutput::StartStream`], any number of
+//!   [`BridgeOutput::Event`]s and finally [`BridgeOutput::EndStream`]. If the client goes away
 //!   first: [`Bridge::handle_exchange_closed`].
 //! - Each line a child writes on stdout: [`Bridge::handle_child_line`]; its exit (or a
 //!   failed spawn): [`Bridge::handle_child_exit`].
@@ -23,7 +23,7 @@
 //! - Time: sleep until [`Bridge::poll_timeout`], then [`Bridge::handle_timeout`]; a
 //!   spurious call is harmless.
 //! - After every call, drain [`Bridge::poll_output`] until `None` and carry the outputs
-//!   out in order ([`Output::Spawn`] before the [`Output::ToChild`] that follows it).
+//!   out in order ([`BridgeOutput::Spawn`] before the [`BridgeOutput::ToChild`] that follows it).
 //! - At shutdown: [`Bridge::shutdown`] ends every session and kills every child.
 //!
 //! # Rules
@@ -312,7 +312,7 @@ pub enum BridgeEvent {
 /// What the frontend must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
-pub enum Output {
+pub enum BridgeOutput {
     /// Answer the exchange with a complete response; the exchange is over. `body` is
     /// JSON (`Content-Type: application/json`) when non-empty.
     Respond {
@@ -421,7 +421,7 @@ enum ExKind {
 }
 
 #[derive(Debug)]
-struct Exchange {
+struct BridgeExchange {
     session: SessionKey,
     kind: ExKind,
 }
@@ -456,13 +456,13 @@ pub struct Bridge {
     epoch: Option<Instant>,
     sessions: HashMap<SessionKey, Session>,
     children: HashMap<ChildId, Child>,
-    exchanges: HashMap<ExchangeId, Exchange>,
+    exchanges: HashMap<ExchangeId, BridgeExchange>,
     inflight: HashMap<u64, Inflight>,
     shared_child: Option<ChildId>,
     next_router_id: u64,
     next_exchange: u64,
     next_child: u64,
-    out: VecDeque<Output>,
+    out: VecDeque<BridgeOutput>,
     shutting_down: bool,
     /// Sessions with activity since the last public call: their unattached deadline is
     /// recomputed (with that call's `now`) before it returns.
@@ -504,27 +504,27 @@ fn hex(bytes: &[u8]) -> String {
 
 /// What a JSON-RPC message is.
 #[derive(Debug, PartialEq, Eq)]
-enum Kind {
+enum ExchangeKind {
     Request,
     Notification,
     Response,
 }
 
 /// Classify a JSON-RPC 2.0 message object; `None` when it is not one.
-fn classify(v: &Value) -> Option<Kind> {
+fn classify(v: &Value) -> Option<ExchangeKind> {
     let o = v.as_object()?;
     if o.get("jsonrpc")? != "2.0" {
         return None;
     }
     let id_ok = |id: &Value| id.is_string() || id.is_number();
     match (o.get("method"), o.get("id")) {
-        (Some(m), Some(id)) if m.is_string() && id_ok(id) => Some(Kind::Request),
-        (Some(m), None) if m.is_string() => Some(Kind::Notification),
+        (Some(m), Some(id)) if m.is_string() && id_ok(id) => Some(ExchangeKind::Request),
+        (Some(m), None) if m.is_string() => Some(ExchangeKind::Notification),
         (None, Some(id))
             if (id_ok(id) || id.is_null())
                 && (o.contains_key("result") ^ o.contains_key("error")) =>
         {
-            Some(Kind::Response)
+            Some(ExchangeKind::Response)
         }
         _ => None,
     }
@@ -616,7 +616,7 @@ impl Bridge {
     }
 
     /// The next output to carry out, in order.
-    pub fn poll_output(&mut self) -> Option<Output> {
+    pub fn poll_output(&mut self) -> Option<BridgeOutput> {
         self.out.pop_front()
     }
 
@@ -638,7 +638,7 @@ impl Bridge {
         s.chain(r).min()
     }
 
-    fn push(&mut self, o: Output) {
+    fn push(&mut self, o: BridgeOutput) {
         self.out.push_back(o);
     }
 
@@ -649,7 +649,7 @@ impl Bridge {
         }
         let old = self.exchanges.insert(
             x,
-            Exchange {
+            BridgeExchange {
                 session: sid.clone(),
                 kind,
             },
@@ -663,7 +663,7 @@ impl Bridge {
     }
 
     /// Forget an exchange (it is complete or its client went away).
-    fn remove_exchange(&mut self, x: ExchangeId) -> Option<Exchange> {
+    fn remove_exchange(&mut self, x: ExchangeId) -> Option<BridgeExchange> {
         let e = self.exchanges.remove(&x)?;
         if let Some(s) = self.sessions.get_mut(&e.session) {
             s.open_exchanges = s.open_exchanges.saturating_sub(1);
@@ -696,7 +696,7 @@ impl Bridge {
         if let Some(sid) = sid {
             headers.push(("Mcp-Session-Id", sid.to_string()));
         }
-        self.push(Output::Respond {
+        self.push(BridgeOutput::Respond {
             exchange: x,
             status,
             headers,
@@ -712,13 +712,13 @@ impl Bridge {
         code: i64,
         reason: &'static str,
     ) -> ExchangeId {
-        self.push(Output::Log(BridgeEvent::Rejected { status, reason }));
+        self.push(BridgeOutput::Log(BridgeEvent::Rejected { status, reason }));
         self.respond_json(x, status, None, &error_body(id, code, reason));
         x
     }
 
     fn respond_empty(&mut self, x: ExchangeId, status: u16, headers: Vec<(&'static str, String)>) {
-        self.push(Output::Respond {
+        self.push(BridgeOutput::Respond {
             exchange: x,
             status,
             headers,
@@ -751,11 +751,11 @@ impl Bridge {
                 Method::Get => self.streamable_get(x, req, now),
                 Method::Delete => self.streamable_delete(x, req, now),
                 _ => {
-                    self.push(Output::Log(BridgeEvent::Rejected {
+                    self.push(BridgeOutput::Log(BridgeEvent::Rejected {
                         status: 405,
                         reason: "method not allowed",
                     }));
-                    self.push(Output::Respond {
+                    self.push(BridgeOutput::Respond {
                         exchange: x,
                         status: 405,
                         headers: vec![("Allow", "GET, POST, DELETE".into())],
@@ -781,7 +781,7 @@ impl Bridge {
     }
 
     /// Parse and classify a POSTed body; on failure answers 400 and returns `None`.
-    fn parse_body(&mut self, x: ExchangeId, body: &[u8]) -> Option<(Value, Kind)> {
+    fn parse_body(&mut self, x: ExchangeId, body: &[u8]) -> Option<(Value, ExchangeKind)> {
         let v: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(_) => {
@@ -871,7 +871,7 @@ impl Bridge {
         };
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
         let sse = accepts_sse(req.accept);
-        if kind == Kind::Request && method_of(&msg) == "initialize" {
+        if kind == ExchangeKind::Request && method_of(&msg) == "initialize" {
             if req.session_id.is_some() {
                 self.reject(
                     x,
@@ -893,7 +893,7 @@ impl Bridge {
         };
         self.touch(&sid, now);
         match kind {
-            Kind::Request => self.client_request(
+            ExchangeKind::Request => self.client_request(
                 x,
                 sid,
                 msg,
@@ -904,11 +904,11 @@ impl Bridge {
                 },
                 now,
             ),
-            Kind::Notification => {
+            ExchangeKind::Notification => {
                 self.client_notification(&sid, msg);
                 self.respond_empty(x, 202, Vec::new());
             }
-            Kind::Response => {
+            ExchangeKind::Response => {
                 self.client_response(&sid, msg);
                 self.respond_empty(x, 202, Vec::new());
             }
@@ -951,7 +951,7 @@ impl Bridge {
         s.grace_deadline = None;
         let queued: Vec<Value> = s.queue.drain(..).collect();
         self.add_exchange(x, &sid, ExKind::GetStream);
-        self.push(Output::StartStream {
+        self.push(BridgeOutput::StartStream {
             exchange: x,
             headers: vec![("Mcp-Session-Id", sid.to_string())],
         });
@@ -987,14 +987,14 @@ impl Bridge {
             s.get_stream = Some(x);
         }
         self.add_exchange(x, &sid, ExKind::GetStream);
-        self.push(Output::StartStream {
+        self.push(BridgeOutput::StartStream {
             exchange: x,
             headers: Vec::new(),
         });
         let uri = format!("{}?sessionId={}", self.cfg.message_path, sid);
         let mut b = BytesMut::new();
         crate::mcp::write_event(&mut b, None, Some(b"endpoint"), uri.as_bytes());
-        self.push(Output::Event {
+        self.push(BridgeOutput::Event {
             exchange: x,
             data: b.freeze(),
         });
@@ -1022,11 +1022,11 @@ impl Bridge {
         };
         self.touch(&sid, now);
         match kind {
-            Kind::Request if method_of(&msg) == "initialize" => {
+            ExchangeKind::Request if method_of(&msg) == "initialize" => {
                 // answered on the session's stream (no exchange of its own)
                 self.initialize_legacy(sid, msg, now);
             }
-            Kind::Request => {
+            ExchangeKind::Request => {
                 if self
                     .sessions
                     .get(&sid)
@@ -1043,8 +1043,8 @@ impl Bridge {
                 }
                 self.forward_request(None, &sid, msg, false, now);
             }
-            Kind::Notification => self.client_notification(&sid, msg),
-            Kind::Response => self.client_response(&sid, msg),
+            ExchangeKind::Notification => self.client_notification(&sid, msg),
+            ExchangeKind::Response => self.client_response(&sid, msg),
         }
         self.respond_empty(x, 202, Vec::new());
     }
@@ -1113,7 +1113,7 @@ impl Bridge {
             return None;
         }
         if let Err(retry) = self.admit_client(client, now) {
-            self.push(Output::Log(BridgeEvent::Rejected {
+            self.push(BridgeOutput::Log(BridgeEvent::Rejected {
                 status: 429,
                 reason: "client quota",
             }));
@@ -1124,7 +1124,7 @@ impl Bridge {
                     ms.div_ceil(1000).max(1),
                 ),
             };
-            self.push(Output::Respond {
+            self.push(BridgeOutput::Respond {
                 exchange: x,
                 status: 429,
                 headers: vec![("Retry-After", retry.to_string())],
@@ -1149,7 +1149,7 @@ impl Bridge {
             if !per {
                 self.shared_child = Some(c);
             }
-            self.push(Output::Spawn {
+            self.push(BridgeOutput::Spawn {
                 child: c,
                 session: per.then(|| sid.clone()),
             });
@@ -1178,7 +1178,7 @@ impl Bridge {
             },
         );
         self.dirty.push(sid.clone());
-        self.push(Output::Log(BridgeEvent::SessionStarted {
+        self.push(BridgeOutput::Log(BridgeEvent::SessionStarted {
             session: sid.clone(),
             child,
             legacy,
@@ -1270,7 +1270,7 @@ impl Bridge {
         if let Some(s) = self.sessions.get_mut(sid) {
             s.post_streams.push(x);
         }
-        self.push(Output::StartStream {
+        self.push(BridgeOutput::StartStream {
             exchange: x,
             headers: vec![("Mcp-Session-Id", sid.to_string())],
         });
@@ -1356,7 +1356,7 @@ impl Bridge {
                 init,
             },
         );
-        self.push(Output::ToChild {
+        self.push(BridgeOutput::ToChild {
             child,
             line: line_of(&msg),
         });
@@ -1389,7 +1389,7 @@ impl Bridge {
             }
             _ => {}
         }
-        self.push(Output::ToChild {
+        self.push(BridgeOutput::ToChild {
             child,
             line: line_of(&msg),
         });
@@ -1413,12 +1413,12 @@ impl Bridge {
                 _ => false,
             });
         if ok {
-            self.push(Output::ToChild {
+            self.push(BridgeOutput::ToChild {
                 child,
                 line: line_of(&msg),
             });
         } else {
-            self.push(Output::Log(BridgeEvent::Dropped {
+            self.push(BridgeOutput::Log(BridgeEvent::Dropped {
                 child,
                 what: "client response to no pending server request",
             }));
@@ -1439,27 +1439,30 @@ impl Bridge {
         if !self.children.contains_key(&child) || line.trim_ascii().is_empty() {
             return;
         }
-        let parsed: Option<(Value, Kind)> = serde_json::from_slice::<Value>(line)
+        let parsed: Option<(Value, ExchangeKind)> = serde_json::from_slice::<Value>(line)
             .ok()
             .and_then(|v| classify(&v).map(|k| (v, k)));
         let Some((msg, kind)) = parsed else {
             let n = line.len().min(120);
             let sample = String::from_utf8_lossy(line.get(..n).unwrap_or_default()).into_owned();
-            self.push(Output::Log(BridgeEvent::ChildGarbage { child, sample }));
+            self.push(BridgeOutput::Log(BridgeEvent::ChildGarbage {
+                child,
+                sample,
+            }));
             self.end_child(child, EndReason::ChildGarbage, true, now);
             return;
         };
         match kind {
-            Kind::Response => self.child_response(child, msg),
-            Kind::Request => self.child_request(child, msg),
-            Kind::Notification => self.child_notification(child, msg),
+            ExchangeKind::Response => self.child_response(child, msg),
+            ExchangeKind::Request => self.child_request(child, msg),
+            ExchangeKind::Notification => self.child_notification(child, msg),
         }
     }
 
     fn child_response(&mut self, child: ChildId, mut msg: Value) {
         let rid = msg.get("id").and_then(Value::as_u64);
         let Some(inf) = rid.and_then(|r| self.inflight.remove(&r)) else {
-            self.push(Output::Log(BridgeEvent::Dropped {
+            self.push(BridgeOutput::Log(BridgeEvent::Dropped {
                 child,
                 what: "response to no pending request",
             }));
@@ -1529,7 +1532,7 @@ impl Bridge {
             Some(s) if s.legacy => self.route(sid, msg),
             Some(s) => {
                 let child = s.child;
-                self.push(Output::Log(BridgeEvent::Dropped {
+                self.push(BridgeOutput::Log(BridgeEvent::Dropped {
                     child,
                     what: "response whose request's exchange is gone",
                 }));
@@ -1547,7 +1550,7 @@ impl Bridge {
                 }
             }
         }
-        self.push(Output::EndStream { exchange: x });
+        self.push(BridgeOutput::EndStream { exchange: x });
     }
 
     /// Frame `msg` as an SSE `message` event with the session's next event id.
@@ -1567,7 +1570,7 @@ impl Bridge {
             Some(b"message"),
             &to_bytes(msg),
         );
-        self.push(Output::Event {
+        self.push(BridgeOutput::Event {
             exchange: x,
             data: b.freeze(),
         });
@@ -1592,11 +1595,11 @@ impl Bridge {
         let Some(dropped) = s.queue.pop_front() else {
             return;
         };
-        self.push(Output::Log(BridgeEvent::Dropped {
+        self.push(BridgeOutput::Log(BridgeEvent::Dropped {
             child,
             what: "queued message (no stream open, queue full)",
         }));
-        if classify(&dropped) == Some(Kind::Request) {
+        if classify(&dropped) == Some(ExchangeKind::Request) {
             self.refuse_server_request(child, &dropped["id"], "no client stream to deliver to");
         }
     }
@@ -1605,7 +1608,7 @@ impl Bridge {
         if let Some(c) = self.children.get_mut(&child) {
             c.server_requests.remove(&id_key(id));
         }
-        self.push(Output::ToChild {
+        self.push(BridgeOutput::ToChild {
             child,
             line: line_of(&error_body(id, SERVER_ERROR, why)),
         });
@@ -1664,7 +1667,7 @@ impl Bridge {
                 }
                 return;
             }
-            self.push(Output::Log(BridgeEvent::Dropped {
+            self.push(BridgeOutput::Log(BridgeEvent::Dropped {
                 child,
                 what: "progress for no pending request",
             }));
@@ -1709,7 +1712,7 @@ impl Bridge {
         // `end_session` killed the child when its last session ended; a child still
         // here had no session.
         if kill && self.children.remove(&child).is_some() {
-            self.push(Output::Kill { child });
+            self.push(BridgeOutput::Kill { child });
         }
     }
 
@@ -1773,7 +1776,7 @@ impl Bridge {
             }
             let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": {"requestId": rid, "reason": "timed out in mcp-router"}});
-            self.push(Output::ToChild {
+            self.push(BridgeOutput::ToChild {
                 child: inf.child,
                 line: line_of(&cancel),
             });
@@ -1832,7 +1835,7 @@ impl Bridge {
         rest.sort();
         for c in rest {
             self.children.remove(&c);
-            self.push(Output::Kill { child: c });
+            self.push(BridgeOutput::Kill { child: c });
         }
         self.shared_child = None;
         self.dirty.clear();
@@ -1914,7 +1917,7 @@ impl Bridge {
                 _ if notify => self.end_exchange(x, k, None, &text, sid),
                 _ => {
                     self.remove_exchange(x);
-                    self.push(Output::EndStream { exchange: x });
+                    self.push(BridgeOutput::EndStream { exchange: x });
                 }
             }
         }
@@ -1950,16 +1953,16 @@ impl Bridge {
             }
         }
         if empty {
-            self.push(Output::Kill { child: s.child });
+            self.push(BridgeOutput::Kill { child: s.child });
         } else {
             for m in to_child {
-                self.push(Output::ToChild {
+                self.push(BridgeOutput::ToChild {
                     child: s.child,
                     line: line_of(&m),
                 });
             }
         }
-        self.push(Output::Log(BridgeEvent::SessionEnded {
+        self.push(BridgeOutput::Log(BridgeEvent::SessionEnded {
             session: sid.clone(),
             reason,
         }));
@@ -1992,13 +1995,13 @@ impl Bridge {
                 self.event_unsessioned(x, &note);
             }
         }
-        self.push(Output::EndStream { exchange: x });
+        self.push(BridgeOutput::EndStream { exchange: x });
     }
 
     fn event_unsessioned(&mut self, x: ExchangeId, msg: &Value) {
         let mut b = BytesMut::new();
         crate::mcp::write_event(&mut b, None, Some(b"message"), &to_bytes(msg));
-        self.push(Output::Event {
+        self.push(BridgeOutput::Event {
             exchange: x,
             data: b.freeze(),
         });

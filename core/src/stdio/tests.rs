@@ -27,12 +27,12 @@ fn cfg(mode: ChildMode) -> BridgeConfig {
 
 /// Outputs of one step, with helpers to pick them apart.
 #[derive(Debug)]
-struct Outs(Vec<Output>);
+struct Outs(Vec<BridgeOutput>);
 
 impl Outs {
     fn respond(&self, x: ExchangeId) -> (u16, Vec<(&'static str, String)>, Value) {
         for o in &self.0 {
-            if let Output::Respond {
+            if let BridgeOutput::Respond {
                 exchange,
                 status,
                 headers,
@@ -55,7 +55,7 @@ impl Outs {
         self.0
             .iter()
             .filter_map(|o| match o {
-                Output::ToChild { child, line } => {
+                BridgeOutput::ToChild { child, line } => {
                     assert!(line.ends_with(b"\n"));
                     Some((*child, serde_json::from_slice(line).unwrap()))
                 }
@@ -67,7 +67,7 @@ impl Outs {
         self.0
             .iter()
             .filter_map(|o| match o {
-                Output::Spawn { child, .. } => Some(*child),
+                BridgeOutput::Spawn { child, .. } => Some(*child),
                 _ => None,
             })
             .collect()
@@ -76,7 +76,7 @@ impl Outs {
         self.0
             .iter()
             .filter_map(|o| match o {
-                Output::Kill { child } => Some(*child),
+                BridgeOutput::Kill { child } => Some(*child),
                 _ => None,
             })
             .collect()
@@ -85,7 +85,7 @@ impl Outs {
     fn events(&self, x: ExchangeId) -> Vec<(Option<String>, String, Value)> {
         let mut v = Vec::new();
         for o in &self.0 {
-            if let Output::Event { exchange, data } = o {
+            if let BridgeOutput::Event { exchange, data } = o {
                 if *exchange != x {
                     continue;
                 }
@@ -110,18 +110,18 @@ impl Outs {
     fn started(&self, x: ExchangeId) -> bool {
         self.0
             .iter()
-            .any(|o| matches!(o, Output::StartStream { exchange, .. } if *exchange == x))
+            .any(|o| matches!(o, BridgeOutput::StartStream { exchange, .. } if *exchange == x))
     }
     fn ended(&self, x: ExchangeId) -> bool {
         self.0
             .iter()
-            .any(|o| matches!(o, Output::EndStream { exchange } if *exchange == x))
+            .any(|o| matches!(o, BridgeOutput::EndStream { exchange } if *exchange == x))
     }
     fn session_ended(&self) -> Vec<EndReason> {
         self.0
             .iter()
             .filter_map(|o| match o {
-                Output::Log(BridgeEvent::SessionEnded { reason, .. }) => Some(reason.clone()),
+                BridgeOutput::Log(BridgeEvent::SessionEnded { reason, .. }) => Some(reason.clone()),
                 _ => None,
             })
             .collect()
@@ -335,9 +335,9 @@ fn hostile_bodies_never_panic() {
             // every request gets an answer, or is forwarded (its answer comes later)
             assert!(
                 o.0.iter().any(|o| matches!(o,
-                    Output::Respond { exchange, .. } | Output::StartStream { exchange, .. }
+                    BridgeOutput::Respond { exchange, .. } | BridgeOutput::StartStream { exchange, .. }
                     if *exchange == x)
-                    || matches!(o, Output::ToChild { .. })),
+                    || matches!(o, BridgeOutput::ToChild { .. })),
                 "{b:?}: {o:?}"
             );
         }
@@ -677,7 +677,7 @@ fn garbage_from_the_child_ends_its_session_with_a_clear_error() {
     assert!(o.ended(g));
     assert_eq!(o.killed(), vec![c]);
     assert!(o.0.iter().any(|o| matches!(o,
-        Output::Log(BridgeEvent::ChildGarbage { sample, .. }) if sample == "Server started!")));
+        BridgeOutput::Log(BridgeEvent::ChildGarbage { sample, .. }) if sample == "Server started!")));
     let (x, o) = h.post(Some(&sid), false, req(json!(1), "x"));
     assert_eq!(o.respond(x).0, 404);
 }
@@ -827,7 +827,7 @@ fn a_response_whose_post_stream_closed_never_goes_to_the_get_stream() {
     assert!(o
         .0
         .iter()
-        .any(|o| matches!(o, Output::Log(BridgeEvent::Dropped { .. }))));
+        .any(|o| matches!(o, BridgeOutput::Log(BridgeEvent::Dropped { .. }))));
 }
 
 /// Unattached timeout 10 s, grace 30 s (longer, so a lost stream ends as unattached),
@@ -999,12 +999,14 @@ fn per_client_quotas_apply_to_children() {
     // the third of the same client: 429, no child
     let (_, o) = h.post(None, false, req(json!(3), "initialize"));
     assert!(o.spawned().is_empty());
-    let Some(Output::Respond {
+    let Some(BridgeOutput::Respond {
         status,
         headers,
         body,
         ..
-    }) = o.0.iter().find(|o| matches!(o, Output::Respond { .. }))
+    }) =
+        o.0.iter()
+            .find(|o| matches!(o, BridgeOutput::Respond { .. }))
     else {
         panic!("{o:?}")
     };
@@ -1032,7 +1034,7 @@ fn per_client_quotas_apply_to_children() {
     assert!(o
         .0
         .iter()
-        .any(|o| matches!(o, Output::Respond { status: 429, .. })));
+        .any(|o| matches!(o, BridgeOutput::Respond { status: 429, .. })));
     h.now += Duration::from_millis(1000);
     let (_, o) = h.post(None, false, req(json!(6), "initialize"));
     assert_eq!(o.spawned().len(), 1);
