@@ -353,13 +353,15 @@ fn manifests_parse_and_deploy_the_router_with_redis_and_a_headless_backend_servi
             && d.value["spec"]["serviceName"].as_str() == Some("mcp-headless")),
         "a StatefulSet governed by mcp-headless"
     );
-    // A kustomization must list every other file, or `kubectl apply -k` misses it.
+    // A kustomization must list every other file, or `kubectl apply -k` misses it;
+    // an opt-in kustomize Component (deploy/kubernetes/sentinel/) is named under
+    // `components` when it is switched on, and is not a resource.
     if let Some(k) = docs.iter().find(|d| kind(&d.value) == "Kustomization") {
         let listed: BTreeSet<String> = strings(&k.value["resources"]).into_iter().collect();
         let dir = Path::new(&k.file).parent().unwrap();
         let files: BTreeSet<String> = docs
             .iter()
-            .filter(|d| d.file != k.file)
+            .filter(|d| d.file != k.file && kind(&d.value) != "Component")
             .map(|d| {
                 Path::new(&d.file)
                     .strip_prefix(dir)
