@@ -900,7 +900,10 @@ impl Conn {
         let Some(w) = self.waiting.pop_front() else {
             // The connection never drops an op it asked for, so a reply without one is
             // the driver's mistake (answering twice, or another connection's op).
-            debug_assert!(false, "handle_store_reply without an outstanding Output::Store");
+            debug_assert!(
+                false,
+                "handle_store_reply without an outstanding Output::Store"
+            );
             return;
         };
         if reply == StoreReply::Unavailable {

@@ -3,9 +3,9 @@
 //! ([`Runtime`]). Plus the runtime-independent signals every frontend uses:
 //! [`Shutdown`] and the in-flight connection count [`Tasks`].
 
-use mcp_router_core::{StoreOp, StoreReply};
 use bytes::BytesMut;
 use event_listener::{Event, EventListener, Listener};
+use mcp_router_core::{StoreOp, StoreReply};
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
