@@ -46,8 +46,8 @@ fn report_allocations() {
 
     let req = tools_call_request(SESSION);
     let resp = tools_call_response();
-    let mut h = Harness::new();
-    h.establish(SESSION);
+    let mut h = harness();
+    establish(&mut h, SESSION);
     rows.push((
         format!(
             "conn: established session request ({} B tools/call, {} B response relayed)",
@@ -71,7 +71,7 @@ fn report_allocations() {
             modern_tools_call_request(),
         ),
     ] {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert!(h.exchange(&req, &resp) > 0, "{name}: not forwarded");
         rows.push((
             format!("{name} ({} B)", req.len()),
@@ -91,7 +91,7 @@ fn report_allocations() {
             (delete_request(&sid), initialize_response(&sid))
         })
         .collect();
-    let mut h = Harness::new();
+    let mut h = harness();
     let mut i = 0;
     rows.push((
         "conn: session recorded and ended (initialize answer + DELETE)".into(),
@@ -106,7 +106,7 @@ fn report_allocations() {
     // sealed ids: the same request through a store-less sealed replica
     let token = sealed_token(SESSION, 1_800_000_000);
     let sreq = tools_call_request(&token);
-    let mut h = Harness::with_config(sealed_config(2));
+    let mut h = Harness::counting(sealed_config(2));
     rows.push((
         format!(
             "conn: established sealed session request ({} B token, no store)",
@@ -282,8 +282,8 @@ fn hot_path(c: &mut Criterion) {
     let resp = tools_call_response();
     let mut g = c.benchmark_group("conn");
     g.throughput(Throughput::Elements(1));
-    let mut h = Harness::new();
-    h.establish(SESSION);
+    let mut h = harness();
+    establish(&mut h, SESSION);
     g.bench_function("established_session_request", |b| {
         b.iter(|| black_box(h.exchange(&req, &resp)))
     });
@@ -291,7 +291,7 @@ fn hot_path(c: &mut Criterion) {
         ("stateless_request", stateless_tools_call_request()),
         ("modern_checked_request", modern_tools_call_request()),
     ] {
-        let mut h = Harness::new();
+        let mut h = harness();
         assert_eq!(
             h.exchange(&req, &resp),
             resp.len(),
@@ -300,7 +300,7 @@ fn hot_path(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| black_box(h.exchange(&req, &resp))));
     }
     let init = initialize_request();
-    let mut h = Harness::new();
+    let mut h = harness();
     let mut i = 0u64;
     let sids: Vec<(String, Vec<u8>, Vec<u8>)> = (0..4096)
         .map(|i| {
@@ -313,7 +313,7 @@ fn hot_path(c: &mut Criterion) {
     let ok = empty_ok();
     let token = sealed_token(SESSION, 1_800_000_000);
     let sreq = tools_call_request(&token);
-    let mut hs = Harness::with_config(sealed_config(2));
+    let mut hs = Harness::counting(sealed_config(2));
     g.bench_function("established_sealed_session_request", |b| {
         b.iter(|| black_box(hs.exchange(&sreq, &resp)))
     });

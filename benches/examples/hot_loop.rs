@@ -46,8 +46,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "established".into());
     let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let mut h = Harness::new();
-    h.establish(SESSION);
+    let mut h = harness();
+    establish(&mut h, SESSION);
     match mode.as_str() {
         "established" => {
             let req = tools_call_request(SESSION);
@@ -192,7 +192,7 @@ fn main() {
             };
             let token = sealed_token(SESSION, 1_800_000_000);
             if mode == "sealed" {
-                let mut hs = Harness::with_config(sealed_config(2));
+                let mut hs = Harness::counting(sealed_config(2));
                 let req = tools_call_request(&token);
                 let resp = tools_call_response();
                 run(n, || {

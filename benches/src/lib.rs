@@ -3,12 +3,11 @@
 //! harness that drives one [`Conn`] the way a driver does (bytes in, outputs drained,
 //! store ops run inline against a [`MemStore`]), with no sockets.
 
-use bytes::BytesMut;
-use mcp_router_core::{Backend, Buffers, Config, Conn, MemStore, Output, Router};
+use mcp_router_core::{Backend, Config};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A global allocator that counts heap allocations (and reallocations) and the bytes
 /// requested. Install it in a binary with `#[global_allocator]`.
@@ -180,26 +179,8 @@ pub fn config(n: usize) -> Config {
 /// answers are injected as soon as the request went upstream, and the store runs
 /// inline. Written bytes are only counted (as a driver's socket write would consume
 /// them).
-pub struct Harness {
-    /// The shared router.
-    pub router: Arc<Router>,
-    /// The embedded store.
-    pub store: MemStore,
-    /// The connection under test.
-    pub conn: Conn,
-    /// Its read buffers.
-    pub bufs: Buffers,
-    /// Virtual time.
-    pub now: Instant,
-    /// Bytes written to the client.
-    pub to_client: usize,
-    /// Bytes written upstream.
-    pub to_upstream: usize,
-    /// A `Connect` is waiting to be answered.
-    pub connect_pending: bool,
-    /// `ReleaseUpstream { reuse: true }` seen.
-    pub released: usize,
-}
+/// The benches drive a connection through core's one simulator, counting bytes only.
+pub type Harness = mcp_router_core::sim::Sim;
 
 /// A 32-byte key for sealed-id benchmarks (hex).
 pub const BENCH_KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
@@ -236,104 +217,15 @@ pub fn sealed_token(upstream: &str, unix: u32) -> String {
     String::from_utf8(out).expect("ascii")
 }
 
-impl Harness {
-    /// A router with two backends, one connection.
-    pub fn new() -> Harness {
-        Harness::with_config(config(2))
-    }
-
-    /// A router with this configuration, one connection.
-    pub fn with_config(c: Config) -> Harness {
-        let now = Instant::now();
-        let store = MemStore::new(c.session_ttl, 4096, now);
-        let router = Arc::new(Router::new(Arc::new(c), now));
-        router.set_unix_time(now, 1_800_000_000);
-        router.set_entropy([5; 16]);
-        let conn = Conn::new(
-            router.clone(),
-            Some("192.0.2.7".parse().expect("ip")),
-            "http",
-            now,
-        );
-        let mut bufs = Buffers::default();
-        // a driver reads into buffers of a fixed size; start them there
-        bufs.client.reserve(16 * 1024);
-        bufs.upstream.reserve(16 * 1024);
-        Harness {
-            router,
-            store,
-            conn,
-            bufs,
-            now,
-            to_client: 0,
-            to_upstream: 0,
-            connect_pending: false,
-            released: 0,
-        }
-    }
-
-    /// Feed and drain until quiet.
-    pub fn drain(&mut self) {
-        loop {
-            self.conn.handle_io(&mut self.bufs, self.now);
-            let mut any = false;
-            while let Some(o) = self.conn.poll_output() {
-                any = true;
-                match o {
-                    Output::ToClient(b) => self.to_client += b.len(),
-                    Output::ToUpstream(b) => self.to_upstream += b.len(),
-                    Output::Connect { .. } => self.connect_pending = true,
-                    Output::ReleaseUpstream { reuse } => {
-                        self.released += reuse as usize;
-                        self.bufs.upstream.clear();
-                    }
-                    Output::Store(op) => {
-                        let r = self.store.execute(&op, self.now);
-                        self.conn.handle_store_reply(r, self.now);
-                    }
-                    Output::CloseClient => {}
-                    Output::Event(e) => {
-                        std::hint::black_box(e);
-                    }
-                }
-            }
-            if !any {
-                break;
-            }
-        }
-    }
-
-    /// One whole exchange: `request` from the client, a pooled connection, `response`
-    /// from the backend, relayed. Returns the bytes written to the client.
-    pub fn exchange(&mut self, request: &[u8], response: &[u8]) -> usize {
-        let before = self.to_client;
-        append(&mut self.bufs.client, request);
-        self.drain();
-        if std::mem::take(&mut self.connect_pending) {
-            self.conn.handle_upstream_connected(true, self.now);
-            self.drain();
-        }
-        append(&mut self.bufs.upstream, response);
-        self.drain();
-        self.to_client - before
-    }
-
-    /// Record `session` as an established session on backend 0 (through a real
-    /// initialize exchange).
-    pub fn establish(&mut self, session: &str) {
-        let n = self.exchange(&initialize_request(), &initialize_response(session));
-        assert!(n > 2000, "initialize not relayed");
-        assert_eq!(self.store.len(), 1, "session not recorded");
-    }
+/// A router with two backends ([`config`]) and one connection, counting only.
+pub fn harness() -> Harness {
+    Harness::counting(config(2))
 }
 
-impl Default for Harness {
-    fn default() -> Self {
-        Harness::new()
-    }
-}
-
-/// Append like a socket read into a driver's buffer.
-fn append(buf: &mut BytesMut, bytes: &[u8]) {
-    buf.extend_from_slice(bytes);
+/// Record `session` as an established session on backend 0 of `h` (through a real
+/// initialize exchange).
+pub fn establish(h: &mut Harness, session: &str) {
+    let n = h.exchange(&initialize_request(), &initialize_response(session));
+    assert!(n > 2000, "initialize not relayed");
+    assert_eq!(h.store.len(), 1, "session not recorded");
 }

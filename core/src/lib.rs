@@ -134,6 +134,8 @@ pub mod probe;
 pub mod reap;
 pub mod router;
 pub mod seal;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod stdio;
 pub mod store;
 mod timer;

@@ -1,0 +1,349 @@
+//! One in-process driver of a [`Conn`], as quinn-proto's `Pair` is for its tests: virtual
+//! time, a scripted client and scripted backends, the embedded store answering store
+//! ops (or a test answering them by hand). Core's tests and the criterion benches drive
+//! the connection through it, so the driving contract is checked in one place:
+//!
+//! - nothing is written upstream unless a connection was asked for and reported
+//!   connected;
+//! - a deadline the connection reports is acted on at its own time, and once acted on
+//!   it does not stay due (a driver would spin);
+//! - every store op is answered in order, once.
+//!
+//! [`Sim::counting`] keeps only byte counts (no copies, no event list): the benches
+//! measure the core, not the simulator.
+
+use crate::conn::{Buffers, Conn, Event, Output};
+use crate::mcp::SessionKey;
+use crate::router::Router;
+use crate::store::{MemStore, Record, StoreOp, StoreReply};
+use crate::{Backend, Config, EndCause};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The wall clock the simulated router is told it is (unix seconds).
+pub const UNIX_NOW: u64 = 1_800_000_000;
+
+/// A session key from a string (test ids are short and valid).
+pub fn key(s: &str) -> SessionKey {
+    SessionKey::new(s.as_bytes(), 256).expect("a valid session id")
+}
+
+/// `n` backends `b0..` at `http://10.0.0.<i+1>:80<i>`, a 600 s session TTL.
+pub fn config(n: usize) -> Config {
+    let mut c = Config::default();
+    for i in 0..n {
+        c.backends.push(
+            Backend::parse(
+                &format!("http://10.0.0.{}:80{}", i + 1, i),
+                Some(&format!("b{i}")),
+            )
+            .expect("a valid backend"),
+        );
+    }
+    c.session_ttl = Duration::from_secs(600);
+    c
+}
+
+/// A connection, its router and store, and what it did.
+pub struct Sim {
+    /// The shared router.
+    pub router: Arc<Router>,
+    /// The embedded store that answers store ops.
+    pub store: MemStore,
+    /// The connection under test.
+    pub conn: Conn,
+    /// Its read buffers (what the driver read from each side).
+    pub bufs: Buffers,
+    /// Virtual time.
+    pub now: Instant,
+    /// Keep copies of what was written and of events (else counts only).
+    pub record: bool,
+    /// Bytes written to the client so far (when recording).
+    pub client: Vec<u8>,
+    /// Bytes written upstream since the last connect (when recording).
+    pub upstream: Vec<u8>,
+    /// Bytes written to the client, counted.
+    pub to_client: usize,
+    /// Bytes written upstream, counted.
+    pub to_upstream: usize,
+    /// Connections asked for: backend index, fresh (when recording).
+    pub connects: Vec<(u16, bool)>,
+    /// A connection was asked for and not answered yet.
+    pub connect_pending: bool,
+    /// The upstream connection is open (reported connected, not released).
+    pub connected: bool,
+    /// Releases: reuse or not (when recording).
+    pub released: Vec<bool>,
+    /// The client connection was closed.
+    pub closed: bool,
+    /// Events (when recording).
+    pub events: Vec<Event>,
+    /// When false, store ops queue up in `ops` for [`Sim::store_reply`].
+    pub auto_store: bool,
+    /// Store ops waiting for a manual reply.
+    pub ops: VecDeque<StoreOp>,
+    /// Session-record ops emitted (`Get`, `Insert`, `Delete`, `Touch`; not the
+    /// per-client quota's `Admit` when a session opens).
+    pub store_ops: usize,
+}
+
+impl Sim {
+    /// `n` backends ([`config`]), recording.
+    pub fn new(n: usize) -> Sim {
+        Self::with(config(n))
+    }
+
+    /// A router with this configuration and one connection from 192.0.2.7, recording.
+    pub fn with(c: Config) -> Sim {
+        let now = Instant::now();
+        let store = MemStore::new(c.session_ttl, 100, now);
+        let router = Arc::new(Router::new(Arc::new(c), now));
+        router.set_unix_time(now, UNIX_NOW);
+        router.set_entropy(*b"0123456789abcdef");
+        let conn = Conn::new(
+            router.clone(),
+            Some("192.0.2.7".parse().expect("an address")),
+            "http",
+            now,
+        );
+        Sim {
+            router,
+            store,
+            conn,
+            bufs: Buffers::default(),
+            now,
+            record: true,
+            client: Vec::new(),
+            upstream: Vec::new(),
+            to_client: 0,
+            to_upstream: 0,
+            connects: Vec::new(),
+            connect_pending: false,
+            connected: false,
+            released: Vec::new(),
+            closed: false,
+            events: Vec::new(),
+            auto_store: true,
+            ops: VecDeque::new(),
+            store_ops: 0,
+        }
+    }
+
+    /// For benchmarks: this configuration, counting only, with read buffers of a
+    /// driver's fixed size.
+    pub fn counting(c: Config) -> Sim {
+        let mut s = Self::with(c);
+        s.record = false;
+        s.bufs.client.reserve(16 * 1024);
+        s.bufs.upstream.reserve(16 * 1024);
+        s
+    }
+
+    /// A fresh client connection sharing router and store.
+    pub fn reconnect(&mut self) {
+        self.conn = Conn::new(self.router.clone(), None, "http", self.now);
+        self.bufs = Buffers::default();
+        self.client.clear();
+        self.upstream.clear();
+        self.connects.clear();
+        self.released.clear();
+        self.closed = false;
+        self.connected = false;
+        self.connect_pending = false;
+    }
+
+    /// Feed what was read and carry out every output until the connection is quiet.
+    pub fn drain(&mut self) {
+        loop {
+            self.conn.handle_io(&mut self.bufs, self.now);
+            let mut any = false;
+            while let Some(o) = self.conn.poll_output() {
+                any = true;
+                self.carry(o);
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn carry(&mut self, o: Output) {
+        match o {
+            Output::ToClient(b) => {
+                self.to_client += b.len();
+                if self.record {
+                    self.client.extend_from_slice(&b);
+                }
+            }
+            Output::ToUpstream(b) => {
+                assert!(self.connected, "wrote upstream while not connected");
+                self.to_upstream += b.len();
+                if self.record {
+                    self.upstream.extend_from_slice(&b);
+                }
+            }
+            Output::Connect { backend, fresh } => {
+                if self.record {
+                    self.connects.push((backend.0, fresh));
+                }
+                self.connect_pending = true;
+                self.connected = false;
+            }
+            Output::ReleaseUpstream { reuse } => {
+                if self.record {
+                    self.released.push(reuse);
+                }
+                self.connected = false;
+                self.connect_pending = false;
+                self.bufs.upstream.clear();
+            }
+            Output::Store(op) => {
+                if !matches!(op, StoreOp::Admit(_)) {
+                    self.store_ops += 1;
+                }
+                if self.auto_store {
+                    let r = self.store.execute(&op, self.now);
+                    self.conn.handle_store_reply(r, self.now);
+                } else {
+                    self.ops.push_back(op);
+                }
+            }
+            Output::CloseClient => self.closed = true,
+            Output::Event(e) => {
+                if self.record {
+                    self.events.push(e);
+                } else {
+                    std::hint::black_box(e);
+                }
+            }
+        }
+    }
+
+    /// The client sends `bytes`.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.bufs.client.extend_from_slice(bytes);
+        self.drain();
+    }
+
+    /// The connection asked for is ready (`reused`: from the pool).
+    pub fn connect_ok(&mut self, reused: bool) {
+        self.connected = true;
+        self.connect_pending = false;
+        self.upstream.clear();
+        self.conn.handle_upstream_connected(reused, self.now);
+        self.drain();
+    }
+
+    /// The connection asked for failed.
+    pub fn connect_fail(&mut self) {
+        self.connect_pending = false;
+        self.conn.handle_upstream_failed(self.now);
+        self.drain();
+    }
+
+    /// The backend sends `bytes`.
+    pub fn reply(&mut self, bytes: &[u8]) {
+        self.bufs.upstream.extend_from_slice(bytes);
+        self.drain();
+    }
+
+    /// The backend closes its side.
+    pub fn upstream_eof(&mut self) {
+        self.drain();
+        self.conn.handle_upstream_eof(self.now);
+        self.drain();
+    }
+
+    /// The client closes its side.
+    pub fn client_eof(&mut self) {
+        self.drain();
+        self.conn.handle_client_eof(self.now);
+        self.drain();
+    }
+
+    /// Move the clock forward, firing every deadline on the way at its own time, as a
+    /// driver's timer would; a deadline still due right after it fired fails.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        let mut same = 0;
+        let mut last = None;
+        while let Some(t) = self.conn.poll_timeout() {
+            if t > end {
+                break;
+            }
+            // two deadlines may be due at one instant (each firing acts on one), but
+            // not one that firing does not move
+            same = if last == Some(t) { same + 1 } else { 0 };
+            assert!(
+                same < 8,
+                "a deadline stays due after handle_timeout: a driver would spin"
+            );
+            last = Some(t);
+            self.now = self.now.max(t);
+            self.conn.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = end;
+        self.drain();
+    }
+
+    /// Answer the oldest queued store op (with `auto_store` off).
+    pub fn store_reply(&mut self, r: StoreReply) {
+        self.ops.pop_front().expect("an op was pending");
+        self.conn.handle_store_reply(r, self.now);
+        self.drain();
+    }
+
+    /// What the client got since the last call.
+    pub fn take_client(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.client)).expect("UTF-8")
+    }
+
+    /// What went upstream since the last call (or connect).
+    pub fn take_upstream(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.upstream)).expect("UTF-8")
+    }
+
+    /// The store's record of `s`, without sliding it.
+    pub fn lookup(&mut self, s: &str) -> Option<Record> {
+        match self.store.execute(&StoreOp::Get(key(s)), self.now) {
+            StoreReply::Found(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Statuses of the requests the router answered itself.
+    pub fn rejected(&self) -> Vec<u16> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rejected { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Causes of the sessions that ended.
+    pub fn ended(&self) -> Vec<EndCause> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SessionEnded { cause, .. } => Some(*cause),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One whole exchange: `request` from the client, a pooled connection if one is
+    /// asked for, `response` from the backend. Returns the bytes written to the client.
+    pub fn exchange(&mut self, request: &[u8], response: &[u8]) -> usize {
+        let before = self.to_client;
+        self.send(request);
+        if self.connect_pending {
+            self.connect_ok(true);
+        }
+        self.reply(response);
+        self.to_client - before
+    }
+}
