@@ -134,7 +134,7 @@ pub mod probe;
 pub mod reap;
 pub mod router;
 pub mod seal;
-#[cfg(feature = "sim")]
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod stdio;
 pub mod store;

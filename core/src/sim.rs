@@ -347,3 +347,209 @@ impl Sim {
         self.to_client - before
     }
 }
+
+/// One in-process driver of the stdio [`Bridge`](crate::stdio::Bridge): virtual time,
+/// scripted HTTP exchanges and children. Core's bridge tests and the `stdio_bridge`
+/// fuzz target drive it through this, so the bridge's driving contract is checked in
+/// one place after every call:
+///
+/// - the bridge's own tables are consistent ([`Bridge::assert_consistent`](crate::stdio::Bridge::assert_consistent));
+/// - an exchange completes once (a response, or a stream's end), and nothing is sent
+///   for it after that;
+/// - a child id is never reused, and a child is killed at most once;
+/// - [`BridgeSim::finish`]: after a shutdown, no session and no child is left, and every
+///   child spawned was killed or exited.
+pub struct BridgeSim {
+    /// The bridge under test.
+    pub bridge: crate::stdio::Bridge,
+    /// Virtual time.
+    pub now: Instant,
+    /// Session ids the bridge handed out (from headers and legacy endpoint events), up
+    /// to 16.
+    pub sids: Vec<Vec<u8>>,
+    /// Children spawned.
+    pub live: std::collections::HashSet<crate::stdio::ChildId>,
+    /// Children killed or exited.
+    pub exited: std::collections::HashSet<crate::stdio::ChildId>,
+    killed: std::collections::HashMap<crate::stdio::ChildId, u32>,
+    /// Exchanges not completed yet.
+    pub open: std::collections::HashSet<crate::stdio::ExchangeId>,
+    done: std::collections::HashSet<crate::stdio::ExchangeId>,
+    closed: std::collections::HashSet<crate::stdio::ExchangeId>,
+}
+
+impl BridgeSim {
+    /// A bridge with `cfg`.
+    pub fn new(cfg: crate::stdio::BridgeConfig) -> BridgeSim {
+        BridgeSim {
+            bridge: crate::stdio::Bridge::new(cfg),
+            now: Instant::now(),
+            sids: Vec::new(),
+            live: Default::default(),
+            exited: Default::default(),
+            killed: Default::default(),
+            open: Default::default(),
+            done: Default::default(),
+            closed: Default::default(),
+        }
+    }
+
+    /// A request arrives; its exchange and the outputs.
+    pub fn request(
+        &mut self,
+        r: &crate::stdio::Request<'_>,
+        random: &[u8; 32],
+    ) -> (crate::stdio::ExchangeId, Vec<crate::stdio::BridgeOutput>) {
+        let x = self.bridge.handle_request(r, random, self.now);
+        self.open.insert(x);
+        (x, self.drain())
+    }
+
+    /// Child `c` wrote `line` on its stdout.
+    pub fn child_line(
+        &mut self,
+        c: crate::stdio::ChildId,
+        line: &[u8],
+    ) -> Vec<crate::stdio::BridgeOutput> {
+        self.bridge.handle_child_line(c, line, self.now);
+        self.drain()
+    }
+
+    /// Child `c` exited (`how`: as the driver describes it).
+    pub fn child_exit(
+        &mut self,
+        c: crate::stdio::ChildId,
+        how: &str,
+    ) -> Vec<crate::stdio::BridgeOutput> {
+        self.bridge.handle_child_exit(c, how, self.now);
+        self.exited.insert(c);
+        self.drain()
+    }
+
+    /// The client of exchange `x` went away.
+    pub fn exchange_closed(
+        &mut self,
+        x: crate::stdio::ExchangeId,
+    ) -> Vec<crate::stdio::BridgeOutput> {
+        self.bridge.handle_exchange_closed(x, self.now);
+        self.open.remove(&x);
+        self.closed.insert(x);
+        self.drain()
+    }
+
+    /// The stream of exchange `x` overflowed its buffer.
+    pub fn stream_overflow(
+        &mut self,
+        x: crate::stdio::ExchangeId,
+    ) -> Vec<crate::stdio::BridgeOutput> {
+        self.bridge.handle_stream_overflow(x, self.now);
+        self.drain()
+    }
+
+    /// Move the clock forward by `d` and fire what is due.
+    pub fn advance(&mut self, d: Duration) -> Vec<crate::stdio::BridgeOutput> {
+        self.now += d;
+        self.bridge.handle_timeout(self.now);
+        self.drain()
+    }
+
+    /// Begin a graceful shutdown.
+    pub fn shutdown(&mut self) -> Vec<crate::stdio::BridgeOutput> {
+        self.bridge.shutdown(self.now);
+        self.drain()
+    }
+
+    /// Shut down, let every grace period pass, and check that nothing is left.
+    pub fn finish(&mut self) {
+        self.shutdown();
+        for s in [1, 10, 100, 1000] {
+            self.advance(Duration::from_secs(s));
+        }
+        assert_eq!(
+            self.bridge.session_count(),
+            0,
+            "sessions left after shutdown"
+        );
+        assert_eq!(self.bridge.child_count(), 0, "children left after shutdown");
+        for c in &self.live {
+            assert!(
+                self.exited.contains(c),
+                "child {c:?} spawned and neither killed nor exited"
+            );
+        }
+    }
+
+    /// Every output of the last call, checked against the contract.
+    pub fn drain(&mut self) -> Vec<crate::stdio::BridgeOutput> {
+        use crate::stdio::BridgeOutput as O;
+        self.bridge.assert_consistent();
+        let mut out = Vec::new();
+        while let Some(o) = self.bridge.poll_output() {
+            match &o {
+                O::Respond {
+                    exchange, headers, ..
+                } => {
+                    self.complete(*exchange);
+                    self.learn(headers);
+                }
+                O::StartStream { exchange, headers } => {
+                    assert!(!self.done.contains(exchange), "stream after completion");
+                    self.learn(headers);
+                }
+                O::Event { exchange, data } => {
+                    assert!(!self.done.contains(exchange), "event after completion");
+                    // a legacy endpoint event carries the session id in its URI
+                    if let Some(i) = data.windows(10).position(|w| w == b"sessionId=") {
+                        let id: Vec<u8> = data[i + 10..]
+                            .iter()
+                            .take_while(|c| c.is_ascii_graphic() && **c != b'&')
+                            .copied()
+                            .collect();
+                        if !id.is_empty() && !self.sids.contains(&id) && self.sids.len() < 16 {
+                            self.sids.push(id);
+                        }
+                    }
+                }
+                O::EndStream { exchange } => self.complete(*exchange),
+                O::Spawn { child, .. } => {
+                    assert!(
+                        !self.live.contains(child) && !self.exited.contains(child),
+                        "child id {child:?} reused"
+                    );
+                    self.live.insert(*child);
+                }
+                O::Kill { child } => {
+                    let k = self.killed.entry(*child).or_default();
+                    *k += 1;
+                    assert_eq!(*k, 1, "child {child:?} killed twice");
+                    self.exited.insert(*child);
+                }
+                O::ToChild { child, .. } => {
+                    assert!(
+                        self.live.contains(child),
+                        "a line for child {child:?}, never spawned"
+                    );
+                }
+                O::Log(_) => {}
+            }
+            out.push(o);
+        }
+        out
+    }
+
+    fn complete(&mut self, x: crate::stdio::ExchangeId) {
+        if self.closed.contains(&x) {
+            return;
+        }
+        assert!(self.done.insert(x), "exchange {x:?} completed twice");
+        self.open.remove(&x);
+    }
+
+    fn learn(&mut self, headers: &[(&'static str, String)]) {
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case("mcp-session-id") && self.sids.len() < 16 {
+                self.sids.push(v.as_bytes().to_vec());
+            }
+        }
+    }
+}

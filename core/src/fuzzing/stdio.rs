@@ -11,9 +11,9 @@
 //! no session and no child is left.
 
 use crate::http::Method;
-use crate::stdio::{Bridge, BridgeConfig, BridgeOutput, ChildId, ChildMode, ExchangeId, Request};
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use crate::sim::BridgeSim;
+use crate::stdio::{BridgeConfig, ChildMode, Request};
+use std::time::Duration;
 
 const LINES: &[&[u8]] = &[
     br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"f","version":"1"}}}"#,
@@ -61,10 +61,7 @@ pub fn stdio_bridge(data: &[u8]) {
         ..BridgeConfig::default()
     };
     let max_children = cfg.max_children;
-    let mut b = Bridge::new(cfg);
-    let t0 = Instant::now();
-    let mut now = t0;
-    let mut st = State::default();
+    let mut st = BridgeSim::new(cfg);
     let mut counter = 0u8;
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
@@ -114,8 +111,7 @@ pub fn stdio_bridge(data: &[u8]) {
                     body: &body,
                     client: crate::ClientId(u64::from(arg(5) % 3)),
                 };
-                let x = b.handle_request(&req, &random, now);
-                st.open.insert(x);
+                st.request(&req, &random);
                 rest = rest.get(6..).unwrap_or_default();
             }
             3 => {
@@ -130,7 +126,7 @@ pub fn stdio_bridge(data: &[u8]) {
                     } else {
                         LINES[usize::from(arg(1)) % LINES.len()]
                     };
-                    b.handle_child_line(c, line, now);
+                    st.child_line(c, line);
                 }
                 rest = rest.get(3..).unwrap_or_default();
             }
@@ -140,8 +136,7 @@ pub fn stdio_bridge(data: &[u8]) {
                     .iter()
                     .nth(usize::from(arg(0)) % st.live.len().max(1))
                 {
-                    b.handle_child_exit(c, "exit status 1", now);
-                    st.exited.insert(c);
+                    st.child_exit(c, "exit status 1");
                 }
                 rest = rest.get(1..).unwrap_or_default();
             }
@@ -152,127 +147,29 @@ pub fn stdio_bridge(data: &[u8]) {
                     .nth(usize::from(arg(0)) % st.open.len().max(1))
                 {
                     if arg(1) & 1 == 0 {
-                        b.handle_exchange_closed(x, now);
-                        st.open.remove(&x);
-                        st.closed.insert(x);
+                        st.exchange_closed(x);
                     } else {
-                        b.handle_stream_overflow(x, now);
+                        st.stream_overflow(x);
                     }
                 }
                 rest = rest.get(2..).unwrap_or_default();
             }
             6 => {
-                now += Duration::from_millis(u64::from(arg(0)) * 250);
-                b.handle_timeout(now);
+                st.advance(Duration::from_millis(u64::from(arg(0)) * 250));
                 rest = rest.get(1..).unwrap_or_default();
             }
             _ => {
                 if arg(0) == 0xff {
-                    b.shutdown(now);
+                    st.shutdown();
                 }
                 rest = rest.get(1..).unwrap_or_default();
             }
         }
-        st.drain(&mut b);
-        b.assert_consistent();
         assert!(
-            b.child_count() <= max_children,
+            st.bridge.child_count() <= max_children,
             "{} children > cap {max_children}",
-            b.child_count()
+            st.bridge.child_count()
         );
     }
-    b.shutdown(now);
-    st.drain(&mut b);
-    for s in [1, 10, 100, 1000] {
-        now += Duration::from_secs(s);
-        b.handle_timeout(now);
-        st.drain(&mut b);
-    }
-    assert_eq!(b.session_count(), 0, "sessions left after shutdown");
-    assert_eq!(b.child_count(), 0, "children left after shutdown");
-    for c in &st.live {
-        assert!(
-            st.exited.contains(c),
-            "child {c:?} spawned and neither killed nor exited"
-        );
-    }
-}
-
-#[derive(Default)]
-struct State {
-    /// Session ids the bridge minted.
-    sids: Vec<Vec<u8>>,
-    /// Children spawned and not killed.
-    live: HashSet<ChildId>,
-    /// Children killed or reported exited.
-    exited: HashSet<ChildId>,
-    killed: HashMap<ChildId, u32>,
-    open: HashSet<ExchangeId>,
-    done: HashSet<ExchangeId>,
-    /// Closed by the client: what the bridge still says about them is dropped.
-    closed: HashSet<ExchangeId>,
-}
-
-impl State {
-    fn drain(&mut self, b: &mut Bridge) {
-        while let Some(o) = b.poll_output() {
-            match o {
-                BridgeOutput::Respond {
-                    exchange, headers, ..
-                } => {
-                    self.complete(exchange);
-                    self.learn(&headers);
-                }
-                BridgeOutput::StartStream { exchange, headers } => {
-                    assert!(!self.done.contains(&exchange), "stream after completion");
-                    self.learn(&headers);
-                }
-                BridgeOutput::Event { exchange, data } => {
-                    assert!(!self.done.contains(&exchange), "event after completion");
-                    // a legacy endpoint event carries the session id in its URI
-                    if let Some(i) = data.windows(10).position(|w| w == b"sessionId=") {
-                        let id: Vec<u8> = data[i + 10..]
-                            .iter()
-                            .take_while(|c| c.is_ascii_graphic() && **c != b'&')
-                            .copied()
-                            .collect();
-                        if !id.is_empty() && !self.sids.contains(&id) && self.sids.len() < 16 {
-                            self.sids.push(id);
-                        }
-                    }
-                }
-                BridgeOutput::EndStream { exchange } => self.complete(exchange),
-                BridgeOutput::Spawn { child, .. } => {
-                    assert!(
-                        !self.live.contains(&child) && !self.exited.contains(&child),
-                        "child id {child:?} reused"
-                    );
-                    self.live.insert(child);
-                }
-                BridgeOutput::Kill { child } => {
-                    let k = self.killed.entry(child).or_default();
-                    *k += 1;
-                    assert_eq!(*k, 1, "child {child:?} killed twice");
-                    self.exited.insert(child);
-                }
-                BridgeOutput::ToChild { .. } | BridgeOutput::Log(_) => {}
-            }
-        }
-    }
-
-    fn complete(&mut self, x: ExchangeId) {
-        if self.closed.contains(&x) {
-            return;
-        }
-        assert!(self.done.insert(x), "exchange {x:?} completed twice");
-        self.open.remove(&x);
-    }
-
-    fn learn(&mut self, headers: &[(&'static str, String)]) {
-        for (k, v) in headers {
-            if k.eq_ignore_ascii_case("mcp-session-id") && self.sids.len() < 16 {
-                self.sids.push(v.as_bytes().to_vec());
-            }
-        }
-    }
+    st.finish();
 }

@@ -591,7 +591,7 @@ impl Bridge {
 
     /// Panics if a session's exchange count or unattached deadline disagrees with the
     /// exchange table and its requests in flight (for tests and the fuzz target).
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(any(test, feature = "sim"))]
     pub fn assert_consistent(&self) {
         assert!(self.dirty.is_empty(), "dirty sessions after a public call");
         for (sid, s) in &self.sessions {

@@ -4,8 +4,8 @@ use super::*;
 use serde_json::json;
 
 struct H {
-    b: Bridge,
-    now: Instant,
+    /// Core's bridge simulator: the contract checks run after every call.
+    sim: crate::sim::BridgeSim,
     seed: u8,
     /// The client the next requests come from.
     client: crate::ClientId,
@@ -134,19 +134,10 @@ impl H {
     }
     fn with(cfg: BridgeConfig) -> H {
         H {
-            b: Bridge::new(cfg),
-            now: Instant::now(),
+            sim: crate::sim::BridgeSim::new(cfg),
             seed: 0,
             client: crate::ClientId(0),
         }
-    }
-    fn drain(&mut self) -> Outs {
-        self.b.assert_consistent();
-        let mut v = Vec::new();
-        while let Some(o) = self.b.poll_output() {
-            v.push(o);
-        }
-        Outs(v)
     }
     fn req(
         &mut self,
@@ -175,8 +166,8 @@ impl H {
             body: body.as_bytes(),
             client: self.client,
         };
-        let x = self.b.handle_request(&r, &[self.seed; 32], self.now);
-        (x, self.drain())
+        let (x, out) = self.sim.request(&r, &[self.seed; 32]);
+        (x, Outs(out))
     }
     fn post(&mut self, sid: Option<&str>, sse: bool, v: Value) -> (ExchangeId, Outs) {
         self.req(Method::Post, "/mcp", sid, sse, &v.to_string())
@@ -211,18 +202,14 @@ impl H {
             .unwrap()
             .1
             .clone();
-        let child = self.b.sessions[sid.as_str()].child;
+        let child = self.sim.bridge.sessions[sid.as_str()].child;
         (sid, child, o)
     }
     fn line(&mut self, c: ChildId, v: Value) -> Outs {
-        self.b
-            .handle_child_line(c, v.to_string().as_bytes(), self.now);
-        self.drain()
+        Outs(self.sim.child_line(c, v.to_string().as_bytes()))
     }
     fn advance(&mut self, d: Duration) -> Outs {
-        self.now += d;
-        self.b.handle_timeout(self.now);
-        self.drain()
+        Outs(self.sim.advance(d))
     }
 }
 
@@ -259,7 +246,7 @@ fn initialize_spawns_a_child_and_mints_a_visible_ascii_id() {
     let (sid2, c2, _) = h.init(json!(1));
     assert_ne!(&sid2, sid);
     assert_ne!(c2, sent[0].0);
-    assert_eq!(h.b.child_count(), 2);
+    assert_eq!(h.sim.bridge.child_count(), 2);
 }
 
 #[test]
@@ -306,8 +293,8 @@ fn session_errors_have_the_statuses_clients_expect() {
     assert_eq!(hd[0].0, "Allow");
     let (x, o) = h.req(Method::Get, "/elsewhere", None, false, "");
     assert_eq!(o.respond(x).0, 404);
-    assert_eq!(h.b.session_count(), 0);
-    assert_eq!(h.b.child_count(), 0);
+    assert_eq!(h.sim.bridge.session_count(), 0);
+    assert_eq!(h.sim.bridge.child_count(), 0);
 }
 
 #[test]
@@ -349,14 +336,12 @@ fn hostile_bodies_never_panic() {
         "[",
         "{\"jsonrpc\":\"2.0\",\"id\":99,\"result\":1}",
     ] {
-        h.b.handle_child_line(c, l.as_bytes(), h.now);
-        let _ = h.drain();
+        let _ = h.sim.child_line(c, l.as_bytes());
     }
-    h.b.handle_child_line(ChildId(999), b"garbage", h.now);
-    h.b.handle_exchange_closed(ExchangeId(12345), h.now);
-    h.b.handle_stream_overflow(ExchangeId(12345), h.now);
-    h.b.handle_child_exit(ChildId(999), "x", h.now);
-    assert!(h.drain().0.is_empty());
+    assert!(h.sim.child_line(ChildId(999), b"garbage").is_empty());
+    assert!(h.sim.exchange_closed(ExchangeId(12345)).is_empty());
+    assert!(h.sim.stream_overflow(ExchangeId(12345)).is_empty());
+    assert!(h.sim.child_exit(ChildId(999), "x").is_empty());
 }
 
 #[test]
@@ -440,19 +425,21 @@ fn shared_mode_initializes_once_and_keeps_colliding_ids_apart() {
     assert_eq!(ev[0].2["result"]["serverInfo"]["name"], "t");
     assert_eq!(ev[0].2["id"], 1);
     assert!(o.ended(x));
-    let s2 =
-        h.b.sessions
-            .keys()
-            .find(|k| k.as_str() != s1)
-            .unwrap()
-            .to_string();
+    let s2 = h
+        .sim
+        .bridge
+        .sessions
+        .keys()
+        .find(|k| k.as_str() != s1)
+        .unwrap()
+        .to_string();
     let (_, o) = h.post(
         Some(&s2),
         false,
         json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
     );
     assert!(o.to_child().is_empty());
-    assert_eq!(h.b.child_count(), 1);
+    assert_eq!(h.sim.bridge.child_count(), 1);
     // both sessions send id 2 at once
     let (x1, o1) = h.post(Some(&s1), false, req(json!(2), "tools/call"));
     let (x2, o2) = h.post(Some(&s2), false, req(json!(2), "tools/call"));
@@ -504,12 +491,14 @@ fn shared_server_requests_go_to_the_asking_session_and_only_its_answer_returns()
     let (s1, c, _) = h.init(json!(1));
     let (x, _) = h.post(None, false, req(json!(1), "initialize"));
     let _ = x;
-    let s2 =
-        h.b.sessions
-            .keys()
-            .find(|k| k.as_str() != s1)
-            .unwrap()
-            .to_string();
+    let s2 = h
+        .sim
+        .bridge
+        .sessions
+        .keys()
+        .find(|k| k.as_str() != s1)
+        .unwrap()
+        .to_string();
     let (g1, _) = h.req(Method::Get, "/mcp", Some(&s1), true, "");
     let (g2, _) = h.req(Method::Get, "/mcp", Some(&s2), true, "");
     // session 2 calls a tool (JSON response), during which the child asks for sampling
@@ -576,8 +565,7 @@ fn get_stream_queue_and_conflict() {
     let (p, _) = h.post(Some(&sid), true, req(json!(1), "tools/call"));
     let o = h.line(c, json!({"jsonrpc":"2.0","method":"notifications/message"}));
     assert_eq!((o.events(p).len(), o.events(g).len()), (1, 0));
-    h.b.handle_exchange_closed(p, h.now);
-    let _ = h.drain();
+    let _ = h.sim.exchange_closed(p);
     let o = h.line(c, json!({"jsonrpc":"2.0","method":"notifications/message"}));
     assert_eq!(o.events(g).len(), 1);
 }
@@ -623,7 +611,7 @@ fn idle_expiry_spares_sessions_with_an_open_stream() {
     let (idle, c1, _) = h.init(json!(0));
     let (busy, c2, _) = h.init(json!(0));
     let (_, _) = h.req(Method::Get, "/mcp", Some(&busy), true, "");
-    assert!(h.b.poll_timeout().unwrap() <= h.now + Duration::from_secs(60));
+    assert!(h.sim.bridge.poll_timeout().unwrap() <= h.sim.now + Duration::from_secs(60));
     let o = h.advance(Duration::from_secs(59));
     assert!(o.killed().is_empty());
     let o = h.advance(Duration::from_secs(2));
@@ -640,15 +628,17 @@ fn lost_stream_ends_the_session_after_the_grace_unless_reopened() {
     let mut h = H::new(ChildMode::PerSession);
     let (sid, c, _) = h.init(json!(0));
     let (g, _) = h.req(Method::Get, "/mcp", Some(&sid), true, "");
-    h.b.handle_exchange_closed(g, h.now);
-    let o = h.advance(Duration::from_secs(4));
+    let mut o = h.sim.exchange_closed(g);
+    o.extend(h.advance(Duration::from_secs(4)).0);
+    let o = Outs(o);
     assert!(o.killed().is_empty());
     // reopened in time: the grace is cancelled
     let (g2, _) = h.req(Method::Get, "/mcp", Some(&sid), true, "");
     let o = h.advance(Duration::from_secs(10));
     assert!(o.killed().is_empty());
-    h.b.handle_exchange_closed(g2, h.now);
-    let o = h.advance(Duration::from_secs(6));
+    let mut o = h.sim.exchange_closed(g2);
+    o.extend(h.advance(Duration::from_secs(6)).0);
+    let o = Outs(o);
     assert_eq!(o.killed(), vec![c]);
     assert_eq!(o.session_ended(), vec![EndReason::StreamLost]);
 }
@@ -660,8 +650,7 @@ fn garbage_from_the_child_ends_its_session_with_a_clear_error() {
     let (g, _) = h.req(Method::Get, "/mcp", Some(&sid), true, "");
     let (x, _) = h.post(Some(&sid), false, req(json!(42), "tools/call"));
     let (p, _) = h.post(Some(&sid), true, req(json!(43), "tools/call"));
-    h.b.handle_child_line(c, b"Server started!", h.now);
-    let o = h.drain();
+    let o = Outs(h.sim.child_line(c, b"Server started!"));
     let (s, _, b) = o.respond(x);
     assert_eq!(s, 200);
     assert_eq!(b["id"], 42);
@@ -687,14 +676,13 @@ fn child_exit_ends_its_session_without_a_kill() {
     let mut h = H::new(ChildMode::PerSession);
     let (sid, c, _) = h.init(json!(0));
     let (x, _) = h.post(Some(&sid), false, req(json!(1), "tools/call"));
-    h.b.handle_child_exit(c, "exit status 3", h.now);
-    let o = h.drain();
+    let o = Outs(h.sim.child_exit(c, "exit status 3"));
     assert!(o.respond(x).2["error"]["message"]
         .as_str()
         .unwrap()
         .contains("exit status 3"));
     assert!(o.killed().is_empty());
-    assert_eq!(h.b.child_count(), 0);
+    assert_eq!(h.sim.bridge.child_count(), 0);
     assert_eq!(
         o.session_ended(),
         vec![EndReason::ChildExited("exit status 3".into())]
@@ -767,8 +755,7 @@ fn legacy_sse_session() {
     let (x, o) = h.req(Method::Post, "/message?sessionId=zz", None, false, "{}");
     assert_eq!(o.respond(x).0, 404);
     // the stream closing ends the session at once
-    h.b.handle_exchange_closed(g, h.now);
-    let o = h.drain();
+    let o = Outs(h.sim.exchange_closed(g));
     assert_eq!(o.killed(), vec![c]);
     assert_eq!(o.session_ended(), vec![EndReason::LegacyStreamClosed]);
 }
@@ -780,14 +767,13 @@ fn slow_client_ends_only_its_session() {
     let (s2x, _) = h.post(None, false, req(json!(1), "initialize"));
     let _ = s2x;
     let (g1, _) = h.req(Method::Get, "/mcp", Some(&s1), true, "");
-    h.b.handle_stream_overflow(g1, h.now);
-    let o = h.drain();
+    let o = Outs(h.sim.stream_overflow(g1));
     assert_eq!(o.session_ended(), vec![EndReason::SlowClient]);
     assert!(o.killed().is_empty());
     // nothing more is written to the overflowing stream
     assert!(o.events(g1).is_empty());
-    assert_eq!(h.b.session_count(), 1);
-    assert_eq!(h.b.child_count(), 1);
+    assert_eq!(h.sim.bridge.session_count(), 1);
+    assert_eq!(h.sim.bridge.child_count(), 1);
     let _ = c;
 }
 
@@ -796,15 +782,14 @@ fn shutdown_kills_every_child_and_refuses_new_work() {
     let mut h = H::new(ChildMode::PerSession);
     let (_, c1, _) = h.init(json!(0));
     let (_, c2, _) = h.init(json!(0));
-    h.b.shutdown(h.now);
-    let o = h.drain();
+    let o = Outs(h.sim.shutdown());
     let mut k = o.killed();
     k.sort();
     assert_eq!(k, vec![c1, c2]);
     assert_eq!(o.session_ended().len(), 2);
     let (x, o) = h.post(None, false, req(json!(1), "initialize"));
     assert_eq!(o.respond(x).0, 503);
-    assert_eq!(h.b.poll_timeout(), None);
+    assert_eq!(h.sim.bridge.poll_timeout(), None);
 }
 
 #[test]
@@ -814,8 +799,7 @@ fn a_response_whose_post_stream_closed_never_goes_to_the_get_stream() {
     let (g, _) = h.req(Method::Get, "/mcp", Some(&sid), true, "");
     let (p, o) = h.post(Some(&sid), true, req(json!(5), "tools/call"));
     let rid = o.to_child()[0].1["id"].clone();
-    h.b.handle_exchange_closed(p, h.now);
-    let _ = h.drain();
+    let _ = h.sim.exchange_closed(p);
     // progress still reaches the client (on the GET stream), the response does not
     let o = h.line(
         c,
@@ -847,9 +831,12 @@ fn unattached_cfg(mode: ChildMode) -> BridgeConfig {
 #[test]
 fn unattached_session_ends_exactly_at_its_deadline_and_activity_slides_it() {
     let mut h = H::with(unattached_cfg(ChildMode::PerSession));
-    let t0 = h.now;
+    let t0 = h.sim.now;
     let (a, ca, _) = h.init(json!(0));
-    assert_eq!(h.b.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    assert_eq!(
+        h.sim.bridge.poll_timeout(),
+        Some(t0 + Duration::from_secs(10))
+    );
     let o = h.advance(Duration::from_secs(10) - Duration::from_nanos(1));
     assert!(o.killed().is_empty(), "ended before its deadline: {o:?}");
     assert!(o.session_ended().is_empty());
@@ -857,8 +844,8 @@ fn unattached_session_ends_exactly_at_its_deadline_and_activity_slides_it() {
     assert_eq!(o.killed(), vec![ca]);
     assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
     assert_eq!(EndReason::Unattached.label(), "unattached");
-    assert_eq!(h.b.session_count(), 0);
-    assert_eq!(h.b.poll_timeout(), None);
+    assert_eq!(h.sim.bridge.session_count(), 0);
+    assert_eq!(h.sim.bridge.poll_timeout(), None);
     let (x, o) = h.post(Some(&a), false, req(json!(1), "ping"));
     assert_eq!(o.respond(x).0, 404);
     // a request and its answer slide the deadline: it counts from the answer
@@ -869,8 +856,11 @@ fn unattached_session_ends_exactly_at_its_deadline_and_activity_slides_it() {
     h.advance(Duration::from_secs(3));
     let o = h.line(cb, json!({"jsonrpc":"2.0","id":rid,"result":{}}));
     assert_eq!(o.respond(x).0, 200);
-    let answered = h.now;
-    assert_eq!(h.b.poll_timeout(), Some(answered + Duration::from_secs(10)));
+    let answered = h.sim.now;
+    assert_eq!(
+        h.sim.bridge.poll_timeout(),
+        Some(answered + Duration::from_secs(10))
+    );
     let o = h.advance(Duration::from_secs(9));
     assert!(o.killed().is_empty());
     // a notification is activity too
@@ -923,10 +913,8 @@ fn open_stream_or_request_in_flight_keeps_a_session_attached() {
     let rid = o.to_child()[0].1["id"].clone();
     // once its stream is gone and its request answered it is unattached (the grace is
     // longer here); a request whose client left is still in flight
-    h.b.handle_exchange_closed(g, h.now);
-    let _ = h.drain();
-    h.b.handle_exchange_closed(x, h.now);
-    let _ = h.drain();
+    let _ = h.sim.exchange_closed(g);
+    let _ = h.sim.exchange_closed(x);
     let o = h.advance(Duration::from_secs(15));
     assert!(o.killed().is_empty());
     let o = h.line(c1, json!({"jsonrpc":"2.0","id":rid,"result":{}}));
@@ -944,17 +932,20 @@ fn unattached_expiry_frees_the_child_cap_for_a_new_client() {
         unattached_timeout: Duration::from_secs(2),
         ..unattached_cfg(ChildMode::PerSession)
     });
-    let t0 = h.now;
+    let t0 = h.sim.now;
     let kids: Vec<ChildId> = (0..3).map(|i| h.init(json!(i)).1).collect();
     let (x, o) = h.post(None, false, req(json!("fourth"), "initialize"));
     assert_eq!(o.respond(x).0, 503);
     assert!(o.spawned().is_empty());
-    assert_eq!(h.b.poll_timeout(), Some(t0 + Duration::from_secs(2)));
+    assert_eq!(
+        h.sim.bridge.poll_timeout(),
+        Some(t0 + Duration::from_secs(2))
+    );
     let o = h.advance(Duration::from_secs(2));
     let mut k = o.killed();
     k.sort();
     assert_eq!(k, kids);
-    assert_eq!(h.b.child_count(), 0);
+    assert_eq!(h.sim.bridge.child_count(), 0);
     let (_, c, o) = h.init(json!("fourth"));
     assert_eq!(o.spawned(), vec![c]);
 }
@@ -970,8 +961,7 @@ fn shared_child_is_killed_when_its_last_unattached_session_ends() {
     let o = h.advance(Duration::from_secs(5));
     assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
     assert!(o.killed().is_empty(), "the other session still uses it");
-    h.b.handle_exchange_closed(g, h.now);
-    let _ = h.drain();
+    let _ = h.sim.exchange_closed(g);
     let o = h.advance(Duration::from_secs(10));
     assert_eq!(o.session_ended(), vec![EndReason::Unattached]);
     assert_eq!(o.killed(), vec![c]);
@@ -1035,7 +1025,7 @@ fn per_client_quotas_apply_to_children() {
         .0
         .iter()
         .any(|o| matches!(o, BridgeOutput::Respond { status: 429, .. })));
-    h.now += Duration::from_millis(1000);
+    h.sim.now += Duration::from_millis(1000);
     let (_, o) = h.post(None, false, req(json!(6), "initialize"));
     assert_eq!(o.spawned().len(), 1);
 }
