@@ -68,7 +68,18 @@ pub struct RedisSettings {
     /// `--store-wait-replicas`: replicas that must acknowledge a new record (`WAIT`)
     /// before its session is acknowledged; 0: none.
     pub wait_replicas: u32,
+    /// `--store-cache-size`: records kept in the local cache ([`crate::record_cache`]);
+    /// 0: no cache.
+    pub cache_size: usize,
+    /// `--store-slide-fraction`: a cached record's TTL is slid at most once per this
+    /// fraction of the session TTL.
+    pub slide_fraction: f64,
 }
+
+/// Default `--store-cache-size`.
+pub const DEFAULT_CACHE_SIZE: usize = 100_000;
+/// Default `--store-slide-fraction`.
+pub const DEFAULT_SLIDE_FRACTION: f64 = 0.1;
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "mcp-router:session:";
@@ -108,6 +119,12 @@ pub fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
 /// once the session has failed over, replies `{record, new upstream id}`; deleting
 /// deletes it. The sealed `initialize` body in it is never read here.
 ///
+/// `lazy` (the lookups of a replica with the record cache,
+/// [`RedisCodec::lazy_get_command`]) slides like `slide` only when less than `ARGV[3]`
+/// ms of the TTL are left, so that a read does not write (and invalidate every other
+/// replica's cached copy) when a slide came recently; its failover arguments are
+/// `ARGV[4] .. ARGV[5]`.
+///
 /// Replies: nil when there is no key; the record when the key held a well-formed one
 /// (then deleted or slid); an integer when the key holds something else (the length of
 /// a string that is not a record, -1 for another type), which is left untouched: no
@@ -130,10 +147,17 @@ if ARGV[1] == 'del' then
   local c = string.match(v, '^2|[sl]|%d+|(%x+)|')
   if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
 else
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  if ARGV[3] then
-    local f = ARGV[3] .. ARGV[4]
-    if redis.call('EXPIRE', f, ARGV[2]) == 1 then
+  local fo, id, slide = ARGV[3], ARGV[4], true
+  if ARGV[1] == 'lazy' then
+    fo, id = ARGV[4], ARGV[5]
+    slide = redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3])
+  end
+  if slide then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  if fo then
+    local f = fo .. id
+    local live
+    if slide then live = redis.call('EXPIRE', f, ARGV[2]) == 1 else live = redis.call('EXISTS', f) == 1 end
+    if live then
       local u = redis.call('HGET', f, 'u')
       if u then return {v, u} end
     end
@@ -202,6 +226,8 @@ impl RedisSettings {
             timeout,
             topology: Topology::Single,
             wait_replicas: 0,
+            cache_size: 0,
+            slide_fraction: DEFAULT_SLIDE_FRACTION,
         }
     }
 
@@ -239,6 +265,11 @@ pub trait RemoteStore {
     fn execute(&self, op: &StoreOp) -> impl Future<Output = StoreReply>;
     /// Whether the store answers a `PING` within the store timeout.
     fn ping(&self) -> impl Future<Output = bool>;
+    /// The transport's background work, run beside the store probe for as long as
+    /// the process runs (the record cache's slides); never ready by default.
+    fn background(&self) -> impl Future<Output = ()> {
+        std::future::pending()
+    }
 }
 
 /// A session claimed for reaping from the expiry index.
@@ -611,6 +642,32 @@ impl RedisCodec {
             }
         }
         c
+    }
+
+    /// The lookup of a replica with the record cache: [`RECORD_SCRIPT`] reading the
+    /// record of `k` and sliding its TTL only if less than `keep` of it is left.
+    /// Replies as [`StoreOp::Get`]'s command does.
+    pub fn lazy_get_command(&self, k: &SessionKey, keep: Duration, source: bool) -> redis::Cmd {
+        let mut c = eval(source, RECORD_SCRIPT, &RECORD_SCRIPT_SHA);
+        c.arg(1)
+            .arg(self.key(k))
+            .arg("lazy")
+            .arg(self.ttl_secs)
+            .arg(keep.as_millis() as u64);
+        if let Some(p) = &self.failover_prefixes {
+            c.arg(p[self.shard(k)].as_str()).arg(k.as_str());
+        }
+        c
+    }
+
+    /// The session TTL records are written with.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
+    /// The key prefix (of every shard).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// [`INSERT_SCRIPT`] or [`ADMIT_SCRIPT`] for `op`.
@@ -1221,7 +1278,247 @@ pub struct ManagedRedis<R> {
     codec: RedisCodec,
     timeout: Duration,
     wait_replicas: u32,
+    /// `--store-cache-size` (one Redis server): the record cache and the connection
+    /// that keeps it correct.
+    tracker: Option<Tracker>,
     _rt: std::marker::PhantomData<fn() -> R>,
+}
+
+/// Slides queued for the background at most (past it a slide is dropped, and due
+/// again at the session's next request).
+#[cfg(any(feature = "tokio", feature = "smol"))]
+const SLIDE_QUEUE: usize = 4096;
+
+/// The record cache ([`crate::record_cache`]) and what keeps it correct: a RESP3
+/// connection of its own to Redis with `CLIENT TRACKING ON BCAST PREFIX <key prefix>
+/// NOLOOP`, whose invalidation messages evict entries as they arrive (in the
+/// connection's reader, before any later reply on it). The store probe
+/// ([`RemoteStore::ping`], every second) pings it: the cache answers only while it is
+/// up, and is emptied whenever it drops, a probe of it fails or times out, or Redis
+/// flushes. The slides of cached records go over it too (`NOLOOP`: they do not evict
+/// this replica's own entries), in the background ([`RemoteStore::background`]).
+#[cfg(any(feature = "tokio", feature = "smol"))]
+struct Tracker {
+    cache: Arc<crate::record_cache::RecordCache>,
+    /// The same server as the link, spoken to in RESP3.
+    client: redis::Client,
+    conn: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// `(1 - fraction / 2) × TTL`: a lookup that misses slides only below this.
+    keep: Duration,
+    slides: std::sync::Mutex<SlideQueue>,
+    /// Whether the last attempt to set tracking up failed (logged once per outage).
+    warned: AtomicBool,
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+#[derive(Default)]
+struct SlideQueue {
+    keys: Vec<SessionKey>,
+    waker: Option<std::task::Waker>,
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl Tracker {
+    fn new(s: &RedisSettings, codec: &RedisCodec) -> Result<Option<Tracker>, ConfigError> {
+        if s.cache_size == 0 || s.topology != Topology::Single {
+            return Ok(None);
+        }
+        let info = s.connection_info()?;
+        let r = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(r))
+            .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
+        let ttl = codec.ttl();
+        Ok(Some(Tracker {
+            cache: Arc::new(crate::record_cache::RecordCache::new(
+                s.cache_size,
+                ttl,
+                s.slide_fraction,
+            )),
+            client,
+            conn: std::sync::Mutex::new(None),
+            keep: ttl.mul_f64(1.0 - s.slide_fraction / 2.0),
+            slides: std::sync::Mutex::default(),
+            warned: AtomicBool::new(false),
+        }))
+    }
+
+    fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_conn(&self, c: Option<redis::aio::MultiplexedConnection>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// Queue a slide of `k` for the background.
+    fn queue_slide(&self, k: &SessionKey) {
+        let mut q = self.slides.lock().unwrap_or_else(|e| e.into_inner());
+        if q.keys.len() >= SLIDE_QUEUE {
+            drop(q);
+            self.cache.slide_dropped(k);
+            return;
+        }
+        q.keys.push(k.clone());
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The next batch of queued slides (waits for one).
+    async fn next_slides(&self) -> Vec<SessionKey> {
+        std::future::poll_fn(|cx| {
+            let mut q = self.slides.lock().unwrap_or_else(|e| e.into_inner());
+            if q.keys.is_empty() {
+                q.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(std::mem::take(&mut q.keys))
+            }
+        })
+        .await
+    }
+
+    /// What an invalidation message means for the cache: evict each session key under
+    /// `prefix` it names; a null message (Redis flushed) or one of another shape
+    /// empties the cache; the connection dropped: disable it.
+    fn on_push(cache: &crate::record_cache::RecordCache, prefix: &str, p: redis::PushInfo) {
+        match p.kind {
+            redis::PushKind::Invalidate => match p.data.first() {
+                Some(Value::Array(keys)) => {
+                    for k in keys {
+                        let key = match k {
+                            Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                            Value::SimpleString(s) => Some(s.as_str()),
+                            _ => None,
+                        };
+                        match key.map(|k| k.strip_prefix(prefix)) {
+                            Some(Some(id)) => cache.invalidate(id),
+                            // not a key of ours (BCAST: never; be safe)
+                            Some(None) => {}
+                            None => cache.flush(),
+                        }
+                    }
+                }
+                _ => cache.flush(),
+            },
+            redis::PushKind::Disconnection => cache.disable(),
+            _ => {}
+        }
+    }
+
+    /// The probe: set tracking up when it is not, else `PING` over it; the cache is
+    /// enabled by a success (that began after the last disabling) and disabled by a
+    /// failure.
+    async fn probe<R: crate::rt::Runtime>(&self, prefix: &str, timeout: Duration) {
+        let epoch = self.cache.epoch();
+        let ok = match self.conn() {
+            Some(mut c) => {
+                let ping = redis::cmd("PING");
+                matches!(
+                    crate::rt::timeout::<R, _>(timeout, ping.query_async::<Value>(&mut c)).await,
+                    Some(Ok(_))
+                )
+            }
+            None => {
+                match crate::rt::timeout::<R, _>(timeout, self.connect(prefix, timeout)).await {
+                    Some(Ok(c)) => {
+                        self.set_conn(Some(c));
+                        if self.warned.swap(false, Ordering::Relaxed) {
+                            tracing::info!("store: record cache tracking Redis again");
+                        }
+                        true
+                    }
+                    Some(Err(e)) => {
+                        if !self.warned.swap(true, Ordering::Relaxed) {
+                            warn!(error = %e, "store: cannot set up the record cache's tracking connection; lookups read Redis");
+                        }
+                        false
+                    }
+                    None => false,
+                }
+            }
+        };
+        if ok {
+            if !self.cache.is_enabled() {
+                self.cache.enable(epoch);
+            }
+        } else {
+            self.cache.disable();
+            self.set_conn(None);
+        }
+    }
+
+    async fn connect(
+        &self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let (cache, p) = (self.cache.clone(), prefix.to_owned());
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_push_sender(move |info: redis::PushInfo| {
+                Tracker::on_push(&cache, &p, info);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let mut c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        let mut track = redis::cmd("CLIENT");
+        track
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(prefix)
+            .arg("NOLOOP");
+        let _: () = track.query_async(&mut c).await?;
+        Ok(c)
+    }
+
+    /// Send the queued slides, forever (the store probe's companion).
+    async fn run_slides(&self, codec: &RedisCodec) {
+        loop {
+            let keys = self.next_slides().await;
+            let Some(c) = self.conn() else {
+                for k in &keys {
+                    self.cache.slide_dropped(k);
+                }
+                continue;
+            };
+            let sent: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    let mut c = c.clone();
+                    Box::pin(async move {
+                        let op = StoreOp::Touch(k.clone());
+                        let r = codec.command(&op).query_async::<Value>(&mut c).await;
+                        let r = match r {
+                            Err(e) if e.code() == Some("NOSCRIPT") => {
+                                codec.command_with_source(&op).query_async(&mut c).await
+                            }
+                            r => r,
+                        };
+                        (k, r)
+                    })
+                })
+                .collect();
+            for (k, r) in join_all(sent).await {
+                match r {
+                    // the record is gone, or no record: forget it
+                    Ok(Value::Nil | Value::Boolean(false) | Value::Int(_)) => {
+                        self.cache.invalidate(k.as_str())
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.cache.slide_dropped(k),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
@@ -1250,10 +1547,12 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
             .then(|| crate::redis_link::Link::new(s, None))
             .transpose()
             .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
+        let codec = RedisCodec::new(s, router);
         Ok(ManagedRedis {
             link,
             creator,
-            codec: RedisCodec::new(s, router),
+            tracker: Tracker::new(s, &codec)?,
+            codec,
             timeout: s.timeout,
             wait_replicas: s.wait_replicas,
             _rt: std::marker::PhantomData,
@@ -1370,8 +1669,86 @@ impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
 }
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime> ManagedRedis<R> {
+    /// The record cache, when there is one (for tests and metrics).
+    pub fn record_cache(&self) -> Option<&crate::record_cache::RecordCache> {
+        self.tracker.as_ref().map(|t| &*t.cache)
+    }
+
+    /// A lookup with the record cache: from memory when it holds the record (its slide
+    /// queued when due), else one round trip whose reply fills it.
+    async fn cached_get(&self, t: &Tracker, k: &SessionKey) -> StoreReply {
+        use crate::record_cache::Lookup;
+        let now = std::time::Instant::now();
+        let ticket = match t.cache.lookup(k, now) {
+            Lookup::Hit(h) => {
+                if h.slide {
+                    t.queue_slide(k);
+                }
+                return StoreReply::Found(Some(h.record));
+            }
+            Lookup::Miss(ticket) => ticket,
+        };
+        let codec = &self.codec;
+        let q = self.script(|src| codec.lazy_get_command(k, t.keep, src));
+        let reply = match crate::rt::timeout::<R, _>(self.timeout, q).await {
+            Some(Ok(v)) => codec.reply(&StoreOp::Get(k.clone()), v),
+            _ => StoreReply::Unavailable,
+        };
+        // only a record of a configured backend, never "none" nor a failover's state
+        if let StoreReply::Found(Some(r)) = reply {
+            if r.backend.0 != u16::MAX {
+                t.cache.fill(k, r, ticket, now);
+            }
+        }
+        reply
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
 impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
     async fn execute(&self, op: &StoreOp) -> StoreReply {
+        if let Some(t) = &self.tracker {
+            match op {
+                StoreOp::Get(k) => return self.cached_get(t, k).await,
+                // this replica's own writes of a record: no stale copy of it, whatever
+                // the invalidation's timing
+                StoreOp::Delete(k)
+                | StoreOp::Insert(k, _)
+                | StoreOp::InsertFailover(k, _, _)
+                | StoreOp::FailOver { key: k, .. } => {
+                    t.cache.invalidate(k.as_str());
+                    let r = self.execute_uncached(op).await;
+                    t.cache.invalidate(k.as_str());
+                    return r;
+                }
+                _ => {}
+            }
+        }
+        self.execute_uncached(op).await
+    }
+
+    async fn ping(&self) -> bool {
+        let ok = crate::rt::timeout::<R, _>(self.timeout, self.link.ping())
+            .await
+            .unwrap_or(false);
+        if let Some(t) = &self.tracker {
+            t.probe::<R>(self.codec.prefix(), self.timeout).await;
+        }
+        ok
+    }
+
+    async fn background(&self) {
+        match &self.tracker {
+            Some(t) => t.run_slides(&self.codec).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime> ManagedRedis<R> {
+    async fn execute_uncached(&self, op: &StoreOp) -> StoreReply {
         let codec = &self.codec;
         let q = async move {
             if let (StoreOp::Admit(a), true) = (op, codec.admits_in_parts()) {
@@ -1405,12 +1782,6 @@ impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
         crate::rt::timeout::<R, _>(limit, q)
             .await
             .unwrap_or(StoreReply::Unavailable)
-    }
-
-    async fn ping(&self) -> bool {
-        crate::rt::timeout::<R, _>(self.timeout, self.link.ping())
-            .await
-            .unwrap_or(false)
     }
 }
 
