@@ -660,6 +660,29 @@ impl RedisCodec {
         c
     }
 
+    /// The background slide of a cached record: `EXPIRE <key> <ttl> GT` (and its
+    /// failover hash's), in one transaction. Not the record script: Redis 7.0 does not
+    /// honour `NOLOOP` for a script's writes, so the slide would evict this replica's
+    /// own cached copy. `GT` never sets a TTL on a key that has none (a record always
+    /// has one) nor shortens one; the key held a record when it was cached, and any
+    /// change since has evicted it. Replies `[1]` (slid) or `[0]` (no such key).
+    pub fn slide_command(&self, k: &SessionKey) -> redis::Pipeline {
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("EXPIRE")
+            .arg(self.key(k))
+            .arg(self.ttl_secs)
+            .arg("GT");
+        if self.failover {
+            p.cmd("EXPIRE")
+                .arg(self.failover_key(k))
+                .arg(self.ttl_secs)
+                .arg("GT")
+                .ignore();
+        }
+        p
+    }
+
     /// The session TTL records are written with.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl_secs)
@@ -1404,7 +1427,12 @@ impl Tracker {
                 }
                 _ => cache.flush(),
             },
-            redis::PushKind::Disconnection => cache.disable(),
+            redis::PushKind::Disconnection => {
+                if cache.is_enabled() {
+                    warn!("store: record cache off: its tracking connection dropped; lookups read Redis");
+                }
+                cache.disable()
+            }
             _ => {}
         }
     }
@@ -1442,10 +1470,18 @@ impl Tracker {
             }
         };
         if ok {
-            if !self.cache.is_enabled() {
-                self.cache.enable(epoch);
+            if !self.cache.is_enabled() && self.cache.enable(epoch) {
+                tracing::info!(
+                    capacity = self.cache.capacity(),
+                    "store: record cache on (tracking Redis invalidations)"
+                );
             }
         } else {
+            if self.cache.is_enabled() {
+                warn!(
+                    "store: record cache off: its tracking connection is down; lookups read Redis"
+                );
+            }
             self.cache.disable();
             self.set_conn(None);
         }
@@ -1495,11 +1531,24 @@ impl Tracker {
                 .map(|k| {
                     let mut c = c.clone();
                     Box::pin(async move {
-                        let op = StoreOp::Touch(k.clone());
-                        let r = codec.command(&op).query_async::<Value>(&mut c).await;
+                        let r = codec.slide_command(k).query_async::<Value>(&mut c).await;
                         let r = match r {
-                            Err(e) if e.code() == Some("NOSCRIPT") => {
-                                codec.command_with_source(&op).query_async(&mut c).await
+                            Ok(Value::Array(a)) => Ok(a.into_iter().next().unwrap_or(Value::Nil)),
+                            // before Redis 7.0 (no EXPIRE GT): the record script, which
+                            // this replica's own invalidation then evicts
+                            Err(e)
+                                if e.kind()
+                                    == redis::ErrorKind::Server(
+                                        redis::ServerErrorKind::ResponseError,
+                                    ) =>
+                            {
+                                let op = StoreOp::Touch(k.clone());
+                                match codec.command(&op).query_async::<Value>(&mut c).await {
+                                    Err(e) if e.code() == Some("NOSCRIPT") => {
+                                        codec.command_with_source(&op).query_async(&mut c).await
+                                    }
+                                    r => r,
+                                }
                             }
                             r => r,
                         };
@@ -1509,8 +1558,8 @@ impl Tracker {
                 .collect();
             for (k, r) in join_all(sent).await {
                 match r {
-                    // the record is gone, or no record: forget it
-                    Ok(Value::Nil | Value::Boolean(false) | Value::Int(_)) => {
+                    // the record is gone (EXPIRE GT: 0), or no record: forget it
+                    Ok(Value::Nil | Value::Boolean(false) | Value::Int(0)) => {
                         self.cache.invalidate(k.as_str())
                     }
                     Ok(_) => {}
