@@ -175,6 +175,33 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     for i in 0..3 {
         assert_eq!(call(&mut b.conn(), &sid, i).status, 200);
     }
+    // Redis hangs (SIGSTOP): B answers from its cache until its probe of the
+    // tracking connection times out (probe every 1 s, store timeout 300 ms), then
+    // 503: what a replica cut off from Redis may serve stale is bounded by that
+    let t = Instant::now();
+    redis.signal("STOP");
+    let first = call(&mut b.conn(), &sid, 5).status;
+    assert_eq!(first, if caches() { 200 } else { 503 });
+    loop {
+        let st = call(&mut b.conn(), &sid, 6).status;
+        if st == 503 {
+            break;
+        }
+        assert_eq!(st, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "B still answers from its cache after {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "{:?}: B answered 503 {:?} after Redis hung",
+        frontend(),
+        t.elapsed()
+    );
+    redis.signal("CONT");
+    call_until_ok(&b, &sid);
     // every client connection killed; the record deleted before B is back
     redis_cmd(&redis.addr, &["CLIENT", "KILL", "TYPE", "normal"]);
     assert_eq!(redis_cmd(&redis.addr, &["DEL", &key(&sid)]), ":1");
