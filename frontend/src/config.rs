@@ -424,6 +424,8 @@ fn on_off(field: &str, s: &str) -> Result<bool, ConfigError> {
 
 /// Which session store to use.
 #[derive(Debug, Clone)]
+// one per process, read at start: its size does not matter
+#[allow(clippy::large_enum_variant)]
 pub enum StoreSettings {
     /// The embedded in-memory store.
     Memory,
