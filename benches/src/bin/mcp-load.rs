@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `bench` starts two `mcp-fake-backend`s (pinned to the load CPU), then for each
-//! configuration (`direct`, `router`, `router-redis`, `router-sealed` (sealed ids, no
+//! configuration (`direct`, `router`, `router-redis` (`-nocache`: the record cache off;
+//! `-two`: two replicas), `router-sealed` (sealed ids, no
 //! store), `router-smol`, `router-glommio`, `haproxy`) starts the frontend pinned to
 //! the proxy CPU, runs W clients doing whole MCP session lifecycles
 //! (initialize, notifications/initialized, K tools/call, DELETE) over keep-alive
@@ -356,6 +357,28 @@ fn redis_commands(port: u16) -> Res<u64> {
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or("no total_commands_processed".into())
+}
+
+/// The commands a router sends Redis as requests of their own (from `INFO
+/// commandstats`, which also counts what scripts run inside, hence not the total):
+/// script runs (`EVALSHA`, `EVAL`), transactions (`EXEC`: the record cache's slides)
+/// and the failover load (`HMGET`). The store probe's `PING`s are left out (one per
+/// second per connection, no request's).
+fn redis_round_trips(port: u16) -> Res<u64> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "commandstats"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (cmd, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !["evalsha", "eval", "exec", "hmget"].contains(&cmd) {
+                return None;
+            }
+            rest.strip_prefix("calls=")?.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum())
 }
 
 fn start_haproxy(o: &Opts, backends: &[SocketAddr]) -> Res<Frontend> {
@@ -825,12 +848,18 @@ fn bench(o: &Opts) -> Res<()> {
                 more: vec![],
             },
             "router" => start_router(o, &backends, None, &[])?,
-            "router-redis" | "router-redis-two" => {
+            "router-redis" | "router-redis-two" | "router-redis-nocache" => {
                 // `-two`: two replicas sharing the Redis, clients alternating over them
-                // (the same two-process set-up as router-sealed, with a store)
+                // (the same two-process set-up as router-sealed, with a store);
+                // `-nocache`: the record cache off, every lookup reads Redis
                 let (redis, port) = start_redis(o)?;
                 let url = format!("redis://127.0.0.1:{port}");
-                let mut fe = start_router(o, &backends, Some(&url), &[])?;
+                let extra: &[&str] = if cfg == "router-redis-nocache" {
+                    &["--store-cache-size", "0"]
+                } else {
+                    &[]
+                };
+                let mut fe = start_router(o, &backends, Some(&url), extra)?;
                 if cfg == "router-redis-two" {
                     let other = start_router(o, &backends, Some(&url), &[])?;
                     fe.more.push((other.addr, other.pid.expect("pid")));
@@ -877,6 +906,7 @@ fn bench(o: &Opts) -> Res<()> {
             other => return Err(format!("unknown configuration {other}")),
         };
         let redis0 = fe.redis_port.map(redis_commands).transpose()?;
+        let trips0 = fe.redis_port.map(redis_round_trips).transpose()?;
         let run = rt.block_on(run_clients(
             &fe.addrs(),
             o.clients,
@@ -887,6 +917,7 @@ fn bench(o: &Opts) -> Res<()> {
             &fe.pids(),
         ))?;
         let redis1 = fe.redis_port.map(redis_commands).transpose()?;
+        let trips1 = fe.redis_port.map(redis_round_trips).transpose()?;
         let n = run.stats.requests.load(Relaxed);
         let h = &run.hist;
         let r = json!({
@@ -904,6 +935,10 @@ fn bench(o: &Opts) -> Res<()> {
             "proxy_cpu_us_per_request": run.cpu.map(|c| c.as_micros() as f64 / n.max(1) as f64),
             "proxy_cpu_utilisation": run.cpu.map(|c| c.as_secs_f64() / run.secs),
             "redis_commands_per_request": match (redis0, redis1) {
+                (Some(a), Some(b)) => Some((b - a) as f64 / n.max(1) as f64),
+                _ => None,
+            },
+            "redis_round_trips_per_request": match (trips0, trips1) {
                 (Some(a), Some(b)) => Some((b - a) as f64 / n.max(1) as f64),
                 _ => None,
             },
@@ -962,6 +997,29 @@ fn print_table(results: &[Value]) {
             ratio(r, direct, "throughput"),
             ratio(r, hap, "p99_us"),
         );
+    }
+    // the Redis store against the embedded one, measured in the same run
+    let embedded = get("router");
+    let redis: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["redis_round_trips_per_request"].is_number())
+        .collect();
+    if !redis.is_empty() {
+        println!();
+        println!("| configuration | proxy CPU µs/req | CPU vs embedded store (router) | Redis round trips/req | Redis commands/req |");
+        println!("|---|---|---|---|---|");
+        for r in redis {
+            println!(
+                "| {} | {} | {} | {:.3} | {:.3} |",
+                r["config"].as_str().unwrap_or(""),
+                r["proxy_cpu_us_per_request"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                ratio(r, embedded, "proxy_cpu_us_per_request"),
+                r["redis_round_trips_per_request"].as_f64().unwrap_or(0.0),
+                r["redis_commands_per_request"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
 }
 
