@@ -1395,8 +1395,31 @@ mod tests {
             StoreSettings::Redis(r) => {
                 assert_eq!(r.key_prefix, "mcp-router:session:");
                 assert_eq!(r.timeout, Duration::from_millis(50));
+                // the record cache: on by default
+                assert_eq!((r.cache_size, r.slide_fraction), (100_000, 0.1));
             }
             StoreSettings::Memory => panic!("redis URL ignored"),
+        }
+        let redis = |extra: &[&str]| {
+            let mut a = vec![
+                "--backend",
+                "http://x:1",
+                "--store",
+                "redis://127.0.0.1:6399",
+            ];
+            a.extend_from_slice(extra);
+            cli(&a).settings()
+        };
+        match redis(&["--store-cache-size", "0", "--store-slide-fraction", "0.5"])
+            .unwrap()
+            .store
+        {
+            StoreSettings::Redis(r) => assert_eq!((r.cache_size, r.slide_fraction), (0, 0.5)),
+            StoreSettings::Memory => panic!("redis URL ignored"),
+        }
+        for bad in ["0", "0.51", "1", "NaN"] {
+            let e = redis(&["--store-slide-fraction", bad]).unwrap_err();
+            assert!(e.0.starts_with("store_slide_fraction"), "{bad}: {e}");
         }
         // The key prefix: non-empty, no whitespace or control characters; checked at
         // start, from a flag or the file.

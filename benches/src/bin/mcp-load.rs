@@ -376,7 +376,11 @@ fn redis_round_trips(port: u16) -> Res<u64> {
             if !["evalsha", "eval", "exec", "hmget"].contains(&cmd) {
                 return None;
             }
-            rest.strip_prefix("calls=")?.split(',').next()?.parse::<u64>().ok()
+            rest.strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
         })
         .sum())
 }
