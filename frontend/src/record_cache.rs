@@ -6,7 +6,7 @@
 //!
 //! **Correctness.** An entry is only as good as the invalidations that would remove
 //! it. The cache answers only while it is *enabled*: a tracking connection to Redis
-//! (`CLIENT TRACKING ON BCAST PREFIX <key prefix>`) is up and known to be live. Every
+//! (`CLIENT TRACKING ON BCAST`, a prefix per first character of a session id) is up and known to be live. Every
 //! event that can lose an invalidation (that connection dropped, a probe of it
 //! failed, a Redis `FLUSHALL`, a Sentinel promotion) [disables](RecordCache::disable)
 //! it, which empties it; it is enabled again only by a probe that was sent after the

@@ -1313,8 +1313,8 @@ pub struct ManagedRedis<R> {
 const SLIDE_QUEUE: usize = 4096;
 
 /// The record cache ([`crate::record_cache`]) and what keeps it correct: a RESP3
-/// connection of its own to Redis with `CLIENT TRACKING ON BCAST PREFIX <key prefix>
-/// NOLOOP`, whose invalidation messages evict entries as they arrive (in the
+/// connection of its own to Redis with `CLIENT TRACKING ON BCAST PREFIX <key prefix>!
+/// ... PREFIX <key prefix>~ NOLOOP` (every record key, no set beside them), whose invalidation messages evict entries as they arrive (in the
 /// connection's reader, before any later reply on it). The store probe
 /// ([`RemoteStore::ping`], every second) pings it: the cache answers only while it is
 /// up, and is emptied whenever it drops, a probe of it fails or times out, or Redis
@@ -1504,14 +1504,20 @@ impl Tracker {
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await?;
+        // One prefix per first character a session id can have (visible ASCII): the
+        // keys of every record, and none of the sets beside them (`<prefix> live`, the
+        // client sets, buckets, the expiry index: a space after the prefix), whose
+        // changes on every session start and end would otherwise be sent too.
         let mut track = redis::cmd("CLIENT");
-        track
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(prefix)
-            .arg("NOLOOP");
+        track.arg("TRACKING").arg("ON").arg("BCAST");
+        let mut p = String::with_capacity(prefix.len() + 1);
+        for c in 0x21u8..=0x7e {
+            p.clear();
+            p.push_str(prefix);
+            p.push(char::from(c));
+            track.arg("PREFIX").arg(p.as_str());
+        }
+        track.arg("NOLOOP");
         let _: () = track.query_async(&mut c).await?;
         Ok(c)
     }
