@@ -52,6 +52,9 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Shard {
     map: IndexMap<SessionKey, Entry>,
+    /// Records this replica is creating: kept when their creation's own invalidation
+    /// arrives (with the epoch they were registered in).
+    pending: IndexMap<SessionKey, (Record, u64)>,
     /// Invalidations (and evictions by this replica's own writes) of this shard.
     seq: u64,
     /// The next entry evicted when the shard is full.
@@ -170,13 +173,7 @@ impl RecordCache {
         if s.seq != ticket.seq {
             return false;
         }
-        if s.map.len() >= self.per_shard && !s.map.contains_key(k.as_str()) {
-            let i = s.victim % s.map.len();
-            s.map.swap_remove_index(i);
-            s.victim = s.victim.wrapping_add(1);
-        }
-        let slid = now.checked_sub(self.slide_every / 2).unwrap_or(now);
-        s.map.insert(k.clone(), Entry { record, slid });
+        self.insert(&mut s, k.clone(), record, now);
         true
     }
 
@@ -190,11 +187,56 @@ impl RecordCache {
     }
 
     /// Redis says the key of session `k` changed (or this replica changed it): forget
-    /// it, and drop any fill of its shard under way.
+    /// it, and drop any fill of its shard under way. If this replica is creating `k`
+    /// ([`RecordCache::expect_creation`]), this is its creation's own message: keep
+    /// the new record instead.
     pub fn invalidate(&self, k: &str) {
         let mut s = self.lock(self.shard(k));
         s.seq = s.seq.wrapping_add(1);
         s.map.swap_remove(k);
+        if let Some((key, (record, epoch))) = s.pending.swap_remove_full(k).map(|(_, k, v)| (k, v))
+        {
+            if self.is_enabled() && self.epoch.load(Ordering::Acquire) == epoch {
+                self.insert(&mut s, key, record, Instant::now());
+            }
+        }
+    }
+
+    /// This replica is about to create the record of `k` (a new session id, which no
+    /// one else knows yet): the first invalidation of `k` from now on is that
+    /// creation's own, and fills the cache with `record`. Call it before sending the
+    /// write: Redis sends the tracking connection its messages in order, so the first
+    /// one naming `k` after the write is the write's. (A session id is handed to its
+    /// client only after its record is created, so no other writer of `k` can come
+    /// in the same Redis event-loop turn, whose messages Redis merges.)
+    pub fn expect_creation(&self, k: &SessionKey, record: Record) {
+        let mut s = self.lock(self.shard(k.as_str()));
+        if !self.is_enabled() || s.pending.len() >= self.per_shard {
+            return;
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        s.pending.insert(k.clone(), (record, epoch));
+    }
+
+    /// Forget `k` for this replica's own reasons (its creation failed or its outcome
+    /// is unknown, it is being deleted or failed over here, a slide found it gone): no
+    /// entry, no creation expected any more (a message that still comes only evicts),
+    /// and no fill of its shard under way.
+    pub fn forget(&self, k: &str) {
+        let mut s = self.lock(self.shard(k));
+        s.pending.swap_remove(k);
+        s.seq = s.seq.wrapping_add(1);
+        s.map.swap_remove(k);
+    }
+
+    fn insert(&self, s: &mut Shard, k: SessionKey, record: Record, now: Instant) {
+        if s.map.len() >= self.per_shard && !s.map.contains_key(k.as_str()) {
+            let i = s.victim % s.map.len();
+            s.map.swap_remove_index(i);
+            s.victim = s.victim.wrapping_add(1);
+        }
+        let slid = now.checked_sub(self.slide_every / 2).unwrap_or(now);
+        s.map.insert(k, Entry { record, slid });
     }
 
     /// Forget everything, and drop every fill under way (the cache stays enabled).
@@ -203,6 +245,7 @@ impl RecordCache {
             let mut s = self.lock(sh);
             s.seq = s.seq.wrapping_add(1);
             s.map = IndexMap::new();
+            s.pending = IndexMap::new();
         }
     }
 
@@ -332,6 +375,40 @@ mod tests {
         assert!(c.fill(&key(3), rec(1), t, now));
         c.flush();
         assert!(c.is_empty() && c.is_enabled());
+    }
+
+    #[test]
+    fn a_creation_fills_the_cache_at_its_own_invalidation_only() {
+        let c = RecordCache::new(10, Duration::from_secs(10), 0.1);
+        assert!(c.enable(c.epoch()));
+        let now = Instant::now();
+        c.expect_creation(&key(1), rec(4));
+        assert!(matches!(c.lookup(&key(1), now), Lookup::Miss(_)));
+        // the creation's own message fills it
+        c.invalidate(key(1).as_str());
+        assert!(
+            matches!(c.lookup(&key(1), now), Lookup::Hit(Hit { record, .. }) if record == rec(4))
+        );
+        // the next message (another writer) evicts it
+        c.invalidate(key(1).as_str());
+        assert!(matches!(c.lookup(&key(1), now), Lookup::Miss(_)));
+        // a failed creation expects nothing
+        c.expect_creation(&key(2), rec(4));
+        c.forget(key(2).as_str());
+        c.invalidate(key(2).as_str());
+        assert!(matches!(c.lookup(&key(2), now), Lookup::Miss(_)));
+        // a disable in between (the message may be lost) drops it
+        c.expect_creation(&key(3), rec(4));
+        c.disable();
+        assert!(c.enable(c.epoch()));
+        c.invalidate(key(3).as_str());
+        assert!(matches!(c.lookup(&key(3), now), Lookup::Miss(_)));
+        // nothing is expected while disabled
+        c.disable();
+        c.expect_creation(&key(4), rec(4));
+        assert!(c.enable(c.epoch()));
+        c.invalidate(key(4).as_str());
+        assert!(matches!(c.lookup(&key(4), now), Lookup::Miss(_)));
     }
 
     #[test]

@@ -1566,7 +1566,7 @@ impl Tracker {
                 match r {
                     // the record is gone (EXPIRE GT: 0), or no record: forget it
                     Ok(Value::Nil | Value::Boolean(false) | Value::Int(0)) => {
-                        self.cache.invalidate(k.as_str())
+                        self.cache.forget(k.as_str())
                     }
                     Ok(_) => {}
                     Err(_) => self.cache.slide_dropped(k),
@@ -1766,15 +1766,24 @@ impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
         if let Some(t) = &self.tracker {
             match op {
                 StoreOp::Get(k) => return self.cached_get(t, k).await,
+                // a new session: cached when Redis reports the creation itself
+                StoreOp::Insert(k, r) | StoreOp::InsertFailover(k, r, _) => {
+                    t.cache.forget(k.as_str());
+                    if r.backend.0 != u16::MAX {
+                        t.cache.expect_creation(k, *r);
+                    }
+                    let reply = self.execute_uncached(op).await;
+                    if reply != StoreReply::Inserted(true) {
+                        t.cache.forget(k.as_str());
+                    }
+                    return reply;
+                }
                 // this replica's own writes of a record: no stale copy of it, whatever
                 // the invalidation's timing
-                StoreOp::Delete(k)
-                | StoreOp::Insert(k, _)
-                | StoreOp::InsertFailover(k, _, _)
-                | StoreOp::FailOver { key: k, .. } => {
-                    t.cache.invalidate(k.as_str());
+                StoreOp::Delete(k) | StoreOp::FailOver { key: k, .. } => {
+                    t.cache.forget(k.as_str());
                     let r = self.execute_uncached(op).await;
-                    t.cache.invalidate(k.as_str());
+                    t.cache.forget(k.as_str());
                     return r;
                 }
                 _ => {}

@@ -67,7 +67,7 @@ fn key(sid: &str) -> String {
     format!("mcp-router:session:{sid}")
 }
 
-/// (a) After a session's first request, its requests cost Redis nothing.
+/// (a) A live session's requests cost Redis nothing, from the first one on.
 fn a_live_session_costs_no_redis_round_trip() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -75,21 +75,24 @@ fn a_live_session_costs_no_redis_round_trip() {
     let a = replica("router-a", rp, &[&b0], &[]);
     let mut c = a.conn();
     let (_, sid) = initialize(&mut c, json!(1));
-    assert_eq!(call(&mut c, &sid, 0).status, 200);
+    // the replica that created the record caches it when Redis reports the creation
+    // (its own invalidation message), so not even the first request reads it
+    std::thread::sleep(Duration::from_millis(50));
     let before = lookups(&redis.addr);
-    for i in 1..=100 {
+    for i in 0..=100 {
         assert_eq!(call(&mut c, &sid, i).status, 200);
     }
     let spent = lookups(&redis.addr) - before;
     eprintln!(
-        "{:?}: Redis lookups for 100 requests of a live session: {spent}",
+        "{:?}: Redis lookups for 101 requests of a live session: {spent}",
         frontend()
     );
     if caches() {
         assert_eq!(spent, 0, "a cached session's requests cost no round trip");
     } else {
-        // glommio: one EVALSHA of the record script per request
-        assert_eq!(spent, 100);
+        // glommio: one EVALSHA of the record script per request (and one EVAL loading
+        // it, should this executor's first EVALSHA of it get NOSCRIPT)
+        assert!((101..=102).contains(&spent), "{spent}");
     }
     // and the same router with the cache off reads Redis each time
     drop(c);
