@@ -57,8 +57,8 @@ pub struct Cli {
     pub store_wait_replicas: Option<u32>,
     /// Session records each replica keeps in a local cache kept correct by Redis's
     /// client-side caching invalidations (`CLIENT TRACKING`), so that a request of a
-    /// live session costs no Redis round trip; 0: off (tokio and smol on one Redis
-    /// server; glommio, Sentinel and Cluster always read Redis) [default: 100000].
+    /// live session costs no Redis round trip; 0: off (tokio and smol, one Redis
+    /// server or Sentinel; glommio and Cluster always read Redis) [default: 100000].
     #[arg(long, env = "MCP_ROUTER_STORE_CACHE_SIZE")]
     pub store_cache_size: Option<usize>,
     /// With the cache: a request answered from it slides the record's idle TTL at most

@@ -1323,9 +1323,11 @@ const SLIDE_QUEUE: usize = 4096;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 struct Tracker {
     cache: Arc<crate::record_cache::RecordCache>,
-    /// The same server as the link, spoken to in RESP3.
-    client: redis::Client,
-    conn: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// One Redis server: its address and settings (Sentinel: the primary the link
+    /// follows, asked at each probe).
+    fixed: Option<(String, ConnectionInfo)>,
+    /// The node tracked and the connection to it (RESP3).
+    conn: std::sync::Mutex<Option<(String, redis::aio::MultiplexedConnection)>>,
     /// `(1 - fraction / 2) × TTL`: a lookup that misses slides only below this.
     keep: Duration,
     slides: std::sync::Mutex<SlideQueue>,
@@ -1343,16 +1345,16 @@ struct SlideQueue {
 #[cfg(any(feature = "tokio", feature = "smol"))]
 impl Tracker {
     fn new(s: &RedisSettings, codec: &RedisCodec) -> Result<Option<Tracker>, ConfigError> {
-        if s.cache_size == 0 || s.topology != Topology::Single {
+        if s.cache_size == 0 || s.topology.sharded() {
             return Ok(None);
         }
-        let info = s.connection_info()?;
-        let r = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(r))
-            .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
+        let fixed = match s.topology {
+            Topology::Single => {
+                let info = s.connection_info()?;
+                Some((info.addr().to_string(), info))
+            }
+            _ => None,
+        };
         let ttl = codec.ttl();
         Ok(Some(Tracker {
             cache: Arc::new(crate::record_cache::RecordCache::new(
@@ -1360,7 +1362,7 @@ impl Tracker {
                 ttl,
                 s.slide_fraction,
             )),
-            client,
+            fixed,
             conn: std::sync::Mutex::new(None),
             keep: ttl.mul_f64(1.0 - s.slide_fraction / 2.0),
             slides: std::sync::Mutex::default(),
@@ -1368,11 +1370,15 @@ impl Tracker {
         }))
     }
 
-    fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+    fn tracked(&self) -> Option<(String, redis::aio::MultiplexedConnection)> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set_conn(&self, c: Option<redis::aio::MultiplexedConnection>) {
+    fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.tracked().map(|(_, c)| c)
+    }
+
+    fn set_conn(&self, c: Option<(String, redis::aio::MultiplexedConnection)>) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
 
@@ -1440,7 +1446,31 @@ impl Tracker {
     /// The probe: set tracking up when it is not, else `PING` over it; the cache is
     /// enabled by a success (that began after the last disabling) and disabled by a
     /// failure.
-    async fn probe<R: crate::rt::Runtime>(&self, prefix: &str, timeout: Duration) {
+    async fn probe<R: crate::rt::Runtime>(
+        &self,
+        link: &crate::redis_link::Link,
+        prefix: &str,
+        timeout: Duration,
+    ) {
+        // the node to track: the one server, or the primary the sentinels named
+        let target = match (&self.fixed, link) {
+            (Some(f), _) => Some(f.clone()),
+            (None, crate::redis_link::Link::Sentinel(s)) => s.primary(),
+            _ => None,
+        };
+        let Some((addr, info)) = target else {
+            self.cache.disable();
+            self.set_conn(None);
+            return;
+        };
+        if let Some((tracked, _)) = self.tracked() {
+            if tracked != addr {
+                // a promotion: the old primary's messages no longer cover every write
+                tracing::info!(from = %tracked, to = %addr, "store: record cache emptied, tracking the promoted primary");
+                self.cache.disable();
+                self.set_conn(None);
+            }
+        }
         let epoch = self.cache.epoch();
         let ok = match self.conn() {
             Some(mut c) => {
@@ -1451,9 +1481,10 @@ impl Tracker {
                 )
             }
             None => {
-                match crate::rt::timeout::<R, _>(timeout, self.connect(prefix, timeout)).await {
+                match crate::rt::timeout::<R, _>(timeout, self.connect(info, prefix, timeout)).await
+                {
                     Some(Ok(c)) => {
-                        self.set_conn(Some(c));
+                        self.set_conn(Some((addr, c)));
                         if self.warned.swap(false, Ordering::Relaxed) {
                             tracing::info!("store: record cache tracking Redis again");
                         }
@@ -1489,9 +1520,15 @@ impl Tracker {
 
     async fn connect(
         &self,
+        info: ConnectionInfo,
         prefix: &str,
         timeout: Duration,
     ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let r = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(r))?;
         let (cache, p) = (self.cache.clone(), prefix.to_owned());
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -1500,8 +1537,7 @@ impl Tracker {
                 Tracker::on_push(&cache, &p, info);
                 Ok::<(), std::convert::Infallible>(())
             });
-        let mut c = self
-            .client
+        let mut c = client
             .get_multiplexed_async_connection_with_config(&cfg)
             .await?;
         // One prefix per first character a session id can have (visible ASCII): the
@@ -1797,7 +1833,8 @@ impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
             .await
             .unwrap_or(false);
         if let Some(t) = &self.tracker {
-            t.probe::<R>(self.codec.prefix(), self.timeout).await;
+            t.probe::<R>(&self.link, self.codec.prefix(), self.timeout)
+                .await;
         }
         ok
     }
