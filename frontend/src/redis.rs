@@ -2390,6 +2390,29 @@ mod tests {
         );
     }
 
+    /// The record cache's commands: a miss reads with the record script in its `lazy`
+    /// form (sliding only below `keep`), a background slide is `EXPIRE ... GT` in a
+    /// transaction, never a TTL on a key without one.
+    #[test]
+    fn the_cache_reads_lazily_and_slides_with_expire_gt() {
+        let c = codec();
+        let k = SessionKey::new(b"abc", 256).unwrap();
+        let lazy = packed(c.lazy_get_command(&k, Duration::from_millis(2850), false));
+        assert!(
+            lazy.ends_with("$5\r\np:abc\r\n$4\r\nlazy\r\n$4\r\n7200\r\n$4\r\n2850\r\n"),
+            "{lazy}"
+        );
+        assert!(lazy.starts_with("*7\r\n$7\r\nEVALSHA\r\n"), "{lazy}");
+        assert!(RECORD_SCRIPT.contains("ARGV[1] == 'lazy'"));
+        let slide = String::from_utf8(c.slide_command(&k).get_packed_pipeline()).unwrap();
+        assert_eq!(
+            slide,
+            "*1\r\n$5\r\nMULTI\r\n*4\r\n$6\r\nEXPIRE\r\n$5\r\np:abc\r\n$4\r\n7200\r\n$2\r\nGT\r\n*1\r\n$4\r\nEXEC\r\n"
+        );
+        // a slide's reply: slid, or the key is gone
+        assert_eq!(c.ttl(), Duration::from_secs(7200));
+    }
+
     #[test]
     fn the_key_prefix_is_checked() {
         assert!(check_key_prefix(DEFAULT_PREFIX).is_ok());
