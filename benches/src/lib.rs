@@ -1,7 +1,8 @@
 //! Shared pieces of mcp-router's benchmarks: a counting global allocator (each bench
 //! binary installs it with `#[global_allocator]`), realistic MCP inputs, and a
-//! harness that drives one [`Conn`] the way a driver does (bytes in, outputs drained,
-//! store ops run inline against a [`MemStore`]), with no sockets.
+//! harness: core's simulator ([`mcp_router_core::sim::Sim`]) counting bytes only, which
+//! drives one connection the way a driver does (bytes in, outputs drained, store ops
+//! run inline against the embedded store), with no sockets.
 
 use mcp_router_core::{Backend, Config};
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -55,6 +55,18 @@ pub struct Cli {
     /// 0: do not wait [default: 0].
     #[arg(long, env = "MCP_ROUTER_STORE_WAIT_REPLICAS")]
     pub store_wait_replicas: Option<u32>,
+    /// Session records each replica keeps in a local cache kept correct by Redis's
+    /// client-side caching invalidations (`CLIENT TRACKING`), so that a request of a
+    /// live session costs no Redis round trip; 0: off (tokio and smol, one Redis
+    /// server or Sentinel; glommio and Cluster always read Redis) [default: 100000].
+    #[arg(long, env = "MCP_ROUTER_STORE_CACHE_SIZE")]
+    pub store_cache_size: Option<usize>,
+    /// With the cache: a request answered from it slides the record's idle TTL at most
+    /// once per this fraction of the session TTL (sent in the background), so an idle
+    /// session ends between (1 - fraction) x TTL and TTL after its last request; in
+    /// (0, 0.5] [default: 0.1].
+    #[arg(long, env = "MCP_ROUTER_STORE_SLIDE_FRACTION")]
+    pub store_slide_fraction: Option<f64>,
     /// Largest request or response head in bytes; larger request heads get 431 [default: 32768].
     #[arg(long, env = "MCP_ROUTER_MAX_HEAD")]
     pub max_head: Option<usize>,
@@ -330,6 +342,8 @@ struct File {
     store_timeout: Option<toml::Value>,
     store_password: Option<String>,
     store_wait_replicas: Option<u32>,
+    store_cache_size: Option<usize>,
+    store_slide_fraction: Option<f64>,
     max_head: Option<usize>,
     max_headers: Option<usize>,
     max_inspect_body: Option<usize>,
@@ -410,6 +424,8 @@ fn on_off(field: &str, s: &str) -> Result<bool, ConfigError> {
 
 /// Which session store to use.
 #[derive(Debug, Clone)]
+// one per process, read at start: its size does not matter
+#[allow(clippy::large_enum_variant)]
 pub enum StoreSettings {
     /// The embedded in-memory store.
     Memory,
@@ -666,6 +682,15 @@ impl Cli {
             .clone()
             .or(file.store)
             .unwrap_or_else(|| "memory".into());
+        let slide_fraction = self
+            .store_slide_fraction
+            .or(file.store_slide_fraction)
+            .unwrap_or(crate::redis::DEFAULT_SLIDE_FRACTION);
+        if !(slide_fraction > 0.0 && slide_fraction <= 0.5) {
+            return Err(ConfigError(format!(
+                "store_slide_fraction: {slide_fraction}: must be in (0, 0.5]"
+            )));
+        }
         let store = if store == "memory" {
             StoreSettings::Memory
         } else if crate::redis::Topology::is_redis_url(&store) {
@@ -680,6 +705,11 @@ impl Cli {
                     .store_wait_replicas
                     .or(file.store_wait_replicas)
                     .unwrap_or(0),
+                cache_size: self
+                    .store_cache_size
+                    .or(file.store_cache_size)
+                    .unwrap_or(crate::redis::DEFAULT_CACHE_SIZE),
+                slide_fraction,
             };
             s.check()?;
             StoreSettings::Redis(s)
@@ -1365,8 +1395,31 @@ mod tests {
             StoreSettings::Redis(r) => {
                 assert_eq!(r.key_prefix, "mcp-router:session:");
                 assert_eq!(r.timeout, Duration::from_millis(50));
+                // the record cache: on by default
+                assert_eq!((r.cache_size, r.slide_fraction), (100_000, 0.1));
             }
             StoreSettings::Memory => panic!("redis URL ignored"),
+        }
+        let redis = |extra: &[&str]| {
+            let mut a = vec![
+                "--backend",
+                "http://x:1",
+                "--store",
+                "redis://127.0.0.1:6399",
+            ];
+            a.extend_from_slice(extra);
+            cli(&a).settings()
+        };
+        match redis(&["--store-cache-size", "0", "--store-slide-fraction", "0.5"])
+            .unwrap()
+            .store
+        {
+            StoreSettings::Redis(r) => assert_eq!((r.cache_size, r.slide_fraction), (0, 0.5)),
+            StoreSettings::Memory => panic!("redis URL ignored"),
+        }
+        for bad in ["0", "0.51", "1", "NaN"] {
+            let e = redis(&["--store-slide-fraction", bad]).unwrap_err();
+            assert!(e.0.starts_with("store_slide_fraction"), "{bad}: {e}");
         }
         // The key prefix: non-empty, no whitespace or control characters; checked at
         // start, from a flag or the file.

@@ -76,13 +76,28 @@ impl<R: Runtime> Frontend<R> {
     /// readiness (nothing to do for the embedded store).
     pub async fn watch_store(&self, every: Duration, shutdown: &Shutdown) {
         let Some(r) = &self.remote else { return };
-        loop {
-            let ok = r.ping().await;
-            self.shared.store_probed(ok);
-            if rt::timeout::<R, _>(every, shutdown.wait()).await.is_some() {
-                return;
+        let probe = async {
+            loop {
+                let ok = r.ping().await;
+                self.shared.store_probed(ok);
+                if rt::timeout::<R, _>(every, shutdown.wait()).await.is_some() {
+                    return;
+                }
             }
-        }
+        };
+        // the transport's background work runs beside the probe, until shutdown
+        let (mut probe, mut background) = (std::pin::pin!(probe), std::pin::pin!(r.background()));
+        let mut background_done = false;
+        poll_fn(|cx| {
+            if probe.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if !background_done {
+                background_done = background.as_mut().poll(cx).is_ready();
+            }
+            Poll::Pending
+        })
+        .await;
     }
 }
 

@@ -26,6 +26,7 @@ pub mod config;
 pub mod drive;
 pub mod pool;
 pub mod reap;
+pub mod record_cache;
 pub mod redis;
 pub mod redis_link;
 pub mod rt;

@@ -68,7 +68,18 @@ pub struct RedisSettings {
     /// `--store-wait-replicas`: replicas that must acknowledge a new record (`WAIT`)
     /// before its session is acknowledged; 0: none.
     pub wait_replicas: u32,
+    /// `--store-cache-size`: records kept in the local cache ([`crate::record_cache`]);
+    /// 0: no cache.
+    pub cache_size: usize,
+    /// `--store-slide-fraction`: a cached record's TTL is slid at most once per this
+    /// fraction of the session TTL.
+    pub slide_fraction: f64,
 }
+
+/// Default `--store-cache-size`.
+pub const DEFAULT_CACHE_SIZE: usize = 100_000;
+/// Default `--store-slide-fraction`.
+pub const DEFAULT_SLIDE_FRACTION: f64 = 0.1;
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "mcp-router:session:";
@@ -108,6 +119,12 @@ pub fn check_key_prefix(prefix: &str) -> Result<(), ConfigError> {
 /// once the session has failed over, replies `{record, new upstream id}`; deleting
 /// deletes it. The sealed `initialize` body in it is never read here.
 ///
+/// `lazy` (the lookups of a replica with the record cache,
+/// [`RedisCodec::lazy_get_command`]) slides like `slide` only when less than `ARGV[3]`
+/// ms of the TTL are left, so that a read does not write (and invalidate every other
+/// replica's cached copy) when a slide came recently; its failover arguments are
+/// `ARGV[4] .. ARGV[5]`.
+///
 /// Replies: nil when there is no key; the record when the key held a well-formed one
 /// (then deleted or slid); an integer when the key holds something else (the length of
 /// a string that is not a record, -1 for another type), which is left untouched: no
@@ -130,10 +147,17 @@ if ARGV[1] == 'del' then
   local c = string.match(v, '^2|[sl]|%d+|(%x+)|')
   if c then redis.call('ZREM', ARGV[4] .. c, ARGV[3]) end
 else
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  if ARGV[3] then
-    local f = ARGV[3] .. ARGV[4]
-    if redis.call('EXPIRE', f, ARGV[2]) == 1 then
+  local fo, id, slide = ARGV[3], ARGV[4], true
+  if ARGV[1] == 'lazy' then
+    fo, id = ARGV[4], ARGV[5]
+    slide = redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3])
+  end
+  if slide then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  if fo then
+    local f = fo .. id
+    local live
+    if slide then live = redis.call('EXPIRE', f, ARGV[2]) == 1 else live = redis.call('EXISTS', f) == 1 end
+    if live then
       local u = redis.call('HGET', f, 'u')
       if u then return {v, u} end
     end
@@ -202,6 +226,8 @@ impl RedisSettings {
             timeout,
             topology: Topology::Single,
             wait_replicas: 0,
+            cache_size: 0,
+            slide_fraction: DEFAULT_SLIDE_FRACTION,
         }
     }
 
@@ -602,6 +628,55 @@ impl RedisCodec {
             }
         }
         c
+    }
+
+    /// The lookup of a replica with the record cache: [`RECORD_SCRIPT`] reading the
+    /// record of `k` and sliding its TTL only if less than `keep` of it is left.
+    /// Replies as [`StoreOp::Get`]'s command does.
+    pub fn lazy_get_command(&self, k: &SessionKey, keep: Duration, source: bool) -> redis::Cmd {
+        let mut c = eval(source, RECORD_SCRIPT, &RECORD_SCRIPT_SHA);
+        c.arg(1)
+            .arg(self.key(k))
+            .arg("lazy")
+            .arg(self.ttl_secs)
+            .arg(keep.as_millis() as u64);
+        if let Some(p) = &self.failover_prefixes {
+            c.arg(p[self.shard(k)].as_str()).arg(k.as_str());
+        }
+        c
+    }
+
+    /// The background slide of a cached record: `EXPIRE <key> <ttl> GT` (and its
+    /// failover hash's), in one transaction. Not the record script: Redis 7.0 does not
+    /// honour `NOLOOP` for a script's writes, so the slide would evict this replica's
+    /// own cached copy. `GT` never sets a TTL on a key that has none (a record always
+    /// has one) nor shortens one; the key held a record when it was cached, and any
+    /// change since has evicted it. Replies `[1]` (slid) or `[0]` (no such key).
+    pub fn slide_command(&self, k: &SessionKey) -> redis::Pipeline {
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("EXPIRE")
+            .arg(self.key(k))
+            .arg(self.ttl_secs)
+            .arg("GT");
+        if self.failover {
+            p.cmd("EXPIRE")
+                .arg(self.failover_key(k))
+                .arg(self.ttl_secs)
+                .arg("GT")
+                .ignore();
+        }
+        p
+    }
+
+    /// The session TTL records are written with.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
+    /// The key prefix (of every shard).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// [`INSERT_SCRIPT`] or [`ADMIT_SCRIPT`] for `op`.
@@ -1212,7 +1287,315 @@ pub struct ManagedRedis<R> {
     codec: RedisCodec,
     timeout: Duration,
     wait_replicas: u32,
+    /// `--store-cache-size` (one Redis server): the record cache and the connection
+    /// that keeps it correct.
+    tracker: Option<Tracker>,
     _rt: std::marker::PhantomData<fn() -> R>,
+}
+
+/// Slides queued for the background at most (past it a slide is dropped, and due
+/// again at the session's next request).
+#[cfg(any(feature = "tokio", feature = "smol"))]
+const SLIDE_QUEUE: usize = 4096;
+
+/// The record cache ([`crate::record_cache`]) and what keeps it correct: a RESP3
+/// connection of its own to Redis with `CLIENT TRACKING ON BCAST PREFIX <key prefix>!
+/// ... PREFIX <key prefix>~ NOLOOP` (every record key, no set beside them), whose invalidation messages evict entries as they arrive (in the
+/// connection's reader, before any later reply on it). The store probe
+/// ([`RemoteStore::ping`], every second) pings it: the cache answers only while it is
+/// up, and is emptied whenever it drops, a probe of it fails or times out, or Redis
+/// flushes. The slides of cached records go over it too (`NOLOOP`: they do not evict
+/// this replica's own entries), in the background ([`RemoteStore::background`]).
+#[cfg(any(feature = "tokio", feature = "smol"))]
+struct Tracker {
+    cache: Arc<crate::record_cache::RecordCache>,
+    /// One Redis server: its address and settings (Sentinel: the primary the link
+    /// follows, asked at each probe).
+    fixed: Option<(String, ConnectionInfo)>,
+    /// The node tracked and the connection to it (RESP3).
+    conn: std::sync::Mutex<Option<(String, redis::aio::MultiplexedConnection)>>,
+    /// `(1 - fraction / 2) × TTL`: a lookup that misses slides only below this.
+    keep: Duration,
+    slides: std::sync::Mutex<SlideQueue>,
+    /// Whether the last attempt to set tracking up failed (logged once per outage).
+    warned: AtomicBool,
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+#[derive(Default)]
+struct SlideQueue {
+    keys: Vec<SessionKey>,
+    waker: Option<std::task::Waker>,
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl Tracker {
+    fn new(s: &RedisSettings, codec: &RedisCodec) -> Result<Option<Tracker>, ConfigError> {
+        if s.cache_size == 0 || s.topology.sharded() {
+            return Ok(None);
+        }
+        let fixed = match s.topology {
+            Topology::Single => {
+                let info = s.connection_info()?;
+                Some((info.addr().to_string(), info))
+            }
+            _ => None,
+        };
+        let ttl = codec.ttl();
+        Ok(Some(Tracker {
+            cache: Arc::new(crate::record_cache::RecordCache::new(
+                s.cache_size,
+                ttl,
+                s.slide_fraction,
+            )),
+            fixed,
+            conn: std::sync::Mutex::new(None),
+            keep: ttl.mul_f64(1.0 - s.slide_fraction / 2.0),
+            slides: std::sync::Mutex::default(),
+            warned: AtomicBool::new(false),
+        }))
+    }
+
+    fn tracked(&self) -> Option<(String, redis::aio::MultiplexedConnection)> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.tracked().map(|(_, c)| c)
+    }
+
+    fn set_conn(&self, c: Option<(String, redis::aio::MultiplexedConnection)>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// Queue a slide of `k` for the background.
+    fn queue_slide(&self, k: &SessionKey) {
+        let mut q = self.slides.lock().unwrap_or_else(|e| e.into_inner());
+        if q.keys.len() >= SLIDE_QUEUE {
+            drop(q);
+            self.cache.slide_dropped(k);
+            return;
+        }
+        q.keys.push(k.clone());
+        if let Some(w) = q.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The next batch of queued slides (waits for one).
+    async fn next_slides(&self) -> Vec<SessionKey> {
+        std::future::poll_fn(|cx| {
+            let mut q = self.slides.lock().unwrap_or_else(|e| e.into_inner());
+            if q.keys.is_empty() {
+                q.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(std::mem::take(&mut q.keys))
+            }
+        })
+        .await
+    }
+
+    /// What an invalidation message means for the cache: evict each session key under
+    /// `prefix` it names; a null message (Redis flushed) or one of another shape
+    /// empties the cache; the connection dropped: disable it.
+    fn on_push(cache: &crate::record_cache::RecordCache, prefix: &str, p: redis::PushInfo) {
+        match p.kind {
+            redis::PushKind::Invalidate => match p.data.first() {
+                Some(Value::Array(keys)) => {
+                    for k in keys {
+                        let key = match k {
+                            Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                            Value::SimpleString(s) => Some(s.as_str()),
+                            _ => None,
+                        };
+                        match key.map(|k| k.strip_prefix(prefix)) {
+                            Some(Some(id)) => cache.invalidate(id),
+                            // not a key of ours (BCAST: never; be safe)
+                            Some(None) => {}
+                            None => cache.flush(),
+                        }
+                    }
+                }
+                _ => cache.flush(),
+            },
+            redis::PushKind::Disconnection => {
+                if cache.is_enabled() {
+                    warn!("store: record cache off: its tracking connection dropped; lookups read Redis");
+                }
+                cache.disable()
+            }
+            _ => {}
+        }
+    }
+
+    /// The probe: set tracking up when it is not, else `PING` over it; the cache is
+    /// enabled by a success (that began after the last disabling) and disabled by a
+    /// failure.
+    async fn probe<R: crate::rt::Runtime>(
+        &self,
+        link: &crate::redis_link::Link,
+        prefix: &str,
+        timeout: Duration,
+    ) {
+        // the node to track: the one server, or the primary the sentinels named
+        let target = match (&self.fixed, link) {
+            (Some(f), _) => Some(f.clone()),
+            (None, crate::redis_link::Link::Sentinel(s)) => s.primary(),
+            _ => None,
+        };
+        let Some((addr, info)) = target else {
+            self.cache.disable();
+            self.set_conn(None);
+            return;
+        };
+        if let Some((tracked, _)) = self.tracked() {
+            if tracked != addr {
+                // a promotion: the old primary's messages no longer cover every write
+                tracing::info!(from = %tracked, to = %addr, "store: record cache emptied, tracking the promoted primary");
+                self.cache.disable();
+                self.set_conn(None);
+            }
+        }
+        let epoch = self.cache.epoch();
+        let ok = match self.conn() {
+            Some(mut c) => {
+                let ping = redis::cmd("PING");
+                matches!(
+                    crate::rt::timeout::<R, _>(timeout, ping.query_async::<Value>(&mut c)).await,
+                    Some(Ok(_))
+                )
+            }
+            None => {
+                match crate::rt::timeout::<R, _>(timeout, self.connect(info, prefix, timeout)).await
+                {
+                    Some(Ok(c)) => {
+                        self.set_conn(Some((addr, c)));
+                        if self.warned.swap(false, Ordering::Relaxed) {
+                            tracing::info!("store: record cache tracking Redis again");
+                        }
+                        true
+                    }
+                    Some(Err(e)) => {
+                        if !self.warned.swap(true, Ordering::Relaxed) {
+                            warn!(error = %e, "store: cannot set up the record cache's tracking connection; lookups read Redis");
+                        }
+                        false
+                    }
+                    None => false,
+                }
+            }
+        };
+        if ok {
+            if !self.cache.is_enabled() && self.cache.enable(epoch) {
+                tracing::info!(
+                    capacity = self.cache.capacity(),
+                    "store: record cache on (tracking Redis invalidations)"
+                );
+            }
+        } else {
+            if self.cache.is_enabled() {
+                warn!(
+                    "store: record cache off: its tracking connection is down; lookups read Redis"
+                );
+            }
+            self.cache.disable();
+            self.set_conn(None);
+        }
+    }
+
+    async fn connect(
+        &self,
+        info: ConnectionInfo,
+        prefix: &str,
+        timeout: Duration,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let r = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(r))?;
+        let (cache, p) = (self.cache.clone(), prefix.to_owned());
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_push_sender(move |info: redis::PushInfo| {
+                Tracker::on_push(&cache, &p, info);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        // One prefix per first character a session id can have (visible ASCII): the
+        // keys of every record, and none of the sets beside them (`<prefix> live`, the
+        // client sets, buckets, the expiry index: a space after the prefix), whose
+        // changes on every session start and end would otherwise be sent too.
+        let mut track = redis::cmd("CLIENT");
+        track.arg("TRACKING").arg("ON").arg("BCAST");
+        let mut p = String::with_capacity(prefix.len() + 1);
+        for c in 0x21u8..=0x7e {
+            p.clear();
+            p.push_str(prefix);
+            p.push(char::from(c));
+            track.arg("PREFIX").arg(p.as_str());
+        }
+        track.arg("NOLOOP");
+        let _: () = track.query_async(&mut c).await?;
+        Ok(c)
+    }
+
+    /// Send the queued slides, forever (the store probe's companion).
+    async fn run_slides(&self, codec: &RedisCodec) {
+        loop {
+            let keys = self.next_slides().await;
+            let Some(c) = self.conn() else {
+                for k in &keys {
+                    self.cache.slide_dropped(k);
+                }
+                continue;
+            };
+            let sent: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    let mut c = c.clone();
+                    Box::pin(async move {
+                        let r = codec.slide_command(k).query_async::<Value>(&mut c).await;
+                        let r = match r {
+                            Ok(Value::Array(a)) => Ok(a.into_iter().next().unwrap_or(Value::Nil)),
+                            // before Redis 7.0 (no EXPIRE GT): the record script, which
+                            // this replica's own invalidation then evicts
+                            Err(e)
+                                if e.kind()
+                                    == redis::ErrorKind::Server(
+                                        redis::ServerErrorKind::ResponseError,
+                                    ) =>
+                            {
+                                let op = StoreOp::Touch(k.clone());
+                                match codec.command(&op).query_async::<Value>(&mut c).await {
+                                    Err(e) if e.code() == Some("NOSCRIPT") => {
+                                        codec.command_with_source(&op).query_async(&mut c).await
+                                    }
+                                    r => r,
+                                }
+                            }
+                            r => r,
+                        };
+                        (k, r)
+                    })
+                })
+                .collect();
+            for (k, r) in join_all(sent).await {
+                match r {
+                    // the record is gone (EXPIRE GT: 0), or no record: forget it
+                    Ok(Value::Nil | Value::Boolean(false) | Value::Int(0)) => {
+                        self.cache.forget(k.as_str())
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.cache.slide_dropped(k),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
@@ -1241,10 +1624,12 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
             .then(|| crate::redis_link::Link::new(s, None))
             .transpose()
             .map_err(|e| ConfigError(format!("store: invalid Redis URL: {e}")))?;
+        let codec = RedisCodec::new(s, router);
         Ok(ManagedRedis {
             link,
             creator,
-            codec: RedisCodec::new(s, router),
+            tracker: Tracker::new(s, &codec)?,
+            codec,
             timeout: s.timeout,
             wait_replicas: s.wait_replicas,
             _rt: std::marker::PhantomData,
@@ -1361,8 +1746,96 @@ impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
 }
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime> ManagedRedis<R> {
+    /// The record cache, when there is one (for tests and metrics).
+    pub fn record_cache(&self) -> Option<&crate::record_cache::RecordCache> {
+        self.tracker.as_ref().map(|t| &*t.cache)
+    }
+
+    /// A lookup with the record cache: from memory when it holds the record (its slide
+    /// queued when due), else one round trip whose reply fills it.
+    async fn cached_get(&self, t: &Tracker, k: &SessionKey) -> StoreReply {
+        use crate::record_cache::Lookup;
+        let now = std::time::Instant::now();
+        let ticket = match t.cache.lookup(k, now) {
+            Lookup::Hit(h) => {
+                if h.slide {
+                    t.queue_slide(k);
+                }
+                return StoreReply::Found(Some(h.record));
+            }
+            Lookup::Miss(ticket) => ticket,
+        };
+        let codec = &self.codec;
+        let q = self.script(|src| codec.lazy_get_command(k, t.keep, src));
+        let reply = match crate::rt::timeout::<R, _>(self.timeout, q).await {
+            Some(Ok(v)) => codec.reply(&StoreOp::Get(k.clone()), v),
+            _ => StoreReply::Unavailable,
+        };
+        // only a record of a configured backend, never "none" nor a failover's state
+        if let StoreReply::Found(Some(r)) = reply {
+            if r.backend != BackendId::UNCONFIGURED {
+                t.cache.fill(k, r, ticket, now);
+            }
+        }
+        reply
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
 impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
     async fn execute(&self, op: &StoreOp) -> StoreReply {
+        if let Some(t) = &self.tracker {
+            match op {
+                StoreOp::Get(k) => return self.cached_get(t, k).await,
+                // a new session: cached when Redis reports the creation itself
+                StoreOp::Insert(k, r) | StoreOp::InsertFailover(k, r, _) => {
+                    t.cache.forget(k.as_str());
+                    if r.backend != BackendId::UNCONFIGURED {
+                        t.cache.expect_creation(k, *r);
+                    }
+                    let reply = self.execute_uncached(op).await;
+                    if reply != StoreReply::Inserted(true) {
+                        t.cache.forget(k.as_str());
+                    }
+                    return reply;
+                }
+                // this replica's own writes of a record: no stale copy of it, whatever
+                // the invalidation's timing
+                StoreOp::Delete(k) | StoreOp::FailOver { key: k, .. } => {
+                    t.cache.forget(k.as_str());
+                    let r = self.execute_uncached(op).await;
+                    t.cache.forget(k.as_str());
+                    return r;
+                }
+                _ => {}
+            }
+        }
+        self.execute_uncached(op).await
+    }
+
+    async fn ping(&self) -> bool {
+        let ok = crate::rt::timeout::<R, _>(self.timeout, self.link.ping())
+            .await
+            .unwrap_or(false);
+        if let Some(t) = &self.tracker {
+            t.probe::<R>(&self.link, self.codec.prefix(), self.timeout)
+                .await;
+        }
+        ok
+    }
+
+    async fn background(&self) {
+        match &self.tracker {
+            Some(t) => t.run_slides(&self.codec).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+impl<R: crate::rt::Runtime> ManagedRedis<R> {
+    async fn execute_uncached(&self, op: &StoreOp) -> StoreReply {
         let codec = &self.codec;
         let q = async move {
             if let (StoreOp::Admit(a), true) = (op, codec.admits_in_parts()) {
@@ -1396,12 +1869,6 @@ impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
         crate::rt::timeout::<R, _>(limit, q)
             .await
             .unwrap_or(StoreReply::Unavailable)
-    }
-
-    async fn ping(&self) -> bool {
-        crate::rt::timeout::<R, _>(self.timeout, self.link.ping())
-            .await
-            .unwrap_or(false)
     }
 }
 
@@ -1907,6 +2374,29 @@ mod tests {
             c.reply(&StoreOp::Get(k), Value::BulkString(b"hello".to_vec())),
             StoreReply::Found(None)
         );
+    }
+
+    /// The record cache's commands: a miss reads with the record script in its `lazy`
+    /// form (sliding only below `keep`), a background slide is `EXPIRE ... GT` in a
+    /// transaction, never a TTL on a key without one.
+    #[test]
+    fn the_cache_reads_lazily_and_slides_with_expire_gt() {
+        let c = codec();
+        let k = SessionKey::new(b"abc", 256).unwrap();
+        let lazy = packed(c.lazy_get_command(&k, Duration::from_millis(2850), false));
+        assert!(
+            lazy.ends_with("$5\r\np:abc\r\n$4\r\nlazy\r\n$4\r\n7200\r\n$4\r\n2850\r\n"),
+            "{lazy}"
+        );
+        assert!(lazy.starts_with("*7\r\n$7\r\nEVALSHA\r\n"), "{lazy}");
+        assert!(RECORD_SCRIPT.contains("ARGV[1] == 'lazy'"));
+        let slide = String::from_utf8(c.slide_command(&k).get_packed_pipeline()).unwrap();
+        assert_eq!(
+            slide,
+            "*1\r\n$5\r\nMULTI\r\n*4\r\n$6\r\nEXPIRE\r\n$5\r\np:abc\r\n$4\r\n7200\r\n$2\r\nGT\r\n*1\r\n$4\r\nEXEC\r\n"
+        );
+        // a slide's reply: slid, or the key is gone
+        assert_eq!(c.ttl(), Duration::from_secs(7200));
     }
 
     #[test]

@@ -336,6 +336,7 @@ mod managed {
                 Topology::Sentinel { .. } => Ok(Link::Sentinel(Arc::new(SentinelLink {
                     settings: s.clone(),
                     current: Mutex::new(None),
+                    primary: Mutex::new(None),
                     asking: AtomicBool::new(false),
                     warned: AtomicBool::new(false),
                     shared,
@@ -414,6 +415,9 @@ mod managed {
         settings: RedisSettings,
         /// The primary's address and the connection to it.
         current: Mutex<Option<(String, ConnectionManager)>>,
+        /// The primary's address and connection settings (for the record cache's
+        /// tracking connection, which follows it).
+        primary: Mutex<Option<(String, redis::ConnectionInfo)>>,
         /// Someone is asking the sentinels now (one asks at a time).
         asking: AtomicBool,
         /// The last asking found no primary (and said so).
@@ -469,6 +473,14 @@ mod managed {
             r
         }
 
+        /// The primary the sentinels named last: its address and connection settings.
+        pub fn primary(&self) -> Option<(String, redis::ConnectionInfo)> {
+            self.primary
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }
+
         /// Ask the sentinels which node is the primary now; reconnect if it moved.
         pub async fn ask(&self) {
             if self.asking.swap(true, Ordering::AcqRel) {
@@ -497,6 +509,7 @@ mod managed {
                 }
             };
             let addr = client.get_connection_info().addr().to_string();
+            let info = client.get_connection_info().clone();
             let known = self
                 .current
                 .lock()
@@ -519,6 +532,8 @@ mod managed {
                     if let Some(sh) = &self.shared {
                         sh.metrics.store_node(&addr);
                     }
+                    *self.primary.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((addr.clone(), info));
                     *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((addr, c));
                 }
                 Err(e) => warn!(error = %e, "store: cannot connect to the primary"),

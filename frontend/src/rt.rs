@@ -21,6 +21,11 @@ pub trait RemoteStore {
     fn execute(&self, op: &StoreOp) -> impl Future<Output = StoreReply>;
     /// Whether the store answers a `PING` within the store timeout.
     fn ping(&self) -> impl Future<Output = bool>;
+    /// The transport's background work, run beside the store probe for as long as
+    /// the process runs (the record cache's slides); never ready by default.
+    fn background(&self) -> impl Future<Output = ()> {
+        std::future::pending()
+    }
 }
 
 /// A connected byte stream (a client or an upstream socket).

@@ -12,6 +12,11 @@
 //! Like the tokio and smol store: every op is bounded by `--store-timeout`; while the
 //! connection is down, ops fail at once (`Unavailable`: the client gets 503, never
 //! 404), and the connection comes back by itself with backoff (50 ms to 2 s).
+//!
+//! Unlike them it has no record cache (`--store-cache-size` is accepted and ignored):
+//! every lookup is one round trip. A cache here would need a RESP3 tracking
+//! connection per executor (executors share nothing) reading invalidation pushes,
+//! which this client does not parse; see docs/scaling.md, "The record cache".
 
 use crate::Glommio;
 use async_channel::{Receiver, Sender};

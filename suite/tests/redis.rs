@@ -178,8 +178,11 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     let rp = free_port();
     let mut redis = redis_server(rp);
     let b0 = Proc::fake_backend("b0");
-    let mut a = replica("router-a", rp, &[&b0], &["--store-timeout", "300ms"]);
-    let mut b = replica("router-b", rp, &[&b0], &["--store-timeout", "300ms"]);
+    // the record cache off: every request asks Redis (with the cache, a hang is
+    // noticed by the cache's probe instead: tests/redis_cache.rs)
+    let flags = ["--store-timeout", "300ms", "--store-cache-size", "0"];
+    let mut a = replica("router-a", rp, &[&b0], &flags);
+    let mut b = replica("router-b", rp, &[&b0], &flags);
     let (_, sid) = initialize(&mut a.conn(), json!(1));
     assert_eq!(call(&mut b.conn(), &sid, 1).status, 200);
 
@@ -495,7 +498,14 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     let b0 = Proc::fake_backend("b0");
     // the reap claims (a background round every --reap-claim-interval, not a
     // request's) are held off so that the counts below are the requests' alone
-    let a = replica("router-a", rp, &[&b0], &["--reap-claim-interval", "1h"]);
+    // the record cache off (--store-cache-size 0): this is the cost of a lookup that
+    // reads Redis; tests/redis_cache.rs shows the cache's
+    let a = replica(
+        "router-a",
+        rp,
+        &[&b0],
+        &["--reap-claim-interval", "1h", "--store-cache-size", "0"],
+    );
     let mut c = a.conn();
     let (_, sid) = initialize(&mut c, json!(1));
     for i in 0..100 {
@@ -537,6 +547,8 @@ fn failover_on_redis_keeps_one_round_trip_and_never_reads_the_body_per_request()
         &[
             "--reap-claim-interval",
             "1h",
+            "--store-cache-size",
+            "0",
             "--failover",
             "reinitialize",
             "--session-keys",

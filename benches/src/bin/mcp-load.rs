@@ -8,7 +8,7 @@
 //!
 //! `bench` starts two `mcp-fake-backend`s (pinned to the load CPU), then for each
 //! configuration (`direct`, `router`, `router-redis`, `router-sealed` (sealed ids, no
-//! store), `router-smol`, `router-glommio`, `haproxy`; by `--configs` only:
+//! store), `router-redis-nocache` (the record cache off), `router-smol`, `router-glommio`, `haproxy`; by `--configs` only:
 //! `router-redis-two`, `router-sealed-one`, `router-redis-sentinel` (a primary, a
 //! replica, three sentinels), `router-redis-sentinel-wait` (the same with
 //! `--store-wait-replicas 1`), `router-redis-cluster` (three primaries),
@@ -1110,12 +1110,17 @@ fn bench(o: &Opts) -> Res<()> {
                 more: vec![],
             },
             "router" => start_router(o, &backends, None, &[])?,
-            "router-redis" | "router-redis-two" | "router-redis-caps" => {
+            "router-redis" | "router-redis-two" | "router-redis-caps" | "router-redis-nocache" => {
                 // `-two`: two replicas sharing the Redis, clients alternating over them
-                // (the same two-process set-up as router-sealed, with a store)
+                // (the same two-process set-up as router-sealed, with a store);
+                // `-nocache`: the record cache off, every lookup reads Redis
                 let (redis, port) = start_redis(o)?;
                 let url = format!("redis://127.0.0.1:{port}");
-                let mut fe = start_router(o, &backends, Some(&url), caps(cfg))?;
+                let mut extra: Vec<&str> = caps(cfg).to_vec();
+                if cfg == "router-redis-nocache" {
+                    extra.extend(["--store-cache-size", "0"]);
+                }
+                let mut fe = start_router(o, &backends, Some(&url), &extra)?;
                 if cfg == "router-redis-two" {
                     let other = start_router(o, &backends, Some(&url), &[])?;
                     fe.more.push((other.addr, other.pid.expect("pid")));
@@ -1321,6 +1326,31 @@ fn print_table(results: &[Value]) {
             ratio(r, direct, "throughput"),
             ratio(r, hap, "p99_us"),
         );
+    }
+    // the Redis store against the embedded one, measured in the same run
+    let embedded = get("router");
+    let redis: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["store_round_trips_per_request"].is_number())
+        .collect();
+    if !redis.is_empty() {
+        println!();
+        println!("| configuration | proxy CPU µs/req | CPU vs embedded store (router) | Redis round trips/req | Redis commands/req (incl. in scripts) |");
+        println!("|---|---|---|---|---|");
+        for r in redis {
+            println!(
+                "| {} | {} | {} | {:.3} | {:.3} |",
+                r["config"].as_str().unwrap_or(""),
+                r["proxy_cpu_us_per_request"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                ratio(r, embedded, "proxy_cpu_us_per_request"),
+                r["store_round_trips_per_request"].as_f64().unwrap_or(0.0),
+                r["store_commands_incl_scripts_per_request"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+            );
+        }
     }
 }
 
