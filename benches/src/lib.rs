@@ -4,7 +4,7 @@
 //! drives one connection the way a driver does (bytes in, outputs drained, store ops
 //! run inline against the embedded store), with no sockets.
 
-use mcp_router_core::{Backend, Config};
+use mcp_router_core::Config;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -156,18 +156,10 @@ fn json_response(body: &str, session: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A config with `n` backends.
+/// A config with `n` backends (the simulator's, [`mcp_router_core::sim::config`]),
+/// sessions idle for up to 2 h, and no per-client rate.
 pub fn config(n: usize) -> Config {
-    let mut c = Config::default();
-    for i in 0..n {
-        c.backends.push(
-            Backend::parse(
-                &format!("http://10.0.0.{}:80{}", i + 1, i),
-                Some(&format!("b{i}")),
-            )
-            .expect("backend"),
-        );
-    }
+    let mut c = mcp_router_core::sim::config(n);
     c.session_ttl = Duration::from_secs(7200);
     // One client opens millions of sessions a second here: the rate quota would answer
     // most of them 429 and the benchmark would measure refusals. The session caps stay
@@ -176,10 +168,6 @@ pub fn config(n: usize) -> Config {
     c
 }
 
-/// One client connection driven in memory: the client writes requests, the backend's
-/// answers are injected as soon as the request went upstream, and the store runs
-/// inline. Written bytes are only counted (as a driver's socket write would consume
-/// them).
 /// The benches drive a connection through core's one simulator, counting bytes only.
 pub type Harness = mcp_router_core::sim::Sim;
 

@@ -1171,6 +1171,24 @@ async fn script_on(
     }
 }
 
+/// `op` carried out on `link` (its script by SHA, again with the source after a
+/// `NOSCRIPT`), and what the reply means; `Unavailable` when Redis did not answer.
+#[cfg(any(feature = "tokio", feature = "smol"))]
+async fn run_op(link: &crate::redis_link::Link, codec: &RedisCodec, op: &StoreOp) -> StoreReply {
+    let sent = script_on(link, |src| {
+        if src {
+            codec.command_with_source(op)
+        } else {
+            codec.command(op)
+        }
+    })
+    .await;
+    match sent {
+        Ok(v) => codec.reply(op, v),
+        Err(_) => StoreReply::Unavailable,
+    }
+}
+
 /// Every future of `futs` run at once; their outputs in order.
 #[cfg(any(feature = "tokio", feature = "smol"))]
 async fn join_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
@@ -1687,19 +1705,7 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
         op: &StoreOp,
         k: &SessionKey,
     ) -> StoreReply {
-        let codec = &self.codec;
-        let reply = match script_on(creator, |src| {
-            if src {
-                codec.command_with_source(op)
-            } else {
-                codec.command(op)
-            }
-        })
-        .await
-        {
-            Ok(v) => codec.reply(op, v),
-            Err(_) => return StoreReply::Unavailable,
-        };
+        let reply = run_op(creator, &self.codec, op).await;
         if reply != StoreReply::Inserted(true) {
             return reply;
         }
@@ -1714,16 +1720,7 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
             acknowledged = ?got.as_ref().ok(),
             "store: a new session record was not replicated in time; the session is refused"
         );
-        let delete = StoreOp::Delete(k.clone());
-        let _ = self
-            .script(|src| {
-                if src {
-                    self.codec.command_with_source(&delete)
-                } else {
-                    self.codec.command(&delete)
-                }
-            })
-            .await;
+        run_op(&self.link, &self.codec, &StoreOp::Delete(k.clone())).await;
         StoreReply::Unavailable
     }
 }
@@ -1846,19 +1843,7 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
             {
                 return self.create_replicated(c, op, k).await;
             }
-            match self
-                .script(|src| {
-                    if src {
-                        codec.command_with_source(op)
-                    } else {
-                        codec.command(op)
-                    }
-                })
-                .await
-            {
-                Ok(v) => codec.reply(op, v),
-                Err(_) => StoreReply::Unavailable,
-            }
+            run_op(&self.link, codec, op).await
         };
         // WAIT is bounded by the store timeout itself: room for it after the insert
         let limit = if self.wait_replicas > 0 {

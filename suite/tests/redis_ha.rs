@@ -118,6 +118,33 @@ struct Seen {
     calls: Vec<(Instant, u16, String)>,
 }
 
+impl Seen {
+    /// Through a failover: every answer was 200 or 503 (never 404), and from `settled`
+    /// on, all were 200.
+    fn only_503_until(&self, settled: Instant) {
+        let mut by_status: HashMap<u16, usize> = HashMap::new();
+        for (_, s, _) in &self.calls {
+            *by_status.entry(*s).or_default() += 1;
+        }
+        eprintln!("statuses during the failover: {by_status:?}");
+        let odd: Vec<_> = self
+            .calls
+            .iter()
+            .filter(|(_, s, _)| *s != 200 && *s != 503)
+            .collect();
+        assert!(odd.is_empty(), "answers other than 200 and 503: {odd:?}");
+        let late: Vec<_> = self
+            .calls
+            .iter()
+            .filter(|(at, s, _)| *at > settled && *s != 200)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "failed after the failover settled: {late:?}"
+        );
+    }
+}
+
 /// Background `tools/call`s over `sessions` (id, owner), alternating the replicas,
 /// until `stop`; every answer is recorded.
 fn traffic(
@@ -273,27 +300,8 @@ fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
         w.join().expect("traffic thread");
     }
     let seen = seen.lock().unwrap();
-    let mut by_status: HashMap<u16, usize> = HashMap::new();
-    for (_, s, _) in &seen.calls {
-        *by_status.entry(*s).or_default() += 1;
-    }
-    eprintln!("statuses during the failover: {by_status:?}");
-    let odd: Vec<_> = seen
-        .calls
-        .iter()
-        .filter(|(_, s, _)| *s != 200 && *s != 503)
-        .collect();
-    assert!(odd.is_empty(), "answers other than 200 and 503: {odd:?}");
     // after both followed (and their connections settled), everything is served
-    let late: Vec<_> = seen
-        .calls
-        .iter()
-        .filter(|(at, s, _)| *at > followed + Duration::from_millis(500) && *s != 200)
-        .collect();
-    assert!(
-        late.is_empty(),
-        "failed after the replicas followed: {late:?}"
-    );
+    seen.only_503_until(followed + Duration::from_millis(500));
     assert!(
         seen.calls
             .iter()
@@ -425,19 +433,9 @@ fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover()
     for w in workers {
         w.join().expect("traffic thread");
     }
-    let seen = seen.lock().unwrap();
-    let odd: Vec<_> = seen
-        .calls
-        .iter()
-        .filter(|(_, s, _)| *s != 200 && *s != 503)
-        .collect();
-    assert!(odd.is_empty(), "answers other than 200 and 503: {odd:?}");
-    let late: Vec<_> = seen
-        .calls
-        .iter()
-        .filter(|(at, s, _)| *at > over + Duration::from_millis(1000) && *s != 200)
-        .collect();
-    assert!(late.is_empty(), "failed after the failover: {late:?}");
+    seen.lock()
+        .unwrap()
+        .only_503_until(over + Duration::from_millis(1000));
     for (i, (sid, home)) in sessions.iter().enumerate() {
         let r = tools_call(&mut Conn::open(&fleet.addr(i)), sid, 1);
         assert_eq!(r.status, 200, "{sid} lost in the failover");
