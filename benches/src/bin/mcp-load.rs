@@ -8,12 +8,16 @@
 //!
 //! `bench` starts two `mcp-fake-backend`s (pinned to the load CPU), then for each
 //! configuration (`direct`, `router`, `router-redis`, `router-sealed` (sealed ids, no
-//! store), `router-redis-nocache` (the record cache off), `router-smol`, `router-glommio`, `haproxy`; by `--configs` only:
+//! store), `router-redis-nocache` (the record cache off), `router-smol`,
+//! `router-glommio`, `haproxy`, `haproxy-tcp` (HAProxy in `mode tcp`, a byte relay:
+//! the floor); by `--configs` only:
 //! `router-redis-two`, `router-sealed-one`, `router-redis-sentinel` (a primary, a
 //! replica, three sentinels), `router-redis-sentinel-wait` (the same with
 //! `--store-wait-replicas 1`), `router-redis-cluster` (three primaries),
 //! `router-redis-caps` and `router-redis-cluster-caps` (session caps and rate on, so
-//! every initialize runs the store's admission)) starts the
+//! every initialize runs the store's admission); `CONFIG@DIR` takes that
+//! configuration's binaries from DIR instead of `--bin-dir`, to measure a before and an
+//! after build in one run) starts the
 //! frontend pinned to the proxy CPU (Redis processes go to the load CPU), runs W
 //! clients doing whole MCP session lifecycles (initialize,
 //! notifications/initialized, K tools/call, DELETE) over keep-alive connections for
@@ -54,6 +58,7 @@ type Res<T> = Result<T, String>;
 
 // ----- options ---------------------------------------------------------------------
 
+#[derive(Clone)]
 struct Opts {
     duration: f64,
     warmup: f64,
@@ -81,6 +86,7 @@ fn opts(args: &[String]) -> Res<Opts> {
             "router-smol".into(),
             "router-glommio".into(),
             "haproxy".into(),
+            "haproxy-tcp".into(),
         ],
         proxy_cpu: "0".into(),
         load_cpu: "1".into(),
@@ -605,13 +611,31 @@ fn commandstats(ports: &[u16]) -> Res<std::collections::BTreeMap<String, u64>> {
     Ok(m)
 }
 
-fn start_haproxy(o: &Opts, backends: &[SocketAddr]) -> Res<Frontend> {
+/// HAProxy pinned to the proxy CPU: `tcp` false is the session-sticky HTTP proxy (a
+/// stick table learned from the `Mcp-Session-Id` response header); `tcp` true is
+/// `mode tcp`, a plain byte relay that parses nothing: the floor every frontend is
+/// judged against. In TCP mode HAProxy balances connections, not requests: round robin
+/// picks a backend when a client connects and every byte of that connection goes
+/// there. mcp-load runs each session's lifecycle on one keep-alive connection (a
+/// failed exchange drops the connection and abandons the lifecycle), so a session
+/// never changes backend and the 32 connections split 16/16 over the two backends,
+/// the same spread the HTTP row's round robin over new sessions gives (its
+/// stickiness-violation counter checks it).
+fn start_haproxy(o: &Opts, backends: &[SocketAddr], tcp: bool) -> Res<Frontend> {
     let port = free_port()?;
     let mut servers = String::new();
     for (i, b) in backends.iter().enumerate() {
         servers.push_str(&format!("    server b{i} {b}\n"));
     }
-    let cfg = format!(
+    let cfg = if tcp {
+        format!(
+            "global\n    nbthread 1\n    maxconn 4000\n\
+             defaults\n    mode tcp\n    timeout connect 3s\n    timeout client 60s\n    timeout server 60s\n\
+             frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+             backend be\n    balance roundrobin\n{servers}"
+        )
+    } else {
+        format!(
         "global\n    nbthread 1\n    maxconn 4000\n\
          defaults\n    mode http\n    timeout connect 3s\n    timeout client 60s\n    timeout server 60s\n\
          \x20   option http-keep-alive\n    http-reuse always\n\
@@ -620,14 +644,15 @@ fn start_haproxy(o: &Opts, backends: &[SocketAddr]) -> Res<Frontend> {
          \x20   stick-table type string len 64 size 1m expire 2h\n\
          \x20   stick store-response res.hdr(mcp-session-id)\n\
          \x20   stick match req.hdr(mcp-session-id)\n{servers}"
-    );
+        )
+    };
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
-    let path = format!("{}/haproxy.cfg", o.out);
+    let path = format!("{}/haproxy{}.cfg", o.out, if tcp { "-tcp" } else { "" });
     std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
     let child = spawn_pinned(&o.proxy_cpu, "haproxy", &["-f", &path, "-db"], &[])?;
     let p = Proc {
         child,
-        name: "haproxy".into(),
+        name: if tcp { "haproxy-tcp" } else { "haproxy" }.into(),
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_listening(addr)?;
@@ -1098,8 +1123,21 @@ fn bench(o: &Opts) -> Res<()> {
          {} s warm-up + {} s measured per configuration; proxy on CPU {}, load and backends on CPU {}; load average {}",
         o.clients, o.calls, o.warmup, o.duration, o.proxy_cpu, o.load_cpu, loadavg()
     );
-    for cfg in &o.configs {
-        let fe = match cfg.as_str() {
+    let all = o;
+    for label in &all.configs {
+        // `CONFIG@DIR`: the configuration with the binaries from DIR, so that a before
+        // and an after build are measured in one run, against the same HAProxy rows.
+        let (cfg, o) = match label.split_once('@') {
+            Some((c, dir)) => (
+                c,
+                &Opts {
+                    bin_dir: dir.into(),
+                    ..all.clone()
+                },
+            ),
+            None => (label.as_str(), all),
+        };
+        let fe = match cfg {
             "direct" => Frontend {
                 procs: vec![],
                 pid: None,
@@ -1189,7 +1227,8 @@ fn bench(o: &Opts) -> Res<()> {
             }
             "router-smol" => start_router_bin(o, "mcp-router-smol", &backends, None, &[])?,
             "router-glommio" => start_router_bin(o, "mcp-router-glommio", &backends, None, &[])?,
-            "haproxy" => start_haproxy(o, &backends)?,
+            "haproxy" => start_haproxy(o, &backends, false)?,
+            "haproxy-tcp" => start_haproxy(o, &backends, true)?,
             other => return Err(format!("unknown configuration {other}")),
         };
         let store_cpu = || -> Res<Duration> {
@@ -1245,7 +1284,7 @@ fn bench(o: &Opts) -> Res<()> {
         let redis_work = sum(&|c| !NOT_STORE_WORK.contains(&c));
         let has_store = !fe.redis_ports.is_empty();
         let r = json!({
-            "config": cfg,
+            "config": label,
             "seconds": run.secs,
             "requests": n,
             "lifecycles": lifecycles,
@@ -1299,6 +1338,7 @@ fn bench(o: &Opts) -> Res<()> {
 fn print_table(results: &[Value]) {
     let get = |c: &str| results.iter().find(|r| r["config"] == c);
     let hap = get("haproxy");
+    let tcp = get("haproxy-tcp");
     let direct = get("direct");
     let ratio = |r: &Value, base: Option<&Value>, k: &str| -> String {
         match (r[k].as_f64(), base.and_then(|b| b[k].as_f64())) {
@@ -1306,11 +1346,11 @@ fn print_table(results: &[Value]) {
             _ => "-".into(),
         }
     };
-    println!("| configuration | req/s | p50 µs | p99 µs | p99.9 µs | errors | stickiness violations | proxy CPU µs/req | CPU vs HAProxy | req/s vs HAProxy | req/s vs direct | p99 vs HAProxy |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| configuration | req/s | p50 µs | p99 µs | p99.9 µs | errors | stickiness violations | proxy CPU µs/req | CPU vs HAProxy | req/s vs HAProxy | req/s vs direct | p99 vs HAProxy | CPU vs HAProxy TCP | req/s vs HAProxy TCP | p99 vs HAProxy TCP |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["config"].as_str().unwrap_or(""),
             r["throughput"].as_f64().unwrap_or(0.0),
             r["p50_us"],
@@ -1325,6 +1365,9 @@ fn print_table(results: &[Value]) {
             ratio(r, hap, "throughput"),
             ratio(r, direct, "throughput"),
             ratio(r, hap, "p99_us"),
+            ratio(r, tcp, "proxy_cpu_us_per_request"),
+            ratio(r, tcp, "throughput"),
+            ratio(r, tcp, "p99_us"),
         );
     }
     // the Redis store against the embedded one, measured in the same run
