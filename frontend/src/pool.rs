@@ -36,11 +36,10 @@ impl<S: Io> Pool<S> {
         }
     }
 
-    /// The most recently used idle connection that is still open, if any.
-    pub fn checkout(&self, key: &PoolKey) -> Option<S> {
+    /// The most recently used idle connection that is still open, if any, at `now`.
+    pub fn checkout(&self, key: &PoolKey, now: Instant) -> Option<S> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
-        let now = Instant::now();
         while let Some((s, since)) = list.pop() {
             if now.duration_since(since) >= self.idle_timeout {
                 continue;
@@ -52,14 +51,14 @@ impl<S: Io> Pool<S> {
         None
     }
 
-    /// Return a clean connection for reuse.
-    pub fn checkin(&self, key: PoolKey, s: S) {
+    /// Return a clean connection for reuse, idle from `now`.
+    pub fn checkin(&self, key: PoolKey, s: S, now: Instant) {
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
             if list.len() >= self.max_idle {
                 list.remove(0);
             }
-            list.push((s, Instant::now()));
+            list.push((s, now));
         }
     }
 

@@ -212,8 +212,13 @@ impl Shared {
 
     /// Log an event of the core and count it.
     pub fn report(&self, e: &Event, peer: Option<SocketAddr>) {
+        self.report_at(e, peer, Instant::now());
+    }
+
+    /// [`Shared::report`] at `now` (the drive loop's clock for this turn).
+    pub fn report_at(&self, e: &Event, peer: Option<SocketAddr>, now: Instant) {
         let router = &self.router;
-        self.metrics.observe_at(router, e, Instant::now());
+        self.metrics.observe_at(router, e, now);
         match e {
             Event::SessionStarted {
                 session,
