@@ -32,17 +32,7 @@ fn modern_with(mirrored: &str, extra: &str, body: &str) -> String {
 
 /// Initialize a session on whichever backend the router picks; returns that backend.
 fn init(h: &mut H, sid: &str) -> u16 {
-    h.send(&post("/mcp", None, INIT));
-    let b = h.connects.last().expect("connect").0;
-    h.connect_ok(false);
-    h.reply(&json_ok(
-        &format!("Mcp-Session-Id: {sid}\r\n"),
-        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-    ));
-    let resp = h.take_client();
-    assert_eq!(status_of(&resp), 200, "{resp}");
-    assert!(resp.contains(&format!("Mcp-Session-Id: {sid}")), "{resp}");
-    b
+    init_with(h, sid, INIT)
 }
 
 #[test]

@@ -18,20 +18,6 @@ fn failover_config(n: usize) -> Config {
     c
 }
 
-/// Initialize `sid` on the backend the router picks; returns it.
-fn init_with(h: &mut H, sid: &str, body: &str) -> u16 {
-    h.send(&post("/mcp", None, body));
-    let b = h.connects.last().expect("connect").0;
-    h.connect_ok(false);
-    h.reply(&json_ok(
-        &format!("Mcp-Session-Id: {sid}\r\n"),
-        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-    ));
-    let resp = h.take_client();
-    assert_eq!(status_of(&resp), 200, "{resp}");
-    b
-}
-
 fn outcomes(h: &H) -> Vec<Outcome> {
     h.events
         .iter()

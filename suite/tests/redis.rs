@@ -3,8 +3,8 @@
 //! test on a free port.
 
 use mcp_router_testkit::harness::{
-    free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server, router_bin,
-    rss_kib, warm, Conn, Frontend, Proc,
+    answered_by, free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server,
+    router_bin, rss_kib, tools_call, warm, Conn, Frontend, Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,22 +40,6 @@ fn keys_but_buckets(addr: &str) -> String {
     )
 }
 
-fn call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
-    post_json(
-        c,
-        "/mcp",
-        Some(sid),
-        &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"i":id}}}),
-    )
-}
-
-fn owner(r: &mcp_router_testkit::harness::Response) -> String {
-    r.json()["result"]["backend"]
-        .as_str()
-        .expect("backend")
-        .to_string()
-}
-
 fn a_session_started_on_one_replica_continues_on_the_other() {
     let rp = free_port();
     let redis = redis_server(rp);
@@ -65,7 +49,7 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
     assert!(a.wait_count("session store ready", 1, Duration::from_secs(5)));
     for round in 0..4 {
         let (resp, sid) = initialize(&mut a.conn(), json!(round));
-        let home = owner(&resp);
+        let home = answered_by(&resp);
         // the record: named backend, era, creation time; never a URL
         let v = redis_cmd(&redis.addr, &["GET", &format!("mcp-router:session:{sid}")]);
         assert!(
@@ -75,9 +59,9 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
         assert!(!v.contains("127.0.0.1"), "{v}");
         // POST through B
         for i in 0..3 {
-            let r = call(&mut b.conn(), &sid, i);
+            let r = tools_call(&mut b.conn(), &sid, i);
             assert_eq!(r.status, 200);
-            assert_eq!(owner(&r), home);
+            assert_eq!(answered_by(&r), home);
         }
         // the GET stream through B
         let (mut g, head) = open_session_stream(&b.addr, &sid);
@@ -89,7 +73,7 @@ fn a_session_started_on_one_replica_continues_on_the_other() {
             .conn()
             .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
         assert_eq!(d.status, 200);
-        let r = call(&mut a.conn(), &sid, 9);
+        let r = tools_call(&mut a.conn(), &sid, 9);
         assert_eq!(r.status, 404);
         assert_eq!(r.json()["error"]["code"], -32001);
     }
@@ -129,7 +113,7 @@ fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other
     let sessions: Vec<(String, String)> = (0..10)
         .map(|i| {
             let (r, sid) = initialize(&mut a.conn(), json!(i));
-            (sid, owner(&r))
+            (sid, answered_by(&r))
         })
         .collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -145,8 +129,8 @@ fn killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other
                 let mut failures = Vec::new();
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let r = call(&mut c, &sid, i);
-                    if r.status != 200 || owner(&r) != home {
+                    let r = tools_call(&mut c, &sid, i);
+                    if r.status != 200 || answered_by(&r) != home {
                         failures.push((r.status, r.text()));
                     }
                     done.fetch_add(1, Ordering::Relaxed);
@@ -184,12 +168,12 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     let mut a = replica("router-a", rp, &[&b0], &flags);
     let mut b = replica("router-b", rp, &[&b0], &flags);
     let (_, sid) = initialize(&mut a.conn(), json!(1));
-    assert_eq!(call(&mut b.conn(), &sid, 1).status, 200);
+    assert_eq!(tools_call(&mut b.conn(), &sid, 1).status, 200);
 
     // Redis hangs (stopped, not gone): answers come within the store timeout
     redis.signal("STOP");
     let t = Instant::now();
-    let r = call(&mut b.conn(), &sid, 2);
+    let r = tools_call(&mut b.conn(), &sid, 2);
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(
         t.elapsed() < Duration::from_secs(2),
@@ -200,7 +184,7 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     assert_eq!(r.json()["id"], 2);
     redis.signal("CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&mut b.conn(), &sid, 3).status != 200 {
+    while tools_call(&mut b.conn(), &sid, 3).status != 200 {
         assert!(Instant::now() < deadline, "no recovery after SIGCONT");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -208,7 +192,7 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     // Redis gone
     redis.kill();
     for (i, r) in [&a, &b].into_iter().enumerate() {
-        let resp = call(&mut r.conn(), &sid, 10 + i as u64);
+        let resp = tools_call(&mut r.conn(), &sid, 10 + i as u64);
         assert_eq!(resp.status, 503, "{}", resp.text());
         let init = post_json(
             &mut r.conn(),
@@ -248,7 +232,7 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
         if r.status == 200 {
             // each replica reconnects on its own, within its backoff (at most 2 s)
             let sid = r.header("mcp-session-id").unwrap().to_string();
-            while call(&mut b.conn(), &sid, 1).status != 200 {
+            while tools_call(&mut b.conn(), &sid, 1).status != 200 {
                 assert!(Instant::now() < deadline, "replica b did not recover");
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -262,7 +246,7 @@ fn redis_down_means_503_never_404_and_recovery_needs_no_restart() {
     // executor reconnects to Redis on its own (within its 2 s backoff): until then that
     // executor still answers 503, never anything else.
     loop {
-        let st = call(&mut b.conn(), &sid, 20).status;
+        let st = tools_call(&mut b.conn(), &sid, 20).status;
         if st == 404 {
             break;
         }
@@ -299,7 +283,7 @@ fn redis_unreachable_at_start_then_up() {
         a.logs()
     );
     let (_, sid) = initialize(&mut a.conn(), json!(1));
-    assert_eq!(call(&mut a.conn(), &sid, 1).status, 200);
+    assert_eq!(tools_call(&mut a.conn(), &sid, 1).status, 200);
 }
 
 fn a_killed_backend_ends_its_sessions_on_every_replica() {
@@ -313,19 +297,19 @@ fn a_killed_backend_ends_its_sessions_on_every_replica() {
         .map(|i| {
             let r = if i % 2 == 0 { &a } else { &b };
             let (resp, sid) = initialize(&mut r.conn(), json!(i));
-            (sid, owner(&resp))
+            (sid, answered_by(&resp))
         })
         .collect();
     assert!(sessions.iter().any(|(_, h)| h == "b0"));
     b0.kill();
     for (i, (sid, home)) in sessions.iter().enumerate() {
         let r = if i % 2 == 0 { &b } else { &a };
-        let resp = call(&mut r.conn(), sid, i as u64);
+        let resp = tools_call(&mut r.conn(), sid, i as u64);
         if home == "b0" {
             assert_eq!(resp.status, 404, "{}", resp.text());
             // dropped from the shared store: the other replica answers 404 at once
             let other = if i % 2 == 0 { &a } else { &b };
-            assert_eq!(call(&mut other.conn(), sid, 1).status, 404);
+            assert_eq!(tools_call(&mut other.conn(), sid, 1).status, 404);
         } else {
             assert_eq!(resp.status, 200);
         }
@@ -333,7 +317,7 @@ fn a_killed_backend_ends_its_sessions_on_every_replica() {
     for r in [&a, &b] {
         for i in 0..4 {
             let (resp, _) = initialize(&mut r.conn(), json!(i));
-            assert_eq!(owner(&resp), "b1");
+            assert_eq!(answered_by(&resp), "b1");
         }
     }
 }
@@ -509,7 +493,7 @@ fn one_redis_round_trip_per_request_of_an_established_session() {
     let mut c = a.conn();
     let (_, sid) = initialize(&mut c, json!(1));
     for i in 0..100 {
-        assert_eq!(call(&mut c, &sid, i).status, 200);
+        assert_eq!(tools_call(&mut c, &sid, i).status, 200);
     }
     let d = c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
     assert_eq!(d.status, 200);
@@ -558,7 +542,7 @@ fn failover_on_redis_keeps_one_round_trip_and_never_reads_the_body_per_request()
     let mut c = a.conn();
     let (_, sid) = initialize(&mut c, json!(1));
     for i in 0..100 {
-        assert_eq!(call(&mut c, &sid, i).status, 200);
+        assert_eq!(tools_call(&mut c, &sid, i).status, 200);
     }
     let d = c.request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
     assert_eq!(d.status, 200);
@@ -611,7 +595,7 @@ fn a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone() {
     assert_eq!(before, ["hello", "1|s|soon|b0", "v", "x"]);
     for id in ["foreign", "lookalike", "hash", "list"] {
         for i in 0..3 {
-            let resp = call(&mut a.conn(), id, i);
+            let resp = tools_call(&mut a.conn(), id, i);
             assert_eq!(resp.status, 404, "{id}: {}", resp.text());
             assert_eq!(resp.json()["error"]["code"], -32001, "{id}");
             assert_eq!(resp.json()["id"], i, "{id}");
@@ -656,7 +640,7 @@ fn a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone() {
         r(&["SET", &key("elsewhere"), "1|s|0|gone", "EX", "600"]),
         "+OK"
     );
-    let resp = call(&mut a.conn(), "elsewhere", 1);
+    let resp = tools_call(&mut a.conn(), "elsewhere", 1);
     assert_eq!(resp.status, 404, "{}", resp.text());
     assert_eq!(resp.json()["error"]["code"], -32001);
     assert!(a.wait_count("cause=\"unknown_backend\"", 1, Duration::from_secs(5)));
@@ -665,7 +649,7 @@ fn a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone() {
     // A session of ours: its requests slide its record's TTL, its DELETE removes it.
     let (_, sid) = initialize(&mut a.conn(), json!(1));
     assert!(r(&["GET", &key(&sid)]).starts_with("2|s|"));
-    assert_eq!(call(&mut a.conn(), &sid, 1).status, 200);
+    assert_eq!(tools_call(&mut a.conn(), &sid, 1).status, 200);
     let ttl: i64 = r(&["TTL", &key(&sid)])[1..].parse().unwrap();
     assert!(ttl > 0, "{ttl}");
     let d = a
@@ -673,7 +657,7 @@ fn a_key_the_router_did_not_write_is_an_unknown_session_and_left_alone() {
         .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
     assert_eq!(d.status, 200);
     assert_eq!(r(&["EXISTS", &key(&sid)]), ":0");
-    assert_eq!(call(&mut a.conn(), &sid, 2).status, 404);
+    assert_eq!(tools_call(&mut a.conn(), &sid, 2).status, 404);
     // the foreign keys are all that is left
     assert_eq!(keys_but_buckets(&redis.addr), ":4");
 }
@@ -775,11 +759,11 @@ fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
     for round in 0..6u64 {
         let (first, other) = if round % 2 == 0 { (&t, &g) } else { (&g, &t) };
         let (resp, sid) = initialize(&mut first.conn(), json!(round));
-        let home = owner(&resp);
+        let home = answered_by(&resp);
         for i in 0..3 {
-            let r = call(&mut other.conn(), &sid, i);
+            let r = tools_call(&mut other.conn(), &sid, i);
             assert_eq!(r.status, 200, "{}", r.text());
-            assert_eq!(owner(&r), home);
+            assert_eq!(answered_by(&r), home);
         }
         let (mut stream, head) = open_session_stream(&other.addr, &sid);
         assert_eq!(head.status, 200);
@@ -790,7 +774,7 @@ fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
             .request("DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "");
         assert_eq!(d.status, 200);
         for r in [&t, &g] {
-            let resp = call(&mut r.conn(), &sid, 9);
+            let resp = tools_call(&mut r.conn(), &sid, 9);
             assert_eq!(resp.status, 404);
             assert_eq!(resp.json()["error"]["code"], -32001);
         }
@@ -803,7 +787,7 @@ fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
     for i in 0..8u64 {
         let r = if i % 2 == 0 { &t } else { &g };
         let (resp, sid) = initialize(&mut r.conn(), json!(100 + i));
-        if owner(&resp) == "b1" {
+        if answered_by(&resp) == "b1" {
             on_b1.push(sid);
         }
     }
@@ -814,8 +798,8 @@ fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
     b1.kill();
     for (i, sid) in on_b1.iter().enumerate() {
         let (first, other) = if i % 2 == 0 { (&t, &g) } else { (&g, &t) };
-        assert_eq!(call(&mut first.conn(), sid, 1).status, 404);
-        assert_eq!(call(&mut other.conn(), sid, 2).status, 404);
+        assert_eq!(tools_call(&mut first.conn(), sid, 1).status, 404);
+        assert_eq!(tools_call(&mut other.conn(), sid, 2).status, 404);
         let key = format!("mcp-router:session:{sid}");
         assert_eq!(redis_cmd(&redis.addr, &["EXISTS", &key]), ":0");
     }

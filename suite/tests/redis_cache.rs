@@ -6,8 +6,8 @@
 //! (documented in docs/scaling.md): its runs assert that.
 
 use mcp_router_testkit::harness::{
-    free_port, frontend, initialize, post_json, redis_cmd, redis_server, router_bin, Conn,
-    Frontend, Proc, Response,
+    free_port, frontend, initialize, post_json, redis_cmd, redis_server, router_bin, tools_call,
+    Conn, Frontend, Proc,
 };
 use mcp_router_testkit::redis_topology::command_count;
 use serde_json::json;
@@ -45,15 +45,6 @@ fn caches() -> bool {
     frontend() != Frontend::Glommio
 }
 
-fn call(c: &mut Conn, sid: &str, id: u64) -> Response {
-    post_json(
-        c,
-        "/mcp",
-        Some(sid),
-        &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"i":id}}}),
-    )
-}
-
 /// Script runs Redis served: each lookup that reads Redis is one (`INFO commandstats`
 /// counts the commands a script runs too, so those are not added).
 fn lookups(redis: &str) -> u64 {
@@ -80,7 +71,7 @@ fn a_live_session_costs_no_redis_round_trip() {
     std::thread::sleep(Duration::from_millis(50));
     let before = lookups(&redis.addr);
     for i in 0..=100 {
-        assert_eq!(call(&mut c, &sid, i).status, 200);
+        assert_eq!(tools_call(&mut c, &sid, i).status, 200);
     }
     let spent = lookups(&redis.addr) - before;
     eprintln!(
@@ -98,10 +89,10 @@ fn a_live_session_costs_no_redis_round_trip() {
     drop(c);
     let b = replica("router-b", rp, &[&b0], &["--store-cache-size", "0"]);
     let mut c = b.conn();
-    assert_eq!(call(&mut c, &sid, 0).status, 200);
+    assert_eq!(tools_call(&mut c, &sid, 0).status, 200);
     let before = lookups(&redis.addr);
     for i in 1..=20 {
-        assert_eq!(call(&mut c, &sid, i).status, 200);
+        assert_eq!(tools_call(&mut c, &sid, i).status, 200);
     }
     assert_eq!(lookups(&redis.addr) - before, 20);
 }
@@ -119,10 +110,10 @@ fn a_session_ended_anywhere_is_404_on_a_replica_that_cached_it() {
         let (_, sid) = initialize(&mut a.conn(), json!(round));
         // B reads it once, then serves it from its cache
         for i in 0..3 {
-            assert_eq!(call(&mut cb, &sid, i).status, 200);
+            assert_eq!(tools_call(&mut cb, &sid, i).status, 200);
         }
         let before = lookups(&redis.addr);
-        assert_eq!(call(&mut cb, &sid, 3).status, 200);
+        assert_eq!(tools_call(&mut cb, &sid, 3).status, 200);
         if caches() {
             assert_eq!(
                 lookups(&redis.addr),
@@ -143,7 +134,7 @@ fn a_session_ended_anywhere_is_404_on_a_replica_that_cached_it() {
         // suite runs many routers at once on two cores)
         std::thread::sleep(Duration::from_millis(50));
         let before = lookups(&redis.addr);
-        let r = call(&mut cb, &sid, 4);
+        let r = tools_call(&mut cb, &sid, 4);
         assert_eq!(r.status, 404, "round {round}: {}", r.text());
         // the router's own 404 (not the backend's, which a DELETE also ended), after
         // reading Redis: the cached copy was gone
@@ -154,15 +145,15 @@ fn a_session_ended_anywhere_is_404_on_a_replica_that_cached_it() {
     // expiry: a 2 s TTL, B caches the session and goes quiet; Redis expires the key
     let b = replica("router-c", rp, &[&b0], &["--session-ttl", "2s"]);
     let (_, sid) = initialize(&mut b.conn(), json!("e"));
-    assert_eq!(call(&mut b.conn(), &sid, 0).status, 200);
-    assert_eq!(call(&mut b.conn(), &sid, 1).status, 200);
+    assert_eq!(tools_call(&mut b.conn(), &sid, 0).status, 200);
+    assert_eq!(tools_call(&mut b.conn(), &sid, 1).status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     while redis_cmd(&redis.addr, &["EXISTS", &key(&sid)]) != ":0" {
         assert!(Instant::now() < deadline, "Redis did not expire the key");
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(50));
-    let r = call(&mut b.conn(), &sid, 2);
+    let r = tools_call(&mut b.conn(), &sid, 2);
     assert_eq!(r.status, 404, "expired in Redis: {}", r.text());
 }
 
@@ -176,7 +167,7 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     let b = replica("router-b", rp, &[&b0], &["--store-timeout", "300ms"]);
     let (_, sid) = initialize(&mut a.conn(), json!(1));
     for i in 0..3 {
-        assert_eq!(call(&mut b.conn(), &sid, i).status, 200);
+        assert_eq!(tools_call(&mut b.conn(), &sid, i).status, 200);
     }
     // Redis hangs (SIGSTOP): B answers from its cache until its probe of the
     // tracking connection times out (probe every 1 s, store timeout 300 ms; the bound
@@ -184,10 +175,10 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     // 503: what a replica cut off from Redis may serve stale is bounded by that
     let t = Instant::now();
     redis.signal("STOP");
-    let first = call(&mut b.conn(), &sid, 5).status;
+    let first = tools_call(&mut b.conn(), &sid, 5).status;
     assert_eq!(first, if caches() { 200 } else { 503 });
     loop {
-        let st = call(&mut b.conn(), &sid, 6).status;
+        let st = tools_call(&mut b.conn(), &sid, 6).status;
         if st == 503 {
             break;
         }
@@ -213,7 +204,7 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     std::thread::sleep(Duration::from_millis(50));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let st = call(&mut b.conn(), &sid, 9).status;
+        let st = tools_call(&mut b.conn(), &sid, 9).status;
         if st == 404 {
             break;
         }
@@ -240,7 +231,7 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     let _redis = redis_server(rp);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let st = call(&mut b.conn(), &sid, 9).status;
+        let st = tools_call(&mut b.conn(), &sid, 9).status;
         if st == 404 {
             break;
         }
@@ -258,7 +249,7 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     call_until_ok_on(&mut c, &sid);
     let before = lookups(&_redis.addr);
     for i in 1..=10 {
-        assert_eq!(call(&mut c, &sid, i).status, 200);
+        assert_eq!(tools_call(&mut c, &sid, i).status, 200);
     }
     let spent = lookups(&_redis.addr) - before;
     assert_eq!(spent, if caches() { 0 } else { 10 });
@@ -273,7 +264,7 @@ fn call_until_ok(r: &Proc, sid: &str) {
 fn call_until_ok_on(c: &mut Conn, sid: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let st = call(c, sid, 0).status;
+        let st = tools_call(c, sid, 0).status;
         if st == 200 {
             return;
         }
@@ -317,7 +308,7 @@ fn a_busy_cached_session_stays_alive_with_one_slide_per_fraction_of_its_ttl() {
     );
     let mut c = b.conn();
     let (_, sid) = initialize(&mut c, json!(1));
-    assert_eq!(call(&mut c, &sid, 0).status, 200);
+    assert_eq!(tools_call(&mut c, &sid, 0).status, 200);
     let before = lookups(&redis.addr);
     // the slides of a cached record are plain `EXPIRE ... GT` (a miss's read runs the
     // record script, whose `EXPIRE` counts too)
@@ -325,7 +316,7 @@ fn a_busy_cached_session_stays_alive_with_one_slide_per_fraction_of_its_ttl() {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(10) {
-        let r = call(&mut c, &sid, n);
+        let r = tools_call(&mut c, &sid, n);
         assert_eq!(r.status, 200, "after {:?}: {}", start.elapsed(), r.text());
         n += 1;
         std::thread::sleep(Duration::from_millis(20));

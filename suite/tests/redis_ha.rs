@@ -6,7 +6,8 @@
 //! server); the test says so.
 
 use mcp_router_testkit::harness::{
-    frontend, initialize, metric_at, post_json, router_bin, Conn, Frontend, Proc,
+    answered_by, frontend, initialize, metric_at, post_json, router_bin, tools_call, Conn,
+    Frontend, Proc,
 };
 use mcp_router_testkit::redis_topology::{
     redis_call, redis_cluster, sentinel_group, Reply, SENTINEL_DOWN_AFTER_MS,
@@ -32,23 +33,6 @@ fn glommio_refuses(url: &str) -> bool {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("need mcp-router or mcp-router-smol"), "{err}");
     true
-}
-
-fn tools_call(c: &mut Conn, sid: &str, id: u64) -> mcp_router_testkit::harness::Response {
-    post_json(
-        c,
-        "/mcp",
-        Some(sid),
-        &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"i":id}}}),
-    )
-}
-
-/// The backend that answered (the fake backend names itself).
-fn owner(r: &mcp_router_testkit::harness::Response) -> String {
-    r.json()["result"]["backend"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Two router replicas on the store `url`, over two fake backends, each with an
@@ -88,7 +72,7 @@ impl Fleet {
     /// Open a session through replica `i % 2`: its id and the backend that owns it.
     fn open(&self, i: usize) -> (String, String) {
         let (resp, sid) = initialize(&mut Conn::open(&self.addr(i)), json!(i));
-        (sid, owner(&resp))
+        (sid, answered_by(&resp))
     }
 
     /// Until `limit`: open sessions until one succeeds through each replica.
@@ -168,7 +152,7 @@ fn traffic(
                     };
                     let r = tools_call(&mut conns[i % 2], &sid, i as u64);
                     let who = if r.status == 200 {
-                        owner(&r)
+                        answered_by(&r)
                     } else {
                         String::new()
                     };
@@ -250,7 +234,7 @@ fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
                 opened.lock().unwrap().push((Instant::now(), r.status));
                 if r.status == 200 {
                     let sid = r.header("mcp-session-id").unwrap().to_string();
-                    sessions.lock().unwrap().push((sid, owner(&r)));
+                    sessions.lock().unwrap().push((sid, answered_by(&r)));
                 }
                 i += 1;
                 std::thread::sleep(Duration::from_millis(20));
@@ -316,7 +300,7 @@ fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
     for (i, (sid, home)) in all.iter().enumerate() {
         let r = tools_call(&mut Conn::open(&fleet.addr(i)), sid, 1);
         assert_eq!(r.status, 200, "{sid} lost in the failover");
-        assert_eq!(&owner(&r), home);
+        assert_eq!(&answered_by(&r), home);
     }
     if wait_replicas {
         let opened = opened.lock().unwrap();
@@ -386,7 +370,7 @@ fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover()
     for (i, (sid, home)) in sessions.iter().enumerate() {
         let r = tools_call(&mut c[(i + 1) % 2], sid, i as u64);
         assert_eq!(r.status, 200, "{sid}");
-        assert_eq!(&owner(&r), home, "{sid}");
+        assert_eq!(&answered_by(&r), home, "{sid}");
     }
     // a reshard during traffic
     let shared = Arc::new(Mutex::new(sessions.clone()));
@@ -439,7 +423,7 @@ fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover()
     for (i, (sid, home)) in sessions.iter().enumerate() {
         let r = tools_call(&mut Conn::open(&fleet.addr(i)), sid, 1);
         assert_eq!(r.status, 200, "{sid} lost in the failover");
-        assert_eq!(&owner(&r), home);
+        assert_eq!(&answered_by(&r), home);
     }
 }
 

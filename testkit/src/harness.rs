@@ -313,6 +313,26 @@ pub fn post_json(conn: &mut Conn, path: &str, sid: Option<&str>, body: &Value) -
     conn.request("POST", path, &headers, &body.to_string())
 }
 
+/// A `tools/call` of the fake backend's `echo` tool (argument `i` = `id`) in session
+/// `sid` over `c`.
+pub fn tools_call(c: &mut Conn, sid: &str, id: u64) -> Response {
+    post_json(
+        c,
+        "/mcp",
+        Some(sid),
+        &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"i":id}}}),
+    )
+}
+
+/// The fake backend that answered `r` (it names itself in its results); empty when
+/// the answer names none.
+pub fn answered_by(r: &Response) -> String {
+    r.json()["result"]["backend"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// `initialize` without a session; returns the response and the minted session id.
 pub fn initialize(conn: &mut Conn, id: Value) -> (Response, String) {
     let r = post_json(
@@ -512,18 +532,13 @@ pub fn free_port() -> u16 {
 
 /// Start `redis-server` on `port` (no persistence). Panics, loudly, when it cannot
 /// start: tests that need Redis are never skipped.
+/// What every test Redis runs with: loopback only, nothing written to disk.
+pub const REDIS_EPHEMERAL: [&str; 6] = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+
 pub fn redis_server(port: u16) -> Proc {
     let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
+    cmd.args(["--port", &port.to_string()])
+        .args(REDIS_EPHEMERAL);
     if Command::new("redis-server")
         .arg("--version")
         .output()

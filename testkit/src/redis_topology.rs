@@ -357,24 +357,20 @@ fn data_node(
     extra: impl Fn(u16) -> Vec<String>,
 ) -> Proc {
     start_redis(name, port, bus, false, |port| {
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            // A replica's first full sync starts at once, not after the default 5 s
-            // wait for more replicas to share a diskless transfer.
-            "--repl-diskless-sync-delay",
-            "0",
-            "--dir",
-            &dir.display().to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
+        let (port_s, dir) = (port.to_string(), dir.display().to_string());
+        let mut args: Vec<String> = ["--port", port_s.as_str()]
+            .into_iter()
+            .chain(crate::harness::REDIS_EPHEMERAL)
+            .chain([
+                // A replica's first full sync starts at once, not after the default
+                // 5 s wait for more replicas to share a diskless transfer.
+                "--repl-diskless-sync-delay",
+                "0",
+                "--dir",
+                dir.as_str(),
+            ])
+            .map(String::from)
+            .collect();
         args.extend(extra(port));
         args
     })

@@ -6,6 +6,23 @@
 #[allow(unused_imports)]
 pub use mcp_router_core::sim::{config, key, Sim as H, UNIX_NOW};
 
+/// Initialize `sid` (the session id the backend's answer carries) with `body` on
+/// whichever backend the router picks, and expect a 200 that hands the client that id;
+/// returns the backend.
+pub fn init_with(h: &mut H, sid: &str, body: &str) -> u16 {
+    h.send(&post("/mcp", None, body));
+    let b = h.connects.last().expect("connect").0;
+    h.connect_ok(false);
+    h.reply(&json_ok(
+        &format!("Mcp-Session-Id: {sid}\r\n"),
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
+    let resp = h.take_client();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(resp.contains(&format!("Mcp-Session-Id: {sid}")), "{resp}");
+    b
+}
+
 pub fn post(path: &str, session: Option<&str>, body: &str) -> Vec<u8> {
     let mut s = format!(
         "POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
