@@ -292,6 +292,21 @@ pub struct AdmitRequest {
     pub burst: u32,
 }
 
+impl AdmitRequest {
+    /// The session caps checked against the counts a store holds: `live` sessions in
+    /// all, `mine` of this client's. `Some` refusal when a cap is reached; `None` when
+    /// the caps admit (the rate is the store's to check next, on its own bucket).
+    pub fn caps(&self, live: u64, mine: u64) -> Option<Admission> {
+        if self.max_sessions > 0 && live >= self.max_sessions {
+            Some(Admission::Sessions)
+        } else if self.client_max_sessions > 0 && mine >= self.client_max_sessions {
+            Some(Admission::ClientSessions)
+        } else {
+            None
+        }
+    }
+}
+
 /// A token bucket, in milli-tokens, refilled lazily from a millisecond clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bucket {

@@ -277,12 +277,9 @@ impl MemStore {
     /// The caps of `a`, checked against this store's records, and a token taken from
     /// the client's bucket (only when every cap allows the session).
     fn admit(&mut self, a: &AdmitRequest, now: Instant) -> Admission {
-        if a.max_sessions > 0 && self.map.len() as u64 >= a.max_sessions {
-            return Admission::Sessions;
-        }
         let held = self.per_client.get(&a.client).copied().unwrap_or(0);
-        if a.client_max_sessions > 0 && u64::from(held) >= a.client_max_sessions {
-            return Admission::ClientSessions;
+        if let Some(refused) = a.caps(self.map.len() as u64, u64::from(held)) {
+            return refused;
         }
         if a.rate == 0 {
             return Admission::Admit;

@@ -768,7 +768,8 @@ impl RedisCodec {
         c
     }
 
-    /// The caps checked against the shards' counts (the replies to
+    /// The caps ([`AdmitRequest::caps`], core's decision) checked against the
+    /// shards' summed counts (the replies to
     /// [`RedisCodec::admit_count`]); `None` when a reply has another shape.
     pub fn admit_verdict(&self, a: &AdmitRequest, counts: &[Value]) -> Option<Admission> {
         let (mut live, mut mine) = (0u64, 0u64);
@@ -782,13 +783,7 @@ impl RedisCodec {
                 _ => return None,
             }
         }
-        Some(if a.max_sessions > 0 && live >= a.max_sessions {
-            Admission::Sessions
-        } else if a.client_max_sessions > 0 && mine >= a.client_max_sessions {
-            Admission::ClientSessions
-        } else {
-            Admission::Admit
-        })
+        Some(a.caps(live, mine).unwrap_or(Admission::Admit))
     }
 
     /// A cluster's admission, last step: [`ADMIT_SCRIPT`] on the client's bucket
