@@ -1340,12 +1340,6 @@ fn print_table(results: &[Value]) {
     let hap = get("haproxy");
     let tcp = get("haproxy-tcp");
     let direct = get("direct");
-    let ratio = |r: &Value, base: Option<&Value>, k: &str| -> String {
-        match (r[k].as_f64(), base.and_then(|b| b[k].as_f64())) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-            _ => "-".into(),
-        }
-    };
     println!("| configuration | req/s | p50 µs | p99 µs | p99.9 µs | errors | stickiness violations | proxy CPU µs/req | CPU vs HAProxy | req/s vs HAProxy | req/s vs direct | p99 vs HAProxy | CPU vs HAProxy TCP | req/s vs HAProxy TCP | p99 vs HAProxy TCP |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
@@ -1397,6 +1391,14 @@ fn print_table(results: &[Value]) {
     }
 }
 
+/// `r[k]` over `base[k]` as `1.23x`; `-` when either is missing or the base is 0.
+fn ratio(r: &Value, base: Option<&Value>, k: &str) -> String {
+    match (r[k].as_f64(), base.and_then(|b| b[k].as_f64())) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
 /// The configurations with a Redis store, against `router-redis` of the same run:
 /// round trips (the store's commands from `INFO commandstats`, primaries only) and
 /// session creation (initialize) latency.
@@ -1409,12 +1411,6 @@ fn print_store_table(results: &[Value]) {
         return;
     }
     let base = results.iter().find(|r| r["config"] == "router-redis");
-    let ratio = |r: &Value, k: &str| -> String {
-        match (r[k].as_f64(), base.and_then(|b| b[k].as_f64())) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-            _ => "-".into(),
-        }
-    };
     let f1 = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.1}"));
     let f2 = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.2}"));
     println!();
@@ -1434,9 +1430,9 @@ fn print_store_table(results: &[Value]) {
             f2(&r["store_round_trips_per_request"]),
             f2(&r["store_round_trips_per_lifecycle"]),
             f2(&r["store_commands_incl_scripts_per_request"]),
-            ratio(r, "throughput"),
-            ratio(r, "proxy_cpu_us_per_request"),
-            ratio(r, "initialize_p99_us"),
+            ratio(r, base, "throughput"),
+            ratio(r, base, "proxy_cpu_us_per_request"),
+            ratio(r, base, "initialize_p99_us"),
         );
     }
 }
