@@ -2511,9 +2511,7 @@ impl Conn {
             return data;
         }
         let s = &mut self.scratch;
-        s.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        s.extend_from_slice(&data);
-        s.extend_from_slice(b"\r\n");
+        crate::http::write_chunk(s, &data);
         s.split().freeze()
     }
 

@@ -1822,6 +1822,60 @@ pub fn write_simple_response(
     out.extend_from_slice(body);
 }
 
+/// Append one chunk of a chunked body (RFC 9112 section 7.1: `chunk-size CRLF
+/// chunk-data CRLF`, the size in hex). An empty `data` writes nothing: a zero-size
+/// chunk is the last chunk and ends the body ([`LAST_CHUNK`]).
+pub fn write_chunk(out: &mut BytesMut, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = data.len();
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xF];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reserve(data.len() + 20);
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and the empty trailer section that end a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Append a `200` head for a streamed body of `content_type` (an SSE stream): the
+/// `extra` fields, `Transfer-Encoding: chunked` for an HTTP/1.1 client (an HTTP/1.0
+/// client gets the body delimited by the connection's close, so `Connection: close`),
+/// and `Connection: close` when the connection ends with the stream.
+pub fn write_stream_head(
+    out: &mut BytesMut,
+    content_type: &str,
+    extra: &[(&str, &[u8])],
+    client_version: Version,
+    keep_alive: bool,
+) {
+    let chunked = client_version == Version::Http11;
+    put_status_line(out, 200, b"OK");
+    put_field(out, b"Content-Type", content_type.as_bytes());
+    put_field(out, b"Cache-Control", b"no-cache");
+    for (name, value) in extra {
+        put_field(out, name.as_bytes(), value);
+    }
+    if chunked {
+        put_framing(out, BodyKind::Chunked);
+    }
+    put_connection(out, client_version, chunked && keep_alive);
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2902,5 +2956,44 @@ mod tests {
                 let _ = parse_response(&mut buf, &limits(), Method::Get, &mut rh);
             }
         }
+    }
+
+    #[test]
+    fn chunks_are_framed_in_hex() {
+        let mut out = BytesMut::new();
+        write_chunk(&mut out, b"");
+        assert!(out.is_empty(), "an empty chunk would end the body");
+        write_chunk(&mut out, &[b'x'; 26]);
+        assert_eq!(&out[..4], b"1a\r\n");
+        assert!(out.ends_with(b"x\r\n"));
+        let mut out = BytesMut::new();
+        write_chunk(&mut out, &vec![0u8; 0x10000]);
+        assert!(out.starts_with(b"10000\r\n"));
+    }
+
+    #[test]
+    fn stream_heads_frame_by_version() {
+        let mut out = BytesMut::new();
+        write_stream_head(
+            &mut out,
+            "text/event-stream",
+            &[("Mcp-Session-Id", b"s1")],
+            Version::Http11,
+            true,
+        );
+        let t = String::from_utf8(out.to_vec()).unwrap();
+        assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
+        assert!(
+            t.contains("Transfer-Encoding: chunked\r\n") && t.contains("Mcp-Session-Id: s1\r\n"),
+            "{t}"
+        );
+        assert!(!t.contains("Connection: close"), "{t}");
+        let mut out = BytesMut::new();
+        write_stream_head(&mut out, "text/event-stream", &[], Version::Http10, true);
+        let t = String::from_utf8(out.to_vec()).unwrap();
+        assert!(
+            !t.contains("chunked") && t.contains("Connection: close\r\n"),
+            "{t}"
+        );
     }
 }

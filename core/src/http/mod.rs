@@ -9,9 +9,9 @@ mod head;
 
 pub use body::{BodyDecoder, BodyError};
 pub use head::{
-    has_dot_segment, parse_request, parse_response, write_request_head, write_response_head,
-    write_response_head_sid, write_simple_response, Forward, HeadError, Method, RequestHead,
-    ResponseHead, Version,
+    has_dot_segment, parse_request, parse_response, write_chunk, write_request_head,
+    write_response_head, write_response_head_sid, write_simple_response, write_stream_head,
+    Forward, HeadError, Method, RequestHead, ResponseHead, Version, LAST_CHUNK,
 };
 pub(crate) use head::{write_forwarded_head, IpText, Name};
 

@@ -73,7 +73,7 @@
 //!   [`BridgeConfig::max_inflight`] per session (past it: 429).
 
 use crate::http::Method;
-use crate::mcp::{valid_session_id, SessionKey};
+use crate::mcp::{valid_session_id, ErrorCode, SessionKey};
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -106,6 +106,7 @@ pub fn shell_command(command: &str) -> String {
     }
 }
 
+pub mod http;
 #[cfg(test)]
 mod tests;
 
@@ -473,13 +474,13 @@ pub struct Bridge {
 const MAX_SERVER_REQUESTS: usize = 1024;
 
 /// JSON-RPC error codes the bridge answers with.
-const SERVER_ERROR: i64 = -32000;
-const SESSION_NOT_FOUND: i64 = -32001;
-const PARSE_ERROR: i64 = -32700;
-const INVALID_REQUEST: i64 = -32600;
+const SERVER_ERROR: ErrorCode = ErrorCode::Server;
+const SESSION_NOT_FOUND: ErrorCode = ErrorCode::SessionNotFound;
+const PARSE_ERROR: ErrorCode = ErrorCode::Parse;
+const INVALID_REQUEST: ErrorCode = ErrorCode::InvalidRequest;
 
-fn error_body(id: &Value, code: i64, message: &str) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+fn error_body(id: &Value, code: ErrorCode, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code.code(), "message": message}})
 }
 
 fn to_bytes(v: &Value) -> Bytes {
@@ -709,7 +710,7 @@ impl Bridge {
         x: ExchangeId,
         status: u16,
         id: &Value,
-        code: i64,
+        code: ErrorCode,
         reason: &'static str,
     ) -> ExchangeId {
         self.push(BridgeOutput::Log(BridgeEvent::Rejected { status, reason }));
