@@ -14,11 +14,16 @@
 //!   [`redis_link`]: one server, Sentinel or Cluster.
 //! - [`pool`]: idle upstream connections.
 //! - [`reap`]: the `DELETE`s sent upstream for sessions the router ended itself.
+//! - [`stdio`]: the stdio bridge (`--stdio`): children through [`Runtime::spawn_child`],
+//!   connections through the core's `StdioConn`.
 //!
 //! A frontend implements [`Runtime`] for its sockets and timers, accepts connections
 //! and spawns [`drive`](drive::drive) for each.
 
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the one exception is the stdio bridge's `pre_exec` hook
+// (`stdio::die_with_the_router`: `PR_SET_PDEATHSIG` in the forked child), which std
+// only offers as `unsafe`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod check;
@@ -31,6 +36,7 @@ pub mod redis;
 pub mod redis_link;
 pub mod rt;
 pub mod shared;
+pub mod stdio;
 
 pub use config::{parse_duration, Cli, Settings, StoreSettings};
 pub use drive::{admin_conn, drive, Frontend};

@@ -58,6 +58,36 @@ pub trait Timer: Unpin {
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()>;
 }
 
+/// The read end of a child's stdout or stderr.
+pub trait PipeRead: Unpin {
+    /// Read into the spare capacity of `buf`, appending; `Ok(0)` is EOF.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+}
+
+/// The write end of a child's stdin.
+pub trait PipeWrite: Unpin {
+    /// Write from `buf`, as much as the pipe takes at once.
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+}
+
+/// A started child process, as [`Runtime::spawn_child`] returns it.
+pub struct Child<R: Runtime> {
+    /// Its process id (the process group's id too).
+    pub pid: u32,
+    /// Its stdin.
+    pub stdin: R::ChildIn,
+    /// Its stdout.
+    pub stdout: R::ChildOut,
+    /// Its stderr.
+    pub stderr: R::ChildOut,
+    /// Ready with its exit status once it has exited and was reaped.
+    pub exit: R::ChildExit,
+}
+
 /// A runtime that can drive the router.
 pub trait Runtime: Sized + 'static {
     /// A TCP connection.
@@ -71,8 +101,18 @@ pub trait Runtime: Sized + 'static {
     /// The Redis transport.
     type Remote: RemoteStore;
 
+    /// A child process's stdin (the stdio bridge).
+    type ChildIn: PipeWrite + 'static;
+    /// A child process's stdout or stderr.
+    type ChildOut: PipeRead + 'static;
+    /// A child process's exit, reaped.
+    type ChildExit: Future<Output = io::Result<std::process::ExitStatus>> + Unpin + 'static;
+
     /// Connect to `host:port` (TCP_NODELAY set).
     fn connect(host: String, port: u16) -> Self::Connect;
+    /// Start `cmd` (built by [`crate::stdio::child_command`]: its own process group,
+    /// stdin, stdout and stderr piped) with this runtime's process support.
+    fn spawn_child(cmd: std::process::Command) -> io::Result<Child<Self>>;
     /// A timer that has not been set.
     fn timer() -> Self::Timer;
     /// Sleep for `d`.

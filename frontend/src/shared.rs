@@ -775,12 +775,6 @@ pub fn load_cli(name: &'static str) -> (Cli, Settings) {
         .get_matches_from(args);
     let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
     let settings = match cli.settings() {
-        // The stdio bridge is the tokio binary's (it spawns and reaps children with
-        // tokio's process support); another binary must not start and ignore it.
-        Ok(s) if s.stdio.is_some() && name != "mcp-router" => {
-            eprintln!("{name}: bad configuration: stdio: the stdio bridge is served by `mcp-router` (tokio) only");
-            std::process::exit(2);
-        }
         Ok(s) => s,
         Err(e) => {
             eprintln!("{name}: bad configuration: {e}");

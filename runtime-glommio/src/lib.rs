@@ -24,8 +24,9 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::{LocalExecutorBuilder, Placement};
 use mcp_router_core::ConfigError;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
-use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Timer};
+use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
+use mcp_router_frontend::stdio::futures_pipes as pipes;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
 use redis::GlommioRedis;
 use std::future::Future;
@@ -174,6 +175,13 @@ impl Runtime for Glommio {
     type Timer = Deadline;
     type Sleep = Sleep;
     type Remote = GlommioRedis;
+    type ChildIn = pipes::In;
+    type ChildOut = pipes::Out;
+    type ChildExit = pipes::Exit;
+
+    fn spawn_child(cmd: std::process::Command) -> std::io::Result<Child<Glommio>> {
+        pipes::spawn(cmd)
+    }
 
     fn connect(host: String, port: u16) -> Connecting {
         connect(host, port)
@@ -327,6 +335,9 @@ struct Bound {
 /// configuration error.
 pub fn run(cli: Cli, settings: Settings) {
     raise_memlock();
+    if let Some(stdio) = settings.stdio.clone() {
+        return run_stdio(&settings, &stdio);
+    }
     check_store(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
     let cpus = allowed_cpus();
     let n = settings.workers.unwrap_or(cpus.len()).max(1);
@@ -411,4 +422,48 @@ pub fn run(cli: Cli, settings: Settings) {
         let _ = h.join();
     }
     info!("stopped");
+}
+
+/// `--stdio`: serve a stdio MCP server instead of proxying backends, on one executor,
+/// until SIGTERM or Ctrl-C (which kill and reap every child before returning).
+fn run_stdio(settings: &Settings, stdio: &mcp_router_frontend::config::StdioSettings) {
+    use mcp_router_frontend::stdio as bridge;
+    let (settings, stdio) = (settings.clone(), stdio.clone());
+    let shutdown = Shutdown::new();
+    bridge::shutdown_on_signals(&shutdown);
+    let spawned = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("mcp-glommio-stdio")
+        .spawn(move || async move {
+            let l = match listener(settings.listen, settings.accept_backlog) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(listen = %settings.listen, error = %e, "cannot listen");
+                    std::process::exit(1);
+                }
+            };
+            let addr = l.local_addr().unwrap_or(settings.listen);
+            bridge::log_listening(&settings, &stdio, addr, "glommio");
+            let accept = || async {
+                let s = l.accept().await?;
+                let peer = s.peer_addr()?;
+                let _ = s.set_nodelay(true);
+                Ok((stream(s), peer))
+            };
+            bridge::serve_stdio::<Glommio, _, _>(accept, &settings, &stdio, shutdown).await
+        });
+    match spawned.map(|h| h.join()) {
+        Ok(Ok(Ok(()))) => info!("stopped"),
+        Ok(Ok(Err(e))) => {
+            error!(error = %e, "stdio bridge failed");
+            std::process::exit(1);
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "glommio executor failed");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            error!(error = %e, "cannot start a glommio executor");
+            std::process::exit(1);
+        }
+    }
 }

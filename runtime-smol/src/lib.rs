@@ -10,8 +10,9 @@
 use bytes::BytesMut;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{poll_read_zeroed, Io, Runtime, Timer};
+use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
+use mcp_router_frontend::stdio::futures_pipes as pipes;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Executor};
@@ -94,6 +95,13 @@ impl Runtime for Smol {
     type Timer = Deadline;
     type Sleep = Sleep;
     type Remote = ManagedRedis<Smol>;
+    type ChildIn = pipes::In;
+    type ChildOut = pipes::Out;
+    type ChildExit = pipes::Exit;
+
+    fn spawn_child(cmd: std::process::Command) -> io::Result<Child<Smol>> {
+        pipes::spawn(cmd)
+    }
 
     fn connect(host: String, port: u16) -> Connecting {
         Box::pin(async move {
@@ -187,6 +195,9 @@ pub fn run(cli: Cli, settings: Settings) {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listener = bind_or_exit(settings.listen, settings.accept_backlog, "");
+    if let Some(stdio) = settings.stdio.clone() {
+        return run_stdio(listener, &settings, &stdio);
+    }
     let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-smol", &e));
     let fe = frontend(shared.clone()).unwrap_or_else(|e| config_exit("mcp-router-smol", &e));
     let shutdown = Shutdown::new();
@@ -223,6 +234,36 @@ pub fn run(cli: Cli, settings: Settings) {
     done.trigger();
     for t in threads {
         let _ = t.join();
+    }
+    info!("stopped");
+}
+
+/// `--stdio`: serve a stdio MCP server instead of proxying backends, on this thread,
+/// until SIGTERM or Ctrl-C (which kill and reap every child before returning).
+fn run_stdio(
+    listener: Async<TcpListener>,
+    settings: &Settings,
+    stdio: &mcp_router_frontend::config::StdioSettings,
+) {
+    use mcp_router_frontend::stdio;
+    let addr = listener
+        .get_ref()
+        .local_addr()
+        .expect("bound listener has an address");
+    let shutdown = Shutdown::new();
+    stdio::shutdown_on_signals(&shutdown);
+    stdio::log_listening(settings, stdio, addr, "smol");
+    let accept = || async {
+        let (s, peer) = listener.accept().await?;
+        let _ = s.get_ref().set_nodelay(true);
+        Ok((Stream(s), peer))
+    };
+    let served = smol::block_on(stdio::serve_stdio::<Smol, _, _>(
+        accept, settings, stdio, shutdown,
+    ));
+    if let Err(e) = served {
+        tracing::error!(error = %e, "stdio bridge failed");
+        std::process::exit(1);
     }
     info!("stopped");
 }

@@ -3,18 +3,13 @@
 //!
 //! Use it as a library with [`serve`], or run the bundled `mcp-router` binary.
 
-// `deny`, not `forbid`: the one exception is the stdio bridge's `pre_exec` hook
-// (`stdio::die_with_the_router`: `PR_SET_PDEATHSIG` in the forked child), which std
-// and tokio only offer as `unsafe`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
-
-pub mod stdio;
 
 use bytes::BytesMut;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{Io, Runtime, Timer};
+use mcp_router_frontend::rt::{Child, Io, PipeRead, PipeWrite, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
 pub use mcp_router_frontend::{
     config, shared, Cli, Frontend, Resolve, Settings, Shared, Shutdown, StoreSettings,
@@ -28,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tracing::info;
 
 /// The tokio runtime, as the shared drive loop sees it.
@@ -83,12 +79,66 @@ impl Timer for Deadline {
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<Stream>> + Send>>;
 
+/// A stdio child's pipe (tokio's process support).
+#[derive(Debug)]
+pub struct Pipe<T>(T);
+
+/// A stdio child's stdout or stderr.
+#[derive(Debug)]
+pub enum Output {
+    /// stdout.
+    Out(ChildStdout),
+    /// stderr.
+    Err(ChildStderr),
+}
+
+impl PipeRead for Pipe<Output> {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.0 {
+            Output::Out(o) => tokio_util::io::poll_read_buf(Pin::new(o), cx, buf),
+            Output::Err(e) => tokio_util::io::poll_read_buf(Pin::new(e), cx, buf),
+        }
+    }
+}
+
+impl PipeWrite for Pipe<ChildStdin> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+}
+
+type Exit = Pin<Box<dyn Future<Output = io::Result<std::process::ExitStatus>>>>;
+
 impl Runtime for Tokio {
     type Stream = Stream;
     type Connect = Connecting;
     type Timer = Deadline;
     type Sleep = tokio::time::Sleep;
     type Remote = ManagedRedis<Tokio>;
+    type ChildIn = Pipe<ChildStdin>;
+    type ChildOut = Pipe<Output>;
+    type ChildExit = Exit;
+
+    fn spawn_child(cmd: std::process::Command) -> io::Result<Child<Tokio>> {
+        let mut c = tokio::process::Command::from(cmd);
+        c.kill_on_drop(false);
+        let mut child = c.spawn()?;
+        let missing = || io::Error::other("a piped stdio of the child is missing");
+        let stdin = child.stdin.take().ok_or_else(missing)?;
+        let stdout = child.stdout.take().ok_or_else(missing)?;
+        let stderr = child.stderr.take().ok_or_else(missing)?;
+        Ok(Child {
+            pid: child.id().unwrap_or(0),
+            stdin: Pipe(stdin),
+            stdout: Pipe(Output::Out(stdout)),
+            stderr: Pipe(Output::Err(stderr)),
+            exit: Box::pin(async move { child.wait().await }),
+        })
+    }
 
     fn connect(host: String, port: u16) -> Connecting {
         Box::pin(async move {
@@ -199,51 +249,23 @@ pub fn run(cli: Cli, settings: Settings) {
 /// `--stdio`: serve a stdio MCP server instead of proxying backends, until SIGTERM or
 /// Ctrl-C (which kill and reap every child before returning).
 async fn run_stdio(listener: TcpListener, settings: &Settings, stdio: &config::StdioSettings) {
+    use mcp_router_frontend::stdio;
     let addr = listener
         .local_addr()
         .expect("bound listener has an address");
-    if settings.admin_listen.is_some() {
-        tracing::warn!(
-            "--admin-listen is not served in stdio mode (no /metrics, /healthz, /readyz)"
-        );
-    }
-    // The handlers are in place before the listening line: a SIGTERM sent as soon as
-    // the address is known must still kill and reap every child, not kill the router
-    // by the default action and orphan them.
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let signalled = shutdown_signal();
-    tokio::spawn(async move {
-        signalled.await;
-        info!("shutdown signal received");
-        let _ = tx.send(true);
-    });
-    info!(listen = %addr, command = %stdio.command, mode = ?stdio.mode,
-        max_children = stdio.max_children, ttl_s = settings.core.session_ttl.as_secs(),
-        unattached_ms = stdio.unattached_timeout.as_millis() as u64,
-        "mcp-router stdio bridge listening");
-    if let Err(e) = stdio::serve(listener, settings, stdio, rx).await {
+    let shutdown = Shutdown::new();
+    stdio::shutdown_on_signals(&shutdown);
+    stdio::log_listening(settings, stdio, addr, "tokio");
+    let accept = || async {
+        let (s, peer) = listener.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((Stream(s), peer))
+    };
+    if let Err(e) = stdio::serve_stdio::<Tokio, _, _>(accept, settings, stdio, shutdown).await {
         tracing::error!(error = %e, "stdio bridge failed");
         std::process::exit(1);
     }
     info!("stopped");
-}
-
-/// Install the SIGTERM and Ctrl-C handlers now; the future completes on either.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    let ctrl_c = tokio::signal::ctrl_c();
-    async move {
-        #[cfg(unix)]
-        if let Ok(mut term) = term {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = ctrl_c => {}
-            }
-            return;
-        }
-        let _ = ctrl_c.await;
-    }
 }
 
 async fn bind_or_exit(addr: SocketAddr, backlog: u32, what: &str) -> TcpListener {

@@ -219,6 +219,19 @@ impl StdioConn {
         }
     }
 
+    /// Whether [`StdioConn::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The exchange being answered, if any.
+    pub fn exchange(&self) -> Option<ExchangeId> {
+        match self.state {
+            State::Waiting(x) | State::Streaming(x) => Some(x),
+            _ => None,
+        }
+    }
+
     /// The ready request, for [`super::Bridge::handle_request`].
     pub fn request(&self) -> Request<'_> {
         debug_assert!(
