@@ -11,3 +11,6 @@
 //! - `redis`: sessions shared through Redis by several replicas, Redis down and back,
 //!   and a mixed pair (a tokio and a glommio replica on one Redis).
 //! - `ops`: metrics, readiness, draining, SIGHUP reload, DNS discovery.
+//! - `stdio`: the stdio bridge (`--stdio`): a child per session or one shared, every
+//!   session-end path leaving no process behind, `kill -9` of the router, caps and
+//!   quotas; `stdio_interop`: the official SDK clients through it.

@@ -1,13 +1,14 @@
-//! `mcp-router --stdio`: real processes on 127.0.0.1. The router serves
-//! `tests/stdio/mock_server.py` (a tiny stdio MCP server with per-process state that
-//! can be told to crash, print garbage, ask for sampling or start a grandchild) and
-//! `@modelcontextprotocol/server-everything` in stdio mode.
+//! `--stdio` on every frontend (`mcp-router`, `mcp-router-smol`, `mcp-router-glommio`):
+//! real processes on 127.0.0.1. The router serves `tests/stdio/mock_server.py` (a tiny
+//! stdio MCP server with per-process state that can be told to crash, print garbage,
+//! ask for sampling or start a grandchild) and `@modelcontextprotocol/server-everything`
+//! in stdio mode.
 //!
 //! Every end path is checked from `/proc`: after it, the router has no descendant
 //! process left (zombies included: they are still listed), and no process is left in
 //! any process group the children ran in.
 
-use mcp_router_testkit::harness::{open_session_stream, Conn, Proc, Response};
+use mcp_router_testkit::harness::{open_session_stream, router_bin, Conn, Proc, Response};
 use mcp_router_testkit::procs::{child_groups, descendants, in_groups, procs, wait_until};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -24,7 +25,7 @@ fn router(name: &str, extra: &[&str]) -> Proc {
     let cmd = mock_cmd();
     let mut args = vec!["--stdio", cmd.as_str()];
     args.extend_from_slice(extra);
-    Proc::router("mcp-router", name, &args)
+    Proc::router(router_bin(), name, &args)
 }
 
 /// Nothing left: no descendant of the router (no zombie either) and nobody in the
@@ -125,7 +126,6 @@ fn stop(mut r: Proc) {
 
 // ---------------------------------------------------------------- tests
 
-#[test]
 fn twenty_concurrent_sessions_each_get_their_own_child_and_state() {
     let r = router("router-iso", &[]);
     let addr = r.addr.clone();
@@ -171,7 +171,6 @@ fn twenty_concurrent_sessions_each_get_their_own_child_and_state() {
     stop(r);
 }
 
-#[test]
 fn shared_mode_twenty_sessions_with_colliding_ids_never_mix() {
     let r = router("router-shared", &["--stdio-mode", "shared"]);
     let addr = r.addr.clone();
@@ -254,7 +253,6 @@ fn shared_mode_twenty_sessions_with_colliding_ids_never_mix() {
     stop(r);
 }
 
-#[test]
 fn idle_expiry_kills_the_child() {
     let r = router("router-idle", &["--session-ttl", "1s"]);
     let sid = init(&r.addr, json!(1));
@@ -274,7 +272,6 @@ fn idle_expiry_kills_the_child() {
     stop(r);
 }
 
-#[test]
 fn lost_client_stream_kills_the_child_after_the_grace() {
     let r = router("router-grace", &["--stdio-stream-grace", "1500ms"]);
     let sid = init(&r.addr, json!(1));
@@ -293,7 +290,6 @@ fn lost_client_stream_kills_the_child_after_the_grace() {
     stop(r);
 }
 
-#[test]
 fn child_crash_ends_the_session_with_a_clear_error() {
     let r = router("router-crash", &[]);
     let sid = init(&r.addr, json!(1));
@@ -321,7 +317,6 @@ fn child_crash_ends_the_session_with_a_clear_error() {
     stop(r);
 }
 
-#[test]
 fn garbage_on_stdout_ends_the_session_with_a_clear_error() {
     let r = router("router-garbage", &[]);
     let sid = init(&r.addr, json!(1));
@@ -341,7 +336,6 @@ fn garbage_on_stdout_ends_the_session_with_a_clear_error() {
     stop(r);
 }
 
-#[test]
 fn delete_kills_grandchildren_too() {
     let r = router("router-grandchild", &[]);
     let sid = init(&r.addr, json!(1));
@@ -359,7 +353,6 @@ fn delete_kills_grandchildren_too() {
     stop(r);
 }
 
-#[test]
 fn router_sigterm_kills_and_reaps_every_child() {
     let mut r = router("router-term", &[]);
     let a = init(&r.addr, json!(1));
@@ -383,7 +376,6 @@ fn router_sigterm_kills_and_reaps_every_child() {
     assert_eq!(r.count_logs("cause=\"shutdown\""), 2);
 }
 
-#[test]
 fn child_cap_answers_503_with_a_jsonrpc_error() {
     let r = router("router-cap", &["--stdio-max-children", "2"]);
     let a = init(&r.addr, json!(1));
@@ -408,7 +400,6 @@ fn child_cap_answers_503_with_a_jsonrpc_error() {
     stop(r);
 }
 
-#[test]
 fn session_errors_404_400_409() {
     let r = router("router-errors", &[]);
     let mut c = r.conn();
@@ -456,7 +447,6 @@ fn session_errors_404_400_409() {
     stop(r);
 }
 
-#[test]
 fn streamable_progress_and_sampling_round_trip() {
     let r = router("router-sampling", &[]);
     let sid = init(&r.addr, json!(1));
@@ -520,7 +510,6 @@ fn streamable_progress_and_sampling_round_trip() {
     stop(r);
 }
 
-#[test]
 fn legacy_sse_endpoint_and_messages() {
     let r = router("router-legacy", &[]);
     let mut g = r.conn();
@@ -583,10 +572,9 @@ fn everything_cmd() -> String {
     format!("node {} stdio", entry.display())
 }
 
-#[test]
 fn server_everything_over_streamable_http_and_sse() {
     let cmd = everything_cmd();
-    let r = Proc::router("mcp-router", "router-everything", &["--stdio", &cmd]);
+    let r = Proc::router(router_bin(), "router-everything", &["--stdio", &cmd]);
     // Streamable HTTP
     let sid = init(&r.addr, json!(1));
     let mut c = r.conn();
@@ -654,7 +642,6 @@ fn server_everything_over_streamable_http_and_sse() {
     stop(r);
 }
 
-#[test]
 fn slow_client_ends_its_session_without_stalling_the_others() {
     // shared child: the flood of notifications goes to every session; session A's
     // client never reads its GET stream, session B keeps working
@@ -701,7 +688,6 @@ fn slow_client_ends_its_session_without_stalling_the_others() {
     stop(r);
 }
 
-#[test]
 fn npx_process_chain_is_killed_whole_on_delete_and_sigterm() {
     // `sh -c npx` -> `npm exec` -> `sh -c mcp-server-everything` -> `node`: four
     // processes in the child's group, the real server two levels below the leader
@@ -711,7 +697,7 @@ fn npx_process_chain_is_killed_whole_on_delete_and_sigterm() {
         "cd {} && exec npx -y @modelcontextprotocol/server-everything",
         interop.canonicalize().unwrap().display()
     );
-    let mut r = Proc::router("mcp-router", "router-npx", &["--stdio", &cmd]);
+    let mut r = Proc::router(router_bin(), "router-npx", &["--stdio", &cmd]);
     let a = init(&r.addr, json!(1));
     let mut c = r.conn();
     let v = call(&mut c, &a, json!(2), "echo", json!({"message":"via npx"}));
@@ -733,21 +719,6 @@ fn npx_process_chain_is_killed_whole_on_delete_and_sigterm() {
     assert!(ok, "left behind after SIGTERM: {:?}", in_groups(&groups));
 }
 
-/// The stdio bridge is the tokio binary's: the smol and glommio binaries refuse
-/// `--stdio` at start (exit 2, naming the setting) instead of starting without it.
-#[test]
-fn other_frontends_refuse_stdio() {
-    for bin in ["mcp-router-smol", "mcp-router-glommio"] {
-        let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(bin))
-            .args(["--listen", "127.0.0.1:0", "--stdio", "cat"])
-            .output()
-            .expect("run the binary");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
-        assert!(err.contains("stdio"), "{bin}: {err}");
-    }
-}
-
 // ------------------------------------------- hostile and careless clients (issue 12)
 
 fn initialize_body(id: &str) -> Value {
@@ -761,7 +732,6 @@ fn initialize_body(id: &str) -> Value {
 /// until the 2 h TTL. With `--stdio-unattached-timeout 2s` their sessions end 2 s after
 /// their last request, the children are killed and reaped, and a fourth client gets a
 /// child.
-#[test]
 fn walked_away_sessions_free_their_children_after_the_unattached_timeout() {
     let timeout = Duration::from_secs(2);
     let r = router(
@@ -887,10 +857,9 @@ fn pid_of(r: &Proc, sid: &str) -> i32 {
 /// A server that ignores stdin EOF, SIGTERM, SIGHUP and SIGINT, run as a simple
 /// command: `sh` execs it, so it is the router's direct child and dies with it
 /// (`PR_SET_PDEATHSIG`).
-#[test]
 fn kill_9_of_the_router_kills_a_direct_child_that_ignores_eof() {
     let cmd = format!("{} --stubborn", mock_cmd());
-    let r = Proc::router("mcp-router", "router-kill9", &["--stdio", &cmd]);
+    let r = Proc::router(router_bin(), "router-kill9", &["--stdio", &cmd]);
     let sid = init(&r.addr, json!(1));
     let pid = pid_of(&r, &sid);
     let me = procs().into_iter().find(|p| p.pid == pid).unwrap();
@@ -907,10 +876,9 @@ fn kill_9_of_the_router_kills_a_direct_child_that_ignores_eof() {
 /// grandchild the parent-death signal does not reach) and with a grandchild of its own:
 /// the group watcher kills them when the router dies. A process that left the group
 /// (`setsid`) is out of reach and survives: this is what remains possible.
-#[test]
 fn kill_9_of_the_router_kills_grandchildren_in_the_group_but_not_escapees() {
     let cmd = format!("{} --stubborn; true", mock_cmd());
-    let r = Proc::router("mcp-router", "router-kill9-gc", &["--stdio", &cmd]);
+    let r = Proc::router(router_bin(), "router-kill9-gc", &["--stdio", &cmd]);
     let sid = init(&r.addr, json!(1));
     let pid = pid_of(&r, &sid);
     let server = procs().into_iter().find(|p| p.pid == pid).unwrap();
@@ -944,7 +912,6 @@ fn kill_9_of_the_router_kills_grandchildren_in_the_group_but_not_escapees() {
 /// `npx` chain (`npm exec` -> `sh -c mcp-server-everything` -> `node`): `sh` execs
 /// `npx`, so `npm exec` is the direct child and gets the parent-death signal; the
 /// watcher kills the rest of the group.
-#[test]
 fn kill_9_of_the_router_leaves_nothing_of_an_npx_chain() {
     let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
     everything_cmd(); // fails loudly without the install
@@ -952,7 +919,7 @@ fn kill_9_of_the_router_leaves_nothing_of_an_npx_chain() {
         "cd {} && exec npx -y @modelcontextprotocol/server-everything",
         interop.canonicalize().unwrap().display()
     );
-    let r = Proc::router("mcp-router", "router-npx-kill9", &["--stdio", &cmd]);
+    let r = Proc::router(router_bin(), "router-npx-kill9", &["--stdio", &cmd]);
     let _a = init(&r.addr, json!(1));
     let groups = child_groups(r.pid());
     assert_eq!(groups.len(), 1);
@@ -969,7 +936,6 @@ fn kill_9_of_the_router_leaves_nothing_of_an_npx_chain() {
 /// Issue 12: "the per-client quotas above apply to children": a client at its cap of
 /// live sessions gets 429 (no child is spawned for it) while another client still gets
 /// a child; ending one of its sessions makes room.
-#[test]
 fn per_client_quotas_apply_to_children() {
     let r = router(
         "router-quotas",
@@ -1011,3 +977,26 @@ fn per_client_quotas_apply_to_children() {
     assert_eq!(as_user("alice", "a4").status, 200);
     stop(r);
 }
+
+mcp_router_testkit::behaviour_suite!(
+    twenty_concurrent_sessions_each_get_their_own_child_and_state,
+    shared_mode_twenty_sessions_with_colliding_ids_never_mix,
+    idle_expiry_kills_the_child,
+    lost_client_stream_kills_the_child_after_the_grace,
+    child_crash_ends_the_session_with_a_clear_error,
+    garbage_on_stdout_ends_the_session_with_a_clear_error,
+    delete_kills_grandchildren_too,
+    router_sigterm_kills_and_reaps_every_child,
+    child_cap_answers_503_with_a_jsonrpc_error,
+    session_errors_404_400_409,
+    streamable_progress_and_sampling_round_trip,
+    legacy_sse_endpoint_and_messages,
+    server_everything_over_streamable_http_and_sse,
+    slow_client_ends_its_session_without_stalling_the_others,
+    npx_process_chain_is_killed_whole_on_delete_and_sigterm,
+    walked_away_sessions_free_their_children_after_the_unattached_timeout,
+    kill_9_of_the_router_kills_a_direct_child_that_ignores_eof,
+    kill_9_of_the_router_kills_grandchildren_in_the_group_but_not_escapees,
+    kill_9_of_the_router_leaves_nothing_of_an_npx_chain,
+    per_client_quotas_apply_to_children,
+);

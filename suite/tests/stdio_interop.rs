@@ -1,4 +1,4 @@
-//! `mcp-router --stdio` with peers nobody here wrote: the official TypeScript and
+//! `--stdio` (on every frontend) with peers nobody here wrote: the official TypeScript and
 //! Python MCP SDK clients (`tests/interop/stdio_ts_client.mjs`,
 //! `tests/interop/stdio_py_client.py`) through the router against two stdio servers:
 //! `@modelcontextprotocol/server-everything` (`stdio` mode) and a FastMCP server built
@@ -11,7 +11,7 @@
 //! included). Needs `.ci/install-interop.sh`; without it, or without the scripts, the
 //! tests fail loudly.
 
-use mcp_router_testkit::harness::{interop_dir, sdk_client, Proc};
+use mcp_router_testkit::harness::{interop_dir, router_bin, sdk_client, Proc};
 use mcp_router_testkit::procs::{descendants, wait_until};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ fn client(sdk: &str, base: &str, mode: &str, server: &str, extra: &[&str]) -> se
 fn run(server: &str, mode: &str, stdio_mode: &str, extra: &[&str]) {
     let cmd = server_cmd(server);
     let r = Proc::router(
-        "mcp-router",
+        router_bin(),
         &format!("router-{server}-{mode}"),
         &["--stdio", &cmd, "--stdio-mode", stdio_mode],
     );
@@ -65,7 +65,6 @@ fn run(server: &str, mode: &str, stdio_mode: &str, extra: &[&str]) {
     assert_eq!(r.count_logs("stdio child wrote invalid JSON-RPC"), 0);
 }
 
-#[test]
 fn sdk_clients_server_everything_streamable() {
     run(
         "everything",
@@ -75,22 +74,18 @@ fn sdk_clients_server_everything_streamable() {
     );
 }
 
-#[test]
 fn sdk_clients_server_everything_sse() {
     run("everything", "sse", "per-session", &["--sessions", "3"]);
 }
 
-#[test]
 fn sdk_clients_fastmcp_streamable() {
     run("fastmcp", "streamable", "per-session", &["--sessions", "3"]);
 }
 
-#[test]
 fn sdk_clients_fastmcp_sse() {
     run("fastmcp", "sse", "per-session", &["--sessions", "3"]);
 }
 
-#[test]
 fn sdk_clients_fastmcp_shared_child() {
     // one process holds every session: the clients assert one pid and no counter
     // value seen twice (ids and progress tokens collide across sessions)
@@ -107,3 +102,11 @@ fn sdk_clients_fastmcp_shared_child() {
         &["--sessions", "3", "--expect-shared"],
     );
 }
+
+mcp_router_testkit::behaviour_suite!(
+    sdk_clients_server_everything_streamable,
+    sdk_clients_server_everything_sse,
+    sdk_clients_fastmcp_streamable,
+    sdk_clients_fastmcp_sse,
+    sdk_clients_fastmcp_shared_child,
+);
