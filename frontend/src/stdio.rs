@@ -986,8 +986,14 @@ pub mod futures_pipes {
     where
         R: Runtime<ChildIn = In, ChildOut = Out, ChildExit = Exit>,
     {
+        // (the conversion keeps the process group and the pre-exec hook, not the
+        // stdio settings)
         let mut c = async_process::Command::from(cmd);
-        c.kill_on_drop(false).reap_on_drop(true);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false)
+            .reap_on_drop(true);
         let mut child = c.spawn()?;
         let missing = || io::Error::other("a piped stdio of the child is missing");
         let stdin = child.stdin.take().ok_or_else(missing)?;
