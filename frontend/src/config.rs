@@ -467,7 +467,7 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// `--stdio`: serve a stdio MCP server (tokio binary only) instead of proxying backends.
+/// `--stdio`: serve a stdio MCP server instead of proxying backends.
 #[derive(Debug, Clone)]
 pub struct StdioSettings {
     /// The MCP server command, run with `sh -c`.

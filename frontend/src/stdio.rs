@@ -362,7 +362,7 @@ impl<R: Runtime> Driver<R> {
         }
         // a deadline earlier than the one the timer sleeps until wakes it
         if let Some(t) = self.bridge.poll_timeout() {
-            if self.timer_at.map_or(true, |at| t < at) {
+            if self.timer_at.is_none_or(|at| t < at) {
                 self.timer.wake();
             }
         }
@@ -1012,6 +1012,88 @@ pub mod futures_pipes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcp_router_core::stdio::ChildMode;
+
+    fn cli(args: &[&str]) -> crate::Cli {
+        let mut v = vec!["mcp-router"];
+        v.extend_from_slice(args);
+        <crate::Cli as clap::Parser>::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn stdio_flags_replace_backends() {
+        let s = cli(&[
+            "--stdio",
+            "npx -y server",
+            "--stdio-mode",
+            "shared",
+            "--stdio-max-children",
+            "3",
+            "--stdio-stream-grace",
+            "250ms",
+            "--session-ttl",
+            "5m",
+        ])
+        .settings()
+        .unwrap();
+        let st = s.stdio.clone().expect("stdio settings");
+        assert_eq!(st.command, "npx -y server");
+        assert_eq!(st.mode, ChildMode::Shared);
+        assert_eq!(st.max_children, 3);
+        assert_eq!(st.stream_grace, Duration::from_millis(250));
+        let b = bridge_config(&s, &st);
+        assert_eq!(b.idle_ttl, Duration::from_secs(300));
+        assert_eq!(b.max_children, 3);
+        // defaults
+        let st = cli(&["--stdio", "x"]).settings().unwrap().stdio.unwrap();
+        assert_eq!(st.mode, ChildMode::PerSession);
+        assert_eq!(
+            (st.max_children, st.stream_grace, st.unattached_timeout),
+            (64, Duration::from_secs(30), Duration::from_secs(60))
+        );
+        let s = cli(&["--stdio", "x", "--stdio-unattached-timeout", "2s"])
+            .settings()
+            .unwrap();
+        let b = bridge_config(&s, s.stdio.as_ref().unwrap());
+        assert_eq!(b.unattached_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn stdio_errors_name_the_field() {
+        let e = cli(&["--stdio", "x", "--stdio-mode", "pooled"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("stdio_mode"), "{e}");
+        let e = cli(&["--stdio", "x", "--stdio-max-children", "0"])
+            .settings()
+            .unwrap_err();
+        assert!(e.0.starts_with("stdio_max_children"), "{e}");
+        let e = cli(&["--stdio", "  "]).settings().unwrap_err();
+        assert!(e.0.starts_with("stdio"), "{e}");
+        // without --stdio, backends are still required
+        assert!(cli(&[]).settings().is_err());
+    }
+
+    #[test]
+    fn stdio_from_the_toml_file() {
+        let dir = std::env::temp_dir().join(format!("mcp-router-stdio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            "stdio = \"python3 server.py\"\nstdio_mode = \"shared\"\nstdio_max_children = 7\nstdio_stream_grace = \"2s\"\n",
+        )
+        .unwrap();
+        let s = cli(&["--config", p.to_str().unwrap(), "--stdio-max-children", "9"])
+            .settings()
+            .unwrap();
+        let st = s.stdio.unwrap();
+        assert_eq!(st.command, "python3 server.py");
+        assert_eq!(st.mode, ChildMode::Shared);
+        assert_eq!(st.max_children, 9, "the flag wins over the file");
+        assert_eq!(st.stream_grace, Duration::from_secs(2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn lines_are_split_and_bounded() {

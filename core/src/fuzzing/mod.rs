@@ -23,7 +23,7 @@ mod session;
 mod stdio;
 pub use sealed::sealed_id;
 pub use session::{session_reading, session_sequence};
-pub use stdio::stdio_bridge;
+pub use stdio::{stdio_bridge, stdio_http};
 
 /// One target's checks: panics when an invariant fails.
 pub type Check = fn(&[u8]);
@@ -39,6 +39,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("session_sequence", session_sequence),
     ("session_reading", session_reading),
     ("stdio_bridge", stdio_bridge),
+    ("stdio_http", stdio_http),
     ("sealed_id", sealed_id),
 ];
 
