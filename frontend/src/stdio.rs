@@ -100,7 +100,7 @@ pub fn conn_limits(settings: &Settings) -> ConnLimits {
 }
 
 /// The command for one child: `sh -c "<command>"` in a new process group, stdio
-/// piped, dying with the router ([`die_with_the_router`]).
+/// piped, dying with the router (`PR_SET_PDEATHSIG`, Linux).
 pub fn child_command(command: &str) -> std::process::Command {
     use std::os::unix::process::CommandExt as _;
     let mut cmd = std::process::Command::new("sh");
