@@ -57,8 +57,8 @@ pub struct Cli {
     pub store_wait_replicas: Option<u32>,
     /// Session records each replica keeps in a local cache kept correct by Redis's
     /// client-side caching invalidations (`CLIENT TRACKING`), so that a request of a
-    /// live session costs no Redis round trip; 0: off (tokio and smol, one Redis
-    /// server or Sentinel; glommio and Cluster always read Redis) [default: 100000].
+    /// live session costs no Redis round trip; 0: off (one Redis server or Sentinel;
+    /// Cluster always reads Redis) [default: 100000].
     #[arg(long, env = "MCP_ROUTER_STORE_CACHE_SIZE")]
     pub store_cache_size: Option<usize>,
     /// With the cache: a request answered from it slides the record's idle TTL at most
@@ -67,6 +67,11 @@ pub struct Cli {
     /// (0, 0.5] [default: 0.1].
     #[arg(long, env = "MCP_ROUTER_STORE_SLIDE_FRACTION")]
     pub store_slide_fraction: Option<f64>,
+    /// For `rediss://`: a PEM file of the certificate authorities to trust for the Redis
+    /// server's certificate (a private CA, a self-signed certificate) instead of the
+    /// public web PKI roots.
+    #[arg(long, env = "MCP_ROUTER_STORE_TLS_CA")]
+    pub store_tls_ca: Option<String>,
     /// Largest request or response head in bytes; larger request heads get 431 [default: 32768].
     #[arg(long, env = "MCP_ROUTER_MAX_HEAD")]
     pub max_head: Option<usize>,
@@ -344,6 +349,7 @@ struct File {
     store_wait_replicas: Option<u32>,
     store_cache_size: Option<usize>,
     store_slide_fraction: Option<f64>,
+    store_tls_ca: Option<String>,
     max_head: Option<usize>,
     max_headers: Option<usize>,
     max_inspect_body: Option<usize>,
@@ -710,6 +716,13 @@ impl Cli {
                     .or(file.store_cache_size)
                     .unwrap_or(crate::redis::DEFAULT_CACHE_SIZE),
                 slide_fraction,
+                tls_ca: match self.store_tls_ca.clone().or(file.store_tls_ca) {
+                    None => None,
+                    Some(path) => Some(
+                        std::fs::read(&path)
+                            .map_err(|e| ConfigError(format!("store_tls_ca: {path}: {e}")))?,
+                    ),
+                },
             };
             s.check()?;
             StoreSettings::Redis(s)

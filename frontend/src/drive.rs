@@ -83,11 +83,25 @@ impl<R: Runtime> Frontend<R> {
     /// Probe the shared store every `every` until `shutdown`, logging each change of
     /// readiness (nothing to do for the embedded store).
     pub async fn watch_store(&self, every: Duration, shutdown: &Shutdown) {
+        self.keep_store(every, shutdown, true).await
+    }
+
+    /// [`Frontend::watch_store`] for a runtime instance whose store connection does not
+    /// feed readiness (a glommio executor other than the first): the same probe (which
+    /// also keeps the record cache's tracking connection up) and background work, its
+    /// result not reported.
+    pub async fn keep_store_unreported(&self, every: Duration, shutdown: &Shutdown) {
+        self.keep_store(every, shutdown, false).await
+    }
+
+    async fn keep_store(&self, every: Duration, shutdown: &Shutdown, report: bool) {
         let Some(r) = &self.remote else { return };
         let probe = async {
             loop {
                 let ok = r.ping().await;
-                self.shared.store_probed(ok);
+                if report {
+                    self.shared.store_probed(ok);
+                }
                 if rt::timeout::<R, _>(every, shutdown.wait()).await.is_some() {
                     return;
                 }

@@ -3,9 +3,9 @@
 //!
 //! Everything but the transport lives here: the key and value format, the command
 //! each [`StoreOp`] becomes ([`RedisCodec::command`]) and how a reply reads
-//! ([`RedisCodec::reply`]). The tokio and smol frontends carry the commands over the
-//! `redis` crate's own multiplexed, auto-reconnecting connection ([`ManagedRedis`]);
-//! the glommio frontend carries the same bytes over its own sockets.
+//! ([`RedisCodec::reply`]). Every frontend carries the commands over the `redis` crate's
+//! own multiplexed, auto-reconnecting connection ([`ManagedRedis`]; glommio: one per
+//! executor).
 //!
 //! Each proxied request costs one round trip: a small Lua script ([`RECORD_SCRIPT`],
 //! run by `EVALSHA`) reads the record and slides its idle TTL at once. The first use
@@ -74,6 +74,9 @@ pub struct RedisSettings {
     /// `--store-slide-fraction`: a cached record's TTL is slid at most once per this
     /// fraction of the session TTL.
     pub slide_fraction: f64,
+    /// `--store-tls-ca`: PEM certificate authorities trusted for `rediss://` (else the
+    /// web PKI roots).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Default `--store-cache-size`.
@@ -228,6 +231,7 @@ impl RedisSettings {
             wait_replicas: 0,
             cache_size: 0,
             slide_fraction: DEFAULT_SLIDE_FRACTION,
+            tls_ca: None,
         }
     }
 
@@ -1325,6 +1329,8 @@ struct Tracker {
     /// One Redis server: its address and settings (Sentinel: the primary the link
     /// follows, asked at each probe).
     fixed: Option<(String, ConnectionInfo)>,
+    /// `--store-tls-ca`.
+    tls_ca: Option<Vec<u8>>,
     /// The node tracked and the connection to it (RESP3).
     conn: std::sync::Mutex<Option<(String, redis::aio::MultiplexedConnection)>>,
     /// `(1 - fraction / 2) × TTL`: a lookup that misses slides only below this.
@@ -1362,6 +1368,7 @@ impl Tracker {
                 s.slide_fraction,
             )),
             fixed,
+            tls_ca: s.tls_ca.clone(),
             conn: std::sync::Mutex::new(None),
             keep: ttl.mul_f64(1.0 - s.slide_fraction / 2.0),
             slides: std::sync::Mutex::default(),
@@ -1527,7 +1534,7 @@ impl Tracker {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(r))?;
+        let client = crate::redis_link::client(self.tls_ca.as_deref(), info.set_redis_settings(r))?;
         let (cache, p) = (self.cache.clone(), prefix.to_owned());
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))

@@ -255,6 +255,27 @@ fn infos(nodes: &[(String, u16)], auth: &Auth) -> redis::RedisResult<Vec<redis::
         .collect()
 }
 
+/// A client for `info`; for `rediss://` with `--store-tls-ca`, one that trusts those
+/// certificate authorities (rustls) instead of the web PKI roots.
+pub fn client(
+    tls_ca: Option<&[u8]>,
+    info: redis::ConnectionInfo,
+) -> redis::RedisResult<redis::Client> {
+    match tls_ca {
+        #[cfg(any(feature = "tokio", feature = "smol"))]
+        Some(ca) if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) => {
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            )
+        }
+        _ => redis::Client::open(info),
+    }
+}
+
 fn config_error(e: ConfigError) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "store", e.0))
 }
@@ -327,7 +348,7 @@ mod managed {
                     if let Some(sh) = &shared {
                         sh.metrics.store_node(&info.addr().to_string());
                     }
-                    let client = redis::Client::open(info)?;
+                    let client = super::client(s.tls_ca.as_deref(), info)?;
                     Ok(Link::Single(ConnectionManager::new_lazy_with_config(
                         client,
                         manager_config(s.timeout),
@@ -556,7 +577,8 @@ pub fn sync_connection(
             Ok(Box::new(c))
         };
     match &s.topology {
-        Topology::Single => single(redis::Client::open(
+        Topology::Single => single(client(
+            s.tls_ca.as_deref(),
             s.connection_info().map_err(config_error)?,
         )?),
         #[cfg(not(any(feature = "tokio", feature = "smol")))]

@@ -11,24 +11,27 @@
 //! `docs/scaling.md`, "Thread-per-core and the embedded store", for why not routing
 //! by session hash, and the measurement).
 //!
+//! Redis: the `redis` crate's own connections, as on tokio and smol (the crate's smol
+//! support: async-io sockets whose reactor thread wakes the executor), so `rediss://`,
+//! Sentinel, Cluster, `--store-wait-replicas` and the record cache work here too; one
+//! [`ManagedRedis`] per executor.
+//!
 //! Use it as a library with [`serve`] (one executor), or run the bundled
 //! `mcp-router-glommio` binary.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod redis;
-
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::{LocalExecutorBuilder, Placement};
 use mcp_router_core::ConfigError;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
+use mcp_router_frontend::redis::ManagedRedis;
 use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
 use mcp_router_frontend::stdio::futures_pipes as pipes;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
-use redis::GlommioRedis;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -174,7 +177,7 @@ impl Runtime for Glommio {
     type Connect = Connecting;
     type Timer = Deadline;
     type Sleep = Sleep;
-    type Remote = GlommioRedis;
+    type Remote = ManagedRedis<Glommio>;
     type ChildIn = pipes::In;
     type ChildOut = pipes::Out;
     type ChildExit = pipes::Exit;
@@ -197,19 +200,15 @@ impl Runtime for Glommio {
 }
 
 /// This executor's runtime instance over `shared`: its pool and, for Redis, its own
-/// connection (whose worker is spawned here, until `shutdown`). Call it on the
-/// executor that will serve.
-pub fn frontend(
-    shared: Arc<Shared>,
-    shutdown: &Arc<Shutdown>,
-) -> Result<Rc<Frontend<Glommio>>, ConfigError> {
+/// connections. Call it on the executor that will serve.
+pub fn frontend(shared: Arc<Shared>) -> Result<Rc<Frontend<Glommio>>, ConfigError> {
     let remote = match &shared.settings().store {
         StoreSettings::Memory => None,
-        StoreSettings::Redis(r) => {
-            let (store, worker) = GlommioRedis::new(r, shared.router.clone())?;
-            glommio::spawn_local(worker.run(shutdown.clone())).detach();
-            Some(store)
-        }
+        StoreSettings::Redis(r) => Some(ManagedRedis::new(
+            r,
+            shared.router.clone(),
+            Some(shared.clone()),
+        )?),
     };
     Ok(Rc::new(Frontend::new(shared, remote)))
 }
@@ -236,10 +235,15 @@ pub async fn serve(
 ) {
     let (f, sd) = (fe.clone(), shutdown.clone());
     glommio::spawn_local(async move { f.pool_expiry(&sd).await }).detach();
+    let (f, sd) = (fe.clone(), shutdown.clone());
     if probe_store {
-        let (f, sd) = (fe.clone(), shutdown.clone());
         glommio::spawn_local(async move { f.watch_store(Duration::from_secs(1), &sd).await })
             .detach();
+    } else {
+        glommio::spawn_local(
+            async move { f.keep_store_unreported(Duration::from_secs(1), &sd).await },
+        )
+        .detach();
     }
     let accept = || async {
         let s = listener.accept().await?;
@@ -299,18 +303,6 @@ fn raise_memlock() {
     }
 }
 
-/// Refuse, at start, a store this frontend cannot reach.
-fn check_store(settings: &Settings) -> Result<(), ConfigError> {
-    if let StoreSettings::Redis(r) = &settings.store {
-        let router = Arc::new(mcp_router_core::Router::new(
-            Arc::new(settings.core.clone()),
-            Instant::now(),
-        ));
-        GlommioRedis::new(r, router)?;
-    }
-    Ok(())
-}
-
 /// A glommio listener on `addr` with `backlog` (glommio's own `bind` fixes it at 1024)
 /// and `SO_REUSEPORT`, so every executor has its own.
 #[allow(unsafe_code)]
@@ -322,6 +314,12 @@ fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<glommio::net::Tcp
     // SAFETY: the descriptor is a bound, listening TCP socket that `into_raw_fd` just
     // gave up ownership of; the glommio listener becomes its only owner.
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(std.into_raw_fd()) })
+}
+
+/// Why an executor could not start serving.
+enum StartError {
+    Listen(String),
+    Config(ConfigError),
 }
 
 struct Bound {
@@ -338,7 +336,6 @@ pub fn run(cli: Cli, settings: Settings) {
     if let Some(stdio) = settings.stdio.clone() {
         return run_stdio(&settings, &stdio);
     }
-    check_store(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
     let cpus = allowed_cpus();
     let n = settings.workers.unwrap_or(cpus.len()).max(1);
     let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
@@ -357,14 +354,14 @@ pub fn run(cli: Cli, settings: Settings) {
             Some(&cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
         };
-        let (tx, rx) = std::sync::mpsc::channel::<Result<Bound, String>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<Bound, StartError>>();
         let (sh, sd) = (shared.clone(), shutdown.clone());
         let admin_here = admin.take();
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("mcp-glommio-{i}"))
             .spawn(move || async move {
                 let bind = |a: SocketAddr, backlog: u32| {
-                    listener(a, backlog).map_err(|e| format!("{a}: {e}"))
+                    listener(a, backlog).map_err(|e| StartError::Listen(format!("{a}: {e}")))
                 };
                 let l = match bind(listen, backlog) {
                     Ok(l) => l,
@@ -372,11 +369,14 @@ pub fn run(cli: Cli, settings: Settings) {
                 };
                 let admin_l = match admin_here.map(|a| bind(a, 128)).transpose() {
                     Ok(a) => a,
-                    Err(e) => return drop(tx.send(Err(format!("(admin) {e}")))),
+                    Err(StartError::Listen(e)) => {
+                        return drop(tx.send(Err(StartError::Listen(format!("(admin) {e}")))))
+                    }
+                    Err(e) => return drop(tx.send(Err(e))),
                 };
-                let fe = match frontend(sh.clone(), &sd) {
+                let fe = match frontend(sh.clone()) {
                     Ok(f) => f,
-                    Err(e) => return drop(tx.send(Err(e.to_string()))),
+                    Err(e) => return drop(tx.send(Err(StartError::Config(e)))),
                 };
                 let bound = Bound {
                     addr: l.local_addr().unwrap_or(listen),
@@ -402,7 +402,8 @@ pub fn run(cli: Cli, settings: Settings) {
                     info!(admin = %a, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
                 }
             }
-            Ok(Err(e)) => {
+            Ok(Err(StartError::Config(e))) => config_exit("mcp-router-glommio", &e),
+            Ok(Err(StartError::Listen(e))) => {
                 error!(executor = i, error = %e, "cannot listen");
                 std::process::exit(1);
             }

@@ -11,8 +11,8 @@
 //! `.ci/install-interop.sh` (run by `.ci/run`); without it the test fails, loudly.
 
 use mcp_router_testkit::harness::{
-    free_port, frontend, interop_dir, metric_at, rebinding_request, redis_server, router_bin,
-    sdk_client, server_everything, warm, Conn, Frontend, Proc,
+    free_port, interop_dir, metric_at, rebinding_request, redis_server, router_bin, sdk_client,
+    server_everything, warm, Conn, Proc,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -774,13 +774,9 @@ fn sdk_sessions_without_delete_are_reaped_exactly_once_through_two_replicas_on_r
 /// shared store is a Redis primary watched by three sentinels, on two server-everything
 /// replicas; the primary is SIGKILLed and the sentinels promote its replica; once both
 /// routers follow it, every client's next `tools/call` succeeds under the session id it
-/// had, without a second `initialize` and without a `404`. (glommio refuses the
-/// Sentinel URL at start: suite/tests/redis_ha.rs.)
+/// had, without a second `initialize` and without a `404`.
 fn official_sdk_clients_keep_their_sessions_across_a_redis_sentinel_failover() {
     use mcp_router_testkit::redis_topology::sentinel_group;
-    if frontend() == Frontend::Glommio {
-        return;
-    }
     let mut g = sentinel_group();
     let e0 = server_everything("streamable", "everything-0");
     let e1 = server_everything("streamable", "everything-1");

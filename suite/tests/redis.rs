@@ -4,7 +4,7 @@
 
 use mcp_router_testkit::harness::{
     answered_by, free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server,
-    router_bin, rss_kib, tools_call, warm, Conn, Frontend, Proc,
+    redis_tls_server, router_bin, rss_kib, tools_call, warm, Conn, Frontend, Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -805,7 +805,68 @@ fn a_tokio_and_a_glommio_replica_on_one_redis_serve_the_same_sessions() {
     }
 }
 
+/// `rediss://` to a redis-server with TLS on, its certificate signed by a CA made in
+/// the test: with `--store-tls-ca` naming that CA, sessions are shared through it (both
+/// replicas, record cache on over TLS too); without it the certificate does not verify
+/// and a new session gets 503, never a session that skipped the store.
+fn rediss_with_a_private_ca_shares_sessions_and_refuses_an_unverified_server() {
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let dir =
+        std::env::temp_dir().join(format!("mcp-router-tls-{}-{tls_port}", std::process::id()));
+    let (redis, ca) = redis_tls_server(tls_port, plain_port, &dir);
+    let b0 = Proc::fake_backend("b0");
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let start = |name: &str, extra: &[&str]| {
+        let mut args = vec!["--store", &url, "--backend"];
+        let b = format!("b0=http://{}", b0.addr);
+        args.push(&b);
+        args.extend_from_slice(extra);
+        Proc::router(router_bin(), name, &args)
+    };
+    let a = start("router-a", &["--store-tls-ca", &ca]);
+    let b = start("router-b", &["--store-tls-ca", &ca]);
+    for r in [&a, &b] {
+        assert!(
+            r.wait_count("session store ready", 1, Duration::from_secs(10)),
+            "{:?}",
+            r.logs()
+        );
+        assert!(
+            r.wait_count("record cache on", 1, Duration::from_secs(10)),
+            "tracking over TLS: {:?}",
+            r.logs()
+        );
+    }
+    let (_, sid) = initialize(&mut a.conn(), json!(1));
+    assert_eq!(
+        redis_cmd(
+            &redis.addr,
+            &["EXISTS", &format!("mcp-router:session:{sid}")]
+        ),
+        ":1",
+        "the record went over TLS"
+    );
+    for i in 0..5 {
+        assert_eq!(tools_call(&mut b.conn(), &sid, i).status, 200);
+    }
+    // the same server without the CA: its certificate is refused
+    let c = start("router-c", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = post_json(
+        &mut c.conn(),
+        "/mcp",
+        None,
+        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":"t","version":"0"}}}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(tools_call(&mut c.conn(), &sid, 9).status, 503);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mcp_router_testkit::behaviour_suite!(
+    rediss_with_a_private_ca_shares_sessions_and_refuses_an_unverified_server,
     a_session_started_on_one_replica_continues_on_the_other,
     killing_a_replica_mid_traffic_fails_no_request_that_goes_on_through_the_other,
     redis_down_means_503_never_404_and_recovery_needs_no_restart,

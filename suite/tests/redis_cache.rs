@@ -1,9 +1,9 @@
 //! The Redis store's record cache (`--store-cache-size`, issue 18 point 4): a request
-//! of a live session costs no Redis round trip on tokio and smol, and a session ended
-//! anywhere (another replica's `DELETE`, a `DEL` in Redis, expiry) stops routing on
-//! every replica at once; while the cache's tracking connection is down the replica
-//! reads Redis. glommio keeps its own Redis client, one round trip per request
-//! (documented in docs/scaling.md): its runs assert that.
+//! of a live session costs no Redis round trip on every frontend (glommio: one cache
+//! per executor, each with its own tracking connection), and a session ended anywhere
+//! (another replica's `DELETE`, a `DEL` in Redis, expiry) stops routing on every
+//! replica at once; while the cache's tracking connection is down the replica reads
+//! Redis.
 
 use mcp_router_testkit::harness::{
     free_port, frontend, initialize, post_json, redis_cmd, redis_server, router_bin, tools_call,
@@ -30,9 +30,9 @@ fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> P
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = Proc::router(router_bin(), name, &refs);
     assert!(p.wait_count("session store ready", 1, Duration::from_secs(10)));
-    if caches() && !extra.contains(&"--store-cache-size") {
+    if !extra.contains(&"--store-cache-size") {
         assert!(
-            p.wait_count("record cache on", 1, Duration::from_secs(10)),
+            p.wait_count("record cache on", caches(), Duration::from_secs(10)),
             "{:?}",
             p.logs()
         );
@@ -40,9 +40,14 @@ fn replica(name: &str, redis_port: u16, backends: &[&Proc], extra: &[&str]) -> P
     p
 }
 
-/// Whether the frontend under test has the record cache.
-fn caches() -> bool {
-    frontend() != Frontend::Glommio
+/// Record caches per router process: one per glommio executor (one per CPU here),
+/// else one.
+fn caches() -> usize {
+    if frontend() == Frontend::Glommio {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    }
 }
 
 /// Script runs Redis served: each lookup that reads Redis is one (`INFO commandstats`
@@ -78,13 +83,7 @@ fn a_live_session_costs_no_redis_round_trip() {
         "{:?}: Redis lookups for 101 requests of a live session: {spent}",
         frontend()
     );
-    if caches() {
-        assert_eq!(spent, 0, "a cached session's requests cost no round trip");
-    } else {
-        // glommio: one EVALSHA of the record script per request (and one EVAL loading
-        // it, should this executor's first EVALSHA of it get NOSCRIPT)
-        assert!((101..=102).contains(&spent), "{spent}");
-    }
+    assert_eq!(spent, 0, "a cached session's requests cost no round trip");
     // and the same router with the cache off reads Redis each time
     drop(c);
     let b = replica("router-b", rp, &[&b0], &["--store-cache-size", "0"]);
@@ -114,13 +113,11 @@ fn a_session_ended_anywhere_is_404_on_a_replica_that_cached_it() {
         }
         let before = lookups(&redis.addr);
         assert_eq!(tools_call(&mut cb, &sid, 3).status, 200);
-        if caches() {
-            assert_eq!(
-                lookups(&redis.addr),
-                before,
-                "round {round}: B had it cached"
-            );
-        }
+        assert_eq!(
+            lookups(&redis.addr),
+            before,
+            "round {round}: B had it cached"
+        );
         if round % 2 == 0 {
             let d = a
                 .conn()
@@ -176,7 +173,7 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     let t = Instant::now();
     redis.signal("STOP");
     let first = tools_call(&mut b.conn(), &sid, 5).status;
-    assert_eq!(first, if caches() { 200 } else { 503 });
+    assert_eq!(first, 200);
     loop {
         let st = tools_call(&mut b.conn(), &sid, 6).status;
         if st == 503 {
@@ -215,13 +212,11 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
         assert!(Instant::now() < deadline, "B still answers 503");
         std::thread::sleep(Duration::from_millis(50));
     }
-    if caches() {
-        assert!(
-            b.wait_count("record cache on", 2, Duration::from_secs(10)),
-            "the cache comes back with its tracking: {:?}",
-            b.logs()
-        );
-    }
+    assert!(
+        b.wait_count("record cache on", 2 * caches(), Duration::from_secs(10)),
+        "the cache comes back with its tracking: {:?}",
+        b.logs()
+    );
     // Redis restarted (empty): a session B had cached is gone with it
     let sid = init_retrying(&a);
     for _ in 0..3 {
@@ -241,9 +236,7 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
     }
     // and the cache works again: a new session is served from memory
     let sid = init_retrying(&a);
-    if caches() {
-        assert!(b.wait_count("record cache on", 3, Duration::from_secs(10)));
-    }
+    assert!(b.wait_count("record cache on", 3 * caches(), Duration::from_secs(10)));
     call_until_ok(&b, &sid);
     let mut c = b.conn();
     call_until_ok_on(&mut c, &sid);
@@ -252,7 +245,7 @@ fn a_lost_redis_connection_empties_the_cache_and_lookups_read_redis() {
         assert_eq!(tools_call(&mut c, &sid, i).status, 200);
     }
     let spent = lookups(&_redis.addr) - before;
-    assert_eq!(spent, if caches() { 0 } else { 10 });
+    assert_eq!(spent, 0);
 }
 
 /// A request of `sid` through `r` that succeeds, retrying while the store reconnects
@@ -331,21 +324,16 @@ fn a_busy_cached_session_stays_alive_with_one_slide_per_fraction_of_its_ttl() {
         frontend()
     );
     assert!(ttl > 1000, "the record's TTL was slid: {ttl} ms left");
-    if caches() {
-        // at most one slide per 0.3 s: about 33 in 10 s whatever the request rate (a
-        // loaded machine sends them later, not more), and few reads
-        assert!(n > 60, "{n}");
-        assert!(
-            (5..=38).contains(&slides),
-            "{slides} slides for {n} requests"
-        );
-        // (a read follows each time the cache was switched off: a probe of its
-        // tracking connection that timed out on a loaded machine does that)
-        assert!(spent * 10 <= n, "{spent} reads for {n} requests");
-    } else {
-        // glommio: each request runs the record script, which slides
-        assert_eq!((spent, slides), (n, n));
-    }
+    // at most one slide per 0.3 s: about 33 in 10 s whatever the request rate (a
+    // loaded machine sends them later, not more), and few reads
+    assert!(n > 60, "{n}");
+    assert!(
+        (5..=38).contains(&slides),
+        "{slides} slides for {n} requests"
+    );
+    // (a read follows each time the cache was switched off: a probe of its
+    // tracking connection that timed out on a loaded machine does that)
+    assert!(spent * 10 <= n, "{spent} reads for {n} requests");
 }
 
 mcp_router_testkit::behaviour_suite!(

@@ -1,13 +1,11 @@
 //! Issue 17: the shared store on Redis Sentinel and Redis Cluster, against real
 //! topologies started on free ports (`redis-server --sentinel`, `--cluster-enabled`,
 //! `redis-cli --cluster create`/`reshard`): two router replicas, fake backends, a
-//! primary SIGKILLed during traffic, a slot migration during traffic. The glommio
-//! frontend refuses both store forms at start (its own Redis client speaks to one
-//! server); the test says so.
+//! primary SIGKILLed during traffic, a slot migration during traffic. On every
+//! frontend: they all reach Redis through the `redis` crate's own connections.
 
 use mcp_router_testkit::harness::{
-    answered_by, frontend, initialize, metric_at, post_json, router_bin, tools_call, Conn,
-    Frontend, Proc,
+    answered_by, initialize, metric_at, post_json, tools_call, Conn, Proc,
 };
 use mcp_router_testkit::redis_topology::{
     redis_call, redis_cluster, sentinel_group, Reply, SENTINEL_DOWN_AFTER_MS,
@@ -18,22 +16,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The glommio frontend refuses `url` at start: exit status 2 and a message that
-/// names the frontends that take it. Whether it did (for the other frontends: false).
-fn glommio_refuses(url: &str) -> bool {
-    if frontend() != Frontend::Glommio {
-        return false;
-    }
-    let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(router_bin()))
-        .args(["--backend", "http://127.0.0.1:1", "--store", url])
-        .output()
-        .expect("run the router");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("need mcp-router or mcp-router-smol"), "{err}");
-    true
-}
 
 /// Two router replicas on the store `url`, over two fake backends, each with an
 /// admin listener.
@@ -181,9 +163,6 @@ fn traffic(
 /// kill: every one acknowledged (200) continues after it.
 fn sessions_survive_a_sentinel_failover(wait_replicas: bool) {
     let mut g = sentinel_group();
-    if glommio_refuses(&g.url()) {
-        return;
-    }
     let extra: &[&str] = if wait_replicas {
         &["--store-wait-replicas", "1"]
     } else {
@@ -336,9 +315,6 @@ fn with_store_wait_replicas_every_acknowledged_session_survives_a_sentinel_failo
 /// 200 or (while its slots have no primary) 503, and afterwards every session routes.
 fn a_thousand_sessions_route_through_a_cluster_across_a_reshard_and_a_failover() {
     let mut cluster = redis_cluster(3, 1);
-    if glommio_refuses(&cluster.url()) {
-        return;
-    }
     let fleet = Arc::new(Fleet::start(&cluster.url(), &[]));
     fleet.wait_ready(Duration::from_secs(10));
     let sessions: Vec<(String, String)> = std::thread::scope(|s| {

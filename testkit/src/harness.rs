@@ -553,6 +553,95 @@ pub fn redis_server(port: u16) -> Proc {
     .with_addr(format!("127.0.0.1:{port}"))
 }
 
+/// A `redis-server` speaking TLS on `tls_port` (and plain RESP on `plain_port`, for
+/// the test's own checks), with a certificate for 127.0.0.1 signed by a certificate
+/// authority made here with `openssl` in `dir`. Returns the server and the CA's PEM
+/// path. Panics (loudly) when `openssl` or a TLS-enabled `redis-server` is missing.
+pub fn redis_tls_server(tls_port: u16, plain_port: u16, dir: &std::path::Path) -> (Proc, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mcp-router test CA",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("srv.key"),
+            "-out",
+            &p("srv.csr"),
+            "-subj",
+            "/CN=localhost",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("srv.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("srv.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &plain_port.to_string()])
+        .args(["--tls-port", &tls_port.to_string()])
+        .args([
+            "--tls-cert-file",
+            &p("srv.crt"),
+            "--tls-key-file",
+            &p("srv.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &p("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(REDIS_EPHEMERAL);
+    let r = Proc::start("redis-tls", cmd, |l| {
+        l.contains("Ready to accept connections")
+            .then(|| String::from("redis"))
+    })
+    .with_addr(format!("127.0.0.1:{plain_port}"));
+    (r, p("ca.crt"))
+}
+
 impl Proc {
     fn with_addr(mut self, addr: String) -> Proc {
         self.addr = addr;

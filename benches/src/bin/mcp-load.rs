@@ -1148,17 +1148,30 @@ fn bench(o: &Opts) -> Res<()> {
                 more: vec![],
             },
             "router" => start_router(o, &backends, None, &[])?,
-            "router-redis" | "router-redis-two" | "router-redis-caps" | "router-redis-nocache" => {
+            "router-redis"
+            | "router-redis-two"
+            | "router-redis-caps"
+            | "router-redis-nocache"
+            | "router-glommio-redis"
+            | "router-glommio-redis-nocache"
+            | "router-smol-redis"
+            | "router-smol-redis-nocache" => {
                 // `-two`: two replicas sharing the Redis, clients alternating over them
                 // (the same two-process set-up as router-sealed, with a store);
                 // `-nocache`: the record cache off, every lookup reads Redis
                 let (redis, port) = start_redis(o)?;
                 let url = format!("redis://127.0.0.1:{port}");
                 let mut extra: Vec<&str> = caps(cfg).to_vec();
-                if cfg == "router-redis-nocache" {
+                if cfg.ends_with("-nocache") {
                     extra.extend(["--store-cache-size", "0"]);
                 }
-                let mut fe = start_router(o, &backends, Some(&url), &extra)?;
+                // `router-<frontend>-redis`: the same on another frontend
+                let bin = match cfg.split('-').nth(1) {
+                    Some("glommio") => "mcp-router-glommio",
+                    Some("smol") => "mcp-router-smol",
+                    _ => "mcp-router",
+                };
+                let mut fe = start_router_bin(o, bin, &backends, Some(&url), &extra)?;
                 if cfg == "router-redis-two" {
                     let other = start_router(o, &backends, Some(&url), &[])?;
                     fe.more.push((other.addr, other.pid.expect("pid")));
