@@ -15,7 +15,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 for t in taskset haproxy redis-server redis-cli; do
   command -v "$t" >/dev/null || { echo "missing $t (apt-get install util-linux haproxy redis-server)"; exit 1; }
 done
-cargo build --release --bin mcp-router --bin mcp-router-smol --bin mcp-router-glommio --bin mcp-fake-backend --bin mcp-load
+cargo build --release --bin mcp-router --bin mcp-router-smol --bin mcp-router-glommio --bin mcp-fake-backend --bin mcp-load --bin mcp-stdio-echo
 mkdir -p "$OUT"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/machine.txt"
 taskset -c "$LOAD_CPU" target/release/mcp-load bench --duration "$DURATION" --warmup 2 \

@@ -1240,6 +1240,31 @@ fn bench(o: &Opts) -> Res<()> {
             }
             "router-smol" => start_router_bin(o, "mcp-router-smol", &backends, None, &[])?,
             "router-glommio" => start_router_bin(o, "mcp-router-glommio", &backends, None, &[])?,
+            stdio if stdio.starts_with("stdio-") => {
+                // `stdio-<mode>[-<frontend>]`: the stdio bridge serving mcp-stdio-echo,
+                // one shared child or one child per session (each lifecycle spawns
+                // and kills one); the router's CPU only (not the children's)
+                let mut parts = stdio.split('-').skip(1);
+                let mode = match parts.next() {
+                    Some("shared") => "shared",
+                    _ => "per-session",
+                };
+                let bin = match stdio.rsplit('-').next() {
+                    Some("glommio") => "mcp-router-glommio",
+                    Some("smol") => "mcp-router-smol",
+                    _ => "mcp-router",
+                };
+                let echo = format!("{}/mcp-stdio-echo", o.bin_dir);
+                let extra = [
+                    "--stdio",
+                    &echo,
+                    "--stdio-mode",
+                    mode,
+                    "--stdio-max-children",
+                    "256",
+                ];
+                start_router_bin(o, bin, &[], None, &extra)?
+            }
             "haproxy" => start_haproxy(o, &backends, false)?,
             "haproxy-tcp" => start_haproxy(o, &backends, true)?,
             other => return Err(format!("unknown configuration {other}")),
