@@ -4,7 +4,9 @@
 # chart. The comparison has a row per frontend and two HAProxy rows: `haproxy`
 # (session-sticky HTTP mode) and `haproxy-tcp` (`mode tcp`, a byte relay that parses
 # nothing: the floor every frontend is judged against, issue 18); every row's CPU per
-# request, req/s and p99 are printed as ratios to both, measured in the same run. Needs taskset (util-linux), haproxy and redis-server (Debian packages),
+# request, req/s and p99 are printed as ratios to both, measured in the same run; the
+# stdio-* rows are the stdio bridge (issue 15) serving mcp-stdio-echo, shared and
+# per-session, on each frontend. Needs taskset (util-linux), haproxy and redis-server (Debian packages),
 # python3 (matplotlib is installed into a venv under target/ on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
