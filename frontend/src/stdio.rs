@@ -36,7 +36,6 @@ use crate::rt::{Child, Io, PipeRead, PipeWrite, Runtime, Shutdown, Timer};
 use crate::Settings;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use mcp_router_core::mcp::ErrorCode;
 use mcp_router_core::stdio::http::{ConnEvent, ConnLimits, ExchangeOut, StdioConn};
 use mcp_router_core::stdio::{
     Bridge, BridgeConfig, BridgeEvent, BridgeOutput, ChildId, EndReason, ExchangeId,
@@ -635,12 +634,7 @@ async fn connection<R: Runtime>(
                     };
                     match step {
                         Some(w) => write_waiting(w).await,
-                        None => conn.refuse(
-                            503,
-                            ErrorCode::Server,
-                            "no randomness for a session id",
-                            Instant::now(),
-                        ),
+                        None => conn.no_randomness(Instant::now()),
                     }
                 }
                 ConnEvent::Gone(x) => {

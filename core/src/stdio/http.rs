@@ -259,10 +259,15 @@ impl StdioConn {
         self.state = State::Waiting(x);
     }
 
-    /// Answer the ready request with an error without the bridge (e.g. no randomness
-    /// for a session id), and close.
-    pub fn refuse(&mut self, status: u16, code: ErrorCode, reason: &'static str, now: Instant) {
-        self.refuse_and_close(status, code, reason, now);
+    /// The ready request cannot be given to the bridge: the frontend has no random
+    /// bytes for a session id. `503` with JSON-RPC -32000, and close.
+    pub fn no_randomness(&mut self, now: Instant) {
+        self.refuse_and_close(
+            503,
+            ErrorCode::Server,
+            "no randomness for a session id",
+            now,
+        );
     }
 
     /// Whether [`StdioConn::handle_output`] should be called now (the client takes
