@@ -86,15 +86,11 @@ impl<R: Runtime> Frontend<R> {
         self.keep_store(every, shutdown, true).await
     }
 
-    /// [`Frontend::watch_store`] for a runtime instance whose store connection does not
-    /// feed readiness (a glommio executor other than the first): the same probe (which
-    /// also keeps the record cache's tracking connection up) and background work, its
-    /// result not reported.
-    pub async fn keep_store_unreported(&self, every: Duration, shutdown: &Shutdown) {
-        self.keep_store(every, shutdown, false).await
-    }
-
-    async fn keep_store(&self, every: Duration, shutdown: &Shutdown, report: bool) {
+    /// [`Frontend::watch_store`], its probe's result reported to readiness only when
+    /// `report`: a runtime instance whose store connection does not feed readiness (a
+    /// glommio executor other than the first) still needs the probe, which also keeps
+    /// the record cache's tracking connection up, and the background work.
+    pub async fn keep_store(&self, every: Duration, shutdown: &Shutdown, report: bool) {
         let Some(r) = &self.remote else { return };
         let probe = async {
             loop {

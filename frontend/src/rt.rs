@@ -140,6 +140,15 @@ pub fn listen_socket(
     Ok(s.into())
 }
 
+/// [`Io::idle_alive`] for a socket the runtime keeps blocking (glommio's, waited on
+/// through io_uring): a `MSG_PEEK | MSG_DONTWAIT` read of one byte would block.
+pub fn peek_would_block(fd: std::os::fd::RawFd) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut probe = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(recv(fd, &mut probe, flags), Err(nix::errno::Errno::EAGAIN))
+}
+
 /// `fut`, or `None` if it takes longer than `d`.
 pub async fn timeout<R: Runtime, F: Future>(d: Duration, fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);

@@ -96,16 +96,7 @@ impl Io for Stream {
     }
 
     fn idle_alive(&self) -> bool {
-        use nix::sys::socket::{recv, MsgFlags};
-        let mut probe = [0u8; 1];
-        matches!(
-            recv(
-                self.s.as_raw_fd(),
-                &mut probe,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-            ),
-            Err(nix::errno::Errno::EAGAIN)
-        )
+        mcp_router_frontend::rt::peek_would_block(self.s.as_raw_fd())
     }
 }
 
@@ -213,6 +204,14 @@ pub fn frontend(shared: Arc<Shared>) -> Result<Rc<Frontend<Glommio>>, ConfigErro
     Ok(Rc::new(Frontend::new(shared, remote)))
 }
 
+/// The next client connection (TCP_NODELAY set) and its address.
+async fn accept(l: &glommio::net::TcpListener) -> io::Result<(Stream, SocketAddr)> {
+    let s = l.accept().await?;
+    let peer = s.peer_addr()?;
+    let _ = s.set_nodelay(true);
+    Ok((stream(s), peer))
+}
+
 fn stream(s: glommio::net::TcpStream) -> Stream {
     Stream {
         s,
@@ -236,21 +235,9 @@ pub async fn serve(
     let (f, sd) = (fe.clone(), shutdown.clone());
     glommio::spawn_local(async move { f.pool_expiry(&sd).await }).detach();
     let (f, sd) = (fe.clone(), shutdown.clone());
-    if probe_store {
-        glommio::spawn_local(async move { f.watch_store(Duration::from_secs(1), &sd).await })
-            .detach();
-    } else {
-        glommio::spawn_local(
-            async move { f.keep_store_unreported(Duration::from_secs(1), &sd).await },
-        )
-        .detach();
-    }
-    let accept = || async {
-        let s = listener.accept().await?;
-        let peer = s.peer_addr()?;
-        let _ = s.set_nodelay(true);
-        Ok((stream(s), peer))
-    };
+    let every = Duration::from_secs(1);
+    glommio::spawn_local(async move { f.keep_store(every, &sd, probe_store).await }).detach();
+    let accept = || accept(&listener);
     let spawn = |s, peer, guard| {
         let (f, sd) = (fe.clone(), shutdown.clone());
         glommio::spawn_local(async move {
@@ -432,38 +419,21 @@ fn run_stdio(settings: &Settings, stdio: &mcp_router_frontend::config::StdioSett
     let (settings, stdio) = (settings.clone(), stdio.clone());
     let shutdown = Shutdown::new();
     bridge::shutdown_on_signals(&shutdown);
-    let spawned = LocalExecutorBuilder::new(Placement::Unbound)
+    let served = LocalExecutorBuilder::new(Placement::Unbound)
         .name("mcp-glommio-stdio")
         .spawn(move || async move {
-            let l = match listener(settings.listen, settings.accept_backlog) {
-                Ok(l) => l,
-                Err(e) => {
-                    error!(listen = %settings.listen, error = %e, "cannot listen");
-                    std::process::exit(1);
-                }
-            };
+            let l = listener(settings.listen, settings.accept_backlog)?;
             let addr = l.local_addr().unwrap_or(settings.listen);
             bridge::log_listening(&settings, &stdio, addr, "glommio");
-            let accept = || async {
-                let s = l.accept().await?;
-                let peer = s.peer_addr()?;
-                let _ = s.set_nodelay(true);
-                Ok((stream(s), peer))
-            };
+            let accept = || accept(&l);
             bridge::serve_stdio::<Glommio, _, _>(accept, &settings, &stdio, shutdown).await
-        });
-    match spawned.map(|h| h.join()) {
-        Ok(Ok(Ok(()))) => info!("stopped"),
-        Ok(Ok(Err(e))) => {
-            error!(error = %e, "stdio bridge failed");
-            std::process::exit(1);
-        }
-        Ok(Err(e)) => {
-            error!(error = %e, "glommio executor failed");
-            std::process::exit(1);
-        }
+        })
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|h| h.join().map_err(|e| io::Error::other(e.to_string()))?);
+    match served {
+        Ok(()) => info!("stopped"),
         Err(e) => {
-            error!(error = %e, "cannot start a glommio executor");
+            error!(error = %e, "stdio bridge failed");
             std::process::exit(1);
         }
     }
