@@ -22,14 +22,7 @@ fn sealed(n: usize, keys: &str) -> Config {
 
 /// Initialize through `h` (backend mints `upstream`); returns the client's token.
 fn init_sealed(h: &mut H, upstream: &str) -> String {
-    h.send(&post("/mcp", None, INIT));
-    h.connect_ok(false);
-    h.reply(&json_ok(
-        &format!("Mcp-Session-Id: {upstream}\r\n"),
-        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-    ));
-    let resp = h.take_client();
-    assert_eq!(status_of(&resp), 200, "{resp}");
+    let (_, resp) = init_minting(h, upstream, INIT);
     let token = header(&resp, "mcp-session-id")
         .expect("a session id")
         .to_string();

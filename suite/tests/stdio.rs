@@ -290,12 +290,19 @@ fn lost_client_stream_kills_the_child_after_the_grace() {
     stop(r);
 }
 
-fn child_crash_ends_the_session_with_a_clear_error() {
-    let r = router("router-crash", &[]);
+/// A router with one session whose child was just asked to call `tool` (id 5): the
+/// router, the session, the child's process groups, the connection and the answer.
+fn one_session_calling(name: &str, tool: &str) -> (Proc, String, BTreeSet<i32>, Conn, Value) {
+    let r = router(name, &[]);
     let sid = init(&r.addr, json!(1));
     let groups = child_groups(r.pid());
     let mut c = r.conn();
-    let v = call(&mut c, &sid, json!(5), "crash", json!({}));
+    let v = call(&mut c, &sid, json!(5), tool, json!({}));
+    (r, sid, groups, c, v)
+}
+
+fn child_crash_ends_the_session_with_a_clear_error() {
+    let (r, sid, groups, mut c, v) = one_session_calling("router-crash", "crash");
     let msg = v["error"]["message"]
         .as_str()
         .unwrap_or_default()
@@ -318,11 +325,7 @@ fn child_crash_ends_the_session_with_a_clear_error() {
 }
 
 fn garbage_on_stdout_ends_the_session_with_a_clear_error() {
-    let r = router("router-garbage", &[]);
-    let sid = init(&r.addr, json!(1));
-    let groups = child_groups(r.pid());
-    let mut c = r.conn();
-    let v = call(&mut c, &sid, json!(5), "garbage", json!({}));
+    let (r, _, groups, _, v) = one_session_calling("router-garbage", "garbage");
     assert_eq!(v["error"]["code"], -32000);
     assert!(
         v["error"]["message"]
@@ -854,15 +857,23 @@ fn pid_of(r: &Proc, sid: &str) -> i32 {
         .unwrap()
 }
 
+/// A router serving the mock server `--stubborn` (then `tail` in the shell command),
+/// one session opened: the router, the session id and the server process.
+fn stubborn_server(name: &str, tail: &str) -> (Proc, String, mcp_router_testkit::procs::P) {
+    let cmd = format!("{} --stubborn{tail}", mock_cmd());
+    let r = Proc::router(router_bin(), name, &["--stdio", &cmd]);
+    let sid = init(&r.addr, json!(1));
+    let pid = pid_of(&r, &sid);
+    let server = procs().into_iter().find(|p| p.pid == pid).unwrap();
+    (r, sid, server)
+}
+
 /// A server that ignores stdin EOF, SIGTERM, SIGHUP and SIGINT, run as a simple
 /// command: `sh` execs it, so it is the router's direct child and dies with it
 /// (`PR_SET_PDEATHSIG`).
 fn kill_9_of_the_router_kills_a_direct_child_that_ignores_eof() {
-    let cmd = format!("{} --stubborn", mock_cmd());
-    let r = Proc::router(router_bin(), "router-kill9", &["--stdio", &cmd]);
-    let sid = init(&r.addr, json!(1));
-    let pid = pid_of(&r, &sid);
-    let me = procs().into_iter().find(|p| p.pid == pid).unwrap();
+    let (r, _, me) = stubborn_server("router-kill9", "");
+    let pid = me.pid;
     assert_eq!(
         me.ppid,
         r.pid() as i32,
@@ -877,11 +888,8 @@ fn kill_9_of_the_router_kills_a_direct_child_that_ignores_eof() {
 /// the group watcher kills them when the router dies. A process that left the group
 /// (`setsid`) is out of reach and survives: this is what remains possible.
 fn kill_9_of_the_router_kills_grandchildren_in_the_group_but_not_escapees() {
-    let cmd = format!("{} --stubborn; true", mock_cmd());
-    let r = Proc::router(router_bin(), "router-kill9-gc", &["--stdio", &cmd]);
-    let sid = init(&r.addr, json!(1));
-    let pid = pid_of(&r, &sid);
-    let server = procs().into_iter().find(|p| p.pid == pid).unwrap();
+    let (r, sid, server) = stubborn_server("router-kill9-gc", "; true");
+    let pid = server.pid;
     assert_ne!(
         server.ppid,
         r.pid() as i32,

@@ -90,6 +90,18 @@ fn head_limits(c: u8) -> HttpLimits {
     }
 }
 
+/// A serialized header field: a token name, a value without CR, LF or NUL.
+fn assert_field(n: &[u8], v: &[u8]) {
+    assert!(
+        !n.is_empty() && n.iter().all(|&b| is_tchar(b)),
+        "name {n:?}"
+    );
+    assert!(
+        !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
+        "value {v:?}"
+    );
+}
+
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -146,14 +158,7 @@ pub fn request_head(data: &[u8]) {
     let mut cl = false;
     let mut te = false;
     for (n, v) in head.headers() {
-        assert!(
-            !n.is_empty() && n.iter().all(|&b| is_tchar(b)),
-            "name {n:?}"
-        );
-        assert!(
-            !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
-            "value {v:?}"
-        );
+        assert_field(n, v);
         cl |= n.eq_ignore_ascii_case(b"content-length");
         te |= n.eq_ignore_ascii_case(b"transfer-encoding");
     }
@@ -255,14 +260,7 @@ pub fn response_head(data: &[u8]) {
         assert!(!head.keep_alive);
     }
     for (n, v) in head.headers() {
-        assert!(
-            !n.is_empty() && n.iter().all(|&b| is_tchar(b)),
-            "name {n:?}"
-        );
-        assert!(
-            !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
-            "value {v:?}"
-        );
+        assert_field(n, v);
     }
     let mut out = BytesMut::new();
     write_response_head(

@@ -36,17 +36,22 @@ const BODIES: &[&[u8]] = &[
     b"{",
 ];
 
+/// The child mode a control byte picks (its low bit).
+fn mode_of(b: u8) -> ChildMode {
+    if b & 1 == 0 {
+        ChildMode::PerSession
+    } else {
+        ChildMode::Shared
+    }
+}
+
 /// Run one sequence; panics when an invariant fails.
 pub fn stdio_bridge(data: &[u8]) {
     let Some((&mode, mut rest)) = data.split_first() else {
         return;
     };
     let cfg = BridgeConfig {
-        mode: if mode & 1 == 0 {
-            ChildMode::PerSession
-        } else {
-            ChildMode::Shared
-        },
+        mode: mode_of(mode),
         max_children: 1 + usize::from(mode >> 1 & 3),
         max_sessions: 6,
         max_queue: 3,
@@ -207,11 +212,7 @@ pub fn stdio_http(data: &[u8]) {
         return;
     };
     let cfg = BridgeConfig {
-        mode: if mode & 1 == 0 {
-            ChildMode::PerSession
-        } else {
-            ChildMode::Shared
-        },
+        mode: mode_of(mode),
         max_children: 2,
         ..BridgeConfig::default()
     };

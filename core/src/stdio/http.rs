@@ -456,6 +456,16 @@ impl StdioConn {
         self.state = State::Closing;
     }
 
+    /// `413`: the body is over `max_body` (declared, or as it arrives chunked).
+    fn body_too_large(&mut self, now: Instant) {
+        self.refuse_and_close(
+            413,
+            ErrorCode::InvalidRequest,
+            "request body too large",
+            now,
+        );
+    }
+
     /// Parse what was read as far as the state allows.
     fn advance_input(&mut self, now: Instant) {
         loop {
@@ -481,13 +491,7 @@ impl StdioConn {
                     }
                     if let BodyKind::Length(n) = self.head.body {
                         if n > self.lim.max_body as u64 {
-                            self.refuse_and_close(
-                                413,
-                                ErrorCode::InvalidRequest,
-                                "request body too large",
-                                now,
-                            );
-                            return;
+                            return self.body_too_large(now);
                         }
                     }
                     // RFC 9110 section 10.1.1: "A server that receives a 100-continue
@@ -525,13 +529,7 @@ impl StdioConn {
                     let done = dec.is_done();
                     self.inbuf.advance(used);
                     if too_big {
-                        self.refuse_and_close(
-                            413,
-                            ErrorCode::InvalidRequest,
-                            "request body too large",
-                            now,
-                        );
-                        return;
+                        return self.body_too_large(now);
                     }
                     if !done {
                         return;

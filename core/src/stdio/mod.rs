@@ -1231,7 +1231,7 @@ impl Bridge {
                 if let Some(c) = self.children.get_mut(&child) {
                     c.init = InitState::Pending;
                 }
-                self.client_request_init(x, sid, msg, kind, now);
+                self.open_and_forward(x, sid, msg, kind, true, now);
             }
         }
     }
@@ -1294,26 +1294,25 @@ impl Bridge {
             self.reject(x, 429, &id, SERVER_ERROR, "too many requests in flight");
             return;
         }
-        self.add_exchange(x, &sid, kind);
-        if kind == ExKind::PostStream {
-            self.start_post_stream(x, &sid);
-        }
-        self.forward_request(Some(x), &sid, msg, false, now);
+        self.open_and_forward(x, sid, msg, kind, false, now);
     }
 
-    fn client_request_init(
+    /// Record the exchange (starting its stream when it is one) and write the
+    /// request to the child.
+    fn open_and_forward(
         &mut self,
         x: ExchangeId,
         sid: SessionKey,
         msg: Value,
         kind: ExKind,
+        init: bool,
         now: Instant,
     ) {
         self.add_exchange(x, &sid, kind);
         if kind == ExKind::PostStream {
             self.start_post_stream(x, &sid);
         }
-        self.forward_request(Some(x), &sid, msg, true, now);
+        self.forward_request(Some(x), &sid, msg, init, now);
     }
 
     /// Rewrite the id (and progress token) of a client request and write it to the child.

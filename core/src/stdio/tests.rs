@@ -73,13 +73,11 @@ impl Outs {
             .collect()
     }
     fn killed(&self) -> Vec<ChildId> {
-        self.0
-            .iter()
-            .filter_map(|o| match o {
-                BridgeOutput::Kill { child } => Some(*child),
-                _ => None,
-            })
-            .collect()
+        let kill = |o: &BridgeOutput| match o {
+            BridgeOutput::Kill { child } => Some(*child),
+            _ => None,
+        };
+        self.0.iter().filter_map(kill).collect()
     }
     /// (event id, event type, JSON data) of the events sent to `x`.
     fn events(&self, x: ExchangeId) -> Vec<(Option<String>, String, Value)> {

@@ -10,6 +10,14 @@ pub use mcp_router_core::sim::{config, key, Sim as H, UNIX_NOW};
 /// whichever backend the router picks, and expect a 200 that hands the client that id;
 /// returns the backend.
 pub fn init_with(h: &mut H, sid: &str, body: &str) -> u16 {
+    let (b, resp) = init_minting(h, sid, body);
+    assert!(resp.contains(&format!("Mcp-Session-Id: {sid}")), "{resp}");
+    b
+}
+
+/// Send `body` as an `initialize`, let the backend the router picks answer 200 minting
+/// `sid`, and expect a 200: the backend and the client's response.
+pub fn init_minting(h: &mut H, sid: &str, body: &str) -> (u16, String) {
     h.send(&post("/mcp", None, body));
     let b = h.connects.last().expect("connect").0;
     h.connect_ok(false);
@@ -19,8 +27,7 @@ pub fn init_with(h: &mut H, sid: &str, body: &str) -> u16 {
     ));
     let resp = h.take_client();
     assert_eq!(status_of(&resp), 200, "{resp}");
-    assert!(resp.contains(&format!("Mcp-Session-Id: {sid}")), "{resp}");
-    b
+    (b, resp)
 }
 
 pub fn post(path: &str, session: Option<&str>, body: &str) -> Vec<u8> {
