@@ -4,7 +4,8 @@
 
 use mcp_router_testkit::harness::{
     answered_by, free_port, initialize, open_session_stream, post_json, redis_cmd, redis_server,
-    redis_tls_server, router_bin, rss_kib, tools_call, warm, Conn, Frontend, Proc,
+    redis_tls_restart, redis_tls_server, router_bin, rss_kib, tools_call, warm, Conn, Frontend,
+    Proc,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -862,6 +863,53 @@ fn rediss_with_a_private_ca_shares_sessions_and_refuses_an_unverified_server() {
     );
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(tools_call(&mut c.conn(), &sid, 9).status, 503);
+    drop(c);
+    // the TLS Redis restarted (empty, same ports and certificate): 503 while it is
+    // down, never 404, then the replicas reconnect over TLS without a restart
+    let mut redis = redis;
+    redis.kill();
+    // (B answers a session it had cached until its tracking connection's drop is
+    // seen, which empties the cache)
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        match tools_call(&mut b.conn(), &sid, 10).status {
+            503 => break,
+            200 => assert!(Instant::now() < deadline, "B served from its cache for 4 s"),
+            st => panic!("{st} while Redis is down"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _redis = redis_tls_restart(tls_port, plain_port, &dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sid = loop {
+        let r = post_json(
+            &mut a.conn(),
+            "/mcp",
+            None,
+            &json!({"jsonrpc":"2.0","id":2,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18","capabilities":{},
+                "clientInfo":{"name":"t","version":"0"}}}),
+        );
+        if r.status == 200 {
+            break r
+                .header("mcp-session-id")
+                .expect("a session id")
+                .to_string();
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "no reconnect over TLS in 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = tools_call(&mut b.conn(), &sid, 11).status;
+        if st == 200 {
+            break;
+        }
+        assert_eq!(st, 503, "never 404 for a live session");
+        assert!(Instant::now() < deadline, "B did not reconnect over TLS");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -618,6 +618,13 @@ pub fn redis_tls_server(tls_port: u16, plain_port: u16, dir: &std::path::Path) -
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    (redis_tls_restart(tls_port, plain_port, dir), p("ca.crt"))
+}
+
+/// Start (again) the TLS `redis-server` of [`redis_tls_server`] with the certificate
+/// already made in `dir`.
+pub fn redis_tls_restart(tls_port: u16, plain_port: u16, dir: &std::path::Path) -> Proc {
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &plain_port.to_string()])
         .args(["--tls-port", &tls_port.to_string()])
@@ -634,12 +641,11 @@ pub fn redis_tls_server(tls_port: u16, plain_port: u16, dir: &std::path::Path) -
             "no",
         ])
         .args(REDIS_EPHEMERAL);
-    let r = Proc::start("redis-tls", cmd, |l| {
+    Proc::start("redis-tls", cmd, |l| {
         l.contains("Ready to accept connections")
             .then(|| String::from("redis"))
     })
-    .with_addr(format!("127.0.0.1:{plain_port}"));
-    (r, p("ca.crt"))
+    .with_addr(format!("127.0.0.1:{plain_port}"))
 }
 
 impl Proc {
