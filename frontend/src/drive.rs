@@ -64,7 +64,7 @@ impl<R: Runtime> Frontend<R> {
         match &self.remote {
             Some(r) => {
                 let reply = r.execute(op).await;
-                let after = Instant::now();
+                let after = R::now();
                 (reply, after.saturating_duration_since(now), after)
             }
             None => (self.shared.execute_memory(op, now), Duration::ZERO, now),
@@ -76,7 +76,7 @@ impl<R: Runtime> Frontend<R> {
     pub async fn pool_expiry(&self, shutdown: &Shutdown) {
         let every = self.shared.router.config().expiry_interval;
         while rt::timeout::<R, _>(every, shutdown.wait()).await.is_none() {
-            self.pool.expire();
+            self.pool.expire(R::now());
         }
     }
 
@@ -207,12 +207,12 @@ enum Step {
 /// core says its send deadline passed the write is given up with `TimedOut`. `bufs`
 /// is empty afterwards, whatever the outcome. `now` is the turn's clock: read again
 /// only when the write stalls (time passes only while it waits).
-async fn send<S: Io, T: Timer>(
-    s: &mut S,
+async fn send<R: Runtime>(
+    s: &mut R::Stream,
     bufs: &mut Vec<bytes::Bytes>,
     side: Side,
     conn: &mut Conn,
-    clock: &mut Clock<T>,
+    clock: &mut Clock<R::Timer>,
     now: &mut Instant,
 ) -> io::Result<()> {
     let mut i = 0;
@@ -243,12 +243,12 @@ async fn send<S: Io, T: Timer>(
             Step::Failed(e) => break Err(e),
             Step::Blocked => {
                 blocked = true;
-                *now = Instant::now();
+                *now = R::now();
                 conn.handle_send_blocked(side, *now);
                 clock.arm(conn.poll_timeout());
             }
             Step::Deadline => {
-                *now = Instant::now();
+                *now = R::now();
                 conn.handle_timeout(*now);
                 if conn.send_expired(side) {
                     break Err(io::ErrorKind::TimedOut.into());
@@ -258,7 +258,7 @@ async fn send<S: Io, T: Timer>(
         }
     };
     if blocked {
-        *now = Instant::now();
+        *now = R::now();
         conn.handle_send_done(side, *now);
     }
     bufs.clear();
@@ -306,7 +306,7 @@ pub async fn drive<R: Runtime>(
     };
     // The clock is read once per wake-up (and again only after a wait inside a turn:
     // a stalled write, a Redis round trip): every step of a turn happens at its `now`.
-    let mut now = Instant::now();
+    let mut now = R::now();
     let mut conn = Conn::new(router.clone(), Some(peer.ip()), "http", now);
     let mut bufs = Buffers::default();
     let mut up: Option<(BackendId, R::Stream)> = None;
@@ -333,7 +333,7 @@ pub async fn drive<R: Runtime>(
                     Output::ToClient(b) => to_client.push(b),
                     Output::ToUpstream(b) => to_up.push(b),
                     Output::Connect { backend, fresh } => {
-                        flush_upstream(
+                        flush_upstream::<R>(
                             &mut up, &mut to_up, &mut conn, &mut bufs, &mut clock, &mut now,
                         )
                         .await;
@@ -363,7 +363,7 @@ pub async fn drive<R: Runtime>(
                         }
                     }
                     Output::ReleaseUpstream { reuse } => {
-                        flush_upstream(
+                        flush_upstream::<R>(
                             &mut up, &mut to_up, &mut conn, &mut bufs, &mut clock, &mut now,
                         )
                         .await;
@@ -384,7 +384,7 @@ pub async fn drive<R: Runtime>(
                         conn.handle_store_reply(r, now);
                     }
                     Output::CloseClient => {
-                        let sent = send(
+                        let sent = send::<R>(
                             &mut client,
                             &mut to_client,
                             Side::Client,
@@ -415,12 +415,12 @@ pub async fn drive<R: Runtime>(
             }
             // Quiet: one vectored write per side. A failed write is reported to the
             // core, which may have more to say, so go round again.
-            flush_upstream(
+            flush_upstream::<R>(
                 &mut up, &mut to_up, &mut conn, &mut bufs, &mut clock, &mut now,
             )
             .await;
             if !to_client.is_empty()
-                && send(
+                && send::<R>(
                     &mut client,
                     &mut to_client,
                     Side::Client,
@@ -478,7 +478,7 @@ pub async fn drive<R: Runtime>(
             Poll::Pending
         })
         .await;
-        now = Instant::now();
+        now = R::now();
         match wake {
             Wake::Connected(r) => {
                 let (b, _) = connecting.take().expect("set when a Connected wake fires");
@@ -520,12 +520,12 @@ pub async fn drive<R: Runtime>(
 
 /// Write the gathered upstream bytes (if there is a connection); a failed write is
 /// the upstream connection breaking.
-async fn flush_upstream<S: Io, T: Timer>(
-    up: &mut Option<(BackendId, S)>,
+async fn flush_upstream<R: Runtime>(
+    up: &mut Option<(BackendId, R::Stream)>,
     pending: &mut Vec<bytes::Bytes>,
     conn: &mut Conn,
     bufs: &mut Buffers,
-    clock: &mut Clock<T>,
+    clock: &mut Clock<R::Timer>,
     now: &mut Instant,
 ) {
     if pending.is_empty() {
@@ -535,7 +535,7 @@ async fn flush_upstream<S: Io, T: Timer>(
         pending.clear();
         return;
     };
-    if send(s, pending, Side::Upstream, conn, clock, now)
+    if send::<R>(s, pending, Side::Upstream, conn, clock, now)
         .await
         .is_err()
     {

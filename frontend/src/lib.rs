@@ -37,6 +37,8 @@ pub mod redis_link;
 pub mod rt;
 pub mod shared;
 pub mod stdio;
+#[cfg(test)]
+mod testrt;
 
 pub use config::{parse_duration, Cli, Settings, StoreSettings};
 pub use drive::{admin_conn, drive, Frontend};

@@ -62,9 +62,9 @@ impl<S: Io> Pool<S> {
         }
     }
 
-    /// Drop connections idle past the timeout, and empty pools.
-    pub fn expire(&self) {
-        let now = Instant::now();
+    /// Drop connections idle past the timeout at `now` (the runtime's clock), and
+    /// empty pools.
+    pub fn expire(&self, now: Instant) {
         if let Ok(mut idle) = self.idle.lock() {
             for list in idle.values_mut() {
                 list.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);

@@ -1,7 +1,8 @@
 //! What a runtime has to provide for the shared drive loop: a byte stream ([`Io`]), a
 //! resettable deadline ([`Timer`]), connecting, sleeping, and a remote session store
 //! ([`Runtime`]). Plus the runtime-independent signals every frontend uses:
-//! [`Shutdown`] and the in-flight connection count [`Tasks`].
+//! [`Shutdown`] and the in-flight connection count [`Tasks`]. The drive loop reads
+//! its clock from [`Runtime::now`] too.
 
 use bytes::BytesMut;
 use event_listener::{Event, EventListener, Listener};
@@ -117,6 +118,14 @@ pub trait Runtime: Sized + 'static {
     fn timer() -> Self::Timer;
     /// Sleep for `d`.
     fn sleep(d: Duration) -> Self::Sleep;
+    /// The drive loop's clock: every instant the drive loop, the upstream pool's
+    /// expiry and the stdio bridge hand to the core comes from here, and is compared
+    /// with this runtime's [`Timer`] and [`Runtime::sleep`]. The system's monotonic
+    /// clock by default; a test runtime returns virtual time, so that timeouts can be
+    /// tested in process without waiting for them.
+    fn now() -> Instant {
+        Instant::now()
+    }
 }
 
 /// A non-blocking listening socket on `addr` with `backlog` (`--accept-backlog`; the

@@ -184,7 +184,7 @@ async fn reap_group<R: Runtime>(pgid: u32) {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let pg = nix::unistd::Pid::from_raw(pgid as i32);
     let group = nix::unistd::Pid::from_raw(-(pgid as i32));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = R::now() + Duration::from_secs(5);
     loop {
         let alive = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok();
         let mut reaped_any = false;
@@ -197,7 +197,7 @@ async fn reap_group<R: Runtime>(pgid: u32) {
                 Err(_) => break, // ECHILD: none of ours left in the group
             }
         }
-        if (!alive && !reaped_any) || Instant::now() >= deadline {
+        if (!alive && !reaped_any) || R::now() >= deadline {
             return;
         }
         R::sleep(Duration::from_millis(20)).await;
@@ -340,7 +340,7 @@ impl<R: Runtime> Driver<R> {
                     _ => {}
                 }
             }
-            let now = Instant::now();
+            let now = R::now();
             let any = !(again.is_empty() && failed.is_empty());
             for (x, _) in again {
                 warn!(exchange = x.0, "client does not keep up with its stream");
@@ -371,7 +371,7 @@ impl<R: Runtime> Driver<R> {
     /// The exchange's client is gone.
     fn gone(&mut self, x: ExchangeId) -> Writes {
         self.exchanges.remove(&x);
-        self.bridge.handle_exchange_closed(x, Instant::now());
+        self.bridge.handle_exchange_closed(x, R::now());
         self.pump()
     }
 
@@ -497,7 +497,7 @@ where
                 children = g.bridge.child_count(),
                 "shutting down: ending sessions, killing children"
             );
-            g.bridge.shutdown(Instant::now());
+            g.bridge.shutdown(R::now());
             let w = g.pump();
             drop(g);
             write_now(w);
@@ -523,7 +523,7 @@ where
                 Poll::Ready(Err(e)) => {
                     warn!(error = %e, "accept failed");
                     accepting = Some(Box::pin(accept()));
-                    backoff.fire_at(Instant::now() + Duration::from_millis(50));
+                    backoff.fire_at(R::now() + Duration::from_millis(50));
                     backing_off = true;
                 }
                 Poll::Pending => break,
@@ -545,7 +545,7 @@ where
         if stop.get() && live_children.get() == 0 {
             if !flushing {
                 flushing = true;
-                flush.fire_at(Instant::now() + Duration::from_millis(100));
+                flush.fire_at(R::now() + Duration::from_millis(100));
             }
             if flush.poll_fired(cx).is_ready() {
                 return Poll::Ready(());
@@ -564,7 +564,7 @@ async fn timer_task<R: Runtime>(d: DriverRef<R>, stop: Rc<Cell<bool>>) {
     loop {
         let at = {
             let mut g = d.borrow_mut();
-            let cap = Instant::now() + TIMER_CAP;
+            let cap = R::now() + TIMER_CAP;
             let at = g.bridge.poll_timeout().map_or(cap, |t| t.min(cap));
             g.timer_at = Some(at);
             at
@@ -590,7 +590,7 @@ async fn timer_task<R: Runtime>(d: DriverRef<R>, stop: Rc<Cell<bool>>) {
         }
         let w = {
             let mut g = d.borrow_mut();
-            g.bridge.handle_timeout(Instant::now());
+            g.bridge.handle_timeout(R::now());
             g.pump()
         };
         write_now(w);
@@ -604,7 +604,7 @@ async fn connection<R: Runtime>(
     peer: SocketAddr,
     lim: Arc<ConnLimits>,
 ) {
-    let mut conn = StdioConn::new(lim, Some(peer.ip()), Instant::now());
+    let mut conn = StdioConn::new(lim, Some(peer.ip()), R::now());
     let mut timer = R::timer();
     let mut queue: Option<(ExchangeId, Queue)> = None;
     loop {
@@ -615,11 +615,7 @@ async fn connection<R: Runtime>(
                         let mut g = d.borrow_mut();
                         match g.random() {
                             Ok(random) => {
-                                let x = g.bridge.handle_request(
-                                    &conn.request(),
-                                    &random,
-                                    Instant::now(),
-                                );
+                                let x = g.bridge.handle_request(&conn.request(), &random, R::now());
                                 let q: Queue = Rc::default();
                                 g.exchanges.insert(x, q.clone());
                                 conn.started(x);
@@ -634,7 +630,7 @@ async fn connection<R: Runtime>(
                     };
                     match step {
                         Some(w) => write_waiting(w).await,
-                        None => conn.no_randomness(Instant::now()),
+                        None => conn.no_randomness(R::now()),
                     }
                 }
                 ConnEvent::Gone(x) => {
@@ -647,7 +643,7 @@ async fn connection<R: Runtime>(
                 }
             }
         }
-        let now = Instant::now();
+        let now = R::now();
         if let Some((x, q)) = &queue {
             let mut q = q.borrow_mut();
             while conn.wants_output() {
@@ -687,11 +683,11 @@ async fn connection<R: Runtime>(
             if !conn.transmit().is_empty() {
                 match sock.poll_write_vectored(cx, &[IoSlice::new(conn.transmit())]) {
                     Poll::Ready(Ok(n)) if n > 0 => {
-                        conn.advance(n, Instant::now());
+                        conn.advance(n, R::now());
                         progressed = true;
                     }
                     Poll::Ready(_) => {
-                        conn.handle_read(0, Instant::now());
+                        conn.handle_read(0, R::now());
                         return Poll::Ready(());
                     }
                     Poll::Pending => {}
@@ -702,11 +698,11 @@ async fn connection<R: Runtime>(
                 let r = sock.poll_read_buf(cx, buf);
                 match r {
                     Poll::Ready(Ok(n)) => {
-                        conn.handle_read(n, Instant::now());
+                        conn.handle_read(n, R::now());
                         progressed = true;
                     }
                     Poll::Ready(Err(_)) => {
-                        conn.handle_read(0, Instant::now());
+                        conn.handle_read(0, R::now());
                         progressed = true;
                     }
                     Poll::Pending => {}
@@ -721,7 +717,7 @@ async fn connection<R: Runtime>(
                 }
             }
             if timer.poll_fired(cx).is_ready() {
-                conn.handle_timeout(Instant::now());
+                conn.handle_timeout(R::now());
                 progressed = true;
             }
             if progressed {
@@ -782,13 +778,12 @@ async fn child_task<R: Runtime>(
                     let w = {
                         let mut g = d.borrow_mut();
                         for l in &lines {
-                            g.bridge.handle_child_line(child, l, Instant::now());
+                            g.bridge.handle_child_line(child, l, R::now());
                         }
                         if r.is_err() {
                             out_open = false;
                             let msg = "<over-long stdout line>";
-                            g.bridge
-                                .handle_child_line(child, msg.as_bytes(), Instant::now());
+                            g.bridge.handle_child_line(child, msg.as_bytes(), R::now());
                         }
                         g.pump()
                     };
@@ -800,8 +795,7 @@ async fn child_task<R: Runtime>(
                     let msg = format!("<unreadable stdout: {e}>");
                     let w = {
                         let mut g = d.borrow_mut();
-                        g.bridge
-                            .handle_child_line(child, msg.as_bytes(), Instant::now());
+                        g.bridge.handle_child_line(child, msg.as_bytes(), R::now());
                         g.pump()
                     };
                     write_now(w);
@@ -864,7 +858,7 @@ async fn child_task<R: Runtime>(
                 killed = true;
                 let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGTERM);
                 let mut t = R::timer();
-                t.fire_at(Instant::now() + KILL_GRACE);
+                t.fire_at(R::now() + KILL_GRACE);
                 grace = Some(t);
             }
             c.wake.register(cx);
@@ -894,7 +888,7 @@ async fn child_task<R: Runtime>(
     let w = {
         let mut g = d.borrow_mut();
         g.children.remove(&child);
-        g.bridge.handle_child_exit(child, &how, Instant::now());
+        g.bridge.handle_child_exit(child, &how, R::now());
         let w = g.pump();
         g.live_children.set(g.live_children.get().saturating_sub(1));
         g.main.wake();
