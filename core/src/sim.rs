@@ -1,13 +1,20 @@
 //! One in-process driver of a [`Conn`], as quinn-proto's `Pair` is for its tests: virtual
 //! time, a scripted client and scripted backends, the embedded store answering store
-//! ops (or a test answering them by hand). Core's tests and the criterion benches drive
-//! the connection through it, so the driving contract is checked in one place:
+//! ops (or a test answering them by hand). Core's tests, the criterion benches and the
+//! `session_*` fuzz targets drive connections through it, so the driving contract is
+//! checked in one place:
 //!
 //! - nothing is written upstream unless a connection was asked for and reported
-//!   connected;
+//!   connected, and a connection is asked for only to a configured backend;
 //! - a deadline the connection reports is acted on at its own time, and once acted on
 //!   it does not stay due (a driver would spin);
-//! - every store op is answered in order, once.
+//! - every store op is answered in order, once;
+//! - the connection goes quiet: feeding and draining it ends.
+//!
+//! Connections may share router, store and clock ([`Sim::open`], [`Sim::select`]); with
+//! [`Sim::read_size`], sent bytes are read as a driver with a fixed buffer reads them;
+//! [`Sim::log`] keeps every output and store answer in order, for observers that check
+//! more than the driving contract (the fuzz targets).
 //!
 //! [`Sim::counting`] keeps only byte counts (no copies, no event list): the benches
 //! measure the core, not the simulator.
@@ -18,6 +25,7 @@ use crate::router::Router;
 use crate::store::{MemStore, Record, StoreOp, StoreReply};
 use crate::{Backend, Config, EndCause};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,20 +53,46 @@ pub fn config(n: usize) -> Config {
     c
 }
 
+/// What the simulator carried out, in order, with the index of the connection.
+#[derive(Debug)]
+pub enum Step {
+    /// An output of the connection, already carried out.
+    Out(usize, Output),
+    /// A store op of the connection answered (`Unavailable`: failed on purpose).
+    Stored(usize, StoreOp, StoreReply),
+}
+
 /// A connection, its router and store, and what it did.
 pub struct Sim {
     /// The shared router.
     pub router: Arc<Router>,
-    /// The embedded store that answers store ops.
+    /// The embedded store that answers store ops (shared by all connections).
     pub store: MemStore,
-    /// The connection under test.
+    /// The connection under test (the selected one).
     pub conn: Conn,
+    /// Its index among the connections ([`Sim::open`]).
+    pub id: usize,
+    /// The connections, parked while another is selected (this one's slot: `None`).
+    pub parked: Vec<Option<Sim>>,
     /// Its read buffers (what the driver read from each side).
     pub bufs: Buffers,
-    /// Virtual time.
+    /// Virtual time (shared).
     pub now: Instant,
     /// Keep copies of what was written and of events (else counts only).
     pub record: bool,
+    /// `Some(n)`: sent bytes wait in the backlogs below, read while the connection
+    /// wants them, `n` at most at a time. `None`: read at once, whole.
+    pub read_size: Option<usize>,
+    /// Client bytes sent, not read yet.
+    pub client_backlog: Vec<u8>,
+    /// Backend bytes sent on the open connection, not read yet.
+    pub upstream_backlog: Vec<u8>,
+    /// The client closed its side; delivered once its backlog is read.
+    pub client_eof_pending: bool,
+    /// The backend closed its side; delivered once its backlog is read.
+    pub upstream_eof_pending: bool,
+    /// Every output and store answer, in order (shared), when `Some`.
+    pub log: Option<Vec<Step>>,
     /// Bytes written to the client so far (when recording).
     pub client: Vec<u8>,
     /// Bytes written upstream since the last connect (when recording).
@@ -79,9 +113,12 @@ pub struct Sim {
     pub closed: bool,
     /// Events (when recording).
     pub events: Vec<Event>,
-    /// When false, store ops queue up in `ops` for [`Sim::store_reply`].
+    /// When false, store ops queue up in `ops` for [`Sim::store_reply`] or
+    /// [`Sim::flush_store`] (shared). Ops also queue behind ops already queued.
     pub auto_store: bool,
-    /// Store ops waiting for a manual reply.
+    /// Answer the next store op `Unavailable` instead of running it (shared).
+    pub fail_next: bool,
+    /// Store ops waiting for a reply.
     pub ops: VecDeque<StoreOp>,
     /// Session-record ops emitted (`Get`, `Insert`, `Delete`, `Touch`; not the
     /// per-client quota's `Admit` when a session opens).
@@ -96,24 +133,35 @@ impl Sim {
 
     /// A router with this configuration and one connection from 192.0.2.7, recording.
     pub fn with(c: Config) -> Sim {
-        let now = Instant::now();
+        Self::at(c, Instant::now())
+    }
+
+    /// [`Sim::with`], its clock starting at `now`.
+    pub fn at(c: Config, now: Instant) -> Sim {
         let store = MemStore::new(c.session_ttl, 100, now);
         let router = Arc::new(Router::new(Arc::new(c), now));
         router.set_unix_time(now, UNIX_NOW);
         router.set_entropy(*b"0123456789abcdef");
-        let conn = Conn::new(
-            router.clone(),
-            Some("192.0.2.7".parse().expect("an address")),
-            "http",
-            now,
-        );
+        let peer = "192.0.2.7".parse().ok();
+        Self::conn_of(router, store, now, peer)
+    }
+
+    fn conn_of(router: Arc<Router>, store: MemStore, now: Instant, peer: Option<IpAddr>) -> Sim {
         Sim {
+            conn: Conn::new(router.clone(), peer, "http", now),
             router,
             store,
-            conn,
+            id: 0,
+            parked: vec![None],
             bufs: Buffers::default(),
             now,
             record: true,
+            read_size: None,
+            client_backlog: Vec::new(),
+            upstream_backlog: Vec::new(),
+            client_eof_pending: false,
+            upstream_eof_pending: false,
+            log: None,
             client: Vec::new(),
             upstream: Vec::new(),
             to_client: 0,
@@ -125,6 +173,7 @@ impl Sim {
             closed: false,
             events: Vec::new(),
             auto_store: true,
+            fail_next: false,
             ops: VecDeque::new(),
             store_ops: 0,
         }
@@ -148,81 +197,184 @@ impl Sim {
         self.upstream.clear();
         self.connects.clear();
         self.released.clear();
+        self.client_backlog.clear();
+        self.upstream_backlog.clear();
+        self.client_eof_pending = false;
+        self.upstream_eof_pending = false;
+        self.ops.clear();
         self.closed = false;
         self.connected = false;
         self.connect_pending = false;
     }
 
-    /// Feed what was read and carry out every output until the connection is quiet.
+    /// Another client connection (no peer address), sharing router, store and clock,
+    /// with this one's settings; selected. Returns its index.
+    pub fn open(&mut self) -> usize {
+        let store = MemStore::new(Duration::from_secs(1), 1, self.now);
+        let mut s = Self::conn_of(self.router.clone(), store, self.now, None);
+        s.id = self.parked.len();
+        s.record = self.record;
+        s.read_size = self.read_size;
+        self.parked.push(Some(s));
+        self.select(self.parked.len() - 1);
+        self.id
+    }
+
+    /// Make connection `i` ([`Sim::open`]) the one driven.
+    pub fn select(&mut self, i: usize) {
+        if i == self.id {
+            return;
+        }
+        let mut other = self.parked[i].take().expect("an open connection");
+        std::mem::swap(self, &mut other);
+        // the shared parts stay
+        std::mem::swap(&mut self.parked, &mut other.parked);
+        std::mem::swap(&mut self.store, &mut other.store);
+        std::mem::swap(&mut self.log, &mut other.log);
+        self.now = other.now;
+        self.auto_store = other.auto_store;
+        self.fail_next = other.fail_next;
+        self.store_ops = other.store_ops;
+        let j = other.id;
+        self.parked[j] = Some(other);
+    }
+
+    /// One driver read from each backlog the connection wants to read; whether any.
+    fn read(&mut self) -> bool {
+        let Some(n) = self.read_size else {
+            return false;
+        };
+        let (b, c) = (&mut self.bufs, &self.conn);
+        let client = !self.client_backlog.is_empty() && c.wants_client_read(b);
+        if client {
+            let n = n.min(self.client_backlog.len());
+            b.client.extend(self.client_backlog.drain(..n));
+        }
+        let up = self.connected && !self.upstream_backlog.is_empty() && c.wants_upstream_read(b);
+        if up {
+            let n = n.min(self.upstream_backlog.len());
+            b.upstream.extend(self.upstream_backlog.drain(..n));
+        }
+        client || up
+    }
+
+    /// Feed what was read and carry out every output until the connection is quiet;
+    /// an end of stream pending is delivered once its side's backlog is read and the
+    /// outputs before it are carried out.
     pub fn drain(&mut self) {
-        loop {
+        for _ in 0..100_000 {
+            let mut any = self.read();
             self.conn.handle_io(&mut self.bufs, self.now);
-            let mut any = false;
             while let Some(o) = self.conn.poll_output() {
                 any = true;
                 self.carry(o);
             }
-            if !any {
-                break;
+            if any {
+                continue;
+            }
+            if self.client_eof_pending && self.client_backlog.is_empty() {
+                self.client_eof_pending = false;
+                self.conn.handle_client_eof(self.now);
+            } else if self.upstream_eof_pending && self.upstream_backlog.is_empty() {
+                self.upstream_eof_pending = false;
+                self.conn.handle_upstream_eof(self.now);
+            } else {
+                return;
             }
         }
+        panic!("the connection never goes quiet");
     }
 
     fn carry(&mut self, o: Output) {
-        match o {
+        match &o {
             Output::ToClient(b) => {
                 self.to_client += b.len();
                 if self.record {
-                    self.client.extend_from_slice(&b);
+                    self.client.extend_from_slice(b);
                 }
             }
             Output::ToUpstream(b) => {
                 assert!(self.connected, "wrote upstream while not connected");
                 self.to_upstream += b.len();
                 if self.record {
-                    self.upstream.extend_from_slice(&b);
+                    self.upstream.extend_from_slice(b);
                 }
             }
             Output::Connect { backend, fresh } => {
+                assert!(self.router.is_configured(*backend), "an unknown backend");
                 if self.record {
-                    self.connects.push((backend.0, fresh));
+                    self.connects.push((backend.0, *fresh));
                 }
                 self.connect_pending = true;
-                self.connected = false;
+                (self.connected, self.upstream_eof_pending) = (false, false);
+                self.upstream_backlog.clear();
             }
             Output::ReleaseUpstream { reuse } => {
                 if self.record {
-                    self.released.push(reuse);
+                    self.released.push(*reuse);
                 }
-                self.connected = false;
+                (self.connected, self.upstream_eof_pending) = (false, false);
                 self.connect_pending = false;
+                self.upstream_backlog.clear();
                 self.bufs.upstream.clear();
             }
             Output::Store(op) => {
                 if !matches!(op, StoreOp::Admit(_)) {
                     self.store_ops += 1;
                 }
-                if self.auto_store {
-                    let r = self.store.execute(&op, self.now);
-                    self.conn.handle_store_reply(r, self.now);
+                if self.auto_store && self.ops.is_empty() {
+                    self.answer(op);
                 } else {
-                    self.ops.push_back(op);
+                    self.ops.push_back(op.clone());
                 }
             }
             Output::CloseClient => self.closed = true,
             Output::Event(e) => {
                 if self.record {
-                    self.events.push(e);
+                    self.events.push(e.clone());
                 } else {
                     std::hint::black_box(e);
                 }
             }
         }
+        if let Some(log) = &mut self.log {
+            log.push(Step::Out(self.id, o));
+        }
+    }
+
+    /// Answer `op` from the store (or `Unavailable`, [`Sim::fail_next`]).
+    fn answer(&mut self, op: &StoreOp) {
+        let r = if std::mem::take(&mut self.fail_next) {
+            StoreReply::Unavailable
+        } else {
+            self.store.execute(op, self.now)
+        };
+        if let Some(log) = &mut self.log {
+            log.push(Step::Stored(self.id, op.clone(), r.clone()));
+        }
+        self.conn.handle_store_reply(r, self.now);
+    }
+
+    /// Answer every queued store op of every connection from the store, in order.
+    pub fn flush_store(&mut self) {
+        let me = self.id;
+        for i in 0..self.parked.len() {
+            self.select(i);
+            while let Some(op) = self.ops.pop_front() {
+                self.answer(&op);
+                self.drain();
+            }
+        }
+        self.select(me);
     }
 
     /// The client sends `bytes`.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.bufs.client.extend_from_slice(bytes);
+        if self.read_size.is_some() {
+            self.client_backlog.extend_from_slice(bytes);
+        } else {
+            self.bufs.client.extend_from_slice(bytes);
+        }
         self.drain();
     }
 
@@ -244,48 +396,79 @@ impl Sim {
 
     /// The backend sends `bytes`.
     pub fn reply(&mut self, bytes: &[u8]) {
-        self.bufs.upstream.extend_from_slice(bytes);
+        if self.read_size.is_some() {
+            self.upstream_backlog.extend_from_slice(bytes);
+        } else {
+            self.bufs.upstream.extend_from_slice(bytes);
+        }
         self.drain();
     }
 
-    /// The backend closes its side.
+    /// The backend closes its side (of the open connection: after what it sent).
     pub fn upstream_eof(&mut self) {
-        self.drain();
-        self.conn.handle_upstream_eof(self.now);
-        self.drain();
+        if self.connected {
+            self.upstream_eof_pending = true;
+            self.drain();
+        } else {
+            self.drain();
+            self.connect_pending = false;
+            self.conn.handle_upstream_eof(self.now);
+            self.drain();
+        }
     }
 
-    /// The client closes its side.
+    /// The client closes its side (after what it sent).
     pub fn client_eof(&mut self) {
-        self.drain();
-        self.conn.handle_client_eof(self.now);
+        self.client_eof_pending = true;
         self.drain();
     }
 
-    /// Move the clock forward, firing every deadline on the way at its own time, as a
-    /// driver's timer would; a deadline still due right after it fired fails.
+    /// The next deadline of any connection, and which.
+    fn next_deadline(&self) -> Option<(Instant, usize)> {
+        let others = self.parked.iter().flatten();
+        others
+            .chain([self])
+            .filter_map(|s| Some((s.conn.poll_timeout()?, s.id)))
+            .min()
+    }
+
+    /// Move the clock forward, firing every deadline of every connection on the way at
+    /// its own time, as a driver's timer would; a deadline still due right after it
+    /// fired fails.
     pub fn advance(&mut self, d: Duration) {
         let end = self.now + d;
+        let me = self.id;
         let mut same = 0;
         let mut last = None;
-        while let Some(t) = self.conn.poll_timeout() {
+        while let Some((t, i)) = self.next_deadline() {
             if t > end {
                 break;
             }
             // two deadlines may be due at one instant (each firing acts on one), but
             // not one that firing does not move
-            same = if last == Some(t) { same + 1 } else { 0 };
+            same = if last == Some((t, i)) { same + 1 } else { 0 };
             assert!(
                 same < 8,
                 "a deadline stays due after handle_timeout: a driver would spin"
             );
-            last = Some(t);
+            last = Some((t, i));
+            self.select(i);
             self.now = self.now.max(t);
             self.conn.handle_timeout(self.now);
             self.drain();
         }
+        self.select(me);
         self.now = end;
         self.drain();
+    }
+
+    /// Expire idle session records, as the driver's expiry tick does.
+    pub fn expire(&mut self) {
+        let mut out = Vec::new();
+        self.store.expire(self.now, &mut out);
+        for (_, rec) in out {
+            self.router.session_ended(rec.backend);
+        }
     }
 
     /// Answer the oldest queued store op (with `auto_store` off).
@@ -294,7 +477,6 @@ impl Sim {
         self.conn.handle_store_reply(r, self.now);
         self.drain();
     }
-
     /// What the client got since the last call.
     pub fn take_client(&mut self) -> String {
         String::from_utf8(std::mem::take(&mut self.client)).expect("UTF-8")

@@ -1,18 +1,20 @@
 //! The whole-core target: an `Arbitrary` sequence of operations over a small router
 //! (2-3 backends, embedded store, up to four client connections), run twice with
-//! different splits of the same bytes.
+//! different splits of the same bytes. The connections are driven by core's one
+//! simulator ([`Sim`]: driver reads, store, clock, and its driving-contract checks); the
+//! checks here read its log.
 
 use crate::config::{Backend, Config};
-use crate::conn::{Buffers, Conn, Event, Output};
+use crate::conn::{Event, Output};
 use crate::http::{parse_request, parse_response, BodyDecoder, BodyKind, Method, RequestHead};
 use crate::http::{HttpLimits, ResponseHead};
 use crate::mcp::{is_stateless_version, query_session_id, SessionKey};
-use crate::router::{BackendId, Router};
+use crate::router::BackendId;
+use crate::sim::{Sim, Step};
 use crate::store::{MemStore, StoreOp, StoreReply};
 use arbitrary::{Result, Unstructured};
 use bytes::BytesMut;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const MAX_CONNS: usize = 4;
@@ -20,7 +22,7 @@ const MAX_OPS: usize = 64;
 /// Most bytes one driver read moves into a buffer.
 const READ: usize = 16 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Op {
     Open,
     Client {
@@ -371,24 +373,13 @@ struct Trace {
     sessions: Vec<String>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Now,
-    Delay,
-    FailNext,
-}
-
+/// What the checks know of one connection, from the simulator's log.
+#[derive(Default)]
 struct C {
-    conn: Conn,
-    bufs: Buffers,
-    client_backlog: VecDeque<u8>,
-    client_eof: bool,
-    client_eof_sent: bool,
-    /// Every byte moved into `bufs.client`.
+    /// Every byte the client sent before its end of stream.
     client_in: Vec<u8>,
-    up_backlog: VecDeque<u8>,
-    up_eof: bool,
-    connecting: Option<BackendId>,
+    client_eof: bool,
+    /// The backend of the open upstream connection.
     connected: Option<BackendId>,
     /// The routed request of the current upstream connection was checked.
     head_checked: bool,
@@ -397,38 +388,34 @@ struct C {
     /// The session the router routed the current upstream request by (the lookup
     /// that led to its connect), `None` when it routed without one.
     routed_by: Option<SessionKey>,
-    /// Store ops emitted but not answered yet: (op, answer Unavailable).
-    store_q: VecDeque<(StoreOp, bool)>,
     store_failed: bool,
     trace: Trace,
     /// (end offset in `trace.client`, sequence number) of every client write.
     client_marks: Vec<(usize, u64)>,
 }
 
+/// One run of a script: the simulator, and what the checks know.
 struct World {
-    router: Arc<Router>,
-    store: MemStore,
-    now: Instant,
+    sim: Sim,
     conns: Vec<C>,
-    mode: Mode,
     whole: bool,
     max_inspect: usize,
     /// Backend each session id was recorded for, and when (last insert).
     owner: HashMap<SessionKey, (BackendId, u64)>,
-    /// Counts store executions and client writes, to order them.
+    /// Orders store answers and client writes.
     seq: u64,
 }
 
 impl World {
     fn new(s: &Script, epoch: Instant, whole: bool) -> World {
-        let cfg = Arc::new(s.config());
-        let router = Arc::new(Router::new(cfg.clone(), epoch));
+        let cfg = s.config();
+        let mut sim = Sim::at(cfg.clone(), epoch);
+        sim.store = MemStore::new(cfg.session_ttl, cfg.expiry_batch, epoch);
+        sim.read_size = Some(READ);
+        sim.log = Some(Vec::new());
         World {
-            store: MemStore::new(cfg.session_ttl, cfg.expiry_batch, epoch),
-            router,
-            now: epoch,
+            sim,
             conns: Vec::new(),
-            mode: Mode::Now,
             whole,
             max_inspect: s.max_inspect,
             owner: HashMap::new(),
@@ -436,111 +423,44 @@ impl World {
         }
     }
 
-    fn open(&mut self) {
-        if self.conns.len() < MAX_CONNS {
-            self.conns.push(C {
-                conn: Conn::new(self.router.clone(), None, "http", self.now),
-                bufs: Buffers::default(),
-                client_backlog: VecDeque::new(),
-                client_eof: false,
-                client_eof_sent: false,
-                client_in: Vec::new(),
-                up_backlog: VecDeque::new(),
-                up_eof: false,
-                connecting: None,
-                connected: None,
-                head_checked: false,
-                looked_up: None,
-                routed_by: None,
-                store_q: VecDeque::new(),
-                store_failed: false,
-                trace: Trace::default(),
-                client_marks: Vec::new(),
-            });
+    /// Check what the simulator did since the last call.
+    fn observe(&mut self) {
+        let log = std::mem::take(self.sim.log.as_mut().expect("logging"));
+        for step in log {
+            self.seq += 1;
+            match step {
+                // the simulator's first connection before the script opened it
+                Step::Out(i, _) | Step::Stored(i, ..) if i >= self.conns.len() => {}
+                Step::Out(i, o) => self.carried(i, o),
+                Step::Stored(i, op, r) => {
+                    self.conns[i].store_failed |= r == StoreReply::Unavailable;
+                    if let (StoreOp::Insert(k, rec), StoreReply::Inserted(true)) = (op, r) {
+                        self.owner.insert(k, (rec.backend, self.seq));
+                    }
+                }
+            }
+        }
+        for i in 0..self.conns.len() {
+            self.sim.select(i);
+            self.check_bounds();
         }
     }
 
-    fn exec(&mut self, op: &StoreOp) -> StoreReply {
-        let r = self.store.execute(op, self.now);
-        self.seq += 1;
-        if let (StoreOp::Insert(k, rec), StoreReply::Inserted(true)) = (op, &r) {
-            self.owner.insert(k.clone(), (rec.backend, self.seq));
-        }
-        r
-    }
-
-    /// Feed and drain connection `i` until quiet, carrying every output out.
-    fn drain(&mut self, i: usize) {
-        for _ in 0..10_000 {
-            let c = &mut self.conns[i];
-            // driver reads: what the connection wants, one read at a time
-            if !c.client_backlog.is_empty() && c.conn.wants_client_read(&c.bufs) {
-                let n = c.client_backlog.len().min(READ);
-                let chunk: Vec<u8> = c.client_backlog.drain(..n).collect();
-                c.client_in.extend_from_slice(&chunk);
-                c.bufs.client.extend_from_slice(&chunk);
-            }
-            if c.client_eof && c.client_backlog.is_empty() && !c.client_eof_sent {
-                c.client_eof_sent = true;
-                c.conn.handle_io(&mut c.bufs, self.now);
-                c.conn.handle_client_eof(self.now);
-            }
-            if c.connected.is_some()
-                && !c.up_backlog.is_empty()
-                && c.conn.wants_upstream_read(&c.bufs)
-            {
-                let n = c.up_backlog.len().min(READ);
-                let chunk: Vec<u8> = c.up_backlog.drain(..n).collect();
-                c.bufs.upstream.extend_from_slice(&chunk);
-            }
-            c.conn.handle_io(&mut c.bufs, self.now);
-            let mut any = false;
-            while let Some(o) = self.conns[i].conn.poll_output() {
-                any = true;
-                self.carry(i, o);
-            }
-            // The upstream EOF belongs to the connection it was read on: deliver it
-            // only once every output is carried out (a release drops that connection).
-            let c = &mut self.conns[i];
-            if !any && c.connected.is_some() && c.up_eof && c.up_backlog.is_empty() {
-                c.up_eof = false;
-                c.conn.handle_io(&mut c.bufs, self.now);
-                c.conn.handle_upstream_eof(self.now);
-                any = true;
-            }
-            let c = &self.conns[i];
-            let more_client = !c.client_backlog.is_empty() && c.conn.wants_client_read(&c.bufs);
-            let more_up = c.connected.is_some()
-                && !c.up_backlog.is_empty()
-                && c.conn.wants_upstream_read(&c.bufs);
-            let eof = (c.client_eof && c.client_backlog.is_empty() && !c.client_eof_sent)
-                || (c.connected.is_some() && c.up_eof && c.up_backlog.is_empty());
-            if !any && !more_client && !more_up && !eof {
-                self.check_bounds(i);
-                return;
-            }
-        }
-        panic!("connection {i} never goes quiet");
-    }
-
-    fn carry(&mut self, i: usize, o: Output) {
+    fn carried(&mut self, i: usize, o: Output) {
         let c = &mut self.conns[i];
         match o {
             Output::ToClient(b) => {
                 // a lookup answered locally (404, 503) routed nothing
                 c.looked_up = None;
                 c.trace.client.extend_from_slice(&b);
-                self.seq += 1;
                 c.client_marks.push((c.trace.client.len(), self.seq));
             }
             Output::ToUpstream(b) => {
-                assert!(c.connected.is_some(), "wrote upstream while not connected");
                 let seg = c.trace.upstream.last_mut().expect("a connect came first");
                 seg.extend_from_slice(&b);
                 self.check_routed(i);
             }
             Output::Connect { backend, fresh } => {
-                assert!(self.router.is_configured(backend));
                 c.trace.other.push(format!("connect {} {fresh}", backend.0));
                 c.trace.upstream.push(Vec::new());
                 // A lookup leads to this connect; a fresh connect without one is the
@@ -550,25 +470,16 @@ impl World {
                     None if !fresh => c.routed_by = None,
                     None => {}
                 }
-                c.connecting = Some(backend);
                 c.connected = None;
                 c.head_checked = false;
-                c.up_backlog.clear();
-                c.up_eof = false;
             }
-            Output::ReleaseUpstream { reuse } => {
+            Output::ReleaseUpstream { .. } => {
                 // Whether the connection is clean depends on whether bytes the backend
                 // sent after its response had arrived yet: timing, not a decision (the
                 // driver's pool drops a pooled connection that turns readable).
-                let _ = reuse;
                 c.trace.other.push("release".into());
-                self.check_one_request(i);
-                let c = &mut self.conns[i];
-                c.connecting = None;
                 c.connected = None;
-                c.bufs.upstream.clear();
-                c.up_backlog.clear();
-                c.up_eof = false;
+                check_one_request(c.trace.upstream.last());
             }
             Output::Store(op) => {
                 c.trace.other.push(format!("{op:?}"));
@@ -582,22 +493,6 @@ impl World {
                         c.connected,
                         "recorded for another backend"
                     );
-                }
-                let fail = self.mode == Mode::FailNext;
-                if fail {
-                    self.mode = Mode::Now;
-                }
-                let c = &mut self.conns[i];
-                if self.mode == Mode::Delay || !c.store_q.is_empty() {
-                    c.store_q.push_back((op, fail));
-                } else {
-                    let r = if fail {
-                        c.store_failed = true;
-                        StoreReply::Unavailable
-                    } else {
-                        self.exec(&op)
-                    };
-                    self.conns[i].conn.handle_store_reply(r, self.now);
                 }
             }
             Output::CloseClient => c.trace.other.push("close".into()),
@@ -613,24 +508,11 @@ impl World {
         }
     }
 
-    fn flush_store(&mut self, i: usize) {
-        while let Some((op, fail)) = self.conns[i].store_q.pop_front() {
-            let r = if fail {
-                self.conns[i].store_failed = true;
-                StoreReply::Unavailable
-            } else {
-                self.exec(&op)
-            };
-            self.conns[i].conn.handle_store_reply(r, self.now);
-            self.drain(i);
-        }
-    }
-
-    /// Memory the core holds stays within its limits.
-    fn check_bounds(&self, i: usize) {
-        let c = &self.conns[i];
-        let [pending, retained, hold, waiting] = c.conn.held();
-        let client_cap = self.router.config().http.max_head.max(64 * 1024) + READ;
+    /// Memory the selected connection holds stays within its limits.
+    fn check_bounds(&self) {
+        let s = &self.sim;
+        let [pending, retained, hold, waiting] = s.conn.held();
+        let client_cap = s.router.config().http.max_head.max(64 * 1024) + READ;
         assert!(
             pending <= self.max_inspect + client_cap,
             "{pending} request body bytes held (limit {})",
@@ -642,11 +524,11 @@ impl World {
         );
         assert!(hold <= 64 * 1024 + READ, "{hold} response bytes held");
         assert!(
-            waiting <= c.store_q.len() + 8,
+            waiting <= s.ops.len() + 8,
             "{waiting} store ops outstanding"
         );
-        assert!(c.bufs.client.len() <= client_cap);
-        assert!(c.bufs.upstream.len() <= 64 * 1024 + READ);
+        assert!(s.bufs.client.len() <= client_cap);
+        assert!(s.bufs.upstream.len() <= 64 * 1024 + READ);
     }
 
     /// A request forwarded for a session goes to the backend that session was
@@ -659,11 +541,7 @@ impl World {
         let seg = c.trace.upstream.last().expect("segment");
         let mut buf = BytesMut::from(&seg[..]);
         let mut head = RequestHead::default();
-        let big = HttpLimits {
-            max_head: 1 << 20,
-            max_headers: 128,
-        };
-        match parse_request(&mut buf, &big, &mut head) {
+        match parse_request(&mut buf, &BIG, &mut head) {
             Ok(false) => return,
             Ok(true) => {}
             Err(e) => panic!("the core wrote an invalid request head upstream: {e:?}"),
@@ -695,167 +573,88 @@ impl World {
         }
     }
 
-    /// Each upstream connection carries exactly one framed request, nothing after it.
-    fn check_one_request(&self, i: usize) {
-        let Some(seg) = self.conns[i].trace.upstream.last() else {
-            return;
-        };
-        let mut buf = BytesMut::from(&seg[..]);
-        let mut head = RequestHead::default();
-        let big = HttpLimits {
-            max_head: 1 << 20,
-            max_headers: 128,
-        };
-        if parse_request(&mut buf, &big, &mut head) != Ok(true) {
-            return;
-        }
-        let mut dec = BodyDecoder::new(head.body, 4096);
-        let n = dec
-            .decode(&buf, &mut |_| {})
-            .expect("the core forwarded an invalid body framing");
-        assert_eq!(n, buf.len(), "bytes after the forwarded request: smuggled");
-    }
-
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        for _ in 0..100_000 {
-            for i in 0..self.conns.len() {
-                self.flush_store(i);
-            }
-            let next = self
-                .conns
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| c.conn.poll_timeout().map(|t| (t, i)))
-                .min();
-            match next {
-                Some((t, i)) if t <= end => {
-                    self.now = self.now.max(t);
-                    self.conns[i].conn.handle_timeout(self.now);
-                    self.drain(i);
-                    if self.conns[i].conn.poll_timeout() == Some(t) {
-                        // a deadline that stays due after handling would spin a driver
-                        self.conns[i].conn.handle_timeout(self.now);
-                        self.drain(i);
-                        assert_ne!(
-                            self.conns[i].conn.poll_timeout(),
-                            Some(t),
-                            "deadline stays due after handle_timeout"
-                        );
-                    }
-                }
-                _ => {
-                    self.now = end;
-                    self.expire();
-                    return;
-                }
-            }
-        }
-        panic!("timeouts never settle");
-    }
-
-    fn expire(&mut self) {
-        let mut out = Vec::new();
-        self.store.expire(self.now, &mut out);
-        for (_, rec) in out {
-            self.router.session_ended(rec.backend);
-        }
-    }
-
+    /// An op on one client connection (none when none is open).
     fn apply(&mut self, op: &Op) {
         let n = self.conns.len();
-        let pick = |c: usize| (n > 0).then(|| c % n);
+        let (Op::Client { c, .. }
+        | Op::ClientEof { c }
+        | Op::Connect { c, .. }
+        | Op::Upstream { c, .. }
+        | Op::UpstreamEof { c }
+        | Op::Shutdown { c }) = op
+        else {
+            return self.global(op, n);
+        };
+        if n == 0 {
+            return;
+        }
+        self.sim.select(c % n);
+        let (c, s) = (&mut self.conns[c % n], &mut self.sim);
+        let parts = match op {
+            Op::Client { bytes, cuts, .. } | Op::Upstream { bytes, cuts, .. } if !self.whole => {
+                super::pieces(bytes, cuts)
+            }
+            Op::Client { bytes, .. } | Op::Upstream { bytes, .. } => vec![&bytes[..]],
+            _ => Vec::new(),
+        };
         match op {
-            Op::Open => self.open(),
-            Op::Client { c, bytes, cuts } => {
-                let Some(i) = pick(*c) else { return };
-                if self.conns[i].client_eof {
-                    return;
-                }
-                let parts = if self.whole {
-                    vec![&bytes[..]]
-                } else {
-                    super::pieces(bytes, cuts)
-                };
+            Op::Client { .. } if !c.client_eof => {
                 for p in parts {
-                    self.conns[i].client_backlog.extend(p);
-                    self.drain(i);
+                    c.client_in.extend_from_slice(p);
+                    s.send(p);
                 }
             }
-            Op::ClientEof { c } => {
-                let Some(i) = pick(*c) else { return };
-                self.conns[i].client_eof = true;
-                self.drain(i);
+            Op::ClientEof { .. } if !c.client_eof => {
+                c.client_eof = true;
+                s.client_eof();
             }
-            Op::Connect { c, how } => {
-                let Some(i) = pick(*c) else { return };
-                let conn = &mut self.conns[i];
-                let Some(b) = conn.connecting.take() else {
-                    return;
-                };
-                match how {
-                    0..=2 => {
-                        conn.connected = Some(b);
-                        conn.conn.handle_upstream_connected(false, self.now);
-                    }
-                    3 => {
-                        conn.connected = Some(b);
-                        conn.conn.handle_upstream_connected(true, self.now);
-                    }
-                    _ => conn.conn.handle_upstream_failed(self.now),
-                }
-                self.drain(i);
+            Op::Connect { how, .. } if s.connect_pending && *how <= 3 => {
+                c.connected = s.connects.last().map(|b| BackendId(b.0));
+                s.connect_ok(*how == 3);
             }
-            Op::Upstream { c, bytes, cuts } => {
-                let Some(i) = pick(*c) else { return };
-                if self.conns[i].connected.is_none() {
-                    return;
-                }
-                let parts = if self.whole {
-                    vec![&bytes[..]]
-                } else {
-                    super::pieces(bytes, cuts)
-                };
+            Op::Connect { .. } if s.connect_pending => s.connect_fail(),
+            Op::Upstream { .. } => {
                 for p in parts {
-                    if self.conns[i].connected.is_none() {
+                    if !s.connected {
                         break;
                     }
-                    self.conns[i].up_backlog.extend(p);
-                    self.drain(i);
+                    s.reply(p);
                 }
             }
-            Op::UpstreamEof { c } => {
-                let Some(i) = pick(*c) else { return };
-                if self.conns[i].connected.is_some() {
-                    self.conns[i].up_eof = true;
-                    self.drain(i);
-                } else if self.conns[i].connecting.is_some() {
-                    self.conns[i].connecting = None;
-                    self.conns[i].conn.handle_upstream_eof(self.now);
-                    self.drain(i);
-                }
+            Op::UpstreamEof { .. } if s.connected || s.connect_pending => s.upstream_eof(),
+            Op::Shutdown { .. } => {
+                s.conn.shutdown();
+                s.drain();
             }
-            Op::StoreMode(m) => {
-                self.mode = [Mode::Now, Mode::Delay, Mode::FailNext][*m as usize % 3];
-                if self.mode == Mode::Now {
-                    for i in 0..n {
-                        self.flush_store(i);
-                    }
-                }
-            }
-            Op::StoreFlush => {
-                for i in 0..n {
-                    self.flush_store(i);
-                }
-            }
-            Op::Advance(ms) => self.advance(Duration::from_millis(*ms)),
-            Op::Expire => self.expire(),
-            Op::Shutdown { c } => {
-                let Some(i) = pick(*c) else { return };
-                self.conns[i].conn.shutdown();
-                self.drain(i);
-            }
+            _ => {}
         }
+        self.observe();
+    }
+
+    /// An op on the whole router: a new connection, the store, the clock.
+    fn global(&mut self, op: &Op, n: usize) {
+        let s = &mut self.sim;
+        match op {
+            // the simulator's first connection, fresh
+            Op::Open if n == 0 => s.reconnect(),
+            Op::Open if n < MAX_CONNS => _ = s.open(),
+            Op::StoreMode(0) => s.auto_store = true,
+            Op::StoreMode(1) => s.auto_store = false,
+            Op::StoreMode(_) => (s.fail_next, s.auto_store) = (true, true),
+            Op::Expire => s.expire(),
+            _ => {}
+        }
+        if matches!(op, Op::StoreFlush | Op::StoreMode(0) | Op::Advance(_)) {
+            self.sim.flush_store();
+        }
+        if let Op::Advance(ms) = op {
+            self.sim.advance(Duration::from_millis(*ms));
+            self.sim.expire();
+        }
+        if *op == Op::Open && n < MAX_CONNS {
+            self.conns.push(C::default());
+        }
+        self.observe();
     }
 
     /// After everything settled: every session the client saw end (a 404 to one of its
@@ -880,13 +679,35 @@ impl World {
                 let recorded_later = self.owner.get(&key).is_some_and(|(_, t)| *t > seen);
                 if !recorded_later {
                     assert!(
-                        self.store.peek(key.as_str()).is_none(),
+                        self.sim.store.peek(key.as_str()).is_none(),
                         "record of {key} outlived its end ({status} to {method:?})"
                     );
                 }
             }
         }
     }
+}
+
+const BIG: HttpLimits = HttpLimits {
+    max_head: 1 << 20,
+    max_headers: 128,
+};
+
+/// Each upstream connection carries exactly one framed request, nothing after it.
+fn check_one_request(seg: Option<&Vec<u8>>) {
+    let Some(seg) = seg else {
+        return;
+    };
+    let mut buf = BytesMut::from(&seg[..]);
+    let mut head = RequestHead::default();
+    if parse_request(&mut buf, &BIG, &mut head) != Ok(true) {
+        return;
+    }
+    let mut dec = BodyDecoder::new(head.body, 4096);
+    let n = dec
+        .decode(&buf, &mut |_| {})
+        .expect("the core forwarded an invalid body framing");
+    assert_eq!(n, buf.len(), "bytes after the forwarded request: smuggled");
 }
 
 /// Every session id a backend could read in a forwarded request: each `Mcp-Session-Id`
@@ -957,15 +778,11 @@ fn session_of(head: &RequestHead, max: usize) -> Option<SessionKey> {
 /// (session, status, method) for each request that named a session. Also checks that
 /// what the core wrote to the client is a well-formed sequence of responses.
 fn exchanges(sent: &[u8], got: &[u8]) -> Vec<(SessionKey, u16, Method, usize)> {
-    let big = HttpLimits {
-        max_head: 1 << 20,
-        max_headers: 128,
-    };
     let mut reqs = Vec::new();
     let mut buf = BytesMut::from(sent);
     loop {
         let mut head = RequestHead::default();
-        if parse_request(&mut buf, &big, &mut head) != Ok(true) {
+        if parse_request(&mut buf, &BIG, &mut head) != Ok(true) {
             break;
         }
         let mut dec = BodyDecoder::new(head.body, 4096);
@@ -986,7 +803,7 @@ fn exchanges(sent: &[u8], got: &[u8]) -> Vec<(SessionKey, u16, Method, usize)> {
         let at = got.len() - buf.len();
         let method = reqs.get(k).map_or(Method::Get, |r| r.1);
         let mut head = ResponseHead::default();
-        match parse_response(&mut buf, &big, method, &mut head) {
+        match parse_response(&mut buf, &BIG, method, &mut head) {
             Ok(true) => {}
             Ok(false) => panic!("the core wrote a partial response head to the client"),
             Err(e) => panic!("the core wrote an invalid response head to the client: {e:?}"),
@@ -1015,11 +832,10 @@ fn run(s: &Script, epoch: Instant, whole: bool) -> (Vec<Trace>, usize) {
     for op in &s.ops {
         w.apply(op);
     }
-    for i in 0..w.conns.len() {
-        w.flush_store(i);
-    }
+    w.sim.flush_store();
+    w.observe();
     w.check_ended();
-    let records = w.store.len();
+    let records = w.sim.store.len();
     (w.conns.into_iter().map(|c| c.trace).collect(), records)
 }
 
