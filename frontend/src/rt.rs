@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// What a poll of a byte stream returns.
+pub type IoPoll<T> = Poll<io::Result<T>>;
+
 /// A session store reached over the network. Implemented once per transport.
 pub trait RemoteStore {
     /// Run one op: one round trip, bounded by the store timeout; `Unavailable` when
@@ -33,19 +36,11 @@ pub trait RemoteStore {
 pub trait Io: Unpin {
     /// Read into the spare capacity of `buf` (the caller reserves it), appending.
     /// `Ok(0)` is EOF.
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>>;
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize>;
     /// Write from `bufs` in order, as much as the socket takes at once.
-    fn poll_write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>>;
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> IoPoll<usize>;
     /// Shut down the write side (the peer reads EOF).
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> IoPoll<()>;
     /// For a pooled idle connection: whether it is still open and silent (a read
     /// would block). One that the peer closed, or that sent bytes unasked, is not.
     fn idle_alive(&self) -> bool;
@@ -62,17 +57,13 @@ pub trait Timer: Unpin {
 /// The read end of a child's stdout or stderr.
 pub trait PipeRead: Unpin {
     /// Read into the spare capacity of `buf`, appending; `Ok(0)` is EOF.
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>>;
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize>;
 }
 
 /// The write end of a child's stdin.
 pub trait PipeWrite: Unpin {
     /// Write from `buf`, as much as the pipe takes at once.
-    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> IoPoll<usize>;
 }
 
 /// A started child process, as [`Runtime::spawn_child`] returns it.
@@ -178,8 +169,8 @@ const ZEROED_READ_MAX: usize = 64 * 1024;
 /// `futures-io` `AsyncRead`): the spare capacity (up to 64 KiB) is zeroed first.
 pub fn poll_read_zeroed(
     buf: &mut BytesMut,
-    read: impl FnOnce(&mut [u8]) -> Poll<io::Result<usize>>,
-) -> Poll<io::Result<usize>> {
+    read: impl FnOnce(&mut [u8]) -> IoPoll<usize>,
+) -> IoPoll<usize> {
     let start = buf.len();
     let room = (buf.capacity() - start).clamp(1, ZEROED_READ_MAX);
     buf.resize(start + room, 0);
@@ -393,18 +384,14 @@ mod tests {
     struct Trickle(Vec<u8>);
 
     impl Io for Trickle {
-        fn poll_read_buf(
-            &mut self,
-            _: &mut Context<'_>,
-            _: &mut BytesMut,
-        ) -> Poll<io::Result<usize>> {
+        fn poll_read_buf(&mut self, _: &mut Context<'_>, _: &mut BytesMut) -> IoPoll<usize> {
             Poll::Ready(Ok(0))
         }
         fn poll_write_vectored(
             &mut self,
             _: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
+        ) -> IoPoll<usize> {
             let mut n = 0;
             for b in bufs {
                 let k = b.len().min(3 - n);
@@ -416,7 +403,7 @@ mod tests {
             }
             Poll::Ready(Ok(n))
         }
-        fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        fn poll_close(&mut self, _: &mut Context<'_>) -> IoPoll<()> {
             Poll::Ready(Ok(()))
         }
         fn idle_alive(&self) -> bool {

@@ -32,7 +32,7 @@
 //!   each other beyond the microseconds of a core call.
 
 use crate::config::StdioSettings;
-use crate::rt::{Child, Io, PipeRead, PipeWrite, Runtime, Shutdown, Timer};
+use crate::rt::{Child, Io, IoPoll, PipeRead, PipeWrite, Runtime, Shutdown, Timer};
 use crate::Settings;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -953,18 +953,14 @@ pub mod futures_pipes {
     pub type Exit = Pin<Box<dyn Future<Output = io::Result<std::process::ExitStatus>>>>;
 
     impl PipeRead for Out {
-        fn poll_read_buf(
-            &mut self,
-            cx: &mut Context<'_>,
-            buf: &mut BytesMut,
-        ) -> Poll<io::Result<usize>> {
+        fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize> {
             let r = &mut self.0;
             poll_read_zeroed(buf, |b| r.as_mut().poll_read(cx, b))
         }
     }
 
     impl PipeWrite for In {
-        fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> IoPoll<usize> {
             self.0.as_mut().poll_write(cx, buf)
         }
     }

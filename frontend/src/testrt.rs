@@ -5,7 +5,7 @@
 //! advances time and polls again. Everything is thread-local: each test runs on its
 //! own thread.
 
-use crate::rt::{Child, Io, PipeRead, PipeWrite, RemoteStore, Runtime, Timer};
+use crate::rt::{Child, Io, IoPoll, PipeRead, PipeWrite, RemoteStore, Runtime, Timer};
 use bytes::BytesMut;
 use mcp_router_core::{StoreOp, StoreReply};
 use std::cell::{Cell, RefCell};
@@ -122,11 +122,7 @@ impl Drop for End {
 }
 
 impl Io for End {
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize> {
         let mut rx = self.rx.borrow_mut();
         if !rx.data.is_empty() {
             let n = (buf.capacity() - buf.len()).max(1).min(rx.data.len());
@@ -141,11 +137,7 @@ impl Io for End {
         Poll::Pending
     }
 
-    fn poll_write_vectored(
-        &mut self,
-        _: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(&mut self, _: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> IoPoll<usize> {
         let mut tx = self.tx.borrow_mut();
         if tx.closed || tx.reader_gone {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -159,7 +151,7 @@ impl Io for End {
         Poll::Ready(Ok(n))
     }
 
-    fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(&mut self, _: &mut Context<'_>) -> IoPoll<()> {
         let mut tx = self.tx.borrow_mut();
         tx.closed = true;
         tx.wake();
@@ -223,13 +215,13 @@ impl RemoteStore for NoStore {
 pub struct NoPipe;
 
 impl PipeRead for NoPipe {
-    fn poll_read_buf(&mut self, _: &mut Context<'_>, _: &mut BytesMut) -> Poll<io::Result<usize>> {
+    fn poll_read_buf(&mut self, _: &mut Context<'_>, _: &mut BytesMut) -> IoPoll<usize> {
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
 }
 
 impl PipeWrite for NoPipe {
-    fn poll_write(&mut self, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(&mut self, _: &mut Context<'_>, _: &[u8]) -> IoPoll<usize> {
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
 }

@@ -28,7 +28,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use mcp_router_core::ConfigError;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, Runtime, Timer};
+use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, IoPoll, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
 use mcp_router_frontend::stdio::futures_pipes as pipes;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
@@ -59,20 +59,12 @@ pub struct Stream {
 }
 
 impl Io for Stream {
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize> {
         let s = &mut self.s;
         poll_read_zeroed(buf, |b| Pin::new(s).poll_read(cx, b))
     }
 
-    fn poll_write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> IoPoll<usize> {
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
         let (Some(first), None) = (nonempty.next(), nonempty.clone().next()) else {
             // Several buffers: one send of their concatenation (bounded), so that a
@@ -90,7 +82,7 @@ impl Io for Stream {
         Pin::new(&mut self.s).poll_write(cx, first)
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> IoPoll<()> {
         // glommio's close shuts down the write side only
         Pin::new(&mut self.s).poll_close(cx)
     }

@@ -10,7 +10,7 @@
 use bytes::BytesMut;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, Runtime, Timer};
+use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, IoPoll, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
 use mcp_router_frontend::stdio::futures_pipes as pipes;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
@@ -34,24 +34,16 @@ pub struct Smol;
 pub struct Stream(Async<TcpStream>);
 
 impl Io for Stream {
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize> {
         let s = &mut self.0;
         poll_read_zeroed(buf, |b| Pin::new(s).poll_read(cx, b))
     }
 
-    fn poll_write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> IoPoll<usize> {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
-    fn poll_close(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(&mut self, _cx: &mut Context<'_>) -> IoPoll<()> {
         Poll::Ready(self.0.get_ref().shutdown(Half::Write))
     }
 

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{Child, Io, PipeRead, PipeWrite, Runtime, Timer};
+use mcp_router_frontend::rt::{Child, Io, IoPoll, PipeRead, PipeWrite, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
 pub use mcp_router_frontend::{
     config, shared, Cli, Frontend, Resolve, Settings, Shared, Shutdown, StoreSettings,
@@ -35,23 +35,15 @@ pub struct Tokio;
 pub struct Stream(TcpStream);
 
 impl Io for Stream {
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize> {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.0), cx, buf)
     }
 
-    fn poll_write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> IoPoll<usize> {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> IoPoll<()> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 
@@ -93,11 +85,7 @@ pub enum Output {
 }
 
 impl PipeRead for Pipe<Output> {
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
+    fn poll_read_buf(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> IoPoll<usize> {
         match &mut self.0 {
             Output::Out(o) => tokio_util::io::poll_read_buf(Pin::new(o), cx, buf),
             Output::Err(e) => tokio_util::io::poll_read_buf(Pin::new(e), cx, buf),
@@ -106,7 +94,7 @@ impl PipeRead for Pipe<Output> {
 }
 
 impl PipeWrite for Pipe<ChildStdin> {
-    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> IoPoll<usize> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 }
