@@ -9,12 +9,23 @@
 //!   hash): the round trip of one op to another executor over glommio's
 //!   `shared_channel` and back, one at a time (latency) and 32 in flight (throughput).
 //!
-//! `cargo run --release -p mcp-router-benches --bin store-scheme [-- SECONDS]`
+//! - `model` (issue 18 point 5, the contention model): each executor alternates
+//!   `WORK` ns of other work (a request's CPU besides its store op, as the load
+//!   benchmark measures it) with one `Get` under the shared lock; the time in the lock
+//!   section (wait + hold) at 1 and 2 executors gives the serial fraction, and Amdahl's
+//!   law its bound at 8 and 32 cores.
+//! - `metrics`: what the shared metrics (prometheus-client families behind `RwLock`s,
+//!   histograms, the status page's windows, all cache lines every worker writes) cost
+//!   per request when 1 and 2 executors record back to back.
+//!
+//! `cargo run --release -p mcp-router-benches --bin store-scheme [-- SECONDS [WORK_NS]]`
 
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
+use mcp_router_core::conn::Event;
 use mcp_router_core::mcp::SessionKey;
-use mcp_router_core::{BackendId, Era, MemStore, Record, StoreOp};
+use mcp_router_core::metrics::Metrics;
+use mcp_router_core::{BackendId, Era, MemStore, Record, Router, StoreOp, StoreReply};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +90,95 @@ fn lock(executors: usize, secs: f64) -> (f64, f64) {
         ns += s * 1e9 / n as f64;
     }
     (total, ns / executors as f64)
+}
+
+/// About `ns` nanoseconds of CPU, not optimised away: the rest of a request.
+fn spin(ns: u64) {
+    let t = Instant::now();
+    while (t.elapsed().as_nanos() as u64) < ns {
+        std::hint::spin_loop();
+    }
+}
+
+/// The contention model's measurement: `executors` executors each alternating `work`
+/// ns of other work with one `Get` under the shared lock. Returns (requests/s in
+/// total, mean ns per executor in the lock section: waiting for the lock, the op, the
+/// release).
+fn lock_with_work(executors: usize, secs: f64, work: u64) -> (f64, f64) {
+    let (s, keys) = store();
+    let ops: Vec<StoreOp> = keys.into_iter().map(StoreOp::Get).collect();
+    let shared = Arc::new((Mutex::new(s), ops));
+    let cpus = cpus();
+    let handles: Vec<_> = (0..executors)
+        .map(|i| {
+            let sh = shared.clone();
+            LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
+                .spawn(move || async move {
+                    let (m, ops) = &*sh;
+                    let t = Instant::now();
+                    let (mut n, mut locked) = (0u64, Duration::ZERO);
+                    let mut k = i * 7919;
+                    while t.elapsed().as_secs_f64() < secs {
+                        spin(work);
+                        k = (k + 7919) % ops.len();
+                        let t0 = Instant::now();
+                        let r = m.lock().unwrap().execute(&ops[k], t0);
+                        locked += t0.elapsed();
+                        std::hint::black_box(r);
+                        n += 1;
+                    }
+                    (n, t.elapsed().as_secs_f64(), locked)
+                })
+                .unwrap()
+        })
+        .collect();
+    let (mut total, mut ns) = (0.0, 0.0);
+    for h in handles {
+        let (n, s, locked) = h.join().unwrap();
+        total += n as f64 / s;
+        ns += locked.as_nanos() as f64 / n as f64;
+    }
+    (total, ns / executors as f64)
+}
+
+/// The shared metrics of one proxied request (its `Response` event and its store
+/// `Get`), recorded back to back by `executors` executors on one `Metrics`: ns per
+/// request per executor.
+fn metrics(executors: usize, secs: f64) -> f64 {
+    let router = Arc::new(Router::new(
+        Arc::new(mcp_router_benches::config(2)),
+        Instant::now(),
+    ));
+    let m = Arc::new(Metrics::new());
+    let cpus = cpus();
+    let handles: Vec<_> = (0..executors)
+        .map(|i| {
+            let (m, router) = (m.clone(), router.clone());
+            LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
+                .spawn(move || async move {
+                    let ev = Event::Response {
+                        backend: BackendId(0),
+                        status: 200,
+                        latency: Duration::from_micros(150),
+                    };
+                    let op = StoreOp::Get(SessionKey::new(b"sess-0000", 256).unwrap());
+                    let reply = StoreReply::Found(None);
+                    let t = Instant::now();
+                    let mut n = 0u64;
+                    while t.elapsed().as_secs_f64() < secs {
+                        for _ in 0..1000 {
+                            m.observe(&router, &ev);
+                            m.observe_store(&op, &reply, Duration::from_micros(3));
+                        }
+                        n += 1000;
+                    }
+                    t.elapsed().as_nanos() as f64 / n as f64
+                })
+                .unwrap()
+        })
+        .collect();
+    let per: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    per.iter().sum::<f64>() / per.len() as f64
 }
 
 /// Round trip of an op to another executor and back: (ns one at a time, ops/s with
@@ -153,4 +253,37 @@ fn main() {
     }
     let (one, piped) = hop(secs);
     println!("hop   to another executor and back: {one:.0} ns one at a time; {:.2} M ops/s with 32 in flight", piped / 1e6);
+    // The contention model.
+    let work: u64 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15_000);
+    let (x1, h1) = lock_with_work(1, secs, work);
+    let (x2, h2) = lock_with_work(2, secs, work);
+    // Amdahl: the lock section is the serial part of a request's time
+    let sigma = h1 / (h1 + work as f64);
+    let amdahl = |n: f64| n / (1.0 + sigma * (n - 1.0));
+    println!(
+        "model {work} ns of other work per request: 1 executor {:.0} k req/s, {h1:.0} ns in the lock section; \
+         2 executors {:.0} k req/s ({:.2}x; Amdahl predicts {:.2}x), {h2:.0} ns in the lock section",
+        x1 / 1e3,
+        x2 / 1e3,
+        x2 / x1,
+        amdahl(2.0)
+    );
+    println!(
+        "model serial fraction {:.4}: Amdahl bound {:.1}x at 8 cores, {:.1}x at 32 (one lock); {:.1}x at 32 with the store in 16 shards",
+        sigma,
+        amdahl(8.0),
+        amdahl(32.0),
+        {
+            let s16 = sigma / 16.0;
+            32.0 / (1.0 + s16 * 31.0)
+        }
+    );
+    let (m1, m2) = (metrics(1, secs), metrics(2, secs));
+    println!(
+        "metrics one request's events: {m1:.0} ns alone, {m2:.0} ns per executor with 2 executors recording back to back (+{:.0} ns of shared-line traffic)",
+        m2 - m1
+    );
 }
