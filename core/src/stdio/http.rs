@@ -297,21 +297,26 @@ impl StdioConn {
                 }
                 let extra: Vec<(&str, &[u8])> =
                     headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-                let body: &[u8] = if self.head.method == Method::Head {
-                    &[]
-                } else {
-                    &body
-                };
+                // RFC 9110 section 8.6: "a server MUST NOT send Content-Length in such
+                // a response [to HEAD] unless its field value equals the decimal number
+                // of octets that would have been sent in the content of a response if
+                // the same request had used the GET method": the response as for GET,
+                // then its body taken off again.
+                let head_only = self.head.method == Method::Head;
                 self.queue_with(now, |out| {
+                    let start = out.len();
                     write_simple_response(
                         out,
                         status,
                         "application/json",
                         &extra,
-                        body,
+                        &body,
                         version,
                         keep_alive,
-                    )
+                    );
+                    if head_only && out[start..].ends_with(&body) {
+                        out.truncate(out.len() - body.len());
+                    }
                 });
                 self.exchange_done(keep_alive, now);
             }
@@ -748,6 +753,10 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains('{'), "a HEAD response has no body: {t}");
+        assert!(
+            t.contains("Content-Length: 7\r\n"),
+            "the length GET would have had: {t}"
+        );
 
         let mut c = StdioConn::new(lim(), None, t0);
         feed(&mut c, b"GET /sse HTTP/1.0\r\n\r\n", t0);
