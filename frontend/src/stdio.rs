@@ -657,8 +657,7 @@ async fn connection<R: Runtime>(
             if dropped {
                 // the bridge gave the exchange up (slow client, shutdown): close
                 queue = None;
-                conn.handle_read(0, now);
-                let _ = conn.poll_event();
+                conn.exchange_dropped();
             } else if conn.exchange() != Some(x) {
                 queue = None;
             }

@@ -432,6 +432,16 @@ impl StdioConn {
         }
     }
 
+    /// The bridge gave the exchange up without a last output (it ended the session of
+    /// a client that did not keep up with its stream): close at once, unsent bytes
+    /// dropped. The bridge knows, so nothing is reported.
+    pub fn exchange_dropped(&mut self) {
+        if self.exchange().is_some() {
+            self.out.clear();
+            self.state = State::Closed;
+        }
+    }
+
     /// Close at once (unsent bytes dropped); a live exchange is reported gone.
     fn close_now(&mut self) {
         if let State::Waiting(x) | State::Streaming(x) = self.state {
@@ -709,6 +719,19 @@ mod tests {
         // outputs after that are ignored
         c.handle_output(ExchangeOut::End, t0);
         assert!(c.transmit().is_empty());
+    }
+
+    #[test]
+    fn an_exchange_the_bridge_dropped_closes_without_a_report() {
+        let t0 = Instant::now();
+        let mut c = StdioConn::new(lim(), None, t0);
+        feed(&mut c, POST, t0);
+        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
+        c.started(ExchangeId(8));
+        c.handle_output(ExchangeOut::Start(vec![]), t0);
+        c.exchange_dropped();
+        assert!(c.is_closed() && c.transmit().is_empty());
+        assert_eq!(c.poll_event(), None, "the bridge dropped it: no Gone");
     }
 
     #[test]
