@@ -80,6 +80,37 @@ pub struct Child<R: Runtime> {
     pub exit: R::ChildExit,
 }
 
+impl<R: Runtime> Child<R> {
+    /// A child just spawned with its stdio piped ([`crate::stdio::child_command`]):
+    /// every pipe must be there; if one is missing, the child's process group is killed
+    /// (the runtime reaps it) and the spawn is an error, never a process left running
+    /// that nobody drives.
+    pub fn from_pipes(
+        pid: u32,
+        stdin: Option<R::ChildIn>,
+        stdout: Option<R::ChildOut>,
+        stderr: Option<R::ChildOut>,
+        exit: R::ChildExit,
+    ) -> io::Result<Child<R>> {
+        match (stdin, stdout, stderr) {
+            (Some(stdin), Some(stdout), Some(stderr)) => Ok(Child {
+                pid,
+                stdin,
+                stdout,
+                stderr,
+                exit,
+            }),
+            _ => {
+                if pid > 0 {
+                    let pg = nix::unistd::Pid::from_raw(pid as i32);
+                    let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+                }
+                Err(io::Error::other("a piped stdio of the child is missing"))
+            }
+        }
+    }
+}
+
 /// A runtime that can drive the router.
 pub trait Runtime: Sized + 'static {
     /// A TCP connection.

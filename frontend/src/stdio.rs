@@ -978,17 +978,12 @@ pub mod futures_pipes {
             .kill_on_drop(false)
             .reap_on_drop(true);
         let mut child = c.spawn()?;
-        let missing = || io::Error::other("a piped stdio of the child is missing");
-        let stdin = child.stdin.take().ok_or_else(missing)?;
-        let stdout = child.stdout.take().ok_or_else(missing)?;
-        let stderr = child.stderr.take().ok_or_else(missing)?;
-        Ok(Child {
-            pid: child.id(),
-            stdin: In(Box::pin(stdin)),
-            stdout: Out(Box::pin(stdout)),
-            stderr: Out(Box::pin(stderr)),
-            exit: Box::pin(async move { child.status().await }),
-        })
+        let stdin = child.stdin.take().map(|i| In(Box::pin(i)));
+        let stdout = child.stdout.take().map(|o| Out(Box::pin(o)));
+        let stderr = child.stderr.take().map(|e| Out(Box::pin(e)));
+        let pid = child.id();
+        let exit: Exit = Box::pin(async move { child.status().await });
+        Child::from_pipes(pid, stdin, stdout, stderr, exit)
     }
 }
 

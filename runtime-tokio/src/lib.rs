@@ -115,17 +115,14 @@ impl Runtime for Tokio {
         let mut c = tokio::process::Command::from(cmd);
         c.kill_on_drop(false);
         let mut child = c.spawn()?;
-        let missing = || io::Error::other("a piped stdio of the child is missing");
-        let stdin = child.stdin.take().ok_or_else(missing)?;
-        let stdout = child.stdout.take().ok_or_else(missing)?;
-        let stderr = child.stderr.take().ok_or_else(missing)?;
-        Ok(Child {
-            pid: child.id().unwrap_or(0),
-            stdin: Pipe(stdin),
-            stdout: Pipe(Output::Out(stdout)),
-            stderr: Pipe(Output::Err(stderr)),
-            exit: Box::pin(async move { child.wait().await }),
-        })
+        let (stdin, stdout, stderr) = (
+            child.stdin.take().map(Pipe),
+            child.stdout.take().map(|o| Pipe(Output::Out(o))),
+            child.stderr.take().map(|e| Pipe(Output::Err(e))),
+        );
+        let pid = child.id().unwrap_or(0);
+        let exit: Exit = Box::pin(async move { child.wait().await });
+        Child::from_pipes(pid, stdin, stdout, stderr, exit)
     }
 
     fn connect(host: String, port: u16) -> Connecting {
