@@ -693,29 +693,47 @@ pub fn start_ops(shared: &Arc<Shared>, cli: &Cli, shutdown: &Arc<Shutdown>) {
             move || sh2.discover_once(),
         );
     }
+    let (sh, cli) = (shared.clone(), cli.clone());
+    signal_thread(
+        shutdown,
+        Some(Box::new(move || {
+            info!("SIGHUP: reloading the configuration");
+            if let Err(e) = sh.reload(&cli) {
+                error!(error = %e, "reload refused; the running configuration stays");
+            }
+        })),
+    );
+}
+
+/// The signal thread: SIGTERM and SIGINT trigger `shutdown`; with `reload`, SIGHUP runs
+/// it (without, SIGHUP keeps its default action).
+pub fn signal_thread(shutdown: &Arc<Shutdown>, reload: Option<Box<dyn Fn() + Send>>) {
     #[cfg(unix)]
     {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]) {
+        let wanted: &[i32] = if reload.is_some() {
+            &[SIGHUP, SIGINT, SIGTERM]
+        } else {
+            &[SIGINT, SIGTERM]
+        };
+        let mut signals = match signal_hook::iterator::Signals::new(wanted) {
             Ok(s) => s,
             Err(e) => {
                 error!(error = %e, "cannot install signal handlers: reload and graceful shutdown disabled");
                 return;
             }
         };
-        let (sh, cli, sd) = (shared.clone(), cli.clone(), shutdown.clone());
+        let sd = shutdown.clone();
         let spawned = std::thread::Builder::new()
             .name("mcp-signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
-                    if sig == SIGHUP {
-                        info!("SIGHUP: reloading the configuration");
-                        if let Err(e) = sh.reload(&cli) {
-                            error!(error = %e, "reload refused; the running configuration stays");
+                    match (&reload, sig) {
+                        (Some(reload), SIGHUP) => reload(),
+                        _ => {
+                            info!("shutdown signal received");
+                            sd.trigger();
                         }
-                    } else {
-                        info!("shutdown signal received");
-                        sd.trigger();
                     }
                 }
             });

@@ -907,23 +907,7 @@ async fn child_task<R: Runtime>(
 /// listening line, so a SIGTERM sent as soon as the address is known still kills and
 /// reaps every child instead of killing the router by the default action).
 pub fn shutdown_on_signals(shutdown: &Arc<Shutdown>) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers: children are not reaped at a signal");
-            return;
-        }
-    };
-    let sd = shutdown.clone();
-    let _ = std::thread::Builder::new()
-        .name("mcp-signals".into())
-        .spawn(move || {
-            if signals.forever().next().is_some() {
-                info!("shutdown signal received");
-                sd.trigger();
-            }
-        });
+    crate::shared::signal_thread(shutdown, None);
 }
 
 /// Log the stdio bridge's listening line (and the admin listener it does not serve).
