@@ -463,7 +463,12 @@ fn configuration_from_environment_and_file() {
     );
     assert!(r.count_logs("envb0") + r.count_logs("envb1") > 0);
     // and from a TOML file
-    let dir = std::env::temp_dir().join(format!("mcp-router-e2e-{}", std::process::id()));
+    // one file per frontend: the three instances of this test run at once, in one process
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-router-e2e-{}-{}",
+        std::process::id(),
+        router_bin()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("router.toml");
     std::fs::write(
