@@ -32,7 +32,7 @@
 //!   each other beyond the microseconds of a core call.
 
 use crate::config::StdioSettings;
-use crate::rt::{Child, Io, IoPoll, PipeRead, PipeWrite, Runtime, Shutdown, Timer};
+use crate::rt::{Child, Io, PipeRead, PipeWrite, Runtime, Shutdown, Timer};
 use crate::Settings;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -925,7 +925,7 @@ pub fn log_listening(settings: &Settings, stdio: &StdioSettings, addr: SocketAdd
 #[cfg(feature = "async-process")]
 pub mod futures_pipes {
     use super::*;
-    use crate::rt::poll_read_zeroed;
+    use crate::rt::{poll_read_zeroed, IoPoll};
     use futures_lite::{AsyncRead, AsyncWrite};
 
     /// A child's stdout or stderr.
