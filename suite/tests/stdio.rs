@@ -691,15 +691,21 @@ fn slow_client_ends_its_session_without_stalling_the_others() {
     stop(r);
 }
 
+/// `server-everything` started through `npx` (a chain of processes in the child's
+/// group), from the interop install.
+fn npx_everything_cmd() -> String {
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    everything_cmd(); // fails loudly without the install
+    format!(
+        "cd {} && exec npx -y @modelcontextprotocol/server-everything",
+        interop.canonicalize().unwrap().display()
+    )
+}
+
 fn npx_process_chain_is_killed_whole_on_delete_and_sigterm() {
     // `sh -c npx` -> `npm exec` -> `sh -c mcp-server-everything` -> `node`: four
     // processes in the child's group, the real server two levels below the leader
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
-    everything_cmd(); // fails loudly without the install
-    let cmd = format!(
-        "cd {} && exec npx -y @modelcontextprotocol/server-everything",
-        interop.canonicalize().unwrap().display()
-    );
+    let cmd = npx_everything_cmd();
     let mut r = Proc::router(router_bin(), "router-npx", &["--stdio", &cmd]);
     let a = init(&r.addr, json!(1));
     let mut c = r.conn();
@@ -921,12 +927,7 @@ fn kill_9_of_the_router_kills_grandchildren_in_the_group_but_not_escapees() {
 /// `npx`, so `npm exec` is the direct child and gets the parent-death signal; the
 /// watcher kills the rest of the group.
 fn kill_9_of_the_router_leaves_nothing_of_an_npx_chain() {
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
-    everything_cmd(); // fails loudly without the install
-    let cmd = format!(
-        "cd {} && exec npx -y @modelcontextprotocol/server-everything",
-        interop.canonicalize().unwrap().display()
-    );
+    let cmd = npx_everything_cmd();
     let r = Proc::router(router_bin(), "router-npx-kill9", &["--stdio", &cmd]);
     let _a = init(&r.addr, json!(1));
     let groups = child_groups(r.pid());

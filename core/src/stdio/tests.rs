@@ -127,6 +127,12 @@ impl Outs {
 }
 
 impl H {
+    /// The id of a live session other than `s1`.
+    fn other_session(&self, s1: &str) -> String {
+        let keys = &self.sim.bridge.sessions;
+        keys.keys().find(|k| k.as_str() != s1).unwrap().to_string()
+    }
+
     fn new(mode: ChildMode) -> H {
         H::with(cfg(mode))
     }
@@ -423,14 +429,7 @@ fn shared_mode_initializes_once_and_keeps_colliding_ids_apart() {
     assert_eq!(ev[0].2["result"]["serverInfo"]["name"], "t");
     assert_eq!(ev[0].2["id"], 1);
     assert!(o.ended(x));
-    let s2 = h
-        .sim
-        .bridge
-        .sessions
-        .keys()
-        .find(|k| k.as_str() != s1)
-        .unwrap()
-        .to_string();
+    let s2 = h.other_session(&s1);
     let (_, o) = h.post(
         Some(&s2),
         false,
@@ -489,14 +488,7 @@ fn shared_server_requests_go_to_the_asking_session_and_only_its_answer_returns()
     let (s1, c, _) = h.init(json!(1));
     let (x, _) = h.post(None, false, req(json!(1), "initialize"));
     let _ = x;
-    let s2 = h
-        .sim
-        .bridge
-        .sessions
-        .keys()
-        .find(|k| k.as_str() != s1)
-        .unwrap()
-        .to_string();
+    let s2 = h.other_session(&s1);
     let (g1, _) = h.req(Method::Get, "/mcp", Some(&s1), true, "");
     let (g2, _) = h.req(Method::Get, "/mcp", Some(&s2), true, "");
     // session 2 calls a tool (JSON response), during which the child asks for sampling
