@@ -53,39 +53,52 @@ fn cpus() -> Vec<usize> {
     (0..n).collect()
 }
 
+/// `f(i)` on `n` executors at once, executor `i` pinned to the `i`-th CPU (modulo
+/// their number); the results in order.
+fn on_executors<T, F, Fut>(n: usize, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let cpus = cpus();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let f = f.clone();
+            LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
+                .spawn(move || f(i))
+                .unwrap()
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 /// Ops/s of `executors` executors hammering one locked store.
 fn lock(executors: usize, secs: f64) -> (f64, f64) {
     let (s, keys) = store();
     let ops: Vec<StoreOp> = keys.into_iter().map(StoreOp::Get).collect();
     let shared = Arc::new((Mutex::new(s), ops));
-    let cpus = cpus();
-    let handles: Vec<_> = (0..executors)
-        .map(|i| {
-            let sh = shared.clone();
-            let cpu = cpus[i % cpus.len()];
-            LocalExecutorBuilder::new(Placement::Fixed(cpu))
-                .spawn(move || async move {
-                    let (m, ops) = &*sh;
-                    let t = Instant::now();
-                    let mut n = 0u64;
-                    let mut k = i * 7919;
-                    while t.elapsed().as_secs_f64() < secs {
-                        for _ in 0..1000 {
-                            k = (k + 7919) % ops.len();
-                            let r = m.lock().unwrap().execute(&ops[k], Instant::now());
-                            std::hint::black_box(r);
-                            n += 1;
-                        }
-                    }
-                    (n, t.elapsed().as_secs_f64())
-                })
-                .unwrap()
-        })
-        .collect();
+    let results = on_executors(executors, move |i| {
+        let sh = shared.clone();
+        async move {
+            let (m, ops) = &*sh;
+            let t = Instant::now();
+            let mut n = 0u64;
+            let mut k = i * 7919;
+            while t.elapsed().as_secs_f64() < secs {
+                for _ in 0..1000 {
+                    k = (k + 7919) % ops.len();
+                    let r = m.lock().unwrap().execute(&ops[k], Instant::now());
+                    std::hint::black_box(r);
+                    n += 1;
+                }
+            }
+            (n, t.elapsed().as_secs_f64())
+        }
+    });
     let mut total = 0.0;
     let mut ns = 0.0;
-    for h in handles {
-        let (n, s) = h.join().unwrap();
+    for (n, s) in results {
         total += n as f64 / s;
         ns += s * 1e9 / n as f64;
     }
@@ -108,33 +121,27 @@ fn lock_with_work(executors: usize, secs: f64, work: u64) -> (f64, f64) {
     let (s, keys) = store();
     let ops: Vec<StoreOp> = keys.into_iter().map(StoreOp::Get).collect();
     let shared = Arc::new((Mutex::new(s), ops));
-    let cpus = cpus();
-    let handles: Vec<_> = (0..executors)
-        .map(|i| {
-            let sh = shared.clone();
-            LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
-                .spawn(move || async move {
-                    let (m, ops) = &*sh;
-                    let t = Instant::now();
-                    let (mut n, mut locked) = (0u64, Duration::ZERO);
-                    let mut k = i * 7919;
-                    while t.elapsed().as_secs_f64() < secs {
-                        spin(work);
-                        k = (k + 7919) % ops.len();
-                        let t0 = Instant::now();
-                        let r = m.lock().unwrap().execute(&ops[k], t0);
-                        locked += t0.elapsed();
-                        std::hint::black_box(r);
-                        n += 1;
-                    }
-                    (n, t.elapsed().as_secs_f64(), locked)
-                })
-                .unwrap()
-        })
-        .collect();
+    let results = on_executors(executors, move |i| {
+        let sh = shared.clone();
+        async move {
+            let (m, ops) = &*sh;
+            let t = Instant::now();
+            let (mut n, mut locked) = (0u64, Duration::ZERO);
+            let mut k = i * 7919;
+            while t.elapsed().as_secs_f64() < secs {
+                spin(work);
+                k = (k + 7919) % ops.len();
+                let t0 = Instant::now();
+                let r = m.lock().unwrap().execute(&ops[k], t0);
+                locked += t0.elapsed();
+                std::hint::black_box(r);
+                n += 1;
+            }
+            (n, t.elapsed().as_secs_f64(), locked)
+        }
+    });
     let (mut total, mut ns) = (0.0, 0.0);
-    for h in handles {
-        let (n, s, locked) = h.join().unwrap();
+    for (n, s, locked) in results {
         total += n as f64 / s;
         ns += locked.as_nanos() as f64 / n as f64;
     }
@@ -150,34 +157,28 @@ fn metrics(executors: usize, secs: f64) -> f64 {
         Instant::now(),
     ));
     let m = Arc::new(Metrics::new());
-    let cpus = cpus();
-    let handles: Vec<_> = (0..executors)
-        .map(|i| {
-            let (m, router) = (m.clone(), router.clone());
-            LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
-                .spawn(move || async move {
-                    let ev = Event::Response {
-                        backend: BackendId(0),
-                        status: 200,
-                        latency: Duration::from_micros(150),
-                    };
-                    let op = StoreOp::Get(SessionKey::new(b"sess-0000", 256).unwrap());
-                    let reply = StoreReply::Found(None);
-                    let t = Instant::now();
-                    let mut n = 0u64;
-                    while t.elapsed().as_secs_f64() < secs {
-                        for _ in 0..1000 {
-                            m.observe(&router, &ev);
-                            m.observe_store(&op, &reply, Duration::from_micros(3));
-                        }
-                        n += 1000;
-                    }
-                    t.elapsed().as_nanos() as f64 / n as f64
-                })
-                .unwrap()
-        })
-        .collect();
-    let per: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let per = on_executors(executors, move |_| {
+        let (m, router) = (m.clone(), router.clone());
+        async move {
+            let ev = Event::Response {
+                backend: BackendId(0),
+                status: 200,
+                latency: Duration::from_micros(150),
+            };
+            let op = StoreOp::Get(SessionKey::new(b"sess-0000", 256).unwrap());
+            let reply = StoreReply::Found(None);
+            let t = Instant::now();
+            let mut n = 0u64;
+            while t.elapsed().as_secs_f64() < secs {
+                for _ in 0..1000 {
+                    m.observe(&router, &ev);
+                    m.observe_store(&op, &reply, Duration::from_micros(3));
+                }
+                n += 1000;
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        }
+    });
     per.iter().sum::<f64>() / per.len() as f64
 }
 
