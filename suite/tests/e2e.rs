@@ -463,13 +463,7 @@ fn configuration_from_environment_and_file() {
     );
     assert!(r.count_logs("envb0") + r.count_logs("envb1") > 0);
     // and from a TOML file
-    // one file per frontend: the three instances of this test run at once, in one process
-    let dir = std::env::temp_dir().join(format!(
-        "mcp-router-e2e-{}-{}",
-        std::process::id(),
-        router_bin()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = mcp_router_testkit::harness::test_dir("e2e");
     let file = dir.join("router.toml");
     std::fs::write(
         &file,

@@ -311,14 +311,7 @@ fn dns_discovery_adds_and_removes_backends() {
 
 fn sighup_reload_keeps_open_streams_and_applies_the_new_backends() {
     let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
-    // one file per frontend: the suite runs the three instances of this test at once,
-    // in one process
-    let dir = std::env::temp_dir().join(format!(
-        "mcp-router-reload-{}-{}",
-        std::process::id(),
-        router_bin()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = mcp_router_testkit::harness::test_dir("reload");
     let file = dir.join("router.toml");
     std::fs::write(
         &file,

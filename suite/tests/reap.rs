@@ -4,8 +4,7 @@
 //! named by exactly one `DELETE`).
 
 use mcp_router_testkit::harness::{
-    free_port, initialize, metric_at, post_json, redis_cmd, redis_server, router_bin, warm, Conn,
-    Proc,
+    free_port, initialize, metric_at, post_json, redis_cmd, redis_server, warm, Conn, Proc,
 };
 use serde_json::json;
 use std::collections::HashMap;
@@ -517,12 +516,7 @@ fn a_failed_over_session_on_redis_is_reaped_by_its_new_upstream_id() {
 fn a_removed_backends_sessions_are_deleted_when_it_still_answers() {
     let (b0, b1) = (Proc::fake_backend("b0"), Proc::fake_backend("b1"));
     let mut b2 = Proc::fake_backend("b2");
-    let dir = std::env::temp_dir().join(format!(
-        "mcp-router-reap-removed-{}-{}",
-        std::process::id(),
-        router_bin()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = mcp_router_testkit::harness::test_dir("reap-removed");
     let file = dir.join("router.toml");
     let write = |names: &[(&str, &Proc)]| {
         let list: Vec<String> = names

@@ -76,6 +76,19 @@ pub fn frontend() -> Frontend {
         .expect("no frontend set on this thread: run the test through behaviour_suite!")
 }
 
+/// A fresh-enough scratch directory for one test: `tag`, the test process and the
+/// frontend under test in its name (the suite runs a test's three frontend instances at
+/// once, in one process, so a name without the frontend is shared between them).
+pub fn test_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mcp-router-{tag}-{}-{}",
+        std::process::id(),
+        router_bin()
+    ));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
 /// The router binary of the running suite test.
 pub fn router_bin() -> &'static str {
     frontend().bin()
