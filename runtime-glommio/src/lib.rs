@@ -295,6 +295,14 @@ fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<glommio::net::Tcp
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(std.into_raw_fd()) })
 }
 
+/// An executor builder for `placement`, without glommio's preemption timers (a
+/// patch of ours, `vendor/glommio/PATCHES.md`): they cost two ring entries per turn
+/// of the executor loop, to preempt between task queues, and mcp-router runs one
+/// queue of tasks that each make a syscall every few microseconds.
+fn executor(placement: Placement) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(placement).preempt_timer(Duration::MAX)
+}
+
 /// Why an executor could not start serving.
 enum StartError {
     Listen(String),
@@ -336,7 +344,7 @@ pub fn run(cli: Cli, settings: Settings) {
         let (tx, rx) = std::sync::mpsc::channel::<Result<Bound, StartError>>();
         let (sh, sd) = (shared.clone(), shutdown.clone());
         let admin_here = admin.take();
-        let spawned = LocalExecutorBuilder::new(placement)
+        let spawned = executor(placement)
             .name(&format!("mcp-glommio-{i}"))
             .spawn(move || async move {
                 let bind = |a: SocketAddr, backlog: u32| {
@@ -411,7 +419,7 @@ fn run_stdio(settings: &Settings, stdio: &mcp_router_frontend::config::StdioSett
     let (settings, stdio) = (settings.clone(), stdio.clone());
     let shutdown = Shutdown::new();
     bridge::shutdown_on_signals(&shutdown);
-    let served = LocalExecutorBuilder::new(Placement::Unbound)
+    let served = executor(Placement::Unbound)
         .name("mcp-glommio-stdio")
         .spawn(move || async move {
             let l = listener(settings.listen, settings.accept_backlog)?;

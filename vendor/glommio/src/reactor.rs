@@ -196,6 +196,11 @@ impl Reactor {
         })
     }
 
+    /// mcp-router patch: see `sys::Reactor::set_preemption_timers`.
+    pub(crate) fn set_preemption_timers(&self, on: bool) {
+        self.sys.set_preemption_timers(on);
+    }
+
     pub(crate) fn io_stats(&self) -> IoStats {
         self.sys.io_stats()
     }

@@ -1160,17 +1160,20 @@ impl LocalExecutor {
         let queues = ExecutorQueues::new(config.preempt_timer, config.spin_before_park);
         let id = notifier.id();
         trace!(id = id, "Creating executor");
+        let reactor = reactor::Reactor::new(
+            notifier,
+            config.io_memory,
+            config.ring_depth,
+            config.record_io_latencies,
+            blocking_thread,
+        )?;
+        // mcp-router patch: `preempt_timer(Duration::MAX)` means no preemption timers
+        reactor.set_preemption_timers(config.preempt_timer != Duration::MAX);
         Ok(LocalExecutor {
             queues: Rc::new(RefCell::new(queues)),
             parker: p,
             id,
-            reactor: Rc::new(reactor::Reactor::new(
-                notifier,
-                config.io_memory,
-                config.ring_depth,
-                config.record_io_latencies,
-                blocking_thread,
-            )?),
+            reactor: Rc::new(reactor),
             stall_detector: RefCell::new(
                 config
                     .detect_stalls

@@ -1280,6 +1280,10 @@ pub(crate) struct Reactor {
     blocking_thread: BlockingThreadPool,
 
     rings_depth: usize,
+
+    /// mcp-router patch: whether `wait` arms the latency and throughput preemption
+    /// timers (see `set_preemption_timers`).
+    preemption_timers: Cell<bool>,
 }
 
 pub(crate) fn common_flags() -> PollFlags {
@@ -1402,7 +1406,18 @@ impl Reactor {
             eventfd_src,
             source_map,
             rings_depth: ring_depth,
+            preemption_timers: Cell::new(true),
         })
+    }
+
+    /// mcp-router patch: with `false`, the reactor stops arming its preemption
+    /// timers: the latency ring's timeout (submitted, and cancelled, on every turn of
+    /// the executor loop: two ring entries per turn) and the main ring's throughput
+    /// timeout. Tasks then run until they yield; `need_preempt` stays true only for
+    /// latency-ring completions of the application's own. For an executor with one
+    /// task queue of short tasks, which has nothing to preempt for.
+    pub(crate) fn set_preemption_timers(&self, on: bool) {
+        self.preemption_timers.set(on);
     }
 
     pub(crate) fn id(&self) -> usize {
@@ -1870,12 +1885,14 @@ impl Reactor {
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        if self.preemption_timers.get() {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1925,7 +1942,7 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
+        if let Some(preempt) = preempt_timer().filter(|_| self.preemption_timers.get()) {
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
             flush_rings!(lat_ring, main_ring)?;
