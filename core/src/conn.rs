@@ -854,11 +854,16 @@ impl Conn {
         }
         self.x.sent_at = Some(now);
         if self.x.retried {
+            // what the stale connection was sent, then the body that came meanwhile
             for chunk in self.x.retained.drain(..) {
                 self.out.push_back(Output::ToUpstream(chunk));
             }
             self.x.retained_len = 0;
             self.x.retaining = false;
+            while let Some(chunk) = self.x.pending.pop_front() {
+                self.out.push_back(Output::ToUpstream(chunk));
+            }
+            self.x.pending_len = 0;
         } else {
             self.send_request_head(b, reused);
             while let Some(chunk) = self.x.pending.pop_front() {

@@ -705,6 +705,30 @@ fn stale_pooled_connection_is_retried_once_on_a_fresh_one() {
 }
 
 #[test]
+fn body_that_arrives_while_the_stale_connection_is_replaced_is_sent_too() {
+    let mut h = H::new(1);
+    init(&mut h, "s");
+    let req = String::from_utf8(post("/mcp", Some("s"), CALL)).unwrap();
+    let (head, body) = req.split_once("\r\n\r\n").unwrap();
+    let (early, late) = body.split_at(body.len() / 2);
+    h.send(format!("{head}\r\n\r\n{early}").as_bytes());
+    h.connect_ok(true);
+    let first = h.take_upstream();
+    h.upstream_eof();
+    assert_eq!(h.connects.last(), Some(&(0, true)));
+    // the rest of the body comes while the fresh connection is being made
+    h.send(late.as_bytes());
+    h.connect_ok(false);
+    assert_eq!(
+        h.take_upstream(),
+        format!("{first}{late}"),
+        "the whole request, in order"
+    );
+    h.reply(&json_ok("", "{}"));
+    assert_eq!(status_of(&h.take_client()), 200);
+}
+
+#[test]
 fn garbage_from_the_backend_is_502_and_other_sessions_carry_on() {
     let mut h = H::new(1);
     init(&mut h, "s");

@@ -361,6 +361,92 @@ fn ten_thousand_connections_opened_and_dropped() {
     still_works(&mut fresh, &sid2, "b0", 4);
 }
 
+/// A backend that answers each request on a keep-alive connection (its `initialize`
+/// mints `closer-1`), then closes that connection 50 ms later without having said it
+/// would; it counts the connections it accepted.
+fn closing_backend() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end().to_ascii_lowercase();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let minted = if v["method"] == "initialize" {
+                    "Mcp-Session-Id: closer-1\r\n"
+                } else {
+                    ""
+                };
+                let b =
+                    json!({"jsonrpc":"2.0","id":v["id"],"result":{"backend":"closer"}}).to_string();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{minted}Content-Length: {}\r\n\r\n",
+                    b.len()
+                );
+                let mut w = s;
+                let _ = w.write_all(format!("{head}{b}").as_bytes());
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = w.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The router keeps upstream connections for reuse; one that the backend closed while
+/// it sat idle is not handed the next request, however the frontend learns of the
+/// close (tokio: epoll readiness; smol: a read; glommio: the readiness poll its last
+/// read left in the ring), and a request that meets such a connection anyway is sent
+/// again, whole, on a fresh one. The requests are larger than the router's read size,
+/// so their bodies are still arriving when a stale connection would be found (a
+/// router that lost the rest of the body there hung until its response timeout).
+fn a_pooled_connection_the_backend_closed_is_not_reused() {
+    use std::sync::atomic::Ordering;
+    let (b, accepted) = closing_backend();
+    let r = router(&[b], &[]);
+    let mut c = Conn::open(&r.addr);
+    let (_, sid) = initialize(&mut c, json!(0));
+    assert_eq!(sid, "closer-1");
+    let pad = "x".repeat(70 * 1024);
+    for id in 1..=3 {
+        // the backend's close (50 ms after its answer) reaches the idle connection
+        std::thread::sleep(Duration::from_millis(300));
+        let resp = post_json(
+            &mut c,
+            "/mcp",
+            Some(&sid),
+            &json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"pad":pad}}}),
+        );
+        assert_eq!(resp.status, 200, "request {id}: {}", resp.text());
+        assert_eq!(resp.json()["result"]["backend"], "closer");
+    }
+    // one connection per request, each closed after it
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
 /// A backend that mints one session (`bad-1`) on `initialize` and then misbehaves as
 /// each request's `X-Case` field says.
 fn bad_backend() -> String {
@@ -787,4 +873,5 @@ mcp_router_testkit::behaviour_suite!(
     slowloris_gets_408_and_a_close,
     ten_thousand_connections_opened_and_dropped,
     a_misbehaving_backend_gets_502_or_a_clean_close_and_others_carry_on,
+    a_pooled_connection_the_backend_closed_is_not_reused,
 );
