@@ -40,7 +40,7 @@ impl<S: Io> Pool<S> {
     pub fn checkout(&self, key: &PoolKey, now: Instant) -> Option<S> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
-        while let Some((s, since)) = list.pop() {
+        while let Some((mut s, since)) = list.pop() {
             if now.duration_since(since) >= self.idle_timeout {
                 continue;
             }

@@ -43,7 +43,7 @@ pub trait Io: Unpin {
     fn poll_close(&mut self, cx: &mut Context<'_>) -> IoPoll<()>;
     /// For a pooled idle connection: whether it is still open and silent (a read
     /// would block). One that the peer closed, or that sent bytes unasked, is not.
-    fn idle_alive(&self) -> bool;
+    fn idle_alive(&mut self) -> bool;
 }
 
 /// A one-shot deadline that can be moved.
@@ -169,15 +169,6 @@ pub fn listen_socket(
     s.bind(&addr.into())?;
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(s.into())
-}
-
-/// [`Io::idle_alive`] for a socket the runtime keeps blocking (glommio's, waited on
-/// through io_uring): a `MSG_PEEK | MSG_DONTWAIT` read of one byte would block.
-pub fn peek_would_block(fd: std::os::fd::RawFd) -> bool {
-    use nix::sys::socket::{recv, MsgFlags};
-    let mut probe = [0u8; 1];
-    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    matches!(recv(fd, &mut probe, flags), Err(nix::errno::Errno::EAGAIN))
 }
 
 /// `fut`, or `None` if it takes longer than `d`.
@@ -437,7 +428,7 @@ mod tests {
         fn poll_close(&mut self, _: &mut Context<'_>) -> IoPoll<()> {
             Poll::Ready(Ok(()))
         }
-        fn idle_alive(&self) -> bool {
+        fn idle_alive(&mut self) -> bool {
             true
         }
     }

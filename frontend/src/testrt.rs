@@ -158,7 +158,7 @@ impl Io for End {
         Poll::Ready(Ok(()))
     }
 
-    fn idle_alive(&self) -> bool {
+    fn idle_alive(&mut self) -> bool {
         let rx = self.rx.borrow();
         rx.data.is_empty() && !rx.closed
     }

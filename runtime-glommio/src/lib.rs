@@ -35,7 +35,6 @@ pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSe
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -87,8 +86,18 @@ impl Io for Stream {
         Pin::new(&mut self.s).poll_close(cx)
     }
 
-    fn idle_alive(&self) -> bool {
-        mcp_router_frontend::rt::peek_would_block(self.s.as_raw_fd())
+    fn idle_alive(&mut self) -> bool {
+        // The last read of a pooled connection left a readiness poll armed in the
+        // ring; while it has not completed, the socket has nothing to read and glommio
+        // answers Pending without a syscall (a peek costs one per checkout). Without
+        // such a poll, glommio tries one `recv` and arms it. A read that returns
+        // anything (EOF, bytes nobody asked for, an error) condemns the connection,
+        // so consuming a byte of it loses nothing.
+        let mut probe = [0u8; 1];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut self.s)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
     }
 }
 
@@ -344,37 +353,38 @@ pub fn run(cli: Cli, settings: Settings) {
         let (tx, rx) = std::sync::mpsc::channel::<Result<Bound, StartError>>();
         let (sh, sd) = (shared.clone(), shutdown.clone());
         let admin_here = admin.take();
-        let spawned = executor(placement)
-            .name(&format!("mcp-glommio-{i}"))
-            .spawn(move || async move {
-                let bind = |a: SocketAddr, backlog: u32| {
-                    listener(a, backlog).map_err(|e| StartError::Listen(format!("{a}: {e}")))
-                };
-                let l = match bind(listen, backlog) {
-                    Ok(l) => l,
-                    Err(e) => return drop(tx.send(Err(e))),
-                };
-                let admin_l = match admin_here.map(|a| bind(a, 128)).transpose() {
-                    Ok(a) => a,
-                    Err(StartError::Listen(e)) => {
-                        return drop(tx.send(Err(StartError::Listen(format!("(admin) {e}")))))
+        let spawned =
+            executor(placement)
+                .name(&format!("mcp-glommio-{i}"))
+                .spawn(move || async move {
+                    let bind = |a: SocketAddr, backlog: u32| {
+                        listener(a, backlog).map_err(|e| StartError::Listen(format!("{a}: {e}")))
+                    };
+                    let l = match bind(listen, backlog) {
+                        Ok(l) => l,
+                        Err(e) => return drop(tx.send(Err(e))),
+                    };
+                    let admin_l = match admin_here.map(|a| bind(a, 128)).transpose() {
+                        Ok(a) => a,
+                        Err(StartError::Listen(e)) => {
+                            return drop(tx.send(Err(StartError::Listen(format!("(admin) {e}")))))
+                        }
+                        Err(e) => return drop(tx.send(Err(e))),
+                    };
+                    let fe = match frontend(sh.clone()) {
+                        Ok(f) => f,
+                        Err(e) => return drop(tx.send(Err(StartError::Config(e)))),
+                    };
+                    let bound = Bound {
+                        addr: l.local_addr().unwrap_or(listen),
+                        admin: admin_l.as_ref().and_then(|a| a.local_addr().ok()),
+                    };
+                    let _ = tx.send(Ok(bound));
+                    if let Some(a) = admin_l {
+                        glommio::spawn_local(serve_admin(a, sh.clone(), sd.clone())).detach();
                     }
-                    Err(e) => return drop(tx.send(Err(e))),
-                };
-                let fe = match frontend(sh.clone()) {
-                    Ok(f) => f,
-                    Err(e) => return drop(tx.send(Err(StartError::Config(e)))),
-                };
-                let bound = Bound {
-                    addr: l.local_addr().unwrap_or(listen),
-                    admin: admin_l.as_ref().and_then(|a| a.local_addr().ok()),
-                };
-                let _ = tx.send(Ok(bound));
-                if let Some(a) = admin_l {
-                    glommio::spawn_local(serve_admin(a, sh.clone(), sd.clone())).detach();
-                }
-                serve(l, fe, sd, grace, i == 0).await;
-            });
+                    serve(l, fe, sd, grace, i == 0).await;
+                });
         let handle = match spawned {
             Ok(h) => h,
             Err(e) => {
@@ -436,5 +446,47 @@ fn run_stdio(settings: &Settings, stdio: &mcp_router_frontend::config::StdioSett
             error!(error = %e, "stdio bridge failed");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A pooled connection is alive while the peer stays silent, and not once it has
+    /// closed or sent bytes nobody asked for, with and without a readiness poll left
+    /// armed by an earlier read.
+    #[test]
+    fn idle_alive_sees_close_and_stray_bytes() {
+        raise_memlock();
+        executor(Placement::Unbound)
+            .spawn(|| async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = l.local_addr().unwrap().port();
+                for case in ["silent", "closed", "stray bytes"] {
+                    for armed in [false, true] {
+                        let mut s = connect("127.0.0.1".into(), port).await.unwrap();
+                        let (mut peer, _) = l.accept().unwrap();
+                        if armed {
+                            // a read that finds nothing leaves a poll in the ring
+                            let mut buf = BytesMut::with_capacity(64);
+                            let mut cx = Context::from_waker(std::task::Waker::noop());
+                            assert!(s.poll_read_buf(&mut cx, &mut buf).is_pending());
+                        }
+                        match case {
+                            "closed" => drop(peer),
+                            "stray bytes" => peer.write_all(b"x").unwrap(),
+                            _ => {}
+                        }
+                        // let the ring see the completion
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                        assert_eq!(s.idle_alive(), case == "silent", "{case}, armed: {armed}");
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -47,7 +47,7 @@ impl Io for Stream {
         Poll::Ready(self.0.get_ref().shutdown(Half::Write))
     }
 
-    fn idle_alive(&self) -> bool {
+    fn idle_alive(&mut self) -> bool {
         // Non-blocking socket: a healthy idle connection would block.
         let mut probe = [0u8; 1];
         matches!(self.0.get_ref().read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)

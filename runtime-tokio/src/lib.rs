@@ -47,7 +47,7 @@ impl Io for Stream {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 
-    fn idle_alive(&self) -> bool {
+    fn idle_alive(&mut self) -> bool {
         // A closed (or garbage-sending) connection reads 0 (or >0) bytes at once; a
         // healthy idle one would block.
         let mut probe = [0u8; 1];
