@@ -102,22 +102,47 @@ impl Io for Stream {
 }
 
 /// A deadline on the executor's timer.
+///
+/// glommio's `Timer::poll` re-registers the timer (a `BTreeMap` removal and insert,
+/// and a waker clone) every time it is polled, and the drive loop polls its deadline
+/// on every wake-up; so the timer is polled only when it is not registered for this
+/// task yet or its instant has come.
 #[derive(Debug, Default)]
-pub struct Deadline(Option<glommio::timer::Timer>);
+pub struct Deadline {
+    timer: Option<glommio::timer::Timer>,
+    at: Option<Instant>,
+    /// The waker the timer is registered with, since the last `fire_at`.
+    registered: Option<std::task::Waker>,
+}
 
 impl Timer for Deadline {
     fn fire_at(&mut self, at: Instant) {
         let d = at.saturating_duration_since(Instant::now());
-        match &mut self.0 {
+        match &mut self.timer {
             Some(t) => t.reset(d),
-            None => self.0 = Some(glommio::timer::Timer::new(d)),
+            None => self.timer = Some(glommio::timer::Timer::new(d)),
         }
+        self.at = Some(at);
+        // a timer that fired is out of the reactor: the next poll registers it again
+        self.registered = None;
     }
 
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.0 {
-            Some(t) => Pin::new(t).poll(cx).map(|_| ()),
-            None => Poll::Pending,
+        let (Some(t), Some(at)) = (&mut self.timer, self.at) else {
+            return Poll::Pending;
+        };
+        if matches!(&self.registered, Some(w) if w.will_wake(cx.waker())) && Instant::now() < at {
+            return Poll::Pending;
+        }
+        match Pin::new(t).poll(cx) {
+            Poll::Ready(_) => {
+                self.registered = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                self.registered = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
     }
 }
@@ -183,7 +208,7 @@ impl Runtime for Glommio {
     }
 
     fn timer() -> Deadline {
-        Deadline(None)
+        Deadline::default()
     }
 
     fn sleep(d: Duration) -> Sleep {
