@@ -13,11 +13,6 @@
 //! disabling ([`RecordCache::epoch`] / [`RecordCache::enable`]): a reply on the
 //! tracking connection comes after every invalidation Redis sent on it before.
 //!
-//! A creation by this replica ([`RecordCache::expect_creation`]) is answered from
-//! memory once Redis has acknowledged it, before its own invalidation arrives (the
-//! first request of a new session usually comes first): every later change of the
-//! record is announced after that message, so none has been missed yet.
-//!
 //! A fill races with invalidations: Redis may read a record, then another replica
 //! ends the session and its invalidation arrives before the read's reply. So a
 //! lookup that misses hands out a [`Ticket`] (the epoch and its shard's invalidation
@@ -58,9 +53,8 @@ struct Entry {
 struct Shard {
     map: IndexMap<SessionKey, Entry>,
     /// Records this replica is creating: kept when their creation's own invalidation
-    /// arrives (with the epoch they were registered in, and whether Redis has
-    /// acknowledged the creation).
-    pending: IndexMap<SessionKey, (Record, u64, bool)>,
+    /// arrives (with the epoch they were registered in).
+    pending: IndexMap<SessionKey, (Record, u64)>,
     /// Invalidations (and evictions by this replica's own writes) of this shard.
     seq: u64,
     /// The next entry evicted when the shard is full.
@@ -165,18 +159,6 @@ impl RecordCache {
                     slide,
                 });
             }
-            // A creation Redis acknowledged whose own invalidation is still on its
-            // way: any later change of the record is announced after that message, so
-            // none has been missed yet (as for any cached record, one may be in
-            // flight). A request of a new session often comes before that message.
-            if let Some(&(record, e, true)) = s.pending.get(k.as_str()) {
-                if e == epoch {
-                    return Lookup::Hit(Hit {
-                        record,
-                        slide: false,
-                    });
-                }
-            }
         }
         Lookup::Miss(Ticket { epoch, seq: s.seq })
     }
@@ -212,8 +194,7 @@ impl RecordCache {
         let mut s = self.lock(self.shard(k));
         s.seq = s.seq.wrapping_add(1);
         s.map.swap_remove(k);
-        if let Some((key, (record, epoch, _))) =
-            s.pending.swap_remove_full(k).map(|(_, k, v)| (k, v))
+        if let Some((key, (record, epoch))) = s.pending.swap_remove_full(k).map(|(_, k, v)| (k, v))
         {
             if self.is_enabled() && self.epoch.load(Ordering::Acquire) == epoch {
                 self.insert(&mut s, key, record, Instant::now());
@@ -234,17 +215,7 @@ impl RecordCache {
             return;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        s.pending.insert(k.clone(), (record, epoch, false));
-    }
-
-    /// Redis acknowledged the creation of `k` announced with
-    /// [`RecordCache::expect_creation`]: until the creation's own invalidation
-    /// arrives, lookups of `k` are answered with its record.
-    pub fn creation_acknowledged(&self, k: &SessionKey) {
-        let mut s = self.lock(self.shard(k.as_str()));
-        if let Some(p) = s.pending.get_mut(k.as_str()) {
-            p.2 = true;
-        }
+        s.pending.insert(k.clone(), (record, epoch));
     }
 
     /// Forget `k` for this replica's own reasons (its creation failed or its outcome
@@ -404,41 +375,6 @@ mod tests {
         assert!(c.fill(&key(3), rec(1), t, now));
         c.flush();
         assert!(c.is_empty() && c.is_enabled());
-    }
-
-    #[test]
-    fn an_acknowledged_creation_answers_before_its_own_invalidation() {
-        let c = RecordCache::new(10, Duration::from_secs(10), 0.1);
-        assert!(c.enable(c.epoch()));
-        let now = Instant::now();
-        c.expect_creation(&key(1), rec(4));
-        // written, not yet acknowledged: Redis may still refuse it
-        assert!(matches!(c.lookup(&key(1), now), Lookup::Miss(_)));
-        c.creation_acknowledged(&key(1));
-        let hit = Lookup::Hit(Hit {
-            record: rec(4),
-            slide: false,
-        });
-        assert_eq!(c.lookup(&key(1), now), hit);
-        // its own message moves it into the cache; the next (another writer) evicts it
-        c.invalidate(key(1).as_str());
-        assert_eq!(c.lookup(&key(1), now), hit);
-        c.invalidate(key(1).as_str());
-        assert!(matches!(c.lookup(&key(1), now), Lookup::Miss(_)));
-        // a disable in between (its messages may be lost) drops it, acknowledged or not
-        c.expect_creation(&key(2), rec(4));
-        c.creation_acknowledged(&key(2));
-        c.disable();
-        assert!(c.enable(c.epoch()));
-        assert!(matches!(c.lookup(&key(2), now), Lookup::Miss(_)));
-        // this replica's own forgetting (a delete here) drops it
-        c.expect_creation(&key(3), rec(4));
-        c.creation_acknowledged(&key(3));
-        c.forget(key(3).as_str());
-        assert!(matches!(c.lookup(&key(3), now), Lookup::Miss(_)));
-        // an acknowledgement of nothing expected is nothing
-        c.creation_acknowledged(&key(5));
-        assert!(matches!(c.lookup(&key(5), now), Lookup::Miss(_)));
     }
 
     #[test]

@@ -1794,9 +1794,7 @@ impl<R: crate::rt::Runtime> RemoteStore for ManagedRedis<R> {
                         t.cache.expect_creation(k, *r);
                     }
                     let reply = self.execute_uncached(op).await;
-                    if reply == StoreReply::Inserted(true) {
-                        t.cache.creation_acknowledged(k);
-                    } else {
+                    if reply != StoreReply::Inserted(true) {
                         t.cache.forget(k.as_str());
                     }
                     return reply;

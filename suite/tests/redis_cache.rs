@@ -71,9 +71,9 @@ fn a_live_session_costs_no_redis_round_trip() {
     let a = replica("router-a", rp, &[&b0], &[]);
     let mut c = a.conn();
     let (_, sid) = initialize(&mut c, json!(1));
-    // the replica that created the record answers from it as soon as Redis has
-    // acknowledged the creation (before its own invalidation message, which may come
-    // after the next request), so not even the first request, sent at once, reads it
+    // the replica that created the record caches it when Redis reports the creation
+    // (its own invalidation message), so not even the first request reads it
+    std::thread::sleep(Duration::from_millis(50));
     let before = lookups(&redis.addr);
     for i in 0..=100 {
         assert_eq!(tools_call(&mut c, &sid, i).status, 200);
