@@ -353,6 +353,21 @@ mod drive_tests {
         got.expect("a request reached a backend")
     }
 
+    /// Backend connection `port` (one of `kept`) sends `resp`; after the drive loop
+    /// ran, what the client received.
+    fn backend_answers<F: Future + ?Sized>(
+        fut: Pin<&mut F>,
+        client: &End,
+        kept: &[Backend],
+        port: u16,
+        resp: &[u8],
+    ) -> String {
+        let b = kept.iter().find(|b| b.port == port).unwrap();
+        b.end.send(resp);
+        assert!(!poll_once(fut));
+        String::from_utf8(client.take()).unwrap()
+    }
+
     /// An initialize is forwarded, its session id reaches the client, and the next
     /// request of the session goes to the same backend.
     #[test]
@@ -370,10 +385,8 @@ mod drive_tests {
         assert!(req.ends_with(INIT), "the body follows the head: {req:?}");
         assert!(client.take().is_empty(), "no answer before the backend's");
 
-        let b = backends.iter().find(|b| b.port == port).unwrap();
-        b.end.send(&response(Some("up-1"), INIT_OK));
-        assert!(!poll_once(fut.as_mut()));
-        let answer = String::from_utf8(client.take()).unwrap();
+        let init_ok = response(Some("up-1"), INIT_OK);
+        let answer = backend_answers(fut.as_mut(), &client, &backends, port, &init_ok);
         assert!(answer.starts_with("HTTP/1.1 200"), "answer: {answer:?}");
         assert!(answer.ends_with(INIT_OK), "answer: {answer:?}");
         let sid = header(&answer, "mcp-session-id")
@@ -390,10 +403,8 @@ mod drive_tests {
             Some("up-1"),
             "the backend sees its own session id: {req2:?}"
         );
-        let b = backends.iter().find(|b| b.port == port).unwrap();
-        b.end.send(&response(None, LIST_OK));
-        assert!(!poll_once(fut.as_mut()));
-        let answer = String::from_utf8(client.take()).unwrap();
+        let list_ok = response(None, LIST_OK);
+        let answer = backend_answers(fut.as_mut(), &client, &backends, port, &list_ok);
         assert!(answer.starts_with("HTTP/1.1 200"), "answer: {answer:?}");
         assert!(answer.ends_with(LIST_OK), "answer: {answer:?}");
 
@@ -440,10 +451,8 @@ mod drive_tests {
         client.send(&post(None, INIT));
         assert!(!poll_once(fut.as_mut()));
         let (port, _) = upstream_request(&mut backends);
-        let b = backends.iter().find(|b| b.port == port).unwrap();
-        b.end.send(&response(Some("up-1"), INIT_OK));
-        assert!(!poll_once(fut.as_mut()));
-        let answer = String::from_utf8(client.take()).unwrap();
+        let init_ok = response(Some("up-1"), INIT_OK);
+        let answer = backend_answers(fut.as_mut(), &client, &backends, port, &init_ok);
         assert!(answer.starts_with("HTTP/1.1 200"), "answer: {answer:?}");
         let t0 = elapsed();
 

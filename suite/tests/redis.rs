@@ -850,17 +850,21 @@ fn rediss_with_a_private_ca_shares_sessions_and_refuses_an_unverified_server() {
     for i in 0..5 {
         assert_eq!(tools_call(&mut b.conn(), &sid, i).status, 200);
     }
+    // an initialize, whatever its answer
+    let init = |r: &Proc, id: u64| {
+        post_json(
+            &mut r.conn(),
+            "/mcp",
+            None,
+            &json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18","capabilities":{},
+                "clientInfo":{"name":"t","version":"0"}}}),
+        )
+    };
     // the same server without the CA: its certificate is refused
     let c = start("router-c", &[]);
     std::thread::sleep(Duration::from_millis(500));
-    let r = post_json(
-        &mut c.conn(),
-        "/mcp",
-        None,
-        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},
-            "clientInfo":{"name":"t","version":"0"}}}),
-    );
+    let r = init(&c, 1);
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(tools_call(&mut c.conn(), &sid, 9).status, 503);
     drop(c);
@@ -882,14 +886,7 @@ fn rediss_with_a_private_ca_shares_sessions_and_refuses_an_unverified_server() {
     let _redis = redis_tls_restart(tls_port, plain_port, &dir);
     let deadline = Instant::now() + Duration::from_secs(10);
     let sid = loop {
-        let r = post_json(
-            &mut a.conn(),
-            "/mcp",
-            None,
-            &json!({"jsonrpc":"2.0","id":2,"method":"initialize","params":{
-                "protocolVersion":"2025-06-18","capabilities":{},
-                "clientInfo":{"name":"t","version":"0"}}}),
-        );
+        let r = init(&a, 2);
         if r.status == 200 {
             break r
                 .header("mcp-session-id")

@@ -73,11 +73,16 @@ where
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-/// Ops/s of `executors` executors hammering one locked store.
-fn lock(executors: usize, secs: f64) -> (f64, f64) {
+/// The store behind one lock, and a `Get` of each of its records.
+fn locked_store() -> Arc<(Mutex<MemStore>, Vec<StoreOp>)> {
     let (s, keys) = store();
     let ops: Vec<StoreOp> = keys.into_iter().map(StoreOp::Get).collect();
-    let shared = Arc::new((Mutex::new(s), ops));
+    Arc::new((Mutex::new(s), ops))
+}
+
+/// Ops/s of `executors` executors hammering one locked store.
+fn lock(executors: usize, secs: f64) -> (f64, f64) {
+    let shared = locked_store();
     let results = on_executors(executors, move |i| {
         let sh = shared.clone();
         async move {
@@ -118,9 +123,7 @@ fn spin(ns: u64) {
 /// total, mean ns per executor in the lock section: waiting for the lock, the op, the
 /// release).
 fn lock_with_work(executors: usize, secs: f64, work: u64) -> (f64, f64) {
-    let (s, keys) = store();
-    let ops: Vec<StoreOp> = keys.into_iter().map(StoreOp::Get).collect();
-    let shared = Arc::new((Mutex::new(s), ops));
+    let shared = locked_store();
     let results = on_executors(executors, move |i| {
         let sh = shared.clone();
         async move {

@@ -592,6 +592,16 @@ mod tests {
     const POST: &[u8] =
         b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nMcp-Session-Id: s\r\n\r\n{}";
 
+    /// A new connection that received `request` whole, handed it to the bridge, and
+    /// has it under way as exchange `x`.
+    fn exchange_started(request: &[u8], x: u64, t0: Instant) -> StdioConn {
+        let mut c = StdioConn::new(lim(), None, t0);
+        feed(&mut c, request, t0);
+        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
+        c.started(ExchangeId(x));
+        c
+    }
+
     #[test]
     fn split_bytes_make_one_request_and_a_json_answer() {
         let t0 = Instant::now();
@@ -624,10 +634,7 @@ mod tests {
     #[test]
     fn streams_are_chunked_and_end_with_the_last_chunk() {
         let t0 = Instant::now();
-        let mut c = StdioConn::new(lim(), None, t0);
-        feed(&mut c, POST, t0);
-        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
-        c.started(ExchangeId(1));
+        let mut c = exchange_started(POST, 1, t0);
         c.handle_output(ExchangeOut::Start(vec![("Mcp-Session-Id", "s".into())]), t0);
         c.handle_output(ExchangeOut::Event(Bytes::from_static(b"data: {}\n\n")), t0);
         c.handle_output(ExchangeOut::End, t0);
@@ -708,10 +715,7 @@ mod tests {
     #[test]
     fn a_client_gone_mid_exchange_is_reported_once() {
         let t0 = Instant::now();
-        let mut c = StdioConn::new(lim(), None, t0);
-        feed(&mut c, POST, t0);
-        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
-        c.started(ExchangeId(3));
+        let mut c = exchange_started(POST, 3, t0);
         c.handle_read(0, t0);
         assert_eq!(c.poll_event(), Some(ConnEvent::Gone(ExchangeId(3))));
         assert_eq!(c.poll_event(), None);
@@ -724,10 +728,7 @@ mod tests {
     #[test]
     fn an_exchange_the_bridge_dropped_closes_without_a_report() {
         let t0 = Instant::now();
-        let mut c = StdioConn::new(lim(), None, t0);
-        feed(&mut c, POST, t0);
-        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
-        c.started(ExchangeId(8));
+        let mut c = exchange_started(POST, 8, t0);
         c.handle_output(ExchangeOut::Start(vec![]), t0);
         c.exchange_dropped();
         assert!(c.is_closed() && c.transmit().is_empty());
@@ -737,10 +738,7 @@ mod tests {
     #[test]
     fn a_client_that_does_not_read_is_cut_at_the_send_timeout() {
         let t0 = Instant::now();
-        let mut c = StdioConn::new(lim(), None, t0);
-        feed(&mut c, POST, t0);
-        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
-        c.started(ExchangeId(4));
+        let mut c = exchange_started(POST, 4, t0);
         c.handle_output(ExchangeOut::Start(vec![]), t0);
         for _ in 0..300 {
             if !c.wants_output() {
@@ -758,10 +756,7 @@ mod tests {
     #[test]
     fn head_requests_get_no_body_and_http10_streams_close() {
         let t0 = Instant::now();
-        let mut c = StdioConn::new(lim(), None, t0);
-        feed(&mut c, b"HEAD /mcp HTTP/1.1\r\n\r\n", t0);
-        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
-        c.started(ExchangeId(5));
+        let mut c = exchange_started(b"HEAD /mcp HTTP/1.1\r\n\r\n", 5, t0);
         c.handle_output(
             ExchangeOut::Respond {
                 status: 405,
@@ -781,10 +776,7 @@ mod tests {
             "the length GET would have had: {t}"
         );
 
-        let mut c = StdioConn::new(lim(), None, t0);
-        feed(&mut c, b"GET /sse HTTP/1.0\r\n\r\n", t0);
-        assert_eq!(c.poll_event(), Some(ConnEvent::Request));
-        c.started(ExchangeId(6));
+        let mut c = exchange_started(b"GET /sse HTTP/1.0\r\n\r\n", 6, t0);
         c.handle_output(ExchangeOut::Start(vec![]), t0);
         c.handle_output(ExchangeOut::Event(Bytes::from_static(b"data: 1\n\n")), t0);
         c.handle_output(ExchangeOut::End, t0);
