@@ -1730,8 +1730,9 @@ impl<R: crate::rt::Runtime> ManagedRedis<R> {
 #[cfg(any(feature = "tokio", feature = "smol"))]
 impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
     /// The runtime instance over `shared`, with a [`ManagedRedis`] when the settings
-    /// name Redis. Call it inside the runtime that will drive it.
-    pub fn managed(shared: Arc<crate::Shared>) -> Result<Arc<Self>, ConfigError> {
+    /// name Redis. Call it inside the runtime (or, thread-per-core, the executor) that
+    /// will drive it.
+    pub fn managed(shared: Arc<crate::Shared>) -> Result<Self, ConfigError> {
         let remote = match &shared.settings().store {
             crate::StoreSettings::Memory => None,
             crate::StoreSettings::Redis(r) => Some(ManagedRedis::new(
@@ -1740,7 +1741,7 @@ impl<R: crate::rt::Runtime<Remote = ManagedRedis<R>>> crate::Frontend<R> {
                 Some(shared.clone()),
             )?),
         };
-        Ok(Arc::new(crate::Frontend::new(shared, remote)))
+        Ok(crate::Frontend::new(shared, remote))
     }
 }
 

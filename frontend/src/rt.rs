@@ -171,6 +171,33 @@ pub fn listen_socket(
     Ok(s.into())
 }
 
+/// [`Runtime::connect`]'s policy for runtimes without one of their own: an IP
+/// literal is used as is, a name goes through `resolve` (a resolver thread); the
+/// addresses are tried in order, the first that connects wins, else the last error.
+pub async fn connect_first<S, RF, CF>(
+    host: String,
+    port: u16,
+    resolve: impl FnOnce(String, u16) -> RF,
+    mut connect: impl FnMut(std::net::SocketAddr) -> CF,
+) -> io::Result<S>
+where
+    RF: Future<Output = io::Result<Vec<std::net::SocketAddr>>>,
+    CF: Future<Output = io::Result<S>>,
+{
+    let addrs = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![std::net::SocketAddr::new(ip, port)],
+        Err(_) => resolve(host, port).await?,
+    };
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for a in addrs {
+        match connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// `fut`, or `None` if it takes longer than `d`.
 pub async fn timeout<R: Runtime, F: Future>(d: Duration, fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
@@ -472,6 +499,53 @@ mod tests {
         let mut bufs = vec![bytes::Bytes::new(), bytes::Bytes::new()];
         futures_lite::future::block_on(write_all_vectored(&mut s, &mut bufs)).unwrap();
         assert_eq!(s.0, b"abcdefgh");
+    }
+
+    #[test]
+    fn connect_first_resolves_names_only_and_takes_the_first_that_connects() {
+        use futures_lite::future::block_on;
+        use std::cell::RefCell;
+        use std::net::SocketAddr;
+        let a1: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let a2: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let tried = RefCell::new(Vec::new());
+        // a name: resolved, tried in order, the first that connects wins
+        let got = block_on(connect_first(
+            "backend.local".into(),
+            80,
+            |h, p| async move {
+                assert_eq!((h.as_str(), p), ("backend.local", 80));
+                Ok(vec![a1, a2])
+            },
+            |a| {
+                tried.borrow_mut().push(a);
+                async move {
+                    if a == a1 {
+                        Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+                    } else {
+                        Ok(a)
+                    }
+                }
+            },
+        ));
+        assert_eq!(got.unwrap(), a2);
+        assert_eq!(*tried.borrow(), vec![a1, a2]);
+        // an address: no resolver; every address failing gives the last error
+        let got = block_on(connect_first(
+            "10.0.0.1".into(),
+            80,
+            |_, _| async { panic!("an IP literal needs no resolver") },
+            |_| async { Err::<SocketAddr, _>(io::Error::from(io::ErrorKind::TimedOut)) },
+        ));
+        assert_eq!(got.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // nothing to try: NotFound
+        let got = block_on(connect_first(
+            "nowhere".into(),
+            80,
+            |_, _| async { Ok(vec![]) },
+            |a| async move { Ok::<_, io::Error>(a) },
+        ));
+        assert_eq!(got.unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -743,6 +743,28 @@ pub fn signal_thread(shutdown: &Arc<Shutdown>, reload: Option<Box<dyn Fn() + Sen
     }
 }
 
+/// Thread-per-core placement: for each of `workers` executors (default: one per CPU
+/// in `cpus`, the CPUs the process may run on), the CPU it is pinned to, round robin
+/// over `cpus`; `None` (not pinned) when none is known.
+pub fn core_plan(workers: Option<usize>, cpus: &[usize]) -> Vec<Option<usize>> {
+    let n = workers.unwrap_or(cpus.len()).max(1);
+    (0..n)
+        .map(|i| (!cpus.is_empty()).then(|| cpus[i % cpus.len()]))
+        .collect()
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
 /// What every binary says at start: the replicas warning and the `listening` line
 /// (with `listen=<addr>`, which operators and the test harness read).
 pub fn log_listening(shared: &Shared, frontend: &str, addr: SocketAddr) {
@@ -827,4 +849,22 @@ pub fn init_logging(format: crate::config::LogFormat) {
 pub fn config_exit(bin: &str, e: &ConfigError) -> ! {
     eprintln!("{bin}: bad configuration: {e}");
     std::process::exit(2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::core_plan;
+
+    #[test]
+    fn executors_are_pinned_round_robin_over_the_allowed_cpus() {
+        // default: one executor per allowed CPU, each on its own
+        assert_eq!(core_plan(None, &[2, 5]), vec![Some(2), Some(5)]);
+        // more executors than CPUs wrap around; fewer take the first ones
+        assert_eq!(core_plan(Some(3), &[2, 5]), vec![Some(2), Some(5), Some(2)]);
+        assert_eq!(core_plan(Some(1), &[2, 5]), vec![Some(2)]);
+        // at least one executor; unpinned when no CPU is known
+        assert_eq!(core_plan(Some(0), &[7]), vec![Some(7)]);
+        assert_eq!(core_plan(None, &[]), vec![None]);
+        assert_eq!(core_plan(Some(2), &[]), vec![None, None]);
+    }
 }

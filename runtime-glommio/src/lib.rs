@@ -28,13 +28,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 use mcp_router_core::ConfigError;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, IoPoll, Runtime, Timer};
+use mcp_router_frontend::rt::{connect_first, poll_read_zeroed, Child, Io, IoPoll, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
 use mcp_router_frontend::stdio::futures_pipes as pipes;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -162,31 +162,24 @@ type Connecting = Pin<Box<dyn Future<Output = io::Result<Stream>>>>;
 
 /// Connect to `host:port`; a name is resolved on glommio's blocking pool.
 pub(crate) fn connect(host: String, port: u16) -> Connecting {
-    Box::pin(async move {
-        let addrs = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => {
-                glommio::executor()
-                    .spawn_blocking(move || {
-                        (host.as_str(), port)
-                            .to_socket_addrs()
-                            .map(|a| a.collect::<Vec<_>>())
-                    })
-                    .await?
-            }
-        };
-        let mut last = io::Error::from(io::ErrorKind::NotFound);
-        for a in addrs {
-            match glommio::net::TcpStream::connect(a).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok(stream(s));
-                }
-                Err(e) => last = e.into(),
-            }
-        }
-        Err(last)
-    })
+    Box::pin(connect_first(
+        host,
+        port,
+        |h, p| async move {
+            glommio::executor()
+                .spawn_blocking(move || {
+                    (h.as_str(), p)
+                        .to_socket_addrs()
+                        .map(|a| a.collect::<Vec<_>>())
+                })
+                .await
+        },
+        |a| async move {
+            let s = glommio::net::TcpStream::connect(a).await?;
+            let _ = s.set_nodelay(true);
+            Ok(stream(s))
+        },
+    ))
 }
 
 impl Runtime for Glommio {
@@ -219,15 +212,7 @@ impl Runtime for Glommio {
 /// This executor's runtime instance over `shared`: its pool and, for Redis, its own
 /// connections. Call it on the executor that will serve.
 pub fn frontend(shared: Arc<Shared>) -> Result<Rc<Frontend<Glommio>>, ConfigError> {
-    let remote = match &shared.settings().store {
-        StoreSettings::Memory => None,
-        StoreSettings::Redis(r) => Some(ManagedRedis::new(
-            r,
-            shared.router.clone(),
-            Some(shared.clone()),
-        )?),
-    };
-    Ok(Rc::new(Frontend::new(shared, remote)))
+    Frontend::managed(shared).map(Rc::new)
 }
 
 /// The next client connection (TCP_NODELAY set) and its address.
@@ -289,18 +274,6 @@ pub async fn serve_admin(
     admin_loop::<Glommio, _, _, _>(accept, spawn, &shutdown).await;
 }
 
-/// The CPUs this process may run on (its affinity mask), in order.
-fn allowed_cpus() -> Vec<usize> {
-    use nix::sched::{sched_getaffinity, CpuSet};
-    use nix::unistd::Pid;
-    match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect(),
-        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
-    }
-}
-
 /// io_uring registers each executor's IO memory, which counts against
 /// `RLIMIT_MEMLOCK` (8 MiB by default on Debian, less than a few executors need):
 /// raise the soft limit to the hard one, and the hard one when allowed (root).
@@ -357,8 +330,11 @@ pub fn run(cli: Cli, settings: Settings) {
     if let Some(stdio) = settings.stdio.clone() {
         return run_stdio(&settings, &stdio);
     }
-    let cpus = allowed_cpus();
-    let n = settings.workers.unwrap_or(cpus.len()).max(1);
+    let plan = mcp_router_frontend::shared::core_plan(
+        settings.workers,
+        &mcp_router_frontend::shared::allowed_cpus(),
+    );
+    let n = plan.len();
     let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
     let shutdown = Shutdown::new();
     mcp_router_frontend::shared::start_background(&shared, &shutdown);
@@ -370,11 +346,8 @@ pub fn run(cli: Cli, settings: Settings) {
     let mut listen = settings.listen;
     let mut admin = settings.admin_listen;
     let mut handles = Vec::new();
-    for i in 0..n {
-        let placement = match cpus.get(i % cpus.len().max(1)) {
-            Some(&cpu) => Placement::Fixed(cpu),
-            None => Placement::Unbound,
-        };
+    for (i, cpu) in plan.into_iter().enumerate() {
+        let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
         let (tx, rx) = std::sync::mpsc::channel::<Result<Bound, StartError>>();
         let (sh, sd) = (shared.clone(), shutdown.clone());
         let admin_here = admin.take();

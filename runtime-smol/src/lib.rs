@@ -10,7 +10,7 @@
 use bytes::BytesMut;
 use mcp_router_frontend::drive::{accept_loop, admin_conn_bounded, admin_loop};
 use mcp_router_frontend::redis::ManagedRedis;
-use mcp_router_frontend::rt::{poll_read_zeroed, Child, Io, IoPoll, Runtime, Timer};
+use mcp_router_frontend::rt::{connect_first, poll_read_zeroed, Child, Io, IoPoll, Runtime, Timer};
 use mcp_router_frontend::shared::config_exit;
 use mcp_router_frontend::stdio::futures_pipes as pipes;
 pub use mcp_router_frontend::{Cli, Frontend, Settings, Shared, Shutdown, StoreSettings};
@@ -18,7 +18,7 @@ use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Executor};
 use std::future::Future;
 use std::io::{self, IoSlice, Read};
-use std::net::{IpAddr, Shutdown as Half, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown as Half, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -144,24 +144,16 @@ impl Runtime for Smol {
     }
 
     fn connect(host: String, port: u16) -> Connecting {
-        Box::pin(async move {
-            // An address needs no resolver thread; a name does.
-            let addrs = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![SocketAddr::new(ip, port)],
-                Err(_) => smol::net::resolve((host.as_str(), port)).await?,
-            };
-            let mut last = io::Error::from(io::ErrorKind::NotFound);
-            for a in addrs {
-                match Async::<TcpStream>::connect(a).await {
-                    Ok(s) => {
-                        let _ = s.get_ref().set_nodelay(true);
-                        return Ok(Stream::new(s));
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        })
+        Box::pin(connect_first(
+            host,
+            port,
+            |h, p| async move { smol::net::resolve((h.as_str(), p)).await },
+            |a| async move {
+                let s = Async::<TcpStream>::connect(a).await?;
+                let _ = s.get_ref().set_nodelay(true);
+                Ok(Stream::new(s))
+            },
+        ))
     }
 
     fn timer() -> Deadline {
@@ -176,7 +168,7 @@ impl Runtime for Smol {
 /// The smol runtime instance over `shared`: its pool and (for Redis) its store
 /// connection.
 pub fn frontend(shared: Arc<Shared>) -> Result<Arc<Frontend<Smol>>, mcp_router_core::ConfigError> {
-    Frontend::managed(shared)
+    Frontend::managed(shared).map(Arc::new)
 }
 
 /// Serve MCP clients on `listener`, spawning onto `ex`, until `shutdown` fires; then

@@ -147,7 +147,7 @@ impl Runtime for Tokio {
 /// The tokio runtime instance over `shared`: its pool and (for Redis) its store
 /// connection. Call it inside a tokio runtime.
 pub fn frontend(shared: Arc<Shared>) -> Result<Arc<Frontend<Tokio>>, mcp_router_core::ConfigError> {
-    Frontend::managed(shared)
+    Frontend::managed(shared).map(Arc::new)
 }
 
 /// Serve MCP clients on `listener` until `shutdown` fires, then stop accepting, let

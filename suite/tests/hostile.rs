@@ -416,13 +416,16 @@ fn closing_backend() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>)
     (addr, accepted)
 }
 
-/// The router keeps upstream connections for reuse; one that the backend closed while
-/// it sat idle is not handed the next request, however the frontend learns of the
-/// close (tokio: epoll readiness; smol: a read; glommio: the readiness poll its last
-/// read left in the ring), and a request that meets such a connection anyway is sent
-/// again, whole, on a fresh one. The requests are larger than the router's read size,
-/// so their bodies are still arriving when a stale connection would be found (a
-/// router that lost the rest of the body there hung until its response timeout).
+/// The router keeps upstream connections for reuse, and a backend may close one while
+/// it sits idle: every request still gets its answer. Two mechanisms stand behind
+/// that, each pinned by its own test: the frontend's liveness check keeps a closed
+/// connection from being handed out (glommio: `idle_alive_sees_close_and_stray_bytes`),
+/// and a request that meets one anyway is sent again, whole, on a fresh connection
+/// (core: `body_that_arrives_while_the_stale_connection_is_replaced_is_sent_too`).
+/// This test fails when both fail at once; with a liveness check that always says
+/// "alive", it failed (a hang) until the resend kept the body that arrived meanwhile.
+/// The requests are larger than the router's read size, so their bodies are still
+/// arriving when a stale connection is found.
 fn a_pooled_connection_the_backend_closed_is_not_reused() {
     use std::sync::atomic::Ordering;
     let (b, accepted) = closing_backend();
