@@ -1185,20 +1185,6 @@ fn word_at(w: &[u8], i: usize) -> Option<u64> {
     <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes)
 }
 
-/// Index of the first `needle` in `w` from `i`, 8 bytes at a time.
-fn find_byte(w: &[u8], mut i: usize, needle: u8) -> Option<usize> {
-    while let Some(x) = word_at(w, i) {
-        let y = x ^ (u64::from(needle) * LO);
-        // the lowest flagged byte is a real match (borrows only run upwards)
-        let hit = y.wrapping_sub(LO) & !y & HI;
-        if hit != 0 {
-            return Some(i + hit.trailing_zeros() as usize / 8);
-        }
-        i += 8;
-    }
-    w.get(i..)?.iter().position(|&b| b == needle).map(|p| i + p)
-}
-
 /// Index of the first byte from `i` that is not in 0x20..=0x7E, 8 bytes at a time.
 fn find_special(w: &[u8], mut i: usize) -> Option<usize> {
     while let Some(x) = word_at(w, i) {
@@ -1226,14 +1212,12 @@ fn fast_fields(w: &[u8], mut i: usize, max: usize, list: &mut Vec<Field>) -> Opt
         if list.len() >= max {
             return None;
         }
-        // the name: tchars up to the colon (a colon found on a later line fails here,
-        // CR and LF not being tchars)
-        let colon = find_byte(w, i, b':')?;
-        let name = w.get(i..colon)?;
-        if name.is_empty() || !name.iter().all(|&b| TCHAR[b as usize]) {
-            return None;
+        // the name: tchars up to the colon, in one pass (the colon is not a tchar)
+        let mut colon = i;
+        while TCHAR[*w.get(colon)? as usize] {
+            colon += 1;
         }
-        if *w.get(colon + 1)? != b' ' {
+        if colon == i || w.get(colon..colon + 2)? != b": " {
             return None;
         }
         // the value: 0x20..=0x7E up to CR LF, without whitespace around it (httparse
