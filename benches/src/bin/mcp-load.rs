@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! mcp-load bench [--duration S] [--warmup S] [--clients W] [--calls K] [--configs a,b,..]
-//!                [--proxy-cpu C] [--load-cpu C] [--bin-dir DIR] [--out DIR]
+//!                [--rate R] [--proxy-cpu C] [--load-cpu C] [--bin-dir DIR] [--out DIR]
 //! mcp-load mem   [--idle N] [--bin-dir DIR] [--out DIR] [--proxy-cpu C] [--load-cpu C]
 //! ```
 //!
@@ -21,7 +21,9 @@
 //! frontend pinned to the proxy CPU (Redis processes go to the load CPU), runs W
 //! clients doing whole MCP session lifecycles (initialize,
 //! notifications/initialized, K tools/call, DELETE) over keep-alive connections for
-//! the duration, and reports throughput, latency percentiles (and the initializes'
+//! the duration (closed loop; with `--rate R` open loop, each client starting its
+//! lifecycles on a fixed schedule so that all offer R requests/s, and never catching
+//! up in bursts), and reports throughput, latency percentiles (and the initializes'
 //! alone), errors, stickiness violations (a tools/call answered by another backend
 //! than the initialize) and the frontend process's own CPU time (user+sys from
 //! /proc) per request. With a Redis store also the Redis processes' CPU and the
@@ -70,6 +72,7 @@ struct Opts {
     bin_dir: String,
     out: String,
     idle: u64,
+    rate: Option<f64>,
 }
 
 fn opts(args: &[String]) -> Res<Opts> {
@@ -99,6 +102,7 @@ fn opts(args: &[String]) -> Res<Opts> {
         bin_dir: "target/release".into(),
         out: "target/mcp-bench".into(),
         idle: 100_000,
+        rate: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -109,6 +113,7 @@ fn opts(args: &[String]) -> Res<Opts> {
             "--clients" => o.clients = v()?.parse().map_err(|e| format!("{a}: {e}"))?,
             "--calls" => o.calls = v()?.parse().map_err(|e| format!("{a}: {e}"))?,
             "--idle" => o.idle = v()?.parse().map_err(|e| format!("{a}: {e}"))?,
+            "--rate" => o.rate = Some(v()?.parse().map_err(|e| format!("{a}: {e}"))?),
             "--configs" => o.configs = v()?.split(',').map(String::from).collect(),
             "--proxy-cpu" => o.proxy_cpu = v()?,
             "--load-cpu" => o.load_cpu = v()?,
@@ -863,6 +868,15 @@ struct Plan {
     calls: usize,
     notify: bool,
     delete: bool,
+    /// Open-loop pacing: each client starts a lifecycle at most once per this interval
+    /// (`--rate`); `None`: closed loop, the next lifecycle right after the last.
+    pace: Option<Duration>,
+}
+
+impl Plan {
+    fn requests(&self) -> usize {
+        1 + usize::from(self.notify) + self.calls + usize::from(self.delete)
+    }
 }
 
 /// Run one lifecycle; every request's latency goes to `hist` when `measure`, the
@@ -976,7 +990,7 @@ async fn run_clients(
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let mut tasks = Vec::new();
     let addrs: Arc<[SocketAddr]> = addrs.into();
-    for _ in 0..clients {
+    for i in 0..clients {
         let (addrs, stats, measuring, stop, started, args, first_error) = (
             addrs.clone(),
             stats.clone(),
@@ -990,7 +1004,15 @@ async fn run_clients(
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
             let mut init = hist.clone();
             let mut c = Client::over(&addrs);
+            // paced clients start staggered over one interval
+            let mut next = tokio::time::Instant::now()
+                + plan.pace.unwrap_or_default() * i as u32 / clients as u32;
             while !stop.load(Relaxed) {
+                if let Some(p) = plan.pace {
+                    tokio::time::sleep_until(next).await;
+                    // no catching up in bursts: a late start moves the schedule
+                    next = (next + p).max(tokio::time::Instant::now());
+                }
                 if let Some(l) = limit {
                     if started.fetch_add(1, Relaxed) >= l {
                         break;
@@ -1119,6 +1141,14 @@ fn bench(o: &Opts) -> Res<()> {
         calls: o.calls,
         notify: true,
         delete: true,
+        pace: None,
+    };
+    let plan = Plan {
+        // every client's share of the rate, as lifecycles
+        pace: o
+            .rate
+            .map(|r| Duration::from_secs_f64(o.clients as f64 * plan.requests() as f64 / r)),
+        ..plan
     };
     let mut results = Vec::new();
     eprintln!(
@@ -1366,6 +1396,7 @@ fn bench(o: &Opts) -> Res<()> {
     }
     let out = json!({
         "clients": o.clients,
+        "rate": o.rate,
         "calls": o.calls,
         "duration": o.duration,
         "warmup": o.warmup,
@@ -1521,6 +1552,7 @@ fn mem(o: &Opts) -> Res<()> {
                 calls: 1,
                 notify: true,
                 delete: true,
+                pace: None,
             },
             "2h",
         ),
@@ -1530,6 +1562,7 @@ fn mem(o: &Opts) -> Res<()> {
                 calls: 1,
                 notify: true,
                 delete: false,
+                pace: None,
             },
             "5s",
         ),
@@ -1539,6 +1572,7 @@ fn mem(o: &Opts) -> Res<()> {
                 calls: 1,
                 notify: true,
                 delete: false,
+                pace: None,
             },
             "1s",
         ),
@@ -1595,6 +1629,7 @@ fn mem(o: &Opts) -> Res<()> {
             calls: 0,
             notify: false,
             delete: false,
+            pace: None,
         };
         // warm the connections and buffers first
         rt.block_on(run_clients(
@@ -1726,6 +1761,7 @@ fn churn(o: &Opts) -> Res<()> {
         calls: 1,
         notify: true,
         delete: false,
+        pace: None,
     };
     let runs: [(&str, &[&str]); 3] = [
         ("default_reap_bounds", &[]),
