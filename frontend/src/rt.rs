@@ -12,7 +12,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// What a poll of a byte stream returns.
@@ -361,6 +361,7 @@ impl Shutdown {
         ShutdownListener {
             listener: self.event.listen(),
             shutdown: self,
+            registered: None,
         }
     }
 
@@ -382,10 +383,17 @@ impl Shutdown {
 }
 
 /// Waits for a [`Shutdown`].
+///
+/// The drive loop polls it on every wake-up of every connection; polling the
+/// listener itself locks the event's list, which every worker thread shares. So it is
+/// polled only when the task's waker changed: the listener keeps the waker it was
+/// last polled with, and [`Shutdown::trigger`] sets the flag before it notifies.
 #[derive(Debug)]
 pub struct ShutdownListener<'a> {
     listener: EventListener,
     shutdown: &'a Shutdown,
+    /// The waker the listener holds (since its last `Pending`).
+    registered: Option<Waker>,
 }
 
 impl ShutdownListener<'_> {
@@ -395,10 +403,19 @@ impl ShutdownListener<'_> {
             if self.shutdown.is_set() {
                 return Poll::Ready(());
             }
+            if matches!(&self.registered, Some(w) if w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
             match Pin::new(&mut self.listener).poll(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.registered = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
                 // notified: listen again (the flag is checked first)
-                Poll::Ready(()) => self.listener = self.shutdown.event.listen(),
+                Poll::Ready(()) => {
+                    self.listener = self.shutdown.event.listen();
+                    self.registered = None;
+                }
             }
         }
     }
@@ -562,5 +579,36 @@ mod tests {
         let r = poll_read_zeroed(&mut buf, |_| Poll::Pending);
         assert!(r.is_pending());
         assert_eq!(&buf[..], b"xyabc");
+    }
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_shutdown_listener_wakes_the_waker_it_was_last_polled_with() {
+        let sd = Shutdown::new();
+        let mut l = sd.listen();
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        // polled again with the same waker: still pending, still registered
+        for _ in 0..3 {
+            assert!(l.poll(&mut Context::from_waker(&wa)).is_pending());
+        }
+        // the task moved to another waker: that one must be woken, not the first
+        assert!(l.poll(&mut Context::from_waker(&wb)).is_pending());
+        assert!(l.poll(&mut Context::from_waker(&wb)).is_pending());
+        sd.trigger();
+        assert_eq!(b.0.load(Ordering::SeqCst), 1, "the current waker is woken");
+        assert_eq!(a.0.load(Ordering::SeqCst), 0, "the replaced waker is not");
+        assert!(l.poll(&mut Context::from_waker(&wb)).is_ready());
+        // a listener made after the trigger is ready at once
+        assert!(sd.listen().poll(&mut Context::from_waker(&wa)).is_ready());
     }
 }
