@@ -284,7 +284,15 @@ impl Source {
     // adds a waiter to the list. Useful for streams that have many futures waiting
     // on a single I/O source
     pub(crate) fn add_waiter_many(&self, waker: Waker) {
-        self.inner.borrow_mut().wakers.waiters.push(waker)
+        // mcp-router patch: a future polled again before its source completes (a
+        // task woken by something else) pushed one more clone of the same waker on
+        // every poll; a task's references are an i16, so 32,767 such polls panicked
+        // the executor ("Waker invariant broken"), and the list grew without bound.
+        // A waiter that already wakes the same task is enough.
+        let waiters = &mut self.inner.borrow_mut().wakers.waiters;
+        if !waiters.iter().any(|w| w.will_wake(&waker)) {
+            waiters.push(waker)
+        }
     }
 
     pub(super) fn is_installed(&self) -> Option<bool> {
