@@ -138,8 +138,9 @@ enum Wake<S> {
 /// alone, and when the timer fires early for it, it is set once for the real one. So a
 /// request costs no timer operation (async-io: a timer insert and removal, and a wake
 /// of its reactor thread, per request), and a connection's timer fires at most once
-/// per timeout period without a deadline having passed.
-struct Clock<T: Timer> {
+/// per timeout period without a deadline having passed. The stdio bridge's
+/// connections and its timer task arm theirs through it too.
+pub(crate) struct Clock<T: Timer> {
     timer: T,
     /// The core's deadline.
     at: Option<Instant>,
@@ -148,7 +149,7 @@ struct Clock<T: Timer> {
 }
 
 impl<T: Timer> Clock<T> {
-    fn new(timer: T) -> Clock<T> {
+    pub(crate) fn new(timer: T) -> Clock<T> {
         Clock {
             timer,
             at: None,
@@ -157,7 +158,7 @@ impl<T: Timer> Clock<T> {
     }
 
     /// Fire at `at` (none: never); a deadline no earlier than the armed one is free.
-    fn arm(&mut self, at: Option<Instant>) {
+    pub(crate) fn arm(&mut self, at: Option<Instant>) {
         self.at = at;
         if let Some(a) = at {
             if !matches!(self.armed, Some(t) if t <= a) {
@@ -168,7 +169,7 @@ impl<T: Timer> Clock<T> {
     }
 
     /// Ready once the deadline has passed (then disarmed until the next `arm`).
-    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    pub(crate) fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         while let Some(armed) = self.armed {
             if self.timer.poll_fired(cx).is_pending() {
                 return Poll::Pending;

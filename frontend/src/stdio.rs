@@ -32,6 +32,7 @@
 //!   each other beyond the microseconds of a core call.
 
 use crate::config::StdioSettings;
+use crate::drive::Clock;
 use crate::rt::{Child, Io, PipeRead, PipeWrite, Runtime, Shutdown, Timer};
 use crate::Settings;
 use bytes::{Bytes, BytesMut};
@@ -560,7 +561,7 @@ where
 /// Sleep until the bridge's next deadline (re-read at least every [`TIMER_CAP`], and
 /// when a call brings it forward), then let time pass in the bridge.
 async fn timer_task<R: Runtime>(d: DriverRef<R>, stop: Rc<Cell<bool>>) {
-    let mut timer = R::timer();
+    let mut clock = Clock::new(R::timer());
     loop {
         let at = {
             let mut g = d.borrow_mut();
@@ -569,13 +570,13 @@ async fn timer_task<R: Runtime>(d: DriverRef<R>, stop: Rc<Cell<bool>>) {
             g.timer_at = Some(at);
             at
         };
-        timer.fire_at(at);
+        clock.arm(Some(at));
         poll_fn(|cx| {
             d.borrow_mut().timer.register(cx);
             if stop.get() {
                 return Poll::Ready(());
             }
-            if timer.poll_fired(cx).is_ready() {
+            if clock.poll(cx).is_ready() {
                 return Poll::Ready(());
             }
             // woken for an earlier deadline: start over
@@ -605,7 +606,7 @@ async fn connection<R: Runtime>(
     lim: Arc<ConnLimits>,
 ) {
     let mut conn = StdioConn::new(lim, Some(peer.ip()), R::now());
-    let mut timer = R::timer();
+    let mut clock = Clock::new(R::timer());
     let mut queue: Option<(ExchangeId, Queue)> = None;
     loop {
         while let Some(ev) = conn.poll_event() {
@@ -673,10 +674,10 @@ async fn connection<R: Runtime>(
         if conn.has_events() {
             continue;
         }
-        timer.fire_at(
+        clock.arm(Some(
             conn.poll_timeout()
                 .unwrap_or_else(|| now + Duration::from_secs(86400)),
-        );
+        ));
         poll_fn(|cx| {
             let mut progressed = false;
             if !conn.transmit().is_empty() {
@@ -715,7 +716,7 @@ async fn connection<R: Runtime>(
                     q.wake.register(cx);
                 }
             }
-            if timer.poll_fired(cx).is_ready() {
+            if clock.poll(cx).is_ready() {
                 conn.handle_timeout(R::now());
                 progressed = true;
             }
