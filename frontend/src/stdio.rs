@@ -434,7 +434,10 @@ async fn write_waiting(writes: Writes) {
                 c.wake.wake();
                 return Poll::Ready(());
             }
-            c.room.push(cx.waker().clone());
+            // once per task, however often it is polled while it waits
+            if !c.room.iter().any(|w| w.will_wake(cx.waker())) {
+                c.room.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await;
