@@ -706,7 +706,10 @@ pub fn start_ops(shared: &Arc<Shared>, cli: &Cli, shutdown: &Arc<Shutdown>) {
 }
 
 /// The signal thread: SIGTERM and SIGINT trigger `shutdown`; with `reload`, SIGHUP runs
-/// it (without, SIGHUP keeps its default action).
+/// it (without, SIGHUP keeps its default action). A second SIGTERM or SIGINT while the
+/// shutdown runs exits the process at once (status 1): the operator's way out of a
+/// drain they do not want to wait for (`--shutdown-grace`) or one that does not end.
+/// Stdio children go with it (their parent-death signal is SIGKILL).
 pub fn signal_thread(shutdown: &Arc<Shutdown>, reload: Option<Box<dyn Fn() + Send>>) {
     #[cfg(unix)]
     {
@@ -730,6 +733,10 @@ pub fn signal_thread(shutdown: &Arc<Shutdown>, reload: Option<Box<dyn Fn() + Sen
                 for sig in signals.forever() {
                     match (&reload, sig) {
                         (Some(reload), SIGHUP) => reload(),
+                        _ if sd.is_set() => {
+                            warn!("second shutdown signal: exiting now");
+                            std::process::exit(1);
+                        }
                         _ => {
                             info!("shutdown signal received");
                             sd.trigger();

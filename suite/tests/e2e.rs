@@ -6,7 +6,7 @@ use mcp_router_testkit::harness::{
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn router(backends: &[&Proc], extra: &[&str]) -> Proc {
     let mut args: Vec<String> = Vec::new();
@@ -404,6 +404,34 @@ fn sigterm_drains_and_exits() {
     assert!(st.success(), "{st:?}");
 }
 
+/// A second SIGTERM during a drain exits at once, without waiting out the grace.
+fn a_second_sigterm_exits_at_once() {
+    let b0 = Proc::fake_backend("b0");
+    let mut r = router(&[&b0], &["--shutdown-grace", "60s"]);
+    let mut c = r.conn();
+    let (_, sid) = initialize(&mut c, json!(1));
+    // a stream that outlasts the test is in flight
+    c.send(
+        "POST",
+        "/mcp",
+        &[("Mcp-Session-Id", &sid), ("Accept", "application/json, text/event-stream")],
+        &json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"stream","arguments":{"count":1_000_000}}}).to_string(),
+    );
+    assert_eq!(c.read_head().status, 200);
+    r.signal("TERM");
+    assert!(
+        r.wait_exit(Duration::from_millis(800)).is_none(),
+        "the first signal drains: the stream keeps it up"
+    );
+    let t = Instant::now();
+    r.signal("TERM");
+    let st = r
+        .wait_exit(Duration::from_secs(5))
+        .expect("the second signal exits without the 60 s grace");
+    assert!(!st.success(), "{st:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
 fn bad_config_fails_at_start_naming_the_field() {
     let out = std::process::Command::new(mcp_router_testkit::harness::bin_path(router_bin()))
         .args([
@@ -560,6 +588,7 @@ mcp_router_testkit::behaviour_suite!(
     stateless_and_sessionless_requests_are_balanced,
     hostile_requests_are_refused_and_others_carry_on,
     sigterm_drains_and_exits,
+    a_second_sigterm_exits_at_once,
     bad_config_fails_at_start_naming_the_field,
     active_health_check_marks_a_dead_backend_down_without_traffic,
     configuration_from_environment_and_file,
