@@ -378,20 +378,26 @@ fn hostile_requests_are_refused_and_others_carry_on() {
     assert_eq!(call(&mut good, &sid, 5)["result"]["session"], sid.as_str());
 }
 
-fn sigterm_drains_and_exits() {
+/// A router with `grace` and a session whose `stream` tool call of `count` events is in
+/// flight (its head read): the router, the backend and the client connection.
+fn stream_in_flight(grace: &str, count: u64) -> (Proc, Proc, Conn) {
     let b0 = Proc::fake_backend("b0");
-    let mut r = router(&[&b0], &["--shutdown-grace", "5s"]);
+    let r = router(&[&b0], &["--shutdown-grace", grace]);
     let mut c = r.conn();
     let (_, sid) = initialize(&mut c, json!(1));
-    // a slow streamed answer is in flight while the signal arrives
     c.send(
         "POST",
         "/mcp",
         &[("Mcp-Session-Id", &sid), ("Accept", "application/json, text/event-stream")],
-        &json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"stream","arguments":{"count":10}}}).to_string(),
+        &json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"stream","arguments":{"count":count}}}).to_string(),
     );
-    let head = c.read_head();
-    assert_eq!(head.status, 200);
+    assert_eq!(c.read_head().status, 200);
+    (r, b0, c)
+}
+
+fn sigterm_drains_and_exits() {
+    // a slow streamed answer is in flight while the signal arrives
+    let (mut r, _b0, mut c) = stream_in_flight("5s", 10);
     r.signal("TERM");
     let mut events = 0;
     while c.next_event().is_some() {
@@ -406,18 +412,8 @@ fn sigterm_drains_and_exits() {
 
 /// A second SIGTERM during a drain exits at once, without waiting out the grace.
 fn a_second_sigterm_exits_at_once() {
-    let b0 = Proc::fake_backend("b0");
-    let mut r = router(&[&b0], &["--shutdown-grace", "60s"]);
-    let mut c = r.conn();
-    let (_, sid) = initialize(&mut c, json!(1));
     // a stream that outlasts the test is in flight
-    c.send(
-        "POST",
-        "/mcp",
-        &[("Mcp-Session-Id", &sid), ("Accept", "application/json, text/event-stream")],
-        &json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"stream","arguments":{"count":1_000_000}}}).to_string(),
-    );
-    assert_eq!(c.read_head().status, 200);
+    let (mut r, _b0, _c) = stream_in_flight("60s", 1_000_000);
     r.signal("TERM");
     assert!(
         r.wait_exit(Duration::from_millis(800)).is_none(),
