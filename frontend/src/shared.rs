@@ -852,6 +852,18 @@ pub fn init_logging(format: crate::config::LogFormat) {
     }
 }
 
+/// A listener that cannot be bound ends the start: logged, exit status 1. `what` names
+/// which listener (`""` for the MCP one, `" (admin)"`).
+pub fn listen_exit(addr: SocketAddr, what: &str, e: &std::io::Error) -> ! {
+    error!(listen = %addr, error = %e, "cannot listen{what}");
+    std::process::exit(1);
+}
+
+/// What every binary says once its admin listener is bound.
+pub fn log_admin_listening(addr: SocketAddr) {
+    info!(admin = %addr, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
+}
+
 /// Exit with status 2 and a message naming the bad field (for the binaries).
 pub fn config_exit(bin: &str, e: &ConfigError) -> ! {
     eprintln!("{bin}: bad configuration: {e}");

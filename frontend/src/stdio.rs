@@ -52,7 +52,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Outputs queued per exchange; a stream whose queue is full ends its session.
 pub const STREAM_BUFFER: usize = 256;
@@ -912,6 +912,17 @@ async fn child_task<R: Runtime>(
 /// reaps every child instead of killing the router by the default action).
 pub fn shutdown_on_signals(shutdown: &Arc<Shutdown>) {
     crate::shared::signal_thread(shutdown, None);
+}
+
+/// How a binary's stdio bridge ended: `stopped`, or the error logged and exit status 1.
+pub fn finish(served: io::Result<()>) {
+    match served {
+        Ok(()) => info!("stopped"),
+        Err(e) => {
+            error!(error = %e, "stdio bridge failed");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Log the stdio bridge's listening line (and the admin listener it does not serve).

@@ -320,12 +320,7 @@ fn executor(placement: Placement) -> LocalExecutorBuilder {
         .io_memory(IO_MEMORY)
 }
 
-/// Why an executor could not start serving.
-enum StartError {
-    Listen(String),
-    Config(ConfigError),
-}
-
+/// What an executor bound (the MCP address, the admin one on the first executor).
 struct Bound {
     addr: SocketAddr,
     admin: Option<SocketAddr>,
@@ -334,16 +329,14 @@ struct Bound {
 /// Run the `mcp-router-glommio` binary's router with `settings` (parsed from `cli`)
 /// until SIGTERM or Ctrl-C: one executor per `--workers` (default: every allowed CPU),
 /// executor `i` pinned to the `i`-th allowed CPU. Exits the process on a listen or
-/// configuration error.
+/// configuration error (from the executor that meets it).
 pub fn run(cli: Cli, settings: Settings) {
     raise_memlock();
     if let Some(stdio) = settings.stdio.clone() {
         return run_stdio(&settings, &stdio);
     }
-    let plan = mcp_router_frontend::shared::core_plan(
-        settings.workers,
-        &mcp_router_frontend::shared::allowed_cpus(),
-    );
+    use mcp_router_frontend::shared::{allowed_cpus, core_plan, listen_exit};
+    let plan = core_plan(settings.workers, &allowed_cpus());
     let n = plan.len();
     let shared = Shared::new(&settings).unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
     let shutdown = Shutdown::new();
@@ -358,66 +351,44 @@ pub fn run(cli: Cli, settings: Settings) {
     let mut handles = Vec::new();
     for (i, cpu) in plan.into_iter().enumerate() {
         let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
-        let (tx, rx) = std::sync::mpsc::channel::<Result<Bound, StartError>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Bound>();
         let (sh, sd) = (shared.clone(), shutdown.clone());
         let admin_here = admin.take();
         let spawned =
             executor(placement)
                 .name(&format!("mcp-glommio-{i}"))
                 .spawn(move || async move {
-                    let bind = |a: SocketAddr, backlog: u32| {
-                        listener(a, backlog).map_err(|e| StartError::Listen(format!("{a}: {e}")))
+                    let bind = |a: SocketAddr, backlog: u32, what: &str| {
+                        listener(a, backlog).unwrap_or_else(|e| listen_exit(a, what, &e))
                     };
-                    let l = match bind(listen, backlog) {
-                        Ok(l) => l,
-                        Err(e) => return drop(tx.send(Err(e))),
-                    };
-                    let admin_l = match admin_here.map(|a| bind(a, 128)).transpose() {
-                        Ok(a) => a,
-                        Err(StartError::Listen(e)) => {
-                            return drop(tx.send(Err(StartError::Listen(format!("(admin) {e}")))))
-                        }
-                        Err(e) => return drop(tx.send(Err(e))),
-                    };
-                    let fe = match frontend(sh.clone()) {
-                        Ok(f) => f,
-                        Err(e) => return drop(tx.send(Err(StartError::Config(e)))),
-                    };
-                    let bound = Bound {
+                    let l = bind(listen, backlog, "");
+                    let admin_l = admin_here.map(|a| bind(a, 128, " (admin)"));
+                    let fe = frontend(sh.clone())
+                        .unwrap_or_else(|e| config_exit("mcp-router-glommio", &e));
+                    let _ = tx.send(Bound {
                         addr: l.local_addr().unwrap_or(listen),
                         admin: admin_l.as_ref().and_then(|a| a.local_addr().ok()),
-                    };
-                    let _ = tx.send(Ok(bound));
+                    });
                     if let Some(a) = admin_l {
                         glommio::spawn_local(serve_admin(a, sh.clone(), sd.clone())).detach();
                     }
                     serve(l, fe, sd, grace, i == 0).await;
                 });
-        let handle = match spawned {
-            Ok(h) => h,
+        match spawned {
+            Ok(h) => handles.push(h),
             Err(e) => {
                 error!(executor = i, error = %e, "cannot start a glommio executor");
                 std::process::exit(1);
             }
-        };
-        match rx.recv() {
-            Ok(Ok(b)) => {
-                listen = b.addr;
-                if let Some(a) = b.admin {
-                    info!(admin = %a, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
-                }
-            }
-            Ok(Err(StartError::Config(e))) => config_exit("mcp-router-glommio", &e),
-            Ok(Err(StartError::Listen(e))) => {
-                error!(executor = i, error = %e, "cannot listen");
-                std::process::exit(1);
-            }
-            Err(_) => {
-                error!(executor = i, "glommio executor failed at start");
-                std::process::exit(1);
-            }
         }
-        handles.push(handle);
+        let Ok(b) = rx.recv() else {
+            error!(executor = i, "glommio executor failed at start");
+            std::process::exit(1);
+        };
+        listen = b.addr;
+        if let Some(a) = b.admin {
+            mcp_router_frontend::shared::log_admin_listening(a);
+        }
     }
     info!(
         executors = n,
@@ -448,13 +419,7 @@ fn run_stdio(settings: &Settings, stdio: &mcp_router_frontend::config::StdioSett
         })
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|h| h.join().map_err(|e| io::Error::other(e.to_string()))?);
-    match served {
-        Ok(()) => info!("stopped"),
-        Err(e) => {
-            error!(error = %e, "stdio bridge failed");
-            std::process::exit(1);
-        }
-    }
+    bridge::finish(served);
 }
 
 #[cfg(test)]

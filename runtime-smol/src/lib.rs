@@ -247,11 +247,11 @@ pub fn run(cli: Cli, settings: Settings) {
         .collect();
     if let Some(admin) = settings.admin_listen {
         let l = bind_or_exit(admin, 128, " (admin)");
-        let a = l
-            .get_ref()
-            .local_addr()
-            .expect("bound listener has an address");
-        info!(admin = %a, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
+        mcp_router_frontend::shared::log_admin_listening(
+            l.get_ref()
+                .local_addr()
+                .expect("bound listener has an address"),
+        );
         ex.spawn(serve_admin(ex.clone(), l, shared.clone(), shutdown.clone()))
             .detach();
     }
@@ -290,23 +290,12 @@ fn run_stdio(
         let _ = s.get_ref().set_nodelay(true);
         Ok((Stream::new(s), peer))
     };
-    let served = smol::block_on(stdio::serve_stdio::<Smol, _, _>(
+    stdio::finish(smol::block_on(stdio::serve_stdio::<Smol, _, _>(
         accept, settings, stdio, shutdown,
-    ));
-    if let Err(e) = served {
-        tracing::error!(error = %e, "stdio bridge failed");
-        std::process::exit(1);
-    }
-    info!("stopped");
+    )));
 }
 
 fn bind_or_exit(addr: SocketAddr, backlog: u32, what: &str) -> Async<TcpListener> {
     let l = mcp_router_frontend::rt::listen_socket(addr, backlog, false).and_then(Async::new);
-    match l {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %addr, error = %e, "cannot listen{what}");
-            std::process::exit(1);
-        }
-    }
+    l.unwrap_or_else(|e| mcp_router_frontend::shared::listen_exit(addr, what, &e))
 }

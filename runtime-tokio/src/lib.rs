@@ -219,12 +219,15 @@ pub fn run(cli: Cli, settings: Settings) {
         let shutdown = Shutdown::new();
         if let Some(admin) = settings.admin_listen {
             let l = bind_or_exit(admin, 128, " (admin)").await;
-            let a = l.local_addr().expect("bound listener has an address");
-            info!(admin = %a, "admin listener: / (status page) /metrics /healthz /readyz /admin/backends/<name>/drain");
+            mcp_router_frontend::shared::log_admin_listening(
+                l.local_addr().expect("bound listener has an address"),
+            );
             tokio::spawn(serve_admin(l, shared.clone(), shutdown.clone()));
         }
         mcp_router_frontend::shared::start_ops(&shared, &cli, &shutdown);
-        let addr = listener.local_addr().expect("bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
         mcp_router_frontend::shared::log_listening(&shared, "tokio", addr);
         serve(listener, fe, shutdown, settings.shutdown_grace).await;
         info!("stopped");
@@ -246,21 +249,11 @@ async fn run_stdio(listener: TcpListener, settings: &Settings, stdio: &config::S
         let _ = s.set_nodelay(true);
         Ok((Stream(s), peer))
     };
-    if let Err(e) = stdio::serve_stdio::<Tokio, _, _>(accept, settings, stdio, shutdown).await {
-        tracing::error!(error = %e, "stdio bridge failed");
-        std::process::exit(1);
-    }
-    info!("stopped");
+    stdio::finish(stdio::serve_stdio::<Tokio, _, _>(accept, settings, stdio, shutdown).await);
 }
 
 async fn bind_or_exit(addr: SocketAddr, backlog: u32, what: &str) -> TcpListener {
     let l = mcp_router_frontend::rt::listen_socket(addr, backlog, false)
         .and_then(TcpListener::from_std);
-    match l {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %addr, error = %e, "cannot listen{what}");
-            std::process::exit(1);
-        }
-    }
+    l.unwrap_or_else(|e| mcp_router_frontend::shared::listen_exit(addr, what, &e))
 }
