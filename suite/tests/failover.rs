@@ -161,6 +161,8 @@ fn a_dead_backends_sessions_continue_on_the_other() {
     for (sid, _) in &sessions {
         assert_eq!(executions(&all, &format!("after-{sid}")), 1);
     }
+    // (the log lines are read from the router's output by another thread)
+    r.wait_count("session failover", 3, Duration::from_secs(5));
     assert_eq!(
         r.count_logs("session failover"),
         3,
@@ -370,6 +372,8 @@ fn on_redis(ids: &[&str]) {
             t.elapsed()
         );
     }
+    // (the log lines are read from the router's output by another thread)
+    b.wait_count("session failover", on_b1.len(), Duration::from_secs(5));
     assert_eq!(
         b.count_logs("session failover"),
         on_b1.len(),
